@@ -1,0 +1,52 @@
+"""Import direction: server → routing → providers → api. `api` and the leaves import nothing above them, and
+no backend kind is imported outside `providers/`."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parent.parent / "src" / "manifold"
+# package → packages it must not import
+FORBIDDEN = {
+    "api": {"server", "routing", "providers", "config", "cli"},
+    "providers": {"server", "routing", "cli"},
+    "routing": {"server", "cli"},
+    "errors": {"api", "server", "routing", "providers", "config", "cli"},
+    "_json": {"api", "server", "routing", "providers", "config", "errors", "cli"},
+}
+BACKENDS = {"openai_compatible", "local", "anthropic", "kserve_v2", "python_handler"}
+
+
+def imported(tree: ast.AST) -> list[str]:
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            out.append(node.module)
+        elif isinstance(node, ast.Import):
+            out.extend(a.name for a in node.names)
+    return out
+
+
+def main() -> int:
+    problems = []
+    for path in sorted(SRC.rglob("*.py")):
+        rel = path.relative_to(SRC)
+        top = rel.parts[0].removesuffix(".py")
+        for module in imported(ast.parse(path.read_text(), str(path))):
+            parts = module.split(".")
+            if parts[0] != "manifold" or len(parts) < 2:
+                continue
+            target = parts[1]
+            if target in FORBIDDEN.get(top, set()):
+                problems.append(f"{rel}: imports manifold.{target} ({top} must not)")
+            if top != "providers" and target == "providers" and len(parts) > 2 and parts[2] in BACKENDS:
+                problems.append(f"{rel}: imports backend {module} outside providers/")
+    for p in problems:
+        print(p)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Make any upstream's chat answer exactly what OpenAI's schemas and SDKs expect.
+
+Upstreams differ in small ways (vLLM, llama.cpp, Ollama, Azure): a missing `refusal`, `null` detail objects,
+`role` repeated in every chunk, a tool call's `id` and `name` repeated in every delta. The SDK's `.stream()` helper
+concatenates every repeated string (`"assistantassistant"`), so repeats are removed here, once, for all backends.
+These functions own the dicts they are given (freshly decoded) and change them in place.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
+
+
+def new_completion_id() -> str:
+    return "chatcmpl-" + os.urandom(12).hex()
+
+
+def _finish_reason(value: Any) -> str:
+    if value in FINISH_REASONS:
+        return str(value)
+    return "length" if value in ("max_tokens", "max_length") else "stop"
+
+
+def _fix_logprobs(choice: dict[str, Any]) -> None:
+    lp = choice.get("logprobs")
+    if isinstance(lp, dict):
+        lp.setdefault("content", None)
+        lp.setdefault("refusal", None)
+    else:
+        choice["logprobs"] = None
+
+
+def _fix_usage(obj: dict[str, Any]) -> None:
+    usage = obj.get("usage")
+    if not isinstance(usage, dict):
+        obj.pop("usage", None)
+        return
+    for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        v = usage.get(key)
+        usage[key] = int(v) if isinstance(v, int | float) else 0
+    for key in ("prompt_tokens_details", "completion_tokens_details"):
+        if key in usage and not isinstance(usage[key], dict):
+            del usage[key]
+
+
+def normalize_completion(obj: dict[str, Any], public_model: str) -> dict[str, Any]:
+    """A non-streamed `chat.completion`, in place."""
+    obj["model"] = public_model
+    obj["object"] = "chat.completion"
+    if not isinstance(obj.get("id"), str):
+        obj["id"] = new_completion_id()
+    created = obj.get("created")
+    obj["created"] = int(created) if isinstance(created, int | float) else int(time.time())
+    if obj.get("system_fingerprint") is None:
+        obj.pop("system_fingerprint", None)
+    choices = obj.get("choices")
+    if not isinstance(choices, list):
+        choices = obj["choices"] = []
+    for i, choice in enumerate(choices):
+        choice.setdefault("index", i)
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            message = choice["message"] = {}
+        message["role"] = "assistant"
+        message.setdefault("content", None)
+        message.setdefault("refusal", None)
+        if not message.get("tool_calls"):
+            message.pop("tool_calls", None)
+        else:
+            for tc in message["tool_calls"]:
+                tc.setdefault("type", "function")
+        if message.get("function_call") is None:
+            message.pop("function_call", None)
+        if message.get("audio") is None:
+            message.pop("audio", None)
+        if message.get("annotations") is None:
+            message.pop("annotations", None)
+        choice["finish_reason"] = _finish_reason(choice.get("finish_reason"))
+        _fix_logprobs(choice)
+    _fix_usage(obj)
+    return obj
+
+
+class ChunkShaper:
+    """Per-stream state that turns upstream chunks into chunks obeying the SDK's accumulation rules.
+
+    - `role` only in each choice's first delta (added there when the upstream omitted it);
+    - a tool call's `id`, `type` and `function.name` only in its first delta, later ones carry `index` and
+      `function.arguments`;
+    - `usage` is held back and sent in one final chunk with `choices: []` when the client asked for it with
+      `stream_options.include_usage`; other chunks then carry `usage: null`, as the spec says.
+    """
+
+    __slots__ = (
+        "_include_usage",
+        "_public_model",
+        "_roles_sent",
+        "_tool_calls_seen",
+        "created",
+        "id",
+        "usage",
+    )
+
+    def __init__(self, public_model: str, include_usage: bool) -> None:
+        self._public_model = public_model
+        self._include_usage = include_usage
+        self._roles_sent: set[int] = set()
+        self._tool_calls_seen: set[tuple[int, int]] = set()
+        self.id: str | None = None
+        self.created: int | None = None
+        self.usage: dict[str, Any] | None = None
+
+    def shape(self, chunk: dict[str, Any]) -> dict[str, Any] | None:
+        """Return the chunk to send, or None when nothing of it is left for the client."""
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self.usage = usage
+        choices = chunk.get("choices")
+        if not isinstance(choices, list) or not choices:
+            # Usage-only chunks (held for the final one) and choice-less chunks such as Azure's
+            # prompt_filter_results: clients index choices[0] on every chunk but the usage one.
+            return None
+        if self.id is None:
+            cid = chunk.get("id")
+            self.id = cid if isinstance(cid, str) and cid else new_completion_id()
+            created = chunk.get("created")
+            self.created = int(created) if isinstance(created, int | float) and created > 0 else int(time.time())
+        chunk["id"] = self.id
+        chunk["object"] = "chat.completion.chunk"
+        chunk["created"] = self.created
+        chunk["model"] = self._public_model
+        if chunk.get("system_fingerprint") is None:
+            chunk.pop("system_fingerprint", None)
+        for choice in choices:
+            self._shape_choice(choice)
+        if self._include_usage:
+            chunk["usage"] = None
+        else:
+            chunk.pop("usage", None)
+        return chunk
+
+    def _shape_choice(self, choice: dict[str, Any]) -> None:
+        index = choice.get("index")
+        if not isinstance(index, int):
+            index = choice["index"] = 0
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            delta = choice["delta"] = {}
+        if index in self._roles_sent:
+            delta.pop("role", None)
+        else:
+            self._roles_sent.add(index)
+            delta["role"] = "assistant"
+        tool_calls = delta.get("tool_calls")
+        if tool_calls:
+            for position, tc in enumerate(tool_calls):
+                tc_index = tc.get("index")
+                if not isinstance(tc_index, int):
+                    tc_index = tc["index"] = position
+                key = (index, tc_index)
+                fn = tc.get("function")
+                if key in self._tool_calls_seen:
+                    tc.pop("id", None)
+                    tc.pop("type", None)
+                    if isinstance(fn, dict):
+                        fn.pop("name", None)
+                else:
+                    self._tool_calls_seen.add(key)
+                    tc.setdefault("type", "function")
+                if isinstance(fn, dict) and fn.get("arguments") is None and key in self._tool_calls_seen:
+                    fn["arguments"] = ""
+        elif tool_calls is not None:
+            del delta["tool_calls"]
+        finish = choice.get("finish_reason")
+        choice["finish_reason"] = None if finish is None else _finish_reason(finish)
+        if "logprobs" in choice:
+            _fix_logprobs(choice)
+
+    def usage_chunk(self) -> dict[str, Any] | None:
+        """The final `choices: []` chunk, when the client asked for usage and the upstream reported it."""
+        if not self._include_usage or self.usage is None:
+            return None
+        holder = {"usage": self.usage}
+        _fix_usage(holder)
+        return {
+            "id": self.id or new_completion_id(),
+            "object": "chat.completion.chunk",
+            "created": self.created or int(time.time()),
+            "model": self._public_model,
+            "choices": [],
+            "usage": holder.get("usage"),
+        }

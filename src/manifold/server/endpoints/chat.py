@@ -1,0 +1,46 @@
+"""POST /chat/completions."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from manifold import _json
+from manifold.api.chat import ChatCompletionRequest, cross_field_problems
+from manifold.api.chat_response import ChunkShaper, normalize_completion
+from manifold.api.validation import convert, decode_json_object
+from manifold.errors import InvalidRequestError
+from manifold.providers.base import ChatCall
+from manifold.server.sse import stream_chat
+
+if TYPE_CHECKING:
+    from manifold.server.app import ManifoldApp
+    from manifold.server.http import Request
+
+log = logging.getLogger("manifold.chat")
+_KNOWN_FIELDS = frozenset(ChatCompletionRequest.__struct_fields__)
+
+
+async def create_chat_completion(app: ManifoldApp, request: Request) -> None:
+    raw = decode_json_object(await request.body(app.settings.max_body_size))
+    req = convert(raw, ChatCompletionRequest)
+    problem = cross_field_problems(req)
+    if problem is not None:
+        raise InvalidRequestError(problem[1], param=problem[0], code="invalid_value")
+    if log.isEnabledFor(logging.DEBUG):
+        extra = sorted(set(raw) - _KNOWN_FIELDS)
+        if extra:
+            log.debug("request %s: forwarding non-OpenAI fields %s", request.request_id, extra)
+    provider = app.router.pick(req.model)
+    call = ChatCall(raw, req.model, request.request_id, bool(req.stream))
+    if call.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        await stream_chat(
+            request,
+            lambda: provider.open_chat_stream(call),
+            ChunkShaper(req.model, include_usage),
+            app.settings.keepalive_interval,
+        )
+        return
+    completion = await provider.chat(call)
+    await request.send_json(200, _json.encode(normalize_completion(completion, req.model)))

@@ -1,0 +1,89 @@
+"""Small pure-ASGI request/response helpers: body limits, JSON responses, request ids."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from manifold.errors import InvalidRequestError, ManifoldError, PayloadTooLargeError
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+JSON_HEADER = (b"content-type", b"application/json")
+_SAFE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+class Request:
+    """The parts of an ASGI request the endpoints use. `request_id` is the client's `x-request-id` when it is
+    safe to echo, else a new one."""
+
+    __slots__ = ("disconnected", "method", "path", "query_string", "receive", "request_id", "scope", "send")
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        self.query_string: bytes = scope.get("query_string", b"")
+        self.disconnected = False
+        rid = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                if _SAFE_REQUEST_ID.match(value):
+                    rid = value.decode()
+                break
+        self.request_id: str = rid or "req_" + os.urandom(12).hex()
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.scope["headers"]:
+            if key == name:
+                return value  # type: ignore[no-any-return]
+        return None
+
+    async def body(self, limit: int) -> bytes:
+        length = self.header(b"content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                raise InvalidRequestError("Invalid Content-Length header.") from None
+            if declared > limit:
+                raise PayloadTooLargeError(f"Request body too large: {declared} bytes; the limit is {limit} bytes.")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                self.disconnected = True
+                raise asyncio.CancelledError()
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLargeError(f"Request body too large: over the limit of {limit} bytes.")
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def base_headers(self, content_type: bytes = b"application/json") -> list[tuple[bytes, bytes]]:
+        return [(b"content-type", content_type), (b"x-request-id", self.request_id.encode())]
+
+    async def send_json(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        h = self.base_headers()
+        if headers:
+            h.extend(headers)
+        h.append((b"content-length", str(len(body)).encode()))
+        await self.send({"type": "http.response.start", "status": status, "headers": h})
+        await self.send({"type": "http.response.body", "body": body})
+
+    async def send_error(self, error: ManifoldError) -> None:
+        extra = [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+        await self.send_json(error.status_code, error.to_json(), extra)

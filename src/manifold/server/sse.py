@@ -1,0 +1,105 @@
+"""Server-Sent Events at the edge: framing, keep-alive comments, `[DONE]`, and errors after the 200.
+
+Chunks stay dicts until here and are encoded once. Before the first chunk a `:` comment is sent every
+`keepalive_interval` seconds so proxies do not cut a slow model; comments are the one keep-alive both SDKs ignore
+(an `event: ping` without JSON data would break them). Once the 200 is sent, a failure can only be reported in
+the stream: one `data: {"error": {...}}` event, then the stream ends (both SDKs raise `APIError` on it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from manifold import _json
+from manifold.api.chat_response import ChunkShaper
+from manifold.errors import ManifoldError
+from manifold.server.http import Request
+
+log = logging.getLogger("manifold.stream")
+
+DONE = b"data: [DONE]\n\n"
+KEEPALIVE = b": keep-alive\n\n"
+SSE_CONTENT_TYPE = b"text/event-stream; charset=utf-8"
+
+
+def frame(obj: Any) -> bytes:
+    return b"data: " + _json.encode(obj) + b"\n\n"
+
+
+class EventStream:
+    """The response side of one SSE stream: commits headers once and writes frames."""
+
+    __slots__ = ("committed", "request")
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.committed = False
+
+    async def commit(self) -> None:
+        if not self.committed:
+            self.committed = True
+            headers = self.request.base_headers(SSE_CONTENT_TYPE)
+            headers.append((b"cache-control", b"no-cache"))
+            headers.append((b"x-accel-buffering", b"no"))
+            await self.request.send({"type": "http.response.start", "status": 200, "headers": headers})
+
+    async def write(self, data: bytes) -> None:
+        await self.request.send({"type": "http.response.body", "body": data, "more_body": True})
+
+    async def end(self, data: bytes = b"") -> None:
+        await self.request.send({"type": "http.response.body", "body": data, "more_body": False})
+
+
+async def _await_with_keepalive(out: EventStream, awaitable: Awaitable[Any], interval: float) -> Any:
+    task = asyncio.ensure_future(awaitable)
+    try:
+        while True:
+            done, _ = await asyncio.wait((task,), timeout=interval)
+            if done:
+                return task.result()
+            await out.commit()
+            await out.write(KEEPALIVE)
+    finally:
+        if not task.done():
+            task.cancel()
+
+
+async def stream_chat(
+    request: Request,
+    open_stream: Callable[[], Awaitable[AsyncIterator[dict[str, Any]]]],
+    shaper: ChunkShaper,
+    keepalive_interval: float,
+) -> None:
+    """Open the upstream stream, then relay shaped chunks. Errors before the 200 propagate (the caller answers
+    with a status); after it they become one error event."""
+    out = EventStream(request)
+    stream: AsyncIterator[dict[str, Any]] | None = None
+    try:
+        stream = await _await_with_keepalive(out, open_stream(), keepalive_interval)
+        assert stream is not None
+        iterator = aiter(stream)
+        first = await _await_with_keepalive(out, anext(iterator, None), keepalive_interval)
+        await out.commit()
+        if first is not None:
+            shaped = shaper.shape(first)
+            if shaped is not None:
+                await out.write(frame(shaped))
+            async for chunk in iterator:
+                shaped = shaper.shape(chunk)
+                if shaped is not None:
+                    await out.write(frame(shaped))
+        usage = shaper.usage_chunk()
+        await out.end((frame(usage) + DONE) if usage is not None else DONE)
+    except ManifoldError as exc:
+        if not out.committed:
+            raise
+        log.warning("stream %s failed after the first byte: %s", request.request_id, exc.message)
+        await out.end(frame(exc.to_dict()))
+    finally:
+        if stream is not None:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
