@@ -21,8 +21,8 @@ class Capability(enum.Enum):
     RESPONSES = "responses"
 
 
-class ChatCall:
-    """One chat completion request on its way to a backend.
+class Call:
+    """One request on its way to a backend (chat, completions, embeddings, images, …).
 
     `body` is the client's JSON object exactly as received; providers never mutate it (a retry re-runs them),
     they copy what they send.
@@ -37,6 +37,7 @@ class ChatCall:
         self.stream = stream
 
 
+ChatCall = Call
 ChunkStream = AsyncIterator[dict[str, Any]]
 
 

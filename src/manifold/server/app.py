@@ -1,7 +1,7 @@
 """The ASGI application: prefix mounts, dispatch, request ids, the error envelope, lifespan, disconnects.
 
-It is a plain ASGI callable (mountable in Starlette or FastAPI). Dispatch is a dict lookup on the exact path:
-every request pays for routing, so no per-route regex scan.
+It is a plain ASGI callable (mountable in Starlette or FastAPI). Every API route is listed once in `API_ROUTES`
+and mounted under each configured prefix.
 """
 
 from __future__ import annotations
@@ -9,19 +9,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
 
 from manifold.config import Config, ServerSettings
-from manifold.errors import ManifoldError, MethodNotAllowedError, NotFoundError
+from manifold.errors import ManifoldError
 from manifold.routing.router import Router
 from manifold.server.endpoints import chat, health, models
 from manifold.server.http import Message, Receive, Request, Scope, Send
+from manifold.server.routes import Handler, PathRouter, Route
 
 log = logging.getLogger("manifold.server")
 
-Handler = Callable[["ManifoldApp", Request], Awaitable[None]]
-# Endpoints that may wait on an upstream: a client that leaves cancels them.
-_CANCELLABLE = frozenset({chat.create_chat_completion})
+# The OpenAI API, mounted under every prefix. `cancellable`: the handler waits on an upstream.
+API_ROUTES = (
+    Route("POST", "/chat/completions", chat.create_chat_completion, cancellable=True),
+    Route("GET", "/models", models.list_models),
+    Route("GET", "/models/{model:path}", models.retrieve_model),
+)
+# Outside the prefixes.
+ROOT_ROUTES = (
+    Route("GET", "/health", health.alive),
+    Route("GET", "/health/ready", health.ready),
+)
 
 
 class ManifoldApp:
@@ -29,19 +37,14 @@ class ManifoldApp:
         self.config = config
         self.settings: ServerSettings = config.server
         self.router = router if router is not None else Router(config.model_list)
-        self._routes: dict[str, dict[str, Handler]] = {}
-        self._model_prefixes: list[str] = []
+        self.paths = PathRouter()
         for prefix in self.settings.prefixes:
             p = "" if prefix == "/" else prefix
-            self._add(f"{p}/chat/completions", "POST", chat.create_chat_completion)
-            self._add(f"{p}/models", "GET", models.list_models)
-            self._model_prefixes.append(f"{p}/models/")
-        self._add("/health", "GET", health.alive)
-        self._add("/health/ready", "GET", health.ready)
+            for route in API_ROUTES:
+                self.paths.add(route._replace(path=p + route.path))
+        for route in ROOT_ROUTES:
+            self.paths.add(route)
         self._started = False
-
-    def _add(self, path: str, method: str, handler: Handler) -> None:
-        self._routes.setdefault(path, {})[method] = handler
 
     async def startup(self) -> None:
         if not self._started:
@@ -82,29 +85,11 @@ class ManifoldApp:
             # Mounted without lifespan support (some hosts): start on first use.
             await self.startup()
         try:
-            methods = self._routes.get(request.path)
-            if methods is not None:
-                handler = methods.get(request.method)
-                if handler is None:
-                    raise MethodNotAllowedError(
-                        f"Method {request.method} is not allowed for {request.path}.",
-                        headers={"allow": ", ".join(sorted(methods))},
-                    )
-                if handler in _CANCELLABLE:
-                    await self._cancel_on_disconnect(handler, request)
-                else:
-                    await handler(self, request)
-                return
-            for prefix in self._model_prefixes:
-                if request.path.startswith(prefix) and len(request.path) > len(prefix):
-                    if request.method != "GET":
-                        raise MethodNotAllowedError(
-                            f"Method {request.method} is not allowed for {request.path}.",
-                            headers={"allow": "GET"},
-                        )
-                    await models.retrieve_model(self, request, request.path[len(prefix) :])
-                    return
-            raise NotFoundError(f"Invalid URL ({request.method} {request.path})", code="unknown_url")
+            route, params = self.paths.match(request.method, request.path)
+            if route.cancellable:
+                await self._cancel_on_disconnect(route.handler, request, params)
+            else:
+                await route.handler(self, request, **params)
         except ManifoldError as exc:
             await request.send_error(exc)
         except asyncio.CancelledError:
@@ -115,7 +100,7 @@ class ManifoldApp:
             with contextlib.suppress(Exception):
                 await request.send_error(ManifoldError("The server had an error processing your request."))
 
-    async def _cancel_on_disconnect(self, handler: Handler, request: Request) -> None:
+    async def _cancel_on_disconnect(self, handler: Handler, request: Request, params: dict[str, str]) -> None:
         """Run the handler; if the client disconnects first, cancel it (which cancels the upstream request)."""
         task = asyncio.current_task()
         assert task is not None
@@ -140,7 +125,7 @@ class ManifoldApp:
         request.receive = receive_then_mark
         watcher = asyncio.get_running_loop().create_task(watch())
         try:
-            await handler(self, request)
+            await handler(self, request, **params)
         except asyncio.CancelledError:
             if request.disconnected:
                 task.uncancel()

@@ -23,7 +23,17 @@ class Request:
     """The parts of an ASGI request the endpoints use. `request_id` is the client's `x-request-id` when it is
     safe to echo, else a new one."""
 
-    __slots__ = ("disconnected", "method", "path", "query_string", "receive", "request_id", "scope", "send")
+    __slots__ = (
+        "disconnected",
+        "method",
+        "path",
+        "query_string",
+        "receive",
+        "request_id",
+        "response_headers",
+        "scope",
+        "send",
+    )
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.scope = scope
@@ -33,6 +43,8 @@ class Request:
         self.path: str = scope["path"]
         self.query_string: bytes = scope.get("query_string", b"")
         self.disconnected = False
+        # Headers every response to this request carries (e.g. which deployment answered).
+        self.response_headers: list[tuple[bytes, bytes]] | None = None
         rid = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
@@ -74,7 +86,15 @@ class Request:
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def base_headers(self, content_type: bytes = b"application/json") -> list[tuple[bytes, bytes]]:
-        return [(b"content-type", content_type), (b"x-request-id", self.request_id.encode())]
+        headers = [(b"content-type", content_type), (b"x-request-id", self.request_id.encode())]
+        if self.response_headers:
+            headers.extend(self.response_headers)
+        return headers
+
+    def add_response_header(self, name: str, value: str) -> None:
+        if self.response_headers is None:
+            self.response_headers = []
+        self.response_headers.append((name.lower().encode(), value.encode("latin-1")))
 
     async def send_json(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
         h = self.base_headers()
