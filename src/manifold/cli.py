@@ -79,6 +79,7 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
         access_log=False,
         log_level=level,
         server_header=False,
+        proxy_headers=False,
         date_header=True,
         timeout_graceful_shutdown=10,
     )

@@ -19,6 +19,20 @@ class SSEEvent(NamedTuple):
     id: str | None = None
 
 
+def _whole_data_events(chunk: bytes, last_id: str | None) -> list[SSEEvent] | None:
+    """The common case, decoded without a line scan: whole `data: <one line>` events ending in a blank line, LF
+    only. None when the chunk is anything else (the general path then handles it)."""
+    if chunk[-2:] != b"\n\n" or b"\r" in chunk:
+        return None
+    blocks = chunk[:-2].split(b"\n\n")
+    events = []
+    for block in blocks:
+        if block[:6] != b"data: " or b"\n" in block:
+            return None
+        events.append(SSEEvent(None, block[6:], last_id))
+    return events
+
+
 class SSEDecoder:
     __slots__ = ("_buffer", "_data", "_event", "_id", "_skip_lf")
 
@@ -32,6 +46,10 @@ class SSEDecoder:
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         if not chunk:
             return []
+        if not self._buffer and not self._data and not self._skip_lf and self._event is None:
+            fast = _whole_data_events(chunk, self._id)
+            if fast is not None:
+                return fast
         if self._skip_lf and chunk[:1] == b"\n":
             chunk = chunk[1:]
         self._skip_lf = False

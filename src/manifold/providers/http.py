@@ -1,4 +1,4 @@
-"""Upstream HTTP shared by the HTTP backends: one pooled aiohttp session per deployment, timeouts, and the
+"""Upstream HTTP shared by the HTTP backends: one keep-alive pool per deployment, timeouts, and the
 mapping of every transport failure and upstream error status to Manifold's errors.
 
 - upstream 4xx        → the same status, the upstream's message in OpenAI's envelope (429 keeps Retry-After);
@@ -10,31 +10,41 @@ Messages name the deployment by its public and upstream model, never its URL or 
 
 from __future__ import annotations
 
+import asyncio
+import collections
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
 import msgspec
 
 from manifold import _json
 from manifold.api.sse import SSEDecoder, SSEEvent
 from manifold.config import Deployment
 from manifold.errors import BadGatewayError, GatewayTimeoutError, ManifoldError, UpstreamError
+from manifold.providers.transport import ConnectError, ConnectionPool, HTTPResponse, TransportError
 
 _PASSED_HEADERS = ("retry-after", "retry-after-ms")
 _DEFAULT_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
-_TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 
 
 class UpstreamSession:
-    """A keep-alive connection pool to one upstream, with the deployment's timeouts."""
+    """A keep-alive connection pool to one upstream (the origin of `api_base`), with the deployment's timeouts."""
 
-    def __init__(self, deployment: Deployment) -> None:
+    def __init__(self, deployment: Deployment, base_url: str | None = None) -> None:
         self.deployment = deployment
         t = deployment.timeouts
-        # sock_read bounds every silent gap: the wait for headers and, in a stream, between two reads.
-        self.timeout = aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, sock_read=t.first_byte)
-        self._session: aiohttp.ClientSession | None = None
+        base = base_url if base_url is not None else (deployment.api_base or "")
+        parts = urlsplit(base)
+        self.origin = f"{parts.scheme}://{parts.netloc}"
+        self.total_timeout = t.total
+        # The read timeout bounds every silent gap: the wait for headers and, in a stream, between two reads.
+        self._pool = ConnectionPool(
+            base,
+            limit=deployment.max_connections,
+            connect_timeout=t.connect,
+            read_timeout=t.first_byte,
+        )
 
     @property
     def label(self) -> str:
@@ -42,85 +52,141 @@ class UpstreamSession:
         return f"'{d.model_name}' (upstream model '{d.upstream_model}')"
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=self.deployment.max_connections,
-            ttl_dns_cache=300,
-            keepalive_timeout=75,
-            enable_cleanup_closed=True,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=self.timeout, auto_decompress=True, skip_auto_headers=("User-Agent",)
-        )
+        """Nothing to open ahead of time: connections are made on first use and kept alive."""
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._pool.aclose()
 
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise RuntimeError("UpstreamSession.start() was not awaited")
-        return self._session
+    def _target(self, url: str) -> str:
+        if not url.startswith(self.origin):
+            raise ValueError(f"{url!r} is not on this upstream's origin")
+        return url[len(self.origin) :] or "/"
 
     async def request(
         self, method: str, url: str, *, data: bytes | None = None, headers: Mapping[str, str] | None = None
-    ) -> aiohttp.ClientResponse:
+    ) -> HTTPResponse:
         """Send and wait for the response headers; a non-2xx status is raised as a Manifold error."""
         try:
-            resp = await self.session.request(method, url, data=data, headers=headers)
-        except _TRANSPORT_ERRORS as exc:
+            resp = await self._pool.request(method, self._target(url), headers or {}, data)
+        except TransportError as exc:
             raise self.translate(exc) from None
         if resp.status >= 400:
             try:
                 body = await resp.read()
-            except (aiohttp.ClientError, TimeoutError):
+            except TransportError:
                 body = b""
-            finally:
-                resp.release()
             raise error_from_upstream(resp.status, body, resp.headers, self.label)
         return resp
 
-    async def read_json(self, resp: aiohttp.ClientResponse) -> Any:
+    async def probe(self, url: str, headers: Mapping[str, str] | None = None, limit_s: float = 5.0) -> int | None:
+        """The status of a GET, or None if the upstream does not answer HTTP at all."""
+        try:
+            async with asyncio.timeout(limit_s):
+                resp = await self._pool.request("GET", self._target(url), headers or {})
+                await resp.read()
+        except (TransportError, TimeoutError):
+            return None
+        return resp.status
+
+    async def read_json(self, resp: HTTPResponse) -> Any:
         try:
             body = await resp.read()
-        except _TRANSPORT_ERRORS as exc:
+        except TransportError as exc:
             raise self.translate(exc) from None
-        finally:
-            resp.release()
         try:
             return _json.decode(body)
         except msgspec.DecodeError:
             raise BadGatewayError(f"The upstream for {self.label} returned malformed JSON.") from None
 
-    async def iter_sse(self, resp: aiohttp.ClientResponse) -> AsyncIterator[SSEEvent]:
-        """Events of an SSE body; the connection is closed (not reused) if the consumer stops early."""
-        decoder = SSEDecoder()
-        finished = False
+    async def post_json(self, url: str, body: bytes, headers: Mapping[str, str]) -> Any:
+        """POST and decode the JSON answer, within the deployment's total timeout."""
+        if self.total_timeout is None:
+            return await self.read_json(await self.request("POST", url, data=body, headers=headers))
         try:
-            async for chunk in resp.content.iter_any():
-                for event in decoder.feed(chunk):
-                    yield event
-            decoder.flush()
-            finished = True
-        except _TRANSPORT_ERRORS as exc:
-            raise self.translate(exc, mid_stream=True) from None
+            async with asyncio.timeout(self.total_timeout):
+                return await self.read_json(await self.request("POST", url, data=body, headers=headers))
+        except TimeoutError:
+            raise GatewayTimeoutError(f"The upstream for {self.label} did not finish in time.") from None
+
+    def sse(self, resp: HTTPResponse) -> SSEStream:
+        """The events of an SSE response, parsed as its bytes arrive."""
+        return SSEStream(self, resp)
+
+    async def iter_sse(self, resp: HTTPResponse) -> AsyncIterator[SSEEvent]:
+        """Events of an SSE body; the connection is closed (not reused) if the consumer stops early."""
+        events = SSEStream(self, resp)
+        try:
+            async for event in events:
+                yield event
         finally:
-            if finished:
-                resp.release()
-            else:
-                resp.close()
+            events.close()
 
     def translate(self, exc: BaseException, mid_stream: bool = False) -> BaseException:
-        if isinstance(exc, TimeoutError):  # aiohttp's ServerTimeoutError is a TimeoutError too
+        if isinstance(exc, TimeoutError):  # ConnectTimeout and ReadTimeout are TimeoutErrors too
             what = "stopped sending" if mid_stream else "did not answer in time"
             return GatewayTimeoutError(f"The upstream for {self.label} {what}.")
-        if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc, ConnectError):
             return BadGatewayError(f"Could not connect to the upstream for {self.label}.", code="upstream_unreachable")
-        if isinstance(exc, aiohttp.ClientError | OSError):
+        if isinstance(exc, TransportError):
             what = "cut the stream" if mid_stream else "closed the connection"
             return BadGatewayError(f"The upstream for {self.label} {what} ({type(exc).__name__}).")
         return exc
+
+
+class SSEStream:
+    """An async iterator of the SSE events of one upstream response.
+
+    `buffered()` says whether the next event has already arrived, so the server can send everything that came
+    in one read as one write instead of one write per event.
+    """
+
+    __slots__ = ("_deadline", "_decoder", "_events", "_finished", "_resp", "_session")
+
+    def __init__(self, session: UpstreamSession, resp: HTTPResponse) -> None:
+        self._session = session
+        self._resp = resp
+        self._decoder = SSEDecoder()
+        self._events: collections.deque[SSEEvent] = collections.deque()
+        self._finished = False
+        total = session.total_timeout
+        self._deadline = None if total is None else asyncio.get_running_loop().time() + total
+
+    def __aiter__(self) -> SSEStream:
+        return self
+
+    async def __anext__(self) -> SSEEvent:
+        events = self._events
+        while not events:
+            if self._finished:
+                raise StopAsyncIteration
+            try:
+                chunk = await self._resp.next_chunk()
+            except TransportError as exc:
+                raise self._session.translate(exc, mid_stream=True) from None
+            if chunk is None:
+                self._finished = True
+                self._decoder.flush()
+                continue
+            events.extend(self._decoder.feed(chunk))
+            if self._deadline is not None and asyncio.get_running_loop().time() > self._deadline:
+                self.close()
+                raise GatewayTimeoutError(f"The upstream for {self._session.label} did not finish in time.")
+        return events.popleft()
+
+    def buffered(self) -> bool:
+        return bool(self._events) or self._resp.has_buffered
+
+    @property
+    def complete(self) -> bool:
+        """The whole HTTP body was received (the connection can be reused)."""
+        return self._resp.complete and not self._resp.has_buffered
+
+    def close(self) -> None:
+        """Stop reading: a fully received response returns its connection to the pool, any other is closed."""
+        if self._resp.complete and not self._resp.has_buffered:
+            self._resp.release()
+        else:
+            self._resp.close()
 
 
 def error_from_upstream(status: int, body: bytes, headers: Mapping[str, str], label: str) -> ManifoldError:

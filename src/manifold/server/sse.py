@@ -84,13 +84,25 @@ async def stream_chat(
         first = await _await_with_keepalive(out, anext(iterator, None), keepalive_interval)
         await out.commit()
         if first is not None:
+            # Chunks that arrived together (one upstream read) go out in one write.
+            buffered = getattr(iterator, "buffered", None)
+            pending: list[bytes] = []
             shaped = shaper.shape(first)
             if shaped is not None:
-                await out.write(frame(shaped))
-            async for chunk in iterator:
+                pending.append(frame(shaped))
+            while True:
+                if pending and (buffered is None or not buffered()):
+                    await out.write(pending[0] if len(pending) == 1 else b"".join(pending))
+                    pending.clear()
+                try:
+                    chunk = await anext(iterator)
+                except StopAsyncIteration:
+                    break
                 shaped = shaper.shape(chunk)
                 if shaped is not None:
-                    await out.write(frame(shaped))
+                    pending.append(frame(shaped))
+            if pending:
+                await out.write(b"".join(pending))
         usage = shaper.usage_chunk()
         await out.end((frame(usage) + DONE) if usage is not None else DONE)
     except ManifoldError as exc:

@@ -9,7 +9,8 @@ from manifold import _json
 from manifold.config import Deployment
 from manifold.errors import BadGatewayError
 from manifold.providers.base import Capability, ChatCall, ChunkStream, Provider
-from manifold.providers.http import UpstreamSession
+from manifold.providers.http import SSEStream, UpstreamSession
+from manifold.providers.transport import HTTPResponse
 
 
 class OpenAICompatibleProvider(Provider):
@@ -48,20 +49,8 @@ class OpenAICompatibleProvider(Provider):
 
     async def ready(self) -> bool:
         """Reachable = it answers HTTP at all (some upstreams protect /models)."""
-        try:
-            resp = await self.http.session.get(self._url("models"), headers=self.headers, timeout=self._probe_timeout)
-        except BaseException as exc:
-            if not isinstance(exc, Exception):
-                raise
-            return False
-        resp.release()
-        return resp.status < 500
-
-    @property
-    def _probe_timeout(self) -> Any:
-        import aiohttp
-
-        return aiohttp.ClientTimeout(total=min(5.0, self.deployment.timeouts.first_byte))
+        status = await self.http.probe(self._url("models"), self.headers, min(5.0, self.deployment.timeouts.first_byte))
+        return status is not None and status < 500
 
     def _payload(self, call: ChatCall) -> bytes:
         body = call.body
@@ -76,10 +65,7 @@ class OpenAICompatibleProvider(Provider):
         return {**headers, "x-request-id": call.request_id}
 
     async def chat(self, call: ChatCall) -> dict[str, Any]:
-        resp = await self.http.request(
-            "POST", self.chat_url, data=self._payload(call), headers=self._request_headers(call, False)
-        )
-        data = await self.http.read_json(resp)
+        data = await self.http.post_json(self.chat_url, self._payload(call), self._request_headers(call, False))
         if not isinstance(data, dict):
             raise BadGatewayError(f"The upstream for {self.http.label} returned a non-object completion.")
         return data
@@ -93,22 +79,48 @@ class OpenAICompatibleProvider(Provider):
             return _completion_as_chunks(await self.http.read_json(resp))
         return self._chunks(resp)
 
-    async def _chunks(self, resp: Any) -> ChunkStream:
-        async for event in self.http.iter_sse(resp):
-            data = event.data
-            if data == b"[DONE]":
-                return
-            try:
-                chunk = _json.decode(data)
-            except _json.DecodeError:
-                raise BadGatewayError(f"The upstream for {self.http.label} sent a malformed stream event.") from None
-            if not isinstance(chunk, dict):
-                raise BadGatewayError(f"The upstream for {self.http.label} sent a non-object stream event.")
-            err = chunk.get("error")
-            if err:
-                message = err.get("message") if isinstance(err, dict) else str(err)
-                raise BadGatewayError(f"The upstream for {self.http.label} failed mid-stream: {message}")
-            yield chunk
+    def _chunks(self, resp: HTTPResponse) -> ChunkStream:
+        return _ChunkStream(self.http.sse(resp), self.http.label)
+
+
+class _ChunkStream:
+    """`chat.completion.chunk` dicts from an OpenAI-style SSE stream, ending at `data: [DONE]` (or EOF)."""
+
+    __slots__ = ("_events", "_label")
+
+    def __init__(self, events: SSEStream, label: str) -> None:
+        self._events = events
+        self._label = label
+
+    def __aiter__(self) -> _ChunkStream:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        data = (await self._events.__anext__()).data
+        if data == b"[DONE]":
+            self._events.close()
+            raise StopAsyncIteration
+        try:
+            chunk = _json.decode(data)
+        except _json.DecodeError:
+            self._events.close()
+            raise BadGatewayError(f"The upstream for {self._label} sent a malformed stream event.") from None
+        if not isinstance(chunk, dict):
+            self._events.close()
+            raise BadGatewayError(f"The upstream for {self._label} sent a non-object stream event.")
+        err = chunk.get("error")
+        if err:
+            self._events.close()
+            message = err.get("message") if isinstance(err, dict) else str(err)
+            raise BadGatewayError(f"The upstream for {self._label} failed mid-stream: {message}")
+        return chunk
+
+    def buffered(self) -> bool:
+        """Whether the next chunk has already arrived (the server then batches its write)."""
+        return self._events.buffered()
+
+    async def aclose(self) -> None:
+        self._events.close()
 
 
 async def _completion_as_chunks(completion: Any) -> ChunkStream:
