@@ -69,6 +69,7 @@ class HTTPResponse:
         "_done",
         "_error",
         "_released",
+        "_streaming",
         "_waiter",
         "headers",
         "status",
@@ -84,6 +85,7 @@ class HTTPResponse:
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._released = False
+        self._streaming = False  # read piece by piece: apply backpressure to the upstream
         self._decoder: Any = None
 
     @property
@@ -99,7 +101,7 @@ class HTTPResponse:
                 return
         self._chunks.append(data)
         self._buffered += len(data)
-        if self._buffered > _HIGH_WATER:
+        if self._streaming and self._buffered > _HIGH_WATER:
             self._conn.pause()
         self._wake()
 
@@ -112,7 +114,7 @@ class HTTPResponse:
         self._wake()
 
     def _fail(self, exc: BaseException) -> None:
-        if not self._done:
+        if not self._done and self._error is None:  # the first cause is the one to report
             self._error = exc
             self._wake()
 
@@ -166,6 +168,7 @@ class HTTPResponse:
     async def next_chunk(self) -> bytes | None:
         """The next piece of the body as it arrives; None at its end (the connection then goes back to the
         pool). On failure the error is raised and the connection closed."""
+        self._streaming = True
         try:
             while not self._chunks:
                 if self._done:
@@ -222,6 +225,8 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.holds_permit = False  # this connection carries a request: it holds one of the pool's permits
         self.keep_alive = True
+        self.interim = False  # parsing a 1xx informational response, which a client skips (RFC 9110 15.2)
+        self.message_done = False
         self.idle_since = 0.0
         self._paused = False
         self._header_name = b""
@@ -236,6 +241,9 @@ class _Connection(asyncio.Protocol):
         if self.response is None:
             # Bytes nobody asked for (on an idle connection): this connection is no longer trustworthy.
             self.abort()
+            return
+        if self.message_done:
+            self.keep_alive = False  # more than the one response we asked for
             return
         try:
             self.parser.feed_data(data)
@@ -263,17 +271,27 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         response = self.response
-        if response is not None:
+        if response is not None and not self.message_done and not self.interim:
             key = name.decode("latin-1").lower()
             text = value.decode("latin-1")
             previous = response.headers.get(key)
             response.headers[key] = text if previous is None else f"{previous}, {text}"
 
+    def on_message_begin(self) -> None:
+        if self.message_done:
+            # Bytes after the response we asked for: never part of it, and the connection is not reusable.
+            self.keep_alive = False
+
     def on_headers_complete(self) -> None:
         response = self.response
-        if response is None:
+        if response is None or self.message_done:
             return
-        response.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:
+            self.interim = True
+            response.headers = {}
+            return
+        response.status = status
         self.keep_alive = self.parser.should_keep_alive()
         encoding = response.headers.get("content-encoding", "").lower()
         if encoding in ("gzip", "deflate", "x-gzip"):
@@ -281,11 +299,15 @@ class _Connection(asyncio.Protocol):
         self._resolve_headers(None)
 
     def on_body(self, body: bytes) -> None:
-        if self.response is not None:
+        if self.response is not None and not self.message_done and not self.interim:
             self.response._feed(body)
 
     def on_message_complete(self) -> None:
-        if self.response is not None:
+        if self.interim:
+            self.interim = False
+            return
+        if self.response is not None and not self.message_done:
+            self.message_done = True
             self.response._finish()
 
     # -- helpers ---------------------------------------------------------------------------------------------
@@ -344,6 +366,8 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         response = self.response = HTTPResponse(self)
         self.received_any = False
+        self.message_done = False
+        self.interim = False
         waiter = self.headers_waiter = self.loop.create_future()
         self.transport.write(data)
         timer = self.loop.call_later(self.read_timeout, self._headers_timed_out, waiter)
