@@ -114,11 +114,22 @@ def test_generate_stream_with_vllm_extras() -> None:
     assert out[-1]["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
 
 
-@pytest.mark.parametrize("make", [InferStreamParser, GenerateStreamParser])
-def test_error_event_after_the_start_raises(make: type[Parser]) -> None:
-    parser = make()
-    with pytest.raises(OIPStreamError, match="Request failed during generation"):
-        parse(parser, [b'data: {"error": "Request failed during generation"}\n\n'])
+@pytest.mark.parametrize(
+    ("make", "first"),
+    [
+        (InferStreamParser, (FIXTURES / "mlserver_infer_stream_local.sse").read_bytes().split(b"\n\n")[0] + b"\n\n"),
+        (GenerateStreamParser, b'data: {"text_output": "Hi", "done": false}\n\n'),
+    ],
+)
+def test_an_error_event_raises_after_the_chunks_before_it(make: type[Parser], first: bytes) -> None:
+    body = first + b'data: {"error": "Request failed during generation"}\n\n'
+    for cut in range(len(body) + 1):
+        parser, got = make(), []
+        with pytest.raises(OIPStreamError, match="Request failed during generation"):
+            for piece in (body[:cut], body[cut:]):
+                got.extend(parser.feed(piece))
+            parser.close()
+        assert len(got) == 1, f"split at byte {cut}: the chunk before the error was lost"
 
 
 @pytest.mark.parametrize("make", [InferStreamParser, GenerateStreamParser])

@@ -67,6 +67,8 @@ def kserve_config(mlserver_url: str, generate_url: str) -> dict[str, Any]:
             tensors("images"),
             tensors("mlserver-missing", model="nope"),
             tensors("kserve-refused", api_base=f"http://127.0.0.1:{free_port()}"),
+            # MLServer's /generate is an alias of /infer (an InferenceRequest), not the generate extension.
+            {**generate("mlserver-generate", "chat_llm"), "api_base": mlserver_url},
             generate("gen-chatml", "echo", chat_template="chatml"),
             generate("gen-bare", "echo"),
             generate("gen-jinja", "echo", chat_template=CHATML_JINJA),

@@ -223,6 +223,16 @@ def test_a_model_the_server_does_not_serve_is_a_502(oai: openai.OpenAI) -> None:
     assert "Model nope not found" in err.value.message
 
 
+def test_mlserver_validation_errors_keep_their_detail(http: httpx.Client) -> None:
+    # A generate request sent to MLServer, whose /generate wants an InferenceRequest: FastAPI's 422 {"detail"}.
+    resp = http.post(
+        "/v1/chat/completions", json={"model": "mlserver-generate", "messages": [{"role": "user", "content": "x"}]}
+    )
+    assert resp.status_code == 422
+    assert_valid("ErrorResponse", resp.json())
+    assert resp.json()["error"]["message"] == "body.inputs: Field required"
+
+
 def test_unreachable_server_is_a_502(oai: openai.OpenAI) -> None:
     with pytest.raises(openai.InternalServerError) as err:
         oai.chat.completions.create(model="kserve-refused", messages=[{"role": "user", "content": "hi"}])
