@@ -47,6 +47,11 @@ class Deployment(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     model_path: str | None = None
     context_length: Annotated[int, msgspec.Meta(ge=128)] = 4096
     threads: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    # kserve_v2 provider (docs/backends-kserve.md)
+    mode: str | None = None
+    model_version: str | None = None
+    chat_template: str | None = None
+    generate_parameters_in: str | None = None
 
     @property
     def upstream_model(self) -> str:
@@ -61,6 +66,8 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     keepalive_interval: PositiveFloat = 15.0
     workers: Annotated[int, msgspec.Meta(ge=1)] = 1
     log_level: str = "info"
+    # KServe-style per-model URLs: /v2/models/{model}/infer/chat/completions, … (docs/backends-kserve.md)
+    kserve_urls: bool = True
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

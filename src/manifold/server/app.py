@@ -13,7 +13,7 @@ import logging
 from manifold.config import Config, ServerSettings
 from manifold.errors import ManifoldError
 from manifold.routing.router import Router
-from manifold.server.endpoints import chat, health, models
+from manifold.server.endpoints import chat, health, kserve_urls, models
 from manifold.server.http import Message, Receive, Request, Scope, Send
 from manifold.server.routes import Handler, PathRouter, Route
 
@@ -30,6 +30,26 @@ ROOT_ROUTES = (
     Route("GET", "/health", health.alive),
     Route("GET", "/health/ready", health.ready),
 )
+# KServe-style per-model URLs (Seldon Core 2's OpenAI scheme), outside the prefixes; `server.kserve_urls: false`
+# leaves them out.
+KSERVE_ROUTES = (
+    Route("POST", "/v2/models/{model:path}/infer/chat/completions", kserve_urls.chat_completions, cancellable=True),
+    Route(
+        "POST",
+        "/v2/models/{model:path}/infer_stream/chat/completions",
+        kserve_urls.stream_chat_completions,
+        cancellable=True,
+    ),
+    Route("POST", "/v2/models/{model:path}/infer/embeddings", kserve_urls.embeddings, cancellable=True),
+    Route("POST", "/v2/models/{model:path}/infer_stream/embeddings", kserve_urls.embeddings, cancellable=True),
+    Route("POST", "/v2/models/{model:path}/infer/images/generations", kserve_urls.images_generations, cancellable=True),
+    Route(
+        "POST",
+        "/v2/models/{model:path}/infer_stream/images/generations",
+        kserve_urls.images_generations,
+        cancellable=True,
+    ),
+)
 
 
 class ManifoldApp:
@@ -44,6 +64,9 @@ class ManifoldApp:
                 self.paths.add(route._replace(path=p + route.path))
         for route in ROOT_ROUTES:
             self.paths.add(route)
+        if self.settings.kserve_urls:
+            for route in KSERVE_ROUTES:
+                self.paths.add(route)
         self._started = False
 
     async def startup(self) -> None:

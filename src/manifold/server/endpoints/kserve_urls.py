@@ -1,0 +1,120 @@
+"""KServe-style per-model URLs (Seldon Core 2's OpenAI scheme): the model is in the path.
+
+    POST /v2/models/{model}/infer/chat/completions          (base_url = …/v2/models/{model}/infer)
+    POST /v2/models/{model}/infer/embeddings
+    POST /v2/models/{model}/infer/images/generations
+    POST /v2/models/{model}/infer_stream/…                   the same; chat completions are always streamed
+
+The body's `model` may be left out (the path's is used); when given it must equal the path's, else 400. Unlike
+Seldon's check, the whole path segment is the name: `my_model` is `my_model`, not `my`. Chat requests then take
+exactly the path of `POST /chat/completions`, so everything said there holds here.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from manifold import _json
+from manifold.api.per_model_urls import EmbeddingsRequest, ImageGenerationRequest
+from manifold.api.validation import convert, decode_json_object
+from manifold.errors import InvalidRequestError, UnsupportedError
+from manifold.providers.base import Call
+from manifold.server.endpoints import chat
+
+if TYPE_CHECKING:
+    from manifold.server.app import ManifoldApp
+    from manifold.server.http import Message, Receive, Request
+
+
+def _bind_model(raw: dict[str, Any], path_model: str) -> None:
+    body_model = raw.get("model")
+    if body_model is None:
+        raw["model"] = path_model
+    elif isinstance(body_model, str) and body_model != path_model:
+        raise InvalidRequestError(
+            f"The model in the request body ('{body_model}') differs from the model in the URL ('{path_model}').",
+            param="model",
+            code="model_mismatch",
+        )
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that hands the (rewritten) body over once, then defers to the real one (disconnects)."""
+    pending = True
+
+    async def replay() -> Message:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _read(app: ManifoldApp, request: Request, model: str) -> dict[str, Any]:
+    raw = decode_json_object(await request.body(app.settings.max_body_size))
+    _bind_model(raw, model)
+    return raw
+
+
+async def _chat(app: ManifoldApp, request: Request, model: str, stream: bool) -> None:
+    raw = await _read(app, request, model)
+    if stream:
+        raw["stream"] = True
+    request.receive = _replay(_json.encode(raw), request.receive)
+    await chat.create_chat_completion(app, request)
+
+
+async def chat_completions(app: ManifoldApp, request: Request, model: str) -> None:
+    await _chat(app, request, model, stream=False)
+
+
+async def stream_chat_completions(app: ManifoldApp, request: Request, model: str) -> None:
+    await _chat(app, request, model, stream=True)
+
+
+def _shape_embeddings(result: dict[str, Any], public_model: str) -> dict[str, Any]:
+    result["object"] = "list"
+    result["model"] = public_model
+    for i, item in enumerate(result.get("data") or ()):
+        item.setdefault("index", i)
+        item["object"] = "embedding"
+    usage = result.get("usage")
+    if not isinstance(usage, dict):
+        usage = result["usage"] = {}
+    for key in ("prompt_tokens", "total_tokens"):
+        value = usage.get(key)
+        usage[key] = int(value) if isinstance(value, int | float) else 0
+    return result
+
+
+async def embeddings(app: ManifoldApp, request: Request, model: str) -> None:
+    raw = await _read(app, request, model)
+    convert(raw, EmbeddingsRequest)
+    provider = app.router.pick(model)
+    create = getattr(provider, "embeddings", None)
+    if create is None:
+        raise UnsupportedError(f"The model '{model}' does not support embeddings.", param="model")
+    result = await create(Call(raw, model, request.request_id, False))
+    await request.send_json(200, _json.encode(_shape_embeddings(result, model)))
+
+
+def _shape_images(result: dict[str, Any]) -> dict[str, Any]:
+    created = result.get("created")
+    result["created"] = int(created) if isinstance(created, int | float) else int(time.time())
+    if not isinstance(result.get("data"), list):
+        result["data"] = []
+    return result
+
+
+async def images_generations(app: ManifoldApp, request: Request, model: str) -> None:
+    raw = await _read(app, request, model)
+    convert(raw, ImageGenerationRequest)
+    provider = app.router.pick(model)
+    generate = getattr(provider, "images", None)
+    if generate is None:
+        raise UnsupportedError(f"The model '{model}' does not support image generation.", param="model")
+    result = await generate(Call(raw, model, request.request_id, False))
+    await request.send_json(200, _json.encode(_shape_images(result)))
