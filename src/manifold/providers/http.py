@@ -62,21 +62,30 @@ class UpstreamSession:
             raise ValueError(f"{url!r} is not on this upstream's origin")
         return url[len(self.origin) :] or "/"
 
+    async def send(
+        self, method: str, url: str, *, data: bytes | None = None, headers: Mapping[str, str] | None = None
+    ) -> HTTPResponse:
+        """Send and wait for the response headers, whatever the status (transport failures are raised)."""
+        try:
+            return await self._pool.request(method, self._target(url), headers or {}, data)
+        except TransportError as exc:
+            raise self.translate(exc) from None
+
     async def request(
         self, method: str, url: str, *, data: bytes | None = None, headers: Mapping[str, str] | None = None
     ) -> HTTPResponse:
         """Send and wait for the response headers; a non-2xx status is raised as a Manifold error."""
-        try:
-            resp = await self._pool.request(method, self._target(url), headers or {}, data)
-        except TransportError as exc:
-            raise self.translate(exc) from None
+        resp = await self.send(method, url, data=data, headers=headers)
         if resp.status >= 400:
-            try:
-                body = await resp.read()
-            except TransportError:
-                body = b""
-            raise error_from_upstream(resp.status, body, resp.headers, self.label)
+            raise error_from_upstream(resp.status, await self.read_error_body(resp), resp.headers, self.label)
         return resp
+
+    async def read_error_body(self, resp: HTTPResponse) -> bytes:
+        """The body of an error reply, or b"" when it cannot be read."""
+        try:
+            return await resp.read()
+        except TransportError:
+            return b""
 
     async def probe(self, url: str, headers: Mapping[str, str] | None = None, limit_s: float = 5.0) -> int | None:
         """The status of a GET, or None if the upstream does not answer HTTP at all."""

@@ -15,8 +15,6 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-import aiohttp
-
 from manifold import _json
 from manifold.config import Deployment
 from manifold.errors import BadGatewayError, ManifoldError, UnsupportedError
@@ -25,10 +23,10 @@ from manifold.providers.http import UpstreamSession, error_from_upstream
 from manifold.providers.kserve_v2 import translate
 from manifold.providers.kserve_v2.chat_template import ChatTemplate, template_problem
 from manifold.providers.kserve_v2.stream import GenerateStreamParser, InferStreamParser
+from manifold.providers.transport import HTTPResponse, TransportError
 
 MODES = ("tensors", "generate")
 PARAMETERS_IN = ("parameters", "body")
-_TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 _AS_BAD_GATEWAY = (404, 424)
 
 
@@ -86,12 +84,8 @@ class KServeV2Provider(Provider):
     # -- the server's own endpoints ------------------------------------------------------------------------------
 
     async def _get_status(self, url: str) -> int:
-        timeout = aiohttp.ClientTimeout(total=min(5.0, self.deployment.timeouts.first_byte))
-        try:
-            async with self.http.session.get(url, headers=self.headers, timeout=timeout) as resp:
-                return resp.status
-        except _TRANSPORT_ERRORS:
-            return 0
+        status = await self.http.probe(url, self.headers, min(5.0, self.deployment.timeouts.first_byte))
+        return 0 if status is None else status
 
     async def ready(self) -> bool:
         """Server and model ready. Bodies vary (MLServer: empty; KServe: `{"ready": true}`): the status decides."""
@@ -101,10 +95,7 @@ class KServeV2Provider(Provider):
 
     async def model_metadata(self) -> dict[str, Any]:
         """`GET /v2/models/{model}`: `{name, versions, platform, inputs, outputs}`."""
-        try:
-            resp = await self.http.session.get(self.model_url, headers=self.headers)
-        except _TRANSPORT_ERRORS as exc:
-            raise self.http.translate(exc) from None
+        resp = await self.http.send("GET", self.model_url, headers=self.headers)
         if resp.status >= 400:
             raise await self._error(resp)
         data = await self.http.read_json(resp)
@@ -114,13 +105,8 @@ class KServeV2Provider(Provider):
 
     # -- plumbing ------------------------------------------------------------------------------------------------
 
-    async def _error(self, resp: aiohttp.ClientResponse) -> ManifoldError:
-        try:
-            raw = await resp.read()
-        except _TRANSPORT_ERRORS:
-            raw = b""
-        finally:
-            resp.release()
+    async def _error(self, resp: HTTPResponse) -> ManifoldError:
+        raw = await self.http.read_error_body(resp)
         message = translate.error_body_text(raw)
         label = self.http.label
         if resp.status in _AS_BAD_GATEWAY:
@@ -129,12 +115,9 @@ class KServeV2Provider(Provider):
         body = _json.encode({"error": message}) if message else b""
         return error_from_upstream(resp.status, body, resp.headers, label)
 
-    async def _post(self, url: str, payload: dict[str, Any], call: Call, *, stream: bool) -> aiohttp.ClientResponse:
+    async def _post(self, url: str, payload: dict[str, Any], call: Call, *, stream: bool) -> HTTPResponse:
         headers = {**(self._stream_headers if stream else self._json_headers), "x-request-id": call.request_id}
-        try:
-            resp = await self.http.session.post(url, data=_json.encode(payload), headers=headers)
-        except _TRANSPORT_ERRORS as exc:
-            raise self.http.translate(exc) from None
+        resp = await self.http.send("POST", url, data=_json.encode(payload), headers=headers)
         if resp.status >= 400:
             raise await self._error(resp)
         return resp
@@ -145,12 +128,10 @@ class KServeV2Provider(Provider):
     def _bad_reply(self, exc: Exception) -> BadGatewayError:
         return BadGatewayError(f"The upstream for {self.http.label} sent an unexpected reply: {exc}")
 
-    async def _relay(
-        self, resp: aiohttp.ClientResponse, parser: InferStreamParser | GenerateStreamParser
-    ) -> ChunkStream:
+    async def _relay(self, resp: HTTPResponse, parser: InferStreamParser | GenerateStreamParser) -> ChunkStream:
         finished = False
         try:
-            async for data in resp.content.iter_any():
+            while (data := await resp.next_chunk()) is not None:
                 for chunk in parser.feed(data):
                     yield chunk
             for chunk in parser.close():
@@ -160,7 +141,7 @@ class KServeV2Provider(Provider):
             raise BadGatewayError(f"The upstream for {self.http.label} failed mid-stream: {exc}") from None
         except translate.OIPFormatError as exc:
             raise self._bad_reply(exc) from None
-        except _TRANSPORT_ERRORS as exc:
+        except TransportError as exc:
             raise self.http.translate(exc, mid_stream=True) from None
         finally:
             if finished:
@@ -172,7 +153,7 @@ class KServeV2Provider(Provider):
         for chunk in translate.completion_as_chunks(completion):
             yield chunk
 
-    def _is_json(self, resp: aiohttp.ClientResponse) -> bool:
+    def _is_json(self, resp: HTTPResponse) -> bool:
         return resp.content_type == "application/json"
 
 
