@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from manifold.config import StorageSettings
@@ -50,6 +51,10 @@ class Store:
         engine = create_engine(self.settings)
         try:
             applied = await migrate(engine)
+        except (SQLAlchemyError, OSError) as exc:
+            await engine.dispose()
+            log.error("storage: cannot open %s: %s: %s", self.description, type(exc).__name__, exc)
+            raise
         except BaseException:
             await engine.dispose()
             raise
