@@ -63,6 +63,7 @@ class ManifoldApp:
         if self._started:
             self._started = False
             await self.router.aclose()
+            await stored_chat.finish_writes()
             await self.store.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("manifold.stored_chat")
 _writes: set[asyncio.Task[None]] = set()
+_SHUTDOWN_WAIT_S = 10.0
 
 
 def _not_found(completion_id: str) -> NotFoundError:
@@ -48,6 +49,12 @@ async def _durably(write: Awaitable[None]) -> None:
     _writes.add(task)
     task.add_done_callback(_write_finished)
     await asyncio.shield(task)
+
+
+async def finish_writes() -> None:
+    """At shutdown: let the writes of clients that left finish before the engine is closed."""
+    if _writes:
+        await asyncio.wait(set(_writes), timeout=_SHUTDOWN_WAIT_S)
 
 
 def _write_finished(task: asyncio.Task[None]) -> None:
