@@ -250,3 +250,68 @@ def test_storage_config() -> None:
     for memory in ("sqlite://", "sqlite+aiosqlite:///:memory:"):
         with pytest.raises(ConfigError, match="in-memory"):
             parse_config({"storage": {"url": memory}})
+
+
+# -- acknowledgement --------------------------------------------------------------------------------------------
+
+
+async def _run_stream(make_before_done: Any) -> bytes:
+    """Stream two chunks through `stream_chat`; `make_before_done(sent)` builds its hook, which can look at what
+    had been sent to the client when it ran."""
+    from manifold.server.http import Request
+    from manifold.server.sse import stream_chat
+
+    sent: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def upstream() -> Any:
+        yield chunk([{"index": 0, "delta": {"role": "assistant", "content": "hi"}, "finish_reason": None}])
+        yield chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}])
+
+    async def open_stream() -> Any:
+        return upstream()
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": []}
+    request = Request(scope, receive, send)
+    shaper = AssemblingChunkShaper("m", include_usage=False, completion_id="chatcmpl-a")
+    await stream_chat(request, open_stream, shaper, 10.0, make_before_done(sent))
+    assert sent[0]["status"] == 200
+    return _body(sent)
+
+
+def _body(sent: list[Any]) -> bytes:
+    return b"".join(m.get("body", b"") for m in sent[1:])
+
+
+async def test_done_is_sent_only_after_the_store_write() -> None:
+    from manifold.errors import ServiceUnavailableError
+
+    assert (await _run_stream(lambda sent: None)).endswith(b"data: [DONE]\n\n")
+
+    seen_at_write: list[bytes] = []
+
+    def recording(sent: list[Any]) -> Any:
+        async def save() -> None:
+            seen_at_write.append(_body(sent))
+
+        return save
+
+    body = await _run_stream(recording)
+    assert body.endswith(b"data: [DONE]\n\n")
+    assert b'"content":"hi"' in seen_at_write[0] and b"[DONE]" not in seen_at_write[0]
+
+    def failing(sent: list[Any]) -> Any:
+        async def fail() -> None:
+            raise ServiceUnavailableError("down", code="storage_unavailable")
+
+        return fail
+
+    body = await _run_stream(failing)
+    assert b"[DONE]" not in body  # not acknowledged: the client gets an error event instead
+    error = b'data: {"error":{"message":"down","type":"server_error","param":null,"code":"storage_unavailable"}}\n\n'
+    assert body.endswith(error)
