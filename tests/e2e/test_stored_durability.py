@@ -16,6 +16,7 @@ import pytest
 from manifold.config import StorageSettings
 from manifold.storage.engine import create_engine
 from manifold.storage.migrations import MIGRATIONS, applied_versions
+from tests.conformance.schema import assert_valid
 from tests.databases import BACKENDS, storage_settings
 from tests.e2e.conftest import ManifoldProcess, free_port
 from tests.fakes.openai_upstream import FakeUpstream
@@ -132,8 +133,29 @@ async def _versions(settings: StorageSettings) -> list[int]:
         await engine.dispose()
 
 
-def test_serve_stops_when_its_database_is_unreachable(fake: FakeUpstream, tmp_path: Path) -> None:
+def test_a_database_that_is_down_fails_only_what_stores(fake: FakeUpstream, tmp_path: Path) -> None:
+    """The gateway starts and answers everything that stores nothing; what stores gets 503 in the envelope."""
     storage = {"url": f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/nothing"}
-    with pytest.raises(RuntimeError, match="manifold exited") as failure:
-        ManifoldProcess(config(fake, storage), tmp_path)
-    assert "storage" in str(failure.value)
+    server = ManifoldProcess(config(fake, storage), tmp_path)
+    try:
+        with httpx.Client(base_url=server.base_url, timeout=20) as http:
+            message = [{"role": "user", "content": "hi"}]
+            assert http.post("/chat/completions", json={"model": "fake-echo", "messages": message}).status_code == 200
+            for resp in (
+                http.post("/chat/completions", json={"model": "fake-echo", "messages": message, "store": True}),
+                http.post(
+                    "/chat/completions",
+                    json={"model": "fake-echo", "messages": message, "store": True, "stream": True},
+                ),
+                http.get("/chat/completions"),
+                http.get("/chat/completions/chatcmpl-1/messages"),
+            ):
+                assert resp.status_code == 503, resp.text
+                body = resp.json()
+                assert_valid("ErrorResponse", body)
+                assert body["error"]["code"] == "storage_unavailable"
+    finally:
+        server.stop()
+    log = server.log()
+    assert "storage: cannot open postgresql+asyncpg://postgres@127.0.0.1" in log
+    assert "Traceback" not in log

@@ -18,7 +18,8 @@ from sqlalchemy import Connection, inspect, select, text
 
 from manifold.config import StorageSettings
 from manifold.errors import InvalidRequestError, ServiceUnavailableError
-from manifold.storage import ChatCompletionStore, Store
+from manifold.storage import Store
+from manifold.storage.chat_completions import ChatCompletionStore
 from manifold.storage.engine import create_engine, database_url
 from manifold.storage.migrations import MIGRATIONS, Migration, applied_versions, migrate
 from manifold.storage.tables import schema_migrations
@@ -152,7 +153,7 @@ async def test_sqlite_default_file_and_durability_settings(tmp_path: Path) -> No
 
 
 async def test_save_get_and_messages(store: Store) -> None:
-    cc = store.chat_completions
+    cc = await store.chat_completions()
     messages = [{"role": "system", "content": "s"}, {"role": "user", "content": [{"type": "text", "text": "u"}]}]
     await cc.save(completion(1), messages, {"k": "v"}, "req_1")
     got = await cc.get("chatcmpl-1")
@@ -170,7 +171,7 @@ async def test_save_get_and_messages(store: Store) -> None:
 
 
 async def test_list_pages_filters_and_cursors(store: Store) -> None:
-    cc = store.chat_completions
+    cc = await store.chat_completions()
     odd_key = 'we"ird key ✓'
     for n in range(1, 8):
         meta = {"parity": str(n % 2), odd_key: "yes" if n in (2, 5) else "no"}
@@ -198,7 +199,7 @@ async def test_list_pages_filters_and_cursors(store: Store) -> None:
 
 
 async def test_update_replaces_metadata_and_delete_cascades(store: Store) -> None:
-    cc = store.chat_completions
+    cc = await store.chat_completions()
     await cc.save(completion(1), [{"role": "user", "content": "x"}], {"a": "1", "b": "2"})
     updated = await cc.update_metadata("chatcmpl-1", {"c": "3"})
     assert updated is not None and updated["metadata"] == {"c": "3"} and updated["choices"] == completion(1)["choices"]
@@ -214,7 +215,7 @@ async def test_update_replaces_metadata_and_delete_cascades(store: Store) -> Non
 
 
 async def test_concurrent_saves(store: Store) -> None:
-    cc = store.chat_completions
+    cc = await store.chat_completions()
     await asyncio.gather(
         *(cc.save(completion(n), [{"role": "user", "content": str(n)}] * 3, {"n": str(n)}) for n in range(40))
     )
@@ -233,7 +234,11 @@ async def test_an_unreachable_database_is_a_503() -> None:
         assert failure.value.status_code == 503 and failure.value.code == "storage_unavailable"
         with pytest.raises(ServiceUnavailableError):
             await cc.save(completion(1), [], None)
-        with pytest.raises(OSError):
-            await Store(settings).open()
+        store = Store(settings)
+        with pytest.raises(ServiceUnavailableError):
+            await store.open()
+        with pytest.raises(ServiceUnavailableError):  # each use tries again
+            await store.chat_completions()
+        await store.aclose()
     finally:
         await engine.dispose()

@@ -224,6 +224,15 @@ def test_shaper_keeps_the_upstream_id_unless_given_one() -> None:
     assert ChunkShaper("m", False, "chatcmpl-g").shape(chunk([{"index": 0, "delta": {}}]))["id"] == "chatcmpl-g"  # type: ignore[index]
 
 
+def test_importing_manifold_does_not_import_sqlalchemy() -> None:
+    """The store imports SQLAlchemy when it opens (in the background at startup), not with the package."""
+    import subprocess
+    import sys
+
+    code = "import sys, manifold, manifold.cli; assert 'sqlalchemy' not in sys.modules, 'imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 # -- config -----------------------------------------------------------------------------------------------------
 
 

@@ -56,7 +56,7 @@ class ManifoldApp:
     async def startup(self) -> None:
         if not self._started:
             self._started = True
-            await self.store.open()
+            self.store.start()  # in the background: nothing waits for it but what stores
             await self.router.start()
 
     async def shutdown(self) -> None:

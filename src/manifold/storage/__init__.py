@@ -1,6 +1,8 @@
-"""Stored objects: SQLAlchemy Core on an async engine, SQLite by default, PostgreSQL by URL, with migrations."""
+"""Stored objects: SQLAlchemy Core on an async engine, SQLite by default, PostgreSQL by URL, with migrations.
 
-from manifold.storage.chat_completions import ChatCompletionStore, MessagePage, Page
+Importing this package does not import SQLAlchemy; `Store.open()` does.
+"""
+
 from manifold.storage.store import Store
 
-__all__ = ["ChatCompletionStore", "MessagePage", "Page", "Store"]
+__all__ = ["Store"]

@@ -22,6 +22,7 @@ from manifold.config import StorageSettings
 
 SQLITE_FILE = "manifold.db"
 BUSY_TIMEOUT_S = 30.0
+CONNECT_TIMEOUT_S = 10.0
 _WRITE = "manifold_write"  # execution option: this transaction writes (SQLite: BEGIN IMMEDIATE)
 _DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg"}
 
@@ -46,6 +47,7 @@ def create_engine(settings: StorageSettings) -> AsyncEngine:
         return _sqlite_engine(url, settings)
     return create_async_engine(
         url,
+        connect_args={"timeout": CONNECT_TIMEOUT_S},
         pool_size=settings.pool_size,
         max_overflow=settings.pool_size,
         pool_pre_ping=True,  # a replica restarted behind us leaves dead connections in the pool

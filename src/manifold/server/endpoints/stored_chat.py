@@ -68,7 +68,7 @@ async def create_stored(
 ) -> None:
     """`POST /chat/completions` with `store: true`. The gateway names the completion (its id is the key it is
     stored under, whatever id the upstream gave)."""
-    store = app.store.chat_completions
+    store = await app.store.chat_completions()
     completion_id = new_completion_id()
     messages = raw["messages"]
     metadata = req.metadata
@@ -95,14 +95,16 @@ async def create_stored(
 
 async def list_chat_completions(app: ManifoldApp, request: Request) -> None:
     params = parse_list_params(request.query_string, filters=True)
-    page = await app.store.chat_completions.list(
+    completions = await app.store.chat_completions()
+    page = await completions.list(
         after=params.after, limit=params.limit, order=params.order, model=params.model, metadata=params.metadata
     )
     await request.send_json(200, _json.encode(cursor_page(page.items, page.has_more)))
 
 
 async def retrieve_chat_completion(app: ManifoldApp, request: Request, completion_id: str) -> None:
-    completion = await app.store.chat_completions.get(completion_id)
+    completions = await app.store.chat_completions()
+    completion = await completions.get(completion_id)
     if completion is None:
         raise _not_found(completion_id)
     await request.send_json(200, _json.encode(completion))
@@ -112,14 +114,16 @@ async def update_chat_completion(app: ManifoldApp, request: Request, completion_
     raw = await request.body(app.settings.max_body_size)
     # No body at all is a missing `metadata`, like `{}`.
     body = convert(decode_json_object(raw) if raw.strip() else {}, UpdateChatCompletionRequest)
-    completion = await app.store.chat_completions.update_metadata(completion_id, body.metadata)
+    completions = await app.store.chat_completions()
+    completion = await completions.update_metadata(completion_id, body.metadata)
     if completion is None:
         raise _not_found(completion_id)
     await request.send_json(200, _json.encode(completion))
 
 
 async def delete_chat_completion(app: ManifoldApp, request: Request, completion_id: str) -> None:
-    if not await app.store.chat_completions.delete(completion_id):
+    completions = await app.store.chat_completions()
+    if not await completions.delete(completion_id):
         raise _not_found(completion_id)
     await request.send_json(200, _json.encode(deleted(completion_id)))
 
@@ -127,7 +131,8 @@ async def delete_chat_completion(app: ManifoldApp, request: Request, completion_
 async def list_chat_completion_messages(app: ManifoldApp, request: Request, completion_id: str) -> None:
     params = parse_list_params(request.query_string, filters=False)
     after = message_position(completion_id, params.after) if params.after is not None else None
-    page = await app.store.chat_completions.messages(completion_id, after=after, limit=params.limit, order=params.order)
+    completions = await app.store.chat_completions()
+    page = await completions.messages(completion_id, after=after, limit=params.limit, order=params.order)
     if page is None:
         raise _not_found(completion_id)
     items = [stored_message(completion_id, position, message) for position, message in page.items]
