@@ -18,7 +18,7 @@ from sqlalchemy import Connection, inspect, select, text
 
 from manifold.config import StorageSettings
 from manifold.errors import InvalidRequestError, ServiceUnavailableError
-from manifold.storage import Store
+from manifold.storage import Store, tables
 from manifold.storage.chat_completions import ChatCompletionStore
 from manifold.storage.engine import create_engine, database_url
 from manifold.storage.migrations import MIGRATIONS, Migration, applied_versions, migrate
@@ -129,6 +129,27 @@ async def test_store_open_migrates(store: Store) -> None:
     assert await applied_versions(store.engine) == [1]
 
 
+async def test_migrated_schema_matches_the_tables_the_code_uses(store: Store) -> None:
+    """tables.py (what the code reads and writes) and the migrations (what built the database) agree."""
+
+    def described(conn: Connection) -> dict[str, Any]:
+        found = inspect(conn)
+        return {
+            name: (
+                [c["name"] for c in found.get_columns(name)],
+                sorted(i["name"] for i in found.get_indexes(name) if i["name"]),
+            )
+            for name in tables.metadata.tables
+        }
+
+    async with store.engine.connect() as conn:
+        actual = await conn.run_sync(described)
+    for name, table in tables.metadata.tables.items():
+        columns, indexes = actual[name]
+        assert columns == [c.name for c in table.columns], name
+        assert set(indexes) >= {i.name for i in table.indexes}, name
+
+
 # -- SQLite specifics -------------------------------------------------------------------------------------------
 
 
@@ -168,6 +189,9 @@ async def test_save_get_and_messages(store: Store) -> None:
     assert await cc.messages("chatcmpl-404") is None
     empty = await cc.messages("chatcmpl-1", after=5)
     assert empty is not None and empty.items == []
+    long_name = "org/" + "m" * 1000  # public model names have no length limit
+    await cc.save(completion(2, long_name), messages, None)
+    assert [c["id"] for c in (await cc.list(model=long_name)).items] == ["chatcmpl-2"]
 
 
 async def test_list_pages_filters_and_cursors(store: Store) -> None:

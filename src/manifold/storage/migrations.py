@@ -60,12 +60,13 @@ def _v1_chat_completions(conn: Connection) -> None:
         md,
         Column("seq", serial, primary_key=True, autoincrement=True),
         Column("id", String(128), nullable=False, unique=True),
-        Column("model", String(256), nullable=False, index=True),
+        Column("model", Text, nullable=False),
         Column("created", BigInteger, nullable=False),
         Column("metadata_json", Text, nullable=False),
         Column("request_id", String(128), nullable=True),
         Column("completion", Text, nullable=False),
         Column("stored_at", BigInteger, nullable=False),
+        Index("ix_chat_completions_model_seq", "model", "seq"),
         sqlite_autoincrement=True,
     )
     Table(

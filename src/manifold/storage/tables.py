@@ -31,12 +31,13 @@ chat_completions = Table(
     metadata,
     Column("seq", Serial, primary_key=True, autoincrement=True),
     Column("id", String(128), nullable=False, unique=True),
-    Column("model", String(256), nullable=False, index=True),
+    Column("model", Text, nullable=False),
     Column("created", BigInteger, nullable=False),
     Column("metadata_json", Text, nullable=False),
     Column("request_id", String(128), nullable=True),
     Column("completion", Text, nullable=False),
     Column("stored_at", BigInteger, nullable=False),  # unix milliseconds
+    Index("ix_chat_completions_model_seq", "model", "seq"),  # GET /chat/completions?model=…, in order
     sqlite_autoincrement=True,  # never reuse a deleted seq: cursors stay ordered
 )
 
