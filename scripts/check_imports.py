@@ -15,6 +15,7 @@ FORBIDDEN = {
     "routing": {"server", "cli"},
     "errors": {"api", "server", "routing", "providers", "config", "cli"},
     "_json": {"api", "server", "routing", "providers", "config", "errors", "cli"},
+    "storage": {"api", "server", "routing", "providers", "cli"},
 }
 BACKENDS = {"openai_compatible", "local", "anthropic", "kserve_v2", "python_handler"}
 

@@ -70,9 +70,22 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     kserve_urls: bool = True
 
 
+class StorageSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Where stored objects (chat completions created with `store: true`, …) live.
+
+    `url` None: SQLite in `<data_dir>/manifold.db` (relative paths are taken from the working directory).
+    Otherwise a SQLAlchemy URL: `sqlite+aiosqlite:///path.db` or `postgresql+asyncpg://user:pass@host/db`
+    (`sqlite:///` and `postgresql://` are accepted and get the async driver)."""
+
+    url: str | None = None
+    data_dir: str = "./data"
+    pool_size: Annotated[int, msgspec.Meta(ge=1)] = 10
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     model_list: list[Deployment] = msgspec.field(default_factory=list)
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
 
 
 ENV_PREFIX = "MANIFOLD_"
@@ -189,9 +202,12 @@ def _build(raw: dict[str, Any], problems: list[str]) -> Config:
             if dep is not None:
                 problems.extend(_deployment_problems(dep, f"model_list[{i}]"))
                 deployments.append(dep)
-    if problems or server is None:
+    storage = _convert_part(raw.get("storage", {}), StorageSettings, "storage", problems)
+    if storage is not None:
+        problems.extend(_storage_problems(storage))
+    if problems or server is None or storage is None:
         raise ConfigError(problems)
-    return Config(model_list=deployments, server=server)
+    return Config(model_list=deployments, server=server, storage=storage)
 
 
 def _convert_part(data: Any, typ: type[_T], where: str, problems: list[str]) -> _T | None:
@@ -240,6 +256,25 @@ def _server_problems(s: ServerSettings) -> list[str]:
     if s.log_level.lower() not in _LOG_LEVELS:
         out.append(f"server.log_level: {s.log_level!r} is not one of {sorted(_LOG_LEVELS)}")
     return out
+
+
+_STORAGE_SCHEMES = ("sqlite", "sqlite+aiosqlite", "postgresql", "postgres", "postgresql+asyncpg")
+
+
+def _storage_problems(s: StorageSettings) -> list[str]:
+    if s.url is None:
+        return [] if s.data_dir else ["storage.data_dir: must not be empty"]
+    scheme, sep, rest = s.url.partition("://")
+    if not sep or scheme not in _STORAGE_SCHEMES:
+        shown = scheme + sep if sep else repr(s.url)
+        return [
+            f"storage.url: {shown} is not supported "
+            "(expected sqlite+aiosqlite:///path/to/file.db or postgresql+asyncpg://user@host/db)"
+        ]
+    if scheme.startswith("sqlite") and rest.split("?", 1)[0] in ("", "/", "/:memory:"):
+        # Each pooled connection would get its own empty database, and nothing would outlive the process.
+        return ["storage.url: an in-memory SQLite database cannot hold stored objects; name a file"]
+    return []
 
 
 def _deployment_problems(dep: Deployment, where: str) -> list[str]:

@@ -17,6 +17,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.databases import BACKENDS, storage_settings
 from tests.fakes.openai_upstream import FakeUpstream
 
 UPSTREAM_KEY = "sk-upstream-secret-0123456789"
@@ -63,7 +64,8 @@ class ManifoldProcess:
         raise RuntimeError(f"manifold did not become healthy:\n{self.log()}")
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
@@ -176,4 +178,43 @@ def client(gateway: ManifoldProcess) -> Iterator[Any]:
 @pytest.fixture
 def http(gateway: ManifoldProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=gateway.url, timeout=20) as c:
+        yield c
+
+
+# -- stored objects: the same gateway on each storage backend ----------------------------------------------------
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def storage_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def stored_gateway(
+    fake: FakeUpstream, storage_backend: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ManifoldProcess]:
+    """The test gateway with its storage on `storage_backend` (SQLite in a data_dir, or a fresh PostgreSQL
+    database)."""
+    workdir = tmp_path_factory.mktemp(f"stored-{storage_backend}")
+    with storage_settings(storage_backend, workdir / "data") as storage:
+        proc = ManifoldProcess({**gateway_config(fake), "storage": storage}, workdir)
+        try:
+            yield proc
+        finally:
+            proc.stop()
+
+
+@pytest.fixture
+def stored_client(stored_gateway: ManifoldProcess) -> Iterator[Any]:
+    import openai
+
+    with openai.OpenAI(
+        base_url=stored_gateway.base_url, api_key="sk-client", max_retries=0, _strict_response_validation=True
+    ) as c:
+        yield c
+
+
+@pytest.fixture
+def stored_http(stored_gateway: ManifoldProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stored_gateway.url, timeout=20) as c:
         yield c

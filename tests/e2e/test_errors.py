@@ -87,9 +87,9 @@ def test_oversize_body(http: httpx.Client) -> None:
 
 
 def test_wrong_method_and_unknown_path(http: httpx.Client) -> None:
-    resp = http.get("/v1/chat/completions")
+    resp = http.put("/v1/chat/completions", json={})  # GET lists stored completions, POST creates
     check_envelope(resp, 405)
-    assert resp.headers["allow"] == "POST"
+    assert resp.headers["allow"] == "GET, POST"
     check_envelope(http.delete("/v1/models/fake-echo"), 405)
     check_envelope(http.post("/v1/nothing/here", json={}), 404)
     check_envelope(http.get("/v2/chat/completions"), 404)

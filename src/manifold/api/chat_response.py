@@ -96,6 +96,7 @@ class ChunkShaper:
     """
 
     __slots__ = (
+        "_completion_id",
         "_include_usage",
         "_public_model",
         "_roles_sent",
@@ -105,11 +106,12 @@ class ChunkShaper:
         "usage",
     )
 
-    def __init__(self, public_model: str, include_usage: bool) -> None:
+    def __init__(self, public_model: str, include_usage: bool, completion_id: str | None = None) -> None:
         self._public_model = public_model
         self._include_usage = include_usage
         self._roles_sent: set[int] = set()
         self._tool_calls_seen: set[tuple[int, int]] = set()
+        self._completion_id = completion_id  # the gateway's own id (stored completions), else the upstream's
         self.id: str | None = None
         self.created: int | None = None
         self.usage: dict[str, Any] | None = None
@@ -125,7 +127,7 @@ class ChunkShaper:
             # prompt_filter_results: clients index choices[0] on every chunk but the usage one.
             return None
         if self.id is None:
-            cid = chunk.get("id")
+            cid = self._completion_id or chunk.get("id")
             self.id = cid if isinstance(cid, str) and cid else new_completion_id()
             created = chunk.get("created")
             self.created = int(created) if isinstance(created, int | float) and created > 0 else int(time.time())

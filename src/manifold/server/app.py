@@ -13,9 +13,10 @@ import logging
 from manifold.config import Config, ServerSettings
 from manifold.errors import ManifoldError
 from manifold.routing.router import Router
-from manifold.server.endpoints import chat, health, kserve_urls, models
+from manifold.server.endpoints import chat, health, kserve_urls, models, stored_chat
 from manifold.server.http import Message, Receive, Request, Scope, Send
 from manifold.server.routes import Handler, PathRouter, Route
+from manifold.storage import Store
 
 log = logging.getLogger("manifold.server")
 
@@ -24,6 +25,11 @@ API_ROUTES = (
     Route("POST", "/chat/completions", chat.create_chat_completion, cancellable=True),
     Route("GET", "/models", models.list_models),
     Route("GET", "/models/{model:path}", models.retrieve_model),
+    Route("GET", "/chat/completions", stored_chat.list_chat_completions),
+    Route("GET", "/chat/completions/{completion_id}", stored_chat.retrieve_chat_completion),
+    Route("POST", "/chat/completions/{completion_id}", stored_chat.update_chat_completion),
+    Route("DELETE", "/chat/completions/{completion_id}", stored_chat.delete_chat_completion),
+    Route("GET", "/chat/completions/{completion_id}/messages", stored_chat.list_chat_completion_messages),
 )
 # Outside the prefixes.
 ROOT_ROUTES = (
@@ -57,6 +63,7 @@ class ManifoldApp:
         self.config = config
         self.settings: ServerSettings = config.server
         self.router = router if router is not None else Router(config.model_list)
+        self.store = Store(config.storage)
         self.paths = PathRouter()
         for prefix in self.settings.prefixes:
             p = "" if prefix == "/" else prefix
@@ -72,12 +79,15 @@ class ManifoldApp:
     async def startup(self) -> None:
         if not self._started:
             self._started = True
+            self.store.start()  # in the background: nothing waits for it but what stores
             await self.router.start()
 
     async def shutdown(self) -> None:
         if self._started:
             self._started = False
             await self.router.aclose()
+            await stored_chat.finish_writes()
+            await self.store.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

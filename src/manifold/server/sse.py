@@ -72,9 +72,11 @@ async def stream_chat(
     open_stream: Callable[[], Awaitable[AsyncIterator[dict[str, Any]]]],
     shaper: ChunkShaper,
     keepalive_interval: float,
+    before_done: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Open the upstream stream, then relay shaped chunks. Errors before the 200 propagate (the caller answers
-    with a status); after it they become one error event."""
+    with a status); after it they become one error event. `before_done` runs after the last chunk and before
+    `[DONE]` (storing the completion): the client is told the stream completed only once it has returned."""
     out = EventStream(request)
     stream: AsyncIterator[dict[str, Any]] | None = None
     try:
@@ -103,6 +105,8 @@ async def stream_chat(
                     pending.append(frame(shaped))
             if pending:
                 await out.write(b"".join(pending))
+        if before_done is not None:
+            await before_done()
         usage = shaper.usage_chunk()
         await out.end((frame(usage) + DONE) if usage is not None else DONE)
     except ManifoldError as exc:

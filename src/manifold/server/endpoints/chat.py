@@ -11,6 +11,7 @@ from manifold.api.chat_response import ChunkShaper, normalize_completion
 from manifold.api.validation import convert, decode_json_object
 from manifold.errors import InvalidRequestError
 from manifold.providers.base import ChatCall
+from manifold.server.endpoints.stored_chat import create_stored
 from manifold.server.sse import stream_chat
 
 if TYPE_CHECKING:
@@ -32,6 +33,9 @@ async def create_chat_completion(app: ManifoldApp, request: Request) -> None:
         if extra:
             log.debug("request %s: forwarding non-OpenAI fields %s", request.request_id, extra)
     provider = app.router.pick(req.model)
+    if req.store:
+        await create_stored(app, request, raw, req, provider)
+        return
     call = ChatCall(raw, req.model, request.request_id, bool(req.stream))
     if call.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)

@@ -1,0 +1,139 @@
+"""Stored chat completions: creating one with `store: true`, and the routes under `/chat/completions/…`.
+
+A stored completion is committed to the database before the client is told it exists: before the body of a
+non-streamed answer, before `data: [DONE]` of a streamed one. A client that never got that acknowledgement
+may or may not find it stored; one that got it always will (the write is durable when it returns).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+
+from manifold import _json
+from manifold.api.chat import ChatCompletionRequest
+from manifold.api.chat_assembly import AssemblingChunkShaper
+from manifold.api.chat_response import new_completion_id, normalize_completion
+from manifold.api.stored_chat import (
+    UpdateChatCompletionRequest,
+    cursor_page,
+    deleted,
+    message_position,
+    parse_list_params,
+    stored_message,
+)
+from manifold.api.validation import convert, decode_json_object
+from manifold.errors import NotFoundError
+from manifold.providers.base import ChatCall, Provider
+from manifold.server.sse import stream_chat
+
+if TYPE_CHECKING:
+    from manifold.server.app import ManifoldApp
+    from manifold.server.http import Request
+
+log = logging.getLogger("manifold.stored_chat")
+_writes: set[asyncio.Task[None]] = set()
+_SHUTDOWN_WAIT_S = 10.0
+
+
+def _not_found(completion_id: str) -> NotFoundError:
+    return NotFoundError(f"No chat completion found with id '{completion_id}'.", param="completion_id")
+
+
+async def _durably(write: Awaitable[None]) -> None:
+    """Run a store write to its end even if the client leaves meanwhile (the handler is then cancelled, but a
+    write cut in the middle would leave its connection in an unknown state)."""
+    task: asyncio.Task[None] = asyncio.ensure_future(write)
+    _writes.add(task)
+    task.add_done_callback(_write_finished)
+    await asyncio.shield(task)
+
+
+async def finish_writes() -> None:
+    """At shutdown: let the writes of clients that left finish before the engine is closed."""
+    if _writes:
+        await asyncio.wait(set(_writes), timeout=_SHUTDOWN_WAIT_S)
+
+
+def _write_finished(task: asyncio.Task[None]) -> None:
+    _writes.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("storing a chat completion failed: %s", task.exception())
+
+
+async def create_stored(
+    app: ManifoldApp, request: Request, raw: dict[str, Any], req: ChatCompletionRequest, provider: Provider
+) -> None:
+    """`POST /chat/completions` with `store: true`. The gateway names the completion (its id is the key it is
+    stored under, whatever id the upstream gave)."""
+    store = await app.store.chat_completions()
+    completion_id = new_completion_id()
+    messages = raw["messages"]
+    metadata = req.metadata
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        # The stored completion carries usage even when the client did not ask for it in the stream.
+        body = {**raw, "stream_options": {**(raw.get("stream_options") or {}), "include_usage": True}}
+        call = ChatCall(body, req.model, request.request_id, True)
+        shaper = AssemblingChunkShaper(req.model, include_usage, completion_id)
+
+        async def save() -> None:
+            await _durably(store.save(shaper.assembled(req.model), messages, metadata, request.request_id))
+
+        await stream_chat(
+            request, lambda: provider.open_chat_stream(call), shaper, app.settings.keepalive_interval, save
+        )
+        return
+    call = ChatCall(raw, req.model, request.request_id, False)
+    completion = normalize_completion(await provider.chat(call), req.model)
+    completion["id"] = completion_id
+    await _durably(store.save(completion, messages, metadata, request.request_id))
+    await request.send_json(200, _json.encode(completion))
+
+
+async def list_chat_completions(app: ManifoldApp, request: Request) -> None:
+    params = parse_list_params(request.query_string, filters=True)
+    completions = await app.store.chat_completions()
+    page = await completions.list(
+        after=params.after, limit=params.limit, order=params.order, model=params.model, metadata=params.metadata
+    )
+    await request.send_json(200, _json.encode(cursor_page(page.items, page.has_more)))
+
+
+async def retrieve_chat_completion(app: ManifoldApp, request: Request, completion_id: str) -> None:
+    completions = await app.store.chat_completions()
+    completion = await completions.get(completion_id)
+    if completion is None:
+        raise _not_found(completion_id)
+    await request.send_json(200, _json.encode(completion))
+
+
+async def update_chat_completion(app: ManifoldApp, request: Request, completion_id: str) -> None:
+    raw = await request.body(app.settings.max_body_size)
+    # No body at all is a missing `metadata`, like `{}`.
+    body = convert(decode_json_object(raw) if raw.strip() else {}, UpdateChatCompletionRequest)
+    completions = await app.store.chat_completions()
+    completion = await completions.update_metadata(completion_id, body.metadata)
+    if completion is None:
+        raise _not_found(completion_id)
+    await request.send_json(200, _json.encode(completion))
+
+
+async def delete_chat_completion(app: ManifoldApp, request: Request, completion_id: str) -> None:
+    completions = await app.store.chat_completions()
+    if not await completions.delete(completion_id):
+        raise _not_found(completion_id)
+    await request.send_json(200, _json.encode(deleted(completion_id)))
+
+
+async def list_chat_completion_messages(app: ManifoldApp, request: Request, completion_id: str) -> None:
+    params = parse_list_params(request.query_string, filters=False)
+    after = message_position(completion_id, params.after) if params.after is not None else None
+    completions = await app.store.chat_completions()
+    page = await completions.messages(completion_id, after=after, limit=params.limit, order=params.order)
+    if page is None:
+        raise _not_found(completion_id)
+    items = [stored_message(completion_id, position, message) for position, message in page.items]
+    await request.send_json(200, _json.encode(cursor_page(items, page.has_more)))

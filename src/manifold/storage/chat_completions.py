@@ -1,0 +1,171 @@
+"""Stored chat completions: save, get, list (cursor pages with filters), update metadata, delete, messages.
+
+Every write is one transaction, committed before the method returns: the caller acknowledges the client only
+after that, so an acknowledged completion is on disk. Objects cross this module as the JSON dicts the API
+sends; the tables keep them as JSON text.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any, Literal, NamedTuple
+
+from sqlalchemy import delete, exists, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from manifold import _json
+from manifold.errors import InvalidRequestError
+from manifold.storage.engine import write_engine
+from manifold.storage.errors import storage_errors
+from manifold.storage.tables import chat_completion_messages, chat_completion_metadata, chat_completions
+
+Order = Literal["asc", "desc"]
+_cc = chat_completions
+_msg = chat_completion_messages
+_md = chat_completion_metadata
+
+
+class Page(NamedTuple):
+    items: list[dict[str, Any]]
+    has_more: bool
+
+
+class MessagePage(NamedTuple):
+    items: list[tuple[int, dict[str, Any]]]  # (position, the request message as the client sent it)
+    has_more: bool
+
+
+def _text(obj: Any) -> str:
+    return _json.encode(obj).decode()
+
+
+def _with_metadata(completion_json: str, metadata_json: str) -> dict[str, Any]:
+    completion: dict[str, Any] = _json.decode(completion_json)
+    completion["metadata"] = _json.decode(metadata_json)
+    return completion
+
+
+class ChatCompletionStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._writer = write_engine(engine)
+
+    async def save(
+        self,
+        completion: Mapping[str, Any],
+        messages: list[Any],
+        metadata: Mapping[str, str] | None,
+        request_id: str | None = None,
+    ) -> None:
+        """Store a completion (its `id`, `model` and `created` as sent) with the request's messages."""
+        body = {k: v for k, v in completion.items() if k != "metadata"}
+        meta = dict(metadata or {})
+        completion_id = str(completion["id"])
+        async with storage_errors(), self._writer.begin() as conn:
+            await conn.execute(
+                insert(_cc).values(
+                    id=completion_id,
+                    model=str(completion["model"]),
+                    created=int(completion["created"]),
+                    metadata_json=_text(meta),
+                    request_id=request_id,
+                    completion=_text(body),
+                    stored_at=int(time.time() * 1000),
+                )
+            )
+            if messages:
+                await conn.execute(
+                    insert(_msg),
+                    [
+                        {"completion_id": completion_id, "position": i, "message": _text(m)}
+                        for i, m in enumerate(messages)
+                    ],
+                )
+            await _insert_metadata(conn, completion_id, meta)
+
+    async def get(self, completion_id: str) -> dict[str, Any] | None:
+        async with storage_errors(), self._engine.connect() as conn:
+            row = (
+                await conn.execute(select(_cc.c.completion, _cc.c.metadata_json).where(_cc.c.id == completion_id))
+            ).first()
+        return None if row is None else _with_metadata(row.completion, row.metadata_json)
+
+    async def list(
+        self,
+        *,
+        after: str | None = None,
+        limit: int = 20,
+        order: Order = "asc",
+        model: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> Page:
+        stmt = select(_cc.c.completion, _cc.c.metadata_json)
+        if model is not None:
+            stmt = stmt.where(_cc.c.model == model)
+        for key, value in (metadata or {}).items():
+            stmt = stmt.where(exists().where(_md.c.completion_id == _cc.c.id, _md.c.key == key, _md.c.value == value))
+        async with storage_errors(), self._engine.connect() as conn:
+            if after is not None:
+                seq = await conn.scalar(select(_cc.c.seq).where(_cc.c.id == after))
+                if seq is None:
+                    raise InvalidRequestError(
+                        f"Invalid 'after': no stored chat completion has the id '{after}'.",
+                        param="after",
+                        code="invalid_value",
+                    )
+                stmt = stmt.where(_cc.c.seq > seq if order == "asc" else _cc.c.seq < seq)
+            stmt = stmt.order_by(_cc.c.seq.asc() if order == "asc" else _cc.c.seq.desc()).limit(limit + 1)
+            rows = (await conn.execute(stmt)).all()
+        items = [_with_metadata(r.completion, r.metadata_json) for r in rows[:limit]]
+        return Page(items, len(rows) > limit)
+
+    async def update_metadata(self, completion_id: str, metadata: Mapping[str, str] | None) -> dict[str, Any] | None:
+        """Replace the metadata; the updated completion, or None when there is no such completion."""
+        meta = dict(metadata or {})
+        async with storage_errors(), self._writer.begin() as conn:
+            result = await conn.execute(update(_cc).where(_cc.c.id == completion_id).values(metadata_json=_text(meta)))
+            if result.rowcount == 0:
+                return None
+            await conn.execute(delete(_md).where(_md.c.completion_id == completion_id))
+            await _insert_metadata(conn, completion_id, meta)
+            body = await conn.scalar(select(_cc.c.completion).where(_cc.c.id == completion_id))
+        if body is None:
+            return None
+        completion: dict[str, Any] = _json.decode(body)
+        completion["metadata"] = meta
+        return completion
+
+    async def delete(self, completion_id: str) -> bool:
+        async with storage_errors(), self._writer.begin() as conn:
+            # Children first: SQLite enforces ON DELETE CASCADE only where foreign keys were switched on.
+            await conn.execute(delete(_msg).where(_msg.c.completion_id == completion_id))
+            await conn.execute(delete(_md).where(_md.c.completion_id == completion_id))
+            result = await conn.execute(delete(_cc).where(_cc.c.id == completion_id))
+        return bool(result.rowcount)
+
+    async def messages(
+        self, completion_id: str, *, after: int | None = None, limit: int = 20, order: Order = "asc"
+    ) -> MessagePage | None:
+        """A page of the stored request messages (None when there is no such completion)."""
+        stmt = select(_msg.c.position, _msg.c.message).where(_msg.c.completion_id == completion_id)
+        if after is not None:
+            stmt = stmt.where(_msg.c.position > after if order == "asc" else _msg.c.position < after)
+        stmt = stmt.order_by(_msg.c.position.asc() if order == "asc" else _msg.c.position.desc()).limit(limit + 1)
+        async with storage_errors(), self._engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+            if not rows and not await conn.scalar(select(func.count()).where(_cc.c.id == completion_id)):
+                return None
+        items = [(r.position, _json.decode(r.message)) for r in rows[:limit]]
+        return MessagePage(items, len(rows) > limit)
+
+    async def count(self) -> int:
+        async with storage_errors(), self._engine.connect() as conn:
+            return int(await conn.scalar(select(func.count()).select_from(_cc)) or 0)
+
+
+async def _insert_metadata(conn: AsyncConnection, completion_id: str, metadata: Mapping[str, str]) -> None:
+    if metadata:
+        await conn.execute(
+            insert(_md), [{"completion_id": completion_id, "key": k, "value": v} for k, v in metadata.items()]
+        )

@@ -1,0 +1,88 @@
+"""The database engine: one async SQLAlchemy engine per process, SQLite (default) or PostgreSQL by URL.
+
+SQLite is opened so that an acknowledged write survives a crash of the process (and of the machine):
+WAL journal, `synchronous=FULL` (every commit syncs the WAL), and a busy timeout so several workers or
+replicas on one file wait for each other instead of failing. pysqlite's own transaction handling is turned
+off (it starts transactions late and never for DDL); SQLAlchemy emits `BEGIN` itself, and `BEGIN IMMEDIATE`
+for write transactions, which take the write lock up front: a deferred transaction that reads and then writes
+can fail with SQLITE_BUSY when another writer got in between, whatever the busy timeout.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from manifold.config import StorageSettings
+
+SQLITE_FILE = "manifold.db"
+BUSY_TIMEOUT_S = 30.0
+CONNECT_TIMEOUT_S = 10.0
+_WRITE = "manifold_write"  # execution option: this transaction writes (SQLite: BEGIN IMMEDIATE)
+_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg"}
+
+
+def database_url(settings: StorageSettings) -> URL:
+    """The SQLAlchemy URL for the settings, with the async driver (`sqlite:///` → `sqlite+aiosqlite:///`)."""
+    if settings.url is None:
+        path = Path(settings.data_dir).expanduser().absolute() / SQLITE_FILE
+        return URL.create("sqlite+aiosqlite", database=str(path))
+    url = make_url(settings.url)
+    driver = _DRIVERS.get(url.drivername)
+    return url.set(drivername=driver) if driver is not None else url
+
+
+def is_sqlite(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite"
+
+
+def create_engine(settings: StorageSettings) -> AsyncEngine:
+    url = database_url(settings)
+    if is_sqlite(url):
+        return _sqlite_engine(url, settings)
+    return create_async_engine(
+        url,
+        connect_args={"timeout": CONNECT_TIMEOUT_S},
+        pool_size=settings.pool_size,
+        max_overflow=settings.pool_size,
+        pool_pre_ping=True,  # a replica restarted behind us leaves dead connections in the pool
+        pool_timeout=BUSY_TIMEOUT_S,
+    )
+
+
+def _sqlite_engine(url: URL, settings: StorageSettings) -> AsyncEngine:
+    if url.database:
+        os.makedirs(os.path.dirname(os.path.abspath(url.database)), exist_ok=True)
+    engine = create_async_engine(
+        url,
+        connect_args={"timeout": BUSY_TIMEOUT_S},
+        pool_size=settings.pool_size,
+        max_overflow=0,
+        pool_timeout=BUSY_TIMEOUT_S,
+    )
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # autocommit at the driver: SQLAlchemy emits BEGIN below
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = FULL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
+
+    return engine
+
+
+def write_engine(engine: AsyncEngine) -> AsyncEngine:
+    """The same engine (and pool) whose transactions take the write lock at BEGIN on SQLite."""
+    return engine.execution_options(**{_WRITE: True})

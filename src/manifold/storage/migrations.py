@@ -1,0 +1,128 @@
+"""Schema migrations: a numbered list, applied in order at startup, each recorded in `manifold_schema_migrations`.
+
+Why not Alembic: Manifold's schema is a few tables that must migrate inside the server process at startup,
+on the async engine, with no ini file or script directory to ship; a runner this size does that.
+
+Running it is idempotent and safe when several workers or replicas start at once: the whole run is one
+transaction that first takes a lock every other runner waits on (PostgreSQL: a transaction-scoped advisory lock;
+SQLite: `BEGIN IMMEDIATE`, the database's write lock), then reads which versions are applied. DDL is
+transactional on both, so a failed migration leaves nothing behind.
+
+To change the schema: append a `Migration` with the next version whose `upgrade` runs against a sync
+`Connection` (use frozen table copies or `op`-style DDL, never the live definitions in `tables.py`, which keep
+changing), then update `tables.py`. Never edit or renumber a migration that has shipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    insert,
+    select,
+    text,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from manifold.storage.engine import write_engine
+from manifold.storage.tables import schema_migrations
+
+log = logging.getLogger("manifold.storage")
+
+# pg_advisory_xact_lock key: "manifold" in ASCII, as a bigint.
+LOCK_KEY = int.from_bytes(b"manifold", "big")
+
+
+class Migration(NamedTuple):
+    version: int
+    name: str
+    upgrade: Callable[[Connection], None]
+
+
+def _v1_chat_completions(conn: Connection) -> None:
+    md = MetaData()
+    serial = BigInteger().with_variant(Integer(), "sqlite")
+    Table(
+        "chat_completions",
+        md,
+        Column("seq", serial, primary_key=True, autoincrement=True),
+        Column("id", String(128), nullable=False, unique=True),
+        Column("model", Text, nullable=False),
+        Column("created", BigInteger, nullable=False),
+        Column("metadata_json", Text, nullable=False),
+        Column("request_id", String(128), nullable=True),
+        Column("completion", Text, nullable=False),
+        Column("stored_at", BigInteger, nullable=False),
+        Index("ix_chat_completions_model_seq", "model", "seq"),
+        sqlite_autoincrement=True,
+    )
+    Table(
+        "chat_completion_messages",
+        md,
+        Column("completion_id", String(128), ForeignKey("chat_completions.id", ondelete="CASCADE"), primary_key=True),
+        Column("position", Integer, primary_key=True, autoincrement=False),
+        Column("message", Text, nullable=False),
+    )
+    Table(
+        "chat_completion_metadata",
+        md,
+        Column("completion_id", String(128), ForeignKey("chat_completions.id", ondelete="CASCADE"), primary_key=True),
+        Column("key", String(64), primary_key=True),
+        Column("value", String(512), nullable=False),
+        Index("ix_chat_completion_metadata_key_value", "key", "value"),
+    )
+    md.create_all(conn)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "chat completions, their messages and metadata", _v1_chat_completions),
+)
+
+
+async def migrate(engine: AsyncEngine, migrations: Sequence[Migration] = MIGRATIONS) -> list[int]:
+    """Apply the migrations not yet recorded; return the versions this call applied."""
+    ordered = sorted(migrations, key=lambda m: m.version)
+    done: list[int] = []
+    async with write_engine(engine).begin() as conn:
+        await _lock(conn)
+        await conn.run_sync(lambda c: schema_migrations.create(c, checkfirst=True))
+        applied = set((await conn.scalars(select(schema_migrations.c.version))).all())
+        for m in ordered:
+            if m.version in applied:
+                continue
+            log.info("storage: applying migration %d (%s)", m.version, m.name)
+            await conn.run_sync(m.upgrade)
+            await conn.execute(
+                insert(schema_migrations).values(version=m.version, name=m.name, applied_at=int(time.time() * 1000))
+            )
+            done.append(m.version)
+    newest = max((m.version for m in ordered), default=0)
+    if applied and max(applied) > newest:
+        log.warning(
+            "storage: the database is at schema version %d, newer than this Manifold knows (%d)", max(applied), newest
+        )
+    return done
+
+
+async def applied_versions(engine: AsyncEngine) -> list[int]:
+    async with engine.connect() as conn:
+        return list(await conn.scalars(select(schema_migrations.c.version).order_by(schema_migrations.c.version)))
+
+
+async def _lock(conn: AsyncConnection) -> None:
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
+    # SQLite: the transaction began with BEGIN IMMEDIATE (write_engine), which already holds the write lock.

@@ -1,0 +1,72 @@
+"""The tables as the code reads and writes them today (SQLAlchemy Core).
+
+The migrations in `migrations.py` create and change these tables; each migration keeps its own frozen copy
+of the DDL it ran, so this module can follow the newest schema without rewriting history. A feature that
+stores something new (stored responses and their input items, keys, spend…) adds its tables here and a
+migration that creates them.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, MetaData, String, Table, Text
+
+metadata = MetaData()
+
+# SQLite only aliases the rowid (and so auto-increments) for a column declared exactly INTEGER PRIMARY KEY.
+Serial = BigInteger().with_variant(Integer(), "sqlite")
+
+schema_migrations = Table(
+    "manifold_schema_migrations",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("name", String(200), nullable=False),
+    Column("applied_at", BigInteger, nullable=False),  # unix milliseconds
+)
+
+# One row per chat completion created with `store: true`. `seq` orders them (the order they were stored);
+# `completion` is the chat.completion object as sent to the client, JSON, without `metadata`, which lives in
+# its own column (it can be updated) and, for filtering, in chat_completion_metadata.
+chat_completions = Table(
+    "chat_completions",
+    metadata,
+    Column("seq", Serial, primary_key=True, autoincrement=True),
+    Column("id", String(128), nullable=False, unique=True),
+    Column("model", Text, nullable=False),
+    Column("created", BigInteger, nullable=False),
+    Column("metadata_json", Text, nullable=False),
+    Column("request_id", String(128), nullable=True),
+    Column("completion", Text, nullable=False),
+    Column("stored_at", BigInteger, nullable=False),  # unix milliseconds
+    Index("ix_chat_completions_model_seq", "model", "seq"),  # GET /chat/completions?model=…, in order
+    sqlite_autoincrement=True,  # never reuse a deleted seq: cursors stay ordered
+)
+
+# The request's messages, in order (`position` 0, 1, …), each the client's JSON object.
+chat_completion_messages = Table(
+    "chat_completion_messages",
+    metadata,
+    Column(
+        "completion_id",
+        String(128),
+        ForeignKey("chat_completions.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("position", Integer, primary_key=True, autoincrement=False),
+    Column("message", Text, nullable=False),
+)
+
+# The metadata of each stored completion as key/value rows: `metadata[k]=v` filters are indexed lookups on
+# every backend (no JSON functions, whose dialects differ).
+chat_completion_metadata = Table(
+    "chat_completion_metadata",
+    metadata,
+    Column(
+        "completion_id",
+        String(128),
+        ForeignKey("chat_completions.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("key", String(64), primary_key=True),
+    Column("value", String(512), nullable=False),
+    Index("ix_chat_completion_metadata_key_value", "key", "value"),
+)
