@@ -75,8 +75,12 @@ class UpstreamSession:
                 body = await resp.read()
             except TransportError:
                 body = b""
-            raise error_from_upstream(resp.status, body, resp.headers, self.label)
+            raise self.error_for_status(resp.status, body, resp.headers)
         return resp
+
+    def error_for_status(self, status: int, body: bytes, headers: Mapping[str, str]) -> ManifoldError:
+        """The error for an upstream's non-2xx reply; backends whose errors have another shape override it."""
+        return error_from_upstream(status, body, headers, self.label)
 
     async def probe(self, url: str, headers: Mapping[str, str] | None = None, limit_s: float = 5.0) -> int | None:
         """The status of a GET, or None if the upstream does not answer HTTP at all."""
