@@ -31,7 +31,8 @@ Behaviors (``stream: true`` gives SSE events ``event: <type>\\ndata: <json>\\n\\
     ``disable_parallel_tool_use`` is not set), inputs generated from each tool's ``input_schema``, preceded by a
     short text only under ``auto``; otherwise the text ``"echo: " + <last user text>`` followed by a note per
     image (``[image base64 image/png 68 bytes]``, ``[image url …]``) and document. ``stop_sequences`` and
-    ``max_tokens`` (counted in words) cut the text with the matching ``stop_reason``. Usage counts words.
+    ``max_tokens`` (counted in words) cut the text with the matching ``stop_reason``. Usage counts words
+    (the system prompt's included).
 ``cache``
     Echo, with ``cache_read_input_tokens`` 100 and ``cache_creation_input_tokens`` 20 in the usage.
 ``status:<code>``
@@ -236,7 +237,7 @@ class _Reply:
         self.stop_reason = "tool_use"
 
     def usage(self, output: bool = True) -> dict[str, Any]:
-        words = 0
+        words = sum(_words(t) for t in _texts(self.body.get("system") or []))
         for message in self.body["messages"]:
             content = message["content"]
             words += sum(_words(t) for t in _texts(content))
