@@ -430,11 +430,13 @@ def test_cut_stream_is_an_error_event(http: httpx.Client) -> None:
     ],
 )
 def test_what_anthropic_cannot_do_is_a_clear_400(
-    client: openai.OpenAI, upstream: FakeAnthropic, extra: dict[str, Any], param: str
+    client: openai.OpenAI, http: httpx.Client, upstream: FakeAnthropic, extra: dict[str, Any], param: str
 ) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model="claude", messages=MESSAGES, extra_body=extra)
     assert info.value.param == param
+    resp = http.post("/v1/chat/completions", json={"model": "claude", "messages": MESSAGES, "stream": True, **extra})
+    assert check_envelope(resp, 400)["param"] == param  # streamed too: a status, before any chunk
     assert upstream.messages_requests() == []
 
 

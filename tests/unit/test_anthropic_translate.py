@@ -276,6 +276,8 @@ def test_openai_defaults_that_change_nothing_are_accepted() -> None:
     ("body", "param"),
     [
         (chat(temperature=1.5), "temperature"),
+        (chat(top_k="many"), "top_k"),
+        (chat(top_k=-1), "top_k"),
         (
             chat(
                 messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://x/y.png"}}]}]

@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 
 from manifold import _json
+from manifold.api.chat_response import new_completion_id
 from manifold.api.sse import SSEEvent
 from manifold.errors import BadGatewayError
 from manifold.providers.anthropic.translate import arguments_text, finish_reason, usage_from_anthropic
@@ -132,7 +133,7 @@ class AnthropicStreamParser:
         self._started = True
         message = message if isinstance(message, dict) else {}
         mid = message.get("id")
-        self._id = mid if isinstance(mid, str) and mid else "chatcmpl-" + str(self._created)
+        self._id = mid if isinstance(mid, str) and mid else new_completion_id()
         self._add_usage(message.get("usage"))
         return [self._chunk({"role": "assistant", "content": ""})]
 

@@ -12,6 +12,8 @@ What maps how (docs/backends-anthropic.md has the user's view):
   merged, tool results first, as the Messages API requires;
 - `response_format` becomes a forced tool (`json_schema`: named after the schema; `json_object`: the tool
   `json_object`) whose input is returned as the message content, with `finish_reason` "stop";
+- `temperature`, `top_p` and the extra `top_k` are sent for API version 2023-06-01 (the default) and refused
+  for 2026-10-21 and later, which removed them;
 - parameters that would change what the client gets back and that Anthropic cannot honour (`n`>1,
   `logprobs`, audio, …) are refused with a 400 naming them, never silently dropped.
 """
@@ -39,7 +41,7 @@ MAX_TEMPERATURE = 1.0
 # Anthropic's image source media types (Base64ImageSourceParam.media_type).
 IMAGE_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 DOCUMENT_MEDIA_TYPES = frozenset({"application/pdf"})
-# Parameters whose effect Anthropic cannot give: (param, is it set?) → 400 naming it.
+# Parameters whose effect Anthropic cannot give: any value is a 400 naming it.
 _UNSUPPORTED_WHEN_SET = ("audio", "prediction", "web_search_options", "functions", "function_call")
 _RESPONSE_TOOL_DESCRIPTION = "Respond to the user with this tool: its input is your whole answer."
 _JSON_OBJECT_DESCRIPTION = "Respond to the user with this tool: its input, a JSON object, is your whole answer."
@@ -99,6 +101,11 @@ def _sampling(body: dict[str, Any], version: str, public_model: str) -> dict[str
             f"The model '{public_model}' is served with Anthropic API version {version}, which does not accept "
             f"'{key}' (sampling parameters were removed in {SAMPLING_REMOVED_IN}).",
             param=key,
+        )
+    top_k = out.get("top_k")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
+        raise InvalidRequestError(
+            f"Invalid 'top_k': expected a non-negative integer, got {top_k!r}.", param="top_k", code="invalid_value"
         )
     temperature = out.get("temperature")
     if temperature is not None and temperature > MAX_TEMPERATURE:
