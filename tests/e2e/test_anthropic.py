@@ -408,7 +408,9 @@ def test_mid_stream_overload_is_an_error_event(client: openai.OpenAI, http: http
             "/v1/chat/completions", json={"model": "claude-stream_error", "messages": MESSAGES, "stream": True}
         ).text
     )
+    # What arrived before the error reaches the client before the error event (even when written in a batch).
     assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1]) == "echo:"
     assert_valid("ErrorResponse", events[-1])
     assert events[-1]["error"]["code"] == "upstream_overloaded"
 

@@ -77,6 +77,7 @@ async def stream_chat(
     with a status); after it they become one error event."""
     out = EventStream(request)
     stream: AsyncIterator[dict[str, Any]] | None = None
+    pending: list[bytes] = []  # frames held back to be written together; still sent if the stream then fails
     try:
         stream = await _await_with_keepalive(out, open_stream(), keepalive_interval)
         assert stream is not None
@@ -86,7 +87,6 @@ async def stream_chat(
         if first is not None:
             # Chunks that arrived together (one upstream read) go out in one write.
             buffered = getattr(iterator, "buffered", None)
-            pending: list[bytes] = []
             shaped = shaper.shape(first)
             if shaped is not None:
                 pending.append(frame(shaped))
@@ -109,7 +109,7 @@ async def stream_chat(
         if not out.committed:
             raise
         log.warning("stream %s failed after the first byte: %s", request.request_id, exc.message)
-        await out.end(frame(exc.to_dict()))
+        await out.end(b"".join(pending) + frame(exc.to_dict()))
     finally:
         if stream is not None:
             aclose = getattr(stream, "aclose", None)
