@@ -346,6 +346,22 @@ def test_api_version_2026_refuses_sampling_parameters() -> None:
     assert request_problems(out, "2026-10-21") == []
 
 
+def test_data_url_parameters_are_read_loosely() -> None:
+    url = "data:image/PNG;charset=binary;BASE64,iVBORw0KGgo="
+    content = [{"type": "image_url", "image_url": {"url": url}}]
+    out = translate(chat(messages=[{"role": "user", "content": content}]))
+    assert out["messages"][0]["content"][0]["source"] == {
+        "type": "base64",
+        "media_type": "image/png",
+        "data": "iVBORw0KGgo=",
+    }
+
+
+def test_extra_fields_that_are_not_anthropic_are_not_sent() -> None:
+    out = translate(chat(repetition_penalty=1.1, chat_template_kwargs={"x": 1}, thinking={"type": "enabled"}))
+    assert set(out) == {"model", "max_tokens", "messages"}
+
+
 def test_empty_tool_arguments_are_an_empty_input() -> None:
     call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": ""}}
     out = translate(chat(messages=[{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": [call]}]))

@@ -256,7 +256,7 @@ def _data_url(url: str, param: str) -> tuple[str, str]:
     """(media type, base64 data) of a `data:<type>;base64,<data>` URL."""
     header, sep, data = url[5:].partition(",")
     params = header.split(";")
-    if not sep or "base64" not in params[1:] or not data:
+    if not sep or "base64" not in (p.strip().lower() for p in params[1:]) or not data:
         raise InvalidRequestError(
             f"Invalid '{param}': expected a base64 data URL (data:<media type>;base64,<data>).",
             param=param,
