@@ -52,6 +52,9 @@ class Deployment(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     model_version: str | None = None
     chat_template: str | None = None
     generate_parameters_in: str | None = None
+    # anthropic provider: `max_tokens` sent when the client sets neither max_tokens nor max_completion_tokens
+    # (the Messages API requires it); None means the provider's own default
+    default_max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
 
     @property
     def upstream_model(self) -> str:

@@ -15,6 +15,7 @@
     ├── UpstreamError               an upstream's own 4xx error, passed through with its status
     ├── BadGatewayError             502: upstream 5xx, connection refused/reset, malformed reply
     ├── ServiceUnavailableError     503: no deployment can take the request now
+    │   └── UpstreamOverloadedError 503: the upstream is overloaded (Anthropic's 529); retry later
     └── GatewayTimeoutError         504: an upstream timeout (connect, first byte, total)
 
     ConfigError                     a bad configuration; never reaches a client (raised before serving)
@@ -141,6 +142,13 @@ class ServiceUnavailableError(ManifoldError):
     status = 503
     type = "server_error"
     default_code = "service_unavailable"
+
+
+class UpstreamOverloadedError(ServiceUnavailableError):
+    """The upstream answered that it is overloaded (Anthropic's 529 `overloaded_error`). A 503, so clients
+    (the official SDKs retry every 5xx) and the router treat it as retryable."""
+
+    default_code = "upstream_overloaded"
 
 
 class GatewayTimeoutError(ManifoldError):

@@ -131,7 +131,7 @@ ONE_PROBLEM: list[Any] = [
     ("unknown-deployment-key", with_deployment(api_bsae="x"), "model_list[0].api_bsae:", "unknown key"),
     ("unknown-server-key", {"server": {"prot": 1}}, "server.prot:", "unknown key"),
     ("unknown-timeouts-key", with_deployment(timeouts={"read": 1}), "model_list[0].timeouts", "read"),
-    ("bad-provider", with_deployment(provider="anthropic"), "model_list[0].provider:", "'anthropic'"),
+    ("bad-provider", with_deployment(provider="claude"), "model_list[0].provider:", "'claude'"),
     ("openai-without-api-base", with_deployment(api_base=None), "model_list[0].api_base:", "required"),
     ("api-base-without-scheme", with_deployment(api_base="localhost:8000"), "model_list[0].api_base:", "http"),
     (

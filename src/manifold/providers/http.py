@@ -77,8 +77,12 @@ class UpstreamSession:
         """Send and wait for the response headers; a non-2xx status is raised as a Manifold error."""
         resp = await self.send(method, url, data=data, headers=headers)
         if resp.status >= 400:
-            raise error_from_upstream(resp.status, await self.read_error_body(resp), resp.headers, self.label)
+            raise self.error_for_status(resp.status, await self.read_error_body(resp), resp.headers)
         return resp
+
+    def error_for_status(self, status: int, body: bytes, headers: Mapping[str, str]) -> ManifoldError:
+        """The error for an upstream's non-2xx reply; backends whose errors have another shape override it."""
+        return error_from_upstream(status, body, headers, self.label)
 
     async def read_error_body(self, resp: HTTPResponse) -> bytes:
         """The body of an error reply, or b"" when it cannot be read."""

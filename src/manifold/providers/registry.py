@@ -27,6 +27,7 @@ PROVIDERS: dict[str, ProviderKind] = {
     "azure": ProviderKind("manifold.providers.openai_compatible.provider", "AzureOpenAIProvider"),
     "local": ProviderKind("manifold.providers.local.provider", "LocalModelProvider"),
     "kserve_v2": ProviderKind("manifold.providers.kserve_v2.provider", "KServeV2Provider"),
+    "anthropic": ProviderKind("manifold.providers.anthropic.provider", "AnthropicProvider"),
 }
 
 

@@ -79,6 +79,7 @@ async def stream_chat(
     `[DONE]` (storing the completion): the client is told the stream completed only once it has returned."""
     out = EventStream(request)
     stream: AsyncIterator[dict[str, Any]] | None = None
+    pending: list[bytes] = []  # frames held back to be written together; still sent if the stream then fails
     try:
         stream = await _await_with_keepalive(out, open_stream(), keepalive_interval)
         assert stream is not None
@@ -88,7 +89,6 @@ async def stream_chat(
         if first is not None:
             # Chunks that arrived together (one upstream read) go out in one write.
             buffered = getattr(iterator, "buffered", None)
-            pending: list[bytes] = []
             shaped = shaper.shape(first)
             if shaped is not None:
                 pending.append(frame(shaped))
@@ -113,7 +113,7 @@ async def stream_chat(
         if not out.committed:
             raise
         log.warning("stream %s failed after the first byte: %s", request.request_id, exc.message)
-        await out.end(frame(exc.to_dict()))
+        await out.end(b"".join(pending) + frame(exc.to_dict()))
     finally:
         if stream is not None:
             aclose = getattr(stream, "aclose", None)
