@@ -47,6 +47,8 @@ class Deployment(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     model_path: str | None = None
     context_length: Annotated[int, msgspec.Meta(ge=128)] = 4096
     threads: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    # legacy completions: False answers POST /completions through chat (a chat-only upstream); None: native
+    supports_completions: bool | None = None
 
     @property
     def upstream_model(self) -> str:

@@ -13,7 +13,7 @@ import logging
 from manifold.config import Config, ServerSettings
 from manifold.errors import ManifoldError
 from manifold.routing.router import Router
-from manifold.server.endpoints import chat, health, models
+from manifold.server.endpoints import chat, completions, embeddings, health, images, models
 from manifold.server.http import Message, Receive, Request, Scope, Send
 from manifold.server.routes import Handler, PathRouter, Route
 
@@ -24,6 +24,9 @@ API_ROUTES = (
     Route("POST", "/chat/completions", chat.create_chat_completion, cancellable=True),
     Route("GET", "/models", models.list_models),
     Route("GET", "/models/{model:path}", models.retrieve_model),
+    Route("POST", "/completions", completions.create_completion, cancellable=True),
+    Route("POST", "/embeddings", embeddings.create_embeddings, cancellable=True),
+    Route("POST", "/images/generations", images.create_image, cancellable=True),
 )
 # Outside the prefixes.
 ROOT_ROUTES = (
