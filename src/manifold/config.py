@@ -76,8 +76,14 @@ _LOG_LEVELS = {"critical", "error", "warning", "info", "debug", "trace"}
 
 
 def default_config() -> Config:
-    """With no config file: the embedded local model, served as `smollm2`."""
-    return Config(model_list=[Deployment(model_name="smollm2", provider="local", owned_by="manifold")])
+    """With no config file: the embedded local models, served as `smollm2` (chat, completions) and `minilm`
+    (embeddings)."""
+    return Config(
+        model_list=[
+            Deployment(model_name="smollm2", provider="local", owned_by="manifold"),
+            Deployment(model_name="minilm", provider="local_embedding", owned_by="manifold"),
+        ]
+    )
 
 
 def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Config:

@@ -65,12 +65,12 @@ class Provider:
 
     async def chat(self, call: ChatCall) -> dict[str, Any]:
         """A complete `chat.completion` as a dict (normalized by the caller)."""
-        raise UnsupportedError(f"The model '{call.public_model}' does not support chat completions.")
+        raise unsupported_model(call, "chat completions")
 
     async def open_chat_stream(self, call: ChatCall) -> ChunkStream:
         """Start a streamed completion. Errors before the first chunk are raised here, so the server can still
         answer with a proper status; the returned iterator yields `chat.completion.chunk` dicts."""
-        raise UnsupportedError(f"The model '{call.public_model}' does not support streaming.")
+        raise unsupported_model(call, "streamed chat completions")
 
     async def completions(self, call: Call) -> dict[str, Any]:
         """A complete `text_completion` as a dict (normalized by the caller). A backend that chats but does not

@@ -26,6 +26,7 @@ PROVIDERS: dict[str, ProviderKind] = {
     "openai": ProviderKind("manifold.providers.openai_compatible.provider", "OpenAICompatibleProvider"),
     "azure": ProviderKind("manifold.providers.openai_compatible.provider", "AzureOpenAIProvider"),
     "local": ProviderKind("manifold.providers.local.provider", "LocalModelProvider"),
+    "local_embedding": ProviderKind("manifold.providers.local.embedding", "LocalEmbeddingProvider"),
 }
 
 
