@@ -164,14 +164,14 @@ class ChunkMapper:
             index = choice.get("index")
             index = index if isinstance(index, int) else position
             delta = choice.get("delta") or {}
-            text = delta.get("content") or ""
+            prefix = ""
             if index not in self._started:
                 self._started.add(index)
-                if self._echo:
-                    text = self._prompt + text
-            offset = self._offsets.get(index, len(self._prompt) if self._echo else 0)
-            logprobs = _legacy_logprobs(choice.get("logprobs"), offset)
-            self._offsets[index] = offset + len(text)
+                prefix = self._prompt if self._echo else ""
+            sent = self._offsets.get(index, 0)  # characters of this choice's text sent so far
+            logprobs = _legacy_logprobs(choice.get("logprobs"), sent + len(prefix))
+            text = prefix + (delta.get("content") or "")
+            self._offsets[index] = sent + len(text)
             finish = choice.get("finish_reason")
             if not text and finish is None and logprobs is None:
                 continue
