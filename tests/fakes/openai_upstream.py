@@ -666,7 +666,7 @@ class FakeUpstream:
                 behavior = body["fake_behavior"]
         elif is_models and request.method == "GET":
             behavior = "models"
-        elif is_chat or is_models or surface is not None:
+        elif is_chat or is_models:
             behavior = "method_not_allowed"
         else:
             behavior = "not_found"
