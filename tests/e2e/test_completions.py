@@ -9,6 +9,8 @@ relaxation for it (`text_completion_nulls`).
 
 from __future__ import annotations
 
+import json
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -305,3 +307,31 @@ def test_unknown_model_is_404(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as info:
         client.completions.create(model="no-such-model", prompt="x")
     assert info.value.code == "model_not_found"
+
+
+@pytest.mark.parametrize("route", ["completions", "embeddings", "images"])
+def test_disconnect_cancels_the_upstream_request(gateway: ManifoldProcess, fake: FakeUpstream, route: str) -> None:
+    fake.clear()
+    c = openai.OpenAI(base_url=gateway.base_url, api_key="k", max_retries=0, timeout=1.0)
+    with pytest.raises(openai.APITimeoutError):
+        if route == "completions":
+            c.completions.create(model="fake-hang", prompt="x")
+        elif route == "embeddings":
+            c.embeddings.create(model="fake-hang", input="x")
+        else:
+            c.images.generate(model="fake-hang", prompt="x")
+    assert fake.wait_cancelled(1, timeout=5.0)
+    assert fake.cancelled[0].path.endswith("/" + ("images/generations" if route == "images" else route))
+
+
+def test_disconnect_cancels_a_completion_stream(gateway: ManifoldProcess, fake: FakeUpstream) -> None:
+    fake.clear()
+    body = json.dumps({"model": "fake-hang", "prompt": "x", "stream": True}).encode()
+    with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
+        sock.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            + f"content-length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        assert b"200" in sock.recv(4096)  # headers and a keep-alive comment, then the client leaves
+    assert fake.wait_cancelled(1, timeout=5.0)

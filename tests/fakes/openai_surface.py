@@ -1,6 +1,7 @@
 """The fake upstream's legacy completions, embeddings and image generation (see ``openai_upstream``).
 
-Routes (the behavior comes from the ``/b/<behavior>/v1`` path, or a ``fake_behavior`` body field)
+Routes (the behavior comes from the ``/b/<behavior>/v1`` path, or a ``fake_behavior`` body field; on every
+route ``status:<code>`` answers that error and ``hang`` never answers, until the client goes away)
 ------------------------------------------------------------------------------------------------
 ``POST {anything}/completions``
     ``echo`` (default): one ``text_completion`` choice per prompt and ``n`` (``index = prompt * n + i``),
@@ -27,6 +28,7 @@ Routes (the behavior comes from the ``/b/<behavior>/v1`` path, or a ``fake_behav
 from __future__ import annotations
 
 import array
+import asyncio
 import base64
 import hashlib
 import sys
@@ -57,9 +59,11 @@ def route_of(path: str) -> str | None:
 
 
 async def answer(route: str, ex: _Exchange) -> web.StreamResponse:
-    from tests.fakes.openai_upstream import _error_body, _parse_status
+    from tests.fakes.openai_upstream import HANG_SECONDS, _error_body, _parse_status
 
     name, _, arg = ex.record.behavior.partition(":")
+    if name == "hang":
+        await asyncio.sleep(HANG_SECONDS)
     if name == "status":
         code = _parse_status(arg)
         return web.json_response(_error_body(f"fake {code}", "fake_error", f"fake_{code}"), status=code)
