@@ -55,6 +55,8 @@ class Deployment(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # anthropic provider: `max_tokens` sent when the client sets neither max_tokens nor max_completion_tokens
     # (the Messages API requires it); None means the provider's own default
     default_max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    # legacy completions: False answers POST /completions through chat (a chat-only upstream); None: native
+    supports_completions: bool | None = None
 
     @property
     def upstream_model(self) -> str:
@@ -97,8 +99,14 @@ _LOG_LEVELS = {"critical", "error", "warning", "info", "debug", "trace"}
 
 
 def default_config() -> Config:
-    """With no config file: the embedded local model, served as `smollm2`."""
-    return Config(model_list=[Deployment(model_name="smollm2", provider="local", owned_by="manifold")])
+    """With no config file: the embedded local models, served as `smollm2` (chat, completions) and `minilm`
+    (embeddings)."""
+    return Config(
+        model_list=[
+            Deployment(model_name="smollm2", provider="local", owned_by="manifold"),
+            Deployment(model_name="minilm", provider="local_embedding", owned_by="manifold"),
+        ]
+    )
 
 
 def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Config:

@@ -381,6 +381,20 @@ def _relax_empty_page_ids(p: _SchemaPatcher) -> None:
         )
 
 
+def _relax_text_completion_nulls(p: _SchemaPatcher) -> None:
+    # Legacy completion chunks share the non-streamed schema, where finish_reason is a required enum; every
+    # non-final chunk (OpenAI, vLLM, llama.cpp alike) has `finish_reason: null`. With echo + logprobs the first
+    # prompt token has no logprob: `token_logprobs[0]` and `top_logprobs[0]` are null.
+    schema = p.edit("CreateCompletionResponse")
+    choice = _props(schema, "CreateCompletionResponse", "choices")["choices"]["items"]
+    props = _props(choice, "CreateCompletionResponse.choices.items", "finish_reason", "logprobs")
+    props["finish_reason"] = _or_null(props["finish_reason"])
+    logprobs = props["logprobs"]["anyOf"][0]
+    lp = _props(logprobs, "CreateCompletionResponse.choices.items.logprobs", "token_logprobs", "top_logprobs")
+    lp["token_logprobs"]["items"] = _or_null(lp["token_logprobs"]["items"])
+    lp["top_logprobs"]["items"] = _or_null(lp["top_logprobs"]["items"])
+
+
 @dataclass(frozen=True)
 class Relaxation:
     name: str
@@ -420,6 +434,12 @@ RELAXATIONS: Final[Mapping[str, Relaxation]] = {
             "empty_page_null_ids",
             "first_id/last_id may be null on an empty ChatCompletionList/MessageList/ResponseItemList page.",
             _relax_empty_page_ids,
+        ),
+        Relaxation(
+            "text_completion_nulls",
+            "text_completion stream chunks have finish_reason null until a choice ends; with echo + logprobs the"
+            " first prompt token's token_logprobs/top_logprobs entries are null (as OpenAI sends them).",
+            _relax_text_completion_nulls,
         ),
     )
 }

@@ -628,6 +628,30 @@ EMPTY_PAGE: dict[str, Any] = {
     "has_more": False,
 }
 
+TEXT_COMPLETION_CHUNK: dict[str, Any] = {
+    "id": "cmpl-abc",
+    "object": "text_completion",
+    "created": 1700000000,
+    "model": "gpt-3.5-turbo-instruct",
+    "choices": [{"text": " Hello", "index": 0, "logprobs": None, "finish_reason": None}],
+}
+TEXT_COMPLETION_ECHO_LOGPROBS: dict[str, Any] = {
+    **TEXT_COMPLETION_CHUNK,
+    "choices": [
+        {
+            "text": "Say hi",
+            "index": 0,
+            "logprobs": {
+                "tokens": ["Say", " hi"],
+                "token_logprobs": [None, -1.5],
+                "top_logprobs": [None, {" hi": -1.5}],
+                "text_offset": [0, 3],
+            },
+            "finish_reason": "stop",
+        }
+    ],
+}
+
 # (relaxation, schema, payload that only that relaxation admits)
 RELAXED_CASES: list[tuple[str, str, Any]] = [
     ("response_user_null", "Response", {**RESPONSE, "user": None}),
@@ -647,6 +671,8 @@ RELAXED_CASES: list[tuple[str, str, Any]] = [
     ("empty_page_null_ids", "ChatCompletionList", EMPTY_PAGE),
     ("empty_page_null_ids", "ChatCompletionMessageList", EMPTY_PAGE),
     ("empty_page_null_ids", "ResponseItemList", EMPTY_PAGE),
+    ("text_completion_nulls", "CreateCompletionResponse", TEXT_COMPLETION_CHUNK),
+    ("text_completion_nulls", "CreateCompletionResponse", TEXT_COMPLETION_ECHO_LOGPROBS),
 ]
 
 

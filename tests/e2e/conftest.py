@@ -147,6 +147,7 @@ def gateway_config(fake: FakeUpstream) -> dict[str, Any]:
             "api_key": "azure-secret-key",
         },
     ]
+    deployments += surface_deployments(fake)
     return {
         "model_list": deployments,
         "server": {
@@ -156,6 +157,26 @@ def gateway_config(fake: FakeUpstream) -> dict[str, Any]:
             "log_level": "info",
         },
     }
+
+
+def surface_deployments(fake: FakeUpstream) -> list[dict[str, Any]]:
+    """Deployments for legacy completions, embeddings and images (tests/fakes/openai_surface.py)."""
+    out: list[dict[str, Any]] = [
+        {
+            "model_name": "fake-chat-only",
+            "provider": "openai",
+            "model": "upstream-model",
+            "api_base": fake.base("echo"),
+            "supports_completions": False,
+        },
+        {"model_name": "fake-floats_only", "provider": "openai", "api_base": fake.base("floats_only")},
+        {"model_name": "my-images", "provider": "openai", "model": "dall-e-3", "api_base": fake.base("echo")},
+    ]
+    out += [
+        {"model_name": name, "provider": "openai", "api_base": fake.base("echo"), "owned_by": "openai"}
+        for name in ("dall-e-2", "dall-e-3", "gpt-image-1", "gpt-image-2")
+    ]
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,13 @@
-"""The embedded default: `manifold serve` with no config serves SmolLM2-135M-Instruct through llama.cpp."""
+"""The embedded default: `manifold serve` with no config serves SmolLM2-135M-Instruct through llama.cpp (chat,
+legacy completions) and all-MiniLM-L6-v2 through onnxruntime (embeddings), offline."""
 
 from __future__ import annotations
 
+import array
+import base64
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -32,7 +36,7 @@ def sdk(local: ManifoldProcess) -> Iterator[openai.OpenAI]:
 
 
 def test_models_lists_the_embedded_model(sdk: openai.OpenAI) -> None:
-    assert [m.id for m in sdk.models.list()] == ["smollm2"]
+    assert [(m.id, m.owned_by) for m in sdk.models.list()] == [("smollm2", "manifold"), ("minilm", "manifold")]
 
 
 def test_local_completion(sdk: openai.OpenAI, local: ManifoldProcess) -> None:
@@ -86,3 +90,117 @@ def test_local_rejects_what_it_cannot_do(sdk: openai.OpenAI) -> None:
             tools=[{"type": "function", "function": {"name": "f"}}],
         )
     assert info.value.param == "tools"
+
+
+# -- legacy completions on llama.cpp ---------------------------------------------------------------------------
+
+FRANCE = "The capital of France is"
+
+
+@pytest.fixture
+def lenient(local: ManifoldProcess) -> Iterator[openai.OpenAI]:
+    """Streamed completions and base64 embeddings carry what the SDK's strict types reject (finish_reason null
+    in chunks; base64 strings before decoding), as OpenAI's own do: see tests/e2e/test_completions.py."""
+    with openai.OpenAI(base_url=local.base_url, api_key="none") as c:
+        yield c
+
+
+def test_local_legacy_completion(sdk: openai.OpenAI, local: ManifoldProcess) -> None:
+    completion = sdk.completions.create(model="smollm2", prompt=FRANCE, max_tokens=8, temperature=0)
+    assert completion.object == "text_completion" and completion.model == "smollm2"
+    assert "paris" in completion.choices[0].text.lower()
+    assert completion.usage is not None and 0 < completion.usage.completion_tokens <= 8
+    raw = httpx.post(
+        local.base_url + "/completions", json={"model": "smollm2", "prompt": FRANCE, "max_tokens": 4}, timeout=60
+    )
+    assert_valid("CreateCompletionResponse", raw.json())
+
+
+def test_local_completion_prompt_forms_echo_suffix_and_n(sdk: openai.OpenAI) -> None:
+    tokens = [504, 3575, 282]  # "The capital of" in SmolLM2's vocabulary
+    completion = sdk.completions.create(
+        model="smollm2", prompt=[FRANCE, "One, two,"], n=2, echo=True, max_tokens=3, temperature=0
+    )
+    assert [c.index for c in completion.choices] == [0, 1, 2, 3]
+    assert all(c.text.startswith(p) for c, p in zip(completion.choices, [FRANCE] * 2 + ["One, two,"] * 2, strict=True))
+    by_tokens = sdk.completions.create(model="smollm2", prompt=[tokens, tokens], max_tokens=3, temperature=0, echo=True)
+    assert len(by_tokens.choices) == 2 and all(c.text.startswith("The capital of") for c in by_tokens.choices)
+    single = sdk.completions.create(model="smollm2", prompt=tokens, max_tokens=3, temperature=0)
+    assert single.choices[0].text
+    with_suffix = sdk.completions.create(model="smollm2", prompt="def add(a, b):", suffix="\n", max_tokens=4)
+    assert with_suffix.choices[0].finish_reason in ("stop", "length")
+
+
+def test_local_completion_stream_matches_non_streamed(lenient: openai.OpenAI, local: ManifoldProcess) -> None:
+    args: dict[str, Any] = {"model": "smollm2", "prompt": FRANCE, "max_tokens": 8, "temperature": 0, "seed": 1}
+    plain = lenient.completions.create(**args)
+    chunks = list(lenient.completions.create(stream=True, stream_options={"include_usage": True}, **args))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == plain.choices[0].text
+    usage = chunks[-1].usage
+    assert chunks[-1].choices == [] and usage is not None and 0 < usage.completion_tokens <= 9
+    events = sse_events(httpx.post(local.base_url + "/completions", json={**args, "stream": True}, timeout=60).text)
+    assert events[-1] == "[DONE]"
+    for chunk in events[:-1]:
+        assert_valid("CreateCompletionResponse", chunk, relaxed={"text_completion_nulls"})
+
+
+def test_local_completion_refuses_what_llama_cpp_cannot_do(sdk: openai.OpenAI) -> None:
+    for extra, param in (({"logprobs": 1}, "logprobs"), ({"best_of": 2}, "best_of"), ({"max_tokens": 0}, "max_tokens")):
+        with pytest.raises(openai.BadRequestError) as info:
+            sdk.completions.create(model="smollm2", prompt="x", **extra)  # type: ignore[call-overload]
+        assert info.value.param == param
+    with pytest.raises(openai.BadRequestError) as info:
+        sdk.completions.create(model="smollm2", prompt=[10**7])
+    assert info.value.param == "prompt"
+
+
+# -- embeddings on onnxruntime ---------------------------------------------------------------------------------
+
+SENTENCES = ["A man is eating food.", "A man is eating a piece of bread.", "The stock market fell sharply today."]
+
+
+def test_local_embeddings_sdk_default(lenient: openai.OpenAI, local: ManifoldProcess) -> None:
+    result = lenient.embeddings.create(model="minilm", input=SENTENCES)  # the SDK asks base64 and decodes it
+    vectors = [d.embedding for d in result.data]
+    assert [len(v) for v in vectors] == [384] * 3
+    assert all(abs(sum(x * x for x in v) - 1) < 1e-3 for v in vectors)  # L2-normalized
+
+    def cos(a: list[float], b: list[float]) -> float:
+        return sum(x * y for x, y in zip(a, b, strict=True))
+
+    assert cos(vectors[0], vectors[1]) > 0.6 > 0.2 > cos(vectors[0], vectors[2])
+    assert result.usage.prompt_tokens == result.usage.total_tokens > 3 * 2
+    raw = httpx.post(
+        local.base_url + "/embeddings",
+        json={"model": "minilm", "input": SENTENCES[0], "encoding_format": "base64"},
+        timeout=60,
+    ).json()
+    assert_valid("CreateEmbeddingResponse", raw, relaxed={"embedding_base64"})
+
+
+def test_local_embeddings_float_base64_and_tokens_agree(sdk: openai.OpenAI, lenient: openai.OpenAI) -> None:
+    floats = sdk.embeddings.create(model="minilm", input="hello world", encoding_format="float")
+    encoded: Any = lenient.embeddings.create(model="minilm", input="hello world", encoding_format="base64")
+    decoded = array.array("f", base64.b64decode(encoded.data[0].embedding)).tolist()
+    assert decoded == pytest.approx(floats.data[0].embedding, abs=1e-7)
+    by_tokens = sdk.embeddings.create(model="minilm", input=[[7592, 2088]], encoding_format="float")  # hello world
+    assert by_tokens.data[0].embedding == pytest.approx(floats.data[0].embedding, abs=1e-5)
+    same = sdk.embeddings.create(model="minilm", input="hello world", encoding_format="float", dimensions=384)
+    assert len(same.data[0].embedding) == 384
+    with pytest.raises(openai.BadRequestError) as info:
+        sdk.embeddings.create(model="minilm", input="hello world", dimensions=256)
+    assert info.value.param == "dimensions"
+
+
+def test_asking_a_model_what_it_cannot_do_is_a_400_naming_it(sdk: openai.OpenAI) -> None:
+    calls = [
+        lambda: sdk.embeddings.create(model="smollm2", input="x", encoding_format="float"),
+        lambda: sdk.completions.create(model="minilm", prompt="x"),
+        lambda: sdk.chat.completions.create(model="minilm", messages=QUESTION),
+        lambda: sdk.images.generate(model="smollm2", prompt="x"),
+    ]
+    for call in calls:
+        with pytest.raises(openai.BadRequestError) as info:
+            call()
+        assert info.value.param == "model" and info.value.code == "unsupported_model"
+        assert "'smollm2'" in info.value.message or "'minilm'" in info.value.message

@@ -20,6 +20,8 @@ Routes
 ``GET {anything}/models``
     ``{"object": "list", "data": [{"id": "fake-model", "object": "model", "created": 0,
     "owned_by": "fake"}]}``, whatever the path behavior; recorded with behavior ``"models"``.
+``POST {anything}/completions``, ``/embeddings``, ``/images/generations``
+    Legacy completions, embeddings and images: see ``tests/fakes/openai_surface.py``.
 Anything else
     404 (recorded with behavior ``"not_found"``); a wrong method on a known path gives 405.
 
@@ -99,6 +101,8 @@ from urllib.parse import quote, unquote
 
 import pytest
 from aiohttp import web
+
+from tests.fakes import openai_surface
 
 __all__ = ["BEHAVIORS", "BIG_CONTENT", "FakeUpstream", "Recorded", "fake_upstream"]
 
@@ -655,7 +659,8 @@ class FakeUpstream:
         path = request.path
         is_chat = path.endswith("/chat/completions")
         is_models = path.endswith("/models")
-        if is_chat and request.method == "POST":
+        surface = openai_surface.route_of(path)  # legacy completions, embeddings, images
+        if (is_chat or surface is not None) and request.method == "POST":
             behavior = _path_behavior(request.raw_path)
             if isinstance(body, dict) and isinstance(body.get("fake_behavior"), str):
                 behavior = body["fake_behavior"]
@@ -688,6 +693,8 @@ class FakeUpstream:
 
         ex = _Exchange(request, record)
         try:
+            if surface is not None:
+                return await openai_surface.answer(surface, ex)
             return await _run_behavior(ex)
         except _BadRequest as e:
             err = _error_body(str(e), "invalid_request_error", "fake_bad_behavior")

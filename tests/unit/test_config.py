@@ -396,7 +396,7 @@ def test_env_override_values(name: str, value: str, attr: str, expected: Any) ->
 def test_env_override_without_file_keeps_default_model() -> None:
     config = load_config(None, environ={"MANIFOLD_SERVER__PORT": "9000", "HOME": "/root", "MANIFOLD_CONFIG": "x"})
     assert config.server.port == 9000
-    assert [d.model_name for d in config.model_list] == ["smollm2"]
+    assert [d.model_name for d in config.model_list] == ["smollm2", "minilm"]
 
 
 @pytest.mark.parametrize(
@@ -426,10 +426,10 @@ def test_env_override_with_bad_value_is_an_error(tmp_path: Path) -> None:
 
 def test_default_config_without_path() -> None:
     config = load_config(None, environ={})
-    assert len(config.model_list) == 1
-    dep = config.model_list[0]
-    assert dep.model_name == "smollm2"
-    assert dep.provider == "local"
-    assert dep.api_base is None
+    assert [(d.model_name, d.provider) for d in config.model_list] == [
+        ("smollm2", "local"),
+        ("minilm", "local_embedding"),
+    ]
+    assert all(d.api_base is None for d in config.model_list)
     assert config.server.port == 8080
     assert config.server.prefixes == ["/v1"]

@@ -65,9 +65,42 @@ class Provider:
 
     async def chat(self, call: ChatCall) -> dict[str, Any]:
         """A complete `chat.completion` as a dict (normalized by the caller)."""
-        raise UnsupportedError(f"The model '{call.public_model}' does not support chat completions.")
+        raise unsupported_model(call, "chat completions")
 
     async def open_chat_stream(self, call: ChatCall) -> ChunkStream:
         """Start a streamed completion. Errors before the first chunk are raised here, so the server can still
         answer with a proper status; the returned iterator yields `chat.completion.chunk` dicts."""
-        raise UnsupportedError(f"The model '{call.public_model}' does not support streaming.")
+        raise unsupported_model(call, "streamed chat completions")
+
+    async def completions(self, call: Call) -> dict[str, Any]:
+        """A complete `text_completion` as a dict (normalized by the caller). A backend that chats but does not
+        serve legacy completions answers through chat (`completions_via_chat`)."""
+        if Capability.CHAT in self.capabilities:
+            from manifold.providers import completions_via_chat
+
+            return await completions_via_chat.complete(self, call)
+        raise unsupported_model(call, "legacy completions")
+
+    async def open_completions_stream(self, call: Call) -> ChunkStream:
+        """Start a streamed legacy completion; the iterator yields `text_completion` chunk dicts."""
+        if Capability.CHAT in self.capabilities and Capability.STREAM in self.capabilities:
+            from manifold.providers import completions_via_chat
+
+            return await completions_via_chat.open_stream(self, call)
+        raise unsupported_model(call, "streamed legacy completions")
+
+    async def embeddings(self, call: Call) -> dict[str, Any]:
+        """A `CreateEmbeddingResponse` as a dict; vectors as float arrays or base64 strings (the caller converts
+        them to the encoding the client asked for)."""
+        raise unsupported_model(call, "embeddings")
+
+    async def images(self, call: Call) -> dict[str, Any]:
+        """An `ImagesResponse` as a dict (image generation)."""
+        raise unsupported_model(call, "image generation")
+
+
+def unsupported_model(call: Call, what: str) -> UnsupportedError:
+    """The 400 for asking a backend what it cannot do: names the model, never crashes."""
+    return UnsupportedError(
+        f"The model '{call.public_model}' does not support {what}.", param="model", code="unsupported_model"
+    )

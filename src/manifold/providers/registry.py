@@ -28,6 +28,7 @@ PROVIDERS: dict[str, ProviderKind] = {
     "local": ProviderKind("manifold.providers.local.provider", "LocalModelProvider"),
     "kserve_v2": ProviderKind("manifold.providers.kserve_v2.provider", "KServeV2Provider"),
     "anthropic": ProviderKind("manifold.providers.anthropic.provider", "AnthropicProvider"),
+    "local_embedding": ProviderKind("manifold.providers.local.embedding", "LocalEmbeddingProvider"),
 }
 
 

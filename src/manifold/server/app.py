@@ -13,7 +13,7 @@ import logging
 from manifold.config import Config, ServerSettings
 from manifold.errors import ManifoldError
 from manifold.routing.router import Router
-from manifold.server.endpoints import chat, health, kserve_urls, models, stored_chat
+from manifold.server.endpoints import chat, completions, embeddings, health, images, kserve_urls, models, stored_chat
 from manifold.server.http import Message, Receive, Request, Scope, Send
 from manifold.server.routes import Handler, PathRouter, Route
 from manifold.storage import Store
@@ -30,6 +30,9 @@ API_ROUTES = (
     Route("POST", "/chat/completions/{completion_id}", stored_chat.update_chat_completion),
     Route("DELETE", "/chat/completions/{completion_id}", stored_chat.delete_chat_completion),
     Route("GET", "/chat/completions/{completion_id}/messages", stored_chat.list_chat_completion_messages),
+    Route("POST", "/completions", completions.create_completion, cancellable=True),
+    Route("POST", "/embeddings", embeddings.create_embeddings, cancellable=True),
+    Route("POST", "/images/generations", images.create_image, cancellable=True),
 )
 # Outside the prefixes.
 ROOT_ROUTES = (

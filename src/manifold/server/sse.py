@@ -11,10 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from manifold import _json
-from manifold.api.chat_response import ChunkShaper
 from manifold.errors import ManifoldError
 from manifold.server.http import Request
 
@@ -23,6 +22,17 @@ log = logging.getLogger("manifold.stream")
 DONE = b"data: [DONE]\n\n"
 KEEPALIVE = b": keep-alive\n\n"
 SSE_CONTENT_TYPE = b"text/event-stream; charset=utf-8"
+
+
+class StreamShaper(Protocol):
+    """Per-stream state that makes upstream chunks exact (chat: `ChunkShaper`; legacy completions:
+    `TextChunkShaper`)."""
+
+    def shape(self, chunk: dict[str, Any]) -> dict[str, Any] | None:
+        """The chunk to send, or None when nothing of it is left for the client."""
+
+    def usage_chunk(self) -> dict[str, Any] | None:
+        """The final `choices: []` chunk with the usage, when the client asked for it."""
 
 
 def frame(obj: Any) -> bytes:
@@ -70,7 +80,7 @@ async def _await_with_keepalive(out: EventStream, awaitable: Awaitable[Any], int
 async def stream_chat(
     request: Request,
     open_stream: Callable[[], Awaitable[AsyncIterator[dict[str, Any]]]],
-    shaper: ChunkShaper,
+    shaper: StreamShaper,
     keepalive_interval: float,
     before_done: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
@@ -119,3 +129,7 @@ async def stream_chat(
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 await aclose()
+
+
+# The relay serves every OpenAI chunk stream that ends with `[DONE]`: chat and legacy completions.
+relay_stream = stream_chat

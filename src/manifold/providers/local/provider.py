@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from manifold.config import Deployment
-from manifold.errors import BadGatewayError, ServiceUnavailableError, UnsupportedError
-from manifold.providers.base import Capability, ChatCall, ChunkStream, Provider
+from manifold.errors import BadGatewayError, ManifoldError, ServiceUnavailableError, UnsupportedError
+from manifold.providers.base import Call, Capability, ChatCall, ChunkStream, Provider
+from manifold.providers.local import completions as local_completions
 
 log = logging.getLogger("manifold.local")
 
@@ -75,7 +76,9 @@ class _Cancel:
 
 
 class LocalModelProvider(Provider):
-    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.CHAT, Capability.STREAM})
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {Capability.CHAT, Capability.STREAM, Capability.COMPLETIONS}
+    )
 
     def __init__(self, deployment: Deployment) -> None:
         super().__init__(deployment)
@@ -218,6 +221,56 @@ class LocalModelProvider(Provider):
             cancel.event.set()
             if not future.done():
                 # Let the generation thread notice the flag; the executor stays serialized.
+                future.add_done_callback(lambda f: f.exception())
+
+    # -- legacy completions: llama.cpp's own `create_completion`, on the same thread -----------------------------
+
+    async def completions(self, call: Call) -> dict[str, Any]:
+        llama = await self._model()
+        cancel = _Cancel(llama.token_eos())
+        plan = local_completions.plan(call, llama, self._processors([cancel]))
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.shield(
+                loop.run_in_executor(self._executor, lambda: local_completions.run(llama, plan, cancel.event))
+            )
+        except asyncio.CancelledError:
+            cancel.event.set()
+            raise
+
+    async def open_completions_stream(self, call: Call) -> ChunkStream:
+        llama = await self._model()
+        cancel = _Cancel(llama.token_eos())
+        plan = local_completions.plan(call, llama, self._processors([cancel]))
+        return self._completion_stream(llama, plan, cancel)
+
+    async def _completion_stream(self, llama: Any, plan: local_completions.Plan, cancel: _Cancel) -> ChunkStream:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+        def produce() -> None:
+            try:
+                for chunk in local_completions.run_stream(llama, plan, cancel.event, lambda: cancel.generated):
+                    loop.call_soon_threadsafe(queue.put_nowait, ("chunk", chunk))
+                loop.call_soon_threadsafe(queue.put_nowait, ("end", None))
+            except Exception as exc:  # noqa: BLE001 - handed to the event loop, re-raised there
+                loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
+
+        future = loop.run_in_executor(self._executor, produce)
+        try:
+            while True:
+                kind, item = await queue.get()
+                if kind == "chunk":
+                    yield item
+                elif kind == "end":
+                    return
+                elif isinstance(item, ValueError | RuntimeError | ManifoldError):
+                    raise local_completions.as_error(item)
+                else:
+                    raise item
+        finally:
+            cancel.event.set()
+            if not future.done():
                 future.add_done_callback(lambda f: f.exception())
 
 

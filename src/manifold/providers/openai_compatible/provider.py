@@ -8,7 +8,7 @@ from urllib.parse import quote
 from manifold import _json
 from manifold.config import Deployment
 from manifold.errors import BadGatewayError
-from manifold.providers.base import Capability, ChatCall, ChunkStream, Provider
+from manifold.providers.base import Call, Capability, ChatCall, ChunkStream, Provider
 from manifold.providers.http import SSEStream, UpstreamSession
 from manifold.providers.transport import HTTPResponse
 
@@ -82,6 +82,35 @@ class OpenAICompatibleProvider(Provider):
     def _chunks(self, resp: HTTPResponse) -> ChunkStream:
         return _ChunkStream(self.http.sse(resp), self.http.label)
 
+    # -- legacy completions, embeddings, images: native pass-through, only `model` mapped --------------------
+
+    async def _post_json(self, path: str, call: Call, what: str) -> dict[str, Any]:
+        data = await self.http.post_json(self._url(path), self._payload(call), self._request_headers(call, False))
+        if not isinstance(data, dict):
+            raise BadGatewayError(f"The upstream for {self.http.label} returned a non-object {what}.")
+        return data
+
+    async def completions(self, call: Call) -> dict[str, Any]:
+        if self.deployment.supports_completions is False:
+            return await super().completions(call)
+        return await self._post_json("completions", call, "completion")
+
+    async def open_completions_stream(self, call: Call) -> ChunkStream:
+        if self.deployment.supports_completions is False:
+            return await super().open_completions_stream(call)
+        resp = await self.http.request(
+            "POST", self._url("completions"), data=self._payload(call), headers=self._request_headers(call, True)
+        )
+        if resp.content_type == "application/json":
+            return _text_completion_as_chunks(await self.http.read_json(resp))
+        return self._chunks(resp)
+
+    async def embeddings(self, call: Call) -> dict[str, Any]:
+        return await self._post_json("embeddings", call, "embedding list")
+
+    async def images(self, call: Call) -> dict[str, Any]:
+        return await self._post_json("images/generations", call, "images response")
+
 
 class _ChunkStream:
     """`chat.completion.chunk` dicts from an OpenAI-style SSE stream, ending at `data: [DONE]` (or EOF)."""
@@ -137,6 +166,17 @@ async def _completion_as_chunks(completion: Any) -> ChunkStream:
             **base,
             "choices": [{"index": choice.get("index", 0), "delta": {}, "finish_reason": choice.get("finish_reason")}],
         }
+    if completion.get("usage"):
+        yield {**base, "choices": [], "usage": completion["usage"]}
+
+
+async def _text_completion_as_chunks(completion: Any) -> ChunkStream:
+    """An upstream that ignored `stream` on /completions: its `text_completion` replayed as chunks."""
+    if not isinstance(completion, dict):
+        raise BadGatewayError("The upstream returned a non-object completion.")
+    base = {k: completion[k] for k in ("id", "created", "model", "system_fingerprint") if k in completion}
+    for choice in completion.get("choices") or []:
+        yield {**base, "choices": [choice]}
     if completion.get("usage"):
         yield {**base, "choices": [], "usage": completion["usage"]}
 

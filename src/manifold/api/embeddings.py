@@ -1,0 +1,162 @@
+"""`CreateEmbeddingRequest` in the spec's order with the spec's limits, base64 vector encoding, and the
+normalizer that makes any backend's answer an exact `CreateEmbeddingResponse`.
+
+`encoding_format: "base64"` means the vector's little-endian float32 bytes, base64-encoded: what the Python SDK
+asks for by default (it decodes with `array.array("f", base64.b64decode(s))`). Backends that ignore the format
+and send floats get converted here, and the other way round.
+"""
+
+from __future__ import annotations
+
+import array
+import base64
+import binascii
+import sys
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+MAX_INPUTS = 2048
+MAX_TOTAL_TOKENS = 300_000
+
+
+class EmbeddingRequest(Struct, kw_only=True):
+    """`CreateEmbeddingRequest`."""
+
+    # string, array of strings, array of tokens, or array of token arrays (checked by `input_problems`)
+    input: str | list[Any]
+    model: Annotated[str, Meta(min_length=1)]
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: Annotated[int, Meta(ge=1)] | None = None
+    user: str | None = None
+
+
+def _is_token(value: Any) -> bool:
+    return type(value) is int
+
+
+def input_problems(value: Any) -> tuple[str, str] | None:
+    """(param, message) when `input` breaks the documented shapes and limits: a non-empty string, or an array
+    of 1 to 2048 non-empty strings, token ids, or non-empty token arrays (at most 300,000 tokens in all)."""
+    if isinstance(value, str):
+        if not value:
+            return "input", "Invalid 'input': string too short. Expected a non-empty string."
+        return None
+    if not value:
+        return "input", "Invalid 'input': empty array. Expected an array with at least one element."
+    if len(value) > MAX_INPUTS:
+        return (
+            "input",
+            f"Invalid 'input': array too long. Expected an array with maximum length {MAX_INPUTS}, "
+            f"but got an array with length {len(value)} instead.",
+        )
+    first = value[0]
+    if isinstance(first, str):
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                return f"input[{i}]", f"Invalid type for 'input[{i}]': expected a string (as 'input[0]' is)."
+            if not item:
+                return f"input[{i}]", f"Invalid 'input[{i}]': string too short. Expected a non-empty string."
+        return None
+    if _is_token(first):
+        for i, item in enumerate(value):
+            if not _is_token(item):
+                return f"input[{i}]", f"Invalid type for 'input[{i}]': expected a token id (an integer)."
+        return None
+    if isinstance(first, list):
+        total = 0
+        for i, item in enumerate(value):
+            if not isinstance(item, list):
+                return f"input[{i}]", f"Invalid type for 'input[{i}]': expected an array of token ids."
+            if not item:
+                return f"input[{i}]", f"Invalid 'input[{i}]': empty array. Expected at least one token id."
+            for j, token in enumerate(item):
+                if not _is_token(token):
+                    return f"input[{i}][{j}]", f"Invalid type for 'input[{i}][{j}]': expected a token id."
+            total += len(item)
+        if total > MAX_TOTAL_TOKENS:
+            return (
+                "input",
+                f"Invalid 'input': {total} tokens in all; the maximum is {MAX_TOTAL_TOKENS} per request.",
+            )
+        return None
+    return "input[0]", "Invalid type for 'input[0]': expected a string, a token id or an array of token ids."
+
+
+def split_inputs(value: Any) -> list[str | list[int]]:
+    """The inputs of a (valid) request, each a string or a token array."""
+    if isinstance(value, str):
+        return [value]
+    if _is_token(value[0]):
+        return [list(value)]
+    return list(value)
+
+
+# -- base64 vectors --------------------------------------------------------------------------------------------
+
+_BIG_ENDIAN = sys.byteorder == "big"
+
+
+def floats_to_base64(vector: Any) -> str:
+    """Little-endian float32 bytes of `vector` (a sequence of numbers, or any buffer of native float32)."""
+    packed = array.array("f", vector)
+    if _BIG_ENDIAN:
+        packed.byteswap()
+    return base64.b64encode(packed.tobytes()).decode("ascii")
+
+
+def base64_to_floats(text: str) -> list[float]:
+    """The inverse of `floats_to_base64`; raises ValueError for text that is not base64 float32 data."""
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except binascii.Error:
+        raise ValueError("not base64") from None
+    if len(raw) % 4:
+        raise ValueError("not a whole number of float32 values")
+    packed = array.array("f")
+    packed.frombytes(raw)
+    if _BIG_ENDIAN:
+        packed.byteswap()
+    return packed.tolist()
+
+
+# -- the response ----------------------------------------------------------------------------------------------
+
+
+def normalize_embeddings(obj: dict[str, Any], public_model: str, encoding_format: str) -> dict[str, Any]:
+    """A `CreateEmbeddingResponse`, in place: public model, `object`s, indexes, usage, and every vector in
+    the requested encoding (`float` or `base64`). Raises ValueError when a vector is neither floats nor base64."""
+    obj["object"] = "list"
+    obj["model"] = public_model
+    data = obj.get("data")
+    if not isinstance(data, list):
+        data = obj["data"] = []
+    for i, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise ValueError(f"data[{i}] is not an object")
+        item["object"] = "embedding"
+        if not isinstance(item.get("index"), int):
+            item["index"] = i
+        vector = item.get("embedding")
+        if encoding_format == "base64":
+            if isinstance(vector, list):
+                item["embedding"] = floats_to_base64(vector)
+            elif not isinstance(vector, str):
+                raise ValueError(f"data[{i}].embedding is neither an array nor a base64 string")
+        elif isinstance(vector, str):
+            item["embedding"] = base64_to_floats(vector)
+        elif not isinstance(vector, list):
+            raise ValueError(f"data[{i}].embedding is neither an array nor a base64 string")
+    usage = obj.get("usage")
+    if not isinstance(usage, dict):
+        usage = obj["usage"] = {}
+    prompt = usage.get("prompt_tokens")
+    prompt = int(prompt) if isinstance(prompt, int | float) else 0
+    total = usage.get("total_tokens")
+    total = int(total) if isinstance(total, int | float) else prompt
+    obj["usage"] = {"prompt_tokens": prompt, "total_tokens": total}
+    return obj
+
+
+request_decoder = msgspec.json.Decoder(EmbeddingRequest)

@@ -1,0 +1,40 @@
+"""POST /completions (legacy completions)."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from manifold import _json
+from manifold.api.completions import CompletionRequest, TextChunkShaper, cross_field_problems, normalize_text_completion
+from manifold.api.validation import convert, decode_json_object
+from manifold.errors import InvalidRequestError
+from manifold.providers.base import Call
+from manifold.server.sse import relay_stream
+
+if TYPE_CHECKING:
+    from manifold.server.app import ManifoldApp
+    from manifold.server.http import Request
+
+log = logging.getLogger("manifold.completions")
+
+
+async def create_completion(app: ManifoldApp, request: Request) -> None:
+    raw = decode_json_object(await request.body(app.settings.max_body_size))
+    req = convert(raw, CompletionRequest)
+    problem = cross_field_problems(req)
+    if problem is not None:
+        raise InvalidRequestError(problem[1], param=problem[0], code="invalid_value")
+    provider = app.router.pick(req.model)
+    call = Call(raw, req.model, request.request_id, bool(req.stream))
+    if call.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        await relay_stream(
+            request,
+            lambda: provider.open_completions_stream(call),
+            TextChunkShaper(req.model, include_usage),
+            app.settings.keepalive_interval,
+        )
+        return
+    completion = await provider.completions(call)
+    await request.send_json(200, _json.encode(normalize_text_completion(completion, req.model)))

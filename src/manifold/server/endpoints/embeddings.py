@@ -1,0 +1,30 @@
+"""POST /embeddings."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from manifold import _json
+from manifold.api.embeddings import EmbeddingRequest, input_problems, normalize_embeddings
+from manifold.api.validation import convert, decode_json_object
+from manifold.errors import BadGatewayError, InvalidRequestError
+from manifold.providers.base import Call
+
+if TYPE_CHECKING:
+    from manifold.server.app import ManifoldApp
+    from manifold.server.http import Request
+
+
+async def create_embeddings(app: ManifoldApp, request: Request) -> None:
+    raw = decode_json_object(await request.body(app.settings.max_body_size))
+    req = convert(raw, EmbeddingRequest)
+    problem = input_problems(req.input)
+    if problem is not None:
+        raise InvalidRequestError(problem[1], param=problem[0], code="invalid_value")
+    provider = app.router.pick(req.model)
+    answer = await provider.embeddings(Call(raw, req.model, request.request_id, False))
+    try:
+        body = normalize_embeddings(answer, req.model, req.encoding_format or "float")
+    except ValueError as exc:
+        raise BadGatewayError(f"The backend of '{req.model}' returned malformed embeddings: {exc}.") from None
+    await request.send_json(200, _json.encode(body))

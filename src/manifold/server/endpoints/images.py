@@ -1,0 +1,35 @@
+"""POST /images/generations."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from manifold import _json
+from manifold.api.images import ImageRequest, default_model, family_problems, normalize_images
+from manifold.api.validation import convert, decode_json_object
+from manifold.errors import BadGatewayError, InvalidRequestError, UnsupportedError
+from manifold.providers.base import Call
+
+if TYPE_CHECKING:
+    from manifold.server.app import ManifoldApp
+    from manifold.server.http import Request
+
+
+async def create_image(app: ManifoldApp, request: Request) -> None:
+    raw = decode_json_object(await request.body(app.settings.max_body_size))
+    req = convert(raw, ImageRequest)
+    model = default_model(req)
+    provider = app.router.pick(model)
+    # The family rules follow the model the backend really runs (a public alias says nothing).
+    problem = family_problems(req, provider.deployment.upstream_model)
+    if problem is not None:
+        raise InvalidRequestError(problem[1], param=problem[0], code="invalid_value")
+    if req.stream:
+        raise UnsupportedError("Streamed image generation is not supported by this gateway.", param="stream")
+    body = raw if "model" in raw else {**raw, "model": model}
+    answer = await provider.images(Call(body, model, request.request_id, False))
+    try:
+        out = normalize_images(answer)
+    except ValueError as exc:
+        raise BadGatewayError(f"The backend of '{model}' returned a malformed images response: {exc}.") from None
+    await request.send_json(200, _json.encode(out))
