@@ -289,9 +289,9 @@ def _storage_problems(s: StorageSettings) -> list[str]:
 
 
 def _deployment_problems(dep: Deployment, where: str) -> list[str]:
-    from manifold.providers.registry import PROVIDERS
+    from manifold.providers.registry import PROVIDERS, misplaced_fields
 
     kind = PROVIDERS.get(dep.provider)
     if kind is None:
         return [f"{where}.provider: {dep.provider!r} is not one of: {', '.join(sorted(PROVIDERS))}"]
-    return [f"{where}.{problem}" for problem in kind.check(dep)]
+    return [f"{where}.{problem}" for problem in misplaced_fields(dep) + kind.check(dep)]

@@ -302,7 +302,7 @@ model_list:
     provider: openai
     api_base: http://${HOST}:${UPSTREAM_PORT}/v1
     api_key: ${API_KEY:-sk-default}
-    api_version: ${EMPTY:-}
+    model: ${EMPTY:-}
     headers:
       x-org: ${ORG:-acme}
 server:
@@ -315,7 +315,7 @@ server:
     assert dep.model_name == "gpt"
     assert dep.api_base == "http://10.0.0.5:8000/v1"
     assert dep.api_key == "sk-default"
-    assert dep.api_version == ""
+    assert dep.model == ""
     assert dep.headers == {"x-org": "globex"}
     assert config.server.port == 8123
     assert isinstance(config.server.port, int)
@@ -433,3 +433,21 @@ def test_default_config_without_path() -> None:
     assert all(d.api_base is None for d in config.model_list)
     assert config.server.port == 8080
     assert config.server.prefixes == ["/v1"]
+
+
+def test_kind_specific_keys_on_another_kind_are_errors() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(
+            {
+                "model_list": [
+                    {"model_name": "a", "provider": "openai", "api_base": "http://127.0.0.1:1/v1", "mode": "tensors"},
+                    {"model_name": "b", "provider": "local", "supports_completions": False},
+                    {"model_name": "c", "provider": "azure", "api_base": "https://x", "api_version": "v", "model": "d"},
+                ]
+            },
+            environ={},
+        )
+    assert info.value.problems == [
+        "model_list[0].mode: only read by provider kserve_v2, not 'openai'",
+        "model_list[1].supports_completions: only read by provider azure / openai, not 'local'",
+    ]

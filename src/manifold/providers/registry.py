@@ -32,5 +32,32 @@ PROVIDERS: dict[str, ProviderKind] = {
 }
 
 
+# Deployment keys only some kinds read. Setting one on another kind is a config error, not a silent no-op.
+KIND_ONLY_FIELDS: dict[str, frozenset[str]] = {
+    "api_version": frozenset({"azure", "anthropic"}),
+    "model_path": frozenset({"local", "local_embedding"}),
+    "context_length": frozenset({"local"}),
+    "threads": frozenset({"local", "local_embedding"}),
+    "mode": frozenset({"kserve_v2"}),
+    "model_version": frozenset({"kserve_v2"}),
+    "chat_template": frozenset({"kserve_v2"}),
+    "generate_parameters_in": frozenset({"kserve_v2"}),
+    "default_max_tokens": frozenset({"anthropic"}),
+    "supports_completions": frozenset({"openai", "azure"}),
+}
+
+
+def misplaced_fields(deployment: Deployment) -> list[str]:
+    """`key: only for …` for each kind-specific key set on a deployment of another kind."""
+    import msgspec
+
+    defaults = {f.name: f.default for f in msgspec.structs.fields(type(deployment))}
+    out = []
+    for name, kinds in KIND_ONLY_FIELDS.items():
+        if deployment.provider not in kinds and getattr(deployment, name) != defaults.get(name):
+            out.append(f"{name}: only read by provider {' / '.join(sorted(kinds))}, not {deployment.provider!r}")
+    return out
+
+
 def create_provider(deployment: Deployment) -> Provider:
     return PROVIDERS[deployment.provider].load()(deployment)
