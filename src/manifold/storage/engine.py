@@ -11,6 +11,7 @@ can fail with SQLITE_BUSY when another writer got in between, whatever the busy 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,7 @@ def _sqlite_engine(url: URL, settings: StorageSettings) -> AsyncEngine:
         dbapi_connection.isolation_level = None  # autocommit at the driver: SQLAlchemy emits BEGIN below
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _set_wal(cursor)
         cursor.execute("PRAGMA synchronous = FULL")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
@@ -81,6 +82,24 @@ def _sqlite_engine(url: URL, settings: StorageSettings) -> AsyncEngine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
 
     return engine
+
+
+def _set_wal(cursor: Any) -> None:
+    """WAL is a property of the database file: once set, every later connection finds it. Switching to it needs
+    a moment alone with the file, and SQLite answers "database is locked" at once (the busy handler does not
+    apply) when several processes open a fresh database together, so the first ones retry briefly."""
+    for attempt in range(50):
+        try:
+            cursor.execute("PRAGMA journal_mode")
+            mode = cursor.fetchone()
+            if mode and str(mode[0]).lower() == "wal":
+                return
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except Exception as exc:  # sqlite3.OperationalError, wrapped by the driver adapter
+            if "locked" not in str(exc).lower() or attempt == 49:
+                raise
+            time.sleep(0.02)
 
 
 def write_engine(engine: AsyncEngine) -> AsyncEngine:
