@@ -104,6 +104,8 @@ BEHAVIORS = [
     "big",
     "slow_first_token:1.5",
     "slow_tokens:0.2",
+    "length",
+    "tool_loop",
 ]
 
 

@@ -76,6 +76,12 @@ Behaviors (``stream: true`` in the body gives SSE ``text/event-stream`` frames
     Ignores ``stream`` and always answers the non-stream JSON completion.
 ``big``
     Echo whose content is the 10 000 words ``"w0 w1 … w9999"`` (no ``echo:`` prefix).
+``length``
+    Echo that honours ``max_completion_tokens`` (or ``max_tokens``), counting words: a longer answer is cut
+    to that many words with ``finish_reason`` ``"length"``.
+``tool_loop``
+    A function call like ``tools`` while the last message is not a tool result; after one, the text
+    ``"result: "`` + that tool message's content (``finish_reason`` ``"stop"``): a whole tool round trip.
 
 An unknown behavior, a bad argument or an unparsable JSON body answers 400 with an OpenAI error.
 
@@ -121,6 +127,8 @@ BEHAVIORS = (
     "stream_error",
     "json_for_stream",
     "big",
+    "length",
+    "tool_loop",
 )
 MODELS_BODY: dict[str, Any] = {
     "object": "list",
@@ -405,6 +413,25 @@ async def _answer_text(
     return await ex.done()
 
 
+async def _answer_limited(ex: _Exchange, content: str) -> web.StreamResponse:
+    limit = ex.body.get("max_completion_tokens") or ex.body.get("max_tokens")
+    pieces = _pieces(content)
+    if not isinstance(limit, int) or len(pieces) <= limit:
+        return await _answer_text(ex, content)
+    cut = "".join(pieces[:limit])
+    if not ex.wants_stream:
+        body = _completion(ex, cut)
+        body["choices"][0]["finish_reason"] = "length"
+        return web.json_response(body)
+    await ex.send(ex.chunk({"role": "assistant", "content": ""}))
+    for piece in pieces[:limit]:
+        await ex.send(ex.chunk({"content": piece}))
+    await ex.send(ex.chunk({}, "length"))
+    if ex.include_usage:
+        await ex.send(ex.chunk(None, usage=_usage(_prompt_tokens(ex.body), limit)))
+    return await ex.done()
+
+
 async def _answer_tools(ex: _Exchange) -> web.StreamResponse:
     calls = _tool_calls(ex.body)
     prompt = _prompt_tokens(ex.body)
@@ -489,6 +516,13 @@ async def _run_behavior(ex: _Exchange) -> web.StreamResponse:
         return await _answer_text(ex, echo, sloppy=True)
     if name == "big":
         return await _answer_text(ex, BIG_CONTENT)
+    if name == "length":
+        return await _answer_limited(ex, echo)
+    if name == "tool_loop":
+        messages = _messages(ex.body)
+        if messages and messages[-1].get("role") == "tool":
+            return await _answer_text(ex, "result: " + _text_of(messages[-1].get("content")))
+        return await _answer_tools(ex)
     if name == "json_for_stream":
         return await _answer_text(ex, echo, force_json=True)
     if name == "tools":
