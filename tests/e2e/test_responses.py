@@ -579,3 +579,55 @@ def test_client_leaving_a_stream_cancels_the_upstream(http: httpx.Client, fake: 
             if "output_text.delta" in line:
                 break
     assert fake.wait_cancelled(before + 1)
+
+
+# -- native pass-through ------------------------------------------------------------------------------------------
+
+
+def test_native_deployment_is_passed_through(
+    stored_client: openai.OpenAI, stored_http: httpx.Client, fake: FakeUpstream
+) -> None:
+    response = create_raw(
+        stored_client, model="fake-native", input="hi there", instructions="Be nice.", metadata={"a": "b"}
+    )
+    assert response.output_text == "native: hi there"
+    assert response.model == "fake-native" and response.id.startswith("resp_upstream")
+    sent = [r for r in fake.requests if r.path.endswith("/responses")][-1]
+    assert sent.body == {
+        "model": "upstream-model",
+        "input": "hi there",
+        "instructions": "Be nice.",
+        "metadata": {"a": "b"},
+    }
+    assert stored_client.responses.retrieve(response.id).output_text == "native: hi there"
+    items = list(stored_client.responses.input_items.list(response.id))
+    assert [i.content[0].text for i in items] == ["hi there"]  # type: ignore[union-attr]
+    events = post_stream(stored_http, {"model": "fake-native", "input": "streamed words"})
+    assert collapsed([e["type"] for e in events]) == TEXT_STREAM
+    assert events[-1]["response"]["model"] == "fake-native"
+    assert stored_client.responses.retrieve(events[-1]["response"]["id"]).output_text == "native: streamed words"
+    with stored_client.responses.stream(model="fake-native", input="helper") as stream:
+        final = stream.get_final_response()
+    assert final.output_text == "native: helper"
+    resp = stored_http.post("/v1/responses", json={"model": "fake-native", "input": "x", "background": True})
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "background"
+
+
+def test_native_is_checked_in_the_config() -> None:
+    from manifold.config import parse_config
+    from manifold.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        parse_config(
+            {
+                "model_list": [
+                    {"model_name": "a", "provider": "local", "responses": "native"},
+                    {"model_name": "b", "provider": "openai", "api_base": "http://x/v1", "responses": "sometimes"},
+                ]
+            }
+        )
+    assert err.value.problems == [
+        "model_list[0].responses: provider 'local' has no native Responses API; leave it out (translated through "
+        "chat completions)",
+        "model_list[1].responses: 'sometimes' is not one of: native, translate",
+    ]

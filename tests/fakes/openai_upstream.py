@@ -22,6 +22,8 @@ Routes
     "owned_by": "fake"}]}``, whatever the path behavior; recorded with behavior ``"models"``.
 ``POST {anything}/completions``, ``/embeddings``, ``/images/generations``
     Legacy completions, embeddings and images: see ``tests/fakes/openai_surface.py``.
+``POST {anything}/responses``
+    The upstream's own Responses API (for native pass-through): see ``tests/fakes/openai_responses.py``.
 Anything else
     404 (recorded with behavior ``"not_found"``); a wrong method on a known path gives 405.
 
@@ -108,7 +110,7 @@ from urllib.parse import quote, unquote
 import pytest
 from aiohttp import web
 
-from tests.fakes import openai_surface
+from tests.fakes import openai_responses, openai_surface
 
 __all__ = ["BEHAVIORS", "BIG_CONTENT", "FakeUpstream", "Recorded", "fake_upstream"]
 
@@ -694,6 +696,8 @@ class FakeUpstream:
         is_chat = path.endswith("/chat/completions")
         is_models = path.endswith("/models")
         surface = openai_surface.route_of(path)  # legacy completions, embeddings, images
+        if surface is None and path.endswith("/responses"):
+            surface = "responses"
         if (is_chat or surface is not None) and request.method == "POST":
             behavior = _path_behavior(request.raw_path)
             if isinstance(body, dict) and isinstance(body.get("fake_behavior"), str):
@@ -727,6 +731,8 @@ class FakeUpstream:
 
         ex = _Exchange(request, record)
         try:
+            if surface == "responses":
+                return await openai_responses.answer(ex)
             if surface is not None:
                 return await openai_surface.answer(surface, ex)
             return await _run_behavior(ex)

@@ -183,13 +183,6 @@ def check_create(req: CreateResponseRequest) -> None:
             param="conversation",
             code="mutually_exclusive_parameters",
         )
-    if req.conversation is not None:
-        raise UnsupportedError(
-            "Conversations are not supported by this server; chain responses with 'previous_response_id'.",
-            param="conversation",
-        )
-    if req.prompt is not None:
-        raise UnsupportedError("Prompt templates ('prompt') are not supported by this server.", param="prompt")
     if req.background and req.store is False:
         raise InvalidRequestError(
             "Background responses must be stored: 'background' requires 'store' to be true.",
@@ -200,10 +193,6 @@ def check_create(req: CreateResponseRequest) -> None:
         raise InvalidRequestError(
             "The 'stream_options' parameter is only allowed when 'stream' is enabled.", param="stream_options"
         )
-    if req.input is None and req.previous_response_id is None:
-        raise InvalidRequestError(
-            "Missing required parameter: 'input'.", param="input", code="missing_required_parameter"
-        )
     for i, cm in enumerate(req.context_management or ()):
         if cm.type != "compaction":
             raise InvalidRequestError(
@@ -211,6 +200,21 @@ def check_create(req: CreateResponseRequest) -> None:
                 param=f"context_management[{i}].type",
                 code="invalid_value",
             )
+
+
+def check_translatable(req: CreateResponseRequest) -> None:
+    """What the engine cannot do on a chat backend (a native Responses upstream may)."""
+    if req.conversation is not None:
+        raise UnsupportedError(
+            "Conversations are not supported by this server; chain responses with 'previous_response_id'.",
+            param="conversation",
+        )
+    if req.prompt is not None:
+        raise UnsupportedError("Prompt templates ('prompt') are not supported by this server.", param="prompt")
+    if req.input is None and req.previous_response_id is None:
+        raise InvalidRequestError(
+            "Missing required parameter: 'input'.", param="input", code="missing_required_parameter"
+        )
 
 
 def function_tools(tools: list[dict[str, Any]] | None, where: str = "tools") -> list[FunctionTool]:

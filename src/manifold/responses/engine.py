@@ -28,13 +28,14 @@ from manifold.api.responses import (
     FormatJSONSchema,
     FunctionTool,
     TokenCountRequest,
+    check_translatable,
     function_tools,
     input_items,
     new_id,
 )
 from manifold.config import ResponsesSettings
 from manifold.errors import InvalidRequestError, ManifoldError, NotFoundError, RateLimitError, UnsupportedError
-from manifold.providers.base import ChatCall, Provider
+from manifold.providers.base import Call, ChatCall, Provider
 from manifold.providers.token_estimate import estimate_chat_tokens
 from manifold.responses import translate
 from manifold.responses.compaction import SUMMARY_PROMPT, CompactionSeal
@@ -212,6 +213,7 @@ class ResponsesEngine:
     # -- preparing a request ---------------------------------------------------------------------------------
 
     async def prepare(self, req: CreateResponseRequest, request_id: str) -> Prepared:
+        check_translatable(req)
         tools = function_tools(req.tools)
         own = input_items(req.input)
         history = await self.chain(req.previous_response_id)
@@ -331,6 +333,56 @@ class ResponsesEngine:
             return _iterate(list(completion_chunks(completion)))
         upstream = await p.provider.open_chat_stream(call)
         return _shaped(upstream, ChunkShaper(p.req.model, include_usage=True))
+
+    # -- native pass-through (deployment `responses: native`) ---------------------------------------------------
+
+    def native_provider(self, model: str) -> Provider | None:
+        provider = self.router.pick(model)
+        return provider if provider.native_responses else None
+
+    def _native_call(self, raw: dict[str, Any], req: CreateResponseRequest, request_id: str) -> Call:
+        if req.background:
+            raise UnsupportedError(
+                f"The model '{req.model}' is served by an upstream's own Responses API, where background "
+                "responses are not relayed; leave out 'background'.",
+                param="background",
+            )
+        return Call(raw, req.model, request_id, bool(req.stream))
+
+    async def native_respond(
+        self, provider: Provider, raw: dict[str, Any], req: CreateResponseRequest, request_id: str
+    ) -> dict[str, Any]:
+        """The upstream answers (its chain, tools and state its own); Manifold maps the model and stores."""
+        items = input_items(req.input)
+        response = await provider.responses(self._native_call(raw, req, request_id))
+        response["model"] = req.model
+        if req.store is not False and isinstance(response.get("id"), str):
+            store = await self.store.responses()
+            await self._durably(store.save(response, items, request_id))
+        return response
+
+    async def native_stream(
+        self, provider: Provider, raw: dict[str, Any], req: CreateResponseRequest, request_id: str
+    ) -> AsyncIterator[dict[str, Any]]:
+        items = input_items(req.input)
+        upstream = await provider.open_responses_stream(self._native_call(raw, req, request_id))
+
+        async def events() -> AsyncIterator[dict[str, Any]]:
+            try:
+                async for event in upstream:
+                    response = event.get("response")
+                    if isinstance(response, dict):
+                        response["model"] = req.model
+                        if event.get("type") in TERMINAL_EVENTS and req.store is not False:
+                            store = await self.store.responses()
+                            await self._durably(store.save(response, items, request_id))
+                    yield event
+            finally:
+                aclose = getattr(upstream, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+
+        return events()
 
     # -- background ------------------------------------------------------------------------------------------
 

@@ -31,6 +31,16 @@ async def create_response(app: ManifoldApp, request: Request) -> None:
     req = convert(raw, CreateResponseRequest)
     check_create(req)
     engine = app.responses
+    native = engine.native_provider(req.model)
+    if native is not None:
+        if req.stream:
+            events = await engine.native_stream(native, raw, req, request.request_id)
+            await stream_events(request, events, app.settings.keepalive_interval)
+        else:
+            await request.send_json(
+                200, _json.encode(await engine.native_respond(native, raw, req, request.request_id))
+            )
+        return
     prepared = await engine.prepare(req, request.request_id)
     if req.background:
         job = await engine.start_background(prepared)
