@@ -153,3 +153,21 @@ def test_local_background_poll_cancel_and_resume(sdk: openai.OpenAI, http: httpx
     after = create(sdk, input=QUESTION)
     assert after.status in ("completed", "incomplete")
     assert sdk.responses.retrieve(long.id).status == "cancelled"
+
+
+def test_local_truncation(http: httpx.Client) -> None:
+    huge = " ".join(f"word{i}" for i in range(3000))  # well over the 4096-token context window
+    items = [
+        {"role": "user", "content": huge},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": QUESTION},
+    ]
+    body = {"model": "smollm2", "input": items, "temperature": 0, "max_output_tokens": 16}
+    refused = http.post("/v1/responses", json=body)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "context_length_exceeded" and refused.json()["error"]["param"] == "input"
+    fitted = http.post("/v1/responses", json={**body, "truncation": "auto"})
+    assert fitted.status_code == 200, fitted.text
+    response = check_response(fitted.json())
+    assert response["truncation"] == "auto" and "paris" in response["output"][0]["content"][0]["text"].lower()
+    assert response["usage"]["input_tokens"] < 100  # the oldest items were dropped

@@ -104,6 +104,11 @@ class Provider:
         return None
 
     @property
+    def context_window(self) -> int | None:
+        """The backend's context length in tokens, where it is known here (None: unknown)."""
+        return None
+
+    @property
     def native_responses(self) -> bool:
         """Whether `POST /responses` goes to the upstream's own Responses API (deployment `responses: native`)."""
         return self.deployment.responses == "native" and Capability.RESPONSES in self.capabilities

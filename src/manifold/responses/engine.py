@@ -563,7 +563,7 @@ class ResponsesEngine:
         """`context_management: [{type: compaction, compact_threshold: N}]`: when the context is estimated
         above N tokens, it is compacted first (the compaction item leads the output) and the model answers
         from the compacted context."""
-        messages = self.messages(p.req.instructions, p.context, len(p.items))
+        messages = await self._fit(p, p.context, len(p.items))
         thresholds = [cm.compact_threshold for cm in p.req.context_management or () if cm.compact_threshold]
         if not thresholds:
             return None, messages
@@ -578,7 +578,41 @@ class ResponsesEngine:
         item, _ = await self._summarize(p.provider, p.req.model, self.messages(None, earlier, 0), p.request_id)
         kept = [m for m in earlier if m.get("type") == "message" and m.get("role") == "user"]
         compacted = [*kept, item, *p.context[len(earlier) :]]
-        return item, self.messages(p.req.instructions, compacted, 0)
+        return item, await self._fit(p, compacted, 0)
+
+    async def _count(self, p: Prepared, messages: list[dict[str, Any]]) -> int:
+        body = {"model": p.req.model, "messages": messages}
+        exact = await p.provider.count_chat_tokens(ChatCall(body, p.req.model, p.request_id, False))
+        return exact if exact is not None else estimate_chat_tokens(body)
+
+    async def _fit(self, p: Prepared, context: list[dict[str, Any]], own_count: int) -> list[dict[str, Any]]:
+        """The chat messages for a context, fitted to the backend's context window where it is known:
+        `truncation: auto` drops items from the beginning of the conversation; `disabled` (the default) answers
+        400 when the input does not fit."""
+        messages = self.messages(p.req.instructions, context, own_count)
+        window = p.provider.context_window
+        if window is None:
+            return messages
+        room = window - (p.req.max_output_tokens or 0)
+        if await self._count(p, messages) <= room:
+            return messages
+        if p.req.truncation == "auto":
+            items = list(context)
+            while len(items) > 1:
+                items.pop(0)
+                while len(items) > 1 and items[0].get("type") == "function_call_output":
+                    items.pop(0)  # a tool result without its call would be refused
+                own_count = min(own_count, len(items))
+                messages = self.messages(p.req.instructions, items, own_count)
+                if await self._count(p, messages) <= room:
+                    return messages
+        raise InvalidRequestError(
+            f"The input ({await self._count(p, messages)} tokens) does not fit the context window of "
+            f"'{p.req.model}' ({window} tokens, {p.req.max_output_tokens or 0} of them for the output). "
+            "Shorten it, or set 'truncation' to 'auto' to drop the oldest items.",
+            param="input",
+            code="context_length_exceeded",
+        )
 
 
 async def _iterate(items: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:

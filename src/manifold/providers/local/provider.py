@@ -223,6 +223,10 @@ class LocalModelProvider(Provider):
                 # Let the generation thread notice the flag; the executor stays serialized.
                 future.add_done_callback(lambda f: f.exception())
 
+    @property
+    def context_window(self) -> int | None:
+        return self.deployment.context_length
+
     async def count_chat_tokens(self, call: ChatCall) -> int | None:
         """Exact: the request's messages through the model's own chat template (as `create_chat_completion`
         formats them), tokenized by its own tokenizer."""
