@@ -476,6 +476,16 @@ def test_background_cancel_stops_the_upstream(
         stored_client.responses.cancel("resp_missing")
 
 
+def test_stored_response_events_are_rebuilt(stored_client: openai.OpenAI, stored_http: httpx.Client) -> None:
+    response = create_raw(stored_client, model="fake-echo", input="replay me")
+    resp = stored_http.get(f"/v1/responses/{response.id}", params={"stream": "true"})
+    events = typed_events(resp.text)
+    assert collapsed([e["type"] for e in events]) == TEXT_STREAM
+    assert events[-1]["response"] == json.loads(response.model_dump_json(exclude_unset=True))
+    tail = list(stored_client.responses.retrieve(response.id, stream=True, starting_after=5))
+    assert [e.sequence_number for e in tail] == [e["sequence_number"] for e in events[6:]]
+
+
 def test_background_stream_resumes_after_a_disconnect(stored_client: openai.OpenAI, stored_http: httpx.Client) -> None:
     body = {"model": "fake-slow_tokens:0.2", "input": "a b c d e f", "background": True, "stream": True}
     seen: list[str] = []
@@ -530,8 +540,19 @@ def test_restart_fails_unfinished_background_responses(
             assert "restart" in failed.error.message
             raw = httpx.get(f"{second.base_url}/responses/{queued.id}")
             check_response(raw.json())
+            # A graceful shutdown fails what it was running at once.
+            running = c.responses.create(model="fake-hang", input="forever", background=True)
+            wait_for(c, running.id, {"in_progress"})
     finally:
         second.stop()
+    third = ManifoldProcess(config, workdir)
+    try:
+        with openai.OpenAI(base_url=third.base_url, api_key="x", max_retries=0, _strict_response_validation=True) as c:
+            stopped = c.responses.retrieve(running.id)
+            assert stopped.status == "failed" and stopped.error is not None
+            assert "shut down" in stopped.error.message
+    finally:
+        third.stop()
 
 
 # -- errors -------------------------------------------------------------------------------------------------------
