@@ -486,7 +486,9 @@ def test_stored_response_events_are_rebuilt(stored_client: openai.OpenAI, stored
     assert [e.sequence_number for e in tail] == [e["sequence_number"] for e in events[6:]]
 
 
-def test_background_stream_resumes_after_a_disconnect(stored_client: openai.OpenAI, stored_http: httpx.Client) -> None:
+def test_background_stream_resumes_after_a_disconnect(
+    stored_client: openai.OpenAI, stored_http: httpx.Client, stored_gateway: ManifoldProcess
+) -> None:
     body = {"model": "fake-slow_tokens:0.2", "input": "a b c d e f", "background": True, "stream": True}
     seen: list[str] = []
     with stored_http.stream("POST", "/v1/responses", json=body) as resp:
@@ -511,6 +513,7 @@ def test_background_stream_resumes_after_a_disconnect(stored_client: openai.Open
     # The SDK's own resume, from the first event on: the same events again.
     events = list(stored_client.responses.retrieve(response_id, stream=True, starting_after=0))
     assert [e.sequence_number for e in events] == [e["sequence_number"] for e in first[1:] + rest]
+    assert "Traceback" not in stored_gateway.log()
 
 
 def test_restart_fails_unfinished_background_responses(
@@ -592,7 +595,9 @@ def test_upstream_failure_mid_stream_is_response_failed(http: httpx.Client) -> N
     assert "mid-stream" in events[-1]["response"]["error"]["message"]
 
 
-def test_client_leaving_a_stream_cancels_the_upstream(http: httpx.Client, fake: FakeUpstream) -> None:
+def test_client_leaving_a_stream_cancels_the_upstream(
+    http: httpx.Client, fake: FakeUpstream, gateway: ManifoldProcess
+) -> None:
     before = len(fake.cancelled)
     body = {"model": "fake-slow_tokens:0.2", "input": "a b c d e f g h", "stream": True}
     with http.stream("POST", "/v1/responses", json=body) as r:
@@ -600,6 +605,10 @@ def test_client_leaving_a_stream_cancels_the_upstream(http: httpx.Client, fake: 
             if "output_text.delta" in line:
                 break
     assert fake.wait_cancelled(before + 1)
+    deadline = time.monotonic() + 5
+    while "client disconnected" not in gateway.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "Traceback" not in gateway.log()  # the stream's iterator closed cleanly
 
 
 # -- native pass-through ------------------------------------------------------------------------------------------

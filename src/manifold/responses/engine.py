@@ -38,13 +38,13 @@ from manifold.errors import InvalidRequestError, ManifoldError, NotFoundError, R
 from manifold.providers.base import Call, ChatCall, Provider
 from manifold.providers.token_estimate import estimate_chat_tokens
 from manifold.responses import translate
-from manifold.responses.compaction import SUMMARY_PROMPT, CompactionSeal
 from manifold.responses.events import TERMINAL_EVENTS, ResponseBuilder, completion_chunks, replay
 from manifold.responses.jobs import Job, Jobs
 from manifold.routing.router import Router
 from manifold.storage import Store
 
 if TYPE_CHECKING:
+    from manifold.responses.compaction import CompactionSeal
     from manifold.storage.responses import ResponseStore
 
 log = logging.getLogger("manifold.responses")
@@ -144,12 +144,24 @@ class ResponsesEngine:
         self.router = router
         self.store = store
         self.settings = settings
-        self.seal = CompactionSeal(settings.compaction_key)
+        self._seal: CompactionSeal | None = None
         self.jobs = Jobs(settings.stream_buffer_events, settings.stream_retention_s)
         self.owner = "mf_" + os.urandom(12).hex()  # this process, as the holder of background leases
         self._maintenance: asyncio.Task[None] | None = None
         self._writes: set[asyncio.Task[Any]] = set()
         self._shutting_down = False
+
+    @property
+    def seal(self) -> CompactionSeal:
+        """The compaction seal, made on first use (`cryptography` is imported only then)."""
+        if self._seal is None:
+            from manifold.responses.compaction import CompactionSeal
+
+            self._seal = CompactionSeal(self.settings.compaction_key)
+        return self._seal
+
+    def _expand(self, encrypted_content: str, param: str) -> str:
+        return self.seal.open(encrypted_content, param)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -184,6 +196,9 @@ class ResponsesEngine:
         stop those another process cancelled."""
         interval = self.settings.background_lease_s / 3
         while True:
+            await asyncio.sleep(interval)
+            if not self.store.is_open:
+                continue  # nothing stored yet, or the database is down (whatever stores reports that)
             try:
                 store = await self.store.responses()
                 running = {job.response_id: job for job in self.jobs.running()}
@@ -198,7 +213,8 @@ class ResponsesEngine:
                         await self._fail_lost(store, response)
             except ManifoldError as exc:
                 log.warning("responses: background maintenance failed: %s", exc.message)
-            await asyncio.sleep(interval)
+            except Exception:  # logged, not hidden: a dead loop would let other processes fail our responses
+                log.exception("responses: background maintenance failed")
 
     def _lease_until(self) -> int:
         return int((time.time() + self.settings.background_lease_s) * 1000)
@@ -214,10 +230,10 @@ class ResponsesEngine:
 
     async def prepare(self, req: CreateResponseRequest, request_id: str) -> Prepared:
         check_translatable(req)
+        provider = self.router.pick(req.model)
         tools = function_tools(req.tools)
         own = input_items(req.input)
         history = await self.chain(req.previous_response_id)
-        provider = self.router.pick(req.model)
         return Prepared(req, provider, own, translate.context_after_compaction([*history, *own]), tools, request_id)
 
     async def chain(self, previous_response_id: str | None) -> list[dict[str, Any]]:
@@ -255,7 +271,7 @@ class ResponsesEngine:
         params += [f"input[{i}]" for i in range(own_count)]
         return [
             *translate.instruction_messages(instructions),
-            *translate.items_to_messages(context, self.seal.open, params),
+            *translate.items_to_messages(context, self._expand, params),
         ]
 
     # -- answering -------------------------------------------------------------------------------------------
@@ -550,6 +566,8 @@ class ResponsesEngine:
         self, provider: Provider, model: str, messages: list[dict[str, Any]], request_id: str
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Ask the model to summarize the conversation; the summary sealed into a compaction item."""
+        from manifold.responses.compaction import SUMMARY_PROMPT
+
         body = {"model": model, "messages": [*messages, {"role": "user", "content": SUMMARY_PROMPT}]}
         completion = normalize_completion(await provider.chat(ChatCall(body, model, request_id, False)), model)
         choices = completion.get("choices") or [{}]

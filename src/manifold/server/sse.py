@@ -142,13 +142,19 @@ def event_frame(event: dict[str, Any]) -> bytes:
 
 async def stream_events(request: Request, events: AsyncIterator[dict[str, Any]], keepalive_interval: float) -> None:
     """Relay typed events. The first is awaited before the 200 is sent, so an error before it still gets its
-    status; a failure after it becomes one `error` event (`{type, code, message, param, sequence_number}`)."""
+    status; a failure after it becomes one `error` event (`{type, code, message, param, sequence_number}`).
+    While an event is awaited, a `:` comment goes out every `keepalive_interval` seconds."""
     out = EventStream(request)
     iterator = aiter(events)
     next_sequence = 0
+    pending: asyncio.Future[dict[str, Any] | None] | None = None
     try:
         while True:
-            event = await _await_with_keepalive(out, anext(iterator, None), keepalive_interval)
+            pending = asyncio.ensure_future(anext(iterator, None))
+            while not (await asyncio.wait((pending,), timeout=keepalive_interval))[0]:
+                await out.commit()
+                await out.write(KEEPALIVE)
+            event, pending = pending.result(), None
             await out.commit()
             if event is None:
                 break
@@ -168,6 +174,11 @@ async def stream_events(request: Request, events: AsyncIterator[dict[str, Any]],
         }
         await out.end(event_frame(error))
     finally:
+        if pending is not None and not pending.done():
+            # The client left while an event was awaited: stop that step (which ends the iterator's own
+            # work, e.g. the upstream request) before closing the iterator, which cannot close while running.
+            pending.cancel()
+            await asyncio.gather(pending, return_exceptions=True)
         aclose = getattr(iterator, "aclose", None)
         if aclose is not None:
             await aclose()

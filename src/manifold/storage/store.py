@@ -71,6 +71,10 @@ class Store:
         return self._responses
 
     @property
+    def is_open(self) -> bool:
+        return self._engine is not None
+
+    @property
     def engine(self) -> AsyncEngine:
         if self._engine is None:
             raise RuntimeError("the store is not open")
