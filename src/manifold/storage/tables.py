@@ -85,7 +85,7 @@ responses = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("status", String(32), nullable=False),
     Column("background", Integer, nullable=False),  # 0/1
-    Column("previous_response_id", String(128), nullable=True),
+    Column("previous_response_id", Text, nullable=True),
     Column("request_id", String(128), nullable=True),
     Column("response", Text, nullable=False),
     Column("stored_at", BigInteger, nullable=False),  # unix milliseconds
@@ -108,7 +108,7 @@ response_input_items = Table(
         primary_key=True,
     ),
     Column("position", Integer, primary_key=True, autoincrement=False),
-    Column("item_id", String(128), nullable=False),
+    Column("item_id", Text, nullable=False),
     Column("item", Text, nullable=False),
     Index("ix_response_input_items_item", "response_id", "item_id"),
 )
