@@ -356,3 +356,67 @@ async def test_job_followers_see_every_event_and_resume_within_the_bound() -> No
         job.check_resumable(10)
     assert err.value.param == "starting_after"
     assert [e["sequence_number"] async for e in job.follow(30)] == list(range(31, 40))
+
+
+# -- the SSE edge -----------------------------------------------------------------------------------------------------
+
+
+async def _relay(events: Any, keepalive: float = 10.0) -> tuple[list[Any], bytes]:
+    from manifold.server.http import Request
+    from manifold.server.sse import stream_events
+
+    sent: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/responses", "headers": []}
+    await stream_events(Request(scope, receive, send), events, keepalive)
+    return sent, b"".join(m.get("body", b"") for m in sent[1:])
+
+
+async def test_events_are_framed_with_their_type_and_no_done() -> None:
+    async def events() -> Any:
+        yield {"type": "response.created", "sequence_number": 0}
+        await asyncio.sleep(0.05)  # past the keep-alive interval: a comment goes out meanwhile
+        yield {"type": "response.completed", "sequence_number": 1}
+
+    sent, body = await _relay(events(), keepalive=0.01)
+    assert sent[0]["status"] == 200
+    frames = [f for f in body.decode().split("\n\n") if f]
+    assert frames[0] == 'event: response.created\ndata: {"type":"response.created","sequence_number":0}'
+    assert ": keep-alive" in frames[1:-1]
+    assert frames[-1].startswith("event: response.completed\n") and "[DONE]" not in body.decode()
+
+
+async def test_a_failure_after_the_first_event_is_one_error_event() -> None:
+    from manifold.errors import ServiceUnavailableError
+
+    async def events() -> Any:
+        yield {"type": "response.created", "sequence_number": 0}
+        raise ServiceUnavailableError("storage down", code="storage_unavailable")
+
+    _, body = await _relay(events())
+    last = body.decode().strip().split("\n\n")[-1]
+    assert last.startswith("event: error\ndata: ")
+    error = msgspec.json.decode(last.split("data: ", 1)[1])
+    assert error == {
+        "type": "error",
+        "code": "storage_unavailable",
+        "message": "storage down",
+        "param": None,
+        "sequence_number": 1,
+    }
+    assert_valid_stream_event(error)
+
+
+async def test_a_failure_before_the_first_event_keeps_its_status() -> None:
+    async def events() -> Any:
+        raise InvalidRequestError("bad", param="input")
+        yield {}
+
+    with pytest.raises(InvalidRequestError):
+        await _relay(events())
