@@ -14,9 +14,9 @@ from manifold.api.responses import CreateResponseRequest, function_tools, input_
 from manifold.errors import InvalidRequestError, UnsupportedError
 from manifold.providers.token_estimate import estimate_chat_tokens
 from manifold.responses.compaction import CompactionSeal
-from manifold.responses.engine import skeleton
 from manifold.responses.events import ResponseBuilder, completion_chunks, replay
 from manifold.responses.jobs import Job
+from manifold.responses.objects import skeleton
 from manifold.responses.translate import context_after_compaction, items_to_messages, to_chat_body
 from tests.conformance.schema import assert_valid, assert_valid_stream_event
 
