@@ -420,3 +420,19 @@ async def test_a_failure_before_the_first_event_keeps_its_status() -> None:
 
     with pytest.raises(InvalidRequestError):
         await _relay(events())
+
+
+# -- configuration ----------------------------------------------------------------------------------------------------
+
+
+def test_responses_settings() -> None:
+    from manifold.config import ConfigError, parse_config
+
+    config = parse_config({"responses": {"compaction_key": "${KEY}"}}, environ={"KEY": "s3cret"})
+    assert config.responses.compaction_key == "s3cret" and config.responses.background_lease_s == 15.0
+    with pytest.raises(ConfigError) as err:
+        parse_config({"responses": {"compaction_keys": "x", "stream_buffer_events": 1}})
+    assert err.value.problems == [
+        "responses.compaction_keys: unknown key",
+        "responses.stream_buffer_events: Expected `int` >= 16",
+    ]
