@@ -338,7 +338,8 @@ class ResponsesEngine:
         )
         job = self.jobs.new(queued["id"])
         builder = ResponseBuilder(copy.deepcopy(queued))
-        job.extend([builder.lifecycle("response.created")])
+        job.builder = builder
+        job.extend([builder.lifecycle("response.created"), builder.lifecycle("response.queued")])
         job.task = asyncio.get_running_loop().create_task(self._background(job, p, builder, store))
         return job
 
@@ -414,7 +415,11 @@ class ResponsesEngine:
         return response
 
     async def retrieve(self, response_id: str) -> dict[str, Any]:
-        return await self._get(await self.store.responses(), response_id)
+        response = await self._get(await self.store.responses(), response_id)
+        job = self.jobs.get(response_id)
+        if job is not None and job.running and job.builder is not None:
+            return copy.deepcopy(job.builder.response)  # running here: its output so far
+        return response
 
     async def events(self, response_id: str, starting_after: int) -> AsyncIterator[dict[str, Any]]:
         """The events of a response after `starting_after`: followed live while this process runs it, else

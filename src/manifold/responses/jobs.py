@@ -13,15 +13,18 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from manifold.errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    from manifold.responses.events import ResponseBuilder
 
 MAX_FINISHED = 1000
 
 
 class Job:
-    __slots__ = ("_waiter", "done", "events", "first", "max_events", "response_id", "task")
+    __slots__ = ("_waiter", "builder", "done", "events", "first", "max_events", "response_id", "task")
 
     def __init__(self, response_id: str, max_events: int) -> None:
         self.response_id = response_id
@@ -30,6 +33,7 @@ class Job:
         self.first = 0  # sequence_number of events[0]
         self.done = False
         self.task: asyncio.Task[None] | None = None
+        self.builder: ResponseBuilder | None = None  # the response as it grows
         self._waiter = asyncio.Event()
 
     @property
