@@ -12,7 +12,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from manifold.config import Deployment
 from manifold.errors import BadGatewayError, ManifoldError, ServiceUnavailableError, UnsupportedError
@@ -223,6 +223,18 @@ class LocalModelProvider(Provider):
                 # Let the generation thread notice the flag; the executor stays serialized.
                 future.add_done_callback(lambda f: f.exception())
 
+    @property
+    def context_window(self) -> int | None:
+        return self.deployment.context_length
+
+    async def count_chat_tokens(self, call: ChatCall) -> int | None:
+        """Exact: the request's messages through the model's own chat template (as `create_chat_completion`
+        formats them), tokenized by its own tokenizer."""
+        llama = await self._model()
+        messages = [_flatten(m) for m in call.body["messages"]]
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: _count_prompt_tokens(llama, messages))
+
     # -- legacy completions: llama.cpp's own `create_completion`, on the same thread -----------------------------
 
     async def completions(self, call: Call) -> dict[str, Any]:
@@ -272,6 +284,25 @@ class LocalModelProvider(Provider):
             cancel.event.set()
             if not future.done():
                 future.add_done_callback(lambda f: f.exception())
+
+
+def _count_prompt_tokens(llama: Any, messages: list[dict[str, Any]]) -> int:
+    from llama_cpp import llama_chat_format
+
+    template = llama.metadata.get("tokenizer.chat_template")
+    if not template:
+        # No template in the GGUF: llama.cpp then formats with its own default, which this cannot see.
+        text = "".join(str(m.get("content") or "") for m in messages)
+        return len(llama.tokenize(text.encode("utf-8"), add_bos=True, special=True))
+    eos, bos = llama.token_eos(), llama.token_bos()
+    formatter = llama_chat_format.Jinja2ChatFormatter(
+        template=template,
+        eos_token=llama._model.token_get_text(eos) if eos != -1 else "",
+        bos_token=llama._model.token_get_text(bos) if bos != -1 else "",
+        stop_token_ids=[eos],
+    )
+    result = formatter(messages=cast(Any, messages))
+    return len(llama.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True))
 
 
 def _flatten(message: dict[str, Any]) -> dict[str, Any]:
