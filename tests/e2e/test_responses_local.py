@@ -95,13 +95,42 @@ def test_local_input_tokens_are_exact(sdk: openai.OpenAI) -> None:
     assert counted.input_tokens == response.usage.input_tokens
 
 
-def test_local_function_tools_are_refused_clearly(http: httpx.Client) -> None:
-    # llama.cpp with SmolLM2's template has no tool calling: a 400 naming `tools`, never a silent answer.
-    tool = {"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}}}
-    resp = http.post("/v1/responses", json={"model": "smollm2", "input": "x", "tools": [tool]})
-    assert resp.status_code == 400
-    assert resp.json()["error"]["param"] == "tools"
-    # A function call's result sent back as input reaches the model as a tool message.
+WEATHER_TOOL: Any = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_local_function_tool_round_trip(sdk: openai.OpenAI, stream: bool) -> None:
+    """llama.cpp's ChatML function-calling grammar makes the model call the tool with valid arguments; the
+    tool's output goes back through previous_response_id and the model answers in text."""
+    ask: dict[str, Any] = {
+        "model": "smollm2",
+        "input": "What is the weather in Paris?",
+        "tools": [WEATHER_TOOL],
+        "tool_choice": {"type": "function", "name": "get_weather"},
+        "temperature": 0,
+        "max_output_tokens": 40,
+    }
+    if stream:
+        with sdk.responses.stream(**ask) as events:
+            first = events.get_final_response()
+    else:
+        first = create(sdk, **ask)
+    calls = [item for item in first.output if item.type == "function_call"]
+    assert len(calls) == 1 and calls[0].name == "get_weather"
+    assert isinstance(json.loads(calls[0].arguments).get("city"), str)
+    output = {"type": "function_call_output", "call_id": calls[0].call_id, "output": "Sunny, 24 C"}
+    second = create(sdk, input=[output], previous_response_id=first.id, tools=[WEATHER_TOOL], tool_choice="none")
+    assert second.status in ("completed", "incomplete")
+    assert second.output_text
+
+
+def test_local_function_call_output_as_input(http: httpx.Client) -> None:
+    # A function call's result sent back as input reaches the model (as a turn naming the function).
     items = [
         {"role": "user", "content": "What is 6 times 7?"},
         {"type": "function_call", "call_id": "c1", "name": "multiply", "arguments": '{"a": 6, "b": 7}'},
