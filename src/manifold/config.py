@@ -10,7 +10,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 import yaml
@@ -28,6 +28,8 @@ class Timeouts(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     connect: PositiveFloat = 10.0
     first_byte: PositiveFloat = 600.0
     total: PositiveFloat | None = None
+    # Between two reads of a stream once its first event arrived (None: `first_byte` bounds those gaps too).
+    stream_idle: PositiveFloat | None = None
 
 
 class Deployment(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -57,6 +59,12 @@ class Deployment(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     default_max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
     # legacy completions: False answers POST /completions through chat (a chat-only upstream); None: native
     supports_completions: bool | None = None
+    # routing (docs/routing.md)
+    id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:/@#+-]{1,128}$")] | None = None
+    weight: PositiveFloat = 1.0
+    max_concurrency: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_queue: Annotated[int, msgspec.Meta(ge=0)] = 64
+    queue_timeout: PositiveFloat = 30.0
 
     @property
     def upstream_model(self) -> str:
@@ -87,10 +95,54 @@ class StorageSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pool_size: Annotated[int, msgspec.Meta(ge=1)] = 10
 
 
+NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
+Strategy = Literal["weighted", "round_robin", "least_busy", "lowest_latency"]
+
+
+class RouterSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """How requests are spread over a model group's deployments, retried, failed over and cooled down
+    (docs/routing.md). Every key but `model_alias` and `groups` is a default that `groups.<name>` can override."""
+
+    strategy: Strategy = "weighted"
+    num_retries: Annotated[int, msgspec.Meta(ge=0)] = 2
+    retry_backoff: NonNegativeFloat = 0.5
+    retry_backoff_max: NonNegativeFloat = 8.0
+    max_retry_after: NonNegativeFloat = 10.0
+    allowed_fails: Annotated[int, msgspec.Meta(ge=1)] = 3
+    fail_window: PositiveFloat = 60.0
+    cooldown_time: NonNegativeFloat = 30.0
+    fallbacks: list[str] = msgspec.field(default_factory=list)
+    context_window_fallbacks: list[str] = msgspec.field(default_factory=list)
+    allow_client_fallbacks: bool = False
+    latency_alpha: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.3
+    latency_buffer: NonNegativeFloat = 0.0
+    model_alias: dict[str, str] = msgspec.field(default_factory=dict)
+    groups: dict[str, GroupSettings] = msgspec.field(default_factory=dict)
+
+
+class GroupSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """Per model group overrides of `RouterSettings` (None: the router-wide value)."""
+
+    strategy: Strategy | None = None
+    num_retries: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    retry_backoff: NonNegativeFloat | None = None
+    retry_backoff_max: NonNegativeFloat | None = None
+    max_retry_after: NonNegativeFloat | None = None
+    allowed_fails: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    fail_window: PositiveFloat | None = None
+    cooldown_time: NonNegativeFloat | None = None
+    fallbacks: list[str] | None = None
+    context_window_fallbacks: list[str] | None = None
+    allow_client_fallbacks: bool | None = None
+    latency_alpha: Annotated[float, msgspec.Meta(gt=0, le=1)] | None = None
+    latency_buffer: NonNegativeFloat | None = None
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     model_list: list[Deployment] = msgspec.field(default_factory=list)
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
+    router: RouterSettings = msgspec.field(default_factory=RouterSettings)
 
 
 ENV_PREFIX = "MANIFOLD_"
@@ -205,6 +257,7 @@ def _build(raw: dict[str, Any], problems: list[str]) -> Config:
         problems.extend(_server_problems(server))
     model_list_raw = raw.get("model_list", [])
     deployments: list[Deployment] = []
+    all_converted = isinstance(model_list_raw, list)
     if not isinstance(model_list_raw, list):
         problems.append("model_list: expected a list of deployments")
     else:
@@ -213,12 +266,18 @@ def _build(raw: dict[str, Any], problems: list[str]) -> Config:
             if dep is not None:
                 problems.extend(_deployment_problems(dep, f"model_list[{i}]"))
                 deployments.append(dep)
+            else:
+                all_converted = False
     storage = _convert_part(raw.get("storage", {}), StorageSettings, "storage", problems)
     if storage is not None:
         problems.extend(_storage_problems(storage))
-    if problems or server is None or storage is None:
+    router = _convert_part(raw.get("router", {}), RouterSettings, "router", problems)
+    if router is not None and all_converted:
+        # Names are checked against the deployments only when all of them could be read.
+        problems.extend(_router_problems(router, deployments))
+    if problems or server is None or storage is None or router is None:
         raise ConfigError(problems)
-    return Config(model_list=deployments, server=server, storage=storage)
+    return Config(model_list=deployments, server=server, storage=storage, router=router)
 
 
 def _convert_part(data: Any, typ: type[_T], where: str, problems: list[str]) -> _T | None:
@@ -295,3 +354,9 @@ def _deployment_problems(dep: Deployment, where: str) -> list[str]:
     if kind is None:
         return [f"{where}.provider: {dep.provider!r} is not one of: {', '.join(sorted(PROVIDERS))}"]
     return [f"{where}.{problem}" for problem in misplaced_fields(dep) + kind.check(dep)]
+
+
+def _router_problems(settings: RouterSettings, deployments: list[Deployment]) -> list[str]:
+    from manifold.routing.addressing import router_problems
+
+    return router_problems(settings, deployments)

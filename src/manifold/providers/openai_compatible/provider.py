@@ -54,25 +54,29 @@ class OpenAICompatibleProvider(Provider):
 
     def _payload(self, call: ChatCall) -> bytes:
         body = call.body
-        if body.get("model") == self._upstream_model:
+        model = call.upstream_model or self._upstream_model
+        if body.get("model") == model:
             return _json.encode(body)
         out = dict(body)  # shallow copy: the client's dict stays as it was received
-        out["model"] = self._upstream_model
+        out["model"] = model
         return _json.encode(out)
+
+    def _chat_url(self, call: ChatCall) -> str:
+        return self.chat_url
 
     def _request_headers(self, call: ChatCall, stream: bool) -> dict[str, str]:
         headers = self._stream_headers if stream else self.headers
         return {**headers, "x-request-id": call.request_id}
 
     async def chat(self, call: ChatCall) -> dict[str, Any]:
-        data = await self.http.post_json(self.chat_url, self._payload(call), self._request_headers(call, False))
+        data = await self.http.post_json(self._chat_url(call), self._payload(call), self._request_headers(call, False))
         if not isinstance(data, dict):
             raise BadGatewayError(f"The upstream for {self.http.label} returned a non-object completion.")
         return data
 
     async def open_chat_stream(self, call: ChatCall) -> ChunkStream:
         resp = await self.http.request(
-            "POST", self.chat_url, data=self._payload(call), headers=self._request_headers(call, True)
+            "POST", self._chat_url(call), data=self._payload(call), headers=self._request_headers(call, True)
         )
         if resp.content_type == "application/json":
             # The upstream ignored `stream`; replay its completion as chunks.
@@ -197,8 +201,13 @@ class AzureOpenAIProvider(OpenAICompatibleProvider):
         key = self.deployment.api_key
         return {"api-key": key} if key else {}
 
-    def _url(self, path: str) -> str:
-        dep = quote(self.deployment.upstream_model, safe="")
+    def _chat_url(self, call: ChatCall) -> str:
+        if call.upstream_model is None:
+            return self.chat_url
+        return self._url("chat/completions", call.upstream_model)  # a wildcard group: the deployment is per call
+
+    def _url(self, path: str, deployment: str | None = None) -> str:
+        dep = quote(deployment or self.deployment.upstream_model, safe="")
         version = quote(self.deployment.api_version or "", safe="")
         if path == "models":
             return f"{self.base_url}/openai/models?api-version={version}"
