@@ -53,6 +53,7 @@ Target = tuple[ModelGroup, str | None]
 DEPLOYMENT_HEADER: Final = "x-manifold-deployment"
 ATTEMPTS_HEADER: Final = "x-manifold-attempts"
 _ATTEMPTS = tuple(str(i) for i in range(64))
+_sleep = asyncio.sleep  # the tests replace it to see the waits
 
 
 class _Nothing:
@@ -253,7 +254,7 @@ class Router:
                 # Everything left was tried already: the one that may be retried first, after its wait.
                 member, delay = retries.earliest(candidates, now)
                 if delay > 0:
-                    await asyncio.sleep(delay)
+                    await _sleep(delay)
                     now = time.monotonic()
             else:
                 member = group.strategy.pick(candidates, streaming)
