@@ -28,7 +28,7 @@ class Timeouts(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     connect: PositiveFloat = 10.0
     first_byte: PositiveFloat = 600.0
     total: PositiveFloat | None = None
-    # Between two reads of a stream once its first event arrived (None: `first_byte` bounds those gaps too).
+    # Between two reads of a stream once its body started (None: `first_byte` bounds those gaps too).
     stream_idle: PositiveFloat | None = None
 
 
@@ -271,7 +271,7 @@ def _build(raw: dict[str, Any], problems: list[str]) -> Config:
     storage = _convert_part(raw.get("storage", {}), StorageSettings, "storage", problems)
     if storage is not None:
         problems.extend(_storage_problems(storage))
-    router = _convert_part(raw.get("router", {}), RouterSettings, "router", problems)
+    router = _convert_router(raw.get("router", {}), problems)
     if router is not None and all_converted:
         # Names are checked against the deployments only when all of them could be read.
         problems.extend(_router_problems(router, deployments))
@@ -354,6 +354,26 @@ def _deployment_problems(dep: Deployment, where: str) -> list[str]:
     if kind is None:
         return [f"{where}.provider: {dep.provider!r} is not one of: {', '.join(sorted(PROVIDERS))}"]
     return [f"{where}.{problem}" for problem in misplaced_fields(dep) + kind.check(dep)]
+
+
+def _convert_router(data: Any, problems: list[str]) -> RouterSettings | None:
+    # Each group on its own, so that problems name it (`router.groups.gpt-4o.num_retries`), not `groups[...]`.
+    groups_raw = data.get("groups") if isinstance(data, dict) else None
+    if not isinstance(groups_raw, dict):
+        return _convert_part(data, RouterSettings, "router", problems)
+    groups: dict[str, GroupSettings] = {}
+    failed = False
+    for name, group_raw in groups_raw.items():
+        group = _convert_part(group_raw, GroupSettings, f"router.groups.{name}", problems)
+        if group is None:
+            failed = True
+        else:
+            groups[str(name)] = group
+    router = _convert_part({k: v for k, v in data.items() if k != "groups"}, RouterSettings, "router", problems)
+    if router is None or failed:
+        return None
+    router.groups = groups
+    return router
 
 
 def _router_problems(settings: RouterSettings, deployments: list[Deployment]) -> list[str]:

@@ -188,7 +188,7 @@ class Router:
         try:
             result = await self._attempt_group(group, rest, call, operation, trial, streaming)
             if result is _EXHAUSTED or result is _CONTEXT_WINDOW:
-                result = await self._fall_back(group, result, chain, call, operation, trial, streaming)
+                result = await self._fall_back((group, rest), result, chain, call, operation, trial, streaming)
         except ManifoldError:
             if report is not None:
                 self._report(report, trial)
@@ -199,7 +199,7 @@ class Router:
 
     async def _fall_back(
         self,
-        primary: ModelGroup,
+        primary_target: Target,
         outcome: Any,
         chain: Sequence[Target],
         call: Call,
@@ -207,8 +207,9 @@ class Router:
         trial: _Trial,
         streaming: bool,
     ) -> Any:
+        primary = primary_target[0]
         in_context_chain = False
-        done: set[Target] = {(primary, None)}
+        done = {primary_target}
         index = 0
         while True:
             if outcome is _CONTEXT_WINDOW:
