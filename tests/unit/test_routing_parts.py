@@ -349,3 +349,28 @@ def test_wildcard_upstream() -> None:
     assert wildcard_upstream(None, "gpt-4o") == "gpt-4o"
     assert wildcard_upstream("*", "gpt-4o") == "gpt-4o"
     assert wildcard_upstream("accounts/acme/models/*", "llama") == "accounts/acme/models/llama"
+
+
+# -- fallback plan ---------------------------------------------------------------------------------------------
+
+
+def test_fallback_plan_goes_down_the_chain_once() -> None:
+    from manifold.routing.fallback import FallbackPlan
+
+    primary = ("big", None)
+    plan = FallbackPlan(primary, [("small", None), primary, ("small", None), ("tiny", None)], [("long", None)])
+    assert plan.next(False) == ("small", None)
+    assert plan.next(False) == ("tiny", None)  # the primary and repeats are skipped
+    assert plan.next(False) is None
+
+
+def test_fallback_plan_switches_to_the_context_window_chain_once() -> None:
+    from manifold.routing.fallback import FallbackPlan
+
+    plan = FallbackPlan(("big", None), [("small", None)], [("long", None), ("longer", None)])
+    assert plan.next(False) == ("small", None)
+    assert plan.next(True) == ("long", None)
+    assert plan.next(False) == ("longer", None)
+    assert plan.next(True) is None  # already in that chain
+    no_chain = FallbackPlan(("big", None), [("small", None)], [])
+    assert no_chain.next(True) is None

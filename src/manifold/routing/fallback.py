@@ -9,13 +9,13 @@ forwarded like any other.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
 
 from manifold.errors import InvalidRequestError
 from manifold.providers.base import Call
 
-__all__ = ["CLIENT_FALLBACKS_FIELD", "client_fallbacks"]
+__all__ = ["CLIENT_FALLBACKS_FIELD", "FallbackPlan", "client_fallbacks"]
 
 G = TypeVar("G")
 CLIENT_FALLBACKS_FIELD = "fallbacks"
@@ -50,3 +50,39 @@ def client_fallbacks(
     body = {k: v for k, v in call.body.items() if k != CLIENT_FALLBACKS_FIELD}
     stripped = Call(body, call.public_model, call.request_id, call.stream)
     return tuple(chain), stripped
+
+
+class FallbackPlan(Generic[G]):
+    """Which group a request tries next once one is exhausted. `chain` first; a context-window failure switches
+    to the primary group's `context_window_chain` (once: without that chain, the failure is the answer). No
+    group is tried twice."""
+
+    __slots__ = ("_chain", "_context_chain", "_done", "_in_context_chain", "_index")
+
+    def __init__(
+        self,
+        primary: tuple[G, str | None],
+        chain: Sequence[tuple[G, str | None]],
+        context_window_chain: Sequence[tuple[G, str | None]],
+    ) -> None:
+        self._chain = chain
+        self._context_chain = context_window_chain
+        self._done = {primary}
+        self._index = 0
+        self._in_context_chain = False
+
+    def next(self, context_window: bool) -> tuple[G, str | None] | None:
+        """The next target after a group was exhausted (`context_window`: it failed because the prompt does not
+        fit); None when nothing is left."""
+        if context_window:
+            if self._in_context_chain or not self._context_chain:
+                return None
+            self._chain, self._index, self._in_context_chain = self._context_chain, 0, True
+        chain = self._chain
+        while self._index < len(chain):
+            target = chain[self._index]
+            self._index += 1
+            if target not in self._done:
+                self._done.add(target)
+                return target
+        return None

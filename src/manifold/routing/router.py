@@ -35,7 +35,7 @@ from manifold.errors import ConfigError, ManifoldError, ModelNotFoundError, Serv
 from manifold.providers.base import Call, ChunkStream, Provider
 from manifold.providers.registry import create_provider
 from manifold.routing.addressing import NameTable
-from manifold.routing.fallback import CLIENT_FALLBACKS_FIELD, client_fallbacks
+from manifold.routing.fallback import CLIENT_FALLBACKS_FIELD, FallbackPlan, client_fallbacks
 from manifold.routing.group import Member, ModelGroup, Policy
 from manifold.routing.health import QueueFullError
 from manifold.routing.retry import Verdict, backoff_delay, classify
@@ -61,8 +61,6 @@ class _Nothing:
 
 
 _NOTHING: Final = _Nothing()  # an empty stream's "first chunk"
-_EXHAUSTED: Final = _Nothing()  # a group had nothing more to try
-_CONTEXT_WINDOW: Final = _Nothing()  # the prompt does not fit: go to the context-window chain
 
 
 class _Trial:
@@ -157,156 +155,112 @@ class Router:
 
     # -- running requests ----------------------------------------------------------------------------------------
 
-    async def chat(self, call: Call, report: Report | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = await self._run(call, _chat, report, False)
+    def chat(self, call: Call, report: Report | None = None) -> Awaitable[dict[str, Any]]:
+        result: Awaitable[dict[str, Any]] = self._run(call, _chat, report, False)
         return result
 
-    async def open_chat_stream(self, call: Call, report: Report | None = None) -> ChunkStream:
-        stream, first, member = await self._run(call, _open_chat_stream, report, True)
-        return _Relay(stream, first, member, call.request_id)
+    def open_chat_stream(self, call: Call, report: Report | None = None) -> Awaitable[ChunkStream]:
+        result: Awaitable[ChunkStream] = self._run(call, _open_chat_stream, report, True)
+        return result
 
-    async def execute(self, call: Call, operation: Operation[T], report: Report | None = None) -> T:
+    def execute(self, call: Call, operation: Operation[T], report: Report | None = None) -> Awaitable[T]:
         """Run `operation` on a deployment of `call.public_model`, with retries and fallbacks; `report` gets the
         response headers that say which deployment answered after how many attempts."""
-        result: T = await self._run(call, operation, report, False)
+        result: Awaitable[T] = self._run(call, operation, report, False)
         return result
 
-    async def execute_stream(
+    def execute_stream(
         self, call: Call, operation: StreamOperation[T], report: Report | None = None
-    ) -> AsyncIterator[T]:
+    ) -> Awaitable[AsyncIterator[T]]:
         """Like `execute` for an operation that opens a stream; returns once its first item arrived (failures
         until then are retried), as an iterator that starts with that item."""
-        stream, first, member = await self._run(call, operation, report, True)
-        return _Relay(stream, first, member, call.request_id)
+        result: Awaitable[AsyncIterator[T]] = self._run(call, operation, report, True)
+        return result
 
     async def _run(self, call: Call, operation: Callable[..., Any], report: Report | None, streaming: bool) -> Any:
+        # One coroutine for the whole request, on purpose: every `await` level is paid again each time the
+        # request resumes (the public methods above are plain functions that return this coroutine).
         group, rest = self.resolve(call.public_model)
         chain = group.fallbacks
         if CLIENT_FALLBACKS_FIELD in call.body and group.policy.allow_client_fallbacks:
             chain, call = client_fallbacks(call, self.table.resolve)
         trial = _Trial()
+        plan: FallbackPlan[ModelGroup] | None = None
         try:
-            result = await self._attempt_group(group, rest, call, operation, trial, streaming)
-            if result is _EXHAUSTED or result is _CONTEXT_WINDOW:
-                result = await self._fall_back((group, rest), result, chain, call, operation, trial, streaming)
+            while True:
+                policy = group.policy
+                retries: _Retries | None = None  # made on the first failure: the hot path is one attempt
+                context_window = False
+                for _ in range(policy.num_retries + 1):
+                    now = time.monotonic()
+                    choice = _choose(group, retries, now, streaming)
+                    if choice is None:
+                        if trial.error is None:
+                            trial.error = _cooling_down(group, now)
+                        break
+                    member, delay = choice
+                    if delay > 0:
+                        await _sleep(delay)
+                        now = time.monotonic()
+                    limit = member.limit
+                    if limit.has_room():
+                        limit.in_flight += 1
+                    else:
+                        try:
+                            await limit.acquire()
+                        except QueueFullError as exc:
+                            if trial.error is None:
+                                trial.error = exc
+                            break
+                        now = time.monotonic()
+                    breaker = member.breaker
+                    probe = breaker.begin(now) if breaker.open_until else False
+                    call.upstream_model = None if rest is None else member.upstream_model(rest)
+                    trial.attempts += 1
+                    trial.member = member
+                    try:
+                        if streaming:
+                            result = await _open_and_prime(operation, member.provider, call)
+                        else:
+                            result = await operation(member.provider, call)
+                    except ManifoldError as exc:
+                        limit.release()
+                        trial.error = exc
+                        if retries is None:
+                            retries = _Retries()
+                        verdict = retries.failed(member, exc, policy, call, trial, now)
+                        if verdict is Verdict.RETRY or verdict is Verdict.SWITCH:
+                            continue
+                        if probe:
+                            breaker.success()  # it answered: the request was at fault, not the deployment
+                        if verdict is not Verdict.CONTEXT_WINDOW:
+                            raise
+                        context_window = True
+                        break
+                    except BaseException:
+                        limit.release()
+                        if probe:
+                            breaker.abandon()
+                        raise
+                    _succeeded(member, policy, call, trial, now, streaming)
+                    if report is not None:
+                        self._report(report, trial)
+                    if streaming:
+                        return _Relay(result[0], result[1], member, call.request_id)
+                    return result
+                if plan is None:
+                    plan = FallbackPlan((group, rest), chain, group.context_window_fallbacks)
+                target = plan.next(context_window)
+                if target is None:
+                    assert trial.error is not None
+                    raise trial.error
+                group, rest = target
+                if log.isEnabledFor(logging.INFO):
+                    log.info("request %s: falling back to %r", call.request_id, group.name)
         except ManifoldError:
             if report is not None:
                 self._report(report, trial)
             raise
-        if report is not None:
-            self._report(report, trial)
-        return result
-
-    async def _fall_back(
-        self,
-        primary_target: Target,
-        outcome: Any,
-        chain: Sequence[Target],
-        call: Call,
-        operation: Callable[..., Any],
-        trial: _Trial,
-        streaming: bool,
-    ) -> Any:
-        primary = primary_target[0]
-        in_context_chain = False
-        done = {primary_target}
-        index = 0
-        while True:
-            if outcome is _CONTEXT_WINDOW:
-                if in_context_chain or not primary.context_window_fallbacks:
-                    break
-                chain, index, in_context_chain = primary.context_window_fallbacks, 0, True
-            elif outcome is not _EXHAUSTED:
-                return outcome
-            while index < len(chain) and chain[index] in done:
-                index += 1
-            if index >= len(chain):
-                break
-            target = chain[index]
-            done.add(target)
-            index += 1
-            if log.isEnabledFor(logging.INFO):
-                log.info("request %s: falling back to %r", call.request_id, target[0].name)
-            outcome = await self._attempt_group(target[0], target[1], call, operation, trial, streaming)
-        assert trial.error is not None
-        raise trial.error
-
-    async def _attempt_group(
-        self,
-        group: ModelGroup,
-        rest: str | None,
-        call: Call,
-        operation: Callable[..., Any],
-        trial: _Trial,
-        streaming: bool,
-    ) -> Any:
-        policy = group.policy
-        retries: _Retries | None = None  # made on the first failure: the hot path is one successful attempt
-        for _ in range(policy.num_retries + 1):
-            now = time.monotonic()
-            candidates = group.candidates(now, ()) if retries is None else retries.candidates(group, now)
-            if not candidates:
-                if trial.error is None:
-                    trial.error = _cooling_down(group, now)
-                return _EXHAUSTED
-            if group.limited:
-                candidates = _with_room(candidates)
-            if retries is not None and candidates[0] in retries.tried:
-                # Everything left was tried already: the one that may be retried first, after its wait.
-                member, delay = retries.earliest(candidates, now)
-                if delay > 0:
-                    await _sleep(delay)
-                    now = time.monotonic()
-            else:
-                member = group.strategy.pick(candidates, streaming)
-            limit = member.limit
-            if limit.has_room():
-                limit.in_flight += 1
-            else:
-                try:
-                    await limit.acquire()
-                except QueueFullError as exc:
-                    if trial.error is None:
-                        trial.error = exc
-                    return _EXHAUSTED
-                now = time.monotonic()
-            breaker = member.breaker
-            probe = breaker.begin(now) if breaker.open_until else False
-            call.upstream_model = None if rest is None else member.upstream_model(rest)
-            trial.attempts += 1
-            trial.member = member
-            try:
-                if streaming:
-                    result = await _open_and_prime(operation, member.provider, call)
-                else:
-                    result = await operation(member.provider, call)
-            except ManifoldError as exc:
-                limit.release()
-                trial.error = exc
-                if retries is None:
-                    retries = _Retries()
-                verdict = retries.failed(member, exc, policy, call, trial, now)
-                if verdict is Verdict.RETRY or verdict is Verdict.SWITCH:
-                    continue
-                if probe:
-                    breaker.success()  # it answered: the request was at fault, not the deployment
-                if verdict is Verdict.CONTEXT_WINDOW:
-                    return _CONTEXT_WINDOW
-                raise
-            except BaseException:
-                limit.release()
-                if probe:
-                    breaker.abandon()
-                raise
-            elapsed = time.monotonic() - now
-            if not streaming:
-                limit.release()
-            if breaker.open_until or breaker.failures:
-                breaker.success()
-            member.observe(elapsed, streaming, policy.latency_alpha)
-            _log_success(call, trial, member, elapsed)
-            return (*result, member) if streaming else result
-        return _EXHAUSTED
 
     @staticmethod
     def _report(report: Report, trial: _Trial) -> None:
@@ -391,6 +345,40 @@ class _Retries:
         return verdict
 
 
+def _choose(group: ModelGroup, retries: _Retries | None, now: float, streaming: bool) -> tuple[Member, float] | None:
+    """The deployment for the next attempt and how long to wait before it; None when none can take it."""
+    candidates = group.candidates(now, ()) if retries is None else retries.candidates(group, now)
+    if not candidates:
+        return None
+    if group.limited:
+        candidates = _with_room(candidates)
+    if retries is not None and candidates[0] in retries.tried:
+        # Everything left was tried already: the one that may be retried first, after its wait.
+        return retries.earliest(candidates, now)
+    return group.strategy.pick(candidates, streaming), 0.0
+
+
+def _succeeded(member: Member, policy: Policy, call: Call, trial: _Trial, started: float, streaming: bool) -> None:
+    elapsed = time.monotonic() - started
+    if not streaming:
+        member.limit.release()  # a stream keeps its slot until it ends (_Relay)
+    breaker = member.breaker
+    if breaker.open_until or breaker.failures:
+        breaker.success()
+    member.observe(elapsed, streaming, policy.latency_alpha)
+    if trial.attempts > 1:
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "request %s: attempt %d on %s succeeded (%.1f ms)",
+                call.request_id,
+                trial.attempts,
+                member.label,
+                elapsed * 1000,
+            )
+    elif log.isEnabledFor(logging.DEBUG):
+        log.debug("request %s: %s answered (%.1f ms)", call.request_id, member.label, elapsed * 1000)
+
+
 def _with_room(candidates: Sequence[Member]) -> Sequence[Member]:
     """Deployments under their concurrency limit; else those whose queue has a place (else all: the pick's
     acquire answers 429)."""
@@ -426,20 +414,6 @@ async def _aclose(stream: Any) -> None:
     aclose = getattr(stream, "aclose", None)
     if aclose is not None:
         await aclose()
-
-
-def _log_success(call: Call, trial: _Trial, member: Member, elapsed: float) -> None:
-    if trial.attempts > 1:
-        if log.isEnabledFor(logging.INFO):
-            log.info(
-                "request %s: attempt %d on %s succeeded (%.1f ms)",
-                call.request_id,
-                trial.attempts,
-                member.label,
-                elapsed * 1000,
-            )
-    elif log.isEnabledFor(logging.DEBUG):
-        log.debug("request %s: %s answered (%.1f ms)", call.request_id, member.label, elapsed * 1000)
 
 
 def _log_failure(
