@@ -177,14 +177,14 @@ def test_breaker_failed_probe_reopens_and_an_abandoned_probe_frees_the_slot() ->
 
 def test_breaker_trip_opens_at_once() -> None:
     b = CircuitBreaker(allowed_fails=5, fail_window=10, cooldown_time=20)
-    assert b.trip(0, "status 401") is True
+    assert b.trip(0) is True
     assert not b.available(19) and b.available(20)
-    assert b.trip(1, "status 401") is False  # already open: not reported twice
+    assert b.trip(1) is False  # already open: not reported twice
 
 
 def test_breaker_disabled_with_zero_cooldown() -> None:
     b = CircuitBreaker(allowed_fails=1, fail_window=10, cooldown_time=0)
-    assert not b.failure(0) and not b.trip(0, "status 401")
+    assert not b.failure(0) and not b.trip(0)
     assert b.available(0)
 
 

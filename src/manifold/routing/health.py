@@ -23,7 +23,7 @@ __all__ = ["CircuitBreaker", "ConcurrencyLimit", "QueueFullError"]
 
 
 class CircuitBreaker:
-    __slots__ = ("allowed_fails", "cooldown_time", "fail_window", "failures", "open_until", "probing", "reason")
+    __slots__ = ("allowed_fails", "cooldown_time", "fail_window", "failures", "open_until", "probing")
 
     def __init__(self, allowed_fails: int, fail_window: float, cooldown_time: float) -> None:
         self.allowed_fails = allowed_fails
@@ -32,7 +32,6 @@ class CircuitBreaker:
         self.failures: collections.deque[float] = collections.deque()
         self.open_until = 0.0  # 0.0 while closed: one falsy test on the hot path
         self.probing = False
-        self.reason = ""
 
     def is_closed(self) -> bool:
         return not self.open_until
@@ -82,7 +81,7 @@ class CircuitBreaker:
             return True
         return False
 
-    def trip(self, now: float, reason: str) -> bool:
+    def trip(self, now: float) -> bool:
         """Open at once (the upstream refused our credentials); True when it was not open already."""
         if self.cooldown_time <= 0:
             return False
@@ -90,7 +89,6 @@ class CircuitBreaker:
         self.probing = False
         self.failures.clear()
         self.open_until = now + self.cooldown_time
-        self.reason = reason
         return not was_open
 
 

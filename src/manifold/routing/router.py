@@ -331,7 +331,7 @@ class _Retries:
             self.tried.append(member)
         elif verdict is Verdict.SWITCH:
             breaker = member.breaker
-            if breaker.trip(at, f"status {exc.status_code}"):
+            if breaker.trip(at):
                 log.error(
                     "deployment %s: the upstream refused our credentials (status %d%s); cooling it down for %g s. "
                     "Check this deployment's api_key and headers.",
@@ -440,10 +440,11 @@ class _Relay:
     concurrency slot until the stream ends (or is closed), and a failure after the first item counts against
     the deployment's breaker."""
 
-    __slots__ = ("_buffered", "_first", "_member", "_request_id", "_stream")
+    __slots__ = ("_anext", "_buffered", "_first", "_member", "_request_id", "_stream")
 
     def __init__(self, stream: Any, first: Any, member: Member, request_id: str) -> None:
         self._stream = stream
+        self._anext: Callable[[], Awaitable[Any]] = stream.__anext__
         self._first = first
         self._member: Member | None = member
         self._request_id = request_id
@@ -459,28 +460,27 @@ class _Relay:
         return self
 
     async def __anext__(self) -> Any:
-        first = self._first
-        if first is not None:
-            self._first = None
+        if self._first is not None:
+            first, self._first = self._first, None
             if first is not _NOTHING:
                 return first
-        if self._member is None:
-            raise StopAsyncIteration
         try:
-            return await self._stream.__anext__()
+            return await self._anext()
         except StopAsyncIteration:
             self._finish()
             raise
         except ManifoldError as exc:
-            member = self._member
-            self._finish()
-            if member is not None and classify(exc) is Verdict.RETRY and member.breaker.failure(time.monotonic()):
-                log.warning("deployment %s: cooling down after repeated failures", member.label)
-            if member is not None:
-                log.warning(
-                    "request %s: the stream from %s failed after its first chunk", self._request_id, member.label
-                )
+            self._failed(exc)
             raise
+
+    def _failed(self, exc: ManifoldError) -> None:
+        member = self._member
+        if member is None:
+            return
+        self._finish()
+        if classify(exc) is Verdict.RETRY and member.breaker.failure(time.monotonic()):
+            log.warning("deployment %s: cooling down after repeated failures", member.label)
+        log.warning("request %s: the stream from %s failed after its first chunk", self._request_id, member.label)
 
     def _finish(self) -> None:
         member = self._member
