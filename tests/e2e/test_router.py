@@ -23,6 +23,7 @@ import pytest
 from tests.conformance.schema import assert_valid
 from tests.e2e.conftest import ManifoldProcess, free_port
 from tests.e2e.test_chat import sse_events
+from tests.e2e.test_completions import NULLS
 from tests.e2e.test_errors import check_envelope
 from tests.fakes.openai_upstream import FakeUpstream
 
@@ -174,6 +175,13 @@ def router_config(fake: FakeUpstream) -> dict[str, Any]:
         groups[name] = {"strategy": "round_robin"}
     deployments += [healthy(fake, "sdk-429", f"sdk-429-{side}", "status:429") for side in "ab"]
     deployments += [healthy(fake, "sdk-cut", "sdk-cut", "cut")]
+    # the other endpoints share the machinery
+    for name in ("surface", "surface-stream"):
+        deployments += [
+            deployment(name, f"{name}-bad", fake.base(f"status:503@{name}"), FAULTY_TIMEOUTS),
+            healthy(fake, name, f"{name}-ok"),
+        ]
+        groups[name] = {"strategy": "round_robin", "num_retries": 1}
     # timeouts
     deployments += [
         deployment("idle", "idle", fake.base("stall:5@idle"), {"first_byte": 10, "stream_idle": 0.5}),
@@ -598,6 +606,31 @@ def test_client_fallbacks_when_allowed(sdk: openai.OpenAI, fake: FakeUpstream) -
 def test_client_fallbacks_when_not_allowed_are_forwarded(sdk: openai.OpenAI, fake: FakeUpstream) -> None:
     sdk.chat.completions.create(model="plain", messages=MESSAGES, extra_body={"fallbacks": ["gpt-4o"]})
     assert fake.requests[-1].behavior == "echo@plain" and fake.requests[-1].body["fallbacks"] == ["gpt-4o"]
+
+
+# -- the other endpoints ---------------------------------------------------------------------------------------
+
+
+def test_completions_embeddings_and_images_are_retried_too(http: httpx.Client, fake: FakeUpstream) -> None:
+    # num_retries 1, round robin from the faulty deployment: each request fails once, then the healthy one answers.
+    calls = [
+        ("/v1/completions", {"prompt": "hello router"}, "CreateCompletionResponse"),
+        ("/v1/embeddings", {"input": "hello router"}, "CreateEmbeddingResponse"),
+        ("/v1/images/generations", {"prompt": "a router"}, "ImagesResponse"),
+    ]
+    for i, (path, body, schema) in enumerate(calls, 1):
+        resp = http.post(path, json={"model": "surface", **body})
+        assert resp.status_code == 200, resp.text
+        assert_valid(schema, resp.json())
+        assert resp.headers["x-manifold-deployment"] == "surface-ok" and attempts_of(resp) == 2
+        assert fake.count("status:503@surface") == i
+    stream = http.post("/v1/completions", json={"model": "surface-stream", "prompt": "hello router", "stream": True})
+    events = sse_events(stream.text)
+    assert stream.status_code == 200 and events[-1] == "[DONE]"
+    for chunk in events[:-1]:
+        assert_valid("CreateCompletionResponse", chunk, relaxed=NULLS)  # as OpenAI streams them
+    assert "".join(c["choices"][0]["text"] for c in events[:-1] if c["choices"]) == ECHO
+    assert stream.headers["x-manifold-deployment"] == "surface-stream-ok" and attempts_of(stream) == 2
 
 
 # -- concurrent load -------------------------------------------------------------------------------------------

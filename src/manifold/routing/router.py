@@ -40,7 +40,17 @@ from manifold.routing.group import Member, ModelGroup, Policy
 from manifold.routing.health import QueueFullError
 from manifold.routing.retry import Verdict, backoff_delay, classify
 
-__all__ = ["ModelGroup", "Operation", "Report", "Router", "StreamOperation"]
+__all__ = [
+    "ModelGroup",
+    "Operation",
+    "Report",
+    "Router",
+    "StreamOperation",
+    "completions",
+    "embeddings",
+    "images",
+    "open_completions_stream",
+]
 
 log = logging.getLogger("manifold.router")
 
@@ -80,6 +90,23 @@ def _chat(provider: Provider, call: Call) -> Awaitable[dict[str, Any]]:
 
 def _open_chat_stream(provider: Provider, call: Call) -> Awaitable[ChunkStream]:
     return provider.open_chat_stream(call)
+
+
+# The operations of the other endpoints, for `execute` / `execute_stream` (module-level: nothing per request).
+def completions(provider: Provider, call: Call) -> Awaitable[dict[str, Any]]:
+    return provider.completions(call)
+
+
+def open_completions_stream(provider: Provider, call: Call) -> Awaitable[ChunkStream]:
+    return provider.open_completions_stream(call)
+
+
+def embeddings(provider: Provider, call: Call) -> Awaitable[dict[str, Any]]:
+    return provider.embeddings(call)
+
+
+def images(provider: Provider, call: Call) -> Awaitable[dict[str, Any]]:
+    return provider.images(call)
 
 
 class Router:

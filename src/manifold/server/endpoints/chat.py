@@ -33,7 +33,7 @@ async def create_chat_completion(app: ManifoldApp, request: Request) -> None:
         if extra:
             log.debug("request %s: forwarding non-OpenAI fields %s", request.request_id, extra)
     if req.store:
-        await create_stored(app, request, raw, req, app.router.pick(req.model))
+        await create_stored(app, request, raw, req)
         return
     call = ChatCall(raw, req.model, request.request_id, bool(req.stream))
     if call.stream:
