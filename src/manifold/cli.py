@@ -47,6 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "models":
         for name in sorted({d.model_name for d in config.model_list}):
             print(name)
+        for alias, target in sorted(config.router.model_alias.items()):
+            print(f"{alias} -> {target}")
         return 0
     return _serve(args, config)
 

@@ -10,7 +10,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 import yaml
@@ -28,6 +28,8 @@ class Timeouts(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     connect: PositiveFloat = 10.0
     first_byte: PositiveFloat = 600.0
     total: PositiveFloat | None = None
+    # Between two reads of a stream once its body started (None: `first_byte` bounds those gaps too).
+    stream_idle: PositiveFloat | None = None
 
 
 class Deployment(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -60,6 +62,12 @@ class Deployment(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Responses API (docs/responses.md): "translate" serves POST /responses through chat completions (the
     # default); "native" forwards it to the upstream's own /responses (OpenAI-compatible upstreams only)
     responses: str | None = None
+    # routing (docs/routing.md)
+    id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:/@#+-]{1,128}$")] | None = None
+    weight: PositiveFloat = 1.0
+    max_concurrency: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_queue: Annotated[int, msgspec.Meta(ge=0)] = 64
+    queue_timeout: PositiveFloat = 30.0
 
     @property
     def upstream_model(self) -> str:
@@ -106,11 +114,55 @@ class ResponsesSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     background_lease_s: Annotated[float, msgspec.Meta(ge=1)] = 15.0
 
 
+NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
+Strategy = Literal["weighted", "round_robin", "least_busy", "lowest_latency"]
+
+
+class RouterSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """How requests are spread over a model group's deployments, retried, failed over and cooled down
+    (docs/routing.md). Every key but `model_alias` and `groups` is a default that `groups.<name>` can override."""
+
+    strategy: Strategy = "weighted"
+    num_retries: Annotated[int, msgspec.Meta(ge=0)] = 2
+    retry_backoff: NonNegativeFloat = 0.5
+    retry_backoff_max: NonNegativeFloat = 8.0
+    max_retry_after: NonNegativeFloat = 10.0
+    allowed_fails: Annotated[int, msgspec.Meta(ge=1)] = 3
+    fail_window: PositiveFloat = 60.0
+    cooldown_time: NonNegativeFloat = 30.0
+    fallbacks: list[str] = msgspec.field(default_factory=list)
+    context_window_fallbacks: list[str] = msgspec.field(default_factory=list)
+    allow_client_fallbacks: bool = False
+    latency_alpha: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.3
+    latency_buffer: NonNegativeFloat = 0.0
+    model_alias: dict[str, str] = msgspec.field(default_factory=dict)
+    groups: dict[str, GroupSettings] = msgspec.field(default_factory=dict)
+
+
+class GroupSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """Per model group overrides of `RouterSettings` (None: the router-wide value)."""
+
+    strategy: Strategy | None = None
+    num_retries: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    retry_backoff: NonNegativeFloat | None = None
+    retry_backoff_max: NonNegativeFloat | None = None
+    max_retry_after: NonNegativeFloat | None = None
+    allowed_fails: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    fail_window: PositiveFloat | None = None
+    cooldown_time: NonNegativeFloat | None = None
+    fallbacks: list[str] | None = None
+    context_window_fallbacks: list[str] | None = None
+    allow_client_fallbacks: bool | None = None
+    latency_alpha: Annotated[float, msgspec.Meta(gt=0, le=1)] | None = None
+    latency_buffer: NonNegativeFloat | None = None
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     model_list: list[Deployment] = msgspec.field(default_factory=list)
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
     responses: ResponsesSettings = msgspec.field(default_factory=ResponsesSettings)
+    router: RouterSettings = msgspec.field(default_factory=RouterSettings)
 
 
 ENV_PREFIX = "MANIFOLD_"
@@ -225,6 +277,7 @@ def _build(raw: dict[str, Any], problems: list[str]) -> Config:
         problems.extend(_server_problems(server))
     model_list_raw = raw.get("model_list", [])
     deployments: list[Deployment] = []
+    all_converted = isinstance(model_list_raw, list)
     if not isinstance(model_list_raw, list):
         problems.append("model_list: expected a list of deployments")
     else:
@@ -233,13 +286,19 @@ def _build(raw: dict[str, Any], problems: list[str]) -> Config:
             if dep is not None:
                 problems.extend(_deployment_problems(dep, f"model_list[{i}]"))
                 deployments.append(dep)
+            else:
+                all_converted = False
     storage = _convert_part(raw.get("storage", {}), StorageSettings, "storage", problems)
     if storage is not None:
         problems.extend(_storage_problems(storage))
     responses = _convert_part(raw.get("responses", {}), ResponsesSettings, "responses", problems)
-    if problems or server is None or storage is None or responses is None:
+    router = _convert_router(raw.get("router", {}), problems)
+    if router is not None and all_converted:
+        # Names are checked against the deployments only when all of them could be read.
+        problems.extend(_router_problems(router, deployments))
+    if problems or server is None or storage is None or responses is None or router is None:
         raise ConfigError(problems)
-    return Config(model_list=deployments, server=server, storage=storage, responses=responses)
+    return Config(model_list=deployments, server=server, storage=storage, responses=responses, router=router)
 
 
 def _convert_part(data: Any, typ: type[_T], where: str, problems: list[str]) -> _T | None:
@@ -327,3 +386,29 @@ def _deployment_problems(dep: Deployment, where: str) -> list[str]:
                 "leave it out (translated through chat completions)"
             )
     return problems
+
+
+def _convert_router(data: Any, problems: list[str]) -> RouterSettings | None:
+    # Each group on its own, so that problems name it (`router.groups.gpt-4o.num_retries`), not `groups[...]`.
+    groups_raw = data.get("groups") if isinstance(data, dict) else None
+    if not isinstance(groups_raw, dict):
+        return _convert_part(data, RouterSettings, "router", problems)
+    groups: dict[str, GroupSettings] = {}
+    failed = False
+    for name, group_raw in groups_raw.items():
+        group = _convert_part(group_raw, GroupSettings, f"router.groups.{name}", problems)
+        if group is None:
+            failed = True
+        else:
+            groups[str(name)] = group
+    router = _convert_part({k: v for k, v in data.items() if k != "groups"}, RouterSettings, "router", problems)
+    if router is None or failed:
+        return None
+    router.groups = groups
+    return router
+
+
+def _router_problems(settings: RouterSettings, deployments: list[Deployment]) -> list[str]:
+    from manifold.routing.addressing import router_problems
+
+    return router_problems(settings, deployments)

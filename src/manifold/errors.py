@@ -34,6 +34,9 @@ class ManifoldError(Exception):
     status: ClassVar[int] = 500
     type: ClassVar[str] = "server_error"
     default_code: ClassVar[str | None] = None
+    # Set on errors an upstream caused: its HTTP status, and the wait it asked for (Retry-After, in seconds).
+    upstream_status: int | None = None
+    retry_after: float | None = None
 
     def __init__(
         self,

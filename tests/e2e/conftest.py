@@ -152,6 +152,9 @@ def gateway_config(fake: FakeUpstream) -> dict[str, Any]:
     deployments += surface_deployments(fake)
     return {
         "model_list": deployments,
+        # These tests check how one upstream exchange maps to the client's answer; test_router.py covers retries,
+        # fallbacks and cooldowns.
+        "router": {"num_retries": 0, "cooldown_time": 0},
         "server": {
             "prefixes": ["/v1", "/openai/v1"],
             "keepalive_interval": 0.3,

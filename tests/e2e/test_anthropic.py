@@ -90,7 +90,9 @@ def gateway(upstream: FakeAnthropic, tmp_path_factory: pytest.TempPathFactory) -
             "default_max_tokens": 64,
         },
     ]
-    config = {"model_list": deployments, "server": {"keepalive_interval": 0.3}}
+    # One upstream exchange per request: these tests check how each maps (retries: tests/e2e/test_router.py).
+    router = {"num_retries": 0, "cooldown_time": 0}
+    config = {"model_list": deployments, "router": router, "server": {"keepalive_interval": 0.3}}
     proc = ManifoldProcess(config, tmp_path_factory.mktemp("anthropic-gateway"))
     yield proc
     proc.stop()

@@ -61,7 +61,7 @@ def route_of(path: str) -> str | None:
 async def answer(route: str, ex: _Exchange) -> web.StreamResponse:
     from tests.fakes.openai_upstream import HANG_SECONDS, _error_body, _parse_status
 
-    name, _, arg = ex.record.behavior.partition(":")
+    name, _, arg = ex.record.behavior.partition("@")[0].partition(":")  # `@tag`: see openai_upstream
     if name == "hang":
         await asyncio.sleep(HANG_SECONDS)
     if name == "status":

@@ -84,6 +84,24 @@ Behaviors (``stream: true`` in the body gives SSE ``text/event-stream`` frames
 ``tool_loop``
     A function call like ``tools`` while the last message is not a tool result; after one, the text
     ``"result: "`` + that tool message's content (``finish_reason`` ``"stop"``): a whole tool round trip.
+``flaky:<n>``
+    The first ``n`` requests with this exact behavior string answer like ``status:503`` (without
+    ``Retry-After``), every later one like echo.  ``clear()`` resets the count.
+``retry_after_ms:<ms>``
+    429 with the header ``retry-after-ms: <ms>`` (and no ``Retry-After``).
+``reset``
+    Headers, then the TCP connection is aborted before any stream event (stream) or in the middle
+    of the announced body (non-stream, like ``cut``).
+``stall:<seconds>``
+    Stream: the role chunk and one content chunk, then silence for that long, then the rest like
+    echo.  Non-stream: like ``slow_headers``.
+``context_length``
+    400 with OpenAI's ``context_length_exceeded`` error (code, ``param: "messages"``).
+    ``context_length:message`` gives only the message vLLM sends (``code: null``).
+
+A behavior may end with ``@<tag>`` (``echo@b``, ``status:500@a``): the tag is ignored when answering
+but kept in ``Recorded.behavior``, so that several deployments with the same behavior can be told
+apart by ``count()``.
 
 An unknown behavior, a bad argument or an unparsable JSON body answers 400 with an OpenAI error.
 
@@ -112,7 +130,7 @@ from aiohttp import web
 
 from tests.fakes import openai_responses, openai_surface
 
-__all__ = ["BEHAVIORS", "BIG_CONTENT", "FakeUpstream", "Recorded", "fake_upstream"]
+__all__ = ["BEHAVIORS", "BIG_CONTENT", "CONTEXT_LENGTH_MESSAGE", "FakeUpstream", "Recorded", "fake_upstream"]
 
 BEHAVIORS = (
     "echo",
@@ -131,6 +149,15 @@ BEHAVIORS = (
     "big",
     "length",
     "tool_loop",
+    "flaky",
+    "retry_after_ms",
+    "reset",
+    "stall",
+    "context_length",
+)
+CONTEXT_LENGTH_MESSAGE = (
+    "This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens. "
+    "Please reduce the length of the messages."
 )
 MODELS_BODY: dict[str, Any] = {
     "object": "list",
@@ -340,6 +367,16 @@ def _parse_status(arg: str) -> int:
     return code
 
 
+def _parse_count(arg: str) -> int:
+    try:
+        n = int(arg)
+    except ValueError:
+        raise _BadRequest(f"bad count argument {arg!r}") from None
+    if not 0 <= n <= 1_000_000:
+        raise _BadRequest(f"count argument out of range: {arg!r}")
+    return n
+
+
 def _path_behavior(raw_path: str) -> str:
     segments = raw_path.split("?", 1)[0].split("/")
     for i, seg in enumerate(segments[:-1]):
@@ -509,8 +546,39 @@ async def _answer_stream_error(ex: _Exchange) -> web.StreamResponse:
     return await ex.end()
 
 
-async def _run_behavior(ex: _Exchange) -> web.StreamResponse:
-    name, _, arg = ex.record.behavior.partition(":")
+async def _answer_reset(ex: _Exchange) -> web.StreamResponse:
+    if not ex.wants_stream:
+        return await _answer_cut(ex)
+    resp = await ex.open_sse()
+    await asyncio.sleep(0.05)  # the headers reach the reader first
+    ex.fake_closed = True
+    if ex.request.transport is not None:
+        ex.request.transport.abort()
+    return resp
+
+
+async def _answer_stall(ex: _Exchange, seconds: float) -> web.StreamResponse:
+    if not ex.wants_stream:
+        await asyncio.sleep(seconds)
+        return await _answer_text(ex, _echo_content(ex.body))
+    await ex.send(ex.chunk({"role": "assistant", "content": ""}))
+    await ex.send(ex.chunk({"content": "stalled "}))
+    await asyncio.sleep(seconds)
+    await ex.send(ex.chunk({}, "stop"))
+    return await ex.done()
+
+
+def _context_length(arg: str) -> web.StreamResponse:
+    if arg not in ("", "message"):
+        raise _BadRequest(f"bad context_length argument {arg!r}")
+    code = None if arg == "message" else "context_length_exceeded"
+    body = {"error": {"message": CONTEXT_LENGTH_MESSAGE, "type": "invalid_request_error", "param": "messages"}}
+    body["error"]["code"] = code
+    return web.json_response(body, status=400)
+
+
+async def _run_behavior(ex: _Exchange, flaky_seen: int = 0) -> web.StreamResponse:
+    name, _, arg = ex.record.behavior.partition("@")[0].partition(":")
     echo = _echo_content(ex.body)
     if name == "echo":
         return await _answer_text(ex, echo)
@@ -555,6 +623,20 @@ async def _run_behavior(ex: _Exchange) -> web.StreamResponse:
         return await _answer_malformed(ex)
     if name == "stream_error":
         return await _answer_stream_error(ex)
+    if name == "flaky":
+        if flaky_seen < _parse_count(arg):
+            return web.json_response(_error_body("fake flaky 503", "fake_error", "fake_503"), status=503)
+        return await _answer_text(ex, echo)
+    if name == "retry_after_ms":
+        ms = _parse_count(arg)
+        body = _error_body("fake 429", "fake_error", "fake_429")
+        return web.json_response(body, status=429, headers={"retry-after-ms": str(ms)})
+    if name == "reset":
+        return await _answer_reset(ex)
+    if name == "stall":
+        return await _answer_stall(ex, _parse_seconds(arg))
+    if name == "context_length":
+        return _context_length(arg)
     raise _BadRequest(f"unknown fake behavior {ex.record.behavior!r}")
 
 
@@ -568,6 +650,7 @@ class FakeUpstream:
         self.url = ""
         self.requests: list[Recorded] = []
         self.cancelled: list[Recorded] = []
+        self._seen: dict[str, int] = {}  # chat requests per behavior string, for ``flaky``
         self._cond = threading.Condition()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -654,6 +737,7 @@ class FakeUpstream:
         with self._cond:
             self.requests.clear()
             self.cancelled.clear()
+            self._seen.clear()
 
     def count(self, behavior: str | None = None) -> int:
         with self._cond:
@@ -730,12 +814,15 @@ class FakeUpstream:
             return web.json_response(err, status=400)
 
         ex = _Exchange(request, record)
+        with self._cond:
+            seen = self._seen.get(behavior, 0)
+            self._seen[behavior] = seen + 1
         try:
             if surface == "responses":
                 return await openai_responses.answer(ex)
             if surface is not None:
                 return await openai_surface.answer(surface, ex)
-            return await _run_behavior(ex)
+            return await _run_behavior(ex, seen)
         except _BadRequest as e:
             err = _error_body(str(e), "invalid_request_error", "fake_bad_behavior")
             return web.json_response(err, status=400)

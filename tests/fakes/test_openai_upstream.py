@@ -14,7 +14,7 @@ import openai
 import pytest
 import pytest_asyncio
 
-from tests.fakes.openai_upstream import BIG_CONTENT, FakeUpstream, Recorded
+from tests.fakes.openai_upstream import BIG_CONTENT, CONTEXT_LENGTH_MESSAGE, FakeUpstream, Recorded
 
 MESSAGES: list[Any] = [
     {"role": "system", "content": "be brief"},
@@ -457,3 +457,66 @@ def test_stop_does_not_wait_for_hanging_requests() -> None:
     timer.join()
     assert fake.count("hang") == 1
     fake.stop()  # idempotent
+
+
+# --- behaviors for the router's tests ------------------------------------------------------------
+
+
+async def test_tag_is_ignored_but_recorded(fake: FakeUpstream, http: aiohttp.ClientSession) -> None:
+    status, _, text = await post(http, fake.base("echo@a"), body())
+    assert status == 200 and json.loads(text)["choices"][0]["message"]["content"] == "echo: hello big world"
+    status, _, _ = await post(http, fake.base("status:500@b"), body())
+    assert status == 500
+    assert (fake.count("echo@a"), fake.count("status:500@b"), fake.count("echo")) == (1, 1, 0)
+
+
+async def test_flaky_fails_the_first_n_requests(fake: FakeUpstream, http: aiohttp.ClientSession) -> None:
+    statuses = [(await post(http, fake.base("flaky:2"), body()))[0] for _ in range(4)]
+    assert statuses == [503, 503, 200, 200]
+    assert (await post(http, fake.base("flaky:2@other"), body()))[0] == 503  # counted per behavior string
+    fake.clear()
+    assert (await post(http, fake.base("flaky:2"), body(stream=True)))[0] == 503
+
+
+async def test_retry_after_ms(fake: FakeUpstream, http: aiohttp.ClientSession) -> None:
+    status, headers, text = await post(http, fake.base("retry_after_ms:250"), body())
+    assert status == 429 and headers["retry-after-ms"] == "250" and "Retry-After" not in headers
+    assert json.loads(text)["error"]["code"] == "fake_429"
+
+
+async def test_reset_before_the_first_event(fake: FakeUpstream, http: aiohttp.ClientSession) -> None:
+    received = b""
+    with pytest.raises(aiohttp.ClientPayloadError):
+        async with http.post(fake.base("reset") + "/chat/completions", json=body(stream=True)) as resp:
+            assert resp.status == 200
+            async for data in resp.content.iter_any():
+                received += data
+    assert received == b""
+    with pytest.raises(aiohttp.ClientError):
+        async with http.post(fake.base("reset") + "/chat/completions", json=body()) as resp:
+            await resp.read()
+
+
+async def test_stall_pauses_after_the_first_content_chunk(fake: FakeUpstream, http: aiohttp.ClientSession) -> None:
+    started = time.monotonic()
+    chunks = await stream_chunks(http, fake.base("stall:0.3"), body())
+    assert time.monotonic() - started >= 0.3
+    assert [c["choices"][0]["delta"].get("content") for c in chunks] == ["", "stalled ", None]
+
+
+async def test_context_length(fake: FakeUpstream, http: aiohttp.ClientSession) -> None:
+    status, _, text = await post(http, fake.base("context_length"), body())
+    assert status == 400
+    assert json.loads(text)["error"] == {
+        "message": CONTEXT_LENGTH_MESSAGE,
+        "type": "invalid_request_error",
+        "param": "messages",
+        "code": "context_length_exceeded",
+    }
+    status, _, text = await post(http, fake.base("context_length:message"), body())
+    assert status == 400 and json.loads(text)["error"]["code"] is None
+
+
+async def test_status_529(fake: FakeUpstream, http: aiohttp.ClientSession) -> None:
+    status, _, text = await post(http, fake.base("status:529"), body())
+    assert status == 529 and json.loads(text)["error"]["code"] == "fake_529"

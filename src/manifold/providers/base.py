@@ -28,13 +28,15 @@ class Call:
     they copy what they send.
     """
 
-    __slots__ = ("body", "public_model", "request_id", "stream")
+    __slots__ = ("body", "public_model", "request_id", "stream", "upstream_model")
 
     def __init__(self, body: dict[str, Any], public_model: str, request_id: str, stream: bool) -> None:
         self.body = body
         self.public_model = public_model
         self.request_id = request_id
         self.stream = stream
+        # Set by the router for wildcard groups (`openai/*`): the upstream model this request names.
+        self.upstream_model: str | None = None
 
 
 ChatCall = Call
@@ -62,6 +64,10 @@ class Provider:
 
     async def ready(self) -> bool:
         return True
+
+    def upstream_model_for(self, call: Call) -> str:
+        """The model name to send upstream: the deployment's, or the one a wildcard group forwards."""
+        return call.upstream_model or self.deployment.upstream_model
 
     async def chat(self, call: ChatCall) -> dict[str, Any]:
         """A complete `chat.completion` as a dict (normalized by the caller)."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import email.utils
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -38,6 +40,7 @@ class UpstreamSession:
         parts = urlsplit(base)
         self.origin = f"{parts.scheme}://{parts.netloc}"
         self.total_timeout = t.total
+        self.stream_idle = t.stream_idle if t.stream_idle != t.first_byte else None
         # The read timeout bounds every silent gap: the wait for headers and, in a stream, between two reads.
         self._pool = ConnectionPool(
             base,
@@ -153,7 +156,7 @@ class SSEStream:
     in one read as one write instead of one write per event.
     """
 
-    __slots__ = ("_deadline", "_decoder", "_events", "_finished", "_resp", "_session")
+    __slots__ = ("_deadline", "_decoder", "_events", "_finished", "_idle", "_resp", "_session")
 
     def __init__(self, session: UpstreamSession, resp: HTTPResponse) -> None:
         self._session = session
@@ -161,6 +164,7 @@ class SSEStream:
         self._decoder = SSEDecoder()
         self._events: collections.deque[SSEEvent] = collections.deque()
         self._finished = False
+        self._idle = session.stream_idle
         total = session.total_timeout
         self._deadline = None if total is None else asyncio.get_running_loop().time() + total
 
@@ -180,6 +184,10 @@ class SSEStream:
                 self._finished = True
                 self._decoder.flush()
                 continue
+            if self._idle is not None:
+                # The body has begun: from now on `stream_idle`, not `first_byte`, bounds each silence.
+                self._resp.read_timeout = self._idle
+                self._idle = None
             events.extend(self._decoder.feed(chunk))
             if self._deadline is not None and asyncio.get_running_loop().time() > self._deadline:
                 self.close()
@@ -204,18 +212,50 @@ class SSEStream:
 
 def error_from_upstream(status: int, body: bytes, headers: Mapping[str, str], label: str) -> ManifoldError:
     message, etype, param, code = _parse_error_body(body)
+    error: ManifoldError
     if status >= 500:
         text = f"The upstream for {label} failed with status {status}"
-        return BadGatewayError(text + (f": {message}" if message else "."), code="upstream_error")
-    passed = {k: headers[k] for k in _PASSED_HEADERS if k in headers}
-    return UpstreamError(
-        status,
-        message or f"The upstream for {label} answered with status {status}.",
-        type=etype or _DEFAULT_TYPES.get(status, "invalid_request_error"),
-        param=param,
-        code=code,
-        headers=passed,
-    )
+        error = BadGatewayError(text + (f": {message}" if message else "."), code="upstream_error")
+    else:
+        passed = {k: headers[k] for k in _PASSED_HEADERS if k in headers}
+        error = UpstreamError(
+            status,
+            message or f"The upstream for {label} answered with status {status}.",
+            type=etype or _DEFAULT_TYPES.get(status, "invalid_request_error"),
+            param=param,
+            code=code,
+            headers=passed,
+        )
+    error.upstream_status = status
+    error.retry_after = retry_after_seconds(headers)
+    return error
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """The wait an upstream asked for: `retry-after-ms` (OpenAI, Azure), else `Retry-After` in seconds or as an
+    HTTP date. None when absent or unreadable. Header names are lower-case (the transport's)."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            value = float(ms) / 1000.0
+        except ValueError:
+            value = -1.0
+        if 0 <= value < float("inf"):
+            return value
+    text = headers.get("retry-after")
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        return max(0.0, when.timestamp() - time.time())
+    return seconds if 0 <= seconds < float("inf") else None
 
 
 def _parse_error_body(body: bytes) -> tuple[str | None, str | None, str | None, str | None]:

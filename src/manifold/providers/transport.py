@@ -72,6 +72,7 @@ class HTTPResponse:
         "_streaming",
         "_waiter",
         "headers",
+        "read_timeout",
         "status",
     )
 
@@ -87,6 +88,7 @@ class HTTPResponse:
         self._released = False
         self._streaming = False  # read piece by piece: apply backpressure to the upstream
         self._decoder: Any = None
+        self.read_timeout: float | None = None  # None: the connection's; set to bound a stream's gaps differently
 
     @property
     def content_type(self) -> str:
@@ -130,7 +132,8 @@ class HTTPResponse:
     async def _wait(self) -> None:
         loop = self._conn.loop
         waiter = self._waiter = loop.create_future()
-        timer = loop.call_later(self._conn.read_timeout, self._timed_out, waiter)
+        timeout = self.read_timeout if self.read_timeout is not None else self._conn.read_timeout
+        timer = loop.call_later(timeout, self._timed_out, waiter)
         try:
             await waiter
         finally:

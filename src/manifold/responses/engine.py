@@ -272,9 +272,9 @@ class ResponsesEngine:
         body = translate.to_chat_body(p.req, messages, p.tools, stream=stream)
         call = ChatCall(body, p.req.model, p.request_id, stream)
         if not stream:
-            completion = normalize_completion(await p.provider.chat(call), p.req.model)
+            completion = normalize_completion(await self.router.chat(call), p.req.model)
             return _iterate(list(completion_chunks(completion)))
-        upstream = await p.provider.open_chat_stream(call)
+        upstream = await self.router.open_chat_stream(call)
         return _shaped(upstream, ChunkShaper(p.req.model, include_usage=True))
 
     # -- native pass-through (deployment `responses: native`) ---------------------------------------------------
@@ -501,7 +501,7 @@ class ResponsesEngine:
         from manifold.responses.compaction import SUMMARY_PROMPT
 
         body = {"model": model, "messages": [*messages, {"role": "user", "content": SUMMARY_PROMPT}]}
-        completion = normalize_completion(await provider.chat(ChatCall(body, model, request_id, False)), model)
+        completion = normalize_completion(await self.router.chat(ChatCall(body, model, request_id, False)), model)
         choices = completion.get("choices") or [{}]
         summary = str((choices[0].get("message") or {}).get("content") or "")
         item = {"type": "compaction", "id": new_id("cmp_"), "encrypted_content": self.seal.seal(summary, model)}

@@ -1,27 +1,112 @@
-"""Public model names → deployments (each a started provider)."""
+"""Public model names → deployments: choose one, retry, fail over, cool down (docs/routing.md).
+
+One request, as the router runs it::
+
+    resolve the name (exact group, alias, wildcard)  →  group, then its fallback chain, in order
+    per group, up to 1 + num_retries attempts:
+        candidates = deployments not cooling down (untried first) → the strategy picks one
+        take a concurrency slot (or wait in its bounded queue; full → 429)
+        call it; on failure, by verdict (retry.py):
+            RETRY           breaker counts it; next attempt: another deployment at once, or the same one after
+                            backoff / its Retry-After (longer than max_retry_after: not again)
+            SWITCH          breaker opens at once (401/403, logged loudly); another deployment
+            CONTEXT_WINDOW  straight to the context-window fallback chain
+            FATAL           the client's answer
+    nothing left → the last error (or 503 when every deployment was cooling down)
+
+A stream counts as answered once its first chunk arrived: until then a failure is retried like any other (the
+client has been sent nothing but keep-alive comments); after it, a failure ends the stream with an error event.
+
+Endpoints call `execute` (one JSON answer) or `execute_stream` with an operation `(provider, call) -> awaitable`,
+so every endpoint shares the same machinery; `chat` and `open_chat_stream` are those for chat completions.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Final, TypeVar
 
-from manifold.config import Deployment
-from manifold.errors import ModelNotFoundError
-from manifold.providers.base import Provider
+from manifold.config import Deployment, RouterSettings
+from manifold.errors import ConfigError, ManifoldError, ModelNotFoundError, ServiceUnavailableError
+from manifold.providers.base import Call, ChunkStream, Provider
 from manifold.providers.registry import create_provider
+from manifold.routing.addressing import NameTable
+from manifold.routing.fallback import CLIENT_FALLBACKS_FIELD, FallbackPlan, client_fallbacks
+from manifold.routing.group import Member, ModelGroup, Policy
+from manifold.routing.health import QueueFullError
+from manifold.routing.retry import Verdict, backoff_delay, classify
+
+__all__ = [
+    "ModelGroup",
+    "Operation",
+    "Report",
+    "Router",
+    "StreamOperation",
+    "completions",
+    "embeddings",
+    "images",
+    "open_completions_stream",
+]
+
+log = logging.getLogger("manifold.router")
+
+T = TypeVar("T")
+Operation = Callable[[Provider, Call], Awaitable[T]]
+StreamOperation = Callable[[Provider, Call], Awaitable[AsyncIterator[T]]]
+Report = Callable[[str, str], None]  # (header name, value): e.g. Request.add_response_header
+Target = tuple[ModelGroup, str | None]
+
+DEPLOYMENT_HEADER: Final = "x-manifold-deployment"
+ATTEMPTS_HEADER: Final = "x-manifold-attempts"
+_ATTEMPTS = tuple(str(i) for i in range(64))
+_sleep = asyncio.sleep  # the tests replace it to see the waits
 
 
-class ModelGroup:
-    __slots__ = ("created", "name", "owned_by", "providers")
+class _Nothing:
+    pass
 
-    def __init__(self, name: str, providers: list[Provider], created: int) -> None:
-        self.name = name
-        self.providers = providers
-        self.created = created
-        first = providers[0].deployment
-        self.owned_by = first.owned_by or first.provider
+
+_NOTHING: Final = _Nothing()  # an empty stream's "first chunk"
+
+
+class _Trial:
+    """What one request went through: attempts so far, the last deployment and the last error."""
+
+    __slots__ = ("attempts", "error", "member")
+
+    def __init__(self) -> None:
+        self.attempts = 0
+        self.error: ManifoldError | None = None
+        self.member: Member | None = None
+
+
+def _chat(provider: Provider, call: Call) -> Awaitable[dict[str, Any]]:
+    return provider.chat(call)
+
+
+def _open_chat_stream(provider: Provider, call: Call) -> Awaitable[ChunkStream]:
+    return provider.open_chat_stream(call)
+
+
+# The operations of the other endpoints, for `execute` / `execute_stream` (module-level: nothing per request).
+def completions(provider: Provider, call: Call) -> Awaitable[dict[str, Any]]:
+    return provider.completions(call)
+
+
+def open_completions_stream(provider: Provider, call: Call) -> Awaitable[ChunkStream]:
+    return provider.open_completions_stream(call)
+
+
+def embeddings(provider: Provider, call: Call) -> Awaitable[dict[str, Any]]:
+    return provider.embeddings(call)
+
+
+def images(provider: Provider, call: Call) -> Awaitable[dict[str, Any]]:
+    return provider.images(call)
 
 
 class Router:
@@ -29,7 +114,11 @@ class Router:
         self,
         deployments: list[Deployment],
         factory: Callable[[Deployment], Provider] = create_provider,
+        settings: RouterSettings | None = None,
+        rng: random.Random | None = None,
     ) -> None:
+        settings = settings if settings is not None else RouterSettings()
+        self.settings = settings
         created = int(time.time())
         by_name: dict[str, list[Provider]] = {}
         self.providers: list[Provider] = []
@@ -37,19 +126,177 @@ class Router:
             provider = factory(dep)
             self.providers.append(provider)
             by_name.setdefault(dep.model_name, []).append(provider)
-        self.groups = {name: ModelGroup(name, ps, created) for name, ps in by_name.items()}
+        self.groups = {
+            name: ModelGroup(name, ps, created, Policy(settings, settings.groups.get(name)), rng)
+            for name, ps in by_name.items()
+        }
+        self.aliases = dict(settings.model_alias)
+        self.table: NameTable[ModelGroup] = NameTable(self.groups, self.aliases)
+        problems: list[str] = []
+        for group in self.groups.values():
+            group.fallbacks = self._chain(group, group.policy.fallbacks, "fallbacks", problems)
+            group.context_window_fallbacks = self._chain(
+                group, group.policy.context_window_fallbacks, "context_window_fallbacks", problems
+            )
+        if problems:
+            raise ConfigError(problems)
 
-    def group(self, model: str) -> ModelGroup:
-        group = self.groups.get(model)
-        if group is None:
+    def _chain(self, group: ModelGroup, names: list[str], key: str, problems: list[str]) -> tuple[Target, ...]:
+        chain: list[Target] = []
+        for i, name in enumerate(names):
+            target = self.table.resolve(name)
+            if target is None:
+                problems.append(f"router.groups.{group.name}.{key}[{i}]: {name!r} is not a model name")
+            elif target != (group, None) and target not in chain:
+                chain.append(target)
+        return tuple(chain)
+
+    # -- names ---------------------------------------------------------------------------------------------------
+
+    def resolve(self, model: str) -> Target:
+        found = self.table.resolve(model)
+        if found is None:
             raise ModelNotFoundError(
                 f"The model `{model}` does not exist or you do not have access to it.", param="model"
             )
-        return group
+        return found
+
+    def group(self, model: str) -> ModelGroup:
+        return self.resolve(model)[0]
+
+    def listed_models(self) -> list[tuple[str, ModelGroup]]:
+        """What GET /models shows: every group with a plain name, then every alias (wildcard groups are patterns,
+        not models: they are found by GET /models/{name} instead)."""
+        out = [(name, g) for name, g in self.groups.items() if not g.is_wildcard]
+        for alias in self.aliases:
+            target = self.table.resolve(alias)
+            if target is not None:
+                out.append((alias, target[0]))
+        return out
 
     def pick(self, model: str) -> Provider:
-        providers = self.group(model).providers
-        return providers[0] if len(providers) == 1 else random.choice(providers)
+        """One deployment for `model`, without retries (prefer `execute`)."""
+        group = self.group(model)
+        candidates = group.candidates(time.monotonic(), ()) or group.members
+        return group.strategy.pick(candidates, False).provider
+
+    # -- running requests ----------------------------------------------------------------------------------------
+
+    def chat(self, call: Call, report: Report | None = None) -> Awaitable[dict[str, Any]]:
+        result: Awaitable[dict[str, Any]] = self._run(call, _chat, report, False)
+        return result
+
+    def open_chat_stream(self, call: Call, report: Report | None = None) -> Awaitable[ChunkStream]:
+        result: Awaitable[ChunkStream] = self._run(call, _open_chat_stream, report, True)
+        return result
+
+    def execute(self, call: Call, operation: Operation[T], report: Report | None = None) -> Awaitable[T]:
+        """Run `operation` on a deployment of `call.public_model`, with retries and fallbacks; `report` gets the
+        response headers that say which deployment answered after how many attempts."""
+        result: Awaitable[T] = self._run(call, operation, report, False)
+        return result
+
+    def execute_stream(
+        self, call: Call, operation: StreamOperation[T], report: Report | None = None
+    ) -> Awaitable[AsyncIterator[T]]:
+        """Like `execute` for an operation that opens a stream; returns once its first item arrived (failures
+        until then are retried), as an iterator that starts with that item."""
+        result: Awaitable[AsyncIterator[T]] = self._run(call, operation, report, True)
+        return result
+
+    async def _run(self, call: Call, operation: Callable[..., Any], report: Report | None, streaming: bool) -> Any:
+        # One coroutine for the whole request, on purpose: every `await` level is paid again each time the
+        # request resumes (the public methods above are plain functions that return this coroutine).
+        group, rest = self.resolve(call.public_model)
+        chain = group.fallbacks
+        if CLIENT_FALLBACKS_FIELD in call.body and group.policy.allow_client_fallbacks:
+            chain, call = client_fallbacks(call, self.table.resolve)
+        trial = _Trial()
+        plan: FallbackPlan[ModelGroup] | None = None
+        try:
+            while True:
+                policy = group.policy
+                retries: _Retries | None = None  # made on the first failure: the hot path is one attempt
+                context_window = False
+                for _ in range(policy.num_retries + 1):
+                    now = time.monotonic()
+                    choice = _choose(group, retries, now, streaming)
+                    if choice is None:
+                        if trial.error is None:
+                            trial.error = _cooling_down(group, now)
+                        break
+                    member, delay = choice
+                    if delay > 0:
+                        await _sleep(delay)
+                        now = time.monotonic()
+                    limit = member.limit
+                    if limit.has_room():
+                        limit.in_flight += 1
+                    else:
+                        try:
+                            await limit.acquire()
+                        except QueueFullError as exc:
+                            if trial.error is None:
+                                trial.error = exc
+                            break
+                        now = time.monotonic()
+                    breaker = member.breaker
+                    probe = breaker.begin(now) if breaker.open_until else False
+                    call.upstream_model = None if rest is None else member.upstream_model(rest)
+                    trial.attempts += 1
+                    trial.member = member
+                    try:
+                        if streaming:
+                            result = await _open_and_prime(operation, member.provider, call)
+                        else:
+                            result = await operation(member.provider, call)
+                    except ManifoldError as exc:
+                        limit.release()
+                        trial.error = exc
+                        if retries is None:
+                            retries = _Retries()
+                        verdict = retries.failed(member, exc, policy, call, trial, now)
+                        if verdict is Verdict.RETRY or verdict is Verdict.SWITCH:
+                            continue
+                        if probe:
+                            breaker.success()  # it answered: the request was at fault, not the deployment
+                        if verdict is not Verdict.CONTEXT_WINDOW:
+                            raise
+                        context_window = True
+                        break
+                    except BaseException:
+                        limit.release()
+                        if probe:
+                            breaker.abandon()
+                        raise
+                    _succeeded(member, policy, call, trial, now, streaming)
+                    if report is not None:
+                        self._report(report, trial)
+                    if streaming:
+                        return _Relay(result[0], result[1], member, call.request_id)
+                    return result
+                if plan is None:
+                    plan = FallbackPlan((group, rest), chain, group.context_window_fallbacks)
+                target = plan.next(context_window)
+                if target is None:
+                    assert trial.error is not None
+                    raise trial.error
+                group, rest = target
+                if log.isEnabledFor(logging.INFO):
+                    log.info("request %s: falling back to %r", call.request_id, group.name)
+        except ManifoldError:
+            if report is not None:
+                self._report(report, trial)
+            raise
+
+    @staticmethod
+    def _report(report: Report, trial: _Trial) -> None:
+        if trial.member is not None:
+            report(DEPLOYMENT_HEADER, trial.member.label)
+        n = trial.attempts
+        report(ATTEMPTS_HEADER, _ATTEMPTS[n] if n < len(_ATTEMPTS) else str(n))
+
+    # -- lifecycle -----------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
         await asyncio.gather(*(p.start() for p in self.providers))
@@ -66,3 +313,209 @@ class Router:
 
         results = await asyncio.gather(*(probe(p) for p in self.providers))
         return list(zip(self.providers, results, strict=True))
+
+
+class _Retries:
+    """One request's failures within one group: which deployments were tried, which not to try again, and when
+    each may be retried."""
+
+    __slots__ = ("retry_at", "spent", "tried")
+
+    def __init__(self) -> None:
+        self.tried: list[Member] = []
+        self.spent: list[Member] = []
+        self.retry_at: dict[Member, float] = {}
+
+    def candidates(self, group: ModelGroup, now: float) -> Sequence[Member]:
+        candidates = group.candidates(now, self.tried)
+        if self.spent:
+            candidates = [m for m in candidates if m not in self.spent]
+        return candidates
+
+    def earliest(self, candidates: Sequence[Member], now: float) -> tuple[Member, float]:
+        member = min(candidates, key=self.retry_at.__getitem__)
+        return member, self.retry_at[member] - now
+
+    def failed(
+        self, member: Member, exc: ManifoldError, policy: Policy, call: Call, trial: _Trial, started: float
+    ) -> Verdict:
+        at = time.monotonic()
+        verdict = classify(exc)
+        _log_failure(call, trial, member, exc, verdict, at - started)
+        if verdict is Verdict.RETRY:
+            breaker = member.breaker
+            if breaker.failure(at):
+                log.warning(
+                    "deployment %s: cooling down for %g s after repeated failures", member.label, breaker.cooldown_time
+                )
+            wait = exc.retry_after
+            if wait is not None and wait > policy.max_retry_after:
+                self.spent.append(member)  # it asked for longer than we wait
+            else:
+                if wait is None:
+                    wait = backoff_delay(self.tried.count(member) + 1, policy.retry_backoff, policy.retry_backoff_max)
+                self.retry_at[member] = at + wait
+            self.tried.append(member)
+        elif verdict is Verdict.SWITCH:
+            breaker = member.breaker
+            if breaker.trip(at):
+                log.error(
+                    "deployment %s: the upstream refused our credentials (status %d%s); cooling it down for %g s. "
+                    "Check this deployment's api_key and headers.",
+                    member.label,
+                    exc.status_code,
+                    f", code {exc.code}" if exc.code else "",
+                    breaker.cooldown_time,
+                )
+            self.spent.append(member)
+            self.tried.append(member)
+        return verdict
+
+
+def _choose(group: ModelGroup, retries: _Retries | None, now: float, streaming: bool) -> tuple[Member, float] | None:
+    """The deployment for the next attempt and how long to wait before it; None when none can take it."""
+    candidates = group.candidates(now, ()) if retries is None else retries.candidates(group, now)
+    if not candidates:
+        return None
+    if group.limited:
+        candidates = _with_room(candidates)
+    if retries is not None and candidates[0] in retries.tried:
+        # Everything left was tried already: the one that may be retried first, after its wait.
+        return retries.earliest(candidates, now)
+    return group.strategy.pick(candidates, streaming), 0.0
+
+
+def _succeeded(member: Member, policy: Policy, call: Call, trial: _Trial, started: float, streaming: bool) -> None:
+    elapsed = time.monotonic() - started
+    if not streaming:
+        member.limit.release()  # a stream keeps its slot until it ends (_Relay)
+    breaker = member.breaker
+    if breaker.open_until or breaker.failures:
+        breaker.success()
+    member.observe(elapsed, streaming, policy.latency_alpha)
+    if trial.attempts > 1:
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "request %s: attempt %d on %s succeeded (%.1f ms)",
+                call.request_id,
+                trial.attempts,
+                member.label,
+                elapsed * 1000,
+            )
+    elif log.isEnabledFor(logging.DEBUG):
+        log.debug("request %s: %s answered (%.1f ms)", call.request_id, member.label, elapsed * 1000)
+
+
+def _with_room(candidates: Sequence[Member]) -> Sequence[Member]:
+    """Deployments under their concurrency limit; else those whose queue has a place (else all: the pick's
+    acquire answers 429)."""
+    roomy = [m for m in candidates if m.limit.has_room()]
+    if roomy:
+        return candidates if len(roomy) == len(candidates) else roomy
+    queued = [m for m in candidates if m.limit.can_queue()]
+    return queued or candidates
+
+
+def _cooling_down(group: ModelGroup, now: float) -> ServiceUnavailableError:
+    wait = max(1, int(group.retry_in(now) + 0.999))
+    return ServiceUnavailableError(
+        f"No deployment of the model `{group.name}` can take the request now: all are cooling down after "
+        "failures. Please retry later.",
+        headers={"retry-after": str(wait)},
+    )
+
+
+async def _open_and_prime(operation: Callable[..., Any], provider: Provider, call: Call) -> tuple[Any, Any]:
+    stream = await operation(provider, call)
+    try:
+        first = await anext(stream)
+    except StopAsyncIteration:
+        first = _NOTHING
+    except BaseException:
+        await _aclose(stream)
+        raise
+    return stream, first
+
+
+async def _aclose(stream: Any) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def _log_failure(
+    call: Call, trial: _Trial, member: Member, exc: ManifoldError, verdict: Verdict, elapsed: float
+) -> None:
+    if not log.isEnabledFor(logging.WARNING):
+        return
+    status = exc.upstream_status or exc.status_code
+    log.warning(
+        "request %s: attempt %d on %s failed: %d %s (%.1f ms, %s): %s",
+        call.request_id,
+        trial.attempts,
+        member.label,
+        status,
+        exc.code or type(exc).__name__,
+        elapsed * 1000,
+        verdict.value,
+        exc.message,
+    )
+
+
+class _Relay:
+    """The stream handed to the endpoint: the primed first item, then the rest. It holds the deployment's
+    concurrency slot until the stream ends (or is closed), and a failure after the first item counts against
+    the deployment's breaker."""
+
+    __slots__ = ("_anext", "_buffered", "_first", "_member", "_request_id", "_stream")
+
+    def __init__(self, stream: Any, first: Any, member: Member, request_id: str) -> None:
+        self._stream = stream
+        self._anext: Callable[[], Awaitable[Any]] = stream.__anext__
+        self._first = first
+        self._member: Member | None = member
+        self._request_id = request_id
+        self._buffered: Callable[[], bool] | None = getattr(stream, "buffered", None)
+
+    def buffered(self) -> bool:
+        """Whether the next item has arrived already (the server then batches its writes)."""
+        if self._first is not None:
+            return True
+        return self._buffered is not None and self._buffered()
+
+    def __aiter__(self) -> _Relay:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._first is not None:
+            first, self._first = self._first, None
+            if first is not _NOTHING:
+                return first
+        try:
+            return await self._anext()
+        except StopAsyncIteration:
+            self._finish()
+            raise
+        except ManifoldError as exc:
+            self._failed(exc)
+            raise
+
+    def _failed(self, exc: ManifoldError) -> None:
+        member = self._member
+        if member is None:
+            return
+        self._finish()
+        if classify(exc) is Verdict.RETRY and member.breaker.failure(time.monotonic()):
+            log.warning("deployment %s: cooling down after repeated failures", member.label)
+        log.warning("request %s: the stream from %s failed after its first chunk", self._request_id, member.label)
+
+    def _finish(self) -> None:
+        member = self._member
+        if member is not None:
+            self._member = None
+            member.limit.release()
+
+    async def aclose(self) -> None:
+        self._finish()
+        self._first = None
+        await _aclose(self._stream)

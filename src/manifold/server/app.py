@@ -76,7 +76,7 @@ class ManifoldApp:
     def __init__(self, config: Config, router: Router | None = None) -> None:
         self.config = config
         self.settings: ServerSettings = config.server
-        self.router = router if router is not None else Router(config.model_list)
+        self.router = router if router is not None else Router(config.model_list, settings=config.router)
         self.store = Store(config.storage)
         self.responses = ResponsesEngine(self.router, self.store, config.responses)
         self.paths = PathRouter()

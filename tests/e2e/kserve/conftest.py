@@ -82,6 +82,8 @@ def kserve_config(mlserver_url: str, generate_url: str) -> dict[str, Any]:
             generate("gen-424", "status_424"),
             generate("gen-429", "status_429"),
         ],
+        # One upstream exchange per request: these tests check how each maps (retries: tests/e2e/test_router.py).
+        "router": {"num_retries": 0, "cooldown_time": 0},
         "server": {"prefixes": ["/v1"], "keepalive_interval": 0.3, "log_level": "info"},
     }
 

@@ -74,7 +74,7 @@ class AnthropicProvider(Provider):
         return {**(self._stream_headers if stream else self.headers), "x-request-id": call.request_id}
 
     async def chat(self, call: ChatCall) -> dict[str, Any]:
-        request = to_anthropic(call.body, self.deployment)
+        request = to_anthropic(call.body, self.deployment, call.upstream_model)
         request.pop("stream", None)
         message = await self.http.post_json(self.messages_url, _json.encode(request), self._headers(call, False))
         if not isinstance(message, dict) or message.get("type") != "message":
@@ -82,7 +82,7 @@ class AnthropicProvider(Provider):
         return from_anthropic(message, call.public_model, response_tool=response_tool_name(call.body))
 
     async def open_chat_stream(self, call: ChatCall) -> ChunkStream:
-        request = to_anthropic(call.body, self.deployment)
+        request = to_anthropic(call.body, self.deployment, call.upstream_model)
         request["stream"] = True
         resp = await self.http.request(
             "POST", self.messages_url, data=_json.encode(request), headers=self._headers(call, True)

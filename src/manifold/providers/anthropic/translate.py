@@ -59,15 +59,16 @@ _FINISH = {
 # -- request ---------------------------------------------------------------------------------------------------
 
 
-def to_anthropic(body: dict[str, Any], deployment: Deployment) -> dict[str, Any]:
-    """The Messages API request for a validated chat completion request (`stream` included when asked)."""
+def to_anthropic(body: dict[str, Any], deployment: Deployment, model: str | None = None) -> dict[str, Any]:
+    """The Messages API request for a validated chat completion request (`stream` included when asked);
+    `model`: the upstream model when it is not the deployment's (a wildcard group's)."""
     public_model = str(body.get("model"))
     _refuse_unsupported(body, public_model)
     system, messages = _convert_messages(body["messages"], public_model)
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     if max_tokens is None:
         max_tokens = deployment.default_max_tokens or DEFAULT_MAX_TOKENS
-    out: dict[str, Any] = {"model": deployment.upstream_model, "max_tokens": max_tokens, "messages": messages}
+    out: dict[str, Any] = {"model": model or deployment.upstream_model, "max_tokens": max_tokens, "messages": messages}
     if system is not None:
         out["system"] = system
     stop = body.get("stop")

@@ -36,6 +36,7 @@ from manifold.errors import (
     UpstreamError,
     UpstreamOverloadedError,
 )
+from manifold.providers.http import retry_after_seconds
 
 STATUS_BY_TYPE = {
     "invalid_request_error": 400,
@@ -85,6 +86,16 @@ def anthropic_error(
     """The Manifold error for an Anthropic error: by HTTP status when there is one, else by its type."""
     if status is None:
         status = STATUS_BY_TYPE.get(etype or "", 500)
+    error = _mapped(status, etype, message, label, headers)
+    # What the router reads: which upstream status it was, and how long the upstream asked us to wait.
+    error.upstream_status = status
+    error.retry_after = retry_after_seconds(headers) if headers else None
+    return error
+
+
+def _mapped(
+    status: int, etype: str | None, message: str | None, label: str, headers: Mapping[str, str] | None
+) -> ManifoldError:
     if etype is None:
         etype = _TYPE_BY_STATUS.get(status)
     passed = {k: headers[k] for k in _PASSED_HEADERS if k in headers} if headers else {}

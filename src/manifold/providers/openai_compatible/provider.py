@@ -54,25 +54,34 @@ class OpenAICompatibleProvider(Provider):
 
     def _payload(self, call: ChatCall) -> bytes:
         body = call.body
-        if body.get("model") == self._upstream_model:
+        model = call.upstream_model or self._upstream_model
+        if body.get("model") == model:
             return _json.encode(body)
         out = dict(body)  # shallow copy: the client's dict stays as it was received
-        out["model"] = self._upstream_model
+        out["model"] = model
         return _json.encode(out)
+
+    def _url_for(self, path: str, call: Call) -> str:
+        return self.chat_url if path == "chat/completions" else self._url(path)
 
     def _request_headers(self, call: ChatCall, stream: bool) -> dict[str, str]:
         headers = self._stream_headers if stream else self.headers
         return {**headers, "x-request-id": call.request_id}
 
     async def chat(self, call: ChatCall) -> dict[str, Any]:
-        data = await self.http.post_json(self.chat_url, self._payload(call), self._request_headers(call, False))
+        data = await self.http.post_json(
+            self._url_for("chat/completions", call), self._payload(call), self._request_headers(call, False)
+        )
         if not isinstance(data, dict):
             raise BadGatewayError(f"The upstream for {self.http.label} returned a non-object completion.")
         return data
 
     async def open_chat_stream(self, call: ChatCall) -> ChunkStream:
         resp = await self.http.request(
-            "POST", self.chat_url, data=self._payload(call), headers=self._request_headers(call, True)
+            "POST",
+            self._url_for("chat/completions", call),
+            data=self._payload(call),
+            headers=self._request_headers(call, True),
         )
         if resp.content_type == "application/json":
             # The upstream ignored `stream`; replay its completion as chunks.
@@ -85,7 +94,9 @@ class OpenAICompatibleProvider(Provider):
     # -- legacy completions, embeddings, images: native pass-through, only `model` mapped --------------------
 
     async def _post_json(self, path: str, call: Call, what: str) -> dict[str, Any]:
-        data = await self.http.post_json(self._url(path), self._payload(call), self._request_headers(call, False))
+        data = await self.http.post_json(
+            self._url_for(path, call), self._payload(call), self._request_headers(call, False)
+        )
         if not isinstance(data, dict):
             raise BadGatewayError(f"The upstream for {self.http.label} returned a non-object {what}.")
         return data
@@ -99,7 +110,10 @@ class OpenAICompatibleProvider(Provider):
         if self.deployment.supports_completions is False:
             return await super().open_completions_stream(call)
         resp = await self.http.request(
-            "POST", self._url("completions"), data=self._payload(call), headers=self._request_headers(call, True)
+            "POST",
+            self._url_for("completions", call),
+            data=self._payload(call),
+            headers=self._request_headers(call, True),
         )
         if resp.content_type == "application/json":
             return _text_completion_as_chunks(await self.http.read_json(resp))
@@ -211,8 +225,13 @@ class AzureOpenAIProvider(OpenAICompatibleProvider):
         key = self.deployment.api_key
         return {"api-key": key} if key else {}
 
-    def _url(self, path: str) -> str:
-        dep = quote(self.deployment.upstream_model, safe="")
+    def _url_for(self, path: str, call: Call) -> str:
+        if call.upstream_model is None:
+            return super()._url_for(path, call)
+        return self._url(path, call.upstream_model)  # a wildcard group: the Azure deployment is per call
+
+    def _url(self, path: str, deployment: str | None = None) -> str:
+        dep = quote(deployment or self.deployment.upstream_model, safe="")
         version = quote(self.deployment.api_version or "", safe="")
         if path == "models":
             return f"{self.base_url}/openai/models?api-version={version}"

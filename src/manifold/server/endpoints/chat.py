@@ -32,19 +32,18 @@ async def create_chat_completion(app: ManifoldApp, request: Request) -> None:
         extra = sorted(set(raw) - _KNOWN_FIELDS)
         if extra:
             log.debug("request %s: forwarding non-OpenAI fields %s", request.request_id, extra)
-    provider = app.router.pick(req.model)
     if req.store:
-        await create_stored(app, request, raw, req, provider)
+        await create_stored(app, request, raw, req)
         return
     call = ChatCall(raw, req.model, request.request_id, bool(req.stream))
     if call.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         await stream_chat(
             request,
-            lambda: provider.open_chat_stream(call),
+            lambda: app.router.open_chat_stream(call, request.add_response_header),
             ChunkShaper(req.model, include_usage),
             app.settings.keepalive_interval,
         )
         return
-    completion = await provider.chat(call)
+    completion = await app.router.chat(call, request.add_response_header)
     await request.send_json(200, _json.encode(normalize_completion(completion, req.model)))

@@ -10,6 +10,7 @@ from manifold.api.completions import CompletionRequest, TextChunkShaper, cross_f
 from manifold.api.validation import convert, decode_json_object
 from manifold.errors import InvalidRequestError
 from manifold.providers.base import Call
+from manifold.routing import router as operations
 from manifold.server.sse import relay_stream
 
 if TYPE_CHECKING:
@@ -25,16 +26,15 @@ async def create_completion(app: ManifoldApp, request: Request) -> None:
     problem = cross_field_problems(req)
     if problem is not None:
         raise InvalidRequestError(problem[1], param=problem[0], code="invalid_value")
-    provider = app.router.pick(req.model)
     call = Call(raw, req.model, request.request_id, bool(req.stream))
     if call.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         await relay_stream(
             request,
-            lambda: provider.open_completions_stream(call),
+            lambda: app.router.execute_stream(call, operations.open_completions_stream, request.add_response_header),
             TextChunkShaper(req.model, include_usage),
             app.settings.keepalive_interval,
         )
         return
-    completion = await provider.completions(call)
+    completion = await app.router.execute(call, operations.completions, request.add_response_header)
     await request.send_json(200, _json.encode(normalize_text_completion(completion, req.model)))

@@ -9,6 +9,7 @@ from manifold.api.embeddings import EmbeddingRequest, input_problems, normalize_
 from manifold.api.validation import convert, decode_json_object
 from manifold.errors import BadGatewayError, InvalidRequestError
 from manifold.providers.base import Call
+from manifold.routing import router as operations
 
 if TYPE_CHECKING:
     from manifold.server.app import ManifoldApp
@@ -21,8 +22,8 @@ async def create_embeddings(app: ManifoldApp, request: Request) -> None:
     problem = input_problems(req.input)
     if problem is not None:
         raise InvalidRequestError(problem[1], param=problem[0], code="invalid_value")
-    provider = app.router.pick(req.model)
-    answer = await provider.embeddings(Call(raw, req.model, request.request_id, False))
+    call = Call(raw, req.model, request.request_id, False)
+    answer = await app.router.execute(call, operations.embeddings, request.add_response_header)
     try:
         body = normalize_embeddings(answer, req.model, req.encoding_format or "float")
     except ValueError as exc:

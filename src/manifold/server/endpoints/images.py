@@ -9,6 +9,7 @@ from manifold.api.images import ImageRequest, default_model, family_problems, no
 from manifold.api.validation import convert, decode_json_object
 from manifold.errors import BadGatewayError, InvalidRequestError, UnsupportedError
 from manifold.providers.base import Call
+from manifold.routing import router as operations
 
 if TYPE_CHECKING:
     from manifold.server.app import ManifoldApp
@@ -19,15 +20,18 @@ async def create_image(app: ManifoldApp, request: Request) -> None:
     raw = decode_json_object(await request.body(app.settings.max_body_size))
     req = convert(raw, ImageRequest)
     model = default_model(req)
-    provider = app.router.pick(model)
-    # The family rules follow the model the backend really runs (a public alias says nothing).
-    problem = family_problems(req, provider.deployment.upstream_model)
+    # The family rules follow the model the backend really runs (a public alias says nothing); the deployments
+    # of one group are meant to run the same model, so the first one stands for all.
+    group, rest = app.router.resolve(model)
+    first = group.providers[0].deployment.upstream_model
+    problem = family_problems(req, first if rest is None else group.members[0].upstream_model(rest))
     if problem is not None:
         raise InvalidRequestError(problem[1], param=problem[0], code="invalid_value")
     if req.stream:
         raise UnsupportedError("Streamed image generation is not supported by this gateway.", param="stream")
     body = raw if "model" in raw else {**raw, "model": model}
-    answer = await provider.images(Call(body, model, request.request_id, False))
+    call = Call(body, model, request.request_id, False)
+    answer = await app.router.execute(call, operations.images, request.add_response_header)
     try:
         out = normalize_images(answer)
     except ValueError as exc:

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 from manifold import _json
 from manifold.api.per_model_urls import EmbeddingsRequest, ImageGenerationRequest
 from manifold.api.validation import convert, decode_json_object
-from manifold.errors import InvalidRequestError, UnsupportedError
+from manifold.errors import InvalidRequestError
 from manifold.providers.base import Call
+from manifold.routing import router as operations
 from manifold.server.endpoints import chat
 
 if TYPE_CHECKING:
@@ -93,11 +94,8 @@ def _shape_embeddings(result: dict[str, Any], public_model: str) -> dict[str, An
 async def embeddings(app: ManifoldApp, request: Request, model: str) -> None:
     raw = await _read(app, request, model)
     convert(raw, EmbeddingsRequest)
-    provider = app.router.pick(model)
-    create = getattr(provider, "embeddings", None)
-    if create is None:
-        raise UnsupportedError(f"The model '{model}' does not support embeddings.", param="model")
-    result = await create(Call(raw, model, request.request_id, False))
+    call = Call(raw, model, request.request_id, False)
+    result = await app.router.execute(call, operations.embeddings, request.add_response_header)
     await request.send_json(200, _json.encode(_shape_embeddings(result, model)))
 
 
@@ -112,9 +110,6 @@ def _shape_images(result: dict[str, Any]) -> dict[str, Any]:
 async def images_generations(app: ManifoldApp, request: Request, model: str) -> None:
     raw = await _read(app, request, model)
     convert(raw, ImageGenerationRequest)
-    provider = app.router.pick(model)
-    generate = getattr(provider, "images", None)
-    if generate is None:
-        raise UnsupportedError(f"The model '{model}' does not support image generation.", param="model")
-    result = await generate(Call(raw, model, request.request_id, False))
+    call = Call(raw, model, request.request_id, False)
+    result = await app.router.execute(call, operations.images, request.add_response_header)
     await request.send_json(200, _json.encode(_shape_images(result)))

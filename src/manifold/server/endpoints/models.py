@@ -12,14 +12,15 @@ if TYPE_CHECKING:
     from manifold.server.http import Request
 
 
-def _model(group: ModelGroup) -> dict[str, Any]:
-    return {"id": group.name, "object": "model", "created": group.created, "owned_by": group.owned_by}
+def _model(name: str, group: ModelGroup) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": group.created, "owned_by": group.owned_by}
 
 
 async def list_models(app: ManifoldApp, request: Request) -> None:
-    body = {"object": "list", "data": [_model(g) for g in app.router.groups.values()]}
+    body = {"object": "list", "data": [_model(name, g) for name, g in app.router.listed_models()]}
     await request.send_json(200, _json.encode(body))
 
 
 async def retrieve_model(app: ManifoldApp, request: Request, model: str) -> None:
-    await request.send_json(200, _json.encode(_model(app.router.group(model))))
+    # Aliases and names a wildcard group serves (`openai/gpt-4o`) are models too.
+    await request.send_json(200, _json.encode(_model(model, app.router.group(model))))

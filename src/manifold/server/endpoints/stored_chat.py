@@ -26,7 +26,7 @@ from manifold.api.stored_chat import (
 )
 from manifold.api.validation import convert, decode_json_object
 from manifold.errors import NotFoundError
-from manifold.providers.base import ChatCall, Provider
+from manifold.providers.base import ChatCall
 from manifold.server.sse import stream_chat
 
 if TYPE_CHECKING:
@@ -63,9 +63,7 @@ def _write_finished(task: asyncio.Task[None]) -> None:
         log.warning("storing a chat completion failed: %s", task.exception())
 
 
-async def create_stored(
-    app: ManifoldApp, request: Request, raw: dict[str, Any], req: ChatCompletionRequest, provider: Provider
-) -> None:
+async def create_stored(app: ManifoldApp, request: Request, raw: dict[str, Any], req: ChatCompletionRequest) -> None:
     """`POST /chat/completions` with `store: true`. The gateway names the completion (its id is the key it is
     stored under, whatever id the upstream gave)."""
     store = await app.store.chat_completions()
@@ -83,11 +81,15 @@ async def create_stored(
             await _durably(store.save(shaper.assembled(req.model), messages, metadata, request.request_id))
 
         await stream_chat(
-            request, lambda: provider.open_chat_stream(call), shaper, app.settings.keepalive_interval, save
+            request,
+            lambda: app.router.open_chat_stream(call, request.add_response_header),
+            shaper,
+            app.settings.keepalive_interval,
+            save,
         )
         return
     call = ChatCall(raw, req.model, request.request_id, False)
-    completion = normalize_completion(await provider.chat(call), req.model)
+    completion = normalize_completion(await app.router.chat(call, request.add_response_header), req.model)
     completion["id"] = completion_id
     await _durably(store.save(completion, messages, metadata, request.request_id))
     await request.send_json(200, _json.encode(completion))
