@@ -57,6 +57,8 @@ class Deployment(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     default_max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
     # legacy completions: False answers POST /completions through chat (a chat-only upstream); None: native
     supports_completions: bool | None = None
+    # python provider: the handler, `package.module:function` (docs/frontend.md)
+    handler: str | None = None
 
     @property
     def upstream_model(self) -> str:

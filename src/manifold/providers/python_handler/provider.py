@@ -1,0 +1,142 @@
+"""`provider: python`: a Python handler behind the router, like any other backend.
+
+    - model_name: my-model
+      provider: python
+      handler: my_package.serving:answer     # a function, or an object/class with operation methods
+
+The handler answers the hub's operations (chat, and legacy completions, embeddings, images when it implements
+them); the gateway does the rest (validation, ids, SSE, storage, the Responses API through chat). See
+docs/frontend.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from manifold.config import Deployment
+from manifold.providers.base import Call, Capability, ChatCall, ChunkStream, Provider, unsupported_model
+from manifold.providers.python_handler import contracts, loading, streams
+from manifold.providers.python_handler.calling import CHAT, Handler, is_stream, iterate
+from manifold.providers.python_handler.context import CURRENT_REQUEST
+from manifold.providers.python_handler.errors import HandlerReply, reply_parts
+from manifold.providers.python_handler.operations import BY_NAME
+
+_CAPABILITIES = {Capability.CHAT, Capability.STREAM, Capability.COMPLETIONS, Capability.EMBEDDINGS}
+
+
+class PythonHandlerProvider(Provider):
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({*_CAPABILITIES, Capability.IMAGES})
+
+    def __init__(self, deployment: Deployment, handler: Any = None, *, include_url_info: bool = False) -> None:
+        super().__init__(deployment)
+        if handler is None:
+            if deployment.handler is None:
+                raise ValueError("a python deployment needs `handler`")
+            handler = loading.resolve(deployment.handler)
+        self.handler = Handler(handler, include_url_info=include_url_info, label=deployment.handler)
+
+    @classmethod
+    def check(cls, deployment: Deployment) -> list[str]:
+        if not deployment.handler:
+            return ["handler: required for provider 'python' (e.g. handler: my_package.serving:answer)"]
+        try:
+            obj = loading.resolve(deployment.handler)
+        except loading.HandlerNotFound as exc:
+            return [f"handler: {exc}"]
+        except ImportError as exc:
+            return [f"handler: importing it failed: {exc}"]
+        if not callable(obj) and not any(callable(getattr(obj, name, None)) for name in BY_NAME):
+            return [f"handler: {deployment.handler!r} is neither callable nor an object with operation methods"]
+        return []
+
+    # -- calling --------------------------------------------------------------------------------------------------
+
+    def _what(self, operation: str) -> str:
+        info = CURRENT_REQUEST.get()
+        route = f"{info.method} {info.path}" if info is not None else BY_NAME[operation].path
+        return f"{route} ({operation})" if info is None or info.operation != operation else route
+
+    async def _answer(self, operation: str, call: Call) -> Any:
+        """The handler's answer (NotImplemented when it declines); a non-2xx `Response` is raised as is."""
+        kwargs = self.handler.arguments(BY_NAME[operation], call.body, CURRENT_REQUEST.get())
+        what = self._what(operation)
+        result = await self.handler.call(operation, kwargs, what)
+        parts = reply_parts(result)
+        if parts is not None:
+            status, body, headers = parts
+            if not 200 <= status < 300:
+                raise HandlerReply(status, contracts.encoded_body(body), headers)
+            result = contracts.decoded_body(body)
+        return result
+
+    # -- chat ---------------------------------------------------------------------------------------------------
+
+    async def chat(self, call: ChatCall) -> dict[str, Any]:
+        if not self.handler.implements(CHAT):
+            raise unsupported_model(call, "chat completions")
+        what = self._what(CHAT)
+        result = await self._answer(CHAT, call)
+        if result is NotImplemented:
+            raise unsupported_model(call, "chat completions")
+        if is_stream(result):
+            return await streams.collect_chat(iterate(result, self.handler.label, what), what)
+        return contracts.chat_completion(result, what)
+
+    async def open_chat_stream(self, call: ChatCall) -> ChunkStream:
+        if not self.handler.implements(CHAT):
+            raise unsupported_model(call, "streamed chat completions")
+        what = self._what(CHAT)
+        result = await self._answer(CHAT, call)
+        if result is NotImplemented:
+            raise unsupported_model(call, "streamed chat completions")
+        if is_stream(result):
+            return streams.chat_chunks(iterate(result, self.handler.label, what), what)
+        return streams.answer_as_chunks(result, what)
+
+    # -- legacy completions: the handler's own, else through its chat answer ---------------------------------------
+
+    async def completions(self, call: Call) -> dict[str, Any]:
+        operation = "create_completion"
+        if self.handler.implements(operation):
+            what = self._what(operation)
+            result = await self._answer(operation, call)
+            if result is not NotImplemented:
+                if is_stream(result):
+                    return await streams.collect_text(iterate(result, self.handler.label, what), what)
+                return contracts.text_completion(result, what)
+        if not self.handler.implements(CHAT):
+            raise unsupported_model(call, "legacy completions")
+        return await super().completions(call)
+
+    async def open_completions_stream(self, call: Call) -> ChunkStream:
+        operation = "create_completion"
+        if self.handler.implements(operation):
+            what = self._what(operation)
+            result = await self._answer(operation, call)
+            if result is not NotImplemented:
+                if is_stream(result):
+                    return streams.text_chunks(iterate(result, self.handler.label, what), what)
+                return streams.text_as_chunks(contracts.text_completion(result, what))
+        if not self.handler.implements(CHAT):
+            raise unsupported_model(call, "streamed legacy completions")
+        return await super().open_completions_stream(call)
+
+    # -- embeddings, images ---------------------------------------------------------------------------------------
+
+    async def embeddings(self, call: Call) -> dict[str, Any]:
+        result = await self._only("create_embedding", call, "embeddings")
+        return contracts.embeddings(result, self._what("create_embedding"))
+
+    async def images(self, call: Call) -> dict[str, Any]:
+        result = await self._only("create_image", call, "image generation")
+        return contracts.images(result, self._what("create_image"))
+
+    async def _only(self, operation: str, call: Call, what: str) -> Any:
+        if not self.handler.implements(operation):
+            raise unsupported_model(call, what)
+        result = await self._answer(operation, call)
+        if result is NotImplemented:
+            raise unsupported_model(call, what)
+        if is_stream(result):
+            raise contracts.contract_error(self._what(operation), "is a stream; this route answers at once")
+        return result
