@@ -169,13 +169,15 @@ class OpenAIFrontend:
         self._operations: dict[tuple[str, str], str] = {}
         for route in ROOT_ROUTES:
             self._routes[(route.method, route.path)] = route
-        self.add_endpoints(endpoints, first_prefix or None)
+        self.prefix = first_prefix
+        self.add_endpoints(endpoints)
 
     # -- configuration (additive: each call merges into what is there) ---------------------------------------------
 
     def add_endpoints(self, endpoints: Iterable[Endpoint | str] | None = None, prefix: str | None = None) -> None:
-        """Mount more endpoint groups (default: all), under `prefix`, beside those already mounted."""
-        p = check_prefix(prefix)
+        """Mount more endpoint groups (default: all) beside those already mounted, under `prefix` (default: the
+        frontend's own prefix; "/" for the root)."""
+        p = self.prefix if prefix is None else check_prefix(prefix)
         groups = set(_groups(endpoints))
         for op in OPERATIONS:
             if op.group in groups:

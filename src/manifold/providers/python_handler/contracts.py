@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from manifold import _json
+from manifold.api.chat_response import normalize_completion
 from manifold.providers.python_handler.errors import HandlerContractError
 
 log = logging.getLogger("manifold.handler")
@@ -207,7 +208,15 @@ def direct(operation: str, value: Any, what: str, path_params: dict[str, str], c
             plain = {**plain, "data": [model_entry(m, created) for m in plain["data"]]}
     elif operation == "retrieve_model":
         plain = model_entry(plain, created)
-    return conform(plain, DIRECT[operation], what)
+    out = conform(plain, DIRECT[operation], what)
+    if operation in ("retrieve_chat_completion", "update_chat_completion"):
+        normalize_completion(out, out["model"])
+    elif operation == "list_chat_completions":
+        out["data"] = [
+            normalize_completion(conform(item, _STORED_COMPLETION, what, f"data[{i}]."), item["model"])
+            for i, item in enumerate(out["data"])
+        ]
+    return out
 
 
 def page(items: list[Any]) -> dict[str, Any]:
