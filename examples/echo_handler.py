@@ -5,8 +5,10 @@
 Stored completions (`store=True`, then list/retrieve/update/delete) and the Responses API come with it.
 """
 
+from collections.abc import Iterator
 
-def answer(messages: list[dict], model: str, **kwargs: object):
+
+def answer(messages: list[dict], model: str, **kwargs: object) -> Iterator[str]:
     """Echo the last message, word by word: the gateway streams the words, or joins them into one answer."""
     content = messages[-1].get("content") or ""
     if isinstance(content, list):  # content parts: keep the text ones

@@ -641,3 +641,24 @@ def test_mounted_inside_fastapi(storage: str) -> None:
     assert answer.choices[0].message.content == "mounted at /v1/chat/completions"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "mounted at /v1/chat/completions"
     assert stored.id == answer.id and ping == {"pong": True} and outside.status_code == 404
+
+
+def test_a_client_that_leaves_closes_the_handlers_generator(storage: str) -> None:
+    started, closed = threading.Event(), threading.Event()
+
+    async def handler(messages: Any) -> AsyncIterator[str]:
+        try:
+            yield "first"
+            started.set()
+            await asyncio.sleep(60)  # a slow model: the client leaves meanwhile
+            yield "never sent"
+        finally:
+            closed.set()
+
+    with serve(frontend(handler, storage)) as app:
+        body = {"model": "m", "messages": USER, "stream": True}
+        with httpx.stream("POST", app.url + "/v1/chat/completions", json=body) as resp:
+            first = next(resp.iter_lines())
+            assert started.wait(10)
+        assert json.loads(first.removeprefix("data: "))["choices"][0]["delta"]["content"] == "first"
+        assert closed.wait(10), "the handler's generator was not closed when the client left"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 from manifold.errors import InvalidRequestError, ManifoldError
@@ -39,7 +39,24 @@ class Signature(NamedTuple):
     positional_only: frozenset[str]  # required, and impossible to pass by keyword
 
 
+_signatures: dict[Any, Signature | None] = {}
+
+
 def signature_of(fn: Callable[..., Any]) -> Signature | None:
+    """What `fn` accepts, computed once per callable (inspecting costs more than the rest of a call)."""
+    try:
+        return _signatures[fn]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable callable object: inspected each time
+        return _inspect(fn)
+    sig = _signatures[fn] = _inspect(fn)
+    if len(_signatures) > 1024:  # callables made per request (lambdas, partials) must not pile up
+        _signatures.clear()
+    return sig
+
+
+def _inspect(fn: Callable[..., Any]) -> Signature | None:
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):  # some builtins and C callables have none: pass everything
@@ -118,7 +135,7 @@ async def invoke(fn: Callable[..., Any], kwargs: dict[str, Any], label: str, wha
         raise failed(label, what, exc) from exc
 
 
-async def iterate(stream: Any, label: str, what: str) -> AsyncIterator[Any]:
+async def iterate(stream: Any, label: str, what: str) -> AsyncGenerator[Any, None]:
     """The items of a handler's stream, on the event loop; a sync iterator is advanced in a worker thread. The
     handler's generator is closed when the consumer stops early (a client that left)."""
     try:
@@ -143,7 +160,12 @@ async def iterate(stream: Any, label: str, what: str) -> AsyncIterator[Any]:
         if hasattr(stream, "aclose"):
             await stream.aclose()
         elif hasattr(stream, "close"):
-            await asyncio.to_thread(stream.close)
+            try:
+                await asyncio.to_thread(stream.close)
+            except ValueError:
+                # Cancelled while a worker thread is inside `next()`: the generator cannot be closed from here;
+                # it is finalized when that step returns and it is collected.
+                log.debug("the handler's generator was still running when its consumer left")
 
 
 class Handler:

@@ -11,7 +11,8 @@ are assembled into one answer), and a plain answer serves a streamed one (sent a
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from manifold.api.chat_assembly import CompletionAssembler
@@ -42,24 +43,25 @@ def _chat_chunk(item: Any, what: str) -> dict[str, Any] | None:
     return chunk
 
 
-async def chat_chunks(items: AsyncIterator[Any], what: str) -> AsyncIterator[dict[str, Any]]:
+async def chat_chunks(items: AsyncGenerator[Any, None], what: str) -> AsyncIterator[dict[str, Any]]:
     open_choices: set[int] = set()
-    async for item in items:
-        chunk = _chat_chunk(item, what)
-        if chunk is None:
-            continue
-        for choice in chunk["choices"]:
-            index = choice.get("index", 0)
-            if choice.get("finish_reason") is None:
-                open_choices.add(index)
-            else:
-                open_choices.discard(index)
-        yield chunk
+    async with aclosing(items):  # a consumer that stops early closes the handler's generator now
+        async for item in items:
+            chunk = _chat_chunk(item, what)
+            if chunk is None:
+                continue
+            for choice in chunk["choices"]:
+                index = choice.get("index", 0)
+                if choice.get("finish_reason") is None:
+                    open_choices.add(index)
+                else:
+                    open_choices.discard(index)
+            yield chunk
     for index in sorted(open_choices):
         yield {"choices": [{"index": index, "delta": {}, "finish_reason": "stop"}]}
 
 
-async def collect_chat(items: AsyncIterator[Any], what: str) -> dict[str, Any]:
+async def collect_chat(items: AsyncGenerator[Any, None], what: str) -> dict[str, Any]:
     """A non-streamed chat completion from a handler that streamed."""
     assembler = CompletionAssembler()
     usage: dict[str, Any] | None = None
@@ -118,24 +120,25 @@ def _text_chunk(item: Any, what: str) -> dict[str, Any] | None:
     return chunk
 
 
-async def text_chunks(items: AsyncIterator[Any], what: str) -> AsyncIterator[dict[str, Any]]:
+async def text_chunks(items: AsyncGenerator[Any, None], what: str) -> AsyncIterator[dict[str, Any]]:
     open_choices: set[int] = set()
-    async for item in items:
-        chunk = _text_chunk(item, what)
-        if chunk is None:
-            continue
-        for choice in chunk["choices"]:
-            index = choice.get("index", 0)
-            if choice.get("finish_reason") is None:
-                open_choices.add(index)
-            else:
-                open_choices.discard(index)
-        yield chunk
+    async with aclosing(items):
+        async for item in items:
+            chunk = _text_chunk(item, what)
+            if chunk is None:
+                continue
+            for choice in chunk["choices"]:
+                index = choice.get("index", 0)
+                if choice.get("finish_reason") is None:
+                    open_choices.add(index)
+                else:
+                    open_choices.discard(index)
+            yield chunk
     for index in sorted(open_choices):
         yield {"choices": [{"index": index, "text": "", "finish_reason": "stop", "logprobs": None}]}
 
 
-async def collect_text(items: AsyncIterator[Any], what: str) -> dict[str, Any]:
+async def collect_text(items: AsyncGenerator[Any, None], what: str) -> dict[str, Any]:
     texts: dict[int, list[str]] = {}
     finish: dict[int, str] = {}
     usage: dict[str, Any] | None = None
