@@ -18,10 +18,16 @@ from manifold.providers.python_handler.errors import HandlerContractError
 WHAT = "POST /v1/chat/completions"
 
 
+LEADING = {"id": None, "object": None, "created": None, "model": None}  # filled by the gateway's normalization
+
+
 def test_a_string_is_a_whole_chat_answer() -> None:
-    assert contracts.chat_completion("hi", WHAT) == {
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]
+    out = contracts.chat_completion("hi", WHAT)
+    assert out == {
+        **LEADING,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
     }
+    assert list(out) == ["id", "object", "created", "model", "choices"]  # in the spec's order
     assert contracts.text_completion("hi", WHAT)["choices"][0]["text"] == "hi"
 
 
@@ -36,6 +42,7 @@ def test_unknown_keys_are_dropped_and_known_ones_kept() -> None:
         WHAT,
     )
     assert out == {
+        **LEADING,
         "choices": [{"message": {"content": "x"}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 1},
         "service_tier": "default",
@@ -193,7 +200,7 @@ def test_a_stream_collects_into_one_answer() -> None:
     assert out["choices"][0]["message"]["content"] == "Hello"
     assert out["choices"][0]["finish_reason"] == "stop"
     assert out["usage"]["total_tokens"] == 2
-    assert "id" not in out and "model" not in out  # the gateway sets them
+    assert out["id"] is None and out["model"] is None  # the gateway sets them
 
     async def empty() -> dict[str, Any]:
         return await streams.collect_chat(_items([]), WHAT)

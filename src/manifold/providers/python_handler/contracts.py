@@ -155,31 +155,41 @@ def _type_name(value: Any) -> str:
 # -- the answers of operations the gateway serves through the provider (it then fills ids, times, model) ---------
 
 
+def in_spec_order(obj: dict[str, Any], leading: tuple[str, ...]) -> dict[str, Any]:
+    """`obj` with the spec's leading keys first (None where absent: the gateway's normalization fills them), so
+    an answer built here reads like OpenAI's."""
+    return {**dict.fromkeys(leading), **obj}
+
+
+_COMPLETION_LEADING = ("id", "object", "created", "model", "choices")
+
+
 def chat_completion(value: Any, what: str) -> dict[str, Any]:
     plain = to_plain(value, what)
     if isinstance(plain, str):
-        return {"choices": [{"index": 0, "message": {"role": "assistant", "content": plain}, "finish_reason": "stop"}]}
-    return conform(plain, CHAT_COMPLETION, what)
+        plain = {"choices": [{"index": 0, "message": {"role": "assistant", "content": plain}, "finish_reason": "stop"}]}
+    return in_spec_order(conform(plain, CHAT_COMPLETION, what), _COMPLETION_LEADING)
 
 
 def text_completion(value: Any, what: str) -> dict[str, Any]:
     plain = to_plain(value, what)
     if isinstance(plain, str):
-        return {"choices": [{"index": 0, "text": plain, "finish_reason": "stop", "logprobs": None}]}
-    return conform(plain, TEXT_COMPLETION, what)
+        plain = {"choices": [{"index": 0, "text": plain, "finish_reason": "stop", "logprobs": None}]}
+    return in_spec_order(conform(plain, TEXT_COMPLETION, what), _COMPLETION_LEADING)
 
 
 def embeddings(value: Any, what: str) -> dict[str, Any]:
     """A `CreateEmbeddingResponse`, or simply the vectors: `[[0.1, …], …]` (one per input)."""
     plain = to_plain(value, what)
     if isinstance(plain, list):
-        plain = {"data": [{"index": i, "embedding": vector} for i, vector in enumerate(plain)]}
-    return conform(plain, EMBEDDINGS, what)
+        plain = {"data": [{"object": "embedding", "index": i, "embedding": vector} for i, vector in enumerate(plain)]}
+    return in_spec_order(conform(plain, EMBEDDINGS, what), ("object", "data", "model"))
 
 
 def images(value: Any, what: str) -> dict[str, Any]:
-    out = conform(to_plain(value, what), IMAGES, what)
-    out.setdefault("created", int(time.time()))
+    out = in_spec_order(conform(to_plain(value, what), IMAGES, what), ("created",))
+    if out["created"] is None:
+        out["created"] = int(time.time())
     return out
 
 

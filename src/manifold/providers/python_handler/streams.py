@@ -74,7 +74,7 @@ async def collect_chat(items: AsyncGenerator[Any, None], what: str) -> dict[str,
     if not saw_choice:
         raise contract_error(what, "is an empty stream")
     completion = assembler.completion("", 0, "", usage)
-    del completion["id"], completion["created"], completion["model"]  # the gateway sets them
+    completion["id"] = completion["created"] = completion["model"] = None  # the gateway sets them
     return completion
 
 
