@@ -53,8 +53,12 @@ class PythonHandlerProvider(Provider):
 
     def _what(self, operation: str) -> str:
         info = CURRENT_REQUEST.get()
-        route = f"{info.method} {info.path}" if info is not None else BY_NAME[operation].path
-        return f"{route} ({operation})" if info is None or info.operation != operation else route
+        if info is None:  # behind a plain gateway: the route is the operation's own
+            op = BY_NAME[operation]
+            return f"{op.method} {op.path}"
+        route = f"{info.method} {info.path}"
+        # The Responses API and legacy completions reach a handler through its chat answer.
+        return route if info.operation == operation else f"{route} (as {operation})"
 
     async def _answer(self, operation: str, call: Call) -> Any:
         """The handler's answer (NotImplemented when it declines); a non-2xx `Response` is raised as is."""
