@@ -1,5 +1,5 @@
-"""Import direction: server → routing → providers → api. `api` and the leaves import nothing above them, and
-no backend kind is imported outside `providers/`."""
+"""Import direction: server → responses (the Responses engine) → routing → providers → api. `api` and the leaves
+import nothing above them, and no backend kind is imported outside `providers/`."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ FORBIDDEN = {
     "errors": {"api", "server", "routing", "providers", "config", "cli"},
     "_json": {"api", "server", "routing", "providers", "config", "errors", "cli"},
     "storage": {"api", "server", "routing", "providers", "cli"},
+    "responses": {"server", "cli"},
 }
 BACKENDS = {"openai_compatible", "local", "anthropic", "kserve_v2", "python_handler"}
 # The one backend a package outside providers/ may import: `frontend` is the python handler's own HTTP face.

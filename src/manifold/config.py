@@ -57,6 +57,9 @@ class Deployment(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     default_max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
     # legacy completions: False answers POST /completions through chat (a chat-only upstream); None: native
     supports_completions: bool | None = None
+    # Responses API (docs/responses.md): "translate" serves POST /responses through chat completions (the
+    # default); "native" forwards it to the upstream's own /responses (OpenAI-compatible upstreams only)
+    responses: str | None = None
     # python provider: the handler, `package.module:function` (docs/frontend.md)
     handler: str | None = None
 
@@ -89,10 +92,27 @@ class StorageSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pool_size: Annotated[int, msgspec.Meta(ge=1)] = 10
 
 
+class ResponsesSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The Responses API engine (docs/responses.md).
+
+    `compaction_key`: the secret that encrypts compaction items (any string; a key is derived from it). None:
+    a random key per process, so compaction items do not survive a restart (nor work across workers).
+    `stream_buffer_events`: events of each background response kept in memory for `GET ?stream=true`
+    resumption; `stream_retention_s`: how long they are kept once the response finished.
+    `background_lease_s`: a background response whose process stopped renewing it for this long (a crash, a
+    restart) is marked failed."""
+
+    compaction_key: str | None = None
+    stream_buffer_events: Annotated[int, msgspec.Meta(ge=16)] = 20_000
+    stream_retention_s: PositiveFloat = 600.0
+    background_lease_s: Annotated[float, msgspec.Meta(ge=1)] = 15.0
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     model_list: list[Deployment] = msgspec.field(default_factory=list)
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
+    responses: ResponsesSettings = msgspec.field(default_factory=ResponsesSettings)
 
 
 ENV_PREFIX = "MANIFOLD_"
@@ -218,9 +238,10 @@ def _build(raw: dict[str, Any], problems: list[str]) -> Config:
     storage = _convert_part(raw.get("storage", {}), StorageSettings, "storage", problems)
     if storage is not None:
         problems.extend(_storage_problems(storage))
-    if problems or server is None or storage is None:
+    responses = _convert_part(raw.get("responses", {}), ResponsesSettings, "responses", problems)
+    if problems or server is None or storage is None or responses is None:
         raise ConfigError(problems)
-    return Config(model_list=deployments, server=server, storage=storage)
+    return Config(model_list=deployments, server=server, storage=storage, responses=responses)
 
 
 def _convert_part(data: Any, typ: type[_T], where: str, problems: list[str]) -> _T | None:
@@ -296,4 +317,15 @@ def _deployment_problems(dep: Deployment, where: str) -> list[str]:
     kind = PROVIDERS.get(dep.provider)
     if kind is None:
         return [f"{where}.provider: {dep.provider!r} is not one of: {', '.join(sorted(PROVIDERS))}"]
-    return [f"{where}.{problem}" for problem in misplaced_fields(dep) + kind.check(dep)]
+    problems = [f"{where}.{problem}" for problem in misplaced_fields(dep) + kind.check(dep)]
+    if dep.responses is not None:
+        from manifold.providers.base import Capability
+
+        if dep.responses not in ("translate", "native"):
+            problems.append(f"{where}.responses: {dep.responses!r} is not one of: native, translate")
+        elif dep.responses == "native" and Capability.RESPONSES not in kind.load().capabilities:
+            problems.append(
+                f"{where}.responses: provider {dep.provider!r} has no native Responses API; "
+                "leave it out (translated through chat completions)"
+            )
+    return problems

@@ -110,6 +110,8 @@ BEHAVIORS = [
     "big",
     "slow_first_token:1.5",
     "slow_tokens:0.2",
+    "length",
+    "tool_loop",
 ]
 
 
@@ -176,6 +178,13 @@ def surface_deployments(fake: FakeUpstream) -> list[dict[str, Any]]:
             "supports_completions": False,
         },
         {"model_name": "fake-floats_only", "provider": "openai", "api_base": fake.base("floats_only")},
+        {
+            "model_name": "fake-native",
+            "provider": "openai",
+            "model": "upstream-model",
+            "api_base": fake.base("echo"),
+            "responses": "native",
+        },
         {"model_name": "my-images", "provider": "openai", "model": "dall-e-3", "api_base": fake.base("echo")},
     ]
     out += [

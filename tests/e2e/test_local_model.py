@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import array
 import base64
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -82,12 +83,70 @@ def test_local_stream_helper_matches_non_streamed(sdk: openai.OpenAI) -> None:
     assert final.choices[0].message.content == plain.choices[0].message.content
 
 
+WEATHER: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+WEATHER_QUESTION: Any = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def test_local_tool_call_round_trip(sdk: openai.OpenAI, local: ManifoldProcess) -> None:
+    forced: Any = {"type": "function", "function": {"name": "get_weather"}}
+    first = sdk.chat.completions.create(
+        model="smollm2", messages=WEATHER_QUESTION, tools=[WEATHER], tool_choice=forced, temperature=0, max_tokens=40
+    )
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    call = choice.message.tool_calls[0]  # type: ignore[index]
+    assert call.function.name == "get_weather"  # type: ignore[union-attr]
+    assert isinstance(json.loads(call.function.arguments)["city"], str)  # type: ignore[union-attr]
+    raw = httpx.post(
+        local.base_url + "/chat/completions",
+        json={
+            "model": "smollm2",
+            "messages": WEATHER_QUESTION,
+            "tools": [WEATHER],
+            "tool_choice": forced,
+            "max_tokens": 40,
+        },
+        timeout=60,
+    )
+    assert_valid("CreateChatCompletionResponse", raw.json())
+    history: Any = [
+        *WEATHER_QUESTION,
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 24 C"},
+    ]
+    answer = sdk.chat.completions.create(
+        model="smollm2", messages=history, tools=[WEATHER], tool_choice="none", temperature=0, max_tokens=30
+    )
+    assert answer.choices[0].message.content
+
+
+def test_local_tool_call_streamed_through_the_helper(sdk: openai.OpenAI) -> None:
+    forced: Any = {"type": "function", "function": {"name": "get_weather"}}
+    with sdk.chat.completions.stream(
+        model="smollm2", messages=WEATHER_QUESTION, tools=[WEATHER], tool_choice=forced, temperature=0, max_tokens=40
+    ) as stream:
+        final = stream.get_final_completion()
+    calls = final.choices[0].message.tool_calls
+    assert calls is not None and len(calls) == 1 and calls[0].function.name == "get_weather"
+    assert isinstance(json.loads(calls[0].function.arguments)["city"], str)
+
+
 def test_local_rejects_what_it_cannot_do(sdk: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        sdk.chat.completions.create(model="smollm2", messages=QUESTION, n=2)
+    assert info.value.param == "n"
     with pytest.raises(openai.BadRequestError) as info:
         sdk.chat.completions.create(
             model="smollm2",
             messages=QUESTION,
-            tools=[{"type": "function", "function": {"name": "f"}}],
+            tools=[{"type": "custom", "custom": {"name": "grep"}}],
         )
     assert info.value.param == "tools"
 

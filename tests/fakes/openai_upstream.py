@@ -22,6 +22,8 @@ Routes
     "owned_by": "fake"}]}``, whatever the path behavior; recorded with behavior ``"models"``.
 ``POST {anything}/completions``, ``/embeddings``, ``/images/generations``
     Legacy completions, embeddings and images: see ``tests/fakes/openai_surface.py``.
+``POST {anything}/responses``
+    The upstream's own Responses API (for native pass-through): see ``tests/fakes/openai_responses.py``.
 Anything else
     404 (recorded with behavior ``"not_found"``); a wrong method on a known path gives 405.
 
@@ -76,6 +78,12 @@ Behaviors (``stream: true`` in the body gives SSE ``text/event-stream`` frames
     Ignores ``stream`` and always answers the non-stream JSON completion.
 ``big``
     Echo whose content is the 10 000 words ``"w0 w1 … w9999"`` (no ``echo:`` prefix).
+``length``
+    Echo that honours ``max_completion_tokens`` (or ``max_tokens``), counting words: a longer answer is cut
+    to that many words with ``finish_reason`` ``"length"``.
+``tool_loop``
+    A function call like ``tools`` while the last message is not a tool result; after one, the text
+    ``"result: "`` + that tool message's content (``finish_reason`` ``"stop"``): a whole tool round trip.
 
 An unknown behavior, a bad argument or an unparsable JSON body answers 400 with an OpenAI error.
 
@@ -102,7 +110,7 @@ from urllib.parse import quote, unquote
 import pytest
 from aiohttp import web
 
-from tests.fakes import openai_surface
+from tests.fakes import openai_responses, openai_surface
 
 __all__ = ["BEHAVIORS", "BIG_CONTENT", "FakeUpstream", "Recorded", "fake_upstream"]
 
@@ -121,6 +129,8 @@ BEHAVIORS = (
     "stream_error",
     "json_for_stream",
     "big",
+    "length",
+    "tool_loop",
 )
 MODELS_BODY: dict[str, Any] = {
     "object": "list",
@@ -405,6 +415,25 @@ async def _answer_text(
     return await ex.done()
 
 
+async def _answer_limited(ex: _Exchange, content: str) -> web.StreamResponse:
+    limit = ex.body.get("max_completion_tokens") or ex.body.get("max_tokens")
+    pieces = _pieces(content)
+    if not isinstance(limit, int) or len(pieces) <= limit:
+        return await _answer_text(ex, content)
+    cut = "".join(pieces[:limit])
+    if not ex.wants_stream:
+        body = _completion(ex, cut)
+        body["choices"][0]["finish_reason"] = "length"
+        return web.json_response(body)
+    await ex.send(ex.chunk({"role": "assistant", "content": ""}))
+    for piece in pieces[:limit]:
+        await ex.send(ex.chunk({"content": piece}))
+    await ex.send(ex.chunk({}, "length"))
+    if ex.include_usage:
+        await ex.send(ex.chunk(None, usage=_usage(_prompt_tokens(ex.body), limit)))
+    return await ex.done()
+
+
 async def _answer_tools(ex: _Exchange) -> web.StreamResponse:
     calls = _tool_calls(ex.body)
     prompt = _prompt_tokens(ex.body)
@@ -489,6 +518,13 @@ async def _run_behavior(ex: _Exchange) -> web.StreamResponse:
         return await _answer_text(ex, echo, sloppy=True)
     if name == "big":
         return await _answer_text(ex, BIG_CONTENT)
+    if name == "length":
+        return await _answer_limited(ex, echo)
+    if name == "tool_loop":
+        messages = _messages(ex.body)
+        if messages and messages[-1].get("role") == "tool":
+            return await _answer_text(ex, "result: " + _text_of(messages[-1].get("content")))
+        return await _answer_tools(ex)
     if name == "json_for_stream":
         return await _answer_text(ex, echo, force_json=True)
     if name == "tools":
@@ -660,6 +696,8 @@ class FakeUpstream:
         is_chat = path.endswith("/chat/completions")
         is_models = path.endswith("/models")
         surface = openai_surface.route_of(path)  # legacy completions, embeddings, images
+        if surface is None and path.endswith("/responses"):
+            surface = "responses"
         if (is_chat or surface is not None) and request.method == "POST":
             behavior = _path_behavior(request.raw_path)
             if isinstance(body, dict) and isinstance(body.get("fake_behavior"), str):
@@ -693,6 +731,8 @@ class FakeUpstream:
 
         ex = _Exchange(request, record)
         try:
+            if surface == "responses":
+                return await openai_responses.answer(ex)
             if surface is not None:
                 return await openai_surface.answer(surface, ex)
             return await _run_behavior(ex)

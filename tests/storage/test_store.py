@@ -27,6 +27,7 @@ from tests.databases import BACKENDS, storage_settings
 from tests.e2e.conftest import free_port
 
 V1_TABLES = {"chat_completions", "chat_completion_messages", "chat_completion_metadata", "manifold_schema_migrations"}
+ALL_VERSIONS = [m.version for m in MIGRATIONS]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -68,11 +69,11 @@ async def test_migrations_are_recorded_and_idempotent(settings: StorageSettings)
         assert await migrate(engine) == [m.version for m in MIGRATIONS]
         assert await migrate(engine) == []
         assert await migrate(engine) == []
-        assert await applied_versions(engine) == [1]
+        assert await applied_versions(engine) == ALL_VERSIONS
         async with engine.connect() as conn:
             rows = (await conn.execute(select(schema_migrations))).all()
             assert set(await conn.run_sync(lambda c: inspect(c).get_table_names())) >= V1_TABLES
-        assert [(r.version, r.name) for r in rows] == [(1, MIGRATIONS[0].name)]
+        assert [(r.version, r.name) for r in rows] == [(m.version, m.name) for m in MIGRATIONS]
         assert rows[0].applied_at > 1_600_000_000_000  # unix milliseconds
     finally:
         await engine.dispose()
@@ -83,8 +84,8 @@ async def test_concurrent_migrations_apply_each_version_once(settings: StorageSe
     engines = [create_engine(settings) for _ in range(6)]
     try:
         results = await asyncio.gather(*(migrate(e) for e in engines))
-        assert sorted(results) == [[], [], [], [], [], [1]]
-        assert await applied_versions(engines[0]) == [1]
+        assert sorted(results) == [[], [], [], [], [], ALL_VERSIONS]
+        assert await applied_versions(engines[0]) == ALL_VERSIONS
     finally:
         await asyncio.gather(*(e.dispose() for e in engines))
 
@@ -92,21 +93,22 @@ async def test_concurrent_migrations_apply_each_version_once(settings: StorageSe
 async def test_a_failing_migration_leaves_nothing_behind(settings: StorageSettings) -> None:
     def create_then_fail(conn: Connection) -> None:
         conn.execute(text("CREATE TABLE half_done (x INTEGER)"))
-        raise RuntimeError("migration 2 is broken")
+        raise RuntimeError("the next migration is broken")
 
     def create(conn: Connection) -> None:
         conn.execute(text("CREATE TABLE half_done (x INTEGER)"))
 
     engine = create_engine(settings)
+    following = ALL_VERSIONS[-1] + 1
     try:
         await migrate(engine)
         with pytest.raises(RuntimeError, match="broken"):
-            await migrate(engine, [*MIGRATIONS, Migration(2, "broken", create_then_fail)])
-        assert await applied_versions(engine) == [1]
+            await migrate(engine, [*MIGRATIONS, Migration(following, "broken", create_then_fail)])
+        assert await applied_versions(engine) == ALL_VERSIONS
         async with engine.connect() as conn:
             assert "half_done" not in await conn.run_sync(lambda c: inspect(c).get_table_names())
-        assert await migrate(engine, [*MIGRATIONS, Migration(2, "fixed", create)]) == [2]
-        assert await applied_versions(engine) == [1, 2]
+        assert await migrate(engine, [*MIGRATIONS, Migration(following, "fixed", create)]) == [following]
+        assert await applied_versions(engine) == [*ALL_VERSIONS, following]
     finally:
         await engine.dispose()
 
@@ -126,7 +128,7 @@ async def test_a_newer_schema_is_reported_not_fatal(
 
 async def test_store_open_migrates(store: Store) -> None:
     assert await table_names(store) >= V1_TABLES
-    assert await applied_versions(store.engine) == [1]
+    assert await applied_versions(store.engine) == ALL_VERSIONS
 
 
 async def test_migrated_schema_matches_the_tables_the_code_uses(store: Store) -> None:

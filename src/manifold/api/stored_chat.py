@@ -159,3 +159,8 @@ def stored_message(completion_id: str, position: int, message: dict[str, Any]) -
         out["name"] = message["name"]
     out["content_parts"] = parts or None
     return out
+
+
+def parse_limit(value: str) -> int:
+    """A `limit` query parameter (1 to 100), or a 400 naming it."""
+    return _limit(value)

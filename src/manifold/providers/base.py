@@ -98,6 +98,29 @@ class Provider:
         """An `ImagesResponse` as a dict (image generation)."""
         raise unsupported_model(call, "image generation")
 
+    async def count_chat_tokens(self, call: ChatCall) -> int | None:
+        """The exact number of prompt tokens the chat request in `call.body` would cost, where this backend's
+        tokenizer is known here; None otherwise (the caller then estimates)."""
+        return None
+
+    @property
+    def context_window(self) -> int | None:
+        """The backend's context length in tokens, where it is known here (None: unknown)."""
+        return None
+
+    @property
+    def native_responses(self) -> bool:
+        """Whether `POST /responses` goes to the upstream's own Responses API (deployment `responses: native`)."""
+        return self.deployment.responses == "native" and Capability.RESPONSES in self.capabilities
+
+    async def responses(self, call: Call) -> dict[str, Any]:
+        """A `Response` from the upstream's own Responses API (native pass-through)."""
+        raise unsupported_model(call, "the native Responses API")
+
+    async def open_responses_stream(self, call: Call) -> ChunkStream:
+        """Start a native Responses stream; the iterator yields its events (dicts with `type`)."""
+        raise unsupported_model(call, "the native Responses API")
+
 
 def unsupported_model(call: Call, what: str) -> UnsupportedError:
     """The 400 for asking a backend what it cannot do: names the model, never crashes."""

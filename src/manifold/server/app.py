@@ -12,8 +12,10 @@ import logging
 
 from manifold.config import Config, ServerSettings
 from manifold.errors import ManifoldError
+from manifold.responses.engine import ResponsesEngine
 from manifold.routing.router import Router
 from manifold.server.endpoints import chat, completions, embeddings, health, images, kserve_urls, models, stored_chat
+from manifold.server.endpoints import responses as responses_endpoints
 from manifold.server.http import Message, Receive, Request, Scope, Send
 from manifold.server.routes import Handler, PathRouter, Route
 from manifold.storage import Store
@@ -33,6 +35,15 @@ API_ROUTES = (
     Route("POST", "/completions", completions.create_completion, cancellable=True),
     Route("POST", "/embeddings", embeddings.create_embeddings, cancellable=True),
     Route("POST", "/images/generations", images.create_image, cancellable=True),
+    # The Responses API (docs/responses.md). A background response runs in its own task: a client that leaves
+    # cancels only its foreground work.
+    Route("POST", "/responses", responses_endpoints.create_response, cancellable=True),
+    Route("POST", "/responses/input_tokens", responses_endpoints.count_input_tokens, cancellable=True),
+    Route("POST", "/responses/compact", responses_endpoints.compact_response, cancellable=True),
+    Route("GET", "/responses/{response_id}", responses_endpoints.retrieve_response),
+    Route("DELETE", "/responses/{response_id}", responses_endpoints.delete_response),
+    Route("POST", "/responses/{response_id}/cancel", responses_endpoints.cancel_response),
+    Route("GET", "/responses/{response_id}/input_items", responses_endpoints.list_input_items),
 )
 # Outside the prefixes.
 ROOT_ROUTES = (
@@ -67,6 +78,7 @@ class ManifoldApp:
         self.settings: ServerSettings = config.server
         self.router = router if router is not None else Router(config.model_list)
         self.store = Store(config.storage)
+        self.responses = ResponsesEngine(self.router, self.store, config.responses)
         self.paths = PathRouter()
         for prefix in self.settings.prefixes:
             p = "" if prefix == "/" else prefix
@@ -84,10 +96,12 @@ class ManifoldApp:
             self._started = True
             self.store.start()  # in the background: nothing waits for it but what stores
             await self.router.start()
+            self.responses.start()
 
     async def shutdown(self) -> None:
         if self._started:
             self._started = False
+            await self.responses.aclose()
             await self.router.aclose()
             await stored_chat.finish_writes()
             await self.store.aclose()

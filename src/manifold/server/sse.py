@@ -133,3 +133,52 @@ async def stream_chat(
 
 # The relay serves every OpenAI chunk stream that ends with `[DONE]`: chat and legacy completions.
 relay_stream = stream_chat
+
+
+def event_frame(event: dict[str, Any]) -> bytes:
+    """A typed event (the Responses API): `event: <type>` + `data: <json>`; no `[DONE]` follows the last."""
+    return b"event: " + str(event["type"]).encode() + b"\ndata: " + _json.encode(event) + b"\n\n"
+
+
+async def stream_events(request: Request, events: AsyncIterator[dict[str, Any]], keepalive_interval: float) -> None:
+    """Relay typed events. The first is awaited before the 200 is sent, so an error before it still gets its
+    status; a failure after it becomes one `error` event (`{type, code, message, param, sequence_number}`).
+    While an event is awaited, a `:` comment goes out every `keepalive_interval` seconds."""
+    out = EventStream(request)
+    iterator = aiter(events)
+    next_sequence = 0
+    pending: asyncio.Future[dict[str, Any] | None] | None = None
+    try:
+        while True:
+            pending = asyncio.ensure_future(anext(iterator, None))
+            while not (await asyncio.wait((pending,), timeout=keepalive_interval))[0]:
+                await out.commit()
+                await out.write(KEEPALIVE)
+            event, pending = pending.result(), None
+            await out.commit()
+            if event is None:
+                break
+            next_sequence = int(event.get("sequence_number", next_sequence)) + 1
+            await out.write(event_frame(event))
+        await out.end()
+    except ManifoldError as exc:
+        if not out.committed:
+            raise
+        log.warning("stream %s failed after the first byte: %s", request.request_id, exc.message)
+        error = {
+            "type": "error",
+            "code": exc.code,
+            "message": exc.message,
+            "param": exc.param,
+            "sequence_number": next_sequence,
+        }
+        await out.end(event_frame(error))
+    finally:
+        if pending is not None and not pending.done():
+            # The client left while an event was awaited: stop that step (which ends the iterator's own
+            # work, e.g. the upstream request) before closing the iterator, which cannot close while running.
+            pending.cancel()
+            await asyncio.gather(pending, return_exceptions=True)
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()

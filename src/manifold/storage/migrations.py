@@ -87,8 +87,43 @@ def _v1_chat_completions(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _v2_responses(conn: Connection) -> None:
+    md = MetaData()
+    serial = BigInteger().with_variant(Integer(), "sqlite")
+    Table(
+        "responses",
+        md,
+        Column("seq", serial, primary_key=True, autoincrement=True),
+        Column("id", String(128), nullable=False, unique=True),
+        Column("model", Text, nullable=False),
+        Column("created_at", BigInteger, nullable=False),
+        Column("status", String(32), nullable=False),
+        Column("background", Integer, nullable=False),
+        Column("previous_response_id", Text, nullable=True),
+        Column("request_id", String(128), nullable=True),
+        Column("response", Text, nullable=False),
+        Column("stored_at", BigInteger, nullable=False),
+        Column("updated_at", BigInteger, nullable=False),
+        Column("owner", String(64), nullable=True),
+        Column("lease_until", BigInteger, nullable=True),
+        Index("ix_responses_status_lease", "status", "lease_until"),
+        sqlite_autoincrement=True,
+    )
+    Table(
+        "response_input_items",
+        md,
+        Column("response_id", String(128), ForeignKey("responses.id", ondelete="CASCADE"), primary_key=True),
+        Column("position", Integer, primary_key=True, autoincrement=False),
+        Column("item_id", Text, nullable=False),
+        Column("item", Text, nullable=False),
+        Index("ix_response_input_items_item", "response_id", "item_id"),
+    )
+    md.create_all(conn)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "chat completions, their messages and metadata", _v1_chat_completions),
+    Migration(2, "responses and their input items", _v2_responses),
 )
 
 

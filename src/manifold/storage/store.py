@@ -21,15 +21,16 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from manifold.storage.chat_completions import ChatCompletionStore
+    from manifold.storage.responses import ResponseStore
 
 log = logging.getLogger("manifold.storage")
 
 
 def _load() -> Any:
     """The storage modules (and with them SQLAlchemy and the drivers), imported off the event loop."""
-    from manifold.storage import chat_completions, engine, errors, migrations
+    from manifold.storage import chat_completions, engine, errors, migrations, responses
 
-    return chat_completions, engine, errors, migrations
+    return chat_completions, engine, errors, migrations, responses
 
 
 class Store:
@@ -41,6 +42,7 @@ class Store:
         self.description = "(not open)"
         self._engine: AsyncEngine | None = None
         self._chat_completions: ChatCompletionStore | None = None
+        self._responses: ResponseStore | None = None
         self._opening: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -62,6 +64,16 @@ class Store:
         assert self._chat_completions is not None
         return self._chat_completions
 
+    async def responses(self) -> ResponseStore:
+        if self._responses is None:
+            await self.open()
+        assert self._responses is not None
+        return self._responses
+
+    @property
+    def is_open(self) -> bool:
+        return self._engine is not None
+
     @property
     def engine(self) -> AsyncEngine:
         if self._engine is None:
@@ -69,7 +81,7 @@ class Store:
         return self._engine
 
     async def _open(self) -> None:
-        chat_completions, engine_module, errors, migrations = await asyncio.to_thread(_load)
+        chat_completions, engine_module, errors, migrations, responses = await asyncio.to_thread(_load)
         self.description = engine_module.database_url(self.settings).render_as_string(hide_password=True)
         async with errors.storage_errors():
             try:
@@ -92,6 +104,7 @@ class Store:
             log.info("storage: %s is ready", self.description)
         self._engine = engine
         self._chat_completions = chat_completions.ChatCompletionStore(engine)
+        self._responses = responses.ResponseStore(engine)
 
     def _opened(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
@@ -114,5 +127,6 @@ class Store:
             opening.cancel()
             await asyncio.gather(opening, return_exceptions=True)
         engine, self._engine, self._chat_completions = self._engine, None, None
+        self._responses = None
         if engine is not None:
             await engine.dispose()

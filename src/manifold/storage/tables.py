@@ -70,3 +70,45 @@ chat_completion_metadata = Table(
     Column("value", String(512), nullable=False),
     Index("ix_chat_completion_metadata_key_value", "key", "value"),
 )
+
+
+# One row per response created with `store: true` (the Responses API). `response` is the Response object as
+# last sent, JSON. Background responses are written when queued and updated as they run: `owner` names the
+# process running one and `lease_until` (unix ms) how long that claim holds without renewal; an unfinished
+# response whose lease ran out lost its process (crash, restart) and is marked failed.
+responses = Table(
+    "responses",
+    metadata,
+    Column("seq", Serial, primary_key=True, autoincrement=True),
+    Column("id", String(128), nullable=False, unique=True),
+    Column("model", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("background", Integer, nullable=False),  # 0/1
+    Column("previous_response_id", Text, nullable=True),
+    Column("request_id", String(128), nullable=True),
+    Column("response", Text, nullable=False),
+    Column("stored_at", BigInteger, nullable=False),  # unix milliseconds
+    Column("updated_at", BigInteger, nullable=False),  # unix milliseconds
+    Column("owner", String(64), nullable=True),
+    Column("lease_until", BigInteger, nullable=True),  # unix milliseconds
+    Index("ix_responses_status_lease", "status", "lease_until"),
+    sqlite_autoincrement=True,
+)
+
+# A response's own input items, in order (`position` 0, 1, …), each as `GET /responses/{id}/input_items`
+# lists it (with its `id`).
+response_input_items = Table(
+    "response_input_items",
+    metadata,
+    Column(
+        "response_id",
+        String(128),
+        ForeignKey("responses.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("position", Integer, primary_key=True, autoincrement=False),
+    Column("item_id", Text, nullable=False),
+    Column("item", Text, nullable=False),
+    Index("ix_response_input_items_item", "response_id", "item_id"),
+)

@@ -12,7 +12,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from manifold.config import Deployment
 from manifold.errors import BadGatewayError, ManifoldError, ServiceUnavailableError, UnsupportedError
@@ -40,7 +40,7 @@ _PASSED = (
     "mirostat_tau",
     "mirostat_eta",
 )
-_UNSUPPORTED = ("tools", "functions", "audio", "prediction", "web_search_options")
+_UNSUPPORTED = ("functions", "audio", "prediction", "web_search_options")
 
 
 def embedded_model_path() -> Path:
@@ -146,7 +146,25 @@ class LocalModelProvider(Provider):
         if (body.get("n") or 1) != 1:
             raise UnsupportedError(f"The model '{call.public_model}' (local) supports only n=1.", param="n")
         kw: dict[str, Any] = {k: body[k] for k in _PASSED if body.get(k) is not None}
-        kw["messages"] = [_flatten(m) for m in body["messages"]]
+        tools = body.get("tools") or None
+        choice = body.get("tool_choice")
+        if tools is not None:
+            if any(t.get("type") != "function" for t in tools):
+                raise UnsupportedError(
+                    f"The model '{call.public_model}' (local) supports function tools only.", param="tools"
+                )
+            if choice == "required":
+                # The function-calling grammar can force one named function, not "any of them".
+                if len(tools) != 1:
+                    raise UnsupportedError(
+                        f"The model '{call.public_model}' (local) supports tool_choice 'required' with one tool only.",
+                        param="tool_choice",
+                    )
+                choice = {"type": "function", "function": {"name": tools[0]["function"]["name"]}}
+            if choice != "none":
+                kw["tools"] = tools
+                kw["tool_choice"] = choice or "auto"
+        kw["messages"] = _flatten_messages(body["messages"])
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
         if max_tokens is not None:
             kw["max_tokens"] = max_tokens
@@ -171,7 +189,7 @@ class LocalModelProvider(Provider):
         loop = asyncio.get_running_loop()
         try:
             result: dict[str, Any] = await asyncio.shield(
-                loop.run_in_executor(self._executor, lambda: llama.create_chat_completion(**kw))
+                loop.run_in_executor(self._executor, lambda: _without_function_call(self._complete(llama, kw)))
             )
         except asyncio.CancelledError:
             cancel.event.set()
@@ -179,6 +197,16 @@ class LocalModelProvider(Provider):
         except (ValueError, RuntimeError) as exc:
             raise BadGatewayError(f"The local model failed: {exc}") from None
         return result
+
+    @staticmethod
+    def _complete(llama: Any, kw: dict[str, Any]) -> Any:
+        """On the model's thread. With tools, llama.cpp's ChatML function-calling handler (SmolLM2's template is
+        ChatML): a grammar makes a called function's arguments valid JSON for its parameters."""
+        if "tools" in kw:
+            from llama_cpp import llama_chat_format
+
+            return llama_chat_format.chatml_function_calling(llama=llama, **kw)
+        return llama.create_chat_completion(**kw)
 
     async def open_chat_stream(self, call: ChatCall) -> ChunkStream:
         llama = await self._model()
@@ -192,8 +220,8 @@ class LocalModelProvider(Provider):
 
         def produce() -> None:
             try:
-                for chunk in llama.create_chat_completion(stream=True, **kw):
-                    loop.call_soon_threadsafe(queue.put_nowait, ("chunk", chunk))
+                for chunk in self._complete(llama, {**kw, "stream": True}):
+                    loop.call_soon_threadsafe(queue.put_nowait, ("chunk", _without_function_call(chunk)))
                     if cancel.event.is_set():
                         break
                 prompt_tokens = max(0, int(llama.n_tokens) - cancel.generated)
@@ -222,6 +250,18 @@ class LocalModelProvider(Provider):
             if not future.done():
                 # Let the generation thread notice the flag; the executor stays serialized.
                 future.add_done_callback(lambda f: f.exception())
+
+    @property
+    def context_window(self) -> int | None:
+        return self.deployment.context_length
+
+    async def count_chat_tokens(self, call: ChatCall) -> int | None:
+        """Exact: the request's messages through the model's own chat template (as `create_chat_completion`
+        formats them), tokenized by its own tokenizer."""
+        llama = await self._model()
+        messages = [_flatten(m) for m in call.body["messages"]]
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: _count_prompt_tokens(llama, messages))
 
     # -- legacy completions: llama.cpp's own `create_completion`, on the same thread -----------------------------
 
@@ -272,6 +312,57 @@ class LocalModelProvider(Provider):
             cancel.event.set()
             if not future.done():
                 future.add_done_callback(lambda f: f.exception())
+
+
+def _count_prompt_tokens(llama: Any, messages: list[dict[str, Any]]) -> int:
+    from llama_cpp import llama_chat_format
+
+    template = llama.metadata.get("tokenizer.chat_template")
+    if not template:
+        # No template in the GGUF: llama.cpp then formats with its own default, which this cannot see.
+        text = "".join(str(m.get("content") or "") for m in messages)
+        return len(llama.tokenize(text.encode("utf-8"), add_bos=True, special=True))
+    eos, bos = llama.token_eos(), llama.token_bos()
+    formatter = llama_chat_format.Jinja2ChatFormatter(
+        template=template,
+        eos_token=llama._model.token_get_text(eos) if eos != -1 else "",
+        bos_token=llama._model.token_get_text(bos) if bos != -1 else "",
+        stop_token_ids=[eos],
+    )
+    result = formatter(messages=cast(Any, messages))
+    return len(llama.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True))
+
+
+def _without_function_call(obj: dict[str, Any]) -> dict[str, Any]:
+    """llama.cpp's function-calling handler also fills the deprecated `function_call` (sometimes with a wrong
+    name); clients asked for `tool_calls`, so that is what they get."""
+    for choice in obj.get("choices") or ():
+        for key in ("message", "delta"):
+            part = choice.get(key)
+            if isinstance(part, dict):
+                part.pop("function_call", None)
+                if part.get("tool_calls") is None:
+                    part.pop("tool_calls", None)
+    return obj
+
+
+def _flatten_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages as llama.cpp's chat templates take them. Tool results become user turns naming the function
+    (the ChatML function-calling template has no `tool` role); assistant tool calls are kept."""
+    names: dict[str, str] = {}
+    out = []
+    for message in messages:
+        flat = _flatten(message)
+        calls = message.get("tool_calls")
+        if message.get("role") == "assistant" and calls:
+            flat["tool_calls"] = calls
+            for call in calls:
+                names[str(call.get("id"))] = str((call.get("function") or {}).get("name", "function"))
+        elif message.get("role") == "tool":
+            name = names.get(str(message.get("tool_call_id")), "the function")
+            flat = {"role": "user", "content": f"functions.{name} returned: {flat['content']}"}
+        out.append(flat)
+    return out
 
 
 def _flatten(message: dict[str, Any]) -> dict[str, Any]:

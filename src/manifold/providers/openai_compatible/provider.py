@@ -111,6 +111,20 @@ class OpenAICompatibleProvider(Provider):
     async def images(self, call: Call) -> dict[str, Any]:
         return await self._post_json("images/generations", call, "images response")
 
+    # -- the native Responses API (deployment `responses: native`): pass-through, only `model` mapped ----------
+
+    async def responses(self, call: Call) -> dict[str, Any]:
+        return await self._post_json("responses", call, "response")
+
+    async def open_responses_stream(self, call: Call) -> ChunkStream:
+        resp = await self.http.request(
+            "POST", self._url("responses"), data=self._payload(call), headers=self._request_headers(call, True)
+        )
+        if resp.content_type == "application/json":
+            await self.http.read_json(resp)
+            raise BadGatewayError(f"The upstream for {self.http.label} answered a streamed response without a stream.")
+        return self._chunks(resp)  # Responses events: JSON objects with `type`, framed like chat chunks
+
 
 class _ChunkStream:
     """`chat.completion.chunk` dicts from an OpenAI-style SSE stream, ending at `data: [DONE]` (or EOF)."""
@@ -202,4 +216,6 @@ class AzureOpenAIProvider(OpenAICompatibleProvider):
         version = quote(self.deployment.api_version or "", safe="")
         if path == "models":
             return f"{self.base_url}/openai/models?api-version={version}"
+        if path == "responses":  # not per deployment: the deployment goes in the body's `model`
+            return f"{self.base_url}/openai/responses?api-version={version}"
         return f"{self.base_url}/openai/deployments/{dep}/{path}?api-version={version}"

@@ -1,0 +1,1 @@
+"""The Responses API engine (docs/responses.md)."""

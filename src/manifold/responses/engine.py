@@ -1,0 +1,584 @@
+"""The Responses engine: one `POST /responses` on top of any chat backend (the hub), with stored state, chains,
+background jobs, compaction and token counts.
+
+A request is prepared once (`prepare`: its input items normalized, the chain of `previous_response_id` read back,
+the backend picked), then answered in one of three ways that share one builder (`events.ResponseBuilder`):
+at once (`respond`), as a stream of events (`open_stream`), or in a background task whose events a client can
+follow and resume (`start_background`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from manifold.api.chat_response import ChunkShaper, normalize_completion
+from manifold.api.responses import (
+    CompactRequest,
+    CreateResponseRequest,
+    FunctionTool,
+    TokenCountRequest,
+    check_translatable,
+    function_tools,
+    input_items,
+    new_id,
+)
+from manifold.config import ResponsesSettings
+from manifold.errors import InvalidRequestError, ManifoldError, NotFoundError, RateLimitError, UnsupportedError
+from manifold.providers.base import Call, ChatCall, Provider
+from manifold.providers.token_estimate import estimate_chat_tokens
+from manifold.responses import translate
+from manifold.responses.events import TERMINAL_EVENTS, ResponseBuilder, completion_chunks, replay
+from manifold.responses.jobs import Job, Jobs
+from manifold.responses.objects import now, skeleton
+from manifold.routing.router import Router
+from manifold.storage import Store
+
+if TYPE_CHECKING:
+    from manifold.responses.compaction import CompactionSeal
+    from manifold.storage.responses import ResponseStore
+
+log = logging.getLogger("manifold.responses")
+UNFINISHED = ("queued", "in_progress")
+LOST_MESSAGE = (
+    "The server stopped (a restart or a crash) before this background response finished; it was not completed."
+)
+SHUTDOWN_MESSAGE = "The server shut down before this background response finished."
+MAX_CHAIN = 10_000
+
+
+class Prepared(NamedTuple):
+    req: CreateResponseRequest
+    provider: Provider
+    items: list[dict[str, Any]]  # this request's own input items (stored, listed by input_items)
+    context: list[dict[str, Any]]  # what the model sees: the chain's items, then `items`
+    tools: list[FunctionTool]
+    request_id: str
+
+
+def _error_code(exc: ManifoldError) -> str:
+    return "rate_limit_exceeded" if isinstance(exc, RateLimitError) else "server_error"
+
+
+class ResponsesEngine:
+    def __init__(self, router: Router, store: Store, settings: ResponsesSettings) -> None:
+        self.router = router
+        self.store = store
+        self.settings = settings
+        self._seal: CompactionSeal | None = None
+        self.jobs = Jobs(settings.stream_buffer_events, settings.stream_retention_s)
+        self.owner = "mf_" + os.urandom(12).hex()  # this process, as the holder of background leases
+        self._maintenance: asyncio.Task[None] | None = None
+        self._writes: set[asyncio.Task[Any]] = set()
+        self._shutting_down = False
+
+    @property
+    def seal(self) -> CompactionSeal:
+        """The compaction seal, made on first use (`cryptography` is imported only then)."""
+        if self._seal is None:
+            from manifold.responses.compaction import CompactionSeal
+
+            self._seal = CompactionSeal(self.settings.compaction_key)
+        return self._seal
+
+    def _expand(self, encrypted_content: str, param: str) -> str:
+        return self.seal.open(encrypted_content, param)
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._maintenance is None:
+            self._maintenance = asyncio.get_running_loop().create_task(self._maintain())
+
+    async def aclose(self) -> None:
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            await asyncio.gather(self._maintenance, return_exceptions=True)
+            self._maintenance = None
+        self._shutting_down = True
+        running = self.jobs.running()
+        for job in running:
+            assert job.task is not None
+            job.task.cancel()
+        if running:
+            await asyncio.wait([job.task for job in running if job.task is not None], timeout=10)
+        if self._writes:
+            await asyncio.wait(set(self._writes), timeout=10)
+
+    async def _durably(self, write: Awaitable[Any]) -> Any:
+        """A store write runs to its end even if the request that made it is cancelled meanwhile."""
+        task = asyncio.ensure_future(write)
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+        return await asyncio.shield(task)
+
+    async def _maintain(self) -> None:
+        """Renew the leases of the background responses this process runs; fail those whose process is gone;
+        stop those another process cancelled."""
+        interval = self.settings.background_lease_s / 3
+        while True:
+            await asyncio.sleep(interval)
+            if not self.store.is_open:
+                continue  # nothing stored yet, or the database is down (whatever stores reports that)
+            try:
+                store = await self.store.responses()
+                running = {job.response_id: job for job in self.jobs.running()}
+                if running:
+                    alive = await store.renew_leases(self.owner, list(running), self._lease_until())
+                    for response_id in set(running) - alive:
+                        task = running[response_id].task
+                        if task is not None:
+                            task.cancel()  # cancelled (or failed) by another process: stop the upstream work
+                for response in await store.expired():
+                    if self.jobs.get(response["id"]) is None:
+                        await self._fail_lost(store, response)
+            except ManifoldError as exc:
+                log.warning("responses: background maintenance failed: %s", exc.message)
+            except Exception:  # logged, not hidden: a dead loop would let other processes fail our responses
+                log.exception("responses: background maintenance failed")
+
+    def _lease_until(self) -> int:
+        return int((time.time() + self.settings.background_lease_s) * 1000)
+
+    async def _fail_lost(self, store: ResponseStore, response: dict[str, Any]) -> dict[str, Any] | None:
+        failed = {**response, "status": "failed", "error": {"code": "server_error", "message": LOST_MESSAGE}}
+        if await store.fail_if_expired(failed):
+            log.warning("responses: background response %s lost its process; marked failed", response["id"])
+            return failed
+        return None
+
+    # -- preparing a request ---------------------------------------------------------------------------------
+
+    async def prepare(self, req: CreateResponseRequest, request_id: str) -> Prepared:
+        check_translatable(req)
+        provider = self.router.pick(req.model)
+        tools = function_tools(req.tools)
+        own = input_items(req.input)
+        history = await self.chain(req.previous_response_id)
+        return Prepared(req, provider, own, translate.context_after_compaction([*history, *own]), tools, request_id)
+
+    async def chain(self, previous_response_id: str | None) -> list[dict[str, Any]]:
+        """The items of a chain of stored responses, oldest first: each response's input items, then its output."""
+        if previous_response_id is None:
+            return []
+        store = await self.store.responses()
+        parts: list[list[dict[str, Any]]] = []
+        response_id: str | None = previous_response_id
+        while response_id is not None and len(parts) < MAX_CHAIN:
+            stored = await store.get(response_id)
+            if stored is None:
+                if not parts:
+                    raise NotFoundError(
+                        f"Previous response with id '{response_id}' not found.", param="previous_response_id"
+                    )
+                break  # an older link was deleted: the chain starts after it
+            response = stored.response
+            if not parts and response.get("status") in UNFINISHED:
+                raise InvalidRequestError(
+                    f"Previous response with id '{response_id}' is still {response['status']}; wait for it to finish.",
+                    param="previous_response_id",
+                    code="invalid_value",
+                )
+            items = await store.input_items(response_id) or []
+            parts.append([*items, *(response.get("output") or [])])
+            previous = response.get("previous_response_id")
+            response_id = previous if isinstance(previous, str) else None
+        return [item for part in reversed(parts) for item in part]
+
+    def messages(self, instructions: str | None, context: list[dict[str, Any]], own_count: int) -> list[dict[str, Any]]:
+        """Chat messages for a context whose last `own_count` items are the request's own `input`."""
+        history = len(context) - own_count
+        params = [f"previous_response_id (item {i})" for i in range(history)]
+        params += [f"input[{i}]" for i in range(own_count)]
+        return [
+            *translate.instruction_messages(instructions),
+            *translate.items_to_messages(context, self._expand, params),
+        ]
+
+    # -- answering -------------------------------------------------------------------------------------------
+
+    async def respond(self, p: Prepared) -> dict[str, Any]:
+        """A non-streamed, non-background response."""
+        builder = ResponseBuilder(skeleton(p.req, p.tools, "in_progress"))
+        compaction, messages = await self._compact_if_needed(p)
+        chunks = await self._open(p, messages, stream=False)
+        async for _ in self._run(p, builder, compaction, chunks):
+            pass
+        return builder.response
+
+    async def open_stream(self, p: Prepared) -> AsyncIterator[dict[str, Any]]:
+        """A streamed, non-background response: the upstream is opened before this returns (its errors become
+        HTTP errors); the iterator yields the events."""
+        builder = ResponseBuilder(skeleton(p.req, p.tools, "in_progress"))
+        compaction, messages = await self._compact_if_needed(p)
+        chunks = await self._open(p, messages, stream=True)
+
+        async def events() -> AsyncIterator[dict[str, Any]]:
+            yield builder.lifecycle("response.created")
+            yield builder.lifecycle("response.in_progress")
+            async for event in self._run(p, builder, compaction, chunks):
+                yield event
+
+        return events()
+
+    async def _run(
+        self,
+        p: Prepared,
+        builder: ResponseBuilder,
+        compaction: dict[str, Any] | None,
+        chunks: AsyncIterator[dict[str, Any]],
+    ) -> AsyncIterator[dict[str, Any]]:
+        """`_generate`, storing the response (when asked) before the terminal event is sent."""
+        async for event in self._generate(builder, compaction, chunks):
+            if event["type"] in TERMINAL_EVENTS and p.req.store is not False:
+                store = await self.store.responses()
+                await self._durably(store.save(builder.response, p.items, p.request_id))
+            yield event
+
+    async def _generate(
+        self,
+        builder: ResponseBuilder,
+        compaction: dict[str, Any] | None,
+        chunks: AsyncIterator[dict[str, Any]],
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The events of a response built from upstream chunks; an upstream failure ends it as failed."""
+        try:
+            if compaction is not None:
+                for event in builder.add_item(compaction):
+                    yield event
+            async for chunk in chunks:
+                for event in builder.feed(chunk):
+                    yield event
+            final = builder.finish()
+        except ManifoldError as exc:
+            log.warning("response %s failed: %s", builder.response["id"], exc.message)
+            final = builder.fail(_error_code(exc), exc.message)
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        for event in final:
+            yield event
+
+    async def _open(
+        self, p: Prepared, messages: list[dict[str, Any]], *, stream: bool
+    ) -> AsyncIterator[dict[str, Any]]:
+        body = translate.to_chat_body(p.req, messages, p.tools, stream=stream)
+        call = ChatCall(body, p.req.model, p.request_id, stream)
+        if not stream:
+            completion = normalize_completion(await p.provider.chat(call), p.req.model)
+            return _iterate(list(completion_chunks(completion)))
+        upstream = await p.provider.open_chat_stream(call)
+        return _shaped(upstream, ChunkShaper(p.req.model, include_usage=True))
+
+    # -- native pass-through (deployment `responses: native`) ---------------------------------------------------
+
+    def native_provider(self, model: str) -> Provider | None:
+        provider = self.router.pick(model)
+        return provider if provider.native_responses else None
+
+    def _native_call(self, raw: dict[str, Any], req: CreateResponseRequest, request_id: str) -> Call:
+        if req.background:
+            raise UnsupportedError(
+                f"The model '{req.model}' is served by an upstream's own Responses API, where background "
+                "responses are not relayed; leave out 'background'.",
+                param="background",
+            )
+        return Call(raw, req.model, request_id, bool(req.stream))
+
+    async def native_respond(
+        self, provider: Provider, raw: dict[str, Any], req: CreateResponseRequest, request_id: str
+    ) -> dict[str, Any]:
+        """The upstream answers (its chain, tools and state its own); Manifold maps the model and stores."""
+        items = input_items(req.input)
+        response = await provider.responses(self._native_call(raw, req, request_id))
+        response["model"] = req.model
+        if req.store is not False and isinstance(response.get("id"), str):
+            store = await self.store.responses()
+            await self._durably(store.save(response, items, request_id))
+        return response
+
+    async def native_stream(
+        self, provider: Provider, raw: dict[str, Any], req: CreateResponseRequest, request_id: str
+    ) -> AsyncIterator[dict[str, Any]]:
+        items = input_items(req.input)
+        upstream = await provider.open_responses_stream(self._native_call(raw, req, request_id))
+
+        async def events() -> AsyncIterator[dict[str, Any]]:
+            try:
+                async for event in upstream:
+                    response = event.get("response")
+                    if isinstance(response, dict):
+                        response["model"] = req.model
+                        if event.get("type") in TERMINAL_EVENTS and req.store is not False:
+                            store = await self.store.responses()
+                            await self._durably(store.save(response, items, request_id))
+                    yield event
+            finally:
+                aclose = getattr(upstream, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+
+        return events()
+
+    # -- background ------------------------------------------------------------------------------------------
+
+    async def start_background(self, p: Prepared) -> Job:
+        """Store the response as `queued` and run it in a task; the job's first event is `response.created`."""
+        queued = skeleton(p.req, p.tools, "queued")
+        store = await self.store.responses()
+        await self._durably(
+            store.save(queued, p.items, p.request_id, owner=self.owner, lease_until=self._lease_until())
+        )
+        job = self.jobs.new(queued["id"])
+        builder = ResponseBuilder(copy.deepcopy(queued))
+        job.builder = builder
+        job.extend([builder.lifecycle("response.created"), builder.lifecycle("response.queued")])
+        job.task = asyncio.get_running_loop().create_task(self._background(job, p, builder, store))
+        return job
+
+    async def _background(self, job: Job, p: Prepared, builder: ResponseBuilder, store: ResponseStore) -> None:
+        try:
+            builder.response["status"] = "in_progress"
+            if not await store.update(builder.response, only_if_unfinished=True):
+                return  # cancelled before it started
+            job.extend([builder.lifecycle("response.in_progress")])
+            try:
+                compaction, messages = await self._compact_if_needed(p)
+                chunks = await self._open(p, messages, stream=True)
+            except ManifoldError as exc:
+                job.extend(builder.fail(_error_code(exc), exc.message))
+            else:
+                async for event in self._generate(builder, compaction, chunks):
+                    job.extend([event])
+            await self._durably(store.update(builder.response, only_if_unfinished=True))
+        except asyncio.CancelledError:
+            if self._shutting_down:
+                builder.response.update(status="failed", error={"code": "server_error", "message": SHUTDOWN_MESSAGE})
+            else:
+                builder.response["status"] = "cancelled"
+            with contextlib.suppress(ManifoldError):
+                await self._durably(store.update(builder.response, only_if_unfinished=True))
+        except ManifoldError as exc:
+            log.warning("background response %s: %s", job.response_id, exc.message)
+        finally:
+            self.jobs.finished(job)
+
+    async def cancel(self, response_id: str) -> dict[str, Any]:
+        store = await self.store.responses()
+        response = await self._get(store, response_id)
+        if not response.get("background"):
+            raise InvalidRequestError(
+                "Only responses created with 'background' set to true can be cancelled.",
+                param="response_id",
+                code="invalid_value",
+            )
+        if response["status"] not in UNFINISHED:
+            raise InvalidRequestError(
+                f"Cannot cancel a response with status '{response['status']}'; only queued or in_progress "
+                "background responses can be cancelled.",
+                param="response_id",
+                code="invalid_value",
+            )
+        job = self.jobs.get(response_id)
+        if job is not None and job.task is not None and job.running:
+            job.task.cancel()
+            await asyncio.wait([job.task])
+        else:
+            # Run by another process: mark it; that process stops its work when it renews its lease.
+            cancelled = {**response, "status": "cancelled"}
+            await self._durably(store.update(cancelled, only_if_unfinished=True))
+        return await self._get(store, response_id)
+
+    # -- stored responses ------------------------------------------------------------------------------------
+
+    async def _get(self, store: ResponseStore, response_id: str) -> dict[str, Any]:
+        stored = await store.get(response_id)
+        if stored is None:
+            raise NotFoundError(f"Response with id '{response_id}' not found.", param="response_id")
+        response = stored.response
+        if response.get("status") in UNFINISHED and self.jobs.get(response_id) is None:
+            lease = stored.lease_until
+            if lease is None or lease < time.time() * 1000:
+                failed = await self._fail_lost(store, response)
+                if failed is not None:
+                    return failed
+                again = await store.get(response_id)
+                if again is not None:
+                    return again.response
+        return response
+
+    async def retrieve(self, response_id: str) -> dict[str, Any]:
+        response = await self._get(await self.store.responses(), response_id)
+        job = self.jobs.get(response_id)
+        if job is not None and job.running and job.builder is not None:
+            return copy.deepcopy(job.builder.response)  # running here: its output so far
+        return response
+
+    async def events(self, response_id: str, starting_after: int) -> AsyncIterator[dict[str, Any]]:
+        """The events of a response after `starting_after`: followed live while this process runs it, else
+        rebuilt from the stored response."""
+        response = await self.retrieve(response_id)
+        job = self.jobs.get(response_id)
+        if job is not None:
+            job.check_resumable(starting_after)
+            return job.follow(starting_after)
+        return _iterate([e for e in replay(response) if e["sequence_number"] > starting_after])
+
+    async def delete(self, response_id: str) -> None:
+        store = await self.store.responses()
+        job = self.jobs.get(response_id)
+        if job is not None and job.task is not None and job.running:
+            job.task.cancel()
+            await asyncio.wait([job.task])
+        if not await self._durably(store.delete(response_id)):
+            raise NotFoundError(f"Response with id '{response_id}' not found.", param="response_id")
+        self.jobs.discard(response_id)
+
+    async def input_item_page(self, response_id: str, *, after: str | None, limit: int, order: str) -> Any:
+        store = await self.store.responses()
+        page = await store.input_item_page(
+            response_id, after=after, limit=limit, order="asc" if order == "asc" else "desc"
+        )
+        if page is None:
+            raise NotFoundError(f"Response with id '{response_id}' not found.", param="response_id")
+        return page
+
+    # -- token counts and compaction -------------------------------------------------------------------------
+
+    async def count_input_tokens(self, req: TokenCountRequest, request_id: str) -> int:
+        if req.previous_response_id is not None and req.conversation is not None:
+            raise InvalidRequestError(
+                "Mutually exclusive parameters: 'previous_response_id' and 'conversation' cannot be used together.",
+                param="conversation",
+                code="mutually_exclusive_parameters",
+            )
+        if req.conversation is not None:
+            raise UnsupportedError("Conversations are not supported by this server.", param="conversation")
+        tools = function_tools(req.tools)
+        own = input_items(req.input)
+        context = translate.context_after_compaction([*await self.chain(req.previous_response_id), *own])
+        messages = self.messages(req.instructions, context, len(own))
+        body: dict[str, Any] = {"model": req.model or "", "messages": messages}
+        if tools:
+            body["tools"] = translate.chat_tools(tools)
+        if req.model:
+            provider = self.router.pick(req.model)
+            exact = await provider.count_chat_tokens(ChatCall(body, req.model, request_id, False))
+            if exact is not None:
+                return exact
+        return estimate_chat_tokens(body)
+
+    async def compact(self, req: CompactRequest, request_id: str) -> dict[str, Any]:
+        own = input_items(req.input)
+        context = translate.context_after_compaction([*await self.chain(req.previous_response_id), *own])
+        if not context:
+            raise InvalidRequestError(
+                "Nothing to compact: send 'input' or 'previous_response_id'.", param="input", code="invalid_value"
+            )
+        provider = self.router.pick(req.model)
+        messages = self.messages(req.instructions, context, len(own))
+        item, usage = await self._summarize(provider, req.model, messages, request_id)
+        kept = [m for m in context if m.get("type") == "message" and m.get("role") == "user"]
+        return {
+            "id": new_id("resp_"),
+            "object": "response.compaction",
+            "created_at": now(),
+            "output": [*kept, item],
+            "usage": usage,
+        }
+
+    async def _summarize(
+        self, provider: Provider, model: str, messages: list[dict[str, Any]], request_id: str
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Ask the model to summarize the conversation; the summary sealed into a compaction item."""
+        from manifold.responses.compaction import SUMMARY_PROMPT
+
+        body = {"model": model, "messages": [*messages, {"role": "user", "content": SUMMARY_PROMPT}]}
+        completion = normalize_completion(await provider.chat(ChatCall(body, model, request_id, False)), model)
+        choices = completion.get("choices") or [{}]
+        summary = str((choices[0].get("message") or {}).get("content") or "")
+        item = {"type": "compaction", "id": new_id("cmp_"), "encrypted_content": self.seal.seal(summary, model)}
+        usage = translate.response_usage(completion.get("usage")) or translate.response_usage({})
+        assert usage is not None
+        return item, usage
+
+    async def _compact_if_needed(self, p: Prepared) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """`context_management: [{type: compaction, compact_threshold: N}]`: when the context is estimated
+        above N tokens, it is compacted first (the compaction item leads the output) and the model answers
+        from the compacted context."""
+        messages = await self._fit(p, p.context, len(p.items))
+        thresholds = [cm.compact_threshold for cm in p.req.context_management or () if cm.compact_threshold]
+        if not thresholds:
+            return None, messages
+        body = {"model": p.req.model, "messages": messages}
+        if estimate_chat_tokens(body) <= min(thresholds):
+            return None, messages
+        # The latest input stays as it is; everything before it is summarized.
+        last_user = max(
+            (i for i, m in enumerate(p.context) if m.get("type") == "message" and m.get("role") == "user"), default=-1
+        )
+        earlier = p.context[:last_user] if last_user > 0 else p.context
+        item, _ = await self._summarize(p.provider, p.req.model, self.messages(None, earlier, 0), p.request_id)
+        kept = [m for m in earlier if m.get("type") == "message" and m.get("role") == "user"]
+        compacted = [*kept, item, *p.context[len(earlier) :]]
+        return item, await self._fit(p, compacted, 0)
+
+    async def _count(self, p: Prepared, messages: list[dict[str, Any]]) -> int:
+        body = {"model": p.req.model, "messages": messages}
+        exact = await p.provider.count_chat_tokens(ChatCall(body, p.req.model, p.request_id, False))
+        return exact if exact is not None else estimate_chat_tokens(body)
+
+    async def _fit(self, p: Prepared, context: list[dict[str, Any]], own_count: int) -> list[dict[str, Any]]:
+        """The chat messages for a context, fitted to the backend's context window where it is known:
+        `truncation: auto` drops items from the beginning of the conversation; `disabled` (the default) answers
+        400 when the input does not fit."""
+        messages = self.messages(p.req.instructions, context, own_count)
+        window = p.provider.context_window
+        if window is None:
+            return messages
+        room = window - (p.req.max_output_tokens or 0)
+        if await self._count(p, messages) <= room:
+            return messages
+        if p.req.truncation == "auto":
+            items = list(context)
+            while len(items) > 1:
+                items.pop(0)
+                while len(items) > 1 and items[0].get("type") == "function_call_output":
+                    items.pop(0)  # a tool result without its call would be refused
+                own_count = min(own_count, len(items))
+                messages = self.messages(p.req.instructions, items, own_count)
+                if await self._count(p, messages) <= room:
+                    return messages
+        raise InvalidRequestError(
+            f"The input ({await self._count(p, messages)} tokens) does not fit the context window of "
+            f"'{p.req.model}' ({window} tokens, {p.req.max_output_tokens or 0} of them for the output). "
+            "Shorten it, or set 'truncation' to 'auto' to drop the oldest items.",
+            param="input",
+            code="context_length_exceeded",
+        )
+
+
+async def _iterate(items: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    for item in items:
+        yield item
+
+
+async def _shaped(upstream: AsyncIterator[dict[str, Any]], shaper: ChunkShaper) -> AsyncIterator[dict[str, Any]]:
+    try:
+        async for chunk in upstream:
+            shaped = shaper.shape(chunk)
+            if shaped is not None:
+                yield shaped
+        if shaper.usage is not None:
+            yield {"choices": [], "usage": shaper.usage}
+    finally:
+        aclose = getattr(upstream, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -1,0 +1,149 @@
+"""The Responses API: `POST /responses` and the routes under `/responses/…` (docs/responses.md).
+
+Handlers parse, call the engine (`manifold.responses.engine`) and answer JSON or typed SSE events.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+from manifold import _json
+from manifold.api.responses import (
+    INCLUDE_VALUES,
+    CompactRequest,
+    CreateResponseRequest,
+    TokenCountRequest,
+    check_create,
+)
+from manifold.api.stored_chat import DEFAULT_LIMIT, cursor_page, parse_limit
+from manifold.api.validation import convert, decode_json_object
+from manifold.errors import InvalidRequestError
+from manifold.server.sse import stream_events
+
+if TYPE_CHECKING:
+    from manifold.server.app import ManifoldApp
+    from manifold.server.http import Request
+
+
+async def create_response(app: ManifoldApp, request: Request) -> None:
+    raw = decode_json_object(await request.body(app.settings.max_body_size))
+    req = convert(raw, CreateResponseRequest)
+    check_create(req)
+    engine = app.responses
+    native = engine.native_provider(req.model)
+    if native is not None:
+        if req.stream:
+            events = await engine.native_stream(native, raw, req, request.request_id)
+            await stream_events(request, events, app.settings.keepalive_interval)
+        else:
+            await request.send_json(
+                200, _json.encode(await engine.native_respond(native, raw, req, request.request_id))
+            )
+        return
+    prepared = await engine.prepare(req, request.request_id)
+    if req.background:
+        job = await engine.start_background(prepared)
+        if req.stream:
+            await stream_events(request, job.follow(-1), app.settings.keepalive_interval)
+        else:
+            await request.send_json(200, _json.encode(job.events[0]["response"]))
+        return
+    if req.stream:
+        await stream_events(request, await engine.open_stream(prepared), app.settings.keepalive_interval)
+        return
+    await request.send_json(200, _json.encode(await engine.respond(prepared)))
+
+
+def _query(request: Request) -> list[tuple[str, str]]:
+    return parse_qsl(request.query_string.decode("latin-1"), keep_blank_values=True, encoding="utf-8")
+
+
+def _bool(name: str, value: str) -> bool:
+    if value.lower() in ("true", "1"):
+        return True
+    if value.lower() in ("false", "0", ""):
+        return False
+    raise InvalidRequestError(
+        f"Invalid value for '{name}': expected a boolean, got {value!r}.", param=name, code="invalid_type"
+    )
+
+
+def _include(value: str) -> None:
+    if value not in INCLUDE_VALUES:
+        raise InvalidRequestError(
+            f"Invalid value: {value!r}. Supported values are: {', '.join(repr(v) for v in INCLUDE_VALUES)}.",
+            param="include",
+            code="invalid_value",
+        )
+
+
+async def retrieve_response(app: ManifoldApp, request: Request, response_id: str) -> None:
+    stream = False
+    starting_after = -1
+    for name, value in _query(request):
+        if name == "stream":
+            stream = _bool(name, value)
+        elif name == "starting_after":
+            try:
+                starting_after = int(value)
+            except ValueError:
+                raise InvalidRequestError(
+                    f"Invalid type for 'starting_after': expected an integer, but got {value!r} instead.",
+                    param="starting_after",
+                    code="invalid_type",
+                ) from None
+        elif name in ("include", "include[]"):
+            _include(value)
+    if stream:
+        events = await app.responses.events(response_id, starting_after)
+        await stream_events(request, events, app.settings.keepalive_interval)
+        return
+    await request.send_json(200, _json.encode(await app.responses.retrieve(response_id)))
+
+
+async def delete_response(app: ManifoldApp, request: Request, response_id: str) -> None:
+    await app.responses.delete(response_id)
+    await request.send_json(200, _json.encode({"id": response_id, "object": "response", "deleted": True}))
+
+
+async def cancel_response(app: ManifoldApp, request: Request, response_id: str) -> None:
+    await request.body(app.settings.max_body_size)  # the SDK sends none; whatever comes is not read
+    await request.send_json(200, _json.encode(await app.responses.cancel(response_id)))
+
+
+async def list_input_items(app: ManifoldApp, request: Request, response_id: str) -> None:
+    after: str | None = None
+    limit = DEFAULT_LIMIT
+    order = "desc"  # the spec's default here (stored chat lists default to asc)
+    for name, value in _query(request):
+        if name == "after":
+            after = value or None
+        elif name == "limit":
+            limit = parse_limit(value)
+        elif name == "order":
+            if value not in ("asc", "desc"):
+                raise InvalidRequestError(
+                    f"Invalid value for 'order': {value!r}. Supported values are: 'asc' and 'desc'.",
+                    param="order",
+                    code="invalid_value",
+                )
+            order = value
+        elif name in ("include", "include[]"):
+            _include(value)
+    page = await app.responses.input_item_page(response_id, after=after, limit=limit, order=order)
+    await request.send_json(200, _json.encode(cursor_page(page.items, page.has_more)))
+
+
+async def count_input_tokens(app: ManifoldApp, request: Request) -> None:
+    raw = await request.body(app.settings.max_body_size)
+    req = convert(decode_json_object(raw) if raw.strip() else {}, TokenCountRequest)
+    count = await app.responses.count_input_tokens(req, request.request_id)
+    body: dict[str, Any] = {"object": "response.input_tokens", "input_tokens": count}
+    await request.send_json(200, _json.encode(body))
+
+
+async def compact_response(app: ManifoldApp, request: Request) -> None:
+    raw = decode_json_object(await request.body(app.settings.max_body_size))
+    req = convert(raw, CompactRequest)
+    await request.send_json(200, _json.encode(await app.responses.compact(req, request.request_id)))

@@ -1,0 +1,198 @@
+"""Stored responses (the Responses API): save, update as a background response runs, get, delete, input items,
+and the lease that tells a running background response from one whose process died.
+
+Objects cross this module as the JSON dicts the API sends. Every write is one transaction, committed before
+the method returns.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, NamedTuple
+
+from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from manifold import _json
+from manifold.errors import InvalidRequestError
+from manifold.storage.engine import write_engine
+from manifold.storage.errors import storage_errors
+from manifold.storage.tables import response_input_items, responses
+
+Order = Literal["asc", "desc"]
+UNFINISHED = ("queued", "in_progress")
+_r = responses
+_items = response_input_items
+
+
+class ItemPage(NamedTuple):
+    items: list[dict[str, Any]]
+    has_more: bool
+
+
+class StoredResponse(NamedTuple):
+    response: dict[str, Any]
+    owner: str | None
+    lease_until: int | None
+
+
+def _text(obj: Any) -> str:
+    return _json.encode(obj).decode()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class ResponseStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._writer = write_engine(engine)
+
+    async def save(
+        self,
+        response: Mapping[str, Any],
+        input_items: Sequence[Mapping[str, Any]],
+        request_id: str | None = None,
+        *,
+        owner: str | None = None,
+        lease_until: int | None = None,
+    ) -> None:
+        """Store a response with its input items (each with its `id`)."""
+        now = _now_ms()
+        response_id = str(response["id"])
+        async with storage_errors(), self._writer.begin() as conn:
+            await conn.execute(
+                insert(_r).values(
+                    id=response_id,
+                    model=str(response["model"]),
+                    created_at=int(response["created_at"]),
+                    status=str(response["status"]),
+                    background=1 if response.get("background") else 0,
+                    previous_response_id=response.get("previous_response_id"),
+                    request_id=request_id,
+                    response=_text(response),
+                    stored_at=now,
+                    updated_at=now,
+                    owner=owner,
+                    lease_until=lease_until,
+                )
+            )
+            if input_items:
+                await conn.execute(
+                    insert(_items),
+                    [
+                        {"response_id": response_id, "position": i, "item_id": str(item["id"]), "item": _text(item)}
+                        for i, item in enumerate(input_items)
+                    ],
+                )
+
+    async def update(self, response: Mapping[str, Any], *, only_if_unfinished: bool = False) -> bool:
+        """Replace a stored response (its status and body); False when it is gone (or, with
+        `only_if_unfinished`, already finished: a cancel or the reaper got there first)."""
+        stmt = update(_r).where(_r.c.id == str(response["id"]))
+        if only_if_unfinished:
+            stmt = stmt.where(_r.c.status.in_(UNFINISHED))
+        finished = response["status"] not in UNFINISHED
+        values: dict[str, Any] = {"status": str(response["status"]), "response": _text(response)}
+        values["updated_at"] = _now_ms()
+        if finished:
+            values["owner"] = None
+            values["lease_until"] = None
+        async with storage_errors(), self._writer.begin() as conn:
+            result = await conn.execute(stmt.values(**values))
+        return bool(result.rowcount)
+
+    async def get(self, response_id: str) -> StoredResponse | None:
+        async with storage_errors(), self._engine.connect() as conn:
+            row = (
+                await conn.execute(select(_r.c.response, _r.c.owner, _r.c.lease_until).where(_r.c.id == response_id))
+            ).first()
+        if row is None:
+            return None
+        return StoredResponse(_json.decode(row.response), row.owner, row.lease_until)
+
+    async def delete(self, response_id: str) -> bool:
+        async with storage_errors(), self._writer.begin() as conn:
+            # Children first: SQLite enforces ON DELETE CASCADE only where foreign keys were switched on.
+            await conn.execute(delete(_items).where(_items.c.response_id == response_id))
+            result = await conn.execute(delete(_r).where(_r.c.id == response_id))
+        return bool(result.rowcount)
+
+    async def input_items(self, response_id: str) -> list[dict[str, Any]] | None:
+        """All input items of a response, in order (None when there is no such response)."""
+        stmt = select(_items.c.item).where(_items.c.response_id == response_id).order_by(_items.c.position)
+        async with storage_errors(), self._engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+            if not rows and not await conn.scalar(select(func.count()).where(_r.c.id == response_id)):
+                return None
+        return [_json.decode(r.item) for r in rows]
+
+    async def input_item_page(
+        self, response_id: str, *, after: str | None, limit: int, order: Order
+    ) -> ItemPage | None:
+        """A page of a response's input items (None when there is no such response); `after` is an item id."""
+        async with storage_errors(), self._engine.connect() as conn:
+            if not await conn.scalar(select(func.count()).where(_r.c.id == response_id)):
+                return None
+            stmt = select(_items.c.item).where(_items.c.response_id == response_id)
+            if after is not None:
+                position = await conn.scalar(
+                    select(_items.c.position).where(_items.c.response_id == response_id, _items.c.item_id == after)
+                )
+                if position is None:
+                    raise InvalidRequestError(
+                        f"Invalid 'after': no input item of this response has the id '{after}'.",
+                        param="after",
+                        code="invalid_value",
+                    )
+                stmt = stmt.where(_items.c.position > position if order == "asc" else _items.c.position < position)
+            stmt = stmt.order_by(_items.c.position.asc() if order == "asc" else _items.c.position.desc())
+            rows = (await conn.execute(stmt.limit(limit + 1))).all()
+        return ItemPage([_json.decode(r.item) for r in rows[:limit]], len(rows) > limit)
+
+    async def renew_leases(self, owner: str, response_ids: Sequence[str], lease_until: int) -> set[str]:
+        """Extend the leases of the unfinished responses `owner` runs; the ids still unfinished and its own
+        (the others were cancelled, deleted or failed elsewhere)."""
+        if not response_ids:
+            return set()
+        mine = and_(_r.c.id.in_(list(response_ids)), _r.c.owner == owner, _r.c.status.in_(UNFINISHED))
+        async with storage_errors(), self._writer.begin() as conn:
+            await conn.execute(update(_r).where(mine).values(lease_until=lease_until))
+            return set((await conn.scalars(select(_r.c.id).where(mine))).all())
+
+    async def expired(self, now_ms: int | None = None) -> list[dict[str, Any]]:
+        """Unfinished responses whose lease ran out (their process is gone)."""
+        now = _now_ms() if now_ms is None else now_ms
+        stmt = select(_r.c.response).where(
+            _r.c.status.in_(UNFINISHED), or_(_r.c.lease_until.is_(None), _r.c.lease_until < now)
+        )
+        async with storage_errors(), self._engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [_json.decode(r.response) for r in rows]
+
+    async def fail_if_expired(self, response: Mapping[str, Any], now_ms: int | None = None) -> bool:
+        """Store `response` (a failed copy of an unfinished one) if its lease is still expired; the check and
+        the write are one statement, so a process that renewed its lease meanwhile keeps its response."""
+        now = _now_ms() if now_ms is None else now_ms
+        stmt = (
+            update(_r)
+            .where(
+                and_(
+                    _r.c.id == str(response["id"]),
+                    _r.c.status.in_(UNFINISHED),
+                    or_(_r.c.lease_until.is_(None), _r.c.lease_until < now),
+                )
+            )
+            .values(
+                status=str(response["status"]),
+                response=_text(response),
+                updated_at=now,
+                owner=None,
+                lease_until=None,
+            )
+        )
+        async with storage_errors(), self._writer.begin() as conn:
+            result = await conn.execute(stmt)
+        return bool(result.rowcount)
