@@ -21,6 +21,7 @@ import pytest
 from tests.conformance.schema import assert_valid
 from tests.conftest import ROOT
 from tests.e2e.conftest import ManifoldProcess
+from tests.e2e.responses_helpers import TEXT_STREAM, check_response, collapsed, post_stream
 from tests.e2e.test_chat import sse_events
 from tests.fakes.openai_upstream import FakeUpstream
 
@@ -114,6 +115,35 @@ def test_example_gets_the_stored_routes(example: ManifoldProcess) -> None:
     assert deleted.deleted and deleted.id == first.id
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.retrieve(first.id)
+
+
+def test_example_answers_the_responses_api(example: ManifoldProcess) -> None:
+    client = sdk(example.base_url)
+    raw = client.responses.with_raw_response.create(model="echo-1", input="hello there", instructions="Be brief.")
+    first = raw.parse()
+    check_response(json.loads(raw.text))
+    assert first.output_text == "echo-1 heard: hello there" and first.status == "completed"
+    assert first.instructions == "Be brief." and first.model == "echo-1"
+
+    with httpx.Client(base_url=example.url, timeout=20) as http:
+        events = post_stream(http, {"model": "echo-1", "input": "stream this"})
+    assert collapsed([e["type"] for e in events]) == TEXT_STREAM
+    assert "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta") == (
+        "echo-1 heard: stream this"
+    )
+    with client.responses.stream(model="echo-1", input="with the helper") as stream:
+        assert stream.get_final_response().output_text == "echo-1 heard: with the helper"
+
+    chained = client.responses.create(model="echo-1", input="and again", previous_response_id=first.id)
+    assert chained.output_text == "echo-1 heard: and again" and chained.previous_response_id == first.id
+    got = httpx.get(f"{example.base_url}/responses/{chained.id}")
+    assert check_response(got.json())["output"] == json.loads(chained.model_dump_json(exclude_unset=True))["output"]
+    assert client.responses.retrieve(chained.id).output_text == chained.output_text
+    items = client.responses.input_items.list(chained.id)
+    assert [i.content[0].text for i in items.data] == ["and again"]  # type: ignore[union-attr]
+    client.responses.delete(first.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(first.id)
 
 
 def test_example_serves_legacy_completions_and_models(example: ManifoldProcess) -> None:

@@ -8,6 +8,7 @@ sync / async / generator handlers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -24,6 +25,7 @@ from openai.types.chat import ChatCompletion
 from manifold.frontend import Endpoint, HTTPError, OpenAIFrontend, Response
 from tests.conformance.schema import assert_valid
 from tests.e2e.asgi_server import ServedApp, serve
+from tests.e2e.responses_helpers import check_response, post_stream
 from tests.e2e.test_chat import sse_events
 
 USER = [{"role": "user", "content": "hello there"}]
@@ -619,18 +621,30 @@ def test_a_streamed_tool_call_from_delta_dicts(storage: str) -> None:
 def test_mounted_inside_fastapi(storage: str) -> None:
     from fastapi import FastAPI
 
-    api = FastAPI()
-
-    @api.get("/ping")
-    def ping() -> dict[str, bool]:
-        return {"pong": True}
-
     def handler(request_path: str, messages: Any = None, **kwargs: Any) -> Any:
         if messages is None:  # a dispatcher (include_url_info): the stored routes are the store's
             return NotImplemented
         return iter(["mounted at ", request_path])
 
-    api.mount("/llm", frontend(handler, storage, include_url_info=True))
+    llm = frontend(handler, storage, include_url_info=True)
+    lifespan_calls: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # FastAPI does not pass lifespan events to mounted apps: start and stop the frontend with the host.
+        await llm.startup()
+        lifespan_calls.append("started")
+        yield
+        await llm.shutdown()
+        lifespan_calls.append("stopped")
+
+    api = FastAPI(lifespan=lifespan)
+
+    @api.get("/ping")
+    def ping() -> dict[str, bool]:
+        return {"pong": True}
+
+    api.mount("/llm", llm)
     with serve(api) as app:
         client = sdk(app.url + "/llm/v1")
         answer = client.chat.completions.create(model="m", messages=USER, store=True)
@@ -641,6 +655,7 @@ def test_mounted_inside_fastapi(storage: str) -> None:
     assert answer.choices[0].message.content == "mounted at /v1/chat/completions"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "mounted at /v1/chat/completions"
     assert stored.id == answer.id and ping == {"pong": True} and outside.status_code == 404
+    assert lifespan_calls == ["started", "stopped"]
 
 
 def test_a_client_that_leaves_closes_the_handlers_generator(storage: str) -> None:
@@ -662,3 +677,160 @@ def test_a_client_that_leaves_closes_the_handlers_generator(storage: str) -> Non
             assert started.wait(10)
         assert json.loads(first.removeprefix("data: "))["choices"][0]["delta"]["content"] == "first"
         assert closed.wait(10), "the handler's generator was not closed when the client left"
+
+
+# -- the Responses API ---------------------------------------------------------------------------------------------
+
+
+def test_responses_through_the_handlers_chat_answer(storage: str) -> None:
+    """A chat handler gets the whole Responses surface: the conversation it sees is Manifold's (instructions,
+    the chain of previous responses), and token counts, background runs, cancel and compaction work."""
+    seen: list[list[dict[str, Any]]] = []
+    release = threading.Event()
+
+    def handler(messages: list[dict[str, Any]], model: str) -> str:
+        seen.append(messages)
+        if model == "slow":
+            release.wait(20)
+        return f"turn {len(seen)}"
+
+    with serve(frontend(handler, storage)) as app, httpx.Client(base_url=app.url, timeout=20) as http:
+        client = sdk(app.url + "/v1")
+        first = client.responses.create(model="m", input="hello", instructions="Be brief.")
+        second = client.responses.create(model="m", input="more", previous_response_id=first.id)
+        assert (first.output_text, second.output_text) == ("turn 1", "turn 2")
+        assert seen[1] == [
+            {"role": "user", "content": "hello"},
+            {"role": "assistant", "content": "turn 1"},
+            {"role": "user", "content": "more"},
+        ]
+        assert seen[0][0] == {"role": "system", "content": "Be brief."}
+
+        count = http.post("/v1/responses/input_tokens", json={"model": "m", "input": "a few words here"})
+        assert_valid("TokenCountsResource", count.json())
+        assert count.json()["input_tokens"] > 0
+
+        compacted = http.post("/v1/responses/compact", json={"model": "m", "previous_response_id": second.id})
+        assert compacted.status_code == 200, compacted.text
+        assert_valid("CompactResource", compacted.json())
+        assert compacted.json()["output"][-1]["type"] == "compaction"
+        after = client.responses.create(
+            model="m", input=[*compacted.json()["output"], {"role": "user", "content": "x"}]
+        )
+        assert after.status == "completed"
+
+        background = client.responses.create(model="slow", input="take your time", background=True)
+        assert background.status in ("queued", "in_progress")
+        cancelled = client.responses.cancel(background.id)
+        release.set()
+        assert cancelled.status == "cancelled"
+        assert client.responses.retrieve(background.id).status == "cancelled"
+        check_response(http.get(f"/v1/responses/{background.id}").json())
+
+
+class ResponsesNative:
+    """A handler that answers `POST /responses` from its own fields, and a few stored routes itself."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def create_response(self, input: Any, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
+        self.calls.append({"input": input, "messages": messages, **kwargs})
+        if kwargs.get("tools"):
+            return {
+                "output": [{"type": "function_call", "call_id": "call_9", "name": "lookup", "arguments": '{"q": "x"}'}],
+                "usage": {"input_tokens": 5, "output_tokens": 2, "total_tokens": 7},
+            }
+        if kwargs.get("stream"):
+            return iter([{"type": "response.output_text.delta", "delta": "event "}, "and text"])
+        return {
+            "id": "ignored: Manifold names the response",
+            "output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "own"}]}],
+            "usage": {"input_tokens": 3, "output_tokens": 1, "total_tokens": 4},
+        }
+
+    def retrieve_response(self, response_id: str) -> Any:
+        if response_id != "resp_own":
+            return NotImplemented
+        return {**OWN_RESPONSE, "internal": True}
+
+    def count_response_input_tokens(self, input: Any = None, **kwargs: Any) -> int:
+        return 42
+
+
+OWN_RESPONSE: dict[str, Any] = {
+    "id": "resp_own",
+    "created_at": 1_700_000_000,
+    "status": "completed",
+    "error": None,
+    "incomplete_details": None,
+    "instructions": None,
+    "metadata": {},
+    "model": "kept",
+    "output": [
+        {
+            "type": "message",
+            "id": "msg_1",
+            "status": "completed",
+            "role": "assistant",
+            "content": [
+                {"type": "output_text", "text": "from the handler's own store", "annotations": [], "logprobs": []}
+            ],
+        }
+    ],
+    "parallel_tool_calls": True,
+    "temperature": None,
+    "tool_choice": "auto",
+    "tools": [],
+    "top_p": None,
+}
+
+
+def test_create_response_gets_the_responses_fields(storage: str) -> None:
+    handler = ResponsesNative()
+    tool = {"type": "function", "name": "lookup", "parameters": {"type": "object", "properties": {}}}
+    with serve(frontend(handler, storage)) as app, httpx.Client(base_url=app.url, timeout=20) as http:
+        client = sdk(app.url + "/v1")
+        raw = client.responses.with_raw_response.create(
+            model="m", input="hi", instructions="Short.", metadata={"a": "b"}
+        )
+        own = raw.parse()
+        check_response(json.loads(raw.text))
+        chained = client.responses.create(model="m", input="next", previous_response_id=own.id, tools=[tool])  # type: ignore[list-item]
+        events = post_stream(http, {"model": "m", "input": "stream"})
+        stored = client.responses.retrieve(own.id)  # not the handler's: the engine's store
+        from_handler = http.get("/v1/responses/resp_own").json()
+        tokens = client.responses.input_tokens.count(model="m", input="x")
+    assert own.output_text == "own" and own.id.startswith("resp_") and own.usage.total_tokens == 4  # type: ignore[union-attr]
+    assert stored.output_text == "own"
+    first = handler.calls[0]
+    assert first["input"] == "hi" and first["instructions"] == "Short." and first["metadata"] == {"a": "b"}
+    assert first["messages"] == [{"role": "system", "content": "Short."}, {"role": "user", "content": "hi"}]
+    assert first["body"]["model"] == "m"
+    second = handler.calls[1]
+    assert second["previous_response_id"] == own.id and second["input"] == "next"
+    assert [m["content"] for m in second["messages"]] == ["hi", "own", "next"]
+    call = chained.output[0]
+    assert call.type == "function_call" and call.call_id == "call_9" and call.arguments == '{"q": "x"}'  # type: ignore[union-attr]
+    assert "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta") == "event and text"
+    assert check_response(from_handler)["output"][0]["content"][0]["text"] == "from the handler's own store"
+    assert "internal" not in from_handler
+    assert tokens.input_tokens == 42
+
+
+def test_a_dispatcher_may_leave_responses_to_its_chat_answer(storage: str) -> None:
+    seen: list[tuple[str, bool]] = []
+
+    def dispatch(request_path: str, request_method: str, **kwargs: Any) -> Any:
+        seen.append((f"{request_method} {request_path}", "input" in kwargs))
+        if "input" in kwargs or request_method != "POST":
+            return NotImplemented  # POST /responses with its own fields, stored routes: the defaults
+        return "from chat"
+
+    with serve(frontend(dispatch, storage, include_url_info=True)) as app:
+        client = sdk(app.url + "/v1")
+        response = client.responses.create(model="m", input="hi")
+        assert response.output_text == "from chat"
+        assert client.responses.retrieve(response.id).output_text == "from chat"
+    assert seen[:2] == [("POST /v1/responses", True), ("POST /v1/responses", False)]
+    assert ("GET", f"/v1/responses/{response.id}") == tuple(seen[2][0].split(" "))

@@ -103,7 +103,7 @@ def test_direct_answers_are_completed_where_the_spec_allows() -> None:
     deleted = contracts.direct("delete_chat_completion", True, WHAT, {"completion_id": "c1"}, 1)
     assert deleted == {"id": "c1", "deleted": True, "object": "chat.completion.deleted"}
     deleted = contracts.direct("delete_response", False, WHAT, {"response_id": "r1"}, 1)
-    assert deleted == {"id": "r1", "deleted": False, "object": "response.deleted"}
+    assert deleted == {"id": "r1", "deleted": False, "object": "response"}
     tokens = contracts.direct("count_response_input_tokens", 12, WHAT, {}, 1)
     assert tokens == {"input_tokens": 12, "object": "response.input_tokens"}
     models = contracts.direct("list_models", ["a", {"id": "b", "owned_by": "me"}], WHAT, {}, 7)
@@ -229,3 +229,35 @@ def test_a_whole_answer_streams_as_one_delta() -> None:
     }
     assert first["choices"][0]["finish_reason"] == "tool_calls"
     assert usage == {"choices": [], "usage": {"total_tokens": 1}}
+
+
+def test_a_response_shaped_answer_becomes_the_chat_answer_the_engine_reads() -> None:
+    answer = {
+        "output": [
+            {"type": "reasoning", "summary": []},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "a"}]},
+            {"type": "message", "content": [{"type": "output_text", "text": "b"}, {"type": "refusal", "refusal": "r"}]},
+            {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}", "status": "completed"},
+        ],
+        "usage": {"input_tokens": 3, "output_tokens": 2, "total_tokens": 5},
+    }
+    out = contracts.chat_from_response(answer, WHAT)
+    assert out["choices"] == [
+        {
+            "index": 0,
+            "message": {
+                "role": "assistant",
+                "content": "ab",
+                "refusal": "r",
+                "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+            },
+            "finish_reason": "tool_calls",
+        }
+    ]
+    assert out["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    assert contracts.chat_from_response({"output_text": "t"}, WHAT)["choices"][0]["message"]["content"] == "t"
+    assert contracts.chat_from_response("plain", WHAT)["choices"][0]["message"]["content"] == "plain"
+    with pytest.raises(HandlerContractError, match=r"lacks the required field 'output\[0\]\.call_id'"):
+        contracts.chat_from_response({"output": [{"type": "function_call", "name": "f", "arguments": ""}]}, WHAT)
+    with pytest.raises(HandlerContractError, match="neither text, a chat completion nor a Response"):
+        contracts.chat_from_response({"answer": 1}, WHAT)

@@ -255,7 +255,7 @@ class OpenAIFrontend:
             for field in op.mandatory:
                 if field not in body:
                     raise MissingFieldError(field, self.mandatory_status)
-        info = RequestInfo(op.name, request.method, request.path, path_params, _query(request.query_string))
+        info = RequestInfo(op.name, request.method, request.path, path_params, _query(request.query_string), body)
         kwargs = self.handler.arguments(op, body, info)
         what = f"{request.method} {request.path}"
         token = CURRENT_REQUEST.set(info)

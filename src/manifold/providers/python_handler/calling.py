@@ -29,6 +29,7 @@ from manifold.providers.python_handler.operations import BY_NAME, Operation
 log = logging.getLogger("manifold.handler")
 
 CHAT = "create_chat_completion"
+RESPONSE = "create_response"
 _END = object()
 
 
@@ -200,10 +201,17 @@ class Handler:
         fn: Callable[..., Any] = self.obj
         return fn
 
-    def arguments(self, op: Operation, body: Mapping[str, Any] | None, info: RequestInfo | None) -> dict[str, Any]:
+    def arguments(
+        self,
+        op: Operation,
+        body: Mapping[str, Any] | None,
+        info: RequestInfo | None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """The keyword arguments of one call: the route's documented body fields present in the body, the query
-        and path parameters, `body` (the whole JSON body), and with `include_url_info` `request_path` and
-        `request_method`. A name that arrives from two places is the client's 400."""
+        and path parameters, `body` (the whole JSON body), `extra` (what Manifold adds, e.g. `messages` for
+        `create_response`), and with `include_url_info` `request_path` and `request_method`. A name that
+        arrives from two places is the client's 400."""
         kwargs: dict[str, Any] = {}
         origin: dict[str, str] = {}
 
@@ -228,6 +236,8 @@ class Handler:
                 put(name, value, "query string")
         if body is not None:
             put("body", body, "request body (the whole body)")
+        for name, value in (extra or {}).items():
+            put(name, value, "arguments Manifold adds")
         if self.include_url_info and info is not None:
             put("request_path", info.path, "URL info")
             put("request_method", info.method, "URL info")

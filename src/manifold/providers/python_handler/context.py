@@ -9,7 +9,7 @@ a config) nothing sets it and the handler gets the body's fields only.
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 class RequestInfo(NamedTuple):
@@ -18,6 +18,7 @@ class RequestInfo(NamedTuple):
     path: str  # percent-decoded, without the query string
     path_params: dict[str, str]
     query: dict[str, str | list[str]]  # a repeated parameter arrives as a list
+    body: dict[str, Any] | None = None  # the client's JSON body (POST /responses: its Responses fields)
 
 
 CURRENT_REQUEST: ContextVar[RequestInfo | None] = ContextVar("manifold_handler_request", default=None)

@@ -92,7 +92,8 @@ DIRECT: dict[str, Shape] = {
     "list_chat_completion_messages": _PAGE,
     "retrieve_response": _RESPONSE,
     "cancel_response": _RESPONSE,
-    "delete_response": _shape("id object deleted", "id deleted", (("object", "response.deleted"),)),
+    # The spec has no schema for it; its example (and the gateway's own route) says `"object": "response"`.
+    "delete_response": _shape("id object deleted", "id deleted", (("object", "response"),)),
     "list_response_input_items": _PAGE,
     "count_response_input_tokens": _shape(
         "object input_tokens", "input_tokens", (("object", "response.input_tokens"),)
@@ -169,6 +170,54 @@ def chat_completion(value: Any, what: str) -> dict[str, Any]:
     if isinstance(plain, str):
         plain = {"choices": [{"index": 0, "message": {"role": "assistant", "content": plain}, "finish_reason": "stop"}]}
     return in_spec_order(conform(plain, CHAT_COMPLETION, what), _COMPLETION_LEADING)
+
+
+def chat_from_response(value: Any, what: str) -> dict[str, Any]:
+    """`create_response`'s answer as the chat answer the Responses engine builds its `Response` from: a string,
+    a chat completion, or a `Response` (its `output` messages and function calls, or just `output_text`)."""
+    plain = to_plain(value, what)
+    if isinstance(plain, str) or (isinstance(plain, dict) and "choices" in plain):
+        return chat_completion(plain, what)
+    if not isinstance(plain, dict) or not ("output" in plain or "output_text" in plain):
+        raise contract_error(what, "is neither text, a chat completion nor a Response (with 'output')")
+    texts: list[str] = []
+    refusals: list[str] = []
+    tool_calls: list[dict[str, Any]] = []
+    output = plain.get("output")
+    for i, item in enumerate(output if isinstance(output, list) else ()):
+        if not isinstance(item, dict):
+            raise contract_error(what, f"is not an object at output[{i}]")
+        if item.get("type") == "function_call":
+            call = conform(item, _FUNCTION_CALL, what, f"output[{i}].")
+            function = {"name": call["name"], "arguments": call["arguments"]}
+            tool_calls.append({"id": call["call_id"], "type": "function", "function": function})
+        elif item.get("type", "message") == "message":
+            for part in item.get("content") or ():
+                if isinstance(part, dict) and part.get("type") == "output_text":
+                    texts.append(str(part.get("text") or ""))
+                elif isinstance(part, dict) and part.get("type") == "refusal":
+                    refusals.append(str(part.get("refusal") or ""))
+    if not texts and isinstance(plain.get("output_text"), str):
+        texts.append(plain["output_text"])
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not tool_calls else None}
+    if refusals:
+        message["refusal"] = "".join(refusals)
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    out: dict[str, Any] = {
+        "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if tool_calls else "stop"}]
+    }
+    usage = plain.get("usage")
+    if isinstance(usage, dict):
+        out["usage"] = {
+            "prompt_tokens": usage.get("input_tokens", 0),
+            "completion_tokens": usage.get("output_tokens", 0),
+            "total_tokens": usage.get("total_tokens", 0),
+        }
+    return in_spec_order(out, _COMPLETION_LEADING)
+
+
+_FUNCTION_CALL = _shape("type id call_id name arguments status", "call_id name arguments")
 
 
 def text_completion(value: Any, what: str) -> dict[str, Any]:

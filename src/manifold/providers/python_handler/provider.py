@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from manifold.config import Deployment
 from manifold.providers.base import Call, Capability, ChatCall, ChunkStream, Provider, unsupported_model
 from manifold.providers.python_handler import contracts, loading, streams
-from manifold.providers.python_handler.calling import CHAT, Handler, is_stream, iterate
+from manifold.providers.python_handler.calling import CHAT, RESPONSE, Handler, is_stream, iterate
 from manifold.providers.python_handler.context import CURRENT_REQUEST
 from manifold.providers.python_handler.errors import HandlerReply, reply_parts
 from manifold.providers.python_handler.operations import BY_NAME
@@ -60,41 +60,55 @@ class PythonHandlerProvider(Provider):
         # The Responses API and legacy completions reach a handler through its chat answer.
         return route if info.operation == operation else f"{route} (as {operation})"
 
-    async def _answer(self, operation: str, call: Call) -> Any:
+    async def _answer(self, operation: str, call: Call, extra: dict[str, Any] | None = None) -> Any:
         """The handler's answer (NotImplemented when it declines); a non-2xx `Response` is raised as is."""
-        kwargs = self.handler.arguments(BY_NAME[operation], call.body, CURRENT_REQUEST.get())
-        what = self._what(operation)
-        result = await self.handler.call(operation, kwargs, what)
+        info = CURRENT_REQUEST.get()
+        # `create_response` gets the client's Responses fields; every other operation the call's own body.
+        body = info.body if operation == RESPONSE and info is not None else call.body
+        kwargs = self.handler.arguments(BY_NAME[operation], body, info, extra)
+        result = await self.handler.call(operation, kwargs, self._what(operation))
         parts = reply_parts(result)
         if parts is not None:
-            status, body, headers = parts
+            status, reply_body, headers = parts
             if not 200 <= status < 300:
-                raise HandlerReply(status, contracts.encoded_body(body), headers)
-            result = contracts.decoded_body(body)
+                raise HandlerReply(status, contracts.encoded_body(reply_body), headers)
+            result = contracts.decoded_body(reply_body)
         return result
 
-    # -- chat ---------------------------------------------------------------------------------------------------
+    # -- chat, and the Responses API through it -------------------------------------------------------------------
 
-    async def chat(self, call: ChatCall) -> dict[str, Any]:
+    async def _chat_answer(self, call: ChatCall, what: str) -> tuple[str, Any]:
+        """(operation, answer) for a chat call. Inside `POST /responses` (the engine answers it through chat), a
+        handler with `create_response` (or a dispatcher) answers from the Responses fields, plus `messages`:
+        the conversation Manifold assembled (instructions, the `previous_response_id` chain, the input)."""
+        info = CURRENT_REQUEST.get()
+        if info is not None and info.operation == RESPONSE and self.handler.implements(RESPONSE):
+            result = await self._answer(RESPONSE, call, {"messages": call.body.get("messages")})
+            if result is not NotImplemented:
+                return RESPONSE, result
         if not self.handler.implements(CHAT):
-            raise unsupported_model(call, "chat completions")
-        what = self._what(CHAT)
+            raise unsupported_model(call, what)
         result = await self._answer(CHAT, call)
         if result is NotImplemented:
-            raise unsupported_model(call, "chat completions")
+            raise unsupported_model(call, what)
+        return CHAT, result
+
+    async def chat(self, call: ChatCall) -> dict[str, Any]:
+        operation, result = await self._chat_answer(call, "chat completions")
+        what = self._what(operation)
         if is_stream(result):
             return await streams.collect_chat(iterate(result, self.handler.label, what), what)
+        if operation == RESPONSE:
+            return contracts.chat_from_response(result, what)
         return contracts.chat_completion(result, what)
 
     async def open_chat_stream(self, call: ChatCall) -> ChunkStream:
-        if not self.handler.implements(CHAT):
-            raise unsupported_model(call, "streamed chat completions")
-        what = self._what(CHAT)
-        result = await self._answer(CHAT, call)
-        if result is NotImplemented:
-            raise unsupported_model(call, "streamed chat completions")
+        operation, result = await self._chat_answer(call, "streamed chat completions")
+        what = self._what(operation)
         if is_stream(result):
             return streams.chat_chunks(iterate(result, self.handler.label, what), what)
+        if operation == RESPONSE:
+            return streams.completion_as_chunks(contracts.chat_from_response(result, what))
         return streams.answer_as_chunks(result, what)
 
     # -- legacy completions: the handler's own, else through its chat answer ---------------------------------------

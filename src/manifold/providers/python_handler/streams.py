@@ -34,6 +34,10 @@ def _chat_chunk(item: Any, what: str) -> dict[str, Any] | None:
         return None
     if isinstance(plain, str):
         return {"choices": [{"index": 0, "delta": {"content": plain}, "finish_reason": None}]}
+    if isinstance(plain, dict) and plain.get("type") == "response.output_text.delta":
+        # A Responses text delta event (a `create_response` that yields events): its text.
+        plain = str(plain.get("delta") or "")
+        return _chat_chunk(plain, what) if plain else None
     if isinstance(plain, dict) and "choices" not in plain and "usage" not in plain and plain.keys() & _DELTA_KEYS:
         delta = {k: v for k, v in plain.items() if k in _DELTA_KEYS}
         return {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
