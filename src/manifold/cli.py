@@ -171,6 +171,7 @@ def _frontend_app(ref: str, config: Config) -> object:
         include_url_info=os.environ.get(HANDLER_URL_INFO_ENV) == "1",
         storage=config.storage,
         settings=config.server,
+        responses=config.responses,
     )
     for prefix in prefixes[1:]:
         app.add_endpoints(endpoints, prefix)

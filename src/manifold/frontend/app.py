@@ -23,7 +23,7 @@ import msgspec
 
 from manifold import _json
 from manifold.api.validation import BAD_JSON_MESSAGE, decode_json_object
-from manifold.config import Config, Deployment, ServerSettings, StorageSettings
+from manifold.config import Config, Deployment, ResponsesSettings, ServerSettings, StorageSettings
 from manifold.errors import InvalidRequestError, NotFoundError
 from manifold.providers.python_handler import contracts
 from manifold.providers.python_handler.calling import describe, invoke, is_stream
@@ -135,6 +135,7 @@ class OpenAIFrontend:
     `mandatory_status`: the status of a request missing a field the spec requires (422, or 400 as OpenAI).
     `storage`: where stored completions and responses live (a `StorageSettings` or a database URL; default
     SQLite in ./data). `settings`: body limit, keep-alive interval (its `prefixes` are not used).
+    `responses`: the Responses engine's settings (compaction key, background leases; docs/responses.md).
     """
 
     def __init__(
@@ -148,6 +149,7 @@ class OpenAIFrontend:
         mandatory_status: int = 422,
         storage: StorageSettings | str | None = None,
         settings: ServerSettings | None = None,
+        responses: ResponsesSettings | None = None,
     ) -> None:
         first_prefix = check_prefix(prefix)
         if mandatory_status not in (400, 422):
@@ -161,7 +163,11 @@ class OpenAIFrontend:
         self.handler = self.provider.handler
         if isinstance(storage, str):
             storage = StorageSettings(url=storage)
-        config = Config(server=settings or ServerSettings(), storage=storage or StorageSettings())
+        config = Config(
+            server=settings or ServerSettings(),
+            storage=storage or StorageSettings(),
+            responses=responses or ResponsesSettings(),
+        )
         self.router = _HandlerRouter(self.provider, names, accept_any=models is None)
         self.app = ManifoldApp(config, router=self.router)
         self.settings = self.app.settings
