@@ -8,10 +8,16 @@ import os
 import sys
 from collections.abc import Sequence
 
+import msgspec
+
 from manifold.config import Config, load_config
 from manifold.errors import ConfigError
 
 CONFIG_ENV = "MANIFOLD_CONFIG"
+# `serve --handler`: what each worker process serves (manifold.frontend, docs/frontend.md).
+HANDLER_ENV = "MANIFOLD_HANDLER"
+HANDLER_ENDPOINTS_ENV = "MANIFOLD_HANDLER_ENDPOINTS"
+HANDLER_URL_INFO_ENV = "MANIFOLD_HANDLER_URL_INFO"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,6 +29,20 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default 8080, or server.port)")
     serve.add_argument("--workers", type=int, help="worker processes (default 1, or server.workers)")
     serve.add_argument("--log-level", help="critical|error|warning|info|debug")
+    serve.add_argument(
+        "--handler",
+        help="serve the OpenAI API from a Python handler, package.module:function (docs/frontend.md)",
+    )
+    serve.add_argument(
+        "--endpoints",
+        help="with --handler: the endpoint groups to mount, comma-separated (default: all of "
+        "chat_completions,responses,completions,embeddings,images,models)",
+    )
+    serve.add_argument(
+        "--include-url-info",
+        action="store_true",
+        help="with --handler: pass request_path and request_method to the handler (a dispatcher)",
+    )
     check = sub.add_parser("check", help="validate a config file and print every problem")
     check.add_argument("--config", required=True)
     models = sub.add_parser("models", help="list the public model names of a config")
@@ -32,8 +52,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # Handlers (`--handler`, `provider: python`) are named relative to the working directory, as `python -m`
+    # and uvicorn's own command line find them.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    handler = getattr(args, "handler", None)
     try:
         config = load_config(args.config)
+        if handler is not None:
+            config = _handler_config(args, config)
     except ConfigError as exc:
         where = args.config or "the default configuration"
         print(f"{where}: {len(exc.problems)} problem(s)", file=sys.stderr)
@@ -69,6 +96,14 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
         os.environ[CONFIG_ENV] = os.path.abspath(args.config)
     else:
         os.environ.pop(CONFIG_ENV, None)
+    for name in (HANDLER_ENV, HANDLER_ENDPOINTS_ENV, HANDLER_URL_INFO_ENV):
+        os.environ.pop(name, None)
+    if args.handler is not None:
+        os.environ[HANDLER_ENV] = args.handler
+        if args.endpoints:
+            os.environ[HANDLER_ENDPOINTS_ENV] = args.endpoints
+        if args.include_url_info:
+            os.environ[HANDLER_URL_INFO_ENV] = "1"
     uvicorn.run(
         "manifold.cli:app_factory",
         factory=True,
@@ -88,8 +123,58 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _handler_config(args: argparse.Namespace, config: Config) -> Config:
+    """`serve --handler`: the config gives the server and storage settings; the handler is the only backend.
+    The handler and the endpoint groups are checked now, before the server starts."""
+    from manifold.frontend.app import Endpoint, HandlerNotFound, load_handler
+
+    problems = []
+    if args.config and config.model_list:
+        problems.append(
+            "model_list: must be empty with --handler (to put a handler beside other backends, list it in "
+            "model_list with provider: python)"
+        )
+    try:
+        load_handler(args.handler)
+    except HandlerNotFound as exc:
+        problems.append(f"--handler: {exc}")
+    allowed = {e.value for e in Endpoint}
+    for name in (args.endpoints or "").split(","):
+        if name.strip() and name.strip() not in allowed:
+            problems.append(f"--endpoints: {name.strip()!r} is not one of: {', '.join(e.value for e in Endpoint)}")
+    if problems:
+        raise ConfigError(problems)
+    return msgspec.structs.replace(config, model_list=[])
+
+
 def app_factory() -> object:
-    """Each worker process builds its app from the config file named in $MANIFOLD_CONFIG."""
+    """Each worker process builds its app from the config file named in $MANIFOLD_CONFIG (and, with
+    `--handler`, around the handler named in $MANIFOLD_HANDLER)."""
+    config = load_config(os.environ.get(CONFIG_ENV))
+    handler = os.environ.get(HANDLER_ENV)
+    if handler is not None:
+        return _frontend_app(handler, config)
     from manifold.server.app import build_app
 
-    return build_app(load_config(os.environ.get(CONFIG_ENV)))
+    return build_app(config)
+
+
+def _frontend_app(ref: str, config: Config) -> object:
+    from manifold.frontend.app import OpenAIFrontend, load_handler
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    endpoints = [e.strip() for e in os.environ.get(HANDLER_ENDPOINTS_ENV, "").split(",") if e.strip()] or None
+    prefixes = config.server.prefixes
+    app = OpenAIFrontend(
+        load_handler(ref),
+        endpoints,
+        prefixes[0],
+        include_url_info=os.environ.get(HANDLER_URL_INFO_ENV) == "1",
+        storage=config.storage,
+        settings=config.server,
+        responses=config.responses,
+    )
+    for prefix in prefixes[1:]:
+        app.add_endpoints(endpoints, prefix)
+    return app

@@ -68,6 +68,8 @@ class Deployment(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_concurrency: Annotated[int, msgspec.Meta(ge=1)] | None = None
     max_queue: Annotated[int, msgspec.Meta(ge=0)] = 64
     queue_timeout: PositiveFloat = 30.0
+    # python provider: the handler, `package.module:function` (docs/frontend.md)
+    handler: str | None = None
 
     @property
     def upstream_model(self) -> str:

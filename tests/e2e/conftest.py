@@ -32,11 +32,17 @@ def free_port() -> int:
 class ManifoldProcess:
     """`manifold serve` in a subprocess; its output goes to a log file the tests can read."""
 
-    def __init__(self, config: dict[str, Any] | None, workdir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any] | None,
+        workdir: Path,
+        env: dict[str, str] | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / f"manifold-{self.port}.log"
-        args = [sys.executable, "-m", "manifold", "serve", "--port", str(self.port)]
+        args = [sys.executable, "-m", "manifold", "serve", "--port", str(self.port), *extra_args]
         if config is not None:
             config_path = workdir / f"config-{self.port}.yaml"
             config_path.write_text(yaml.safe_dump(config))

@@ -29,6 +29,7 @@ PROVIDERS: dict[str, ProviderKind] = {
     "kserve_v2": ProviderKind("manifold.providers.kserve_v2.provider", "KServeV2Provider"),
     "anthropic": ProviderKind("manifold.providers.anthropic.provider", "AnthropicProvider"),
     "local_embedding": ProviderKind("manifold.providers.local.embedding", "LocalEmbeddingProvider"),
+    "python": ProviderKind("manifold.providers.python_handler.provider", "PythonHandlerProvider"),
 }
 
 
@@ -44,6 +45,7 @@ KIND_ONLY_FIELDS: dict[str, frozenset[str]] = {
     "generate_parameters_in": frozenset({"kserve_v2"}),
     "default_max_tokens": frozenset({"anthropic"}),
     "supports_completions": frozenset({"openai", "azure"}),
+    "handler": frozenset({"python"}),
 }
 
 

@@ -1,0 +1,1 @@
+"""Example handlers (run from the repository root: `manifold serve --handler examples.echo_handler:answer`)."""

@@ -1,0 +1,257 @@
+"""The OpenAI operations a handler can serve: route, documented request fields, mandatory fields.
+
+A handler object "implements" an operation by having a method of that name (`create_chat_completion`,
+`retrieve_chat_completion`, …; the names follow the official Python SDK's `client.chat.completions.retrieve`).
+The request fields are the spec's (tests/unit/test_frontend_operations.py checks them against openapi.yaml):
+each one present in a request arrives as a keyword argument of that name; fields outside the spec arrive only
+inside `body`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+# Endpoint groups (`manifold.frontend.Endpoint` values).
+CHAT_COMPLETIONS = "chat_completions"
+RESPONSES = "responses"
+COMPLETIONS = "completions"
+EMBEDDINGS = "embeddings"
+IMAGES = "images"
+MODELS = "models"
+
+
+class Operation(NamedTuple):
+    name: str
+    group: str
+    method: str
+    path: str  # under the prefix
+    fields: frozenset[str] = frozenset()  # documented request body fields
+    mandatory: tuple[str, ...] = ()  # required by the spec: missing → 422 (or 400, as configured)
+    has_body: bool = False
+    # Served by the gateway through a backend (routing, storage, streaming): the provider calls the handler.
+    through_backend: bool = False
+
+
+_CHAT_CREATE_FIELDS = frozenset(
+    {
+        "messages",
+        "model",
+        "audio",
+        "frequency_penalty",
+        "function_call",
+        "functions",
+        "logit_bias",
+        "logprobs",
+        "max_completion_tokens",
+        "max_tokens",
+        "metadata",
+        "modalities",
+        "moderation",
+        "n",
+        "parallel_tool_calls",
+        "prediction",
+        "presence_penalty",
+        "prompt_cache_key",
+        "prompt_cache_options",
+        "prompt_cache_retention",
+        "reasoning_effort",
+        "response_format",
+        "safety_identifier",
+        "seed",
+        "service_tier",
+        "stop",
+        "store",
+        "stream",
+        "stream_options",
+        "temperature",
+        "tool_choice",
+        "tools",
+        "top_logprobs",
+        "top_p",
+        "user",
+        "verbosity",
+        "web_search_options",
+    }
+)
+_RESPONSE_CREATE_FIELDS = frozenset(
+    {
+        "background",
+        "context_management",
+        "conversation",
+        "include",
+        "input",
+        "instructions",
+        "max_output_tokens",
+        "max_tool_calls",
+        "metadata",
+        "model",
+        "moderation",
+        "parallel_tool_calls",
+        "previous_response_id",
+        "prompt",
+        "prompt_cache_key",
+        "prompt_cache_options",
+        "prompt_cache_retention",
+        "reasoning",
+        "safety_identifier",
+        "service_tier",
+        "store",
+        "stream",
+        "stream_options",
+        "temperature",
+        "text",
+        "tool_choice",
+        "tools",
+        "top_logprobs",
+        "top_p",
+        "truncation",
+        "user",
+    }
+)
+_INPUT_TOKENS_FIELDS = frozenset(
+    {
+        "conversation",
+        "input",
+        "instructions",
+        "model",
+        "parallel_tool_calls",
+        "personality",
+        "previous_response_id",
+        "reasoning",
+        "text",
+        "tool_choice",
+        "tools",
+        "truncation",
+    }
+)
+_COMPACT_FIELDS = frozenset(
+    {
+        "input",
+        "instructions",
+        "model",
+        "previous_response_id",
+        "prompt_cache_key",
+        "prompt_cache_options",
+        "prompt_cache_retention",
+        "service_tier",
+    }
+)
+_COMPLETION_CREATE_FIELDS = frozenset(
+    {
+        "model",
+        "prompt",
+        "best_of",
+        "echo",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "max_tokens",
+        "n",
+        "presence_penalty",
+        "seed",
+        "stop",
+        "stream",
+        "stream_options",
+        "suffix",
+        "temperature",
+        "top_p",
+        "user",
+    }
+)
+_EMBEDDING_CREATE_FIELDS = frozenset({"input", "model", "dimensions", "encoding_format", "user"})
+_IMAGE_CREATE_FIELDS = frozenset(
+    {
+        "prompt",
+        "background",
+        "model",
+        "moderation",
+        "n",
+        "output_compression",
+        "output_format",
+        "partial_images",
+        "quality",
+        "response_format",
+        "size",
+        "stream",
+        "style",
+        "user",
+    }
+)
+
+OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "create_chat_completion",
+        CHAT_COMPLETIONS,
+        "POST",
+        "/chat/completions",
+        _CHAT_CREATE_FIELDS,
+        ("model", "messages"),
+        has_body=True,
+        through_backend=True,
+    ),
+    Operation("list_chat_completions", CHAT_COMPLETIONS, "GET", "/chat/completions"),
+    Operation("retrieve_chat_completion", CHAT_COMPLETIONS, "GET", "/chat/completions/{completion_id}"),
+    Operation(
+        "update_chat_completion",
+        CHAT_COMPLETIONS,
+        "POST",
+        "/chat/completions/{completion_id}",
+        frozenset({"metadata"}),
+        ("metadata",),
+        has_body=True,
+    ),
+    Operation("delete_chat_completion", CHAT_COMPLETIONS, "DELETE", "/chat/completions/{completion_id}"),
+    Operation("list_chat_completion_messages", CHAT_COMPLETIONS, "GET", "/chat/completions/{completion_id}/messages"),
+    Operation(
+        "create_response",
+        RESPONSES,
+        "POST",
+        "/responses",
+        _RESPONSE_CREATE_FIELDS,
+        has_body=True,
+        through_backend=True,
+    ),
+    Operation("retrieve_response", RESPONSES, "GET", "/responses/{response_id}"),
+    Operation("delete_response", RESPONSES, "DELETE", "/responses/{response_id}"),
+    Operation("list_response_input_items", RESPONSES, "GET", "/responses/{response_id}/input_items"),
+    Operation(
+        "count_response_input_tokens", RESPONSES, "POST", "/responses/input_tokens", _INPUT_TOKENS_FIELDS, has_body=True
+    ),
+    Operation("cancel_response", RESPONSES, "POST", "/responses/{response_id}/cancel"),
+    Operation("compact_response", RESPONSES, "POST", "/responses/compact", _COMPACT_FIELDS, ("model",), has_body=True),
+    Operation(
+        "create_completion",
+        COMPLETIONS,
+        "POST",
+        "/completions",
+        _COMPLETION_CREATE_FIELDS,
+        ("model", "prompt"),
+        has_body=True,
+        through_backend=True,
+    ),
+    Operation(
+        "create_embedding",
+        EMBEDDINGS,
+        "POST",
+        "/embeddings",
+        _EMBEDDING_CREATE_FIELDS,
+        ("model", "input"),
+        has_body=True,
+        through_backend=True,
+    ),
+    Operation(
+        "create_image",
+        IMAGES,
+        "POST",
+        "/images/generations",
+        _IMAGE_CREATE_FIELDS,
+        ("prompt",),
+        has_body=True,
+        through_backend=True,
+    ),
+    Operation("list_models", MODELS, "GET", "/models"),
+    Operation("retrieve_model", MODELS, "GET", "/models/{model:path}"),
+)
+
+BY_NAME: dict[str, Operation] = {op.name: op for op in OPERATIONS}
+GROUPS: tuple[str, ...] = (CHAT_COMPLETIONS, RESPONSES, COMPLETIONS, EMBEDDINGS, IMAGES, MODELS)
