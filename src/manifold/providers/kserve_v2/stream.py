@@ -15,6 +15,7 @@ bytes: they are returned first and the failure is raised by the next `feed` or `
 
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 from manifold import _json
@@ -38,7 +39,7 @@ def _stop_chunk(index: int) -> dict[str, Any]:
     return {"choices": [{"index": index, "delta": {}, "finish_reason": "stop"}]}
 
 
-class _Parser:
+class _Parser(abc.ABC):
     __slots__ = ("_error", "_events", "_sse")
 
     def __init__(self) -> None:
@@ -75,11 +76,13 @@ class _Parser:
             error, self._error = self._error, None
             raise error
 
+    @abc.abstractmethod
     def _event(self, event: Any) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        """The chunks one server event becomes."""
 
+    @abc.abstractmethod
     def _final(self) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        """The chunks that close the stream."""
 
 
 class InferStreamParser(_Parser):
