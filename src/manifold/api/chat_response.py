@@ -34,7 +34,7 @@ def _fix_logprobs(choice: dict[str, Any]) -> None:
         choice["logprobs"] = None
 
 
-def _fix_usage(obj: dict[str, Any]) -> None:
+def fix_usage(obj: dict[str, Any]) -> None:
     usage = obj.get("usage")
     if not isinstance(usage, dict):
         obj.pop("usage", None)
@@ -81,7 +81,7 @@ def normalize_completion(obj: dict[str, Any], public_model: str) -> dict[str, An
             message.pop("annotations", None)
         choice["finish_reason"] = _finish_reason(choice.get("finish_reason"))
         _fix_logprobs(choice)
-    _fix_usage(obj)
+    fix_usage(obj)
     return obj
 
 
@@ -187,7 +187,7 @@ class ChunkShaper:
         if not self._include_usage or self.usage is None:
             return None
         holder = {"usage": self.usage}
-        _fix_usage(holder)
+        fix_usage(holder)
         return {
             "id": self.id or new_completion_id(),
             "object": "chat.completion.chunk",

@@ -14,6 +14,8 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta, Struct
 
+from manifold.api.chat_response import fix_usage
+
 NonEmptyStr = Annotated[str, Meta(min_length=1)]
 Penalty = Annotated[float, Meta(ge=-2, le=2)]
 Stop = str | Annotated[list[str], Meta(min_length=1, max_length=4)]
@@ -136,19 +138,6 @@ def _fix_logprobs(choice: dict[str, Any]) -> None:
     # precedes it) at OpenAI too, although the schema says number.
     if not isinstance(choice.get("logprobs"), dict):
         choice["logprobs"] = None
-
-
-def fix_usage(obj: dict[str, Any]) -> None:
-    usage = obj.get("usage")
-    if not isinstance(usage, dict):
-        obj.pop("usage", None)
-        return
-    for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
-        v = usage.get(key)
-        usage[key] = int(v) if isinstance(v, int | float) else 0
-    for key in ("prompt_tokens_details", "completion_tokens_details"):
-        if key in usage and not isinstance(usage[key], dict):
-            del usage[key]
 
 
 def _fix_choice(choice: dict[str, Any], position: int) -> None:
