@@ -28,6 +28,7 @@ class Policy:
         "latency_alpha",
         "latency_buffer",
         "max_retry_after",
+        "measures_latency",
         "num_retries",
         "retry_backoff",
         "retry_backoff_max",
@@ -54,6 +55,7 @@ class Policy:
         )
         self.latency_alpha: float = o.latency_alpha if o.latency_alpha is not None else d.latency_alpha
         self.latency_buffer: float = o.latency_buffer if o.latency_buffer is not None else d.latency_buffer
+        self.measures_latency = self.strategy == "lowest_latency"  # else nothing reads the averages
 
 
 class Member:

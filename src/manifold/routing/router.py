@@ -73,17 +73,6 @@ class _Nothing:
 _NOTHING: Final = _Nothing()  # an empty stream's "first chunk"
 
 
-class _Trial:
-    """What one request went through: attempts so far, the last deployment and the last error."""
-
-    __slots__ = ("attempts", "error", "member")
-
-    def __init__(self) -> None:
-        self.attempts = 0
-        self.error: ManifoldError | None = None
-        self.member: Member | None = None
-
-
 def _chat(provider: Provider, call: Call) -> Awaitable[dict[str, Any]]:
     return provider.chat(call)
 
@@ -211,7 +200,9 @@ class Router:
         chain = group.fallbacks
         if CLIENT_FALLBACKS_FIELD in call.body and group.policy.allow_client_fallbacks:
             chain, call = client_fallbacks(call, self.table.resolve)
-        trial = _Trial()
+        attempts = 0
+        error: ManifoldError | None = None  # the last failure
+        last: Member | None = None  # the last deployment tried
         plan: FallbackPlan[ModelGroup] | None = None
         try:
             while True:
@@ -222,8 +213,8 @@ class Router:
                     now = time.monotonic()
                     choice = _choose(group, retries, now, streaming)
                     if choice is None:
-                        if trial.error is None:
-                            trial.error = _cooling_down(group, now)
+                        if error is None:
+                            error = _cooling_down(group, now)
                         break
                     member, delay = choice
                     if delay > 0:
@@ -236,15 +227,15 @@ class Router:
                         try:
                             await limit.acquire()
                         except QueueFullError as exc:
-                            if trial.error is None:
-                                trial.error = exc
+                            if error is None:
+                                error = exc
                             break
                         now = time.monotonic()
                     breaker = member.breaker
                     probe = breaker.begin(now) if breaker.open_until else False
                     call.upstream_model = None if rest is None else member.upstream_model(rest)
-                    trial.attempts += 1
-                    trial.member = member
+                    attempts += 1
+                    last = member
                     try:
                         if streaming:
                             result = await _open_and_prime(operation, member.provider, call)
@@ -252,10 +243,10 @@ class Router:
                             result = await operation(member.provider, call)
                     except ManifoldError as exc:
                         limit.release()
-                        trial.error = exc
+                        error = exc
                         if retries is None:
                             retries = _Retries()
-                        verdict = retries.failed(member, exc, policy, call, trial, now)
+                        verdict = retries.failed(member, exc, policy, call.request_id, attempts, now)
                         if verdict is Verdict.RETRY or verdict is Verdict.SWITCH:
                             continue
                         if probe:
@@ -269,9 +260,9 @@ class Router:
                         if probe:
                             breaker.abandon()
                         raise
-                    _succeeded(member, policy, call, trial, now, streaming)
+                    _succeeded(member, policy, call.request_id, attempts, now, streaming)
                     if report is not None:
-                        self._report(report, trial)
+                        _report(report, member, attempts)
                     if streaming:
                         return _Relay(result[0], result[1], member, call.request_id)
                     return result
@@ -279,22 +270,15 @@ class Router:
                     plan = FallbackPlan((group, rest), chain, group.context_window_fallbacks)
                 target = plan.next(context_window)
                 if target is None:
-                    assert trial.error is not None
-                    raise trial.error
+                    assert error is not None
+                    raise error
                 group, rest = target
                 if log.isEnabledFor(logging.INFO):
                     log.info("request %s: falling back to %r", call.request_id, group.name)
         except ManifoldError:
             if report is not None:
-                self._report(report, trial)
+                _report(report, last, attempts)
             raise
-
-    @staticmethod
-    def _report(report: Report, trial: _Trial) -> None:
-        if trial.member is not None:
-            report(DEPLOYMENT_HEADER, trial.member.label)
-        n = trial.attempts
-        report(ATTEMPTS_HEADER, _ATTEMPTS[n] if n < len(_ATTEMPTS) else str(n))
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
 
@@ -337,11 +321,11 @@ class _Retries:
         return member, self.retry_at[member] - now
 
     def failed(
-        self, member: Member, exc: ManifoldError, policy: Policy, call: Call, trial: _Trial, started: float
+        self, member: Member, exc: ManifoldError, policy: Policy, request_id: str, attempt: int, started: float
     ) -> Verdict:
         at = time.monotonic()
         verdict = classify(exc)
-        _log_failure(call, trial, member, exc, verdict, at - started)
+        _log_failure(request_id, attempt, member, exc, verdict, at - started)
         if verdict is Verdict.RETRY:
             breaker = member.breaker
             if breaker.failure(at):
@@ -385,25 +369,32 @@ def _choose(group: ModelGroup, retries: _Retries | None, now: float, streaming: 
     return group.strategy.pick(candidates, streaming), 0.0
 
 
-def _succeeded(member: Member, policy: Policy, call: Call, trial: _Trial, started: float, streaming: bool) -> None:
+def _report(report: Report, member: Member | None, attempts: int) -> None:
+    if member is not None:
+        report(DEPLOYMENT_HEADER, member.label)
+    report(ATTEMPTS_HEADER, _ATTEMPTS[attempts] if attempts < len(_ATTEMPTS) else str(attempts))
+
+
+def _succeeded(member: Member, policy: Policy, request_id: str, attempts: int, started: float, streaming: bool) -> None:
     elapsed = time.monotonic() - started
     if not streaming:
         member.limit.release()  # a stream keeps its slot until it ends (_Relay)
     breaker = member.breaker
     if breaker.open_until or breaker.failures:
         breaker.success()
-    member.observe(elapsed, streaming, policy.latency_alpha)
-    if trial.attempts > 1:
+    if policy.measures_latency:
+        member.observe(elapsed, streaming, policy.latency_alpha)
+    if attempts > 1:
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "request %s: attempt %d on %s succeeded (%.1f ms)",
-                call.request_id,
-                trial.attempts,
+                request_id,
+                attempts,
                 member.label,
                 elapsed * 1000,
             )
     elif log.isEnabledFor(logging.DEBUG):
-        log.debug("request %s: %s answered (%.1f ms)", call.request_id, member.label, elapsed * 1000)
+        log.debug("request %s: %s answered (%.1f ms)", request_id, member.label, elapsed * 1000)
 
 
 def _with_room(candidates: Sequence[Member]) -> Sequence[Member]:
@@ -444,15 +435,15 @@ async def _aclose(stream: Any) -> None:
 
 
 def _log_failure(
-    call: Call, trial: _Trial, member: Member, exc: ManifoldError, verdict: Verdict, elapsed: float
+    request_id: str, attempt: int, member: Member, exc: ManifoldError, verdict: Verdict, elapsed: float
 ) -> None:
     if not log.isEnabledFor(logging.WARNING):
         return
     status = exc.upstream_status or exc.status_code
     log.warning(
         "request %s: attempt %d on %s failed: %d %s (%.1f ms, %s): %s",
-        call.request_id,
-        trial.attempts,
+        request_id,
+        attempt,
         member.label,
         status,
         exc.code or type(exc).__name__,
