@@ -27,7 +27,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
 from manifold.config import Deployment, RouterSettings
@@ -456,40 +456,39 @@ def _log_failure(
 class _Relay:
     """The stream handed to the endpoint: the primed first item, then the rest. It holds the deployment's
     concurrency slot until the stream ends (or is closed), and a failure after the first item counts against
-    the deployment's breaker."""
+    the deployment's breaker.
 
-    __slots__ = ("_anext", "_buffered", "_first", "_member", "_request_id", "_stream")
+    Iterating it iterates an async generator (`aiter(relay)`), whose per-item step is native code; `buffered`
+    is the inner stream's own method. `aclose()` releases the slot even if iteration never began."""
+
+    __slots__ = ("_items", "_member", "_request_id", "_stream", "buffered")
 
     def __init__(self, stream: Any, first: Any, member: Member, request_id: str) -> None:
         self._stream = stream
-        self._anext: Callable[[], Awaitable[Any]] = stream.__anext__
-        self._first = first
         self._member: Member | None = member
         self._request_id = request_id
-        self._buffered: Callable[[], bool] | None = getattr(stream, "buffered", None)
+        # Whether the next item has arrived already (the server then batches its writes).
+        self.buffered: Callable[[], bool] | None = getattr(stream, "buffered", None)
+        self._items = self._relay(first)
 
-    def buffered(self) -> bool:
-        """Whether the next item has arrived already (the server then batches its writes)."""
-        if self._first is not None:
-            return True
-        return self._buffered is not None and self._buffered()
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._items
 
-    def __aiter__(self) -> _Relay:
-        return self
+    def __anext__(self) -> Awaitable[Any]:
+        return self._items.__anext__()
 
-    async def __anext__(self) -> Any:
-        if self._first is not None:
-            first, self._first = self._first, None
-            if first is not _NOTHING:
-                return first
+    async def _relay(self, first: Any) -> AsyncGenerator[Any, None]:
         try:
-            return await self._anext()
-        except StopAsyncIteration:
-            self._finish()
-            raise
+            if first is _NOTHING:
+                return
+            yield first
+            async for item in self._stream:
+                yield item
         except ManifoldError as exc:
             self._failed(exc)
             raise
+        finally:
+            self._finish()
 
     def _failed(self, exc: ManifoldError) -> None:
         member = self._member
@@ -508,5 +507,5 @@ class _Relay:
 
     async def aclose(self) -> None:
         self._finish()
-        self._first = None
+        await self._items.aclose()
         await _aclose(self._stream)

@@ -98,7 +98,7 @@ async def stream_chat(
         await out.commit()
         if first is not None:
             # Chunks that arrived together (one upstream read) go out in one write.
-            buffered = getattr(iterator, "buffered", None)
+            buffered = getattr(stream, "buffered", None)
             shaped = shaper.shape(first)
             if shaped is not None:
                 pending.append(frame(shaped))
