@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import sys
@@ -150,6 +151,9 @@ def _handler_config(args: argparse.Namespace, config: Config) -> Config:
 def app_factory() -> object:
     """Each worker process builds its app from the config file named in $MANIFOLD_CONFIG (and, with
     `--handler`, around the handler named in $MANIFOLD_HANDLER)."""
+    # A native backend that crashes the process (a SIGSEGV in llama.cpp, say) must not vanish without a word:
+    # Python then prints "Fatal Python error: Segmentation fault" and every thread's stack to stderr.
+    faulthandler.enable()
     config = load_config(os.environ.get(CONFIG_ENV))
     handler = os.environ.get(HANDLER_ENV)
     if handler is not None:

@@ -18,6 +18,7 @@ from manifold.config import Deployment
 from manifold.errors import BadGatewayError, ManifoldError, ServiceUnavailableError, UnsupportedError
 from manifold.providers.base import Call, Capability, ChatCall, ChunkStream, Provider
 from manifold.providers.local import completions as local_completions
+from manifold.providers.local.crash_check import crash_in_child
 
 log = logging.getLogger("manifold.local")
 
@@ -105,6 +106,10 @@ class LocalModelProvider(Provider):
             ) from None
         self._processors = LogitsProcessorList
         path = Path(self.deployment.model_path) if self.deployment.model_path else embedded_model_path()
+        crash = crash_in_child(path)
+        if crash is not None:
+            log.error("model %r is unavailable: %s", self.deployment.model_name, crash)
+            raise ServiceUnavailableError(f"The model '{self.deployment.model_name}' is unavailable: {crash}")
         started = time.perf_counter()
         llama = Llama(
             model_path=str(path),
