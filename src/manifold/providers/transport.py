@@ -204,6 +204,8 @@ class HTTPResponse:
         return ResponseTooLarge(f"a response body larger than {self._max_body} bytes (limits.max_body_bytes)")
 
     def _finish(self) -> None:
+        if self._error is not None:
+            return  # failed (a limit) while the parser still held the rest of the message: never complete
         if self._decoder is not None:
             tail = self._decoder.flush()
             if tail:
