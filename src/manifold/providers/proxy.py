@@ -15,7 +15,6 @@ import os
 import socket
 from collections.abc import Mapping
 from typing import Any
-from urllib import request as urllib_request
 from urllib.parse import unquote, urlsplit
 
 
@@ -60,7 +59,10 @@ def choose(setting: str | bool | None, url: str, environ: Mapping[str, str] | No
         return None
     no_proxy = env.get("no_proxy") or env.get("NO_PROXY") or ""
     host = parts.hostname or ""
-    # The standard library's own NO_PROXY matching (suffixes, `*`, host:port), as `requests` and httpx use it.
+    # The standard library's own NO_PROXY matching (suffixes, `*`, host:port), as `requests` uses it; imported
+    # only here: urllib.request pulls in much of the standard library.
+    from urllib import request as urllib_request
+
     bypass: Any = getattr(urllib_request, "proxy_bypass_environment")  # noqa: B009 (not in the stubs)
     if no_proxy and bypass(host, {"no": no_proxy}):
         return None
