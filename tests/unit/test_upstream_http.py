@@ -270,8 +270,12 @@ async def test_an_8_mib_response_header_is_refused(serve: Serve, session_for: Ma
 
 
 @pytest.mark.parametrize("count", [300, 100_000])
-async def test_too_many_response_headers_are_refused(serve: Serve, session_for: MakeSession, count: int) -> None:
-    head = b"HTTP/1.1 200 OK\r\n" + b"".join(b"h%d: v\r\n" % i for i in range(count)) + b"Content-Length: 0\r\n\r\n"
+@pytest.mark.parametrize("names", ["distinct", "repeated"])
+async def test_too_many_response_headers_are_refused(
+    serve: Serve, session_for: MakeSession, count: int, names: str
+) -> None:
+    lines = (b"h%d: v\r\n" % i if names == "distinct" else b"h: v\r\n" for i in range(count))
+    head = b"HTTP/1.1 200 OK\r\n" + b"".join(lines) + b"Content-Length: 0\r\n\r\n"
     server = await serve(routes({"/v1/x": fixed(head, then="hang")}))
     session = session_for(server.origin)
     with pytest.raises(BadGatewayError) as info:

@@ -332,7 +332,7 @@ class _Connection(asyncio.Protocol):
         self.writing = False  # bytes of the request are still in our send buffer, not yet with the kernel
         self.undelivered = False  # it broke before the whole request left us: nothing can have acted on it
         self.head_bytes = 0  # bytes of response heads received for the current request
-        self.header_count = 0
+        self.repeated_headers = 0
         self._paused = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------------------------
@@ -395,14 +395,19 @@ class _Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         response = self.response
         if response is not None and not self.message_done and not self.interim and not self.closed:
-            self.header_count += 1
-            if self.header_count > self.pool.max_headers:
-                self._fail(ResponseTooLarge(f"more than {self.pool.max_headers} response headers (limits.max_headers)"))
-                return
             key = name.decode("latin-1").lower()
             text = value.decode("latin-1")
             previous = response.headers.get(key)
-            response.headers[key] = text if previous is None else f"{previous}, {text}"
+            if previous is None:
+                response.headers[key] = text
+                return
+            # A repeated name is joined to the first; bound how many, or a head of one name repeated thousands of
+            # times would cost quadratic time in the joining.
+            self.repeated_headers += 1
+            if self.repeated_headers > self.pool.max_headers:
+                self._fail(ResponseTooLarge(f"more than {self.pool.max_headers} response headers (limits.max_headers)"))
+                return
+            response.headers[key] = f"{previous}, {text}"
 
     def on_message_begin(self) -> None:
         if self.message_done:
@@ -419,6 +424,11 @@ class _Connection(asyncio.Protocol):
             if head > self.pool.max_header_bytes:
                 self._fail(self._head_too_large())
                 return
+        if len(response.headers) > self.pool.max_headers:
+            # Counted once the head is complete: its size was bounded while it arrived (repeated names are
+            # joined into one entry, and count against the size limit instead).
+            self._fail(ResponseTooLarge(f"more than {self.pool.max_headers} response headers (limits.max_headers)"))
+            return
         status = self.parser.get_status_code()
         if 100 <= status < 200:
             self.interim = True
@@ -512,7 +522,7 @@ class _Connection(asyncio.Protocol):
         self.message_done = False
         self.interim = False
         self.head_bytes = 0
-        self.header_count = 0
+        self.repeated_headers = 0
         waiter = self.headers_waiter = self.loop.create_future()
         transport.write(data)
         timer = self.loop.call_later(self.read_timeout, self._headers_timed_out, waiter)
@@ -576,7 +586,7 @@ class ConnectionPool:
             self._target_prefix = f"http://{self.host_header}"
             if self.proxy.authorization:
                 self._extra_head = f"proxy-authorization: {self.proxy.authorization}\r\n"
-        self._extra_lines = self._extra_head.count("\n")
+        self._head_line_ends = 1 + self._extra_head.count("\n")  # the first element holds two line ends
         self._limit = asyncio.Semaphore(limit)
         self._idle: collections.deque[_Connection] = collections.deque()
         self._all: set[_Connection] = set()
@@ -595,9 +605,9 @@ class ConnectionPool:
             lines.append(f"content-length: {len(body) if body else 0}\r\n")
         lines.append("\r\n")
         text = "".join(lines)
-        # One count over the head instead of a check per header: any CR or LF beyond the line ends we wrote
-        # (or a NUL) came from a header value; find it only then.
-        ends = len(lines) + 1 + self._extra_lines
+        # Two counts over the head instead of a check per header: any CR or LF beyond the line ends written here
+        # (or a NUL) came from a header value; look for it only then.
+        ends = len(lines) + self._head_line_ends
         if text.count("\n") != ends or text.count("\r") != ends or "\0" in text:
             raise _header_at_fault(headers) or InvalidHeader(":target", "contains a line break or NUL")
         try:
@@ -613,7 +623,10 @@ class ConnectionPool:
 
         The request holds one of the pool's `limit` permits until its response is released or closed."""
         data = self.encode_request(method, target, headers, body)
-        await self._acquire()
+        if self.pool_timeout is not None and self._limit.locked():
+            await self._acquire_bounded()
+        else:
+            await self._limit.acquire()
         conn = self._take_idle()
         resends = 0
         if conn is not None:
@@ -626,7 +639,7 @@ class ConnectionPool:
                 # The reused connection broke before the request left us: nothing upstream can have acted on it.
                 # The failed connection gave its permit back; take one for the fresh connection.
                 resends = 1
-                await self._acquire()
+                await self._acquire_bounded()
         try:
             conn = await self._connect()
         except BaseException:
@@ -637,8 +650,8 @@ class ConnectionPool:
         response.resends = resends
         return response
 
-    async def _acquire(self) -> None:
-        if not self._limit.locked() or self.pool_timeout is None:
+    async def _acquire_bounded(self) -> None:
+        if self.pool_timeout is None:
             await self._limit.acquire()
             return
         try:
