@@ -179,25 +179,26 @@ class HTTPResponse:
     # -- fed by the connection -------------------------------------------------------------------------------
 
     def _feed(self, data: bytes) -> None:
-        if self._error is not None:
-            return
         if self._decoder is not None:
+            if self._error is not None:
+                return
             # Never more than the limit allows out of one piece: a gzip bomb stops here, not in memory.
             data = self._decoder.decompress(data, self._max_body - self._received + 1)
-            if self._decoder.unconsumed_tail:
+            self._received += len(data)
+            if self._decoder.unconsumed_tail or self._received > self._max_body:
                 self._conn._fail(self._too_large())
                 return
             if not data:
                 return
-        self._received += len(data)
-        if self._received > self._max_body and (self._decoder is not None or not self._streaming):
-            # A raw stream read piece by piece is bounded by backpressure instead; a decoded or whole body is not.
-            self._conn._fail(self._too_large())
-            return
         self._chunks.append(data)
         self._buffered += len(data)
-        if self._streaming and self._buffered > _HIGH_WATER:
-            self._conn.pause()
+        if self._streaming:
+            # Read piece by piece: backpressure bounds what is held (and `_received` what was decoded).
+            if self._buffered > _HIGH_WATER:
+                self._conn.pause()
+        elif self._buffered > self._max_body:  # a whole body, held until read() joins it
+            self._conn._fail(self._too_large())
+            return
         self._wake()
 
     def _too_large(self) -> ResponseTooLarge:
@@ -358,7 +359,7 @@ class _Connection(asyncio.Protocol):
         if self.message_done:
             self.keep_alive = False  # more than the one response we asked for
             return
-        if self.headers_waiter is not None or self.interim:
+        if self.headers_waiter is not None:  # still set while 1xx interim heads arrive
             # Bound what httptools buffers for a head: everything before this read was head, all of it.
             if self.head_bytes > self.pool.max_header_bytes:
                 self._fail(self._head_too_large())
@@ -447,7 +448,7 @@ class _Connection(asyncio.Protocol):
         )
 
     def on_body(self, body: bytes) -> None:
-        if self.response is not None and not self.message_done and not self.interim and not self.closed:
+        if self.response is not None and not self.message_done and not self.interim:
             self.response._feed(body)
 
     def on_message_complete(self) -> None:
