@@ -209,6 +209,26 @@ async def test_resend_counts_as_an_attempt_and_a_delivered_request_is_not_resent
         await router.aclose()
 
 
+async def test_a_connection_already_closing_when_the_request_goes_out_is_not_used(serve: Serve) -> None:
+    # The upstream's close of an idle connection was seen (the transport is closing) but not yet delivered as
+    # connection_lost: not a byte went out on it, so the request goes on a fresh connection, counted as a re-send.
+    server = await serve()
+    pool = ConnectionPool(server.origin, read_timeout=2.0, limit=1)
+    try:
+        assert await (await pool.request("GET", "/ok", {})).read() == b"ok"
+        (idle,) = pool._idle
+        assert idle.transport is not None
+        idle.transport.close()
+        resp = await pool.request("POST", "/ok", {}, b"payload")
+        assert await resp.read() == b"ok"
+        assert resp.resends == 1
+        assert server.accepts == 2
+        assert [r.body for r in server.conns[1].requests] == [b"payload"]
+        assert [r.body for r in server.conns[0].requests] == [b""]
+    finally:
+        await pool.aclose()
+
+
 # == 2. a close-delimited body cut by a reset is not complete ======================================================
 
 CLOSE_DELIMITED_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n"
@@ -454,12 +474,18 @@ async def test_statuses_that_carry_no_answer_are_a_502(
 # == 6. proxies and TLS options ===================================================================================
 
 
+@pytest.mark.parametrize("transport", ["builtin", "httpx"])
 async def test_https_upstream_through_a_connect_proxy_from_the_environment(
-    serve: Serve, session_for: MakeSession, proxy: ConnectProxy, ca: GeneratedCA, monkeypatch: pytest.MonkeyPatch
+    serve: Serve,
+    session_for: MakeSession,
+    proxy: ConnectProxy,
+    ca: GeneratedCA,
+    monkeypatch: pytest.MonkeyPatch,
+    transport: str,
 ) -> None:
     server = await serve(ssl_context=ca.server_context())
     monkeypatch.setenv("HTTPS_PROXY", proxy.url)
-    session = session_for(server.origin, tls={"ca_file": str(ca.ca_file)})
+    session = session_for(server.origin, tls={"ca_file": str(ca.ca_file)}, transport=transport)
     for _ in range(2):
         resp = await session.request("GET", f"{server.origin}/ok")
         assert await resp.read() == b"ok"
@@ -524,15 +550,17 @@ async def test_tls_with_a_private_ca(serve: Serve, session_for: MakeSession, ca:
     assert await resp.read() == b"ok"
 
 
-async def test_mutual_tls(serve: Serve, session_for: MakeSession, ca: GeneratedCA) -> None:
+@pytest.mark.parametrize("transport", ["builtin", "httpx"])
+async def test_mutual_tls(serve: Serve, session_for: MakeSession, ca: GeneratedCA, transport: str) -> None:
     server = await serve(ssl_context=ca.server_context(require_client_cert=True))
-    without = session_for(server.origin, tls={"ca_file": str(ca.ca_file)})
+    without = session_for(server.origin, tls={"ca_file": str(ca.ca_file)}, transport=transport)
     with pytest.raises(BadGatewayError):
         resp = await without.request("GET", f"{server.origin}/ok")
         await without.read_json(resp)
     with_cert = session_for(
         server.origin,
         tls={"ca_file": str(ca.ca_file), "cert_file": str(ca.client_cert), "key_file": str(ca.client_key)},
+        transport=transport,
     )
     resp = await with_cert.request("GET", f"{server.origin}/ok")
     assert await resp.read() == b"ok"
