@@ -30,6 +30,27 @@ class Timeouts(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     total: PositiveFloat | None = None
     # Between two reads of a stream once its body started (None: `first_byte` bounds those gaps too).
     stream_idle: PositiveFloat | None = None
+    # The wait for a free upstream connection when all `max_connections` are busy (then 429 + Retry-After).
+    pool: PositiveFloat = 30.0
+
+
+class TLSOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """TLS to an https upstream: `ca_file` replaces the system's CAs, `cert_file`/`key_file` are a client
+    certificate (mutual TLS), `verify: false` turns verification off (tests and private networks only)."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    verify: bool = True
+
+
+class UpstreamLimits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """What an upstream may send before its answer is refused with a 502 naming the limit."""
+
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024
+    max_headers: Annotated[int, msgspec.Meta(ge=8)] = 256
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 128 * 1024 * 1024  # after gzip/deflate decoding
+    max_sse_line_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 16 * 1024 * 1024
 
 
 class Deployment(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -45,6 +66,12 @@ class Deployment(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
     max_connections: Annotated[int, msgspec.Meta(ge=1)] = 256
     owned_by: str | None = None
+    # upstream HTTP (docs/configuration.md): "builtin" (HTTP/1.1, the fastest) or "httpx" (HTTP/2; the extra
+    # `manifold[httpx]`); `proxy`: a URL, false for none, absent to follow HTTPS_PROXY/HTTP_PROXY/NO_PROXY
+    transport: Literal["builtin", "httpx"] = "builtin"
+    proxy: str | bool | None = None
+    tls: TLSOptions = msgspec.field(default_factory=TLSOptions)
+    limits: UpstreamLimits = msgspec.field(default_factory=UpstreamLimits)
     # local provider
     model_path: str | None = None
     context_length: Annotated[int, msgspec.Meta(ge=128)] = 4096
@@ -377,6 +404,7 @@ def _deployment_problems(dep: Deployment, where: str) -> list[str]:
     if kind is None:
         return [f"{where}.provider: {dep.provider!r} is not one of: {', '.join(sorted(PROVIDERS))}"]
     problems = [f"{where}.{problem}" for problem in misplaced_fields(dep) + kind.check(dep)]
+    problems.extend(_upstream_http_problems(dep, where))
     if dep.responses is not None:
         from manifold.providers.base import Capability
 
@@ -387,6 +415,42 @@ def _deployment_problems(dep: Deployment, where: str) -> list[str]:
                 f"{where}.responses: provider {dep.provider!r} has no native Responses API; "
                 "leave it out (translated through chat completions)"
             )
+    return problems
+
+
+def _upstream_http_problems(dep: Deployment, where: str) -> list[str]:
+    """Headers that would break the request line (CR/LF: header injection), an unusable proxy or TLS files."""
+    from manifold.providers import proxy, transport
+
+    problems = []
+    for name, value in dep.headers.items():
+        why = transport.header_problem(name, value)
+        if why is not None:
+            problems.append(f"{where}.headers.{name}: {why}")
+    if dep.api_key is not None and transport.header_problem("authorization", dep.api_key) is not None:
+        # Never echo the key: say only what is wrong with it.
+        problems.append(f"{where}.api_key: {transport.header_problem('authorization', dep.api_key)}")
+    if dep.proxy is True:
+        problems.append(f"{where}.proxy: expected a proxy URL, or false for none")
+    elif isinstance(dep.proxy, str):
+        try:
+            proxy.Proxy.parse(dep.proxy)
+        except ValueError as exc:
+            problems.append(f"{where}.proxy: {exc}")
+    tls = dep.tls
+    if tls.key_file and not tls.cert_file:
+        problems.append(f"{where}.tls.key_file: needs tls.cert_file (the client certificate it belongs to)")
+    elif tls.ca_file or tls.cert_file:
+        try:
+            transport.tls_context(ca_file=tls.ca_file, cert_file=tls.cert_file, key_file=tls.key_file)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            problems.append(f"{where}.tls: cannot load the CA or client certificate: {exc}")
+    if dep.transport == "httpx":
+        try:
+            import h2  # noqa: F401
+            import httpx  # noqa: F401
+        except ImportError:
+            problems.append(f"{where}.transport: httpx needs the extra: pip install 'manifold[httpx]'")
     return problems
 
 

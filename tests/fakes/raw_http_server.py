@@ -24,6 +24,7 @@ import contextlib
 import os
 import socket
 import ssl
+import struct
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -106,9 +107,12 @@ class RawConn:
         self.writer.close()
 
     def abort(self) -> None:
-        """Close with a reset (RST) rather than a FIN."""
+        """Close with a reset (RST) rather than a FIN: SO_LINGER with a zero timeout makes close() send one."""
         transport = self.writer.transport
         if not transport.is_closing():
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             transport.abort()
 
 

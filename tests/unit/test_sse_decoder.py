@@ -5,10 +5,12 @@ from __future__ import annotations
 import itertools
 import json
 import random
+from typing import Any
 
 import pytest
 
-from manifold.api.sse import SSEDecoder, SSEEvent
+from manifold.api import sse
+from manifold.api.sse import SSEDecoder, SSEEvent, SSELineTooLong
 
 # A realistic upstream stream: comments/keep-alives, `event:` and `id:` lines, a multi-line data event, CRLF, CR
 # and LF line endings, multi-byte UTF-8 inside the JSON, `data:` with and without the space, and `[DONE]`.
@@ -214,3 +216,63 @@ def test_utf8_character_split_across_chunks_is_kept_intact() -> None:
 
 def test_event_name_split_across_chunks() -> None:
     assert decode([b"ev", b"ent: upd", b"ate\nda", b"ta: x\n", b"\n"]) == [SSEEvent("update", b"x")]
+
+
+# -- long lines: linear buffering and a cap ------------------------------------------------------------------------
+
+
+class _CountingPattern:
+    """Stands in for the decoder's line-end pattern and counts the bytes it is asked to scan."""
+
+    def __init__(self, pattern: Any) -> None:
+        self.pattern = pattern
+        self.scanned = 0
+
+    def finditer(self, buffer: bytes) -> Any:
+        self.scanned += len(buffer)
+        return self.pattern.finditer(buffer)
+
+
+def test_a_long_line_in_small_pieces_is_scanned_a_bounded_number_of_times(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 4 MB in 1 KB pieces: rescanning what is buffered on every piece (the old decoder) scans ~8 GB; a linear
+    # decoder scans each byte a small, fixed number of times.
+    counting = _CountingPattern(sse._LINE_END)
+    monkeypatch.setattr(sse, "_LINE_END", counting)
+    payload = b"x" * (4 * 1024 * 1024)
+    line = b"data: " + payload + b"\n\n"
+    decoder = SSEDecoder()
+    events: list[SSEEvent] = []
+    for i in range(0, len(line), 1024):
+        events.extend(decoder.feed(line[i : i + 1024]))
+    assert events == [SSEEvent(None, payload)]
+    assert counting.scanned <= 2 * len(line)
+
+
+@pytest.mark.parametrize("piece", [1000, 1 << 20])
+def test_a_line_past_the_limit_is_refused(piece: int) -> None:
+    decoder = SSEDecoder(max_line_bytes=100_000)
+    line = b"data: " + b"y" * 150_000 + b"\n\n"
+    with pytest.raises(SSELineTooLong):
+        for i in range(0, len(line), piece):
+            decoder.feed(line[i : i + piece])
+
+
+def test_an_unterminated_line_past_the_limit_is_refused_before_its_end() -> None:
+    decoder = SSEDecoder(max_line_bytes=10_000)
+    decoder.feed(b"data: ")
+    with pytest.raises(SSELineTooLong):
+        for _ in range(100):
+            decoder.feed(b"z" * 1000)  # never a line end: it must stop well before 100 KB are held
+
+
+def test_an_event_of_many_data_lines_past_the_limit_is_refused() -> None:
+    decoder = SSEDecoder(max_line_bytes=10_000)
+    with pytest.raises(SSELineTooLong):
+        decoder.feed(b"data: " + b"a" * 900 + b"\n" * 1 + (b"data: " + b"a" * 900 + b"\n") * 20)
+
+
+def test_lines_up_to_the_limit_pass() -> None:
+    decoder = SSEDecoder(max_line_bytes=10_000)
+    data = b"b" * (10_000 - len(b"data: "))
+    assert decoder.feed(b"data: " + data[:5000]) == []
+    assert decoder.feed(data[5000:] + b"\n\n") == [SSEEvent(None, data)]

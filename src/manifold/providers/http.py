@@ -3,16 +3,24 @@ mapping of every transport failure and upstream error status to Manifold's error
 
 - upstream 4xx        → the same status, the upstream's message in OpenAI's envelope (429 keeps Retry-After);
 - upstream 5xx        → 502 (the upstream's status and message kept in the text);
-- refused / reset / cut → 502;
-- any timeout         → 504.
+- any other status but 200/201/203 (a redirect, 204, …) → 502 naming it: nothing follows redirects;
+- refused / reset / cut, a response past a size limit → 502 naming the cause;
+- any timeout         → 504;
+- no pooled connection free in time → 429 with Retry-After, like a deployment at its concurrency limit;
+- a request header that cannot be sent (CR/LF, not latin-1) → 400 naming the header.
 Messages name the deployment by its public and upstream model, never its URL or key.
+
+The session talks to a `Transport` (providers/transport.py): the built-in HTTP/1.1 client by default, httpx
+with `transport: httpx` (HTTP/2), or whatever a test hands in.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import email.utils
+import math
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -21,19 +29,90 @@ from urllib.parse import urlsplit
 import msgspec
 
 from manifold import _json
-from manifold.api.sse import SSEDecoder, SSEEvent
+from manifold.api.sse import SSEDecoder, SSEEvent, SSELineTooLong
 from manifold.config import Deployment
-from manifold.errors import BadGatewayError, GatewayTimeoutError, ManifoldError, UpstreamError
-from manifold.providers.transport import ConnectError, ConnectionPool, HTTPResponse, TransportError
+from manifold.errors import (
+    BadGatewayError,
+    GatewayTimeoutError,
+    InvalidRequestError,
+    ManifoldError,
+    RateLimitError,
+    UpstreamError,
+)
+from manifold.providers import proxy as proxies
+from manifold.providers.transport import (
+    ConnectError,
+    ConnectionPool,
+    InvalidHeader,
+    PoolTimeout,
+    Response,
+    ResponseTooLarge,
+    Transport,
+    TransportError,
+    tls_context,
+)
 
 _PASSED_HEADERS = ("retry-after", "retry-after-ms")
+_ANSWER_STATUSES = frozenset({200, 201, 203})  # a 2xx that carries the answer; 202, 204, 206… do not
+# Requests sent again by a transport (a reused connection that provably did not deliver them), counted for the
+# request running in this context: the router adds them to `x-manifold-attempts`.
+_resends: contextvars.ContextVar[int] = contextvars.ContextVar("manifold_upstream_resends", default=0)
+
+
+def take_resends() -> int:
+    """How many requests of the current request's context went out again since the last call (then 0)."""
+    n = _resends.get()
+    if n:
+        _resends.set(0)
+    return n
+
+
+def open_transport(deployment: Deployment, base_url: str) -> Transport:
+    """The transport a deployment asks for, with its timeouts, limits, proxy and TLS options."""
+    t = deployment.timeouts
+    limits = deployment.limits
+    tls = deployment.tls
+    context = None
+    if base_url.startswith("https:") and (tls.ca_file or tls.cert_file or not tls.verify):
+        context = tls_context(ca_file=tls.ca_file, cert_file=tls.cert_file, key_file=tls.key_file, verify=tls.verify)
+    proxy = proxies.choose(deployment.proxy, base_url)
+    if deployment.transport == "httpx":
+        from manifold.providers.httpx_transport import HttpxTransport
+
+        return HttpxTransport(
+            base_url,
+            limit=deployment.max_connections,
+            connect_timeout=t.connect,
+            read_timeout=t.first_byte,
+            pool_timeout=t.pool,
+            ssl_context=context,
+            proxy=proxy,
+            max_header_bytes=limits.max_header_bytes,
+            max_headers=limits.max_headers,
+            max_body_bytes=limits.max_body_bytes,
+        )
+    # The read timeout bounds every silent gap: the wait for headers and, in a stream, between two reads.
+    return ConnectionPool(
+        base_url,
+        limit=deployment.max_connections,
+        connect_timeout=t.connect,
+        read_timeout=t.first_byte,
+        pool_timeout=t.pool,
+        ssl_context=context,
+        proxy=proxy,
+        max_header_bytes=limits.max_header_bytes,
+        max_headers=limits.max_headers,
+        max_body_bytes=limits.max_body_bytes,
+    )
+
+
 _DEFAULT_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
 
 
 class UpstreamSession:
     """A keep-alive connection pool to one upstream (the origin of `api_base`), with the deployment's timeouts."""
 
-    def __init__(self, deployment: Deployment, base_url: str | None = None) -> None:
+    def __init__(self, deployment: Deployment, base_url: str | None = None, transport: Transport | None = None) -> None:
         self.deployment = deployment
         t = deployment.timeouts
         base = base_url if base_url is not None else (deployment.api_base or "")
@@ -41,13 +120,8 @@ class UpstreamSession:
         self.origin = f"{parts.scheme}://{parts.netloc}"
         self.total_timeout = t.total
         self.stream_idle = t.stream_idle if t.stream_idle != t.first_byte else None
-        # The read timeout bounds every silent gap: the wait for headers and, in a stream, between two reads.
-        self._pool = ConnectionPool(
-            base,
-            limit=deployment.max_connections,
-            connect_timeout=t.connect,
-            read_timeout=t.first_byte,
-        )
+        self.max_sse_line_bytes = deployment.limits.max_sse_line_bytes
+        self.transport = transport if transport is not None else open_transport(deployment, base)
 
     @property
     def label(self) -> str:
@@ -58,7 +132,7 @@ class UpstreamSession:
         """Nothing to open ahead of time: connections are made on first use and kept alive."""
 
     async def aclose(self) -> None:
-        await self._pool.aclose()
+        await self.transport.aclose()
 
     def _target(self, url: str) -> str:
         if not url.startswith(self.origin):
@@ -67,17 +141,43 @@ class UpstreamSession:
 
     async def send(
         self, method: str, url: str, *, data: bytes | None = None, headers: Mapping[str, str] | None = None
-    ) -> HTTPResponse:
-        """Send and wait for the response headers, whatever the status (transport failures are raised)."""
+    ) -> Response:
+        """Send and wait for the response headers: an answer (200, 201, 203) or an error status (>= 400) is
+        returned; anything else (a redirect, 204, …) and transport failures are raised."""
         try:
-            return await self._pool.request(method, self._target(url), headers or {}, data)
+            resp = await self.transport.request(method, self._target(url), headers or {}, data)
         except TransportError as exc:
             raise self.translate(exc) from None
+        except InvalidHeader as exc:
+            raise InvalidRequestError(
+                f"The header {exc.name!r} cannot be sent upstream: {str(exc).split(': ', 1)[-1]}.",
+                param=exc.name,
+                code="invalid_header",
+            ) from None
+        if resp.resends:
+            _resends.set(_resends.get() + resp.resends)
+        status = resp.status
+        if status not in _ANSWER_STATUSES and status < 400:
+            resp.close()
+            raise self.unexpected_status(status)
+        return resp
+
+    def unexpected_status(self, status: int) -> BadGatewayError:
+        if 300 <= status < 400:
+            text = (
+                f"The upstream for {self.label} answered with a redirect (status {status}); Manifold does not "
+                "follow redirects: point the deployment's api_base at the final URL."
+            )
+        else:
+            text = f"The upstream for {self.label} answered with status {status}, which carries no answer."
+        error = BadGatewayError(text, code="upstream_unexpected_status")
+        error.upstream_status = status
+        return error
 
     async def request(
         self, method: str, url: str, *, data: bytes | None = None, headers: Mapping[str, str] | None = None
-    ) -> HTTPResponse:
-        """Send and wait for the response headers; a non-2xx status is raised as a Manifold error."""
+    ) -> Response:
+        """Send and wait for the response headers; a status that is not an answer is raised as a Manifold error."""
         resp = await self.send(method, url, data=data, headers=headers)
         if resp.status >= 400:
             raise self.error_for_status(resp.status, await self.read_error_body(resp), resp.headers)
@@ -87,7 +187,7 @@ class UpstreamSession:
         """The error for an upstream's non-2xx reply; backends whose errors have another shape override it."""
         return error_from_upstream(status, body, headers, self.label)
 
-    async def read_error_body(self, resp: HTTPResponse) -> bytes:
+    async def read_error_body(self, resp: Response) -> bytes:
         """The body of an error reply, or b"" when it cannot be read."""
         try:
             return await resp.read()
@@ -98,13 +198,13 @@ class UpstreamSession:
         """The status of a GET, or None if the upstream does not answer HTTP at all."""
         try:
             async with asyncio.timeout(limit_s):
-                resp = await self._pool.request("GET", self._target(url), headers or {})
+                resp = await self.transport.request("GET", self._target(url), headers or {})
                 await resp.read()
-        except (TransportError, TimeoutError):
+        except (TransportError, TimeoutError, InvalidHeader):
             return None
         return resp.status
 
-    async def read_json(self, resp: HTTPResponse) -> Any:
+    async def read_json(self, resp: Response) -> Any:
         try:
             body = await resp.read()
         except TransportError as exc:
@@ -124,11 +224,11 @@ class UpstreamSession:
         except TimeoutError:
             raise GatewayTimeoutError(f"The upstream for {self.label} did not finish in time.") from None
 
-    def sse(self, resp: HTTPResponse) -> SSEStream:
+    def sse(self, resp: Response) -> SSEStream:
         """The events of an SSE response, parsed as its bytes arrive."""
         return SSEStream(self, resp)
 
-    async def iter_sse(self, resp: HTTPResponse) -> AsyncIterator[SSEEvent]:
+    async def iter_sse(self, resp: Response) -> AsyncIterator[SSEEvent]:
         """Events of an SSE body; the connection is closed (not reused) if the consumer stops early."""
         events = SSEStream(self, resp)
         try:
@@ -138,6 +238,16 @@ class UpstreamSession:
             events.close()
 
     def translate(self, exc: BaseException, mid_stream: bool = False) -> BaseException:
+        if isinstance(exc, PoolTimeout):
+            wait = max(1, math.ceil(min(self.deployment.timeouts.pool, 60.0)))
+            return RateLimitError(
+                f"The deployment {self.label} has all its {self.deployment.max_connections} upstream connections "
+                f"busy and none freed up within {self.deployment.timeouts.pool:g} s; please retry shortly.",
+                code="concurrency_limit_exceeded",
+                headers={"retry-after": str(wait)},
+            )
+        if isinstance(exc, ResponseTooLarge):
+            return BadGatewayError(f"The upstream for {self.label} sent {exc}.", code="upstream_response_too_large")
         if isinstance(exc, TimeoutError):  # ConnectTimeout and ReadTimeout are TimeoutErrors too
             what = "stopped sending" if mid_stream else "did not answer in time"
             return GatewayTimeoutError(f"The upstream for {self.label} {what}.")
@@ -158,10 +268,10 @@ class SSEStream:
 
     __slots__ = ("_deadline", "_decoder", "_events", "_finished", "_idle", "_resp", "_session")
 
-    def __init__(self, session: UpstreamSession, resp: HTTPResponse) -> None:
+    def __init__(self, session: UpstreamSession, resp: Response) -> None:
         self._session = session
         self._resp = resp
-        self._decoder = SSEDecoder()
+        self._decoder = SSEDecoder(session.max_sse_line_bytes)
         self._events: collections.deque[SSEEvent] = collections.deque()
         self._finished = False
         self._idle = session.stream_idle
@@ -188,7 +298,14 @@ class SSEStream:
                 # The body has begun: from now on `stream_idle`, not `first_byte`, bounds each silence.
                 self._resp.read_timeout = self._idle
                 self._idle = None
-            events.extend(self._decoder.feed(chunk))
+            try:
+                events.extend(self._decoder.feed(chunk))
+            except SSELineTooLong as exc:
+                self.close()
+                raise BadGatewayError(
+                    f"The upstream for {self._session.label} sent {exc} (limits.max_sse_line_bytes).",
+                    code="upstream_response_too_large",
+                ) from None
             if self._deadline is not None and asyncio.get_running_loop().time() > self._deadline:
                 self.close()
                 raise GatewayTimeoutError(f"The upstream for {self._session.label} did not finish in time.")

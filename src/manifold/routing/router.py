@@ -33,6 +33,7 @@ from typing import Any, Final, TypeVar
 from manifold.config import Deployment, RouterSettings
 from manifold.errors import ConfigError, ManifoldError, ModelNotFoundError, ServiceUnavailableError
 from manifold.providers.base import Call, ChunkStream, Provider
+from manifold.providers.http import take_resends
 from manifold.providers.registry import create_provider
 from manifold.routing.addressing import NameTable
 from manifold.routing.fallback import CLIENT_FALLBACKS_FIELD, FallbackPlan, client_fallbacks
@@ -370,6 +371,7 @@ def _choose(group: ModelGroup, retries: _Retries | None, now: float, streaming: 
 
 
 def _report(report: Report, member: Member | None, attempts: int) -> None:
+    attempts += take_resends()  # a transport that sent the request again on a fresh connection: one more
     if member is not None:
         report(DEPLOYMENT_HEADER, member.label)
     report(ATTEMPTS_HEADER, _ATTEMPTS[attempts] if attempts < len(_ATTEMPTS) else str(attempts))

@@ -23,7 +23,7 @@ from manifold.providers.http import UpstreamSession, error_from_upstream
 from manifold.providers.kserve_v2 import translate
 from manifold.providers.kserve_v2.chat_template import ChatTemplate, template_problem
 from manifold.providers.kserve_v2.stream import GenerateStreamParser, InferStreamParser
-from manifold.providers.transport import HTTPResponse, TransportError
+from manifold.providers.transport import Response, TransportError
 
 MODES = ("tensors", "generate")
 PARAMETERS_IN = ("parameters", "body")
@@ -105,7 +105,7 @@ class KServeV2Provider(Provider):
 
     # -- plumbing ------------------------------------------------------------------------------------------------
 
-    async def _error(self, resp: HTTPResponse) -> ManifoldError:
+    async def _error(self, resp: Response) -> ManifoldError:
         raw = await self.http.read_error_body(resp)
         message = translate.error_body_text(raw)
         label = self.http.label
@@ -115,7 +115,7 @@ class KServeV2Provider(Provider):
         body = _json.encode({"error": message}) if message else b""
         return error_from_upstream(resp.status, body, resp.headers, label)
 
-    async def _post(self, url: str, payload: dict[str, Any], call: Call, *, stream: bool) -> HTTPResponse:
+    async def _post(self, url: str, payload: dict[str, Any], call: Call, *, stream: bool) -> Response:
         headers = {**(self._stream_headers if stream else self._json_headers), "x-request-id": call.request_id}
         resp = await self.http.send("POST", url, data=_json.encode(payload), headers=headers)
         if resp.status >= 400:
@@ -128,7 +128,7 @@ class KServeV2Provider(Provider):
     def _bad_reply(self, exc: Exception) -> BadGatewayError:
         return BadGatewayError(f"The upstream for {self.http.label} sent an unexpected reply: {exc}")
 
-    async def _relay(self, resp: HTTPResponse, parser: InferStreamParser | GenerateStreamParser) -> ChunkStream:
+    async def _relay(self, resp: Response, parser: InferStreamParser | GenerateStreamParser) -> ChunkStream:
         finished = False
         try:
             while (data := await resp.next_chunk()) is not None:
@@ -153,7 +153,7 @@ class KServeV2Provider(Provider):
         for chunk in translate.completion_as_chunks(completion):
             yield chunk
 
-    def _is_json(self, resp: HTTPResponse) -> bool:
+    def _is_json(self, resp: Response) -> bool:
         return resp.content_type == "application/json"
 
 

@@ -10,7 +10,7 @@ from manifold.config import Deployment
 from manifold.errors import BadGatewayError
 from manifold.providers.base import Call, Capability, ChatCall, ChunkStream, Provider
 from manifold.providers.http import SSEStream, UpstreamSession
-from manifold.providers.transport import HTTPResponse
+from manifold.providers.transport import Response
 
 
 class OpenAICompatibleProvider(Provider):
@@ -88,7 +88,7 @@ class OpenAICompatibleProvider(Provider):
             return _completion_as_chunks(await self.http.read_json(resp))
         return self._chunks(resp)
 
-    def _chunks(self, resp: HTTPResponse) -> ChunkStream:
+    def _chunks(self, resp: Response) -> ChunkStream:
         return _ChunkStream(self.http.sse(resp), self.http.label)
 
     # -- legacy completions, embeddings, images: native pass-through, only `model` mapped --------------------
