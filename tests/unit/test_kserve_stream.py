@@ -144,3 +144,13 @@ def test_an_unterminated_last_event_is_not_dispatched() -> None:
     # WHATWG: an event without its blank line at end of input is dropped; here nothing else came, so it's an error.
     with pytest.raises(OIPFormatError):
         parse(GenerateStreamParser(), [b'data: {"text_output": "x", "done": true}'])
+
+
+def test_the_stream_parsers_take_the_deployments_line_limit() -> None:
+    """`limits.max_sse_line_bytes` reaches the KServe parsers too: a line that never ends stops at the limit."""
+    from manifold.api.sse import SSELineTooLong
+    from manifold.providers.kserve_v2.stream import GenerateStreamParser, InferStreamParser
+
+    for parser in (InferStreamParser(2048), GenerateStreamParser(2048)):
+        with pytest.raises(SSELineTooLong):
+            parser.feed(b"data: " + b"x" * 5000)

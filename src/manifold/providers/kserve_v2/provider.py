@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 from urllib.parse import quote
 
 from manifold import _json
+from manifold.api.sse import SSELineTooLong
 from manifold.config import Deployment
 from manifold.errors import BadGatewayError, ManifoldError, UnsupportedError
 from manifold.providers.base import Call, Capability, ChatCall, ChunkStream, Provider
@@ -141,6 +142,11 @@ class KServeV2Provider(Provider):
             raise BadGatewayError(f"The upstream for {self.http.label} failed mid-stream: {exc}") from None
         except translate.OIPFormatError as exc:
             raise self._bad_reply(exc) from None
+        except SSELineTooLong as exc:
+            raise BadGatewayError(
+                f"The upstream for {self.http.label} sent {exc} (limits.max_sse_line_bytes).",
+                code="upstream_response_too_large",
+            ) from None
         except TransportError as exc:
             raise self.http.translate(exc, mid_stream=True) from None
         finally:
@@ -188,7 +194,7 @@ class TensorsProvider(KServeV2Provider):
             except translate.OIPFormatError as exc:
                 raise self._bad_reply(exc) from None
             return self._replayed(completion)
-        return self._relay(resp, InferStreamParser())
+        return self._relay(resp, InferStreamParser(self.http.max_sse_line_bytes))
 
     async def embeddings(self, call: Call) -> dict[str, Any]:
         payload = translate.to_infer_embeddings(call.body, call.request_id)
@@ -242,7 +248,7 @@ class GenerateProvider(KServeV2Provider):
             except translate.OIPFormatError as exc:
                 raise self._bad_reply(exc) from None
             return self._replayed(completion)
-        return self._relay(resp, GenerateStreamParser())
+        return self._relay(resp, GenerateStreamParser(self.http.max_sse_line_bytes))
 
     async def embeddings(self, call: Call) -> dict[str, Any]:
         raise UnsupportedError(

@@ -42,8 +42,8 @@ def _stop_chunk(index: int) -> dict[str, Any]:
 class _Parser(abc.ABC):
     __slots__ = ("_error", "_events", "_sse")
 
-    def __init__(self) -> None:
-        self._sse = SSEDecoder()
+    def __init__(self, max_line_bytes: int | None = None) -> None:
+        self._sse = SSEDecoder() if max_line_bytes is None else SSEDecoder(max_line_bytes)
         self._events = 0
         self._error: Exception | None = None
 
@@ -88,8 +88,8 @@ class _Parser(abc.ABC):
 class InferStreamParser(_Parser):
     __slots__ = ("_choices", "_finished")
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, max_line_bytes: int | None = None) -> None:
+        super().__init__(max_line_bytes)
         self._choices: set[int] = set()
         self._finished: set[int] = set()
 
@@ -109,8 +109,8 @@ class InferStreamParser(_Parser):
 class GenerateStreamParser(_Parser):
     __slots__ = ("_done",)
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, max_line_bytes: int | None = None) -> None:
+        super().__init__(max_line_bytes)
         self._done = False
 
     def _event(self, event: Any) -> list[dict[str, Any]]:
