@@ -225,7 +225,7 @@ class ResponsesEngine:
             async for event in self._run(p, builder, compaction, chunks):
                 yield event
 
-        return events()
+        return _Owning(events(), chunks)
 
     async def _run(
         self,
@@ -275,7 +275,7 @@ class ResponsesEngine:
             completion = normalize_completion(await self.router.chat(call), p.req.model)
             return _iterate(list(completion_chunks(completion)))
         upstream = await self.router.open_chat_stream(call)
-        return _shaped(upstream, ChunkShaper(p.req.model, include_usage=True))
+        return _Shaped(upstream, ChunkShaper(p.req.model, include_usage=True))
 
     # -- native pass-through (deployment `responses: native`) ---------------------------------------------------
 
@@ -325,7 +325,7 @@ class ResponsesEngine:
                 if aclose is not None:
                     await aclose()
 
-        return events()
+        return _Owning(events(), upstream)
 
     # -- background ------------------------------------------------------------------------------------------
 
@@ -570,15 +570,70 @@ async def _iterate(items: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]
         yield item
 
 
-async def _shaped(upstream: AsyncIterator[dict[str, Any]], shaper: ChunkShaper) -> AsyncIterator[dict[str, Any]]:
-    try:
-        async for chunk in upstream:
+class _Shaped:
+    """The upstream's chunks, shaped. A class, not an async generator: `aclose()` must close the upstream even
+    when iteration never began (closing a generator that never started runs none of its `finally`)."""
+
+    __slots__ = ("_chunks", "_ended", "_shaper", "_upstream")
+
+    def __init__(self, upstream: AsyncIterator[dict[str, Any]], shaper: ChunkShaper) -> None:
+        self._upstream = upstream
+        self._chunks = aiter(upstream)
+        self._shaper = shaper
+        self._ended = False
+
+    def __aiter__(self) -> _Shaped:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        shaper = self._shaper
+        while not self._ended:
+            try:
+                chunk = await anext(self._chunks)
+            except StopAsyncIteration:
+                self._ended = True
+                if shaper.usage is not None:
+                    return {"choices": [], "usage": shaper.usage}
+                break
+            except BaseException:
+                await self.aclose()
+                raise
             shaped = shaper.shape(chunk)
             if shaped is not None:
-                yield shaped
-        if shaper.usage is not None:
-            yield {"choices": [], "usage": shaper.usage}
-    finally:
-        aclose = getattr(upstream, "aclose", None)
+                return shaped
+        await self.aclose()
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        self._ended = True
+        aclose = getattr(self._upstream, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+class _Owning:
+    """A response's events that own the upstream stream they are made from. A client that leaves closes the
+    events: that must close the upstream at once, at whatever point the events stand (before the first, between
+    two, or while one is awaited), not when the garbage collector finalizes an abandoned inner generator."""
+
+    __slots__ = ("_events", "_upstream")
+
+    def __init__(self, events: AsyncIterator[dict[str, Any]], upstream: AsyncIterator[dict[str, Any]]) -> None:
+        self._events = events
+        self._upstream = upstream
+
+    def __aiter__(self) -> _Owning:
+        return self
+
+    def __anext__(self) -> Awaitable[dict[str, Any]]:
+        return self._events.__anext__()
+
+    async def aclose(self) -> None:
+        try:
+            aclose = getattr(self._events, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        finally:
+            aclose = getattr(self._upstream, "aclose", None)
+            if aclose is not None:
+                await aclose()
