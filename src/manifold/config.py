@@ -57,8 +57,9 @@ class Deployment(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # anthropic provider: `max_tokens` sent when the client sets neither max_tokens nor max_completion_tokens
     # (the Messages API requires it); None means the provider's own default
     default_max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    # legacy completions: False answers POST /completions through chat (a chat-only upstream); None: native
-    supports_completions: bool | None = None
+    # legacy completions: "auto" tries the upstream's /completions and, on a 404 (or OpenAI's "chat model"
+    # answer), answers through chat from then on; False: always through chat; True: always native
+    supports_completions: bool | Literal["auto"] = "auto"
     # Responses API (docs/responses.md): "translate" serves POST /responses through chat completions (the
     # default); "native" forwards it to the upstream's own /responses (OpenAI-compatible upstreams only)
     responses: str | None = None
