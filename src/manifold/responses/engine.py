@@ -37,7 +37,7 @@ from manifold.responses import translate
 from manifold.responses.events import TERMINAL_EVENTS, ResponseBuilder, completion_chunks, replay
 from manifold.responses.jobs import Job, Jobs
 from manifold.responses.objects import now, skeleton
-from manifold.routing.router import Router
+from manifold.routing.router import Report, Router
 from manifold.storage import Store
 
 if TYPE_CHECKING:
@@ -60,6 +60,8 @@ class Prepared(NamedTuple):
     context: list[dict[str, Any]]  # what the model sees: the chain's items, then `items`
     tools: list[FunctionTool]
     request_id: str
+    report: Report | None = None  # gets the headers naming the deployment that answered (not for background)
+    route: str = "POST /responses"  # the client's, for errors from a backend that answers it through chat
 
 
 def _error_code(exc: ManifoldError) -> str:
@@ -155,13 +157,20 @@ class ResponsesEngine:
 
     # -- preparing a request ---------------------------------------------------------------------------------
 
-    async def prepare(self, req: CreateResponseRequest, request_id: str) -> Prepared:
+    async def prepare(
+        self,
+        req: CreateResponseRequest,
+        request_id: str,
+        report: Report | None = None,
+        route: str = "POST /responses",
+    ) -> Prepared:
         check_translatable(req)
         provider = self.router.pick(req.model)
         tools = function_tools(req.tools)
         own = input_items(req.input)
         history = await self.chain(req.previous_response_id)
-        return Prepared(req, provider, own, translate.context_after_compaction([*history, *own]), tools, request_id)
+        context = translate.context_after_compaction([*history, *own])
+        return Prepared(req, provider, own, context, tools, request_id, report, route)
 
     async def chain(self, previous_response_id: str | None) -> list[dict[str, Any]]:
         """The items of a chain of stored responses, oldest first: each response's input items, then its output."""
@@ -271,10 +280,11 @@ class ResponsesEngine:
     ) -> AsyncIterator[dict[str, Any]]:
         body = translate.to_chat_body(p.req, messages, p.tools, stream=stream)
         call = ChatCall(body, p.req.model, p.request_id, stream)
+        call.route = p.route
         if not stream:
-            completion = normalize_completion(await self.router.chat(call), p.req.model)
+            completion = normalize_completion(await self.router.chat(call, p.report), p.req.model)
             return _iterate(list(completion_chunks(completion)))
-        upstream = await self.router.open_chat_stream(call)
+        upstream = await self.router.open_chat_stream(call, p.report)
         return _Shaped(upstream, ChunkShaper(p.req.model, include_usage=True))
 
     # -- native pass-through (deployment `responses: native`) ---------------------------------------------------
@@ -293,11 +303,11 @@ class ResponsesEngine:
         return Call(raw, req.model, request_id, bool(req.stream))
 
     async def native_respond(
-        self, provider: Provider, raw: dict[str, Any], req: CreateResponseRequest, request_id: str
+        self, raw: dict[str, Any], req: CreateResponseRequest, request_id: str, report: Report | None = None
     ) -> dict[str, Any]:
         """The upstream answers (its chain, tools and state its own); Manifold maps the model and stores."""
         items = input_items(req.input)
-        response = await provider.responses(self._native_call(raw, req, request_id))
+        response = await self.router.execute(self._native_call(raw, req, request_id), _native_responses, report)
         response["model"] = req.model
         if req.store is not False and isinstance(response.get("id"), str):
             store = await self.store.responses()
@@ -305,10 +315,11 @@ class ResponsesEngine:
         return response
 
     async def native_stream(
-        self, provider: Provider, raw: dict[str, Any], req: CreateResponseRequest, request_id: str
+        self, raw: dict[str, Any], req: CreateResponseRequest, request_id: str, report: Report | None = None
     ) -> AsyncIterator[dict[str, Any]]:
         items = input_items(req.input)
-        upstream = await provider.open_responses_stream(self._native_call(raw, req, request_id))
+        call = self._native_call(raw, req, request_id)
+        upstream = await self.router.execute_stream(call, _open_native_responses_stream, report)
 
         async def events() -> AsyncIterator[dict[str, Any]]:
             try:
@@ -563,6 +574,14 @@ class ResponsesEngine:
             param="input",
             code="context_length_exceeded",
         )
+
+
+def _native_responses(provider: Provider, call: Call) -> Awaitable[dict[str, Any]]:
+    return provider.responses(call)
+
+
+def _open_native_responses_stream(provider: Provider, call: Call) -> Awaitable[AsyncIterator[dict[str, Any]]]:
+    return provider.open_responses_stream(call)
 
 
 async def _iterate(items: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
