@@ -83,6 +83,11 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     prefixes: list[str] = msgspec.field(default_factory=lambda: ["/v1"])
     max_body_size: Annotated[int, msgspec.Meta(ge=1024)] = 32 * 1024 * 1024
     keepalive_interval: PositiveFloat = 15.0
+    # Against slow or oversized requests (slowloris), where `manifold serve` runs the app (server/protocol.py):
+    # seconds for a request's line and headers, seconds for its body once the headers are in, bytes of the head
+    header_timeout: PositiveFloat = 10.0
+    body_timeout: PositiveFloat = 60.0
+    max_header_size: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024
     workers: Annotated[int, msgspec.Meta(ge=1)] = 1
     log_level: str = "info"
     # KServe-style per-model URLs: /v2/models/{model}/infer/chat/completions, … (docs/backends-kserve.md)
