@@ -136,3 +136,16 @@ def test_keep_alive_requests_within_the_limits_still_work(server: ManifoldProces
             time.sleep(HEADER_TIMEOUT * 1.5)  # idle between requests: the keep-alive rules, not the head's
         assert http.get("/health").status_code == 200
     assert "Traceback" not in server.log()
+
+
+def test_a_head_growing_past_the_limit_is_refused_before_it_ends(server: ManifoldProcess) -> None:
+    filler = b"".join(b"x-filler-%d: %s\r\n" % (i, b"v" * 100) for i in range(25))  # ~2.8 KB per part
+    with socket.create_connection(("127.0.0.1", server.port), timeout=GIVE_UP) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n" + filler)
+        time.sleep(0.2)  # a separate read: the head is incomplete after the first
+        sock.sendall(filler)  # past 4096 bytes, and still no end of the head
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status, error = status_and_error(answer)
+    assert status == 431 and "4096 bytes" in error["message"]
