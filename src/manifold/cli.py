@@ -84,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(args: argparse.Namespace, config: Config) -> int:
     import uvicorn
 
+    from manifold.server.protocol import GuardedHttpToolsProtocol
+
     settings = config.server
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
@@ -112,7 +114,7 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
         port=port,
         workers=workers if workers > 1 else None,
         loop="uvloop" if sys.platform != "win32" else "asyncio",
-        http="httptools",
+        http=GuardedHttpToolsProtocol,
         lifespan="on",
         access_log=False,
         log_level=level,
@@ -151,10 +153,13 @@ def _handler_config(args: argparse.Namespace, config: Config) -> Config:
 def app_factory() -> object:
     """Each worker process builds its app from the config file named in $MANIFOLD_CONFIG (and, with
     `--handler`, around the handler named in $MANIFOLD_HANDLER)."""
+    from manifold.server.protocol import configure
+
     # A native backend that crashes the process (a SIGSEGV in llama.cpp, say) must not vanish without a word:
     # Python then prints "Fatal Python error: Segmentation fault" and every thread's stack to stderr.
     faulthandler.enable()
     config = load_config(os.environ.get(CONFIG_ENV))
+    configure(config.server)
     handler = os.environ.get(HANDLER_ENV)
     if handler is not None:
         return _frontend_app(handler, config)

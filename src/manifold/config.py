@@ -84,8 +84,9 @@ class Deployment(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # anthropic provider: `max_tokens` sent when the client sets neither max_tokens nor max_completion_tokens
     # (the Messages API requires it); None means the provider's own default
     default_max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    # legacy completions: False answers POST /completions through chat (a chat-only upstream); None: native
-    supports_completions: bool | None = None
+    # legacy completions: "auto" tries the upstream's /completions and, on a 404 (or OpenAI's "chat model"
+    # answer), answers through chat from then on; False: always through chat; True: always native
+    supports_completions: bool | Literal["auto"] = "auto"
     # Responses API (docs/responses.md): "translate" serves POST /responses through chat completions (the
     # default); "native" forwards it to the upstream's own /responses (OpenAI-compatible upstreams only)
     responses: str | None = None
@@ -109,6 +110,11 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     prefixes: list[str] = msgspec.field(default_factory=lambda: ["/v1"])
     max_body_size: Annotated[int, msgspec.Meta(ge=1024)] = 32 * 1024 * 1024
     keepalive_interval: PositiveFloat = 15.0
+    # Against slow or oversized requests (slowloris), where `manifold serve` runs the app (server/protocol.py):
+    # seconds for a request's line and headers, seconds for its body once the headers are in, bytes of the head
+    header_timeout: PositiveFloat = 10.0
+    body_timeout: PositiveFloat = 60.0
+    max_header_size: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024
     workers: Annotated[int, msgspec.Meta(ge=1)] = 1
     log_level: str = "info"
     # KServe-style per-model URLs: /v2/models/{model}/infer/chat/completions, … (docs/backends-kserve.md)

@@ -216,10 +216,10 @@ def test_function_calls_stream(stored_http: httpx.Client, stored_client: openai.
         "response.in_progress",
         "response.output_item.added",
         "response.function_call_arguments.delta",
-        "response.output_item.added",
-        "response.function_call_arguments.delta",
         "response.function_call_arguments.done",
         "response.output_item.done",
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
         "response.function_call_arguments.done",
         "response.output_item.done",
         "response.completed",
@@ -458,8 +458,13 @@ def test_background_cancel_stops_the_upstream(
     stored_client: openai.OpenAI, stored_http: httpx.Client, fake: FakeUpstream
 ) -> None:
     before = len(fake.cancelled)
+    hangs = fake.count("hang")
     queued = create_raw(stored_client, model="fake-hang", input="never ends", background=True)
-    assert fake.wait_requests(1)
+    # Cancel only once the upstream has the request (the fake is shared: its total count proves nothing).
+    deadline = time.monotonic() + 10
+    while fake.count("hang") == hangs and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fake.count("hang") > hangs
     wait_for(stored_client, queued.id, {"in_progress"})
     raw = stored_http.post(f"/v1/responses/{queued.id}/cancel")
     assert raw.status_code == 200, raw.text

@@ -28,7 +28,7 @@ class Call:
     they copy what they send.
     """
 
-    __slots__ = ("body", "public_model", "request_id", "stream", "upstream_model")
+    __slots__ = ("body", "public_model", "request_id", "route", "stream", "upstream_model")
 
     def __init__(self, body: dict[str, Any], public_model: str, request_id: str, stream: bool) -> None:
         self.body = body
@@ -37,6 +37,9 @@ class Call:
         self.stream = stream
         # Set by the router for wildcard groups (`openai/*`): the upstream model this request names.
         self.upstream_model: str | None = None
+        # The client's `METHOD /path` when it differs from this call's own operation (the Responses API and
+        # legacy completions answered through chat), so that errors name the route the client called.
+        self.route: str | None = None
 
 
 ChatCall = Call

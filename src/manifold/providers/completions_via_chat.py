@@ -118,15 +118,20 @@ def add_usage(total: dict[str, int] | None, usage: Any) -> dict[str, int] | None
     return total
 
 
+def _chat_call(call: Call, prompt: str, stream: bool) -> Call:
+    chat = Call(to_chat(call.body, prompt), call.public_model, call.request_id, stream)
+    chat.upstream_model = call.upstream_model
+    chat.route = call.route or "POST /completions"
+    return chat
+
+
 async def complete(provider: Provider, call: Call) -> dict[str, Any]:
     body = call.body
     check_mappable(body, call.public_model)
     prompts = [str(p) for p in split_prompts(body.get("prompt"))]
     n = _count(body)
     echo = bool(body.get("echo"))
-    answers = await asyncio.gather(
-        *(provider.chat(Call(to_chat(body, p), call.public_model, call.request_id, False)) for p in prompts)
-    )
+    answers = await asyncio.gather(*(provider.chat(_chat_call(call, p, False)) for p in prompts))
     choices: list[dict[str, Any]] = []
     usage: dict[str, int] | None = None
     for i, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
@@ -199,7 +204,7 @@ async def open_stream(provider: Provider, call: Call) -> ChunkStream:
     check_mappable(body, call.public_model)
     prompts = [str(p) for p in split_prompts(body.get("prompt"))]
     # The first stream is opened here, so errors before the first byte still get a proper status.
-    first = await provider.open_chat_stream(Call(to_chat(body, prompts[0]), call.public_model, call.request_id, True))
+    first = await provider.open_chat_stream(_chat_call(call, prompts[0], True))
     return _relay(provider, call, prompts, first)
 
 
@@ -210,8 +215,7 @@ async def _relay(provider: Provider, call: Call, prompts: list[str], first: Chun
     for i, prompt in enumerate(prompts):
         stream: AsyncIterator[dict[str, Any]] = first
         if i:
-            chat_call = Call(to_chat(call.body, prompt), call.public_model, call.request_id, True)
-            stream = await provider.open_chat_stream(chat_call)
+            stream = await provider.open_chat_stream(_chat_call(call, prompt, True))
         mapper = ChunkMapper(prompt, echo, i * n)
         last_usage = None  # some upstreams send running totals in every chunk: the last one counts
         try:

@@ -37,7 +37,7 @@ from manifold.responses import translate
 from manifold.responses.events import TERMINAL_EVENTS, ResponseBuilder, completion_chunks, replay
 from manifold.responses.jobs import Job, Jobs
 from manifold.responses.objects import now, skeleton
-from manifold.routing.router import Router
+from manifold.routing.router import Report, Router
 from manifold.storage import Store
 
 if TYPE_CHECKING:
@@ -60,6 +60,8 @@ class Prepared(NamedTuple):
     context: list[dict[str, Any]]  # what the model sees: the chain's items, then `items`
     tools: list[FunctionTool]
     request_id: str
+    report: Report | None = None  # gets the headers naming the deployment that answered (not for background)
+    route: str = "POST /responses"  # the client's, for errors from a backend that answers it through chat
 
 
 def _error_code(exc: ManifoldError) -> str:
@@ -155,13 +157,20 @@ class ResponsesEngine:
 
     # -- preparing a request ---------------------------------------------------------------------------------
 
-    async def prepare(self, req: CreateResponseRequest, request_id: str) -> Prepared:
+    async def prepare(
+        self,
+        req: CreateResponseRequest,
+        request_id: str,
+        report: Report | None = None,
+        route: str = "POST /responses",
+    ) -> Prepared:
         check_translatable(req)
         provider = self.router.pick(req.model)
         tools = function_tools(req.tools)
         own = input_items(req.input)
         history = await self.chain(req.previous_response_id)
-        return Prepared(req, provider, own, translate.context_after_compaction([*history, *own]), tools, request_id)
+        context = translate.context_after_compaction([*history, *own])
+        return Prepared(req, provider, own, context, tools, request_id, report, route)
 
     async def chain(self, previous_response_id: str | None) -> list[dict[str, Any]]:
         """The items of a chain of stored responses, oldest first: each response's input items, then its output."""
@@ -225,7 +234,7 @@ class ResponsesEngine:
             async for event in self._run(p, builder, compaction, chunks):
                 yield event
 
-        return events()
+        return _Owning(events(), chunks)
 
     async def _run(
         self,
@@ -271,11 +280,12 @@ class ResponsesEngine:
     ) -> AsyncIterator[dict[str, Any]]:
         body = translate.to_chat_body(p.req, messages, p.tools, stream=stream)
         call = ChatCall(body, p.req.model, p.request_id, stream)
+        call.route = p.route
         if not stream:
-            completion = normalize_completion(await self.router.chat(call), p.req.model)
+            completion = normalize_completion(await self.router.chat(call, p.report), p.req.model)
             return _iterate(list(completion_chunks(completion)))
-        upstream = await self.router.open_chat_stream(call)
-        return _shaped(upstream, ChunkShaper(p.req.model, include_usage=True))
+        upstream = await self.router.open_chat_stream(call, p.report)
+        return _Shaped(upstream, ChunkShaper(p.req.model, include_usage=True))
 
     # -- native pass-through (deployment `responses: native`) ---------------------------------------------------
 
@@ -293,11 +303,11 @@ class ResponsesEngine:
         return Call(raw, req.model, request_id, bool(req.stream))
 
     async def native_respond(
-        self, provider: Provider, raw: dict[str, Any], req: CreateResponseRequest, request_id: str
+        self, raw: dict[str, Any], req: CreateResponseRequest, request_id: str, report: Report | None = None
     ) -> dict[str, Any]:
         """The upstream answers (its chain, tools and state its own); Manifold maps the model and stores."""
         items = input_items(req.input)
-        response = await provider.responses(self._native_call(raw, req, request_id))
+        response = await self.router.execute(self._native_call(raw, req, request_id), _native_responses, report)
         response["model"] = req.model
         if req.store is not False and isinstance(response.get("id"), str):
             store = await self.store.responses()
@@ -305,10 +315,11 @@ class ResponsesEngine:
         return response
 
     async def native_stream(
-        self, provider: Provider, raw: dict[str, Any], req: CreateResponseRequest, request_id: str
+        self, raw: dict[str, Any], req: CreateResponseRequest, request_id: str, report: Report | None = None
     ) -> AsyncIterator[dict[str, Any]]:
         items = input_items(req.input)
-        upstream = await provider.open_responses_stream(self._native_call(raw, req, request_id))
+        call = self._native_call(raw, req, request_id)
+        upstream = await self.router.execute_stream(call, _open_native_responses_stream, report)
 
         async def events() -> AsyncIterator[dict[str, Any]]:
             try:
@@ -325,7 +336,7 @@ class ResponsesEngine:
                 if aclose is not None:
                     await aclose()
 
-        return events()
+        return _Owning(events(), upstream)
 
     # -- background ------------------------------------------------------------------------------------------
 
@@ -565,20 +576,83 @@ class ResponsesEngine:
         )
 
 
+def _native_responses(provider: Provider, call: Call) -> Awaitable[dict[str, Any]]:
+    return provider.responses(call)
+
+
+def _open_native_responses_stream(provider: Provider, call: Call) -> Awaitable[AsyncIterator[dict[str, Any]]]:
+    return provider.open_responses_stream(call)
+
+
 async def _iterate(items: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
     for item in items:
         yield item
 
 
-async def _shaped(upstream: AsyncIterator[dict[str, Any]], shaper: ChunkShaper) -> AsyncIterator[dict[str, Any]]:
-    try:
-        async for chunk in upstream:
+class _Shaped:
+    """The upstream's chunks, shaped. A class, not an async generator: `aclose()` must close the upstream even
+    when iteration never began (closing a generator that never started runs none of its `finally`)."""
+
+    __slots__ = ("_chunks", "_ended", "_shaper", "_upstream")
+
+    def __init__(self, upstream: AsyncIterator[dict[str, Any]], shaper: ChunkShaper) -> None:
+        self._upstream = upstream
+        self._chunks = aiter(upstream)
+        self._shaper = shaper
+        self._ended = False
+
+    def __aiter__(self) -> _Shaped:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        shaper = self._shaper
+        while not self._ended:
+            try:
+                chunk = await anext(self._chunks)
+            except StopAsyncIteration:
+                self._ended = True
+                if shaper.usage is not None:
+                    return {"choices": [], "usage": shaper.usage}
+                break
+            except BaseException:
+                await self.aclose()
+                raise
             shaped = shaper.shape(chunk)
             if shaped is not None:
-                yield shaped
-        if shaper.usage is not None:
-            yield {"choices": [], "usage": shaper.usage}
-    finally:
-        aclose = getattr(upstream, "aclose", None)
+                return shaped
+        await self.aclose()
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        self._ended = True
+        aclose = getattr(self._upstream, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+class _Owning:
+    """A response's events that own the upstream stream they are made from. A client that leaves closes the
+    events: that must close the upstream at once, at whatever point the events stand (before the first, between
+    two, or while one is awaited), not when the garbage collector finalizes an abandoned inner generator."""
+
+    __slots__ = ("_events", "_upstream")
+
+    def __init__(self, events: AsyncIterator[dict[str, Any]], upstream: AsyncIterator[dict[str, Any]]) -> None:
+        self._events = events
+        self._upstream = upstream
+
+    def __aiter__(self) -> _Owning:
+        return self
+
+    def __anext__(self) -> Awaitable[dict[str, Any]]:
+        return self._events.__anext__()
+
+    async def aclose(self) -> None:
+        try:
+            aclose = getattr(self._events, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        finally:
+            aclose = getattr(self._upstream, "aclose", None)
+            if aclose is not None:
+                await aclose()

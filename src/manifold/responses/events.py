@@ -61,7 +61,8 @@ class ResponseBuilder:
         self.response = response
         self.sequence = first_sequence
         self._message: _Message | None = None
-        self._calls: dict[int, _Call] = {}
+        self._calls: dict[int, _Call] = {}  # by the chat tool call's index
+        self._open_call: _Call | None = None
         self._finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
 
@@ -108,6 +109,7 @@ class ResponseBuilder:
     def _text(self, kind: str, text: str) -> Iterator[dict[str, Any]]:
         message = self._message
         if message is None:
+            yield from self._close_call("completed")
             message = self._message = _Message(len(self.output))
             self.output.append(message.item)
             yield self.event(
@@ -173,10 +175,15 @@ class ResponseBuilder:
         fn = tc.get("function") or {}
         call = self._calls.get(index)
         if call is None:
-            # A message before a function call is finished: the SDK wants each item done before the next opens.
+            # Each item is done before the next opens, as OpenAI streams them: the SDK wants it, and a client that
+            # runs a tool on `output_item.done` gets each call as soon as its arguments are complete. (Upstreams
+            # stream parallel calls one after the other; a late delta for a finished call still joins its
+            # arguments in the response.)
             yield from self._close_message("completed")
+            yield from self._close_call("completed")
             call = _Call(len(self.output), str(tc.get("id") or new_id("call_")), str(fn.get("name") or ""))
             self._calls[index] = call
+            self._open_call = call
             self.output.append(call.item)
             yield self.event(
                 "response.output_item.added", output_index=call.output_index, item=copy.deepcopy(call.item)
@@ -184,12 +191,29 @@ class ResponseBuilder:
         arguments = fn.get("arguments")
         if isinstance(arguments, str) and arguments:
             call.item["arguments"] += arguments
+            if call is not self._open_call:
+                return
             yield self.event(
                 "response.function_call_arguments.delta",
                 item_id=call.item["id"],
                 output_index=call.output_index,
                 delta=arguments,
             )
+
+    def _close_call(self, status: str) -> Iterator[dict[str, Any]]:
+        call = self._open_call
+        if call is None:
+            return
+        self._open_call = None
+        call.item["status"] = status
+        yield self.event(
+            "response.function_call_arguments.done",
+            item_id=call.item["id"],
+            name=call.item["name"],
+            output_index=call.output_index,
+            arguments=call.item["arguments"],
+        )
+        yield self.event("response.output_item.done", output_index=call.output_index, item=copy.deepcopy(call.item))
 
     # -- the end ---------------------------------------------------------------------------------------------
 
@@ -198,21 +222,7 @@ class ResponseBuilder:
         was cut by `max_output_tokens` or a content filter)."""
         cut = self._finish_reason in ("length", "content_filter")
         status = "incomplete" if cut else "completed"
-        events = list(self._close_message(status))
-        for call in self._calls.values():
-            call.item["status"] = status
-            events.append(
-                self.event(
-                    "response.function_call_arguments.done",
-                    item_id=call.item["id"],
-                    name=call.item["name"],
-                    output_index=call.output_index,
-                    arguments=call.item["arguments"],
-                )
-            )
-            events.append(
-                self.event("response.output_item.done", output_index=call.output_index, item=copy.deepcopy(call.item))
-            )
+        events = [*self._close_message(status), *self._close_call(status)]
         self._calls.clear()
         self.response["status"] = status
         if cut:

@@ -74,7 +74,10 @@ async def _await_with_keepalive(out: EventStream, awaitable: Awaitable[Any], int
             await out.write(KEEPALIVE)
     finally:
         if not task.done():
+            # Let the step unwind before the caller closes the stream it iterates (closing a running async
+            # generator fails, and would leave the upstream open).
             task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 async def stream_chat(

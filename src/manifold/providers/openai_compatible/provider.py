@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, ClassVar
 from urllib.parse import quote
 
 from manifold import _json
 from manifold.config import Deployment
-from manifold.errors import BadGatewayError
+from manifold.errors import BadGatewayError, ManifoldError
 from manifold.providers.base import Call, Capability, ChatCall, ChunkStream, Provider
 from manifold.providers.http import SSEStream, UpstreamSession
 from manifold.providers.transport import Response
+
+log = logging.getLogger("manifold.providers")
+# OpenAI's 404 for a chat model on /completions: "This is a chat model and not supported in the v1/completions
+# endpoint. Did you mean to use v1/chat/completions?" (some compatible servers answer it with a 400).
+_CHAT_MODEL_HINT = "not supported in the v1/completions endpoint"
 
 
 class OpenAICompatibleProvider(Provider):
@@ -24,6 +30,8 @@ class OpenAICompatibleProvider(Provider):
         self.headers = {"content-type": "application/json", **self._auth_headers(), **deployment.headers}
         self._stream_headers = {**self.headers, "accept": "text/event-stream"}
         self._upstream_model = deployment.upstream_model
+        # Upstream models (by `call.upstream_model`; "" for the deployment's own) found to serve no /completions.
+        self._chat_only: set[str] = set()
 
     @classmethod
     def check(cls, deployment: Deployment) -> list[str]:
@@ -101,20 +109,50 @@ class OpenAICompatibleProvider(Provider):
             raise BadGatewayError(f"The upstream for {self.http.label} returned a non-object {what}.")
         return data
 
+    def _completions_native(self, call: Call) -> bool:
+        support = self.deployment.supports_completions
+        return support is True or (support == "auto" and (call.upstream_model or "") not in self._chat_only)
+
+    def _answers_through_chat(self, exc: ManifoldError, call: Call) -> bool:
+        """`supports_completions: auto`: a 404 (no such route) or OpenAI's answer for a chat model means this
+        upstream model only chats; it is remembered, so later requests go straight to chat."""
+        if self.deployment.supports_completions != "auto":
+            return False
+        if exc.upstream_status != 404 and not (
+            exc.upstream_status is not None and 400 <= exc.upstream_status < 500 and _CHAT_MODEL_HINT in exc.message
+        ):
+            return False
+        self._chat_only.add(call.upstream_model or "")
+        log.info(
+            "deployment %s: its upstream serves no legacy completions (%d); answering them through chat",
+            self.http.label,
+            exc.upstream_status,
+        )
+        return True
+
     async def completions(self, call: Call) -> dict[str, Any]:
-        if self.deployment.supports_completions is False:
-            return await super().completions(call)
-        return await self._post_json("completions", call, "completion")
+        if self._completions_native(call):
+            try:
+                return await self._post_json("completions", call, "completion")
+            except ManifoldError as exc:
+                if not self._answers_through_chat(exc, call):
+                    raise
+        return await super().completions(call)
 
     async def open_completions_stream(self, call: Call) -> ChunkStream:
-        if self.deployment.supports_completions is False:
+        if not self._completions_native(call):
             return await super().open_completions_stream(call)
-        resp = await self.http.request(
-            "POST",
-            self._url_for("completions", call),
-            data=self._payload(call),
-            headers=self._request_headers(call, True),
-        )
+        try:
+            resp = await self.http.request(
+                "POST",
+                self._url_for("completions", call),
+                data=self._payload(call),
+                headers=self._request_headers(call, True),
+            )
+        except ManifoldError as exc:
+            if not self._answers_through_chat(exc, call):
+                raise
+            return await super().open_completions_stream(call)
         if resp.content_type == "application/json":
             return _text_completion_as_chunks(await self.http.read_json(resp))
         return self._chunks(resp)

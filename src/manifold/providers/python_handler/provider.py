@@ -51,9 +51,11 @@ class PythonHandlerProvider(Provider):
 
     # -- calling --------------------------------------------------------------------------------------------------
 
-    def _what(self, operation: str) -> str:
+    def _what(self, operation: str, call: Call) -> str:
         info = CURRENT_REQUEST.get()
-        if info is None:  # behind a plain gateway: the route is the operation's own
+        if info is None:  # behind a plain gateway: the route is the operation's own, unless the call says
+            if call.route is not None:
+                return f"{call.route} (as {operation})"
             op = BY_NAME[operation]
             return f"{op.method} {op.path}"
         route = f"{info.method} {info.path}"
@@ -66,7 +68,7 @@ class PythonHandlerProvider(Provider):
         # `create_response` gets the client's Responses fields; every other operation the call's own body.
         body = info.body if operation == RESPONSE and info is not None else call.body
         kwargs = self.handler.arguments(BY_NAME[operation], body, info, extra)
-        result = await self.handler.call(operation, kwargs, self._what(operation))
+        result = await self.handler.call(operation, kwargs, self._what(operation, call))
         parts = reply_parts(result)
         if parts is not None:
             status, reply_body, headers = parts
@@ -95,7 +97,7 @@ class PythonHandlerProvider(Provider):
 
     async def chat(self, call: ChatCall) -> dict[str, Any]:
         operation, result = await self._chat_answer(call, "chat completions")
-        what = self._what(operation)
+        what = self._what(operation, call)
         if is_stream(result):
             return await streams.collect_chat(iterate(result, self.handler.label, what), what)
         if operation == RESPONSE:
@@ -104,7 +106,7 @@ class PythonHandlerProvider(Provider):
 
     async def open_chat_stream(self, call: ChatCall) -> ChunkStream:
         operation, result = await self._chat_answer(call, "streamed chat completions")
-        what = self._what(operation)
+        what = self._what(operation, call)
         if is_stream(result):
             return streams.chat_chunks(iterate(result, self.handler.label, what), what)
         if operation == RESPONSE:
@@ -116,7 +118,7 @@ class PythonHandlerProvider(Provider):
     async def completions(self, call: Call) -> dict[str, Any]:
         operation = "create_completion"
         if self.handler.implements(operation):
-            what = self._what(operation)
+            what = self._what(operation, call)
             result = await self._answer(operation, call)
             if result is not NotImplemented:
                 if is_stream(result):
@@ -129,7 +131,7 @@ class PythonHandlerProvider(Provider):
     async def open_completions_stream(self, call: Call) -> ChunkStream:
         operation = "create_completion"
         if self.handler.implements(operation):
-            what = self._what(operation)
+            what = self._what(operation, call)
             result = await self._answer(operation, call)
             if result is not NotImplemented:
                 if is_stream(result):
@@ -143,11 +145,11 @@ class PythonHandlerProvider(Provider):
 
     async def embeddings(self, call: Call) -> dict[str, Any]:
         result = await self._only("create_embedding", call, "embeddings")
-        return contracts.embeddings(result, self._what("create_embedding"))
+        return contracts.embeddings(result, self._what("create_embedding", call))
 
     async def images(self, call: Call) -> dict[str, Any]:
         result = await self._only("create_image", call, "image generation")
-        return contracts.images(result, self._what("create_image"))
+        return contracts.images(result, self._what("create_image", call))
 
     async def _only(self, operation: str, call: Call, what: str) -> Any:
         if not self.handler.implements(operation):
@@ -156,5 +158,5 @@ class PythonHandlerProvider(Provider):
         if result is NotImplemented:
             raise unsupported_model(call, what)
         if is_stream(result):
-            raise contracts.contract_error(self._what(operation), "is a stream; this route answers at once")
+            raise contracts.contract_error(self._what(operation, call), "is a stream; this route answers at once")
         return result

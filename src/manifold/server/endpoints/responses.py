@@ -31,17 +31,19 @@ async def create_response(app: ManifoldApp, request: Request) -> None:
     req = convert(raw, CreateResponseRequest)
     check_create(req)
     engine = app.responses
-    native = engine.native_provider(req.model)
-    if native is not None:
+    # Which deployment answered, after how many attempts (docs/routing.md); a background response is answered
+    # (`queued`) before any deployment is tried, so its answer carries neither header.
+    report = None if req.background else request.add_response_header
+    if engine.native_provider(req.model) is not None:
         if req.stream:
-            events = await engine.native_stream(native, raw, req, request.request_id)
+            events = await engine.native_stream(raw, req, request.request_id, report)
             await stream_events(request, events, app.settings.keepalive_interval)
         else:
             await request.send_json(
-                200, _json.encode(await engine.native_respond(native, raw, req, request.request_id))
+                200, _json.encode(await engine.native_respond(raw, req, request.request_id, report))
             )
         return
-    prepared = await engine.prepare(req, request.request_id)
+    prepared = await engine.prepare(req, request.request_id, report, f"{request.method} {request.path}")
     if req.background:
         job = await engine.start_background(prepared)
         if req.stream:
