@@ -49,13 +49,17 @@ class Deployment(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     model_path: str | None = None
     context_length: Annotated[int, msgspec.Meta(ge=128)] = 4096
     threads: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    # local provider: llama.cpp's repeat penalty when the client sends none (None: 1.1, which keeps a small
+    # model from repeating one sentence until its context is full)
+    repeat_penalty: Annotated[float, msgspec.Meta(ge=0)] | None = None
     # kserve_v2 provider (docs/backends-kserve.md)
     mode: str | None = None
     model_version: str | None = None
     chat_template: str | None = None
     generate_parameters_in: str | None = None
-    # anthropic provider: `max_tokens` sent when the client sets neither max_tokens nor max_completion_tokens
-    # (the Messages API requires it); None means the provider's own default
+    # anthropic and local providers: the output limit when the client sets neither max_tokens nor
+    # max_completion_tokens (the Messages API requires one; a small local model would otherwise run to the end
+    # of its context); None means the provider's own default (anthropic 4096, local 512)
     default_max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
     # legacy completions: False answers POST /completions through chat (a chat-only upstream); None: native
     supports_completions: bool | None = None

@@ -10,6 +10,7 @@ import importlib.util
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, cast
@@ -18,6 +19,7 @@ from manifold.config import Deployment
 from manifold.errors import BadGatewayError, ManifoldError, ServiceUnavailableError, UnsupportedError
 from manifold.providers.base import Call, Capability, ChatCall, ChunkStream, Provider
 from manifold.providers.local import completions as local_completions
+from manifold.providers.local import generation
 
 log = logging.getLogger("manifold.local")
 
@@ -166,8 +168,9 @@ class LocalModelProvider(Provider):
                 kw["tool_choice"] = choice or "auto"
         kw["messages"] = _flatten_messages(body["messages"])
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-        if max_tokens is not None:
-            kw["max_tokens"] = max_tokens
+        kw["max_tokens"] = max_tokens or self.deployment.default_max_tokens or generation.LOCAL_DEFAULT_MAX_TOKENS
+        if "repeat_penalty" not in kw:
+            kw["repeat_penalty"] = self.deployment.repeat_penalty or generation.LOCAL_DEFAULT_REPEAT_PENALTY
         stop = body.get("stop")
         if stop is not None:
             kw["stop"] = [stop] if isinstance(stop, str) else stop
@@ -200,8 +203,14 @@ class LocalModelProvider(Provider):
 
     @staticmethod
     def _complete(llama: Any, kw: dict[str, Any]) -> Any:
-        """On the model's thread. With tools, llama.cpp's ChatML function-calling handler (SmolLM2's template is
-        ChatML): a grammar makes a called function's arguments valid JSON for its parameters."""
+        """On the model's thread. Plain chat runs on Manifold's own token loop (generation.py: llama-cpp-python's
+        streaming detokenizer can stall). With tools, llama.cpp's ChatML function-calling handler (SmolLM2's
+        template is ChatML): a grammar makes a called function's arguments valid JSON for its parameters."""
+        plan = generation.plan(llama, kw)
+        if plan is not None:
+            processors = _with_logit_bias(kw["logits_processor"], kw.get("logit_bias"))
+            run = generation.Generation(llama, plan, processors)
+            return _chat_chunks(run) if kw.get("stream") else _chat_completion(run)
         if "tools" in kw:
             from llama_cpp import llama_chat_format
 
@@ -312,6 +321,59 @@ class LocalModelProvider(Provider):
             cancel.event.set()
             if not future.done():
                 future.add_done_callback(lambda f: f.exception())
+
+
+def _with_logit_bias(processors: Any, bias: dict[int, float] | None) -> Any:
+    if not bias:
+        return processors
+
+    def apply(input_ids: Any, scores: Any) -> Any:
+        for token, value in bias.items():
+            scores[token] += value
+        return scores
+
+    return type(processors)([apply, *processors])
+
+
+def _chat_chunks(pieces: generation.Generation) -> Iterator[dict[str, Any]]:
+    """`chat.completion.chunk`s as llama.cpp's own chat stream shapes them (the router sets id and model)."""
+    head = {"id": "chatcmpl-local", "object": "chat.completion.chunk", "created": int(time.time()), "model": ""}
+    yield {**head, "choices": [{"index": 0, "delta": {"role": "assistant"}, "logprobs": None, "finish_reason": None}]}
+    for text, finish in pieces:
+        if text:
+            delta: dict[str, Any] = {"content": text}
+            yield {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]}
+        if finish is not None:
+            yield {**head, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}]}
+
+
+def _chat_completion(run: generation.Generation) -> dict[str, Any]:
+    texts: list[str] = []
+    finish = "stop"
+    for text, ended in run:
+        texts.append(text)
+        finish = ended or finish
+    content = "".join(texts)
+    prompt_tokens = len(run.plan.prompt)
+    return {
+        "id": "chatcmpl-local",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": "",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "logprobs": None,
+                "finish_reason": finish,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": run.generated,
+            "total_tokens": prompt_tokens + run.generated,
+        },
+    }
 
 
 def _count_prompt_tokens(llama: Any, messages: list[dict[str, Any]]) -> int:
