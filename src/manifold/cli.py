@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from manifold.config import Config, load_config
+from manifold.config import Config, environment_problems, load_config, serves_embedded_default
 from manifold.errors import ConfigError
 
 CONFIG_ENV = "MANIFOLD_CONFIG"
@@ -61,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config)
         if handler is not None:
             config = _handler_config(args, config)
+        if args.command in ("check", "serve"):
+            _refuse(environment_problems(_bound(args, config)))
     except ConfigError as exc:
         where = args.config or "the default configuration"
         print(f"{where}: {len(exc.problems)} problem(s)", file=sys.stderr)
@@ -70,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check":
         names = sorted({d.model_name for d in config.model_list})
         print(f"{args.config}: OK ({len(config.model_list)} deployment(s): {', '.join(names) or 'none'})")
+        if serves_embedded_default(config):
+            print("  no model_list: serving the embedded models smollm2 and minilm (model_list: [] serves none)")
         return 0
     if args.command == "models":
         for name in sorted({d.model_name for d in config.model_list}):
@@ -78,6 +82,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{alias} -> {target}")
         return 0
     return _serve(args, config)
+
+
+def _refuse(problems: list[str]) -> None:
+    if problems:
+        raise ConfigError(problems)
+
+
+def _bound(args: argparse.Namespace, config: Config) -> Config:
+    """The config as `serve` will run it: `--host` replaces `server.host`."""
+    host = getattr(args, "host", None)
+    if host is None:
+        return config
+    return msgspec.structs.replace(config, server=msgspec.structs.replace(config.server, host=host))
 
 
 def _serve(args: argparse.Namespace, config: Config) -> int:
@@ -129,7 +146,7 @@ def _handler_config(args: argparse.Namespace, config: Config) -> Config:
     from manifold.frontend.app import Endpoint, HandlerNotFound, load_handler
 
     problems = []
-    if args.config and config.model_list:
+    if args.config and config.model_list and not serves_embedded_default(config):
         problems.append(
             "model_list: must be empty with --handler (to put a handler beside other backends, list it in "
             "model_list with provider: python)"

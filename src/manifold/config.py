@@ -177,14 +177,21 @@ _LOG_LEVELS = {"critical", "error", "warning", "info", "debug", "trace"}
 
 
 def default_config() -> Config:
-    """With no config file: the embedded local models, served as `smollm2` (chat, completions) and `minilm`
-    (embeddings)."""
-    return Config(
-        model_list=[
-            Deployment(model_name="smollm2", provider="local", owned_by="manifold"),
-            Deployment(model_name="minilm", provider="local_embedding", owned_by="manifold"),
-        ]
-    )
+    """With no config file, or a file without `model_list`: the embedded local models, served as `smollm2`
+    (chat, completions) and `minilm` (embeddings)."""
+    return Config(model_list=embedded_deployments())
+
+
+def embedded_deployments() -> list[Deployment]:
+    return [
+        Deployment(model_name="smollm2", provider="local", owned_by="manifold"),
+        Deployment(model_name="minilm", provider="local_embedding", owned_by="manifold"),
+    ]
+
+
+def serves_embedded_default(config: Config) -> bool:
+    """Whether the deployments are the embedded default (no `model_list` in the file)."""
+    return config.model_list == embedded_deployments()
 
 
 def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Config:
@@ -194,6 +201,8 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] 
         raw: Any = msgspec.to_builtins(default_config())
     else:
         raw = _read_file(Path(path))
+        # A file that only tunes `storage:` or `responses:` keeps the embedded models; `model_list: []` serves none.
+        raw.setdefault("model_list", msgspec.to_builtins(embedded_deployments()))
     problems: list[str] = []
     raw = _expand_env(raw, env, "", problems)
     _apply_env_overrides(raw, env, problems)
@@ -206,6 +215,44 @@ def parse_config(data: Mapping[str, Any], environ: Mapping[str, str] | None = No
     problems: list[str] = []
     raw = _expand_env(dict(data), env, "", problems)
     return _build(raw, problems)
+
+
+def environment_problems(config: Config) -> list[str]:
+    """What a valid file can still ask for that `serve` would fail on at start: a bind address this host cannot
+    resolve or bind, a data directory it cannot write. `manifold check` and `manifold serve` both run this, so
+    they agree."""
+    import socket
+    import tempfile
+
+    problems: list[str] = []
+    host = config.server.host
+    try:
+        infos = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as exc:
+        problems.append(f"server.host: {host!r} is not an address of this host ({exc})")
+    else:
+        family, kind, proto, _, address = infos[0]
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.bind(address)  # port 0: tests the address only
+        except OSError as exc:
+            problems.append(f"server.host: cannot bind {host!r}: {exc.strerror or exc}")
+    if config.storage.url is None:
+        folder = Path(config.storage.data_dir).expanduser().absolute()
+        missing = folder
+        while not missing.parent.exists() and missing.parent != missing:
+            missing = missing.parent
+        try:
+            if folder.exists():
+                # A file created and removed at once: only writing proves the folder is writable (as root too).
+                with tempfile.TemporaryFile(dir=folder):
+                    pass
+            else:
+                missing.mkdir()
+                missing.rmdir()
+        except OSError as exc:
+            problems.append(f"storage.data_dir: cannot write {config.storage.data_dir!r}: {exc.strerror or exc}")
+    return problems
 
 
 def _read_file(path: Path) -> Any:
