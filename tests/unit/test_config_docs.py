@@ -50,7 +50,9 @@ def test_a_new_field_gets_a_row_with_its_comment_and_a_new_section_gets_a_table(
         # how long to wait
         read_timeout: float = 2.5
 
-    page = "## `extra`\n\n<!-- config-keys extra -->\n| key | default | meaning |\n|---|---|---|\n<!-- /config-keys -->\n"
+    page = "\n".join(
+        ["## `extra`", "", "<!-- config-keys extra -->", "| key | default | meaning |", "|---|---|---|", gen._END, ""]
+    )
     text, seen = gen.render(page, {"extra": Extra}, None)
     assert seen == {"extra"}
     assert "| `read_timeout` | 2.5 | (undocumented: describe it in the page) |" in text
