@@ -322,30 +322,34 @@ def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str], problems: 
 
 def _build(raw: dict[str, Any], problems: list[str]) -> Config:
     """Convert section by section (and deployment by deployment) and check what converted, so every problem
-    in the file is reported at once, not only the first."""
+    in the file is reported at once, not only the first, in the order of the file's sections."""
+    found: dict[str, list[str]] = {name: [] for name in Config.__struct_fields__}
     unknown = sorted(set(raw) - set(Config.__struct_fields__))
     problems.extend(f"{k}: unknown key (expected one of: {', '.join(Config.__struct_fields__)})" for k in unknown)
-    server = _convert_part(raw.get("server", {}), ServerSettings, "server", problems)
+    server = _convert_part(raw.get("server", {}), ServerSettings, "server", found["server"])
     if server is not None:
-        problems.extend(_server_problems(server))
+        found["server"].extend(_server_problems(server))
     model_list_raw = raw.get("model_list", [])
     deployments: list[Deployment] = []
     all_converted = isinstance(model_list_raw, list)
     if not isinstance(model_list_raw, list):
-        problems.append("model_list: expected a list of deployments")
+        found["model_list"].append("model_list: expected a list of deployments")
     else:
         for i, item in enumerate(model_list_raw):
-            dep = _convert_part(item, Deployment, f"model_list[{i}]", problems)
+            dep = _convert_part(item, Deployment, f"model_list[{i}]", found["model_list"])
             if dep is not None:
-                problems.extend(_deployment_problems(dep, f"model_list[{i}]"))
+                found["model_list"].extend(_deployment_problems(dep, f"model_list[{i}]"))
                 deployments.append(dep)
             else:
                 all_converted = False
-    storage = _convert_part(raw.get("storage", {}), StorageSettings, "storage", problems)
+    storage = _convert_part(raw.get("storage", {}), StorageSettings, "storage", found["storage"])
     if storage is not None:
-        problems.extend(_storage_problems(storage))
-    responses = _convert_part(raw.get("responses", {}), ResponsesSettings, "responses", problems)
-    router = _convert_router(raw.get("router", {}), problems)
+        found["storage"].extend(_storage_problems(storage))
+    responses = _convert_part(raw.get("responses", {}), ResponsesSettings, "responses", found["responses"])
+    router = _convert_router(raw.get("router", {}), found["router"])
+    order = [k for k in raw if k in found] + [k for k in found if k not in raw]
+    for name in order:
+        problems.extend(found[name])
     if router is not None and all_converted:
         # Names are checked against the deployments only when all of them could be read.
         problems.extend(_router_problems(router, deployments))
