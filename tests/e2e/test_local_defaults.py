@@ -88,3 +88,15 @@ def test_a_responses_stream_without_a_limit_completes(local: ManifoldProcess) ->
     assert 0 < usage["output_tokens"] <= 512
     deltas = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
     assert deltas == events[-1]["response"]["output"][0]["content"][0]["text"], json.dumps(events[-1])[:500]
+
+
+def test_a_legacy_completion_stream_of_lead_bytes_still_ends(sdk: openai.OpenAI) -> None:
+    stream = sdk.completions.create(
+        model="smollm2", prompt="Stars:", max_tokens=5, logit_bias={LEAD_BYTE_TOKEN: 100}, stream=True
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == "\ufffd" * 5
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
+    reply = sdk.completions.create(model="smollm2", prompt="Stars:", max_tokens=5, logit_bias={LEAD_BYTE_TOKEN: 100})
+    assert reply.choices[0].text == "\ufffd" * 5
+    assert reply.usage is not None and reply.usage.completion_tokens == 5

@@ -35,6 +35,10 @@ _SAMPLING_DEFAULTS: dict[str, Any] = {
 }
 
 
+# create_completion's defaults, for legacy completions.
+_COMPLETION_DEFAULTS = {**_SAMPLING_DEFAULTS, "temperature": 0.8}
+
+
 class Utf8Text:
     """Token bytes in, text out: a character split across tokens waits for its last byte; bytes that can never
     complete a character become U+FFFD as soon as that is certain."""
@@ -103,9 +107,6 @@ def plan(llama: Any, kw: dict[str, Any]) -> Plan | None:
     )
     result = formatter(messages=kw["messages"])
     prompt = llama.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
-    n_ctx = int(llama.n_ctx())
-    if len(prompt) >= n_ctx:
-        raise ValueError(f"Requested tokens ({len(prompt)}) exceed context window of {n_ctx}")
     stop = list(kw.get("stop") or [])
     if result.stop is not None:
         stop += [result.stop] if isinstance(result.stop, str) else list(result.stop)
@@ -118,10 +119,43 @@ def plan(llama: Any, kw: dict[str, Any]) -> Plan | None:
             if schema
             else llama_grammar.LlamaGrammar.from_string(llama_grammar.JSON_GBNF, verbose=False)
         )
-    sampling = {k: kw.get(k, v) for k, v in _SAMPLING_DEFAULTS.items()}
+    return _plan(llama, prompt, kw, stop, grammar, _SAMPLING_DEFAULTS)
+
+
+def completion_plan(llama: Any, prompt: str | list[int], kw: dict[str, Any]) -> Plan | None:
+    """A legacy completion's prompt and options (`kw`: create_completion's arguments), or None where llama.cpp's
+    own path is needed (`suffix`, `echo`)."""
+    if kw.get("suffix") is not None or kw.get("echo"):
+        return None
+    tokens = prompt if isinstance(prompt, list) else llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+    if not tokens:
+        return None  # llama.cpp starts an empty prompt from its BOS token
+    return _plan(llama, list(tokens), kw, list(kw.get("stop") or []), None, _COMPLETION_DEFAULTS)
+
+
+def _plan(
+    llama: Any, prompt: list[int], kw: dict[str, Any], stop: list[str], grammar: Any, defaults: dict[str, Any]
+) -> Plan:
+    n_ctx = int(llama.n_ctx())
+    if len(prompt) >= n_ctx:
+        raise ValueError(f"Requested tokens ({len(prompt)}) exceed context window of {n_ctx}")
+    sampling = {k: kw.get(k, v) for k, v in defaults.items()}
     sampling["temp"] = sampling.pop("temperature")
     max_tokens = min(int(kw["max_tokens"]), n_ctx - len(prompt))
     return Plan(prompt, sampling, stop, max_tokens, grammar, kw.get("seed"))
+
+
+def with_logit_bias(processors: Any, bias: dict[int, float] | None) -> Any:
+    """`processors` (a llama.cpp LogitsProcessorList) with OpenAI's `logit_bias` added to the scores first."""
+    if not bias:
+        return processors
+
+    def apply(input_ids: Any, scores: Any) -> Any:
+        for token, value in bias.items():
+            scores[token] += value
+        return scores
+
+    return type(processors)([apply, *processors])
 
 
 class Generation:

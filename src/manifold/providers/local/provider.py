@@ -208,7 +208,7 @@ class LocalModelProvider(Provider):
         template is ChatML): a grammar makes a called function's arguments valid JSON for its parameters."""
         plan = generation.plan(llama, kw)
         if plan is not None:
-            processors = _with_logit_bias(kw["logits_processor"], kw.get("logit_bias"))
+            processors = generation.with_logit_bias(kw["logits_processor"], kw.get("logit_bias"))
             run = generation.Generation(llama, plan, processors)
             return _chat_chunks(run) if kw.get("stream") else _chat_completion(run)
         if "tools" in kw:
@@ -321,18 +321,6 @@ class LocalModelProvider(Provider):
             cancel.event.set()
             if not future.done():
                 future.add_done_callback(lambda f: f.exception())
-
-
-def _with_logit_bias(processors: Any, bias: dict[int, float] | None) -> Any:
-    if not bias:
-        return processors
-
-    def apply(input_ids: Any, scores: Any) -> Any:
-        for token, value in bias.items():
-            scores[token] += value
-        return scores
-
-    return type(processors)([apply, *processors])
 
 
 def _chat_chunks(pieces: generation.Generation) -> Iterator[dict[str, Any]]:
