@@ -55,6 +55,11 @@ def test_a_stream_of_bytes_that_never_form_a_character_still_ends(sdk: openai.Op
     assert text == "\ufffd" * 6
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
+    # The same prompt unstreamed: the stream's prompt count is the prompt's, not the KV cache's length.
+    reply = sdk.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Say hello"}], max_tokens=1
+    )
+    assert reply.usage is not None and reply.usage.prompt_tokens == chunks[-1].usage.prompt_tokens
 
 
 def test_a_deployment_default_output_limit_applies_when_the_client_sets_none(sdk: openai.OpenAI) -> None:

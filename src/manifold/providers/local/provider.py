@@ -229,16 +229,21 @@ class LocalModelProvider(Provider):
 
         def produce() -> None:
             try:
+                usage: dict[str, int] | None = None
                 for chunk in self._complete(llama, {**kw, "stream": True}):
+                    if "usage" in chunk and not chunk.get("choices"):
+                        usage = chunk["usage"]
+                        continue
                     loop.call_soon_threadsafe(queue.put_nowait, ("chunk", _without_function_call(chunk)))
                     if cancel.event.is_set():
                         break
-                prompt_tokens = max(0, int(llama.n_tokens) - cancel.generated)
-                usage = {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": cancel.generated,
-                    "total_tokens": prompt_tokens + cancel.generated,
-                }
+                if usage is None:
+                    prompt_tokens = max(0, int(llama.n_tokens) - cancel.generated)
+                    usage = {
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": cancel.generated,
+                        "total_tokens": prompt_tokens + cancel.generated,
+                    }
                 loop.call_soon_threadsafe(queue.put_nowait, ("end", usage))
             except Exception as exc:  # noqa: BLE001 - handed to the event loop, re-raised there
                 loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
@@ -333,6 +338,14 @@ def _chat_chunks(pieces: generation.Generation) -> Iterator[dict[str, Any]]:
             yield {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]}
         if finish is not None:
             yield {**head, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}]}
+    # Exact counts from the loop itself (the KV cache's length is one short when max_tokens ended it).
+    prompt_tokens = len(pieces.plan.prompt)
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": pieces.generated,
+        "total_tokens": prompt_tokens + pieces.generated,
+    }
+    yield {"choices": [], "usage": usage}
 
 
 def _chat_completion(run: generation.Generation) -> dict[str, Any]:
