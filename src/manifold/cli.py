@@ -90,11 +90,14 @@ def _refuse(problems: list[str]) -> None:
 
 
 def _bound(args: argparse.Namespace, config: Config) -> Config:
-    """The config as `serve` will run it: `--host` replaces `server.host`."""
-    host = getattr(args, "host", None)
-    if host is None:
-        return config
-    return msgspec.structs.replace(config, server=msgspec.structs.replace(config.server, host=host))
+    """The config as `serve` will run it: `--host` and `--port` replace `server.host` and `server.port`."""
+    host, port = getattr(args, "host", None), getattr(args, "port", None)
+    server = config.server
+    if host is not None:
+        server = msgspec.structs.replace(server, host=host)
+    if port is not None:
+        server = msgspec.structs.replace(server, port=port)
+    return msgspec.structs.replace(config, server=server)
 
 
 def _serve(args: argparse.Namespace, config: Config) -> int:

@@ -219,7 +219,7 @@ def parse_config(data: Mapping[str, Any], environ: Mapping[str, str] | None = No
 
 def environment_problems(config: Config) -> list[str]:
     """What a valid file can still ask for that `serve` would fail on at start: a bind address this host cannot
-    resolve or bind, a data directory it cannot write. `manifold check` and `manifold serve` both run this, so
+    resolve or bind, a port taken by another server (or privileged), a data directory it cannot write. `manifold check` and `manifold serve` both run this, so
     they agree."""
     import socket
     import tempfile
@@ -232,11 +232,20 @@ def environment_problems(config: Config) -> list[str]:
         problems.append(f"server.host: {host!r} is not an address of this host ({exc})")
     else:
         family, kind, proto, _, address = infos[0]
+        port = config.server.port
         try:
             with socket.socket(family, kind, proto) as probe:
                 probe.bind(address)  # port 0: tests the address only
         except OSError as exc:
             problems.append(f"server.host: cannot bind {host!r}: {exc.strerror or exc}")
+        else:
+            try:
+                with socket.socket(family, kind, proto) as probe:
+                    # As uvicorn binds: a port in TIME_WAIT is free, one with a listener is not.
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    probe.bind((address[0], port, *address[2:]))
+            except OSError as exc:
+                problems.append(f"server.port: cannot listen on {host}:{port}: {exc.strerror or exc}")
     if config.storage.url is None:
         folder = Path(config.storage.data_dir).expanduser().absolute()
         missing = folder

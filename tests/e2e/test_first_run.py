@@ -5,6 +5,7 @@ check` refuses everything `manifold serve` would refuse, with the same words; an
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -60,16 +61,23 @@ PROBLEMS = {
     ),
     "not-local": ("model_list: []\nserver:\n  host: 192.0.2.1\n", ["server.host: cannot bind '192.0.2.1'"]),
     "data-dir-is-a-file": ("model_list: []\nstorage:\n  data_dir: ./afile\n", ["storage.data_dir: cannot write"]),
+    "port-taken": ("model_list: []\nserver:\n  port: {taken}\n", ["server.port: cannot listen on 127.0.0.1:{taken}"]),
 }
 
 
 @pytest.mark.parametrize("case", sorted(PROBLEMS))
 def test_check_and_serve_refuse_the_same_problems_with_the_same_words(tmp_path: Path, case: str) -> None:
-    text, expected = PROBLEMS[case]
-    (tmp_path / "afile").write_text("")
-    (tmp_path / "c.yaml").write_text(text)
-    checked = manifold("check", "--config", "c.yaml", cwd=tmp_path)
-    served = manifold("serve", "--config", "c.yaml", "--port", "0", cwd=tmp_path)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        taken = listener.getsockname()[1]
+        text, expected = PROBLEMS[case]
+        expected = [e.replace("{taken}", str(taken)) for e in expected]
+        (tmp_path / "afile").write_text("")
+        (tmp_path / "c.yaml").write_text(text.replace("{taken}", str(taken)))
+        checked = manifold("check", "--config", "c.yaml", cwd=tmp_path)
+        port = [] if case == "port-taken" else ["--port", "0"]
+        served = manifold("serve", "--config", "c.yaml", *port, cwd=tmp_path)
     assert checked.returncode == 1 and served.returncode == 1, served.stderr
     lines = checked.stderr.splitlines()
     assert lines[0] == f"c.yaml: {len(expected)} problem(s)"
