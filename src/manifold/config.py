@@ -219,8 +219,8 @@ def parse_config(data: Mapping[str, Any], environ: Mapping[str, str] | None = No
 
 def environment_problems(config: Config) -> list[str]:
     """What a valid file can still ask for that `serve` would fail on at start: a bind address this host cannot
-    resolve or bind, a port taken by another server (or privileged), a data directory it cannot write. `manifold check` and `manifold serve` both run this, so
-    they agree."""
+    resolve or bind, a port taken by another server (or privileged), a data directory it cannot write.
+    `manifold check` and `manifold serve` both run this, so they agree."""
     import socket
     import tempfile
 
