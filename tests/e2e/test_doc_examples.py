@@ -7,7 +7,7 @@ The examples are read from the pages' fenced blocks and run against a real `mani
   first line is `# name.yaml` is a file the page's commands use (`$ manifold check --config name.yaml`).
 - `python` blocks whose first line is `# name.py` are modules (a handler); the others are client scripts, run
   with this interpreter (a block that uses `client` without making one gets the page's client first).
-- `sh` blocks of `curl` commands are run by bash; `$ command` lines are run and compared with the lines that
+- `sh` blocks of `curl` commands (and `echo`, `VAR=$(curl …)`) are run by bash; `$ command` lines are run and compared with the lines that
   follow them (the output the page shows). Other shell blocks (installs, test commands) are not examples of
   the API and are left alone.
 
@@ -49,7 +49,7 @@ EXAMPLE_TIMEOUT = 60
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _FENCE = re.compile(r"^```(\w*)$")
 _MARKER = re.compile(r"^<!-- doc-test: (\w+)(?: (.*?))? -->$")
-_FILE_HEADER = re.compile(r"^# ([\w.-]+\.(?:py|yaml))$")
+_FILE_HEADER = re.compile(r"^# ([\w.-]+\.(?:py|yaml))(?:\s|$)")
 _CLIENT = 'from openai import OpenAI\n\nclient = OpenAI(base_url="http://127.0.0.1:8080/v1", api_key="unused")\n'
 
 
@@ -115,7 +115,7 @@ def is_curl_block(block: Block) -> bool:
         for line in _joined(block.code)
         if line.strip() and not line.lstrip().startswith("#") and not re.match(r"^[A-Z_]+=", line)
     ]
-    return bool(commands) and all(c.lstrip().startswith("curl ") for c in commands)
+    return any("curl " in c for c in commands) and all(c.lstrip().startswith(("curl ", "echo ")) for c in commands)
 
 
 def _joined(code: str) -> list[str]:
@@ -306,4 +306,11 @@ def test_the_extractor_finds_the_examples() -> None:
     readme = [p.values[0].id for p in CLIENTS if p.values[0].page.name == "README.md"]
     assert len(readme) == 2, readme
     assert all(b.marker_arg for p in ALL for b in p.blocks if b.marker == "skip"), "a skip says why"
+    # A block that calls the API but mixes in other commands would be left alone silently: none may.
+    unrun = [b.id for p in ALL for b in p.blocks if b.lang == "sh" and "curl " in b.code and not is_curl_block(b)]
+    assert not [u for u in unrun if not any(b.id == u and b.marker == "skip" for p in ALL for b in p.blocks)], unrun
+    python = [b.id for p in ALL for b in p.blocks if b.lang == "python"]
+    ran = {m.id for m in MODULES} | {c.values[0].id for c in CLIENTS}
+    skipped = {b.id for p in ALL for b in p.blocks if b.marker == "skip"}
+    assert set(python) <= ran | skipped, set(python) - ran - skipped
     assert shutil.which("bash") is not None
