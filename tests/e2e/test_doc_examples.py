@@ -7,9 +7,9 @@ The examples are read from the pages' fenced blocks and run against a real `mani
   first line is `# name.yaml` is a file the page's commands use (`$ manifold check --config name.yaml`).
 - `python` blocks whose first line is `# name.py` are modules (a handler); the others are client scripts, run
   with this interpreter (a block that uses `client` without making one gets the page's client first).
-- `sh` blocks of `curl` commands (and `echo`, `VAR=$(curl …)`) are run by bash; `$ command` lines are run and compared with the lines that
-  follow them (the output the page shows). Other shell blocks (installs, test commands) are not examples of
-  the API and are left alone.
+- `sh` blocks of `curl` commands (and `echo`, `VAR=$(curl …)`) are run by bash; `$ command` lines are run and
+  compared with the lines that follow them (the output the page shows). Other shell blocks (installs, test
+  commands) are not examples of the API and are left alone.
 
 A marker on the line before a block says what it needs:
 
