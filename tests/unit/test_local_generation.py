@@ -22,10 +22,10 @@ class TokenBytes:
     def __init__(self, pieces: Sequence[bytes], then_end: bool = True) -> None:
         self.pieces = {i + 1: p for i, p in enumerate(pieces)}
         self.then_end = then_end
-        self.seed: int | None = None
+        self._seed = 0
 
     def set_seed(self, seed: int) -> None:
-        self.seed = seed
+        self._seed = seed
 
     def generate(self, prompt: list[int], **kwargs: Any) -> Iterator[int]:
         yield from self.pieces

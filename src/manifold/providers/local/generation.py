@@ -180,7 +180,8 @@ def _end_of_generation(llama: Any) -> Callable[[int], bool]:
 
 def _texts(g: Generation) -> Iterator[tuple[str, str | None]]:
     llama, p = g.llama, g.plan
-    llama.set_seed(p.seed if p.seed is not None else random.randint(0, 2**32 - 1))
+    # Without a seed, as llama.cpp's own create_completion draws one (from the previous seed).
+    llama.set_seed(p.seed if p.seed is not None else random.Random(llama._seed).randint(0, 2**32))
     decoder, stops = Utf8Text(), StopText(p.stop)
     finish = "length"
     for token in llama.generate(p.prompt, logits_processor=g.processors, grammar=p.grammar, **p.sampling):
