@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from manifold.config import Config, load_config
+from manifold.config import Config, environment_problems, load_config, serves_embedded_default
 from manifold.errors import ConfigError
 
 CONFIG_ENV = "MANIFOLD_CONFIG"
@@ -62,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config)
         if handler is not None:
             config = _handler_config(args, config)
+        if args.command in ("check", "serve"):
+            _refuse(environment_problems(_bound(args, config)))
     except ConfigError as exc:
         where = args.config or "the default configuration"
         print(f"{where}: {len(exc.problems)} problem(s)", file=sys.stderr)
@@ -71,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check":
         names = sorted({d.model_name for d in config.model_list})
         print(f"{args.config}: OK ({len(config.model_list)} deployment(s): {', '.join(names) or 'none'})")
+        if serves_embedded_default(config):
+            print("  no model_list: serving the embedded models smollm2 and minilm (model_list: [] serves none)")
         return 0
     if args.command == "models":
         for name in sorted({d.model_name for d in config.model_list}):
@@ -79,6 +83,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{alias} -> {target}")
         return 0
     return _serve(args, config)
+
+
+def _refuse(problems: list[str]) -> None:
+    if problems:
+        raise ConfigError(problems)
+
+
+def _bound(args: argparse.Namespace, config: Config) -> Config:
+    """The config as `serve` will run it: `--host` and `--port` replace `server.host` and `server.port`."""
+    host, port = getattr(args, "host", None), getattr(args, "port", None)
+    server = config.server
+    if host is not None:
+        server = msgspec.structs.replace(server, host=host)
+    if port is not None:
+        server = msgspec.structs.replace(server, port=port)
+    return msgspec.structs.replace(config, server=server)
 
 
 def _serve(args: argparse.Namespace, config: Config) -> int:
@@ -132,7 +152,7 @@ def _handler_config(args: argparse.Namespace, config: Config) -> Config:
     from manifold.frontend.app import Endpoint, HandlerNotFound, load_handler
 
     problems = []
-    if args.config and config.model_list:
+    if args.config and config.model_list and not serves_embedded_default(config):
         problems.append(
             "model_list: must be empty with --handler (to put a handler beside other backends, list it in "
             "model_list with provider: python)"

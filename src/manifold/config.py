@@ -76,13 +76,17 @@ class Deployment(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     model_path: str | None = None
     context_length: Annotated[int, msgspec.Meta(ge=128)] = 4096
     threads: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    # local provider: llama.cpp's repeat penalty when the client sends none (None: 1.1, which keeps a small
+    # model from repeating one sentence until its context is full)
+    repeat_penalty: Annotated[float, msgspec.Meta(ge=0)] | None = None
     # kserve_v2 provider (docs/backends-kserve.md)
     mode: str | None = None
     model_version: str | None = None
     chat_template: str | None = None
     generate_parameters_in: str | None = None
-    # anthropic provider: `max_tokens` sent when the client sets neither max_tokens nor max_completion_tokens
-    # (the Messages API requires it); None means the provider's own default
+    # anthropic and local providers: the output limit when the client sets neither max_tokens nor
+    # max_completion_tokens (the Messages API requires one; a small local model would otherwise run to the end
+    # of its context); None means the provider's own default (anthropic 4096, local 512)
     default_max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
     # legacy completions: "auto" tries the upstream's /completions and, on a 404 (or OpenAI's "chat model"
     # answer), answers through chat from then on; False: always through chat; True: always native
@@ -206,14 +210,21 @@ _LOG_LEVELS = {"critical", "error", "warning", "info", "debug", "trace"}
 
 
 def default_config() -> Config:
-    """With no config file: the embedded local models, served as `smollm2` (chat, completions) and `minilm`
-    (embeddings)."""
-    return Config(
-        model_list=[
-            Deployment(model_name="smollm2", provider="local", owned_by="manifold"),
-            Deployment(model_name="minilm", provider="local_embedding", owned_by="manifold"),
-        ]
-    )
+    """With no config file, or a file without `model_list`: the embedded local models, served as `smollm2`
+    (chat, completions) and `minilm` (embeddings)."""
+    return Config(model_list=embedded_deployments())
+
+
+def embedded_deployments() -> list[Deployment]:
+    return [
+        Deployment(model_name="smollm2", provider="local", owned_by="manifold"),
+        Deployment(model_name="minilm", provider="local_embedding", owned_by="manifold"),
+    ]
+
+
+def serves_embedded_default(config: Config) -> bool:
+    """Whether the deployments are the embedded default (no `model_list` in the file)."""
+    return config.model_list == embedded_deployments()
 
 
 def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Config:
@@ -223,6 +234,8 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] 
         raw: Any = msgspec.to_builtins(default_config())
     else:
         raw = _read_file(Path(path))
+        # A file that only tunes `storage:` or `responses:` keeps the embedded models; `model_list: []` serves none.
+        raw.setdefault("model_list", msgspec.to_builtins(embedded_deployments()))
     problems: list[str] = []
     raw = _expand_env(raw, env, "", problems)
     _apply_env_overrides(raw, env, problems)
@@ -235,6 +248,53 @@ def parse_config(data: Mapping[str, Any], environ: Mapping[str, str] | None = No
     problems: list[str] = []
     raw = _expand_env(dict(data), env, "", problems)
     return _build(raw, problems)
+
+
+def environment_problems(config: Config) -> list[str]:
+    """What a valid file can still ask for that `serve` would fail on at start: a bind address this host cannot
+    resolve or bind, a port taken by another server (or privileged), a data directory it cannot write.
+    `manifold check` and `manifold serve` both run this, so they agree."""
+    import socket
+    import tempfile
+
+    problems: list[str] = []
+    host = config.server.host
+    try:
+        infos = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as exc:
+        problems.append(f"server.host: {host!r} is not an address of this host ({exc})")
+    else:
+        family, kind, proto, _, address = infos[0]
+        port = config.server.port
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.bind(address)  # port 0: tests the address only
+        except OSError as exc:
+            problems.append(f"server.host: cannot bind {host!r}: {exc.strerror or exc}")
+        else:
+            try:
+                with socket.socket(family, kind, proto) as probe:
+                    # As uvicorn binds: a port in TIME_WAIT is free, one with a listener is not.
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    probe.bind((address[0], port, *address[2:]))
+            except OSError as exc:
+                problems.append(f"server.port: cannot listen on {host}:{port}: {exc.strerror or exc}")
+    if config.storage.url is None:
+        folder = Path(config.storage.data_dir).expanduser().absolute()
+        missing = folder
+        while not missing.parent.exists() and missing.parent != missing:
+            missing = missing.parent
+        try:
+            if folder.exists():
+                # A file created and removed at once: only writing proves the folder is writable (as root too).
+                with tempfile.TemporaryFile(dir=folder):
+                    pass
+            else:
+                missing.mkdir()
+                missing.rmdir()
+        except OSError as exc:
+            problems.append(f"storage.data_dir: cannot write {config.storage.data_dir!r}: {exc.strerror or exc}")
+    return problems
 
 
 def _read_file(path: Path) -> Any:
@@ -304,30 +364,34 @@ def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str], problems: 
 
 def _build(raw: dict[str, Any], problems: list[str]) -> Config:
     """Convert section by section (and deployment by deployment) and check what converted, so every problem
-    in the file is reported at once, not only the first."""
+    in the file is reported at once, not only the first, in the order of the file's sections."""
+    found: dict[str, list[str]] = {name: [] for name in Config.__struct_fields__}
     unknown = sorted(set(raw) - set(Config.__struct_fields__))
     problems.extend(f"{k}: unknown key (expected one of: {', '.join(Config.__struct_fields__)})" for k in unknown)
-    server = _convert_part(raw.get("server", {}), ServerSettings, "server", problems)
+    server = _convert_part(raw.get("server", {}), ServerSettings, "server", found["server"])
     if server is not None:
-        problems.extend(_server_problems(server))
+        found["server"].extend(_server_problems(server))
     model_list_raw = raw.get("model_list", [])
     deployments: list[Deployment] = []
     all_converted = isinstance(model_list_raw, list)
     if not isinstance(model_list_raw, list):
-        problems.append("model_list: expected a list of deployments")
+        found["model_list"].append("model_list: expected a list of deployments")
     else:
         for i, item in enumerate(model_list_raw):
-            dep = _convert_part(item, Deployment, f"model_list[{i}]", problems)
+            dep = _convert_part(item, Deployment, f"model_list[{i}]", found["model_list"])
             if dep is not None:
-                problems.extend(_deployment_problems(dep, f"model_list[{i}]"))
+                found["model_list"].extend(_deployment_problems(dep, f"model_list[{i}]"))
                 deployments.append(dep)
             else:
                 all_converted = False
-    storage = _convert_part(raw.get("storage", {}), StorageSettings, "storage", problems)
+    storage = _convert_part(raw.get("storage", {}), StorageSettings, "storage", found["storage"])
     if storage is not None:
-        problems.extend(_storage_problems(storage))
-    responses = _convert_part(raw.get("responses", {}), ResponsesSettings, "responses", problems)
-    router = _convert_router(raw.get("router", {}), problems)
+        found["storage"].extend(_storage_problems(storage))
+    responses = _convert_part(raw.get("responses", {}), ResponsesSettings, "responses", found["responses"])
+    router = _convert_router(raw.get("router", {}), found["router"])
+    order = [k for k in raw if k in found] + [k for k in found if k not in raw]
+    for name in order:
+        problems.extend(found[name])
     if router is not None and all_converted:
         # Names are checked against the deployments only when all of them could be read.
         problems.extend(_router_problems(router, deployments))

@@ -107,11 +107,15 @@ server:
     assert config.server.prefixes == ["/v1"]
 
 
-@pytest.mark.parametrize("text", ["", "   \n", "# only a comment\n", "{}"])
-def test_empty_file_is_an_empty_config(tmp_path: Path, text: str) -> None:
+@pytest.mark.parametrize("text", ["", "   \n", "# only a comment\n", "{}", "storage: {data_dir: ./x}\n"])
+def test_a_file_without_model_list_keeps_the_embedded_models(tmp_path: Path, text: str) -> None:
     config = load_config(write(tmp_path, text), environ={})
-    assert config.model_list == []
+    assert [(d.model_name, d.provider) for d in config.model_list] == [
+        ("smollm2", "local"),
+        ("minilm", "local_embedding"),
+    ]
     assert config.server.port == 8080
+    assert load_config(write(tmp_path, "model_list: []\n"), environ={}).model_list == []
 
 
 def test_parse_config_in_memory() -> None:

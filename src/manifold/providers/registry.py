@@ -43,7 +43,8 @@ KIND_ONLY_FIELDS: dict[str, frozenset[str]] = {
     "model_version": frozenset({"kserve_v2"}),
     "chat_template": frozenset({"kserve_v2"}),
     "generate_parameters_in": frozenset({"kserve_v2"}),
-    "default_max_tokens": frozenset({"anthropic"}),
+    "default_max_tokens": frozenset({"anthropic", "local"}),
+    "repeat_penalty": frozenset({"local"}),
     "supports_completions": frozenset({"openai", "azure"}),
     "handler": frozenset({"python"}),
 }

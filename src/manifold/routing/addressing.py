@@ -65,6 +65,7 @@ def router_problems(settings: RouterSettings, deployments: list[Deployment]) -> 
     problems: list[str] = []
     names = {d.model_name for d in deployments}
     ids: dict[str, int] = {}
+    group_sizes: dict[str, int] = {}
     for i, dep in enumerate(deployments):
         where = f"model_list[{i}]"
         if WILDCARD in dep.model_name[:-1]:
@@ -74,10 +75,14 @@ def router_problems(settings: RouterSettings, deployments: list[Deployment]) -> 
                 f"{where}.model: a wildcard group forwards the requested name; leave `model` out or make it "
                 f"a pattern with '*' (e.g. 'accounts/acme/models/*'), not {dep.model!r}"
             )
-        if dep.id is not None:
-            if dep.id in ids:
-                problems.append(f"{where}.id: {dep.id!r} is already the id of model_list[{ids[dep.id]}]")
-            ids.setdefault(dep.id, i)
+        # The id the router gives it (an explicit one, else `<model_name>#<index in its group>`): two equal ids
+        # would make `x-manifold-deployment` and the logs name one deployment for another.
+        in_group = group_sizes.get(dep.model_name, 0)
+        group_sizes[dep.model_name] = in_group + 1
+        dep_id = dep.id if dep.id is not None else f"{dep.model_name}#{in_group}"
+        if dep_id in ids:
+            problems.append(f"{where}.id: {dep_id!r} is already the id of model_list[{ids[dep_id]}]")
+        ids.setdefault(dep_id, i)
 
     table: NameTable[str] = NameTable({n: n for n in names}, {})
 

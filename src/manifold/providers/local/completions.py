@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 from manifold.api.completions import new_completion_id, split_prompts
 from manifold.errors import BadGatewayError, InvalidRequestError, ManifoldError, UnsupportedError
 from manifold.providers.base import Call
+from manifold.providers.local import generation
 
 LEGACY_DEFAULT_MAX_TOKENS = 16
 # Options llama.cpp's create_completion takes under OpenAI's name, or as a common backend extra.
@@ -159,9 +160,39 @@ def _call(llama: Any, p: Plan, prompt: str | list[int], stream: bool = False) ->
     if isinstance(prompt, list) and kwargs.get("echo"):
         kwargs = {**kwargs, "echo": False}
     try:
-        return llama.create_completion(prompt=prompt, stream=stream, **kwargs)
+        own = generation.completion_plan(llama, prompt, kwargs)
+        if own is None:
+            return llama.create_completion(prompt=prompt, stream=stream, **kwargs)
     except (ValueError, RuntimeError) as exc:
         raise as_error(exc) from None
+    # Manifold's own token loop (generation.py): llama.cpp's could stall on bytes that never form a character.
+    run = generation.Generation(
+        llama, own, generation.with_logit_bias(kwargs["logits_processor"], kwargs.get("logit_bias"))
+    )
+    return _text_chunks(run) if stream else _text_completion(run)
+
+
+def _text_chunks(run: generation.Generation) -> Iterator[dict[str, Any]]:
+    for text, finish in run:
+        if text or finish is not None:
+            yield {"choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]}
+
+
+def _text_completion(run: generation.Generation) -> dict[str, Any]:
+    texts: list[str] = []
+    finish = "length"
+    for text, ended in run:
+        texts.append(text)
+        finish = ended or finish
+    prompt_tokens = len(run.plan.prompt)
+    return {
+        "choices": [{"text": "".join(texts), "index": 0, "logprobs": None, "finish_reason": finish}],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": run.generated,
+            "total_tokens": prompt_tokens + run.generated,
+        },
+    }
 
 
 def as_error(exc: BaseException) -> ManifoldError:

@@ -10,6 +10,7 @@ import importlib.util
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, cast
@@ -18,6 +19,7 @@ from manifold.config import Deployment
 from manifold.errors import BadGatewayError, ManifoldError, ServiceUnavailableError, UnsupportedError
 from manifold.providers.base import Call, Capability, ChatCall, ChunkStream, Provider
 from manifold.providers.local import completions as local_completions
+from manifold.providers.local import generation
 from manifold.providers.local.crash_check import crash_in_child
 
 log = logging.getLogger("manifold.local")
@@ -171,8 +173,9 @@ class LocalModelProvider(Provider):
                 kw["tool_choice"] = choice or "auto"
         kw["messages"] = _flatten_messages(body["messages"])
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-        if max_tokens is not None:
-            kw["max_tokens"] = max_tokens
+        kw["max_tokens"] = max_tokens or self.deployment.default_max_tokens or generation.LOCAL_DEFAULT_MAX_TOKENS
+        if "repeat_penalty" not in kw:
+            kw["repeat_penalty"] = self.deployment.repeat_penalty or generation.LOCAL_DEFAULT_REPEAT_PENALTY
         stop = body.get("stop")
         if stop is not None:
             kw["stop"] = [stop] if isinstance(stop, str) else stop
@@ -205,8 +208,14 @@ class LocalModelProvider(Provider):
 
     @staticmethod
     def _complete(llama: Any, kw: dict[str, Any]) -> Any:
-        """On the model's thread. With tools, llama.cpp's ChatML function-calling handler (SmolLM2's template is
-        ChatML): a grammar makes a called function's arguments valid JSON for its parameters."""
+        """On the model's thread. Plain chat runs on Manifold's own token loop (generation.py: llama-cpp-python's
+        streaming detokenizer can stall). With tools, llama.cpp's ChatML function-calling handler (SmolLM2's
+        template is ChatML): a grammar makes a called function's arguments valid JSON for its parameters."""
+        plan = generation.plan(llama, kw)
+        if plan is not None:
+            processors = generation.with_logit_bias(kw["logits_processor"], kw.get("logit_bias"))
+            run = generation.Generation(llama, plan, processors)
+            return _chat_chunks(run) if kw.get("stream") else _chat_completion(run)
         if "tools" in kw:
             from llama_cpp import llama_chat_format
 
@@ -225,16 +234,21 @@ class LocalModelProvider(Provider):
 
         def produce() -> None:
             try:
+                usage: dict[str, int] | None = None
                 for chunk in self._complete(llama, {**kw, "stream": True}):
+                    if "usage" in chunk and not chunk.get("choices"):
+                        usage = chunk["usage"]
+                        continue
                     loop.call_soon_threadsafe(queue.put_nowait, ("chunk", _without_function_call(chunk)))
                     if cancel.event.is_set():
                         break
-                prompt_tokens = max(0, int(llama.n_tokens) - cancel.generated)
-                usage = {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": cancel.generated,
-                    "total_tokens": prompt_tokens + cancel.generated,
-                }
+                if usage is None:
+                    prompt_tokens = max(0, int(llama.n_tokens) - cancel.generated)
+                    usage = {
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": cancel.generated,
+                        "total_tokens": prompt_tokens + cancel.generated,
+                    }
                 loop.call_soon_threadsafe(queue.put_nowait, ("end", usage))
             except Exception as exc:  # noqa: BLE001 - handed to the event loop, re-raised there
                 loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
@@ -317,6 +331,55 @@ class LocalModelProvider(Provider):
             cancel.event.set()
             if not future.done():
                 future.add_done_callback(lambda f: f.exception())
+
+
+def _chat_chunks(pieces: generation.Generation) -> Iterator[dict[str, Any]]:
+    """`chat.completion.chunk`s as llama.cpp's own chat stream shapes them (the router sets id and model)."""
+    head = {"id": "chatcmpl-local", "object": "chat.completion.chunk", "created": int(time.time()), "model": ""}
+    yield {**head, "choices": [{"index": 0, "delta": {"role": "assistant"}, "logprobs": None, "finish_reason": None}]}
+    for text, finish in pieces:
+        if text:
+            delta: dict[str, Any] = {"content": text}
+            yield {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]}
+        if finish is not None:
+            yield {**head, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}]}
+    # Exact counts from the loop itself (the KV cache's length is one short when max_tokens ended it).
+    prompt_tokens = len(pieces.plan.prompt)
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": pieces.generated,
+        "total_tokens": prompt_tokens + pieces.generated,
+    }
+    yield {"choices": [], "usage": usage}
+
+
+def _chat_completion(run: generation.Generation) -> dict[str, Any]:
+    texts: list[str] = []
+    finish = "stop"
+    for text, ended in run:
+        texts.append(text)
+        finish = ended or finish
+    content = "".join(texts)
+    prompt_tokens = len(run.plan.prompt)
+    return {
+        "id": "chatcmpl-local",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": "",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "logprobs": None,
+                "finish_reason": finish,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": run.generated,
+            "total_tokens": prompt_tokens + run.generated,
+        },
+    }
 
 
 def _count_prompt_tokens(llama: Any, messages: list[dict[str, Any]]) -> int:

@@ -66,6 +66,8 @@ def _write_finished(task: asyncio.Task[None]) -> None:
 async def create_stored(app: ManifoldApp, request: Request, raw: dict[str, Any], req: ChatCompletionRequest) -> None:
     """`POST /chat/completions` with `store: true`. The gateway names the completion (its id is the key it is
     stored under, whatever id the upstream gave)."""
+    # An unknown model is the client's 404, whatever state the database is in (issue 17: it answered 503).
+    app.router.resolve(req.model)
     store = await app.store.chat_completions()
     completion_id = new_completion_id()
     messages = raw["messages"]
