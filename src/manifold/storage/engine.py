@@ -10,7 +10,10 @@ can fail with SQLITE_BUSY when another writer got in between, whatever the busy 
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -105,3 +108,40 @@ def _set_wal(cursor: Any) -> None:
 def write_engine(engine: AsyncEngine) -> AsyncEngine:
     """The same engine (and pool) whose transactions take the write lock at BEGIN on SQLite."""
     return engine.execution_options(**{_WRITE: True})
+
+
+class WriteLock:
+    """Several processes (`--workers N`) writing one SQLite file take turns through this lock, held for one
+    batch's transaction. SQLite's own busy handler polls with sleeps of up to 100 ms, so a writer that finds
+    the file locked can sleep well past the moment it is free; a blocked `flock` wakes as soon as the other
+    process lets go. (`BEGIN IMMEDIATE` with the busy timeout still guards writers that do not take it.)"""
+
+    def __init__(self, path: str) -> None:
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    async def acquire(self) -> None:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        waiting = asyncio.ensure_future(asyncio.to_thread(fcntl.flock, self._fd, fcntl.LOCK_EX))
+        try:
+            await asyncio.shield(waiting)
+        except asyncio.CancelledError:
+            # The thread cannot be stopped: once it has the lock, let go of it.
+            waiting.add_done_callback(lambda f: None if f.cancelled() or f.exception() else self.release())
+            raise
+
+    def release(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def write_lock(url: URL) -> WriteLock | None:
+    """The cross-process write lock for a SQLite file (None for other databases: they lock rows, not files)."""
+    if not is_sqlite(url) or not url.database or sys.platform == "win32":
+        return None
+    return WriteLock(os.path.abspath(url.database) + "-writer.lock")

@@ -13,6 +13,12 @@ from manifold.errors import ServiceUnavailableError
 log = logging.getLogger("manifold.storage")
 
 
+def unavailable() -> ServiceUnavailableError:
+    return ServiceUnavailableError(
+        "The storage backend is unavailable; nothing was stored. Try again later.", code="storage_unavailable"
+    )
+
+
 @contextlib.asynccontextmanager
 async def storage_errors() -> AsyncIterator[None]:
     try:
@@ -20,6 +26,4 @@ async def storage_errors() -> AsyncIterator[None]:
     except (SQLAlchemyError, OSError) as exc:
         # OSError: a driver that failed to connect (refused, reset) before SQLAlchemy could wrap it.
         log.error("storage: %s: %s", type(exc).__name__, exc)
-        raise ServiceUnavailableError(
-            "The storage backend is unavailable; nothing was stored. Try again later.", code="storage_unavailable"
-        ) from exc
+        raise unavailable() from exc

@@ -1,4 +1,5 @@
-"""GET /health (the process is alive) and GET /health/ready (every deployment's upstream is reachable)."""
+"""GET /health (the process is alive) and GET /health/ready (every deployment's upstream is reachable and the
+store is open)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,14 @@ async def ready(app: ManifoldApp, request: Request) -> None:
     deployments = [
         {"model": p.deployment.model_name, "provider": p.deployment.provider, "ready": ok} for p, ok in results
     ]
-    all_ready = all(ok for _, ok in results)
-    body = {"status": "ready" if all_ready else "unavailable", "deployments": deployments}
+    # A store that is still opening or cannot be opened (the database is down; it is retried in the background)
+    # is not ready: a load balancer should not send stored requests here only to get 503.
+    storage_state = app.store.state
+    storage_ready = storage_state == "open"
+    all_ready = storage_ready and all(ok for _, ok in results)
+    body = {
+        "status": "ready" if all_ready else "unavailable",
+        "deployments": deployments,
+        "storage": {"ready": storage_ready, "state": storage_state},
+    }
     await request.send_json(200 if all_ready else 503, _json.encode(body))
