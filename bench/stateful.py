@@ -51,6 +51,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "In one short paragraph, explain what an API gateway does."
 ROUTES = ("chat", "chat_store", "responses", "responses_stream")
 STORED = ("chat_store", "responses", "responses_stream")
+# `--with-unstored`: the same Responses requests with `"store": false`, to tell the engine's cost from the store's.
+UNSTORED = ("responses_nostore",)
 
 
 def _bodies() -> dict[str, tuple[str, bytes, bool]]:
@@ -66,6 +68,7 @@ def _bodies() -> dict[str, tuple[str, bytes, bool]]:
         "chat_store": ("/v1/chat/completions", enc({**chat, "store": True}), False),
         "responses": ("/v1/responses", enc(resp), False),
         "responses_stream": ("/v1/responses", enc({**resp, "stream": True}), True),
+        "responses_nostore": ("/v1/responses", enc({**resp, "store": False}), False),
     }
 
 
@@ -105,7 +108,9 @@ class RouteConnection(Connection):
             raise BadResponse(f"status {status}, response.completed seen: {self._seen_completed}")
 
 
-async def drive(port: int, concurrency: int, seconds: float, warmup_s: float) -> dict[str, Any]:
+async def drive(
+    port: int, concurrency: int, seconds: float, warmup_s: float, routes: tuple[str, ...]
+) -> dict[str, Any]:
     bodies = _bodies()
     requests = {
         route: (
@@ -116,8 +121,8 @@ async def drive(port: int, concurrency: int, seconds: float, warmup_s: float) ->
         for route, (path, body, _) in bodies.items()
     }
     loop = asyncio.get_running_loop()
-    latencies: dict[str, list[float]] = {r: [] for r in ROUTES}
-    errors: dict[str, int] = dict.fromkeys(ROUTES, 0)
+    latencies: dict[str, list[float]] = {r: [] for r in routes}
+    errors: dict[str, int] = dict.fromkeys(routes, 0)
     first_error: list[str] = []
     measuring = False
     stop_at = time.perf_counter() + warmup_s + seconds
@@ -126,7 +131,7 @@ async def drive(port: int, concurrency: int, seconds: float, warmup_s: float) ->
         conns: dict[str, RouteConnection] = {}
         i = slot
         while time.perf_counter() < stop_at:
-            route = ROUTES[i % len(ROUTES)]
+            route = routes[i % len(routes)]
             i += 1
             t0 = time.perf_counter()
             try:
@@ -159,22 +164,22 @@ async def drive(port: int, concurrency: int, seconds: float, warmup_s: float) ->
 
     results = await asyncio.gather(measure(), *(client(s) for s in range(concurrency)))
     wall = float(results[0])
-    routes = {}
-    for route in ROUTES:
+    figures = {}
+    for route in routes:
         lat = sorted(latencies[route])
-        routes[route] = {
+        figures[route] = {
             "ok": len(lat),
             "errors": errors[route],
             "rps": len(lat) / wall,
             "p50_ms": percentile(lat, 50) * 1000,
             "p99_ms": percentile(lat, 99) * 1000,
         }
-    stored = sum(routes[r]["ok"] for r in STORED)
+    stored = sum(figures[r]["ok"] for r in STORED)
     return {
         "wall_s": wall,
-        "routes": routes,
+        "routes": figures,
         "stored_writes_per_s": stored / wall,
-        "plain_rps": routes["chat"]["rps"],
+        "plain_rps": figures["chat"]["rps"],
         "first_error": first_error[0] if first_error else None,
     }
 
@@ -270,7 +275,8 @@ def run_setup(setup: str, args: argparse.Namespace) -> dict[str, Any]:
                 with _process(argv, workdir / "manifold.log", env=env, cwd=workdir):
                     _wait_http(port, "/health", 60)
                     _wait_http(port, "/health/ready", 60)
-                    result = uvloop.run(drive(port, args.concurrency, args.seconds, args.warmup))
+                    routes = ROUTES + UNSTORED if args.with_unstored else ROUTES
+                    result = uvloop.run(drive(port, args.concurrency, args.seconds, args.warmup, routes))
                 log = (workdir / "manifold.log").read_text(errors="replace")
     result["setup"] = setup
     result["workers"] = workers
@@ -288,7 +294,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     ]
     for r in results:
         plain_p99 = r["routes"]["chat"]["p99_ms"]
-        for route in ROUTES:
+        for route in r["routes"]:
             f = r["routes"][route]
             ratio = f["p99_ms"] / plain_p99 if plain_p99 else float("nan")
             lines.append(
@@ -315,12 +321,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=15.0, help="measured time per setup")
     parser.add_argument("--warmup", type=float, default=3.0, help="load before measuring (not counted)")
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument(
+        "--with-unstored", action="store_true", help='add POST /responses with "store": false (the engine alone)'
+    )
     args = parser.parse_args(argv)
     results = [run_setup(s.strip(), args) for s in args.setups.split(",") if s.strip()]
     print(report(results, args))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
-    failed = any(r["routes"][route]["errors"] for r in results for route in ROUTES)
+    failed = any(f["errors"] for r in results for f in r["routes"].values())
     return 1 if failed else 0
 
 

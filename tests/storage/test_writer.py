@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from manifold.config import StorageSettings
 from manifold.errors import ServiceUnavailableError
@@ -67,11 +66,11 @@ async def stored_ids(store: Store) -> list[str]:
         return list((await conn.scalars(select(cc.c.id).order_by(cc.c.seq))).all())
 
 
-async def _gone(conn: AsyncConnection) -> None:
+def _gone(conn: Connection) -> None:
     raise OperationalError("COMMIT", {}, ConnectionResetError("server closed the connection"))
 
 
-async def _bug(conn: AsyncConnection) -> None:
+def _bug(conn: Connection) -> None:
     raise RuntimeError("a write whose own code is wrong")
 
 

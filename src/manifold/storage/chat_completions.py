@@ -12,8 +12,8 @@ import time
 from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple
 
-from sqlalchemy import delete, exists, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import Connection, delete, exists, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from manifold import _json
 from manifold.errors import InvalidRequestError
@@ -119,15 +119,15 @@ class ChatCompletionStore:
         """Replace the metadata; the updated completion, or None when there is no such completion."""
         meta = dict(metadata or {})
 
-        async def apply(conn: AsyncConnection) -> str | None:
-            result = await conn.execute(update(_cc).where(_cc.c.id == completion_id).values(metadata_json=_text(meta)))
+        def apply(conn: Connection) -> str | None:
+            result = conn.execute(update(_cc).where(_cc.c.id == completion_id).values(metadata_json=_text(meta)))
             if result.rowcount == 0:
                 return None
-            await conn.execute(delete(_md).where(_md.c.completion_id == completion_id))
+            conn.execute(delete(_md).where(_md.c.completion_id == completion_id))
             md_rows = _metadata_rows(completion_id, meta)
             if md_rows:
-                await conn.execute(insert(_md), md_rows)
-            body: str | None = await conn.scalar(select(_cc.c.completion).where(_cc.c.id == completion_id))
+                conn.execute(insert(_md), md_rows)
+            body: str | None = conn.scalar(select(_cc.c.completion).where(_cc.c.id == completion_id))
             return body
 
         body = await self._writes.submit(Write(apply=apply))
@@ -138,11 +138,11 @@ class ChatCompletionStore:
         return completion
 
     async def delete(self, completion_id: str) -> bool:
-        async def apply(conn: AsyncConnection) -> bool:
+        def apply(conn: Connection) -> bool:
             # Children first: SQLite enforces ON DELETE CASCADE only where foreign keys were switched on.
-            await conn.execute(delete(_msg).where(_msg.c.completion_id == completion_id))
-            await conn.execute(delete(_md).where(_md.c.completion_id == completion_id))
-            result = await conn.execute(delete(_cc).where(_cc.c.id == completion_id))
+            conn.execute(delete(_msg).where(_msg.c.completion_id == completion_id))
+            conn.execute(delete(_md).where(_md.c.completion_id == completion_id))
+            result = conn.execute(delete(_cc).where(_cc.c.id == completion_id))
             return bool(result.rowcount)
 
         return await self._writes.submit(Write(apply=apply))

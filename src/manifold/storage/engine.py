@@ -10,7 +10,6 @@ can fail with SQLITE_BUSY when another writer got in between, whatever the busy 
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import os
 import sys
@@ -18,9 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Engine, event
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import SingletonThreadPool
 
 from manifold.config import StorageSettings
 
@@ -70,7 +71,26 @@ def _sqlite_engine(url: URL, settings: StorageSettings) -> AsyncEngine:
         pool_timeout=BUSY_TIMEOUT_S,
     )
 
-    @event.listens_for(engine.sync_engine, "connect")
+    _sqlite_events(engine.sync_engine)
+    return engine
+
+
+def sqlite_write_engine(url: URL) -> Engine:
+    """The engine of the writer thread on SQLite (`writer.py`): the stdlib driver without the async adapter, one
+    connection, every transaction `BEGIN IMMEDIATE`. A batch then runs in that thread in one go, where through
+    aiosqlite each statement, the BEGIN and the COMMIT would each wait for a turn of a busy event loop."""
+    engine = create_sync_engine(
+        url.set(drivername="sqlite+pysqlite"),
+        connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False},
+        poolclass=SingletonThreadPool,
+        execution_options={_WRITE: True},
+    )
+    _sqlite_events(engine)
+    return engine
+
+
+def _sqlite_events(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # autocommit at the driver: SQLAlchemy emits BEGIN below
         cursor = dbapi_connection.cursor()
@@ -80,11 +100,9 @@ def _sqlite_engine(url: URL, settings: StorageSettings) -> AsyncEngine:
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
-
-    return engine
 
 
 def _set_wal(cursor: Any) -> None:
@@ -111,27 +129,18 @@ def write_engine(engine: AsyncEngine) -> AsyncEngine:
 
 
 class WriteLock:
-    """Several processes (`--workers N`) writing one SQLite file take turns through this lock, held for one
-    batch's transaction. SQLite's own busy handler polls with sleeps of up to 100 ms, so a writer that finds
-    the file locked can sleep well past the moment it is free; a blocked `flock` wakes as soon as the other
-    process lets go. (`BEGIN IMMEDIATE` with the busy timeout still guards writers that do not take it.)"""
+    """Several processes (`--workers N`) writing one SQLite file take turns through this lock, held by each
+    writer thread for one batch's transaction. SQLite's own busy handler polls with sleeps of up to 100 ms, so a
+    writer that finds the file locked can sleep well past the moment it is free; a blocked `flock` wakes as soon
+    as the other process lets go. (`BEGIN IMMEDIATE` with the busy timeout still guards writers that do not take
+    it: migrations, an older version.)"""
 
     def __init__(self, path: str) -> None:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
 
-    async def acquire(self) -> None:
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            pass
-        waiting = asyncio.ensure_future(asyncio.to_thread(fcntl.flock, self._fd, fcntl.LOCK_EX))
-        try:
-            await asyncio.shield(waiting)
-        except asyncio.CancelledError:
-            # The thread cannot be stopped: once it has the lock, let go of it.
-            waiting.add_done_callback(lambda f: None if f.cancelled() or f.exception() else self.release())
-            raise
+    def acquire(self) -> None:
+        """Block until this process holds the lock (call from the writer thread)."""
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
 
     def release(self) -> None:
         fcntl.flock(self._fd, fcntl.LOCK_UN)

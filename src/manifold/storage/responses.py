@@ -11,8 +11,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
-from sqlalchemy import and_, delete, func, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import Connection, and_, delete, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from manifold import _json
 from manifold.errors import InvalidRequestError
@@ -111,10 +111,10 @@ class ResponseStore:
         return StoredResponse(response, row.owner, row.lease_until)
 
     async def delete(self, response_id: str) -> bool:
-        async def apply(conn: AsyncConnection) -> bool:
+        def apply(conn: Connection) -> bool:
             # Children first: SQLite enforces ON DELETE CASCADE only where foreign keys were switched on.
-            await conn.execute(delete(_items).where(_items.c.response_id == response_id))
-            result = await conn.execute(delete(_r).where(_r.c.id == response_id))
+            conn.execute(delete(_items).where(_items.c.response_id == response_id))
+            result = conn.execute(delete(_r).where(_r.c.id == response_id))
             return bool(result.rowcount)
 
         return await self._writes.submit(Write(apply=apply))
@@ -158,9 +158,9 @@ class ResponseStore:
             return set()
         mine = and_(_r.c.id.in_(list(response_ids)), _r.c.owner == owner, _r.c.status.in_(UNFINISHED))
 
-        async def apply(conn: AsyncConnection) -> set[str]:
-            await conn.execute(update(_r).where(mine).values(lease_until=lease_until))
-            return set((await conn.scalars(select(_r.c.id).where(mine))).all())
+        def apply(conn: Connection) -> set[str]:
+            conn.execute(update(_r).where(mine).values(lease_until=lease_until))
+            return set((conn.scalars(select(_r.c.id).where(mine))).all())
 
         return await self._writes.submit(Write(apply=apply))
 
@@ -201,7 +201,7 @@ class ResponseStore:
 def _rowcount(stmt: Any) -> Any:
     """A write that runs one UPDATE and tells whether it changed a row."""
 
-    async def apply(conn: AsyncConnection) -> bool:
-        return bool((await conn.execute(stmt)).rowcount)
+    def apply(conn: Connection) -> bool:
+        return bool((conn.execute(stmt)).rowcount)
 
     return apply

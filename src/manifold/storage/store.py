@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from manifold.storage.chat_completions import ChatCompletionStore
-    from manifold.storage.engine import WriteLock
     from manifold.storage.responses import ResponseStore
     from manifold.storage.writer import DurableWrites
 
@@ -47,7 +46,6 @@ class Store:
         self.description = "(not open)"
         self._engine: AsyncEngine | None = None
         self._writes: DurableWrites | None = None
-        self._lock: WriteLock | None = None
         self._chat_completions: ChatCompletionStore | None = None
         self._responses: ResponseStore | None = None
         self._opening: asyncio.Task[None] | None = None
@@ -150,8 +148,7 @@ class Store:
             log.info("storage: %s migrated to schema version %d", self.description, applied[-1])
         else:
             log.info("storage: %s is ready", self.description)
-        self._lock = engine_module.write_lock(url)
-        self._writes = writer.DurableWrites(engine, lock=self._lock)
+        self._writes = writer.DurableWrites(engine)
         self._engine = engine
         self._chat_completions = chat_completions.ChatCompletionStore(engine, self._writes)
         self._responses = responses.ResponseStore(engine, self._writes)
@@ -166,9 +163,6 @@ class Store:
             await self._writes.aclose(_SHUTDOWN_WAIT_S)
         engine, self._engine, self._chat_completions = self._engine, None, None
         self._responses = self._writes = None
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
         if engine is not None:
             await engine.dispose()
 

@@ -7,6 +7,10 @@ returns only once its own transaction is committed, so what a client was told ex
 
 - **No added wait.** The first write after a quiet spell commits at once; writes that arrive during a commit
   form the next batch (at most `max_batch` writes; the rest wait for the batch after).
+- **One hop per batch on SQLite.** The writer has its own thread and connection (the stdlib driver), and a
+  batch runs there from `BEGIN IMMEDIATE` to `COMMIT` in one go; processes sharing the file take turns by an
+  `flock` (`engine.WriteLock`), which wakes a waiting writer the moment the other lets go. On PostgreSQL the
+  batch runs on a pooled async connection (`run_sync`).
 - **Merged inserts.** Rows a batch inserts into one table go in one multi-row statement (`executemany`), tables
   in foreign-key order: one round trip per table on PostgreSQL, not one per write.
 - **Failures stay in their batch.** A batch that fails fails its own writes and no others. When the failure was
@@ -16,22 +20,24 @@ returns only once its own transaction is committed, so what a client was told ex
   finishes it. `aclose()` lets pending writes finish before the engine closes.
 
 A feature with something durable to write (stored objects, a usage ledger…) builds a `Write` and awaits
-`DurableWrites.submit`; it never opens its own write transaction.
+`DurableWrites.submit`; it never opens its own write transaction. A `Write`'s `apply` is a plain function on a
+sync `Connection`: it runs in the writer thread on SQLite, so it must not touch the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Table, insert
+from sqlalchemy import Connection, Engine, Table, insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from manifold.storage.engine import WriteLock, write_engine
+from manifold.storage.engine import WriteLock, is_sqlite, sqlite_write_engine, write_engine, write_lock
 from manifold.storage.errors import unavailable
 
 log = logging.getLogger("manifold.storage")
@@ -49,7 +55,7 @@ class Write(Generic[T]):
     def __init__(
         self,
         inserts: Sequence[tuple[Table, Rows]] = (),
-        apply: Callable[[AsyncConnection], Awaitable[T]] | None = None,
+        apply: Callable[[Connection], T] | None = None,
     ) -> None:
         self.inserts = inserts
         self.apply = apply
@@ -80,10 +86,16 @@ def _database_gone(exc: BaseException) -> bool:
 class DurableWrites:
     """The process's durable-write queue on one engine."""
 
-    def __init__(self, engine: AsyncEngine, *, max_batch: int = MAX_BATCH, lock: WriteLock | None = None) -> None:
+    def __init__(self, engine: AsyncEngine, *, max_batch: int = MAX_BATCH) -> None:
         self._engine = write_engine(engine)
         self._max_batch = max_batch
-        self._lock = lock
+        self._lock: WriteLock | None = None
+        self._sync_engine: Engine | None = None
+        self._thread: concurrent.futures.ThreadPoolExecutor | None = None
+        if is_sqlite(engine.url):
+            self._lock = write_lock(engine.url)
+            self._sync_engine = sqlite_write_engine(engine.url)
+            self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="manifold-writer")
         self._queue: collections.deque[_Pending] = collections.deque()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -119,6 +131,15 @@ class DurableWrites:
             pending = self._queue.popleft()
             if not pending.future.done():
                 pending.future.set_exception(unavailable())
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.shutdown)
+            self._thread = None
+        if self._sync_engine is not None:
+            self._sync_engine.dispose()
+            self._sync_engine = None
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     async def _run(self) -> None:
         try:
@@ -172,17 +193,23 @@ class DurableWrites:
                 pending.future.set_exception(_client_error(exc))
 
     async def _transaction(self, batch: list[_Pending], *, isolated: bool) -> list[Any]:
-        lock = self._lock
-        if lock is not None:
-            await lock.acquire()
+        writes = [pending.write for pending in batch]
+        run = _isolated if isolated else _merged
+        if self._thread is not None:
+            return await asyncio.get_running_loop().run_in_executor(self._thread, self._in_thread, run, writes)
+        async with self._engine.begin() as conn:
+            return await conn.run_sync(run, writes)
+
+    def _in_thread(self, run: Callable[[Connection, list[Write[Any]]], list[Any]], writes: list[Write[Any]]) -> Any:
+        assert self._sync_engine is not None
+        if self._lock is not None:
+            self._lock.acquire()
         try:
-            async with self._engine.begin() as conn:
-                if isolated:
-                    return [await _isolated(conn, pending.write) for pending in batch]
-                return await _merged(conn, [pending.write for pending in batch])
+            with self._sync_engine.begin() as conn:
+                return run(conn, writes)
         finally:
-            if lock is not None:
-                lock.release()
+            if self._lock is not None:
+                self._lock.release()
 
 
 class _Failed:
@@ -201,28 +228,26 @@ def _client_error(exc: Exception) -> Exception:
     return exc
 
 
-async def _merged(conn: AsyncConnection, writes: list[Write[Any]]) -> list[Any]:
+def _merged(conn: Connection, writes: list[Write[Any]]) -> list[Any]:
     results: list[Any] = []
     rows: dict[Table, Rows] = {}
     for write in writes:
         for table, table_rows in write.inserts:
             rows.setdefault(table, []).extend(table_rows)
         if write.apply is not None:
-            await _flush(conn, rows)  # the write's statements see its own rows and those queued before it
-            results.append(await write.apply(conn))
+            _flush(conn, rows)  # the write's statements see its own rows and those queued before it
+            results.append(write.apply(conn))
         else:
             results.append(None)
-    await _flush(conn, rows)
+    _flush(conn, rows)
     return results
 
 
-async def _flush(conn: AsyncConnection, rows: dict[Table, Rows]) -> None:
-    if not rows:
-        return
+def _flush(conn: Connection, rows: dict[Table, Rows]) -> None:
     # Parents before children (foreign keys); within a table, in the order the writes came.
     for table in sorted(rows, key=_dependency_rank):
         if rows[table]:
-            await conn.execute(insert(table), rows[table])
+            conn.execute(insert(table), rows[table])
     rows.clear()
 
 
@@ -236,14 +261,18 @@ def _dependency_rank(table: Table) -> int:
     return rank
 
 
-async def _isolated(conn: AsyncConnection, write: Write[Any]) -> Any:
-    try:
-        async with conn.begin_nested():
-            for table, table_rows in write.inserts:
-                if table_rows:
-                    await conn.execute(insert(table), table_rows)
-            return None if write.apply is None else await write.apply(conn)
-    except Exception as exc:
-        if _database_gone(exc):
-            raise
-        return _Failed(exc)
+def _isolated(conn: Connection, writes: list[Write[Any]]) -> list[Any]:
+    """Each write in its own savepoint: one that fails is rolled back alone and its error is its outcome."""
+    outcomes: list[Any] = []
+    for write in writes:
+        try:
+            with conn.begin_nested():
+                for table, table_rows in write.inserts:
+                    if table_rows:
+                        conn.execute(insert(table), table_rows)
+                outcomes.append(None if write.apply is None else write.apply(conn))
+        except Exception as exc:
+            if _database_gone(exc):
+                raise
+            outcomes.append(_Failed(exc))
+    return outcomes
