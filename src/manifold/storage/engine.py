@@ -60,6 +60,19 @@ def create_engine(settings: StorageSettings) -> AsyncEngine:
     )
 
 
+def postgres_write_engine(url: URL) -> AsyncEngine:
+    """The engine of the writer thread's own event loop on PostgreSQL (`writer.py`): one connection, checked
+    before use (a restarted server leaves it dead)."""
+    return create_async_engine(
+        url,
+        connect_args={"timeout": CONNECT_TIMEOUT_S},
+        pool_size=1,
+        max_overflow=0,
+        pool_pre_ping=True,
+        pool_timeout=BUSY_TIMEOUT_S,
+    )
+
+
 def _sqlite_engine(url: URL, settings: StorageSettings) -> AsyncEngine:
     if url.database:
         os.makedirs(os.path.dirname(os.path.abspath(url.database)), exist_ok=True)

@@ -7,10 +7,11 @@ returns only once its own transaction is committed, so what a client was told ex
 
 - **No added wait.** The first write after a quiet spell commits at once; writes that arrive during a commit
   form the next batch (at most `max_batch` writes; the rest wait for the batch after).
-- **One hop per batch on SQLite.** The writer has its own thread and connection (the stdlib driver), and a
-  batch runs there from `BEGIN IMMEDIATE` to `COMMIT` in one go; processes sharing the file take turns by an
-  `flock` (`engine.WriteLock`), which wakes a waiting writer the moment the other lets go. On PostgreSQL the
-  batch runs on a pooled async connection (`run_sync`).
+- **Its own thread.** A batch runs from BEGIN to COMMIT in the writer's thread, on the writer's own connection,
+  so the server's event loop hands it over once and gets the results once: on a busy loop each statement, the
+  BEGIN and the COMMIT would otherwise each wait for a turn of the loop. On SQLite the thread uses the stdlib
+  driver directly, and processes sharing the file take turns by an `flock` (`engine.WriteLock`), which wakes
+  a waiting writer the moment the other lets go. On PostgreSQL the thread runs its own event loop with asyncpg.
 - **Merged inserts.** Rows a batch inserts into one table go in one multi-row statement (`executemany`), tables
   in foreign-key order: one round trip per table on PostgreSQL, not one per write.
 - **Failures stay in their batch.** A batch that fails fails its own writes and no others. When the failure was
@@ -30,20 +31,23 @@ import asyncio
 import collections
 import concurrent.futures
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine, Table, insert
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from manifold.storage.engine import WriteLock, is_sqlite, sqlite_write_engine, write_engine, write_lock
+from manifold.storage.engine import WriteLock, is_sqlite, postgres_write_engine, sqlite_write_engine, write_lock
 from manifold.storage.errors import unavailable
 
 log = logging.getLogger("manifold.storage")
 T = TypeVar("T")
 MAX_BATCH = 256
 Rows = list[dict[str, Any]]
+_Batch = Callable[[Connection, list["Write[Any]"]], list[Any]]
 
 
 class Write(Generic[T]):
@@ -87,15 +91,17 @@ class DurableWrites:
     """The process's durable-write queue on one engine."""
 
     def __init__(self, engine: AsyncEngine, *, max_batch: int = MAX_BATCH) -> None:
-        self._engine = write_engine(engine)
         self._max_batch = max_batch
         self._lock: WriteLock | None = None
         self._sync_engine: Engine | None = None
         self._thread: concurrent.futures.ThreadPoolExecutor | None = None
+        self._loop_thread: _LoopThread | None = None
         if is_sqlite(engine.url):
             self._lock = write_lock(engine.url)
             self._sync_engine = sqlite_write_engine(engine.url)
             self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="manifold-writer")
+        else:
+            self._loop_thread = _LoopThread(engine.url)
         self._queue: collections.deque[_Pending] = collections.deque()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -134,6 +140,9 @@ class DurableWrites:
         if self._thread is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._thread.shutdown)
             self._thread = None
+        if self._loop_thread is not None:
+            await self._loop_thread.aclose()
+            self._loop_thread = None
         if self._sync_engine is not None:
             self._sync_engine.dispose()
             self._sync_engine = None
@@ -197,10 +206,11 @@ class DurableWrites:
         run = _isolated if isolated else _merged
         if self._thread is not None:
             return await asyncio.get_running_loop().run_in_executor(self._thread, self._in_thread, run, writes)
-        async with self._engine.begin() as conn:
-            return await conn.run_sync(run, writes)
+        if self._loop_thread is None:
+            raise unavailable()
+        return await self._loop_thread.run(run, writes)
 
-    def _in_thread(self, run: Callable[[Connection, list[Write[Any]]], list[Any]], writes: list[Write[Any]]) -> Any:
+    def _in_thread(self, run: _Batch, writes: list[Write[Any]]) -> list[Any]:
         assert self._sync_engine is not None
         if self._lock is not None:
             self._lock.acquire()
@@ -210,6 +220,37 @@ class DurableWrites:
         finally:
             if self._lock is not None:
                 self._lock.release()
+
+
+class _LoopThread:
+    """A thread running its own event loop, where the writer's asyncpg connection lives (asyncpg connections
+    belong to the loop that made them)."""
+
+    def __init__(self, url: URL) -> None:
+        import uvloop
+
+        self._url = url
+        self._engine: AsyncEngine | None = None
+        self._loop = uvloop.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="manifold-writer", daemon=True)
+        self._thread.start()
+
+    async def run(self, run: _Batch, writes: list[Write[Any]]) -> list[Any]:
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._batch(run, writes), self._loop))
+
+    async def _batch(self, run: _Batch, writes: list[Write[Any]]) -> list[Any]:
+        if self._engine is None:
+            self._engine = postgres_write_engine(self._url)
+        async with self._engine.begin() as conn:
+            return await conn.run_sync(run, writes)
+
+    async def aclose(self) -> None:
+        if self._engine is not None:
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._engine.dispose(), self._loop))
+            self._engine = None
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        await asyncio.to_thread(self._thread.join)
+        self._loop.close()
 
 
 class _Failed:
