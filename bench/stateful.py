@@ -52,7 +52,7 @@ PROMPT = "In one short paragraph, explain what an API gateway does."
 ROUTES = ("chat", "chat_store", "responses", "responses_stream")
 STORED = ("chat_store", "responses", "responses_stream")
 # `--with-unstored`: the same Responses requests with `"store": false`, to tell the engine's cost from the store's.
-UNSTORED = ("responses_nostore",)
+UNSTORED = ("responses_nostore", "responses_stream_nostore")
 
 
 def _bodies() -> dict[str, tuple[str, bytes, bool]]:
@@ -69,6 +69,7 @@ def _bodies() -> dict[str, tuple[str, bytes, bool]]:
         "responses": ("/v1/responses", enc(resp), False),
         "responses_stream": ("/v1/responses", enc({**resp, "stream": True}), True),
         "responses_nostore": ("/v1/responses", enc({**resp, "store": False}), False),
+        "responses_stream_nostore": ("/v1/responses", enc({**resp, "store": False, "stream": True}), True),
     }
 
 
