@@ -105,14 +105,15 @@ async def test_a_batch_that_fails_fails_only_its_own_writes(store: Store) -> Non
     assert await stored_ids(store) == [f"chatcmpl-{x}" for x in ("a0", "a1", "a2", "c0", "c1", "c2")]
 
 
-async def test_a_write_with_bad_data_fails_alone(store: Store) -> None:
+async def test_a_write_with_bad_data_fails_alone(store: Store, caplog: pytest.LogCaptureFixture) -> None:
     """A duplicate id or a write's own error breaks its batch; the batch runs again write by write, so only the
-    faulty writes fail and the others of the batch are stored."""
+    faulty writes fail and the others of the batch are stored. What clients sent stays out of the log."""
     writes = await store.writes()
     await writes.submit(insert("taken"))
+    duplicate = Write([(tables.chat_completions, [{**row("taken"), "completion": '"sk-live-secret-in-a-message"'}])])
     results = await asyncio.gather(
         writes.submit(insert("x0")),
-        writes.submit(insert("taken")),  # duplicate id: IntegrityError
+        writes.submit(duplicate),  # duplicate id: IntegrityError
         writes.submit(insert("x1")),
         writes.submit(Write(apply=_bug)),
         writes.submit(insert("x2")),
@@ -122,6 +123,8 @@ async def test_a_write_with_bad_data_fails_alone(store: Store) -> None:
     assert isinstance(results[1], ServiceUnavailableError)
     assert isinstance(results[3], RuntimeError) and "own code" in str(results[3])
     assert await stored_ids(store) == [f"chatcmpl-{x}" for x in ("taken", "x0", "x1", "x2")]
+    assert "retrying each on its own" in caplog.text
+    assert "sk-live-secret" not in caplog.text
 
 
 async def test_a_caller_that_leaves_does_not_cancel_its_write(store: Store) -> None:

@@ -28,6 +28,8 @@ from manifold.config import StorageSettings
 SQLITE_FILE = "manifold.db"
 BUSY_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 10.0
+# Every engine is made with `hide_parameters=True`: a failed statement is logged, and its parameters are what
+# clients sent (messages, metadata), which must not end up in the server's log.
 _WRITE = "manifold_write"  # execution option: this transaction writes (SQLite: BEGIN IMMEDIATE)
 _DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg"}
 
@@ -52,6 +54,7 @@ def create_engine(settings: StorageSettings) -> AsyncEngine:
         return _sqlite_engine(url, settings)
     return create_async_engine(
         url,
+        hide_parameters=True,
         connect_args={"timeout": CONNECT_TIMEOUT_S},
         pool_size=settings.pool_size,
         max_overflow=settings.pool_size,
@@ -65,6 +68,7 @@ def postgres_write_engine(url: URL) -> AsyncEngine:
     before use (a restarted server leaves it dead)."""
     return create_async_engine(
         url,
+        hide_parameters=True,
         connect_args={"timeout": CONNECT_TIMEOUT_S},
         pool_size=1,
         max_overflow=0,
@@ -78,6 +82,7 @@ def _sqlite_engine(url: URL, settings: StorageSettings) -> AsyncEngine:
         os.makedirs(os.path.dirname(os.path.abspath(url.database)), exist_ok=True)
     engine = create_async_engine(
         url,
+        hide_parameters=True,
         connect_args={"timeout": BUSY_TIMEOUT_S},
         pool_size=settings.pool_size,
         max_overflow=0,
@@ -94,6 +99,7 @@ def sqlite_write_engine(url: URL) -> Engine:
     aiosqlite each statement, the BEGIN and the COMMIT would each wait for a turn of a busy event loop."""
     engine = create_sync_engine(
         url.set(drivername="sqlite+pysqlite"),
+        hide_parameters=True,
         connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False},
         poolclass=SingletonThreadPool,
         execution_options={_WRITE: True},
