@@ -180,3 +180,42 @@ async def test_batches_are_bounded(settings: StorageSettings) -> None:
         await writes.aclose()
     finally:
         await store.aclose()
+
+
+def test_the_sqlite_write_lock_is_shared_between_processes_and_bounded(tmp_path: Path) -> None:
+    """Another process holding the lock makes this one wait, not fail at once; past the bound, it fails (the
+    batch then gets 503), and it gets the lock as soon as the other process lets go."""
+    import subprocess
+    import sys
+
+    from manifold.storage.engine import WriteLock
+
+    path = str(tmp_path / "manifold.db-writer.lock")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.readline()",
+            path,
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    lock = WriteLock(path)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(TimeoutError):
+            lock.acquire(timeout_s=0.2)
+        assert holder.stdin is not None
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.wait(10)
+        lock.acquire(timeout_s=10)
+        lock.release()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+        lock.close()

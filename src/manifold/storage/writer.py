@@ -10,8 +10,9 @@ returns only once its own transaction is committed, so what a client was told ex
 - **Its own thread.** A batch runs from BEGIN to COMMIT in the writer's thread, on the writer's own connection,
   so the server's event loop hands it over once and gets the results once: on a busy loop each statement, the
   BEGIN and the COMMIT would otherwise each wait for a turn of the loop. On SQLite the thread uses the stdlib
-  driver directly, and processes sharing the file take turns by an `flock` (`engine.WriteLock`), which wakes
-  a waiting writer the moment the other lets go. On PostgreSQL the thread runs its own event loop with asyncpg.
+  driver directly, and processes sharing the file take turns by an `flock` (`engine.WriteLock`), polled every
+  2 ms at most where SQLite's busy handler sleeps up to 100 ms. On PostgreSQL the thread runs its own event
+  loop with asyncpg.
 - **Merged inserts.** Rows a batch inserts into one table go in one multi-row statement (`executemany`), tables
   in foreign-key order: one round trip per table on PostgreSQL, not one per write.
 - **Failures stay in their batch.** A batch that fails fails its own writes and no others. When the failure was
