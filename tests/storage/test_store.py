@@ -307,3 +307,35 @@ async def test_a_store_that_cannot_open_is_retried_in_the_background_not_per_req
         assert 1 <= len(attempts) <= 10  # one per retry interval, not one per request
     finally:
         await store.aclose()
+
+
+async def test_a_database_that_goes_down_after_start_up(postgres_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Reads and writes get 503 while PostgreSQL refuses connections; readiness says so; the log gets a line per
+    few seconds, not one per failure; when it takes connections again everything works again."""
+    name = postgres_url.rsplit("/", 1)[1]
+    store = Store(StorageSettings(url=postgres_url))
+    try:
+        await store.open()
+        cc = await store.chat_completions()
+        await cc.save(completion(1), [], None)
+        assert await store.ready() == "open"
+        await _admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await _admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+        try:
+            with caplog.at_level(logging.ERROR, logger="manifold.storage"):
+                assert await store.ready() == "unavailable"
+                for n in range(10):
+                    with pytest.raises(ServiceUnavailableError):
+                        await cc.get("chatcmpl-1")
+                    with pytest.raises(ServiceUnavailableError):
+                        await cc.save(completion(100 + n), [], None)
+            errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+            assert len(errors) <= 2, [r.getMessage() for r in errors]  # 21 failures
+        finally:
+            await _admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        assert await store.ready() == "open"
+        assert await cc.get("chatcmpl-1") is not None
+        await cc.save(completion(2), [], None)
+        assert await cc.count() == 2
+    finally:
+        await store.aclose()

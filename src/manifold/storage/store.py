@@ -103,6 +103,24 @@ class Store:
             return "closed"
         return "unavailable" if self._attempted is not None and self._attempted.is_set() else "opening"
 
+    async def ready(self, timeout_s: float = 2.0) -> str:
+        """The state for `/health/ready`; an open store is asked `SELECT 1` (a database that went down after
+        start-up reads `unavailable`, and `open` again once it answers)."""
+        state = self.state
+        if state != "open" or self._engine is None:
+            return state
+        from sqlalchemy import text
+
+        try:
+            async with asyncio.timeout(timeout_s), self._engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception as exc:  # noqa: BLE001 - any failure is "not ready"; logged at most every few seconds
+            from manifold.storage.errors import log_failure
+
+            log_failure("readiness check failed", exc)
+            return "unavailable"
+        return "open"
+
     @property
     def engine(self) -> AsyncEngine:
         if self._engine is None:

@@ -42,7 +42,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlch
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from manifold.storage.engine import WriteLock, is_sqlite, postgres_write_engine, sqlite_write_engine, write_lock
-from manifold.storage.errors import unavailable
+from manifold.storage.errors import log_failure, unavailable
 
 log = logging.getLogger("manifold.storage")
 T = TypeVar("T")
@@ -197,7 +197,7 @@ class DurableWrites:
                 pending.future.set_result(outcome)
 
     def _fail(self, batch: list[_Pending], exc: Exception) -> None:
-        log.error("storage: %d write(s) failed: %s: %s", len(batch), type(exc).__name__, exc)
+        log_failure(f"{len(batch)} write(s) failed", exc)
         for pending in batch:
             if not pending.future.done():
                 pending.future.set_exception(_client_error(exc))

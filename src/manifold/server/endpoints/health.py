@@ -3,6 +3,7 @@ store is open)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from manifold import _json
@@ -19,13 +20,12 @@ async def alive(app: ManifoldApp, request: Request) -> None:
 
 
 async def ready(app: ManifoldApp, request: Request) -> None:
-    results = await app.router.readiness()
+    results, storage_state = await asyncio.gather(app.router.readiness(), app.store.ready())
     deployments = [
         {"model": p.deployment.model_name, "provider": p.deployment.provider, "ready": ok} for p, ok in results
     ]
-    # A store that is still opening or cannot be opened (the database is down; it is retried in the background)
-    # is not ready: a load balancer should not send stored requests here only to get 503.
-    storage_state = app.store.state
+    # A store that is still opening, cannot be opened (retried in the background) or stopped answering is not
+    # ready: a load balancer should not send stored requests here only to get 503.
     storage_ready = storage_state == "open"
     all_ready = storage_ready and all(ok for _, ok in results)
     body = {
