@@ -5,7 +5,10 @@ once, and a database that is not there (readiness, retries, a missing driver). O
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -127,14 +130,33 @@ class Chain(threading.Thread):
                 previous = created
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_acknowledged_writes_survive_sigkill_in_a_burst(backend: str, fake: FakeUpstream, tmp_path: Path) -> None:
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+@pytest.mark.parametrize(("backend", "workers"), [*((b, 1) for b in BACKENDS), ("sqlite", 2)])
+def test_acknowledged_writes_survive_sigkill_in_a_burst(
+    backend: str, workers: int, fake: FakeUpstream, tmp_path: Path
+) -> None:
     """Concurrent writers (stored chat completions and responses, streamed and not) and one Responses chain;
-    `kill -9` while they write. After a restart every acknowledged write is there, and the chain reads back in
-    the order it was written (the model gets every turn, oldest first)."""
+    `kill -9` while they write (with two workers on one SQLite file: both of them). After a restart every
+    acknowledged write is there, and the chain reads back in the order it was written (the model gets every
+    turn, oldest first)."""
     tag = uuid.uuid4().hex[:12]
     with storage_settings(backend, tmp_path / "data") as storage:
-        cfg = config(fake, storage, tag)
+        cfg = config(fake, storage, tag, workers=workers)
         server = ManifoldProcess(cfg, tmp_path)
         acked: list[Ack] = []
         chain: list[Ack] = []
@@ -147,7 +169,12 @@ def test_acknowledged_writes_survive_sigkill_in_a_burst(backend: str, fake: Fake
             with cond:
                 reached = cond.wait_for(lambda: len(acked) >= ACKNOWLEDGED_BEFORE_KILL, timeout=300)
             assert reached, f"only {len(acked)} acknowledged:\n{server.log()}"
-            server.proc.kill()  # SIGKILL: no shutdown, no flush, requests in flight cut off
+            # SIGKILL: no shutdown, no flush, requests in flight cut off (the workers first: they would outlive
+            # their parent)
+            for pid in _descendants(server.proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            server.proc.kill()
             server.proc.wait()
         finally:
             server.stop()
