@@ -254,14 +254,16 @@ async def test_concurrent_saves(store: Store) -> None:
 async def test_an_unreachable_database_is_a_503() -> None:
     settings = StorageSettings(url=f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/nothing")
     engine = create_engine(settings)
+    writes = DurableWrites(engine)
     try:
-        cc = ChatCompletionStore(engine, DurableWrites(engine))
+        cc = ChatCompletionStore(engine, writes)
         with pytest.raises(ServiceUnavailableError) as failure:
             await cc.get("chatcmpl-1")
         assert failure.value.status_code == 503 and failure.value.code == "storage_unavailable"
         with pytest.raises(ServiceUnavailableError):
             await cc.save(completion(1), [], None)
     finally:
+        await writes.aclose()
         await engine.dispose()
 
 
