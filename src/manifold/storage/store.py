@@ -13,6 +13,7 @@ gets 503 at once (no attempt, and no log line, per request) and `/health/ready` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -103,9 +104,15 @@ class Store:
             return "closed"
         return "unavailable" if self._attempted is not None and self._attempted.is_set() else "opening"
 
-    async def ready(self, timeout_s: float = 2.0) -> str:
-        """The state for `/health/ready`; an open store is asked `SELECT 1` (a database that went down after
-        start-up reads `unavailable`, and `open` again once it answers)."""
+    async def ready(self, timeout_s: float = 2.0, opening_s: float = 5.0) -> str:
+        """The state for `/health/ready`. A probe that comes while the store is still opening waits for the
+        first attempt (up to `opening_s`: it takes a moment at every start); an open store is asked `SELECT 1`
+        (a database that went down after start-up reads `unavailable`, and `open` again once it answers)."""
+        attempted = self._attempted
+        if self.state == "opening" and attempted is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(opening_s):
+                    await attempted.wait()
         state = self.state
         if state != "open" or self._engine is None:
             return state
