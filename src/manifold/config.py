@@ -6,6 +6,7 @@ silently ignored. Config keys equal constructor parameters.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from collections.abc import Mapping
@@ -130,11 +131,13 @@ class StorageSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     `url` None: SQLite in `<data_dir>/manifold.db` (relative paths are taken from the working directory).
     Otherwise a SQLAlchemy URL: `sqlite+aiosqlite:///path.db` or `postgresql+asyncpg://user:pass@host/db`
-    (`sqlite:///` and `postgresql://` are accepted and get the async driver)."""
+    (`sqlite:///` and `postgresql://` are accepted and get the async driver).
+    `retry_interval_s`: while the database cannot be opened, the server tries again this often."""
 
     url: str | None = None
     data_dir: str = "./data"
     pool_size: Annotated[int, msgspec.Meta(ge=1)] = 10
+    retry_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
 
 
 class ResponsesSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -464,6 +467,11 @@ def _storage_problems(s: StorageSettings) -> list[str]:
     if scheme.startswith("sqlite") and rest.split("?", 1)[0] in ("", "/", "/:memory:"):
         # Each pooled connection would get its own empty database, and nothing would outlive the process.
         return ["storage.url: an in-memory SQLite database cannot hold stored objects; name a file"]
+    if scheme.startswith("postgres") and importlib.util.find_spec("asyncpg") is None:
+        # Found here, not at the first stored request: a server that cannot store anything must not start.
+        return [
+            "storage.url: PostgreSQL needs the asyncpg driver, which is not installed: pip install 'manifold[postgres]'"
+        ]
     return []
 
 

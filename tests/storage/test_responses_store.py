@@ -97,3 +97,22 @@ async def test_leases(store: Store) -> None:
     # Cancelled elsewhere: the owner's renewal no longer returns it.
     assert await responses.update(response(3, "cancelled"), only_if_unfinished=True)
     assert await responses.renew_leases("a", ["resp_3"], now + 60_000) == set()
+
+
+async def test_a_queued_response_with_a_live_lease_reads_as_in_progress(store: Store) -> None:
+    """The process running a background response does not write `in_progress` (one write fewer per response):
+    its live lease says it runs. Once the lease ran out, it reads as stored (and is failed as lost)."""
+    responses = await store.responses()
+    now = int(time.time() * 1000)
+    await responses.save(response(6, "queued", background=True), [], owner="a", lease_until=now + 60_000)
+    await responses.save(response(7, "queued", background=True), [], owner="a", lease_until=now - 1)
+    running = await responses.get("resp_6")
+    assert running is not None and running.response["status"] == "in_progress"
+    lost = await responses.get("resp_7")
+    assert lost is not None and lost.response["status"] == "queued"
+    assert [r["id"] for r in await responses.expired()] == ["resp_7"]
+    # A cancel from another process still wins over the running one's final write.
+    assert await responses.update(response(6, "cancelled", background=True), only_if_unfinished=True)
+    assert not await responses.update(response(6, "completed", background=True), only_if_unfinished=True)
+    stored = await responses.get("resp_6")
+    assert stored is not None and stored.response["status"] == "cancelled"

@@ -23,7 +23,8 @@ from manifold.storage.chat_completions import ChatCompletionStore
 from manifold.storage.engine import create_engine, database_url
 from manifold.storage.migrations import MIGRATIONS, Migration, applied_versions, migrate
 from manifold.storage.tables import schema_migrations
-from tests.databases import BACKENDS, storage_settings
+from manifold.storage.writer import DurableWrites
+from tests.databases import BACKENDS, _admin, fresh_postgres_database, storage_settings
 from tests.e2e.conftest import free_port
 
 V1_TABLES = {"chat_completions", "chat_completion_messages", "chat_completion_metadata", "manifold_schema_migrations"}
@@ -253,18 +254,90 @@ async def test_concurrent_saves(store: Store) -> None:
 async def test_an_unreachable_database_is_a_503() -> None:
     settings = StorageSettings(url=f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/nothing")
     engine = create_engine(settings)
+    writes = DurableWrites(engine)
     try:
-        cc = ChatCompletionStore(engine)
+        cc = ChatCompletionStore(engine, writes)
         with pytest.raises(ServiceUnavailableError) as failure:
             await cc.get("chatcmpl-1")
         assert failure.value.status_code == 503 and failure.value.code == "storage_unavailable"
         with pytest.raises(ServiceUnavailableError):
             await cc.save(completion(1), [], None)
-        store = Store(settings)
-        with pytest.raises(ServiceUnavailableError):
-            await store.open()
-        with pytest.raises(ServiceUnavailableError):  # each use tries again
-            await store.chat_completions()
-        await store.aclose()
     finally:
+        await writes.aclose()
         await engine.dispose()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    with fresh_postgres_database() as url:
+        yield url
+
+
+async def test_a_store_that_cannot_open_is_retried_in_the_background_not_per_request(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While the database is down every use answers 503 at once (no attempt, no log line per request); the
+    store tries again every `retry_interval_s` and opens once the database is there."""
+    missing = postgres_url + "_not_yet"  # a database that does not exist yet: the server answers, the open fails
+    settings = StorageSettings(url=missing, retry_interval_s=1.0)
+    store = Store(settings)
+    try:
+        with caplog.at_level(logging.ERROR, logger="manifold.storage"):
+            with pytest.raises(ServiceUnavailableError):
+                await store.open()
+            assert store.state == "unavailable"
+            for _ in range(50):
+                with pytest.raises(ServiceUnavailableError):
+                    await store.chat_completions()
+            attempts = [r for r in caplog.records if "cannot open" in r.getMessage()]
+            assert len(attempts) == 1, [r.getMessage() for r in attempts]
+            name = missing.rsplit("/", 1)[1]
+            await _admin(f'CREATE DATABASE "{name}"')
+            try:
+                for _ in range(100):
+                    if store.is_open:
+                        break
+                    await asyncio.sleep(0.1)
+                assert store.state == "open"
+                cc = await store.chat_completions()
+                await cc.save(completion(1), [], None)
+                assert await cc.count() == 1
+            finally:
+                await store.aclose()
+                await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        attempts = [r for r in caplog.records if "cannot open" in r.getMessage()]
+        assert 1 <= len(attempts) <= 10  # one per retry interval, not one per request
+    finally:
+        await store.aclose()
+
+
+async def test_a_database_that_goes_down_after_start_up(postgres_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Reads and writes get 503 while PostgreSQL refuses connections; readiness says so; the log gets a line per
+    few seconds, not one per failure; when it takes connections again everything works again."""
+    name = postgres_url.rsplit("/", 1)[1]
+    store = Store(StorageSettings(url=postgres_url))
+    try:
+        await store.open()
+        cc = await store.chat_completions()
+        await cc.save(completion(1), [], None)
+        assert await store.ready() == "open"
+        await _admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await _admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+        try:
+            with caplog.at_level(logging.ERROR, logger="manifold.storage"):
+                assert await store.ready() == "unavailable"
+                for n in range(10):
+                    with pytest.raises(ServiceUnavailableError):
+                        await cc.get("chatcmpl-1")
+                    with pytest.raises(ServiceUnavailableError):
+                        await cc.save(completion(100 + n), [], None)
+            errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+            assert len(errors) <= 2, [r.getMessage() for r in errors]  # 21 failures
+        finally:
+            await _admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        assert await store.ready() == "open"
+        assert await cc.get("chatcmpl-1") is not None
+        await cc.save(completion(2), [], None)
+        assert await cc.count() == 2
+    finally:
+        await store.aclose()

@@ -15,7 +15,7 @@ import copy
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from manifold.api.chat_response import ChunkShaper, normalize_completion
@@ -77,7 +77,6 @@ class ResponsesEngine:
         self.jobs = Jobs(settings.stream_buffer_events, settings.stream_retention_s)
         self.owner = "mf_" + os.urandom(12).hex()  # this process, as the holder of background leases
         self._maintenance: asyncio.Task[None] | None = None
-        self._writes: set[asyncio.Task[Any]] = set()
         self._shutting_down = False
 
     @property
@@ -110,15 +109,7 @@ class ResponsesEngine:
             job.task.cancel()
         if running:
             await asyncio.wait([job.task for job in running if job.task is not None], timeout=10)
-        if self._writes:
-            await asyncio.wait(set(self._writes), timeout=10)
-
-    async def _durably(self, write: Awaitable[Any]) -> Any:
-        """A store write runs to its end even if the request that made it is cancelled meanwhile."""
-        task = asyncio.ensure_future(write)
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
-        return await asyncio.shield(task)
+        # The store's writer finishes every queued write (those of clients that left, too) when it closes.
 
     async def _maintain(self) -> None:
         """Renew the leases of the background responses this process runs; fail those whose process is gone;
@@ -247,7 +238,7 @@ class ResponsesEngine:
         async for event in self._generate(builder, compaction, chunks):
             if event["type"] in TERMINAL_EVENTS and p.req.store is not False:
                 store = await self.store.responses()
-                await self._durably(store.save(builder.response, p.items, p.request_id))
+                await store.save(builder.response, p.items, p.request_id)
             yield event
 
     async def _generate(
@@ -311,7 +302,7 @@ class ResponsesEngine:
         response["model"] = req.model
         if req.store is not False and isinstance(response.get("id"), str):
             store = await self.store.responses()
-            await self._durably(store.save(response, items, request_id))
+            await store.save(response, items, request_id)
         return response
 
     async def native_stream(
@@ -329,7 +320,7 @@ class ResponsesEngine:
                         response["model"] = req.model
                         if event.get("type") in TERMINAL_EVENTS and req.store is not False:
                             store = await self.store.responses()
-                            await self._durably(store.save(response, items, request_id))
+                            await store.save(response, items, request_id)
                     yield event
             finally:
                 aclose = getattr(upstream, "aclose", None)
@@ -344,9 +335,7 @@ class ResponsesEngine:
         """Store the response as `queued` and run it in a task; the job's first event is `response.created`."""
         queued = skeleton(p.req, p.tools, "queued")
         store = await self.store.responses()
-        await self._durably(
-            store.save(queued, p.items, p.request_id, owner=self.owner, lease_until=self._lease_until())
-        )
+        await store.save(queued, p.items, p.request_id, owner=self.owner, lease_until=self._lease_until())
         job = self.jobs.new(queued["id"])
         builder = ResponseBuilder(copy.deepcopy(queued))
         job.builder = builder
@@ -356,9 +345,9 @@ class ResponsesEngine:
 
     async def _background(self, job: Job, p: Prepared, builder: ResponseBuilder, store: ResponseStore) -> None:
         try:
+            # Not written: a queued response with a live lease reads as in_progress (ResponseStore.get), and a
+            # cancel from another process is seen at the next lease renewal or by the final only-if-unfinished write.
             builder.response["status"] = "in_progress"
-            if not await store.update(builder.response, only_if_unfinished=True):
-                return  # cancelled before it started
             job.extend([builder.lifecycle("response.in_progress")])
             try:
                 compaction, messages = await self._compact_if_needed(p)
@@ -368,14 +357,14 @@ class ResponsesEngine:
             else:
                 async for event in self._generate(builder, compaction, chunks):
                     job.extend([event])
-            await self._durably(store.update(builder.response, only_if_unfinished=True))
+            await store.update(builder.response, only_if_unfinished=True)
         except asyncio.CancelledError:
             if self._shutting_down:
                 builder.response.update(status="failed", error={"code": "server_error", "message": SHUTDOWN_MESSAGE})
             else:
                 builder.response["status"] = "cancelled"
             with contextlib.suppress(ManifoldError):
-                await self._durably(store.update(builder.response, only_if_unfinished=True))
+                await store.update(builder.response, only_if_unfinished=True)
         except ManifoldError as exc:
             log.warning("background response %s: %s", job.response_id, exc.message)
         finally:
@@ -404,7 +393,7 @@ class ResponsesEngine:
         else:
             # Run by another process: mark it; that process stops its work when it renews its lease.
             cancelled = {**response, "status": "cancelled"}
-            await self._durably(store.update(cancelled, only_if_unfinished=True))
+            await store.update(cancelled, only_if_unfinished=True)
         return await self._get(store, response_id)
 
     # -- stored responses ------------------------------------------------------------------------------------
@@ -448,7 +437,7 @@ class ResponsesEngine:
         if job is not None and job.task is not None and job.running:
             job.task.cancel()
             await asyncio.wait([job.task])
-        if not await self._durably(store.delete(response_id)):
+        if not await store.delete(response_id):
             raise NotFoundError(f"Response with id '{response_id}' not found.", param="response_id")
         self.jobs.discard(response_id)
 

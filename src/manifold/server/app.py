@@ -103,7 +103,6 @@ class ManifoldApp:
             self._started = False
             await self.responses.aclose()
             await self.router.aclose()
-            await stored_chat.finish_writes()
             await self.store.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

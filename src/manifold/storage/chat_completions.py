@@ -1,7 +1,8 @@
 """Stored chat completions: save, get, list (cursor pages with filters), update metadata, delete, messages.
 
-Every write is one transaction, committed before the method returns: the caller acknowledges the client only
-after that, so an acknowledged completion is on disk. Objects cross this module as the JSON dicts the API
+Every write goes through the store's durable-write queue (`writer.py`: group commit) and is committed before
+the method returns: the caller acknowledges the client only after that, so an acknowledged completion is on
+disk. Objects cross this module as the JSON dicts the API
 sends; the tables keep them as JSON text.
 """
 
@@ -11,14 +12,14 @@ import time
 from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple
 
-from sqlalchemy import delete, exists, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import Connection, delete, exists, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from manifold import _json
 from manifold.errors import InvalidRequestError
-from manifold.storage.engine import write_engine
 from manifold.storage.errors import storage_errors
 from manifold.storage.tables import chat_completion_messages, chat_completion_metadata, chat_completions
+from manifold.storage.writer import DurableWrites, Write
 
 Order = Literal["asc", "desc"]
 _cc = chat_completions
@@ -47,9 +48,9 @@ def _with_metadata(completion_json: str, metadata_json: str) -> dict[str, Any]:
 
 
 class ChatCompletionStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, writes: DurableWrites) -> None:
         self._engine = engine
-        self._writer = write_engine(engine)
+        self._writes = writes
 
     async def save(
         self,
@@ -62,27 +63,21 @@ class ChatCompletionStore:
         body = {k: v for k, v in completion.items() if k != "metadata"}
         meta = dict(metadata or {})
         completion_id = str(completion["id"])
-        async with storage_errors(), self._writer.begin() as conn:
-            await conn.execute(
-                insert(_cc).values(
-                    id=completion_id,
-                    model=str(completion["model"]),
-                    created=int(completion["created"]),
-                    metadata_json=_text(meta),
-                    request_id=request_id,
-                    completion=_text(body),
-                    stored_at=int(time.time() * 1000),
-                )
-            )
-            if messages:
-                await conn.execute(
-                    insert(_msg),
-                    [
-                        {"completion_id": completion_id, "position": i, "message": _text(m)}
-                        for i, m in enumerate(messages)
-                    ],
-                )
-            await _insert_metadata(conn, completion_id, meta)
+        row = {
+            "id": completion_id,
+            "model": str(completion["model"]),
+            "created": int(completion["created"]),
+            "metadata_json": _text(meta),
+            "request_id": request_id,
+            "completion": _text(body),
+            "stored_at": int(time.time() * 1000),
+        }
+        messages_rows = [
+            {"completion_id": completion_id, "position": i, "message": _text(m)} for i, m in enumerate(messages)
+        ]
+        await self._writes.submit(
+            Write([(_cc, [row]), (_msg, messages_rows), (_md, _metadata_rows(completion_id, meta))])
+        )
 
     async def get(self, completion_id: str) -> dict[str, Any] | None:
         async with storage_errors(), self._engine.connect() as conn:
@@ -123,13 +118,19 @@ class ChatCompletionStore:
     async def update_metadata(self, completion_id: str, metadata: Mapping[str, str] | None) -> dict[str, Any] | None:
         """Replace the metadata; the updated completion, or None when there is no such completion."""
         meta = dict(metadata or {})
-        async with storage_errors(), self._writer.begin() as conn:
-            result = await conn.execute(update(_cc).where(_cc.c.id == completion_id).values(metadata_json=_text(meta)))
+
+        def apply(conn: Connection) -> str | None:
+            result = conn.execute(update(_cc).where(_cc.c.id == completion_id).values(metadata_json=_text(meta)))
             if result.rowcount == 0:
                 return None
-            await conn.execute(delete(_md).where(_md.c.completion_id == completion_id))
-            await _insert_metadata(conn, completion_id, meta)
-            body = await conn.scalar(select(_cc.c.completion).where(_cc.c.id == completion_id))
+            conn.execute(delete(_md).where(_md.c.completion_id == completion_id))
+            md_rows = _metadata_rows(completion_id, meta)
+            if md_rows:
+                conn.execute(insert(_md), md_rows)
+            body: str | None = conn.scalar(select(_cc.c.completion).where(_cc.c.id == completion_id))
+            return body
+
+        body = await self._writes.submit(Write(apply=apply))
         if body is None:
             return None
         completion: dict[str, Any] = _json.decode(body)
@@ -137,12 +138,14 @@ class ChatCompletionStore:
         return completion
 
     async def delete(self, completion_id: str) -> bool:
-        async with storage_errors(), self._writer.begin() as conn:
+        def apply(conn: Connection) -> bool:
             # Children first: SQLite enforces ON DELETE CASCADE only where foreign keys were switched on.
-            await conn.execute(delete(_msg).where(_msg.c.completion_id == completion_id))
-            await conn.execute(delete(_md).where(_md.c.completion_id == completion_id))
-            result = await conn.execute(delete(_cc).where(_cc.c.id == completion_id))
-        return bool(result.rowcount)
+            conn.execute(delete(_msg).where(_msg.c.completion_id == completion_id))
+            conn.execute(delete(_md).where(_md.c.completion_id == completion_id))
+            result = conn.execute(delete(_cc).where(_cc.c.id == completion_id))
+            return bool(result.rowcount)
+
+        return await self._writes.submit(Write(apply=apply))
 
     async def messages(
         self, completion_id: str, *, after: int | None = None, limit: int = 20, order: Order = "asc"
@@ -164,8 +167,5 @@ class ChatCompletionStore:
             return int(await conn.scalar(select(func.count()).select_from(_cc)) or 0)
 
 
-async def _insert_metadata(conn: AsyncConnection, completion_id: str, metadata: Mapping[str, str]) -> None:
-    if metadata:
-        await conn.execute(
-            insert(_md), [{"completion_id": completion_id, "key": k, "value": v} for k, v in metadata.items()]
-        )
+def _metadata_rows(completion_id: str, metadata: Mapping[str, str]) -> list[dict[str, Any]]:
+    return [{"completion_id": completion_id, "key": k, "value": v} for k, v in metadata.items()]

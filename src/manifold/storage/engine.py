@@ -10,20 +10,26 @@ can fail with SQLITE_BUSY when another writer got in between, whatever the busy 
 
 from __future__ import annotations
 
+import fcntl
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Engine, event
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import SingletonThreadPool
 
 from manifold.config import StorageSettings
 
 SQLITE_FILE = "manifold.db"
 BUSY_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 10.0
+# Every engine is made with `hide_parameters=True`: a failed statement is logged, and its parameters are what
+# clients sent (messages, metadata), which must not end up in the server's log.
 _WRITE = "manifold_write"  # execution option: this transaction writes (SQLite: BEGIN IMMEDIATE)
 _DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg"}
 
@@ -48,10 +54,25 @@ def create_engine(settings: StorageSettings) -> AsyncEngine:
         return _sqlite_engine(url, settings)
     return create_async_engine(
         url,
+        hide_parameters=True,
         connect_args={"timeout": CONNECT_TIMEOUT_S},
         pool_size=settings.pool_size,
         max_overflow=settings.pool_size,
         pool_pre_ping=True,  # a replica restarted behind us leaves dead connections in the pool
+        pool_timeout=BUSY_TIMEOUT_S,
+    )
+
+
+def postgres_write_engine(url: URL) -> AsyncEngine:
+    """The engine of the writer thread's own event loop on PostgreSQL (`writer.py`): one connection, checked
+    before use (a restarted server leaves it dead)."""
+    return create_async_engine(
+        url,
+        hide_parameters=True,
+        connect_args={"timeout": CONNECT_TIMEOUT_S},
+        pool_size=1,
+        max_overflow=0,
+        pool_pre_ping=True,
         pool_timeout=BUSY_TIMEOUT_S,
     )
 
@@ -61,13 +82,34 @@ def _sqlite_engine(url: URL, settings: StorageSettings) -> AsyncEngine:
         os.makedirs(os.path.dirname(os.path.abspath(url.database)), exist_ok=True)
     engine = create_async_engine(
         url,
+        hide_parameters=True,
         connect_args={"timeout": BUSY_TIMEOUT_S},
         pool_size=settings.pool_size,
         max_overflow=0,
         pool_timeout=BUSY_TIMEOUT_S,
     )
 
-    @event.listens_for(engine.sync_engine, "connect")
+    _sqlite_events(engine.sync_engine)
+    return engine
+
+
+def sqlite_write_engine(url: URL) -> Engine:
+    """The engine of the writer thread on SQLite (`writer.py`): the stdlib driver without the async adapter, one
+    connection, every transaction `BEGIN IMMEDIATE`. A batch then runs in that thread in one go, where through
+    aiosqlite each statement, the BEGIN and the COMMIT would each wait for a turn of a busy event loop."""
+    engine = create_sync_engine(
+        url.set(drivername="sqlite+pysqlite"),
+        hide_parameters=True,
+        connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False},
+        poolclass=SingletonThreadPool,
+        execution_options={_WRITE: True},
+    )
+    _sqlite_events(engine)
+    return engine
+
+
+def _sqlite_events(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # autocommit at the driver: SQLAlchemy emits BEGIN below
         cursor = dbapi_connection.cursor()
@@ -77,11 +119,9 @@ def _sqlite_engine(url: URL, settings: StorageSettings) -> AsyncEngine:
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
-
-    return engine
 
 
 def _set_wal(cursor: Any) -> None:
@@ -105,3 +145,44 @@ def _set_wal(cursor: Any) -> None:
 def write_engine(engine: AsyncEngine) -> AsyncEngine:
     """The same engine (and pool) whose transactions take the write lock at BEGIN on SQLite."""
     return engine.execution_options(**{_WRITE: True})
+
+
+class WriteLock:
+    """Several processes (`--workers N`) writing one SQLite file take turns through this lock, held by each
+    writer thread for one batch's transaction (a few milliseconds). SQLite's own busy handler sleeps in steps
+    of up to 100 ms, so a writer that finds the file locked can sleep well past the moment it is free; this lock
+    is polled every 2 ms at most. The wait is bounded like SQLite's (`BUSY_TIMEOUT_S`): a process stuck while
+    holding it fails the others' batches with 503 instead of hanging them. (`BEGIN IMMEDIATE` with the busy
+    timeout still guards writers that do not take it: migrations, an older version.)"""
+
+    def __init__(self, path: str) -> None:
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def acquire(self, timeout_s: float = BUSY_TIMEOUT_S) -> None:
+        """Wait until this process holds the lock (call from the writer thread)."""
+        deadline = time.monotonic() + timeout_s
+        delay = 0.0002
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError as busy:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        f"the database file stayed locked by another process for {timeout_s:g} s"
+                    ) from busy
+                time.sleep(delay)
+                delay = min(delay * 2, 0.002)
+
+    def release(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def write_lock(url: URL) -> WriteLock | None:
+    """The cross-process write lock for a SQLite file (None for other databases: they lock rows, not files)."""
+    if not is_sqlite(url) or not url.database or sys.platform == "win32":
+        return None
+    return WriteLock(os.path.abspath(url.database) + "-writer.lock")

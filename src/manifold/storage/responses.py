@@ -1,8 +1,8 @@
 """Stored responses (the Responses API): save, update as a background response runs, get, delete, input items,
 and the lease that tells a running background response from one whose process died.
 
-Objects cross this module as the JSON dicts the API sends. Every write is one transaction, committed before
-the method returns.
+Objects cross this module as the JSON dicts the API sends. Every write goes through the store's durable-write
+queue (`writer.py`: group commit) and is committed before the method returns.
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from manifold import _json
 from manifold.errors import InvalidRequestError
-from manifold.storage.engine import write_engine
 from manifold.storage.errors import storage_errors
 from manifold.storage.tables import response_input_items, responses
+from manifold.storage.writer import DurableWrites, Write
 
 Order = Literal["asc", "desc"]
 UNFINISHED = ("queued", "in_progress")
@@ -46,9 +46,9 @@ def _now_ms() -> int:
 
 
 class ResponseStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, writes: DurableWrites) -> None:
         self._engine = engine
-        self._writer = write_engine(engine)
+        self._writes = writes
 
     async def save(
         self,
@@ -62,31 +62,25 @@ class ResponseStore:
         """Store a response with its input items (each with its `id`)."""
         now = _now_ms()
         response_id = str(response["id"])
-        async with storage_errors(), self._writer.begin() as conn:
-            await conn.execute(
-                insert(_r).values(
-                    id=response_id,
-                    model=str(response["model"]),
-                    created_at=int(response["created_at"]),
-                    status=str(response["status"]),
-                    background=1 if response.get("background") else 0,
-                    previous_response_id=response.get("previous_response_id"),
-                    request_id=request_id,
-                    response=_text(response),
-                    stored_at=now,
-                    updated_at=now,
-                    owner=owner,
-                    lease_until=lease_until,
-                )
-            )
-            if input_items:
-                await conn.execute(
-                    insert(_items),
-                    [
-                        {"response_id": response_id, "position": i, "item_id": str(item["id"]), "item": _text(item)}
-                        for i, item in enumerate(input_items)
-                    ],
-                )
+        row = {
+            "id": response_id,
+            "model": str(response["model"]),
+            "created_at": int(response["created_at"]),
+            "status": str(response["status"]),
+            "background": 1 if response.get("background") else 0,
+            "previous_response_id": response.get("previous_response_id"),
+            "request_id": request_id,
+            "response": _text(response),
+            "stored_at": now,
+            "updated_at": now,
+            "owner": owner,
+            "lease_until": lease_until,
+        }
+        item_rows = [
+            {"response_id": response_id, "position": i, "item_id": str(item["id"]), "item": _text(item)}
+            for i, item in enumerate(input_items)
+        ]
+        await self._writes.submit(Write([(_r, [row]), (_items, item_rows)]))
 
     async def update(self, response: Mapping[str, Any], *, only_if_unfinished: bool = False) -> bool:
         """Replace a stored response (its status and body); False when it is gone (or, with
@@ -100,9 +94,7 @@ class ResponseStore:
         if finished:
             values["owner"] = None
             values["lease_until"] = None
-        async with storage_errors(), self._writer.begin() as conn:
-            result = await conn.execute(stmt.values(**values))
-        return bool(result.rowcount)
+        return await self._writes.submit(Write(apply=_rowcount(stmt.values(**values))))
 
     async def get(self, response_id: str) -> StoredResponse | None:
         async with storage_errors(), self._engine.connect() as conn:
@@ -111,14 +103,21 @@ class ResponseStore:
             ).first()
         if row is None:
             return None
-        return StoredResponse(_json.decode(row.response), row.owner, row.lease_until)
+        response = _json.decode(row.response)
+        if response.get("status") == "queued" and row.lease_until is not None and row.lease_until >= _now_ms():
+            # The process that stored it queued starts it at once and does not write `in_progress` (a write per
+            # background response saved): a live lease on a queued response means it is running.
+            response["status"] = "in_progress"
+        return StoredResponse(response, row.owner, row.lease_until)
 
     async def delete(self, response_id: str) -> bool:
-        async with storage_errors(), self._writer.begin() as conn:
+        def apply(conn: Connection) -> bool:
             # Children first: SQLite enforces ON DELETE CASCADE only where foreign keys were switched on.
-            await conn.execute(delete(_items).where(_items.c.response_id == response_id))
-            result = await conn.execute(delete(_r).where(_r.c.id == response_id))
-        return bool(result.rowcount)
+            conn.execute(delete(_items).where(_items.c.response_id == response_id))
+            result = conn.execute(delete(_r).where(_r.c.id == response_id))
+            return bool(result.rowcount)
+
+        return await self._writes.submit(Write(apply=apply))
 
     async def input_items(self, response_id: str) -> list[dict[str, Any]] | None:
         """All input items of a response, in order (None when there is no such response)."""
@@ -158,9 +157,12 @@ class ResponseStore:
         if not response_ids:
             return set()
         mine = and_(_r.c.id.in_(list(response_ids)), _r.c.owner == owner, _r.c.status.in_(UNFINISHED))
-        async with storage_errors(), self._writer.begin() as conn:
-            await conn.execute(update(_r).where(mine).values(lease_until=lease_until))
-            return set((await conn.scalars(select(_r.c.id).where(mine))).all())
+
+        def apply(conn: Connection) -> set[str]:
+            conn.execute(update(_r).where(mine).values(lease_until=lease_until))
+            return set((conn.scalars(select(_r.c.id).where(mine))).all())
+
+        return await self._writes.submit(Write(apply=apply))
 
     async def expired(self, now_ms: int | None = None) -> list[dict[str, Any]]:
         """Unfinished responses whose lease ran out (their process is gone)."""
@@ -193,6 +195,13 @@ class ResponseStore:
                 lease_until=None,
             )
         )
-        async with storage_errors(), self._writer.begin() as conn:
-            result = await conn.execute(stmt)
-        return bool(result.rowcount)
+        return await self._writes.submit(Write(apply=_rowcount(stmt)))
+
+
+def _rowcount(stmt: Any) -> Any:
+    """A write that runs one UPDATE and tells whether it changed a row."""
+
+    def apply(conn: Connection) -> bool:
+        return bool((conn.execute(stmt)).rowcount)
+
+    return apply

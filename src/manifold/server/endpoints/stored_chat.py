@@ -2,14 +2,13 @@
 
 A stored completion is committed to the database before the client is told it exists: before the body of a
 non-streamed answer, before `data: [DONE]` of a streamed one. A client that never got that acknowledgement
-may or may not find it stored; one that got it always will (the write is durable when it returns).
+may or may not find it stored; one that got it always will (the write is durable when it returns). The store's
+writer finishes a write even when the client leaves meanwhile (a write cut in the middle would leave its
+connection in an unknown state), and commits the writes of concurrent requests together (group commit).
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from manifold import _json
@@ -33,34 +32,9 @@ if TYPE_CHECKING:
     from manifold.server.app import ManifoldApp
     from manifold.server.http import Request
 
-log = logging.getLogger("manifold.stored_chat")
-_writes: set[asyncio.Task[None]] = set()
-_SHUTDOWN_WAIT_S = 10.0
-
 
 def _not_found(completion_id: str) -> NotFoundError:
     return NotFoundError(f"No chat completion found with id '{completion_id}'.", param="completion_id")
-
-
-async def _durably(write: Awaitable[None]) -> None:
-    """Run a store write to its end even if the client leaves meanwhile (the handler is then cancelled, but a
-    write cut in the middle would leave its connection in an unknown state)."""
-    task: asyncio.Task[None] = asyncio.ensure_future(write)
-    _writes.add(task)
-    task.add_done_callback(_write_finished)
-    await asyncio.shield(task)
-
-
-async def finish_writes() -> None:
-    """At shutdown: let the writes of clients that left finish before the engine is closed."""
-    if _writes:
-        await asyncio.wait(set(_writes), timeout=_SHUTDOWN_WAIT_S)
-
-
-def _write_finished(task: asyncio.Task[None]) -> None:
-    _writes.discard(task)
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("storing a chat completion failed: %s", task.exception())
 
 
 async def create_stored(app: ManifoldApp, request: Request, raw: dict[str, Any], req: ChatCompletionRequest) -> None:
@@ -80,7 +54,7 @@ async def create_stored(app: ManifoldApp, request: Request, raw: dict[str, Any],
         shaper = AssemblingChunkShaper(req.model, include_usage, completion_id)
 
         async def save() -> None:
-            await _durably(store.save(shaper.assembled(req.model), messages, metadata, request.request_id))
+            await store.save(shaper.assembled(req.model), messages, metadata, request.request_id)
 
         await stream_chat(
             request,
@@ -93,7 +67,7 @@ async def create_stored(app: ManifoldApp, request: Request, raw: dict[str, Any],
     call = ChatCall(raw, req.model, request.request_id, False)
     completion = normalize_completion(await app.router.chat(call, request.add_response_header), req.model)
     completion["id"] = completion_id
-    await _durably(store.save(completion, messages, metadata, request.request_id))
+    await store.save(completion, messages, metadata, request.request_id)
     await request.send_json(200, _json.encode(completion))
 
 
