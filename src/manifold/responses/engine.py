@@ -15,7 +15,7 @@ import copy
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from manifold.api.chat_response import ChunkShaper, normalize_completion
