@@ -276,3 +276,14 @@ def test_lines_up_to_the_limit_pass() -> None:
     data = b"b" * (10_000 - len(b"data: "))
     assert decoder.feed(b"data: " + data[:5000]) == []
     assert decoder.feed(data[5000:] + b"\n\n") == [SSEEvent(None, data)]
+
+
+def test_events_before_an_overlong_line_in_the_same_chunk_come_with_the_error() -> None:
+    """A whole event and then a line past the limit, in one read: the event is not lost with the error (the
+    stream sends it, then its error event) — whatever way the bytes were split."""
+    from manifold.api.sse import SSEDecoder, SSELineTooLong
+
+    decoder = SSEDecoder(1024)
+    with pytest.raises(SSELineTooLong) as caught:
+        decoder.feed(b"data: one\n\ndata: " + b"x" * 5000)
+    assert [e.data for e in caught.value.events] == [b"one"]

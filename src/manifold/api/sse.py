@@ -19,7 +19,12 @@ DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
 
 
 class SSELineTooLong(ValueError):
-    """A line (or an event's data) of the stream exceeds the decoder's `max_line_bytes`."""
+    """A line (or an event's data) of the stream exceeds the decoder's `max_line_bytes`. `events` holds the whole
+    events decoded from the same chunk before it: they were valid and belong to the stream before its error."""
+
+    def __init__(self, message: str, events: list[SSEEvent] | None = None) -> None:
+        super().__init__(message)
+        self.events: list[SSEEvent] = events or []
 
 
 class SSEEvent(NamedTuple):
@@ -82,6 +87,14 @@ class SSEDecoder:
         else:
             buffer = chunk
         events: list[SSEEvent] = []
+        try:
+            self._scan(buffer, events)
+        except SSELineTooLong as exc:
+            exc.events = events
+            raise
+        return events
+
+    def _scan(self, buffer: bytes, events: list[SSEEvent]) -> None:
         start = 0
         for m in _LINE_END.finditer(buffer):
             line = buffer[start : m.start()]
@@ -96,7 +109,6 @@ class SSEDecoder:
                 events.append(event)
         if start < len(buffer):
             self._keep(buffer[start:])
-        return events
 
     def _keep(self, piece: bytes) -> None:
         self._pending_size += len(piece)

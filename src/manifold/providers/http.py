@@ -266,7 +266,7 @@ class SSEStream:
     in one read as one write instead of one write per event.
     """
 
-    __slots__ = ("_deadline", "_decoder", "_events", "_finished", "_idle", "_resp", "_session")
+    __slots__ = ("_deadline", "_decoder", "_error", "_events", "_finished", "_idle", "_resp", "_session")
 
     def __init__(self, session: UpstreamSession, resp: Response) -> None:
         self._session = session
@@ -274,6 +274,7 @@ class SSEStream:
         self._decoder = SSEDecoder(session.max_sse_line_bytes)
         self._events: collections.deque[SSEEvent] = collections.deque()
         self._finished = False
+        self._error: BadGatewayError | None = None
         self._idle = session.stream_idle
         total = session.total_timeout
         self._deadline = None if total is None else asyncio.get_running_loop().time() + total
@@ -284,6 +285,9 @@ class SSEStream:
     async def __anext__(self) -> SSEEvent:
         events = self._events
         while not events:
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise error
             if self._finished:
                 raise StopAsyncIteration
             try:
@@ -302,10 +306,16 @@ class SSEStream:
                 events.extend(self._decoder.feed(chunk))
             except SSELineTooLong as exc:
                 self.close()
-                raise BadGatewayError(
+                error = BadGatewayError(
                     f"The upstream for {self._session.label} sent {exc} (limits.max_sse_line_bytes).",
                     code="upstream_response_too_large",
-                ) from None
+                )
+                if not exc.events:
+                    raise error from None
+                # The events before the overlong line were whole: they go out first, the error after them.
+                events.extend(exc.events)
+                self._error = error
+                self._finished = True
             if self._deadline is not None and asyncio.get_running_loop().time() > self._deadline:
                 self.close()
                 raise GatewayTimeoutError(f"The upstream for {self._session.label} did not finish in time.")
