@@ -156,7 +156,8 @@ class TextLogprobs(Struct, gc=False):
 
 
 class TextChoice(Struct, gc=False):
-    text: str | None = None
+    # Required, so that a chat answer is not read as an empty text completion; null is read as "".
+    text: str | None
     index: int | None = None
     finish_reason: str | None = None
     logprobs: TextLogprobs | None = None
