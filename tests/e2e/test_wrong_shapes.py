@@ -223,7 +223,14 @@ def test_wrong_images_are_a_502(http: httpx.Client, upstream: HostileUpstream, b
 
 
 @pytest.mark.parametrize(
-    "body", [{"id": "resp_1", "output": "hello"}, {"output": []}, {"id": "resp_1", "output": [1]}, ["x"]]
+    "body",
+    [
+        {"id": "resp_1", "created_at": 1, "status": "completed", "output": "hello"},
+        {"created_at": 1, "status": "completed", "output": []},
+        {"id": "resp_1", "created_at": 1, "status": "completed", "output": [1]},
+        {"id": "resp_1", "status": "completed", "output": []},  # stored under its created_at: a 500 before
+        ["x"],
+    ],
 )
 def test_wrong_native_response_is_a_502(http: httpx.Client, upstream: HostileUpstream, body: Any) -> None:
     upstream.script = Script(body=json.dumps(body).encode())
@@ -233,7 +240,8 @@ def test_wrong_native_response_is_a_502(http: httpx.Client, upstream: HostileUps
 
 
 def test_wrong_native_stream_event_is_an_error_event(http: httpx.Client, upstream: HostileUpstream) -> None:
-    created = {"type": "response.created", "sequence_number": 0, "response": {"id": "resp_1", "output": []}}
+    response = {"id": "resp_1", "object": "response", "created_at": 1, "status": "in_progress", "output": []}
+    created = {"type": "response.created", "sequence_number": 0, "response": response}
     upstream.script = Script(
         content_type="text/event-stream",
         events=(json.dumps(created).encode(), b'{"sequence_number": 1, "delta": 5}'),

@@ -50,7 +50,7 @@ class Received:
 @dataclass
 class HostileUpstream:
     script: Script = field(default_factory=Script)
-    received: list[Received] = field(default_factory=list)
+    received: list[Received] = field(default_factory=list, repr=False)
     port: int = 0
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
@@ -109,8 +109,8 @@ class HostileUpstream:
                 script = self.script
                 if not await self._answer(writer, script):
                     return
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # the client left, or `stop()` ended a stalled answer
         finally:
             with contextlib.suppress(Exception):
                 writer.close()

@@ -222,11 +222,14 @@ class OutputItem(Struct, gc=False):
 
 
 class Response(Struct, gc=False):
+    # Required as the SDK requires them; `status` also because a stored response is filed under it.
     id: str
+    created_at: Number
+    status: str
     output: list[OutputItem]
     object: str | None = None
-    status: str | None = None
-    created_at: Number | None = None
+    previous_response_id: str | None = None
+    background: bool | None = None
     usage: Object | None = None
     error: Object | None = None
 

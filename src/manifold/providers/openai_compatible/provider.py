@@ -147,17 +147,27 @@ class OpenAICompatibleProvider(Provider):
 class _ChunkStream:
     """`chat.completion.chunk` dicts from an OpenAI-style SSE stream, ending at `data: [DONE]` (or EOF)."""
 
-    __slots__ = ("_events", "_label")
+    __slots__ = ("_events", "_label", "_started")
 
     def __init__(self, events: SSEStream, label: str) -> None:
         self._events = events
         self._label = label
+        self._started = False
 
     def __aiter__(self) -> _ChunkStream:
         return self
 
     async def __anext__(self) -> dict[str, Any]:
-        data = (await self._events.__anext__()).data
+        try:
+            data = (await self._events.__anext__()).data
+        except StopAsyncIteration:
+            if not self._started:
+                # An HTML page or an empty body where a stream was due: not an empty "success".
+                raise BadGatewayError(
+                    f"The upstream for {self._label} answered without a single stream event."
+                ) from None
+            raise
+        self._started = True
         if data == b"[DONE]":
             self._events.close()
             raise StopAsyncIteration
@@ -187,16 +197,31 @@ class _ChunkStream:
 class _ResponseEventStream(_ChunkStream):
     """Responses API events, each checked to be an event (a `type`, and a well-formed `response` or `item`)."""
 
-    __slots__ = ()
+    __slots__ = ("_ended",)
+
+    def __init__(self, events: SSEStream, label: str) -> None:
+        super().__init__(events, label)
+        self._ended = False
 
     async def __anext__(self) -> dict[str, Any]:
-        event = await super().__anext__()
         try:
-            upstream.conform(event, upstream.ResponseEvent, "Responses stream event")
+            event = await super().__anext__()
+        except StopAsyncIteration:
+            if not self._ended:
+                raise BadGatewayError(
+                    f"The upstream for {self._label} ended its Responses stream before a final event."
+                ) from None
+            raise
+        try:
+            checked = upstream.conform(event, upstream.ResponseEvent, "Responses stream event")
         except BadGatewayError:
             self._events.close()
             raise
+        self._ended = checked.type in _FINAL_EVENTS
         return event
+
+
+_FINAL_EVENTS = frozenset({"response.completed", "response.failed", "response.incomplete", "error"})
 
 
 async def _completion_as_chunks(completion: Any) -> ChunkStream:
