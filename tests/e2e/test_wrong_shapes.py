@@ -261,3 +261,42 @@ def test_a_good_answer_still_passes(http: httpx.Client, upstream: HostileUpstrea
 
 def test_log_has_no_traceback(gateway: ManifoldProcess) -> None:
     check_log_clean(gateway.log())
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [("text/html", b"<html><body>sign in</body></html>"), ("text/event-stream", b""), ("text/plain", b"hello")],
+)
+def test_a_stream_without_a_single_event_is_a_502(
+    http: httpx.Client, upstream: HostileUpstream, content_type: str, body: bytes
+) -> None:
+    """Before: a 200 with nothing but `data: [DONE]` (chat) or an empty body (Responses)."""
+    upstream.script = Script(content_type=content_type, body=body)
+    for path, request in (
+        ("/v1/chat/completions", {"model": MODEL, "messages": MESSAGES, "stream": True}),
+        ("/v1/completions", {"model": MODEL, "prompt": "hi", "stream": True}),
+        ("/v1/responses", {"model": MODEL, "input": "hi", "stream": True}),
+        ("/v1/responses", {"model": NATIVE, "input": "hi", "stream": True}),
+    ):
+        answer = post(http, path, request)
+        assert answer.status == 502, (path, answer)
+        check_error_envelope(answer)
+
+
+def test_a_native_stream_cut_before_its_final_event_ends_with_an_error(
+    http: httpx.Client, upstream: HostileUpstream
+) -> None:
+    response = {"id": "resp_1", "object": "response", "created_at": 1, "status": "in_progress", "output": []}
+    delta = {"type": "response.output_text.delta", "sequence_number": 1, "delta": "hel", "output_index": 0}
+    upstream.script = Script(
+        content_type="text/event-stream",
+        events=(
+            json.dumps({"type": "response.created", "sequence_number": 0, "response": response}).encode(),
+            json.dumps(delta).encode(),
+        ),
+        done=False,
+    )
+    answer = post(http, "/v1/responses", {"model": NATIVE, "input": "hi", "stream": True})
+    assert answer.status == 200, answer
+    assert check_stream_end(answer, responses_api=True) == "error"
+    assert b"before a final event" in answer.body
