@@ -102,7 +102,10 @@ _BIG_ENDIAN = sys.byteorder == "big"
 
 def floats_to_base64(vector: Any) -> str:
     """Little-endian float32 bytes of `vector` (a sequence of numbers, or any buffer of native float32)."""
-    packed = array.array("f", vector)
+    return _base64_of(array.array("f", vector))
+
+
+def _base64_of(packed: array.array[float]) -> str:
     if _BIG_ENDIAN:
         packed.byteswap()
     return base64.b64encode(packed.tobytes()).decode("ascii")
@@ -138,10 +141,18 @@ def normalize_embeddings(obj: dict[str, Any], public_model: str, encoding_format
         if checked.index is None:
             item["index"] = i
         vector = item["embedding"]
-        if encoding_format == "base64":
-            if isinstance(vector, list):
-                item["embedding"] = floats_to_base64(vector)
-        elif isinstance(vector, str):
+        if isinstance(vector, list):
+            try:
+                packed = array.array("f" if encoding_format == "base64" else "d", vector)
+            except TypeError:
+                raise upstream.shape_error(
+                    "embedding list", f"at 'data[{i}].embedding': not an array of numbers"
+                ) from None
+            if encoding_format == "base64":
+                item["embedding"] = _base64_of(packed)
+        elif not isinstance(vector, str):
+            raise upstream.shape_error("embedding list", f"at 'data[{i}].embedding': neither an array nor a string")
+        elif encoding_format == "float":
             try:
                 item["embedding"] = base64_to_floats(vector)
             except ValueError as exc:

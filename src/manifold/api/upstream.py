@@ -185,8 +185,9 @@ class TextChunk(Struct, gc=False):
 
 
 class Embedding(Struct, gc=False):
-    # floats, or the base64 of little-endian float32 values
-    embedding: list[float] | str
+    # An array of numbers or the base64 of little-endian float32 values, checked by `normalize_embeddings` at C
+    # speed (a large batch holds millions of numbers: converting them here would copy every one).
+    embedding: Any
     index: int | None = None
 
 
