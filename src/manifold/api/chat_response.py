@@ -12,8 +12,13 @@ import os
 import time
 from typing import Any
 
+import msgspec
+
 from manifold.api import upstream
 
+_convert = msgspec.convert
+_ChatChunk = upstream.ChatChunk
+_ChatCompletion = upstream.ChatCompletion
 FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
 
 
@@ -52,7 +57,10 @@ def fix_usage(obj: dict[str, Any]) -> None:
 
 def normalize_completion(obj: dict[str, Any], public_model: str) -> dict[str, Any]:
     """A non-streamed `chat.completion`, in place; `UpstreamShapeError` (502) when it does not fit the schema."""
-    typed = upstream.conform(obj, upstream.ChatCompletion, "chat completion")
+    try:
+        typed = _convert(obj, _ChatCompletion)  # `upstream.conform`, inlined (the hot path)
+    except msgspec.ValidationError as exc:
+        raise upstream.shape_error("chat completion", str(exc)) from None
     obj["model"] = public_model
     obj["object"] = "chat.completion"
     if typed.id is None:
@@ -67,21 +75,41 @@ def normalize_completion(obj: dict[str, Any], public_model: str) -> dict[str, An
         message["role"] = "assistant"
         message.setdefault("content", None)
         message.setdefault("refusal", None)
-        if not checked.message.tool_calls:
-            message.pop("tool_calls", None)
-        else:
+        checked_message = checked.message
+        if checked_message.tool_calls:
             for tc in message["tool_calls"]:
                 tc.setdefault("type", "function")
-        if checked.message.function_call is None:
-            message.pop("function_call", None)
-        if checked.message.audio is None:
-            message.pop("audio", None)
-        if checked.message.annotations is None:
-            message.pop("annotations", None)
+        elif "tool_calls" in message:
+            del message["tool_calls"]
+        # Present but null: dropped (the schema says object/array); absent: nothing to do.
+        if checked_message.function_call is None and "function_call" in message:
+            del message["function_call"]
+        if checked_message.audio is None and "audio" in message:
+            del message["audio"]
+        if checked_message.annotations is None and "annotations" in message:
+            del message["annotations"]
         choice["finish_reason"] = _finish_reason(checked.finish_reason)
-        _fix_logprobs(choice, checked.logprobs)
-    fix_usage(obj)
+        if checked.logprobs is None:
+            choice["logprobs"] = None
+        else:
+            _fix_logprobs(choice, checked.logprobs)
+    usage = typed.usage
+    if usage is None:
+        obj.pop("usage", None)
+    else:
+        _fix_checked_usage(obj["usage"], usage)
     return obj
+
+
+def _fix_checked_usage(out: dict[str, Any], usage: upstream.Usage) -> None:
+    """`fix_usage` for a usage whose types are already checked."""
+    out["prompt_tokens"] = int(usage.prompt_tokens) if usage.prompt_tokens is not None else 0
+    out["completion_tokens"] = int(usage.completion_tokens) if usage.completion_tokens is not None else 0
+    out["total_tokens"] = int(usage.total_tokens) if usage.total_tokens is not None else 0
+    if usage.prompt_tokens_details is None and "prompt_tokens_details" in out:
+        del out["prompt_tokens_details"]
+    if usage.completion_tokens_details is None and "completion_tokens_details" in out:
+        del out["completion_tokens_details"]
 
 
 class ChunkShaper:
@@ -118,7 +146,10 @@ class ChunkShaper:
     def shape(self, chunk: dict[str, Any]) -> dict[str, Any] | None:
         """Return the chunk to send, or None when nothing of it is left for the client. `UpstreamShapeError`
         (which the relay turns into the stream's error event) when the chunk does not fit the schema."""
-        typed = upstream.conform(chunk, upstream.ChatChunk, "stream chunk")
+        try:
+            typed = _convert(chunk, _ChatChunk)  # `upstream.conform`, inlined: this runs for every chunk
+        except msgspec.ValidationError as exc:
+            raise upstream.shape_error("stream chunk", str(exc)) from None
         if typed.usage is not None:
             self.usage = chunk["usage"]
         checked_choices = typed.choices
@@ -137,8 +168,11 @@ class ChunkShaper:
         chunk["model"] = self._public_model
         if typed.system_fingerprint is None:
             chunk.pop("system_fingerprint", None)
-        for choice, checked in zip(chunk["choices"], checked_choices, strict=True):
-            self._shape_choice(choice, checked)
+        if len(checked_choices) == 1:
+            self._shape_choice(chunk["choices"][0], checked_choices[0])
+        else:
+            for choice, checked in zip(chunk["choices"], checked_choices, strict=True):
+                self._shape_choice(choice, checked)
         if self._include_usage:
             chunk["usage"] = None
         else:
@@ -157,7 +191,8 @@ class ChunkShaper:
         else:
             self._roles_sent.add(index)
             delta["role"] = "assistant"
-        checked_calls = checked.delta.tool_calls if checked.delta is not None else None
+        checked_delta = checked.delta
+        checked_calls = checked_delta.tool_calls if checked_delta is not None else None
         if checked_calls:
             for position, (tc, tc_checked) in enumerate(zip(delta["tool_calls"], checked_calls, strict=True)):
                 tc_index = tc_checked.index
@@ -179,7 +214,7 @@ class ChunkShaper:
             del delta["tool_calls"]
         finish = checked.finish_reason
         choice["finish_reason"] = None if finish is None else _finish_reason(finish)
-        if "logprobs" in choice:
+        if checked.logprobs is not None:  # null (or absent) needs nothing: checked, it is nothing else
             _fix_logprobs(choice, checked.logprobs)
 
     def usage_chunk(self) -> dict[str, Any] | None:
