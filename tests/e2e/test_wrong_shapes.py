@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from manifold.frontend import OpenAIFrontend
+from tests.e2e.asgi_server import serve
 from tests.e2e.conftest import ManifoldProcess
 from tests.e2e.hostile import (
     MODEL,
@@ -300,3 +303,16 @@ def test_a_native_stream_cut_before_its_final_event_ends_with_an_error(
     assert answer.status == 200, answer
     assert check_stream_end(answer, responses_api=True) == "error"
     assert b"before a final event" in answer.body
+
+
+def test_deep_json_on_a_frontend_is_a_400(tmp_path: Path) -> None:
+    """The Python frontend decodes its own bodies: its API routes and its custom routes hold the same limit."""
+    app_ = OpenAIFrontend(lambda messages: "chat", storage=f"sqlite+aiosqlite:///{tmp_path}/f.db", prefix="/v1")
+    app_.add_route("/admin/echo", "POST", lambda body: {"got": body})
+    with serve(app_) as app, httpx.Client(base_url=app.url, timeout=20) as client:
+        for path, valid in (("/v1/chat/completions", {"model": "m", "messages": MESSAGES}), ("/admin/echo", {"a": 1})):
+            for depth in (200, 1000, 20_000):
+                answer = post(client, path, _nested(valid, depth))
+                assert answer.status == 400, (path, depth, answer)
+                assert "nested too deeply" in check_error_envelope(answer)["message"]
+        assert post(client, "/admin/echo", _nested({"a": 1}, 50)).status == 200
