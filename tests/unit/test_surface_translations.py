@@ -27,6 +27,7 @@ from manifold.api.embeddings import (
     normalize_embeddings,
 )
 from manifold.api.images import ImageRequest, default_model, family_of, family_problems, normalize_images
+from manifold.api.upstream import UpstreamShapeError
 from manifold.errors import UnsupportedError
 from manifold.providers.completions_via_chat import (
     ChunkMapper,
@@ -166,7 +167,7 @@ def test_normalize_text_completion() -> None:
         "created": 1.5,
         "model": "upstream",
         "system_fingerprint": None,
-        "choices": [{"text": None, "finish_reason": "eos", "logprobs": "junk"}],
+        "choices": [{"text": None, "finish_reason": "eos", "logprobs": None}],
         "usage": {"prompt_tokens": 1.0, "completion_tokens": 2, "total_tokens": 3, "prompt_tokens_details": None},
     }
     out = normalize_text_completion(obj, "public")
@@ -266,8 +267,10 @@ def test_normalize_embeddings_converts_to_the_requested_format() -> None:
     as_floats = normalize_embeddings(answer(floats_to_base64([0.5, 0.25])), "pub", "float")
     assert as_floats["data"][0]["embedding"] == [0.5, 0.25]
     assert_valid("CreateEmbeddingResponse", as_floats)
-    with pytest.raises(ValueError):
+    with pytest.raises(UpstreamShapeError, match=r"data\[0\]\.embedding"):
         normalize_embeddings(answer(7), "pub", "float")
+    with pytest.raises(UpstreamShapeError, match="not base64"):
+        normalize_embeddings(answer("%%%"), "pub", "float")
 
 
 def test_input_limits() -> None:

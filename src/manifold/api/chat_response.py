@@ -12,6 +12,13 @@ import os
 import time
 from typing import Any
 
+import msgspec
+
+from manifold.api import upstream
+
+_convert = msgspec.convert
+_ChatChunk = upstream.ChatChunk
+_ChatCompletion = upstream.ChatCompletion
 FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
 
 
@@ -25,9 +32,9 @@ def _finish_reason(value: Any) -> str:
     return "length" if value in ("max_tokens", "max_length") else "stop"
 
 
-def _fix_logprobs(choice: dict[str, Any]) -> None:
-    lp = choice.get("logprobs")
-    if isinstance(lp, dict):
+def _fix_logprobs(choice: dict[str, Any], logprobs: upstream.Logprobs | None) -> None:
+    if logprobs is not None:
+        lp = choice["logprobs"]
         lp.setdefault("content", None)
         lp.setdefault("refusal", None)
     else:
@@ -35,6 +42,7 @@ def _fix_logprobs(choice: dict[str, Any]) -> None:
 
 
 def fix_usage(obj: dict[str, Any]) -> None:
+    """`usage` with the three counts as integers and without null details (its types already checked)."""
     usage = obj.get("usage")
     if not isinstance(usage, dict):
         obj.pop("usage", None)
@@ -48,41 +56,60 @@ def fix_usage(obj: dict[str, Any]) -> None:
 
 
 def normalize_completion(obj: dict[str, Any], public_model: str) -> dict[str, Any]:
-    """A non-streamed `chat.completion`, in place."""
+    """A non-streamed `chat.completion`, in place; `UpstreamShapeError` (502) when it does not fit the schema."""
+    try:
+        typed = _convert(obj, _ChatCompletion)  # `upstream.conform`, inlined (the hot path)
+    except msgspec.ValidationError as exc:
+        raise upstream.shape_error("chat completion", str(exc)) from None
     obj["model"] = public_model
     obj["object"] = "chat.completion"
-    if not isinstance(obj.get("id"), str):
+    if typed.id is None:
         obj["id"] = new_completion_id()
-    created = obj.get("created")
-    obj["created"] = int(created) if isinstance(created, int | float) else int(time.time())
-    if obj.get("system_fingerprint") is None:
+    obj["created"] = int(typed.created) if typed.created is not None else int(time.time())
+    if typed.system_fingerprint is None:
         obj.pop("system_fingerprint", None)
-    choices = obj.get("choices")
-    if not isinstance(choices, list):
-        choices = obj["choices"] = []
-    for i, choice in enumerate(choices):
-        choice.setdefault("index", i)
-        message = choice.get("message")
-        if not isinstance(message, dict):
-            message = choice["message"] = {}
+    for i, (choice, checked) in enumerate(zip(obj["choices"], typed.choices, strict=True)):
+        if checked.index is None:
+            choice["index"] = i
+        message = choice["message"]
         message["role"] = "assistant"
         message.setdefault("content", None)
         message.setdefault("refusal", None)
-        if not message.get("tool_calls"):
-            message.pop("tool_calls", None)
-        else:
+        checked_message = checked.message
+        if checked_message.tool_calls:
             for tc in message["tool_calls"]:
                 tc.setdefault("type", "function")
-        if message.get("function_call") is None:
-            message.pop("function_call", None)
-        if message.get("audio") is None:
-            message.pop("audio", None)
-        if message.get("annotations") is None:
-            message.pop("annotations", None)
-        choice["finish_reason"] = _finish_reason(choice.get("finish_reason"))
-        _fix_logprobs(choice)
-    fix_usage(obj)
+        elif "tool_calls" in message:
+            del message["tool_calls"]
+        # Present but null: dropped (the schema says object/array); absent: nothing to do.
+        if checked_message.function_call is None and "function_call" in message:
+            del message["function_call"]
+        if checked_message.audio is None and "audio" in message:
+            del message["audio"]
+        if checked_message.annotations is None and "annotations" in message:
+            del message["annotations"]
+        choice["finish_reason"] = _finish_reason(checked.finish_reason)
+        if checked.logprobs is None:
+            choice["logprobs"] = None
+        else:
+            _fix_logprobs(choice, checked.logprobs)
+    usage = typed.usage
+    if usage is None:
+        obj.pop("usage", None)
+    else:
+        _fix_checked_usage(obj["usage"], usage)
     return obj
+
+
+def _fix_checked_usage(out: dict[str, Any], usage: upstream.Usage) -> None:
+    """`fix_usage` for a usage whose types are already checked."""
+    out["prompt_tokens"] = int(usage.prompt_tokens) if usage.prompt_tokens is not None else 0
+    out["completion_tokens"] = int(usage.completion_tokens) if usage.completion_tokens is not None else 0
+    out["total_tokens"] = int(usage.total_tokens) if usage.total_tokens is not None else 0
+    if usage.prompt_tokens_details is None and "prompt_tokens_details" in out:
+        del out["prompt_tokens_details"]
+    if usage.completion_tokens_details is None and "completion_tokens_details" in out:
+        del out["completion_tokens_details"]
 
 
 class ChunkShaper:
@@ -117,70 +144,78 @@ class ChunkShaper:
         self.usage: dict[str, Any] | None = None
 
     def shape(self, chunk: dict[str, Any]) -> dict[str, Any] | None:
-        """Return the chunk to send, or None when nothing of it is left for the client."""
-        usage = chunk.get("usage")
-        if isinstance(usage, dict):
-            self.usage = usage
-        choices = chunk.get("choices")
-        if not isinstance(choices, list) or not choices:
+        """Return the chunk to send, or None when nothing of it is left for the client. `UpstreamShapeError`
+        (which the relay turns into the stream's error event) when the chunk does not fit the schema."""
+        try:
+            typed = _convert(chunk, _ChatChunk)  # `upstream.conform`, inlined: this runs for every chunk
+        except msgspec.ValidationError as exc:
+            raise upstream.shape_error("stream chunk", str(exc)) from None
+        if typed.usage is not None:
+            self.usage = chunk["usage"]
+        checked_choices = typed.choices
+        if not checked_choices:
             # Usage-only chunks (held for the final one) and choice-less chunks such as Azure's
             # prompt_filter_results: clients index choices[0] on every chunk but the usage one.
             return None
         if self.id is None:
-            cid = self._completion_id or chunk.get("id")
-            self.id = cid if isinstance(cid, str) and cid else new_completion_id()
-            created = chunk.get("created")
-            self.created = int(created) if isinstance(created, int | float) and created > 0 else int(time.time())
+            cid = self._completion_id or typed.id
+            self.id = cid if cid else new_completion_id()
+            created = typed.created
+            self.created = int(created) if created is not None and created > 0 else int(time.time())
         chunk["id"] = self.id
         chunk["object"] = "chat.completion.chunk"
         chunk["created"] = self.created
         chunk["model"] = self._public_model
-        if chunk.get("system_fingerprint") is None:
+        if typed.system_fingerprint is None:
             chunk.pop("system_fingerprint", None)
-        for choice in choices:
-            self._shape_choice(choice)
+        if len(checked_choices) == 1:
+            self._shape_choice(chunk["choices"][0], checked_choices[0])
+        else:
+            for choice, checked in zip(chunk["choices"], checked_choices, strict=True):
+                self._shape_choice(choice, checked)
         if self._include_usage:
             chunk["usage"] = None
         else:
             chunk.pop("usage", None)
         return chunk
 
-    def _shape_choice(self, choice: dict[str, Any]) -> None:
-        index = choice.get("index")
-        if not isinstance(index, int):
+    def _shape_choice(self, choice: dict[str, Any], checked: upstream.ChunkChoice) -> None:
+        index = checked.index
+        if index is None:
             index = choice["index"] = 0
         delta = choice.get("delta")
-        if not isinstance(delta, dict):
+        if delta is None:
             delta = choice["delta"] = {}
         if index in self._roles_sent:
             delta.pop("role", None)
         else:
             self._roles_sent.add(index)
             delta["role"] = "assistant"
-        tool_calls = delta.get("tool_calls")
-        if tool_calls:
-            for position, tc in enumerate(tool_calls):
-                tc_index = tc.get("index")
-                if not isinstance(tc_index, int):
+        checked_delta = checked.delta
+        checked_calls = checked_delta.tool_calls if checked_delta is not None else None
+        if checked_calls:
+            for position, (tc, tc_checked) in enumerate(zip(delta["tool_calls"], checked_calls, strict=True)):
+                tc_index = tc_checked.index
+                if tc_index is None:
                     tc_index = tc["index"] = position
                 key = (index, tc_index)
-                fn = tc.get("function")
+                fn = tc.get("function") if tc_checked.function is not None else None
                 if key in self._tool_calls_seen:
                     tc.pop("id", None)
                     tc.pop("type", None)
-                    if isinstance(fn, dict):
+                    if fn is not None:
                         fn.pop("name", None)
                 else:
                     self._tool_calls_seen.add(key)
                     tc.setdefault("type", "function")
-                if isinstance(fn, dict) and fn.get("arguments") is None and key in self._tool_calls_seen:
+                if fn is not None and fn.get("arguments") is None:
                     fn["arguments"] = ""
-        elif tool_calls is not None:
+        elif "tool_calls" in delta:
             del delta["tool_calls"]
-        finish = choice.get("finish_reason")
+        finish = checked.finish_reason
         choice["finish_reason"] = None if finish is None else _finish_reason(finish)
-        if "logprobs" in choice:
-            _fix_logprobs(choice)
+        if checked.logprobs is not None:  # null (or absent) needs nothing: checked, it is nothing else
+            _fix_logprobs(choice, checked.logprobs)
 
     def usage_chunk(self) -> dict[str, Any] | None:
         """The final `choices: []` chunk, when the client asked for usage and the upstream reported it."""

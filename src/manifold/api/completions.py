@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta, Struct
 
+from manifold.api import upstream
 from manifold.api.chat_response import fix_usage
 
 NonEmptyStr = Annotated[str, Meta(min_length=1)]
@@ -133,38 +134,30 @@ def finish_reason(value: Any) -> str:
     return "length" if value in ("max_tokens", "max_length") else "stop"
 
 
-def _fix_logprobs(choice: dict[str, Any]) -> None:
+def _fix_choice(choice: dict[str, Any], checked: upstream.TextChoice, position: int) -> None:
+    if checked.index is None:
+        choice["index"] = position
+    if checked.text is None:
+        choice["text"] = ""
     # Entries are kept as the upstream sent them: the first echoed prompt token has a `null` logprob (nothing
     # precedes it) at OpenAI too, although the schema says number.
-    if not isinstance(choice.get("logprobs"), dict):
+    if checked.logprobs is None:
         choice["logprobs"] = None
 
 
-def _fix_choice(choice: dict[str, Any], position: int) -> None:
-    if not isinstance(choice.get("index"), int):
-        choice["index"] = position
-    text = choice.get("text")
-    if not isinstance(text, str):
-        choice["text"] = "" if text is None else str(text)
-    _fix_logprobs(choice)
-
-
 def normalize_text_completion(obj: dict[str, Any], public_model: str) -> dict[str, Any]:
-    """A non-streamed `text_completion`, in place."""
+    """A non-streamed `text_completion`, in place; `UpstreamShapeError` (502) when it does not fit the schema."""
+    typed = upstream.conform(obj, upstream.TextCompletion, "completion")
     obj["object"] = "text_completion"
     obj["model"] = public_model
-    if not isinstance(obj.get("id"), str) or not obj["id"]:
+    if not typed.id:
         obj["id"] = new_completion_id()
-    created = obj.get("created")
-    obj["created"] = int(created) if isinstance(created, int | float) else int(time.time())
-    if obj.get("system_fingerprint") is None:
+    obj["created"] = int(typed.created) if typed.created is not None else int(time.time())
+    if typed.system_fingerprint is None:
         obj.pop("system_fingerprint", None)
-    choices = obj.get("choices")
-    if not isinstance(choices, list):
-        choices = obj["choices"] = []
-    for i, choice in enumerate(choices):
-        _fix_choice(choice, i)
-        choice["finish_reason"] = finish_reason(choice.get("finish_reason"))
+    for i, (choice, checked) in enumerate(zip(obj["choices"], typed.choices, strict=True)):
+        _fix_choice(choice, checked, i)
+        choice["finish_reason"] = finish_reason(checked.finish_reason)
     fix_usage(obj)
     return obj
 
@@ -188,26 +181,25 @@ class TextChunkShaper:
         self.usage: dict[str, Any] | None = None
 
     def shape(self, chunk: dict[str, Any]) -> dict[str, Any] | None:
+        typed = upstream.conform(chunk, upstream.TextChunk, "completion stream chunk")
         usage = chunk.pop("usage", None)
-        if isinstance(usage, dict):
+        if typed.usage is not None:
             self.usage = usage
-        choices = chunk.get("choices")
-        if not isinstance(choices, list) or not choices:
+        if not typed.choices:
             return None
         if self.id is None:
-            cid = chunk.get("id")
-            self.id = cid if isinstance(cid, str) and cid else new_completion_id()
-            created = chunk.get("created")
-            self.created = int(created) if isinstance(created, int | float) and created > 0 else int(time.time())
+            self.id = typed.id or new_completion_id()
+            created = typed.created
+            self.created = int(created) if created is not None and created > 0 else int(time.time())
         chunk["id"] = self.id
         chunk["object"] = "text_completion"
         chunk["created"] = self.created
         chunk["model"] = self._public_model
-        if chunk.get("system_fingerprint") is None:
+        if typed.system_fingerprint is None:
             chunk.pop("system_fingerprint", None)
-        for i, choice in enumerate(choices):
-            _fix_choice(choice, i)
-            finish = choice.get("finish_reason")
+        for i, (choice, checked) in enumerate(zip(chunk["choices"], typed.choices, strict=True)):
+            _fix_choice(choice, checked, i)
+            finish = checked.finish_reason
             choice["finish_reason"] = None if finish is None else finish_reason(finish)
         return chunk
 

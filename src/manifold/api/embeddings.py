@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from manifold.api import upstream
+
 MAX_INPUTS = 2048
 MAX_TOTAL_TOKENS = 300_000
 
@@ -100,7 +102,10 @@ _BIG_ENDIAN = sys.byteorder == "big"
 
 def floats_to_base64(vector: Any) -> str:
     """Little-endian float32 bytes of `vector` (a sequence of numbers, or any buffer of native float32)."""
-    packed = array.array("f", vector)
+    return _base64_of(array.array("f", vector))
+
+
+def _base64_of(packed: array.array[float]) -> str:
     if _BIG_ENDIAN:
         packed.byteswap()
     return base64.b64encode(packed.tobytes()).decode("ascii")
@@ -126,35 +131,35 @@ def base64_to_floats(text: str) -> list[float]:
 
 def normalize_embeddings(obj: dict[str, Any], public_model: str, encoding_format: str) -> dict[str, Any]:
     """A `CreateEmbeddingResponse`, in place: public model, `object`s, indexes, usage, and every vector in
-    the requested encoding (`float` or `base64`). Raises ValueError when a vector is neither floats nor base64."""
+    the requested encoding (`float` or `base64`). `UpstreamShapeError` (502) when the answer does not fit the
+    schema or a string vector is not base64 float32 data."""
+    typed = upstream.conform(obj, upstream.EmbeddingList, "embedding list")
     obj["object"] = "list"
     obj["model"] = public_model
-    data = obj.get("data")
-    if not isinstance(data, list):
-        data = obj["data"] = []
-    for i, item in enumerate(data):
-        if not isinstance(item, dict):
-            raise ValueError(f"data[{i}] is not an object")
+    for i, (item, checked) in enumerate(zip(obj["data"], typed.data, strict=True)):
         item["object"] = "embedding"
-        if not isinstance(item.get("index"), int):
+        if checked.index is None:
             item["index"] = i
-        vector = item.get("embedding")
-        if encoding_format == "base64":
-            if isinstance(vector, list):
-                item["embedding"] = floats_to_base64(vector)
-            elif not isinstance(vector, str):
-                raise ValueError(f"data[{i}].embedding is neither an array nor a base64 string")
-        elif isinstance(vector, str):
-            item["embedding"] = base64_to_floats(vector)
-        elif not isinstance(vector, list):
-            raise ValueError(f"data[{i}].embedding is neither an array nor a base64 string")
-    usage = obj.get("usage")
-    if not isinstance(usage, dict):
-        usage = obj["usage"] = {}
-    prompt = usage.get("prompt_tokens")
-    prompt = int(prompt) if isinstance(prompt, int | float) else 0
-    total = usage.get("total_tokens")
-    total = int(total) if isinstance(total, int | float) else prompt
+        vector = item["embedding"]
+        if isinstance(vector, list):
+            try:
+                packed = array.array("f" if encoding_format == "base64" else "d", vector)
+            except TypeError:
+                raise upstream.shape_error(
+                    "embedding list", f"at 'data[{i}].embedding': not an array of numbers"
+                ) from None
+            if encoding_format == "base64":
+                item["embedding"] = _base64_of(packed)
+        elif not isinstance(vector, str):
+            raise upstream.shape_error("embedding list", f"at 'data[{i}].embedding': neither an array nor a string")
+        elif encoding_format == "float":
+            try:
+                item["embedding"] = base64_to_floats(vector)
+            except ValueError as exc:
+                raise upstream.shape_error("embedding list", f"at 'data[{i}].embedding': {exc}") from None
+    usage = typed.usage
+    prompt = int(usage.prompt_tokens) if usage is not None and usage.prompt_tokens is not None else 0
+    total = int(usage.total_tokens) if usage is not None and usage.total_tokens is not None else prompt
     obj["usage"] = {"prompt_tokens": prompt, "total_tokens": total}
     return obj
 

@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from manifold.api import upstream
+
 
 class ImageRequest(Struct, kw_only=True):
     """`CreateImageRequest`."""
@@ -157,15 +159,13 @@ def _size_problem(size: str, family: Family, model: str) -> str | None:
 
 
 def normalize_images(obj: dict[str, Any]) -> dict[str, Any]:
-    """An `ImagesResponse`, in place: integer `created`, image objects without null fields."""
-    created = obj.get("created")
-    obj["created"] = int(created) if isinstance(created, int | float) else int(time.time())
-    data = obj.get("data")
-    if not isinstance(data, list):
-        data = obj["data"] = []
-    for i, item in enumerate(data):
-        if not isinstance(item, dict):
-            raise ValueError(f"data[{i}] is not an object")
+    """An `ImagesResponse`, in place: integer `created`, image objects without null fields. `UpstreamShapeError`
+    (502) when the answer does not fit the schema or an image has neither `url` nor `b64_json`."""
+    typed = upstream.conform(obj, upstream.ImagesResponse, "images response")
+    obj["created"] = int(typed.created) if typed.created is not None else int(time.time())
+    for i, (item, checked) in enumerate(zip(obj["data"], typed.data, strict=True)):
+        if checked.url is None and checked.b64_json is None:
+            raise upstream.shape_error("images response", f"at 'data[{i}]': an image with neither url nor b64_json")
         for key in [k for k, v in item.items() if v is None]:
             del item[key]
     for key in ("background", "output_format", "size", "quality", "usage"):

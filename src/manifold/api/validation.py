@@ -48,7 +48,9 @@ def decode_json_object(body: bytes) -> dict[str, Any]:
     if not body:
         raise InvalidRequestError(BAD_JSON_MESSAGE + " The body was empty.", code="invalid_json")
     try:
-        data = _json.decode(body)
+        data = _json.decode_request(body)
+    except _json.NestingError:
+        raise nesting_error() from None
     except msgspec.DecodeError:
         raise InvalidRequestError(BAD_JSON_MESSAGE, code="invalid_json") from None
     if not isinstance(data, dict):
@@ -56,6 +58,14 @@ def decode_json_object(body: bytes) -> dict[str, Any]:
             f"The request body must be a JSON object, got {_type_word(data)}.", code="invalid_type"
         )
     return data
+
+
+def nesting_error() -> InvalidRequestError:
+    return InvalidRequestError(
+        f"The JSON body of your request is nested too deeply: at most {_json.MAX_REQUEST_DEPTH} levels of arrays "
+        "and objects are accepted.",
+        code="invalid_json",
+    )
 
 
 def convert(data: dict[str, Any], typ: type[T]) -> T:

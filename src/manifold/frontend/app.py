@@ -22,7 +22,7 @@ from urllib.parse import parse_qs
 import msgspec
 
 from manifold import _json
-from manifold.api.validation import BAD_JSON_MESSAGE, decode_json_object
+from manifold.api.validation import BAD_JSON_MESSAGE, decode_json_object, nesting_error
 from manifold.config import Config, Deployment, ResponsesSettings, RouterSettings, ServerSettings, StorageSettings
 from manifold.errors import InvalidRequestError, NotFoundError
 from manifold.providers.python_handler import contracts
@@ -302,7 +302,9 @@ class OpenAIFrontend:
         async def serve(app: ManifoldApp, request: Request, **path_params: str) -> None:
             raw = await request.body(self.settings.max_body_size)
             try:
-                body = _json.decode(raw) if raw.strip() else None
+                body = _json.decode_request(raw) if raw.strip() else None
+            except _json.NestingError:
+                raise nesting_error() from None
             except msgspec.DecodeError:
                 raise InvalidRequestError(BAD_JSON_MESSAGE, code="invalid_json") from None
             info = RequestInfo("custom", request.method, request.path, path_params, _query(request.query_string))

@@ -25,6 +25,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+from manifold.api import upstream
 from manifold.api.completions import finish_reason, new_completion_id, split_prompts
 from manifold.errors import UnsupportedError
 from manifold.providers.base import Call, ChunkStream
@@ -135,6 +136,7 @@ async def complete(provider: Provider, call: Call) -> dict[str, Any]:
     choices: list[dict[str, Any]] = []
     usage: dict[str, int] | None = None
     for i, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
+        upstream.conform(answer, upstream.ChatCompletion, "chat completion")
         choices.extend(choices_from_chat(answer, prompt, echo, i * n))
         usage = add_usage(usage, answer.get("usage"))
     first = answers[0] if answers else {}
@@ -164,6 +166,7 @@ class ChunkMapper:
 
     def chunk_from_chat(self, chunk: dict[str, Any]) -> dict[str, Any] | None:
         """The text chunk for a chat chunk, or None when it carries nothing (a role-only delta, usage)."""
+        upstream.conform(chunk, upstream.ChatChunk, "stream chunk")
         choices = []
         for position, choice in enumerate(chunk.get("choices") or []):
             index = choice.get("index")

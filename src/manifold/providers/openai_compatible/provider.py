@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 from urllib.parse import quote
 
 from manifold import _json
+from manifold.api import upstream
 from manifold.config import Deployment
 from manifold.errors import BadGatewayError, ManifoldError
 from manifold.providers.base import Call, Capability, ChatCall, ChunkStream, Provider
@@ -166,7 +167,9 @@ class OpenAICompatibleProvider(Provider):
     # -- the native Responses API (deployment `responses: native`): pass-through, only `model` mapped ----------
 
     async def responses(self, call: Call) -> dict[str, Any]:
-        return await self._post_json("responses", call, "response")
+        response = await self._post_json("responses", call, "response")
+        upstream.conform(response, upstream.Response, "response")
+        return response
 
     async def open_responses_stream(self, call: Call) -> ChunkStream:
         resp = await self.http.request(
@@ -175,23 +178,34 @@ class OpenAICompatibleProvider(Provider):
         if resp.content_type == "application/json":
             await self.http.read_json(resp)
             raise BadGatewayError(f"The upstream for {self.http.label} answered a streamed response without a stream.")
-        return self._chunks(resp)  # Responses events: JSON objects with `type`, framed like chat chunks
+        # Responses events: JSON objects with `type`, framed like chat chunks
+        return _ResponseEventStream(self.http.sse(resp), self.http.label)
 
 
 class _ChunkStream:
     """`chat.completion.chunk` dicts from an OpenAI-style SSE stream, ending at `data: [DONE]` (or EOF)."""
 
-    __slots__ = ("_events", "_label")
+    __slots__ = ("_events", "_label", "_started")
 
     def __init__(self, events: SSEStream, label: str) -> None:
         self._events = events
         self._label = label
+        self._started = False
 
     def __aiter__(self) -> _ChunkStream:
         return self
 
     async def __anext__(self) -> dict[str, Any]:
-        data = (await self._events.__anext__()).data
+        try:
+            data = (await self._events.__anext__()).data
+        except StopAsyncIteration:
+            if not self._started:
+                # An HTML page or an empty body where a stream was due: not an empty "success".
+                raise BadGatewayError(
+                    f"The upstream for {self._label} answered without a single stream event."
+                ) from None
+            raise
+        self._started = True
         if data == b"[DONE]":
             self._events.close()
             raise StopAsyncIteration
@@ -218,32 +232,59 @@ class _ChunkStream:
         self._events.close()
 
 
+class _ResponseEventStream(_ChunkStream):
+    """Responses API events, each checked to be an event (a `type`, and a well-formed `response` or `item`)."""
+
+    __slots__ = ("_ended",)
+
+    def __init__(self, events: SSEStream, label: str) -> None:
+        super().__init__(events, label)
+        self._ended = False
+
+    async def __anext__(self) -> dict[str, Any]:
+        try:
+            event = await super().__anext__()
+        except StopAsyncIteration:
+            if not self._ended:
+                raise BadGatewayError(
+                    f"The upstream for {self._label} ended its Responses stream before a final event."
+                ) from None
+            raise
+        try:
+            checked = upstream.conform(event, upstream.ResponseEvent, "Responses stream event")
+        except BadGatewayError:
+            self._events.close()
+            raise
+        self._ended = checked.type in _FINAL_EVENTS
+        return event
+
+
+_FINAL_EVENTS = frozenset({"response.completed", "response.failed", "response.incomplete", "error"})
+
+
 async def _completion_as_chunks(completion: Any) -> ChunkStream:
-    if not isinstance(completion, dict):
-        raise BadGatewayError("The upstream returned a non-object completion.")
+    """An upstream that ignored `stream`: its `chat.completion`, checked, replayed as chunks."""
+    typed = upstream.conform(completion, upstream.ChatCompletion, "chat completion")
     base = {k: completion[k] for k in ("id", "created", "model", "system_fingerprint") if k in completion}
-    for choice in completion.get("choices") or []:
-        message = dict(choice.get("message") or {})
-        for i, tc in enumerate(message.get("tool_calls") or []):
-            tc["index"] = i
+    for position, (choice, checked) in enumerate(zip(completion["choices"], typed.choices, strict=True)):
+        index = checked.index if checked.index is not None else position
+        message = dict(choice["message"])
+        if checked.message.tool_calls:
+            message["tool_calls"] = [{**tc, "index": i} for i, tc in enumerate(message["tool_calls"])]
         delta = {k: v for k, v in message.items() if v is not None}
-        yield {**base, "choices": [{"index": choice.get("index", 0), "delta": delta, "finish_reason": None}]}
-        yield {
-            **base,
-            "choices": [{"index": choice.get("index", 0), "delta": {}, "finish_reason": choice.get("finish_reason")}],
-        }
-    if completion.get("usage"):
+        yield {**base, "choices": [{"index": index, "delta": delta, "finish_reason": None}]}
+        yield {**base, "choices": [{"index": index, "delta": {}, "finish_reason": checked.finish_reason}]}
+    if typed.usage is not None:
         yield {**base, "choices": [], "usage": completion["usage"]}
 
 
 async def _text_completion_as_chunks(completion: Any) -> ChunkStream:
-    """An upstream that ignored `stream` on /completions: its `text_completion` replayed as chunks."""
-    if not isinstance(completion, dict):
-        raise BadGatewayError("The upstream returned a non-object completion.")
+    """An upstream that ignored `stream` on /completions: its `text_completion`, checked, replayed as chunks."""
+    typed = upstream.conform(completion, upstream.TextCompletion, "completion")
     base = {k: completion[k] for k in ("id", "created", "model", "system_fingerprint") if k in completion}
-    for choice in completion.get("choices") or []:
+    for choice in completion["choices"]:
         yield {**base, "choices": [choice]}
-    if completion.get("usage"):
+    if typed.usage is not None:
         yield {**base, "choices": [], "usage": completion["usage"]}
 
 

@@ -12,10 +12,11 @@ exactly the path of `POST /chat/completions`, so everything said there holds her
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 from manifold import _json
+from manifold.api.embeddings import normalize_embeddings
+from manifold.api.images import normalize_images
 from manifold.api.per_model_urls import EmbeddingsRequest, ImageGenerationRequest
 from manifold.api.validation import convert, decode_json_object
 from manifold.errors import InvalidRequestError
@@ -76,35 +77,13 @@ async def stream_chat_completions(app: ManifoldApp, request: Request, model: str
     await _chat(app, request, model, stream=True)
 
 
-def _shape_embeddings(result: dict[str, Any], public_model: str) -> dict[str, Any]:
-    result["object"] = "list"
-    result["model"] = public_model
-    for i, item in enumerate(result.get("data") or ()):
-        item.setdefault("index", i)
-        item["object"] = "embedding"
-    usage = result.get("usage")
-    if not isinstance(usage, dict):
-        usage = result["usage"] = {}
-    for key in ("prompt_tokens", "total_tokens"):
-        value = usage.get(key)
-        usage[key] = int(value) if isinstance(value, int | float) else 0
-    return result
-
-
 async def embeddings(app: ManifoldApp, request: Request, model: str) -> None:
     raw = await _read(app, request, model)
-    convert(raw, EmbeddingsRequest)
+    req = convert(raw, EmbeddingsRequest)
     call = Call(raw, model, request.request_id, False)
     result = await app.router.execute(call, operations.embeddings, request.add_response_header)
-    await request.send_json(200, _json.encode(_shape_embeddings(result, model)))
-
-
-def _shape_images(result: dict[str, Any]) -> dict[str, Any]:
-    created = result.get("created")
-    result["created"] = int(created) if isinstance(created, int | float) else int(time.time())
-    if not isinstance(result.get("data"), list):
-        result["data"] = []
-    return result
+    # The same checks and shaping as `POST /embeddings`: a wrong-shaped answer is a 502, never a crash.
+    await request.send_json(200, _json.encode(normalize_embeddings(result, model, req.encoding_format or "float")))
 
 
 async def images_generations(app: ManifoldApp, request: Request, model: str) -> None:
@@ -112,4 +91,4 @@ async def images_generations(app: ManifoldApp, request: Request, model: str) -> 
     convert(raw, ImageGenerationRequest)
     call = Call(raw, model, request.request_id, False)
     result = await app.router.execute(call, operations.images, request.add_response_header)
-    await request.send_json(200, _json.encode(_shape_images(result)))
+    await request.send_json(200, _json.encode(normalize_images(result)))
