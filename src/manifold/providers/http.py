@@ -3,7 +3,7 @@ mapping of every transport failure and upstream error status to Manifold's error
 
 - upstream 4xx        → the same status, the upstream's message in OpenAI's envelope (429 keeps Retry-After);
 - upstream 5xx        → 502 (the upstream's status and message kept in the text);
-- any other status but 200/201/203 (a redirect, 204, …) → 502 naming it: nothing follows redirects;
+- any other status but 200 (a redirect, 201, 204, …) → 502 naming it: nothing follows redirects;
 - refused / reset / cut, a response past a size limit → 502 naming the cause;
 - any timeout         → 504;
 - no pooled connection free in time → 429 with Retry-After, like a deployment at its concurrency limit;
@@ -53,7 +53,8 @@ from manifold.providers.transport import (
 )
 
 _PASSED_HEADERS = ("retry-after", "retry-after-ms")
-_ANSWER_STATUSES = frozenset({200, 201, 203})  # a 2xx that carries the answer; 202, 204, 206… do not
+# Every OpenAI operation answers 200; another 2xx (201, 202, 204, 206…) is not the answer the client asked for.
+_ANSWER_STATUSES = frozenset({200})
 # Requests sent again by a transport (a reused connection that provably did not deliver them), counted for the
 # request running in this context: the router adds them to `x-manifold-attempts`.
 _resends: contextvars.ContextVar[int] = contextvars.ContextVar("manifold_upstream_resends", default=0)
@@ -142,7 +143,7 @@ class UpstreamSession:
     async def send(
         self, method: str, url: str, *, data: bytes | None = None, headers: Mapping[str, str] | None = None
     ) -> Response:
-        """Send and wait for the response headers: an answer (200, 201, 203) or an error status (>= 400) is
+        """Send and wait for the response headers: an answer (200) or an error status (>= 400) is
         returned; anything else (a redirect, 204, …) and transport failures are raised."""
         try:
             resp = await self.transport.request(method, self._target(url), headers or {}, data)
