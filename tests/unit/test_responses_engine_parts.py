@@ -505,6 +505,16 @@ async def test_a_streamed_response_holds_no_frame_while_it_waits_for_the_upstrea
     assert decoded[-1]["response"]["output"][0]["content"][0]["text"] == "Hi there"
 
 
+async def test_an_unstored_response_whose_chunks_have_all_arrived_is_one_write() -> None:
+    from manifold.responses.engine import _ResponseEvents
+
+    chunks = _Chunks([_delta(role="assistant"), _delta(content="Hi"), _delta(content=" there")], arrived=4)
+    builder = ResponseBuilder(skeleton(request(store=False), [], "in_progress"))
+    sent, body = await _relay(_ResponseEvents(builder, None, chunks, None))
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert not sent[1]["more_body"] and body.decode().count("event: ") == 10 and chunks.closed
+
+
 async def test_a_streamed_response_is_stored_before_its_terminal_event_is_released() -> None:
     from manifold.responses.engine import _ResponseEvents
 

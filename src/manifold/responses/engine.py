@@ -273,7 +273,7 @@ class ResponsesEngine:
         call.route = p.route
         if not stream:
             completion = normalize_completion(await self.router.chat(call, p.report), p.req.model)
-            return _iterate(list(completion_chunks(completion)))
+            return _Listed(list(completion_chunks(completion)))
         upstream = await self.router.open_chat_stream(call, p.report)
         return _Shaped(upstream, ChunkShaper(p.req.model, include_usage=True))
 
@@ -428,7 +428,7 @@ class ResponsesEngine:
         if job is not None:
             job.check_resumable(starting_after)
             return job.follow(starting_after)
-        return _iterate([e for e in replay(response) if e["sequence_number"] > starting_after])
+        return _Listed([e for e in replay(response) if e["sequence_number"] > starting_after])
 
     async def delete(self, response_id: str) -> None:
         store = await self.store.responses()
@@ -572,9 +572,25 @@ def _open_native_responses_stream(provider: Provider, call: Call) -> Awaitable[A
     return provider.open_responses_stream(call)
 
 
-async def _iterate(items: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
-    for item in items:
-        yield item
+class _Listed:
+    """Items that are all there: `buffered()` says so, and the server writes them together."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: list[dict[str, Any]]) -> None:
+        self._items = iter(items)
+
+    def __aiter__(self) -> _Listed:
+        return self
+
+    def buffered(self) -> bool:
+        return True
+
+    async def __anext__(self) -> dict[str, Any]:
+        try:
+            return next(self._items)
+        except StopIteration:
+            raise StopAsyncIteration from None
 
 
 class _Shaped:
@@ -663,7 +679,7 @@ class _ResponseEvents:
         return self
 
     def buffered(self) -> bool:
-        return bool(self._ready) or self._done
+        return bool(self._ready) or self._done or (self._terminal is not None and self._save is None)
 
     async def __anext__(self) -> dict[str, Any]:
         ready = self._ready
