@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import contextlib
 import os
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 
 import msgspec
 
@@ -18,6 +19,8 @@ CONFIG_ENV = "MANIFOLD_CONFIG"
 HANDLER_ENV = "MANIFOLD_HANDLER"
 HANDLER_ENDPOINTS_ENV = "MANIFOLD_HANDLER_ENDPOINTS"
 HANDLER_URL_INFO_ENV = "MANIFOLD_HANDLER_URL_INFO"
+LOG_LEVEL_ENV = "MANIFOLD_LOG_LEVEL"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,10 +91,10 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
     port = args.port if args.port is not None else settings.port
     workers = args.workers or settings.workers
     level = (args.log_level or settings.log_level).lower()
-    logging.basicConfig(
-        level=level.upper() if level != "trace" else "DEBUG",
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    from manifold.observability.logging import configure as configure_logging
+
+    configure_logging(level, settings.log_format, config_secrets(config))
+    os.environ[LOG_LEVEL_ENV] = level
     if args.config:
         os.environ[CONFIG_ENV] = os.path.abspath(args.config)
     else:
@@ -104,23 +107,61 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
             os.environ[HANDLER_ENDPOINTS_ENV] = args.endpoints
         if args.include_url_info:
             os.environ[HANDLER_URL_INFO_ENV] = "1"
-    uvicorn.run(
-        "manifold.cli:app_factory",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers if workers > 1 else None,
-        loop="uvloop" if sys.platform != "win32" else "asyncio",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        log_level=level,
-        server_header=False,
-        proxy_headers=False,
-        date_header=True,
-        timeout_graceful_shutdown=10,
-    )
+    with _metrics_for_workers(config, workers, host):
+        uvicorn.run(
+            "manifold.cli:app_factory",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers if workers > 1 else None,
+            loop="uvloop" if sys.platform != "win32" else "asyncio",
+            http="httptools",
+            lifespan="on",
+            access_log=False,
+            log_level=level,
+            log_config=None,  # Manifold's handler (observability.logging) formats uvicorn's lines too
+            server_header=False,
+            proxy_headers=False,
+            date_header=True,
+            timeout_graceful_shutdown=10,
+        )
     return 0
+
+
+@contextlib.contextmanager
+def _metrics_for_workers(config: Config, workers: int, host: str) -> Iterator[None]:
+    """With several workers: prometheus-client's multiprocess mode in a directory of our own (set before any
+    worker imports prometheus-client, removed at exit), and `metrics.port` served by this process."""
+    if workers <= 1 or not config.metrics.enabled:
+        os.environ.pop(MULTIPROC_ENV, None)
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="manifold-metrics-") as directory:
+        os.environ[MULTIPROC_ENV] = directory
+        if config.metrics.port is not None:
+            from manifold.observability.metrics import serve_http
+
+            serve_http(config.metrics.port, host, config.metrics.path)
+        try:
+            yield
+        finally:
+            os.environ.pop(MULTIPROC_ENV, None)
+
+
+def config_secrets(config: Config) -> list[str]:
+    """What the logs must never show: upstream keys, deployment header values (they carry keys), the
+    compaction key, the storage URL's password."""
+    secrets: list[str] = []
+    for dep in config.model_list:
+        if dep.api_key:
+            secrets.append(dep.api_key)
+        secrets.extend(v for v in dep.headers.values() if v)
+    if config.responses.compaction_key:
+        secrets.append(config.responses.compaction_key)
+    url = config.storage.url
+    if url and "@" in url and ":" in url.split("@", 1)[0].split("//", 1)[-1]:
+        secrets.append(url.split("@", 1)[0].split("//", 1)[-1].split(":", 1)[1])
+    return secrets
 
 
 def _handler_config(args: argparse.Namespace, config: Config) -> Config:
@@ -151,6 +192,11 @@ def app_factory() -> object:
     """Each worker process builds its app from the config file named in $MANIFOLD_CONFIG (and, with
     `--handler`, around the handler named in $MANIFOLD_HANDLER)."""
     config = load_config(os.environ.get(CONFIG_ENV))
+    level = os.environ.get(LOG_LEVEL_ENV)
+    if level is not None:  # a worker process: logging as the parent set it up
+        from manifold.observability.logging import configure as configure_logging
+
+        configure_logging(level, config.server.log_format, config_secrets(config))
     handler = os.environ.get(HANDLER_ENV)
     if handler is not None:
         return _frontend_app(handler, config)

@@ -86,6 +86,26 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     log_level: str = "info"
     # KServe-style per-model URLs: /v2/models/{model}/infer/chat/completions, … (docs/backends-kserve.md)
     kserve_urls: bool = True
+    # docs/observability.md: `json` writes one JSON object per log line; `access_log` one line per request.
+    log_format: Literal["text", "json"] = "text"
+    access_log: bool = True
+
+
+class MetricsSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Prometheus metrics (docs/observability.md). `port`: serve `path` on this port instead of the main one."""
+
+    enabled: bool = True
+    path: Annotated[str, msgspec.Meta(pattern=r"^/[A-Za-z0-9._/-]*$")] = "/metrics"
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] | None = None
+
+
+class TracingSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """OpenTelemetry traces (the `[otel]` extra; docs/observability.md). `enabled` None: on when an OTLP
+    exporter is configured by the standard `OTEL_*` variables. `capture_content`: prompts and completions on
+    the GenAI spans (secrets redacted)."""
+
+    enabled: bool | None = None
+    capture_content: bool = False
 
 
 class StorageSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -165,6 +185,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
     responses: ResponsesSettings = msgspec.field(default_factory=ResponsesSettings)
     router: RouterSettings = msgspec.field(default_factory=RouterSettings)
+    metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
+    tracing: TracingSettings = msgspec.field(default_factory=TracingSettings)
 
 
 ENV_PREFIX = "MANIFOLD_"
@@ -295,12 +317,32 @@ def _build(raw: dict[str, Any], problems: list[str]) -> Config:
         problems.extend(_storage_problems(storage))
     responses = _convert_part(raw.get("responses", {}), ResponsesSettings, "responses", problems)
     router = _convert_router(raw.get("router", {}), problems)
+    metrics = _convert_part(raw.get("metrics", {}), MetricsSettings, "metrics", problems)
+    tracing = _convert_part(raw.get("tracing", {}), TracingSettings, "tracing", problems)
     if router is not None and all_converted:
         # Names are checked against the deployments only when all of them could be read.
         problems.extend(_router_problems(router, deployments))
-    if problems or server is None or storage is None or responses is None or router is None:
+    if metrics is not None and server is not None and metrics.port is not None and metrics.port == server.port:
+        problems.append(f"metrics.port: {metrics.port} is the server's own port (leave it out to serve it there)")
+    if (
+        problems
+        or server is None
+        or storage is None
+        or responses is None
+        or router is None
+        or metrics is None
+        or tracing is None
+    ):
         raise ConfigError(problems)
-    return Config(model_list=deployments, server=server, storage=storage, responses=responses, router=router)
+    return Config(
+        model_list=deployments,
+        server=server,
+        storage=storage,
+        responses=responses,
+        router=router,
+        metrics=metrics,
+        tracing=tracing,
+    )
 
 
 def _convert_part(data: Any, typ: type[_T], where: str, problems: list[str]) -> _T | None:

@@ -24,6 +24,7 @@ from manifold import _json
 from manifold.api.sse import SSEDecoder, SSEEvent
 from manifold.config import Deployment
 from manifold.errors import BadGatewayError, GatewayTimeoutError, ManifoldError, UpstreamError
+from manifold.observability import tracing
 from manifold.providers.transport import ConnectError, ConnectionPool, HTTPResponse, TransportError
 
 _PASSED_HEADERS = ("retry-after", "retry-after-ms")
@@ -69,6 +70,8 @@ class UpstreamSession:
         self, method: str, url: str, *, data: bytes | None = None, headers: Mapping[str, str] | None = None
     ) -> HTTPResponse:
         """Send and wait for the response headers, whatever the status (transport failures are raised)."""
+        if tracing.PROPAGATE:  # W3C traceparent of the attempt's span (docs/observability.md)
+            headers = tracing.inject(headers)
         try:
             return await self._pool.request(method, self._target(url), headers or {}, data)
         except TransportError as exc:
