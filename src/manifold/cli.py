@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 
 import msgspec
 
-from manifold.config import Config, load_config
+from manifold.config import Config, load_config, secrets_of
 from manifold.errors import ConfigError
 
 CONFIG_ENV = "MANIFOLD_CONFIG"
@@ -93,7 +93,7 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
     level = (args.log_level or settings.log_level).lower()
     from manifold.observability.logging import configure as configure_logging
 
-    configure_logging(level, settings.log_format, config_secrets(config))
+    configure_logging(level, settings.log_format, secrets_of(config))
     os.environ[LOG_LEVEL_ENV] = level
     if args.config:
         os.environ[CONFIG_ENV] = os.path.abspath(args.config)
@@ -148,22 +148,6 @@ def _metrics_for_workers(config: Config, workers: int, host: str) -> Iterator[No
             os.environ.pop(MULTIPROC_ENV, None)
 
 
-def config_secrets(config: Config) -> list[str]:
-    """What the logs must never show: upstream keys, deployment header values (they carry keys), the
-    compaction key, the storage URL's password."""
-    secrets: list[str] = []
-    for dep in config.model_list:
-        if dep.api_key:
-            secrets.append(dep.api_key)
-        secrets.extend(v for v in dep.headers.values() if v)
-    if config.responses.compaction_key:
-        secrets.append(config.responses.compaction_key)
-    url = config.storage.url
-    if url and "@" in url and ":" in url.split("@", 1)[0].split("//", 1)[-1]:
-        secrets.append(url.split("@", 1)[0].split("//", 1)[-1].split(":", 1)[1])
-    return secrets
-
-
 def _handler_config(args: argparse.Namespace, config: Config) -> Config:
     """`serve --handler`: the config gives the server and storage settings; the handler is the only backend.
     The handler and the endpoint groups are checked now, before the server starts."""
@@ -196,7 +180,7 @@ def app_factory() -> object:
     if level is not None:  # a worker process: logging as the parent set it up
         from manifold.observability.logging import configure as configure_logging
 
-        configure_logging(level, config.server.log_format, config_secrets(config))
+        configure_logging(level, config.server.log_format, secrets_of(config))
     handler = os.environ.get(HANDLER_ENV)
     if handler is not None:
         return _frontend_app(handler, config)

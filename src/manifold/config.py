@@ -16,6 +16,7 @@ import msgspec
 import yaml
 
 from manifold.errors import ConfigError
+from manifold.observability.redaction import Redactor
 
 _T = TypeVar("_T")
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
@@ -189,6 +190,22 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tracing: TracingSettings = msgspec.field(default_factory=TracingSettings)
 
 
+def secrets_of(config: Config) -> list[str]:
+    """What the logs must never show: upstream keys, deployment header values (they carry keys), the
+    compaction key, the storage URL's password."""
+    secrets: list[str] = []
+    for dep in config.model_list:
+        if dep.api_key:
+            secrets.append(dep.api_key)
+        secrets.extend(v for v in dep.headers.values() if v)
+    if config.responses.compaction_key:
+        secrets.append(config.responses.compaction_key)
+    url = config.storage.url
+    if url and "@" in url and ":" in url.split("@", 1)[0].split("//", 1)[-1]:
+        secrets.append(url.split("@", 1)[0].split("//", 1)[-1].split(":", 1)[1])
+    return secrets
+
+
 ENV_PREFIX = "MANIFOLD_"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _LOG_LEVELS = {"critical", "error", "warning", "info", "debug", "trace"}
@@ -333,7 +350,7 @@ def _build(raw: dict[str, Any], problems: list[str]) -> Config:
         or metrics is None
         or tracing is None
     ):
-        raise ConfigError(problems)
+        raise ConfigError(_without_secrets(raw, problems))
     return Config(
         model_list=deployments,
         server=server,
@@ -343,6 +360,23 @@ def _build(raw: dict[str, Any], problems: list[str]) -> Config:
         metrics=metrics,
         tracing=tracing,
     )
+
+
+def _without_secrets(raw: dict[str, Any], problems: list[str]) -> list[str]:
+    """Problems as printed: a key pasted into the wrong field must not be echoed (docs/observability.md)."""
+    secrets: list[str] = []
+    deployments = raw.get("model_list")
+    for dep in deployments if isinstance(deployments, list) else []:
+        if isinstance(dep, dict):
+            secrets.append(str(dep.get("api_key") or ""))
+            headers = dep.get("headers")
+            if isinstance(headers, dict):
+                secrets.extend(str(v) for v in headers.values())
+    responses = raw.get("responses")
+    if isinstance(responses, dict):
+        secrets.append(str(responses.get("compaction_key") or ""))
+    redact = Redactor(secrets)
+    return [redact(p) for p in problems]
 
 
 def _convert_part(data: Any, typ: type[_T], where: str, problems: list[str]) -> _T | None:

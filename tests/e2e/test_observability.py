@@ -78,6 +78,27 @@ def scrape(url: str, path: str = "/metrics") -> Scrape:
     return Scrape(resp.text)
 
 
+def access_lines(proc: ManifoldProcess, count: int = 1, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """The JSON access lines logged so far, waiting for at least `count` (INFO lines reach the log in blocks,
+    up to 0.2 s late)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [json.loads(x) for x in proc.log().splitlines() if x.startswith("{")]
+        access = [x for x in lines if "route" in x and "latency_ms" in x]
+        if len(access) >= count or time.monotonic() > deadline:
+            return access
+
+
+def access_line(proc: ManifoldProcess, request_id: str, timeout: float = 5.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [x for x in access_lines(proc, 0) if x["request_id"] == request_id]
+        if found or time.monotonic() > deadline:
+            assert len(found) == 1, f"{len(found)} access lines for {request_id}"
+            return found[0]
+        time.sleep(0.05)
+
+
 def chat(http: httpx.Client, model: str, stream: bool = False) -> httpx.Response:
     body: dict[str, Any] = {"model": model, "messages": MESSAGES}
     if stream:
@@ -200,8 +221,7 @@ def test_openmetrics_when_asked(served: ManifoldProcess, traffic: dict[str, list
 
 
 def test_access_log_lines(served: ManifoldProcess, traffic: dict[str, list[httpx.Response]]) -> None:
-    lines = [json.loads(line) for line in served.log().splitlines() if line.startswith("{")]
-    access = [line for line in lines if "route" in line and "latency_ms" in line]
+    access = access_lines(served, 14)
     by_id = {line["request_id"]: line for line in access}
     sent = traffic["echo-stream"][0]
     line = by_id[sent.headers["x-request-id"]]

@@ -10,50 +10,22 @@ and `%r` of objects that hold a key.
 from __future__ import annotations
 
 import logging
-import re
+import os
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any, Final
 
 from manifold import _json
 from manifold.observability.record import RequestRecord
+from manifold.observability.redaction import Redactor, add_secrets
 
 __all__ = ["ACCESS_LOGGER", "AccessLog", "JsonFormatter", "Redactor", "TextFormatter", "configure"]
 
 ACCESS_LOGGER: Final = "manifold.access"
-REDACTED: Final = "[REDACTED]"
-# Shorter "secrets" (a test key "x") would redact ordinary words.
-_MIN_SECRET = 6
-_CREDENTIAL = re.compile(
-    r"(?i)((?:authorization|proxy-authorization|api[-_]key|x-api-key|x-goog-api-key)[\"']?\s*[:=,]\s*[\"']?)"
-    r"(?:(bearer|basic)\s+)?[^\s\"',;}]+"
-)
-_BEARER = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
-
-
-class Redactor:
-    """Replaces secrets in text. `secrets`: the plaintexts to hide wherever they appear."""
-
-    __slots__ = ("secrets",)
-
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        # Longest first: a secret that contains another is hidden whole.
-        self.secrets = tuple(sorted({s for s in secrets if s and len(s) >= _MIN_SECRET}, key=len, reverse=True))
-
-    def __call__(self, text: str) -> str:
-        for secret in self.secrets:
-            if secret in text:
-                text = text.replace(secret, REDACTED)
-        if "earer" in text or "pi-key" in text or "pi_key" in text or "uthorization" in text:
-            text = _CREDENTIAL.sub(_credential, text)
-            text = _BEARER.sub(r"\1" + REDACTED, text)
-        return text
-
-
-def _credential(m: re.Match[str]) -> str:
-    scheme = m.group(2)
-    return m.group(1) + (scheme + " " if scheme else "") + REDACTED
+_PID = os.getpid()
+_LOGGING_START: float = getattr(logging, "_startTime", time.time())
 
 
 class TextFormatter(logging.Formatter):
@@ -91,6 +63,7 @@ class JsonFormatter(logging.Formatter):
         if fields is not None:
             # The access line: its own fields; nothing in them comes from free-form client input but the
             # model name, which is JSON-escaped like the rest.
+            fields["time"] = _iso(record.created)
             return self.redact(_json.encode(fields).decode())
         out: dict[str, Any] = {
             "time": _iso(record.created),
@@ -109,9 +82,49 @@ class JsonFormatter(logging.Formatter):
         return self.redact(_json.encode(out).decode())
 
 
+_second: list[Any] = [-1, ""]  # the last whole second formatted, and its text
+
+
 def _iso(created: float) -> str:
-    t = time.gmtime(created)
-    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', t)}.{int(created % 1 * 1000):03d}Z"
+    """RFC 3339 UTC with milliseconds; strftime runs once a second, not once a line."""
+    whole = int(created)
+    cached = _second
+    if cached[0] != whole:
+        cached[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        cached[0] = whole
+    return f"{cached[1]}.{int((created - whole) * 1000):03d}Z"
+
+
+class BlockBufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """stderr written in blocks: INFO and DEBUG lines reach it at most `interval` seconds late, warnings and
+    errors at once. A write per access line would cost more than everything else the log does (a system call
+    each, tens of microseconds on some filesystems)."""
+
+    def __init__(self, fd: int, interval: float = 0.2) -> None:
+        stream = open(  # noqa: SIM115 (kept open for the process's life; closefd=False leaves fd 2 alone)
+            fd, "w", buffering=1 << 16, encoding="utf-8", errors="backslashreplace", closefd=False
+        )
+        super().__init__(stream)
+        self._stop = threading.Event()
+        self._interval = interval
+        threading.Thread(target=self._flush_often, name="manifold-log-flush", daemon=True).start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(self.format(record) + "\n")
+            if record.levelno >= logging.WARNING:
+                self.stream.flush()
+        except Exception:  # noqa: BLE001 (logging's own contract: report, never raise)
+            self.handleError(record)
+
+    def _flush_often(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.flush()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.flush()
+        super().close()
 
 
 _HANDLER_MARK = "_manifold_handler"
@@ -120,13 +133,21 @@ _HANDLER_MARK = "_manifold_handler"
 def configure(level: str, log_format: str, secrets: Iterable[str] = ()) -> None:
     """Install Manifold's one stderr handler on the root logger (replacing one installed before: each worker
     process calls this again) and route uvicorn's loggers through it."""
-    redact = Redactor(secrets)
+    redact = add_secrets(secrets)
     formatter: logging.Formatter = JsonFormatter(redact) if log_format == "json" else TextFormatter(redact)
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, _HANDLER_MARK, False) or isinstance(handler, logging.StreamHandler):
-            root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    for old in list(root.handlers):
+        if getattr(old, _HANDLER_MARK, False) or isinstance(old, logging.StreamHandler):
+            root.removeHandler(old)
+            if getattr(old, _HANDLER_MARK, False):
+                old.close()
+    handler: logging.Handler
+    try:
+        interactive = sys.stderr.isatty()
+        fd = sys.stderr.fileno()
+    except (AttributeError, ValueError, OSError):
+        interactive, fd = True, -1
+    handler = logging.StreamHandler(sys.stderr) if interactive else BlockBufferedHandler(fd)
     setattr(handler, _HANDLER_MARK, True)
     handler.setFormatter(formatter)
     root.addHandler(handler)
@@ -140,8 +161,38 @@ def configure(level: str, log_format: str, secrets: Iterable[str] = ()) -> None:
         logging.getLogger(name).setLevel(max(logging.INFO, root.level))
 
 
+class _AccessRecord(logging.LogRecord):
+    """A LogRecord without the per-record work an access line has no use for (the caller's frame, thread and
+    process names are constants here)."""
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        now = time.time()
+        self.name = ACCESS_LOGGER
+        self.msg = "access"
+        self.args = None
+        self.levelname = "INFO"
+        self.levelno = logging.INFO
+        self.pathname = self.filename = ""
+        self.module = "access"
+        self.exc_info = None
+        self.exc_text = None
+        self.stack_info = None
+        self.lineno = 0
+        self.funcName = ""
+        self.created = now
+        self.msecs = (now - int(now)) * 1000
+        self.relativeCreated = (now - _LOGGING_START) * 1000
+        self.thread = None
+        self.threadName = None
+        self.processName = None
+        self.process = _PID
+        self.taskName = None
+        self.access = fields
+
+
 class AccessLog:
-    """Writes the one access line per request at INFO on `manifold.access`."""
+    """Writes the one access line per request at INFO on `manifold.access` (a record made here: `Logger.info`
+    would look up the caller's frame, which nobody reads in an access line)."""
 
     __slots__ = ("logger",)
 
@@ -154,7 +205,7 @@ class AccessLog:
             return
         ttft = rec.ttft
         fields = {
-            "time": _iso(time.time()),
+            "time": None,  # the record's own time, formatted by the formatter
             "request_id": rec.request_id,
             "trace_id": rec.trace_id,
             "method": rec.method,
@@ -172,4 +223,4 @@ class AccessLog:
             "key_alias": rec.key_alias,
             "client": rec.client,
         }
-        logger.info("access", extra={"access": fields})
+        logger.handle(_AccessRecord(fields))

@@ -214,6 +214,7 @@ class DeploymentMetrics:
         "failed_over",
         "in_flight",
         "model",
+        "multiprocess",
         "ok",
         "provider",
         "queued",
@@ -231,6 +232,7 @@ class DeploymentMetrics:
         self.model = model
         self.provider = provider
         self.upstream = upstream
+        self.multiprocess = multiprocess_dir() is not None
         self.in_flight = IN_FLIGHT.labels(deployment, model)
         self.queued = QUEUED.labels(deployment, model)
         self.breaker = BREAKER_STATE.labels(deployment, model)

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
+from manifold import _json
 from manifold.observability.record import RequestRecord
+from manifold.observability.redaction import Redactor, add_secrets
 
 __all__ = ["PROPAGATE", "Tracing", "inject", "requested_by_env", "setup"]
 
@@ -46,7 +48,7 @@ def requested_by_env(environ: Mapping[str, str] | None = None) -> bool:
 class Tracing:
     """The tracer and the helpers the server and the router call; made by `setup`."""
 
-    def __init__(self, capture_content: bool, provider: Any = None) -> None:
+    def __init__(self, capture_content: bool, provider: Any = None, redact: Redactor | None = None) -> None:
         from opentelemetry import context, propagate, trace
         from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -57,6 +59,7 @@ class Tracing:
         self._kind_client = SpanKind.CLIENT
         self._status_error = Status(StatusCode.ERROR)
         self.capture_content = capture_content
+        self.redact = redact if redact is not None else Redactor()
         self.provider = provider if provider is not None else _sdk_provider()
         self.tracer = self.provider.get_tracer("manifold")
 
@@ -100,7 +103,9 @@ class Tracing:
 
     # -- client spans (one per upstream attempt) -----------------------------------------------------------
 
-    def start_attempt(self, operation: str, request_model: str, provider: str, deployment: str, retry: int) -> Any:
+    def start_attempt(
+        self, operation: str, request_model: str, provider: str, deployment: str, retry: int, body: Any = None
+    ) -> Any:
         span = self.tracer.start_span(
             f"{operation} {request_model}",
             kind=self._kind_client,
@@ -112,13 +117,28 @@ class Tracing:
                 "manifold.retry": retry,
             },
         )
+        if self.capture_content and isinstance(body, dict):
+            content = body.get("messages", body.get("prompt", body.get("input")))
+            if content is not None:
+                span.set_attribute("gen_ai.input.messages", self._content(content))
         token = self._context.attach(self._trace.set_span_in_context(span))
         return span, token
+
+    def _content(self, value: Any) -> str:
+        try:
+            text = _json.encode(value).decode()
+        except (TypeError, ValueError):
+            text = repr(value)
+        return self.redact(text)
 
     def detach(self, token: Any) -> None:
         self._context.detach(token)
 
-    def end_attempt(self, span: Any, usage: object, error_type: str | None, response_model: str | None) -> None:
+    def end_attempt(
+        self, span: Any, usage: object, error_type: str | None, response_model: str | None, result: Any = None
+    ) -> None:
+        if self.capture_content and isinstance(result, dict) and "choices" in result:
+            span.set_attribute("gen_ai.output.messages", self._content(result["choices"]))
         if response_model:
             span.set_attribute("gen_ai.response.model", response_model)
         if isinstance(usage, dict):
@@ -170,7 +190,7 @@ class TracingUnavailable(Exception):
     """Tracing was asked for but the `[otel]` extra is not installed."""
 
 
-def setup(enabled: bool | None, capture_content: bool) -> Tracing | None:
+def setup(enabled: bool | None, capture_content: bool, secrets: Iterable[str] = ()) -> Tracing | None:
     """The process's tracing, or None when it is off. `enabled` None: on when the `OTEL_*` variables ask."""
     global PROPAGATE, _TRACING
     if enabled is None:
@@ -179,7 +199,7 @@ def setup(enabled: bool | None, capture_content: bool) -> Tracing | None:
         return None
     if _TRACING is None:
         try:
-            _TRACING = Tracing(capture_content)
+            _TRACING = Tracing(capture_content, redact=add_secrets(secrets))
         except ImportError as exc:
             raise TracingUnavailable(
                 f"tracing is on but OpenTelemetry is not installed ({exc.name}): pip install 'manifold[otel]'"

@@ -78,8 +78,15 @@ class Member:
 
     def attach(self, metrics: DeploymentMetrics) -> None:
         self.metrics = metrics
-        self.limit.gauge = metrics.in_flight
-        self.limit.queued_gauge = metrics.queued
+        limit = self.limit
+        if metrics.multiprocess:
+            # Each worker's gauges are files that a scrape sums: they must be kept up to date as they change.
+            limit.gauge = metrics.in_flight
+            limit.queued_gauge = metrics.queued
+        else:
+            # One process: read at scrape time, nothing per request.
+            metrics.in_flight.set_function(lambda: limit.in_flight)
+            metrics.queued.set_function(lambda: len(limit.waiters))
 
     def observe(self, seconds: float, stream: bool, alpha: float) -> None:
         if stream:

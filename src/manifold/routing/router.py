@@ -289,6 +289,7 @@ class Router:
                                 member.provider.deployment.provider,
                                 member.label,
                                 attempts - 1,
+                                call.body,
                             )
                     try:
                         if streaming:
@@ -583,7 +584,7 @@ def _attempt_answered(
     usage = result.get("usage") if isinstance(result, dict) else None
     if span is not None:
         assert tracing is not None
-        tracing.end_attempt(span, usage, None, member.provider.deployment.upstream_model)
+        tracing.end_attempt(span, usage, None, member.provider.deployment.upstream_model, result)
     mm = member.metrics
     given = made = None
     if mm is not None:

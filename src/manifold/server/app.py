@@ -13,12 +13,13 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from manifold.config import Config, ServerSettings
+from manifold.config import Config, ServerSettings, secrets_of
 from manifold.errors import ManifoldError
 from manifold.observability import tracing as tracing_setup
 from manifold.observability.metrics import multiprocess_dir
 from manifold.observability.observer import Observer
 from manifold.observability.record import CURRENT
+from manifold.observability.redaction import add_secrets
 from manifold.responses.engine import ResponsesEngine
 from manifold.routing.router import Router
 from manifold.server.endpoints import (
@@ -102,7 +103,8 @@ class ManifoldApp:
         self.config = config
         self.settings: ServerSettings = config.server
         self.router = router if router is not None else Router(config.model_list, settings=config.router)
-        self.tracing = tracing_setup.setup(config.tracing.enabled, config.tracing.capture_content)
+        add_secrets(secrets_of(config))  # error messages and logs never show them (observability.redaction)
+        self.tracing = tracing_setup.setup(config.tracing.enabled, config.tracing.capture_content, secrets_of(config))
         self.router.observe(config.metrics.enabled, self.tracing)
         observing = config.metrics.enabled or self.settings.access_log or self.tracing is not None
         self.observer = Observer(config.metrics.enabled, self.settings.access_log, self.tracing) if observing else None
