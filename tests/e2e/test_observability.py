@@ -99,6 +99,18 @@ def access_line(proc: ManifoldProcess, request_id: str, timeout: float = 5.0) ->
         time.sleep(0.05)
 
 
+def settled(url: str, path: str, name: str, expected: float, **labels: str) -> float:
+    """The value once it reached `expected` (a scrape that another thread or worker serves sees figures that
+    are flushed once a second), or the last value after 5 s."""
+    deadline = time.monotonic() + 5
+    while True:
+        value = scrape(url, path).value(name, **labels)
+        if value == expected or time.monotonic() > deadline:
+            return value
+        assert value < expected, f"{name} overshot: {value} > {expected}"
+        time.sleep(0.1)
+
+
 def chat(http: httpx.Client, model: str, stream: bool = False) -> httpx.Response:
     body: dict[str, Any] = {"model": model, "messages": MESSAGES}
     if stream:
@@ -268,8 +280,8 @@ def test_metrics_path_and_port_configurable(fake: FakeUpstream, tmp_path: Path) 
     try:
         httpx.post(proc.url + CHAT, json={"model": "only", "messages": MESSAGES}).raise_for_status()
         assert httpx.get(proc.url + "/metrics").status_code == 404  # not on the main port
-        m = scrape(f"http://127.0.0.1:{port}", "/internal/prom")
-        assert m.value("manifold_requests_total", route=CHAT, status="200", model="only") == 1
+        url = f"http://127.0.0.1:{port}"
+        assert settled(url, "/internal/prom", "manifold_requests_total", 1, route=CHAT, status="200", model="only") == 1
     finally:
         proc.stop()
 
@@ -298,9 +310,12 @@ def test_two_workers_are_summed(fake: FakeUpstream, tmp_path: Path) -> None:
             n += 1
             pids = worker_pids(proc)
         assert len(pids) == 2, proc.log()
+        requests = "manifold_requests_total"
+        assert settled(proc.url, "/metrics", requests, n, route=CHAT, status="200", model="only") == n
+        time.sleep(1.2)  # every worker has flushed
         for _ in range(6):  # each scrape lands on either worker: every one shows the sum
             m = scrape(proc.url)
-            assert m.value("manifold_requests_total", route=CHAT, status="200", model="only") == n
+            assert m.value(requests, route=CHAT, status="200", model="only") == n
             assert m.value("manifold_upstream_attempts_total", deployment="only#0", outcome="ok") == n
     finally:
         proc.stop()
@@ -326,3 +341,17 @@ def worker_pids(proc: ManifoldProcess) -> set[str]:
     if directory is None:
         return set()
     return {f.stem.rsplit("_", 1)[1] for f in directory.glob("counter_*.db")}
+
+
+def test_storage_write_latency(served: ManifoldProcess, traffic: dict[str, list[httpx.Response]]) -> None:
+    """Last in this module: its request is not part of the counted traffic."""
+    before = scrape(served.url).value("manifold_storage_write_seconds_count")
+    body = {"model": "obs-echo", "messages": MESSAGES, "store": True}
+    created = httpx.post(served.url + CHAT, json=body, timeout=20)
+    assert created.status_code == 200
+    # The stored completion can be read back once its write committed.
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{served.url}{CHAT}/{created.json()['id']}").status_code != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert scrape(served.url).value("manifold_storage_write_seconds_count") >= before + 1

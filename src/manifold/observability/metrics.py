@@ -9,15 +9,20 @@ The metric objects live on prometheus-client's default registry, as the ecosyste
 that mounts Manifold shows them on its own `/metrics`). With `workers > 1`, `manifold serve` sets
 `PROMETHEUS_MULTIPROC_DIR` before any worker imports prometheus-client, and a scrape sums every worker's files.
 
-Hot-path rule: a request never calls `.labels()` (a lock, a tuple, a dict lookup under the lock): the children
+Hot-path rules: a request never calls `.labels()` (a lock, a tuple, a dict lookup under the lock): the children
 a request touches are looked up once per deployment or per label tuple and cached (`DeploymentMetrics`,
-`RequestMetrics`).
+`RequestMetrics`). And a request does not take a lock per figure: counters and histograms are counted in plain
+attributes on the event loop (`Buffered`, `BufferedHistogram`: an add, a `bisect`) and moved into
+prometheus-client's children by `flush_all`, before every scrape on the main port and once a second (so that
+the other workers' files and the `metrics.port` thread see them).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
+from bisect import bisect_left
 from typing import Any, Final
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -128,8 +133,7 @@ STREAM_OUTPUT_TOKENS_PER_SECOND = Histogram(
 )
 STORAGE_WRITE_DURATION = Histogram(
     "manifold_storage_write_seconds",
-    "Duration of each storage write transaction.",
-    ("table",),
+    "Duration of each committed storage write transaction, BEGIN to COMMIT (the sync included).",
     buckets=_STORAGE,
 )
 LEDGER_BACKLOG = Gauge(
@@ -155,6 +159,78 @@ BREAKER_OPEN: Final = 1
 BREAKER_HALF_OPEN: Final = 2
 
 
+_BUFFERED: list[Buffered | BufferedHistogram] = []
+FLUSH_INTERVAL: Final = 1.0
+
+
+class Buffered:
+    """A counter child counted on the event loop, moved to prometheus-client by `flush`."""
+
+    __slots__ = ("child", "n")
+
+    def __init__(self, child: Any) -> None:
+        self.child = child
+        self.n = 0.0
+        _BUFFERED.append(self)
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.n += amount
+
+    def flush(self) -> None:
+        n = self.n
+        if n:
+            self.n = 0.0
+            self.child.inc(n)
+
+
+class BufferedHistogram:
+    """A histogram child: observations are bucketed here (`bisect` over the same bounds) and added to the
+    child's buckets and sum by `flush`."""
+
+    __slots__ = ("bounds", "child", "counts", "dirty", "total")
+
+    def __init__(self, child: Any) -> None:
+        self.child = child
+        self.bounds: list[float] = list(child._upper_bounds)  # ends with +Inf
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+        self.dirty = False
+        _BUFFERED.append(self)
+
+    def observe(self, amount: float) -> None:
+        self.counts[bisect_left(self.bounds, amount)] += 1
+        self.total += amount
+        self.dirty = True
+
+    def flush(self) -> None:
+        if not self.dirty:
+            return
+        self.dirty = False
+        counts = self.counts
+        buckets = self.child._buckets
+        for i, n in enumerate(counts):
+            if n:
+                counts[i] = 0
+                buckets[i].inc(n)
+        total, self.total = self.total, 0.0
+        self.child._sum.inc(total)
+
+
+def flush_all() -> None:
+    """Move every buffered figure into prometheus-client (on the event loop's thread: the buffers are its)."""
+    for buffered in _BUFFERED:
+        buffered.flush()
+
+
+async def flush_periodically(interval: float = FLUSH_INTERVAL) -> None:
+    try:
+        while True:
+            await asyncio.sleep(interval)
+            flush_all()
+    finally:
+        flush_all()
+
+
 class OperationMetrics:
     """The children one deployment and one operation touches per request."""
 
@@ -162,17 +238,19 @@ class OperationMetrics:
 
     def __init__(self, labels: tuple[str, str, str, str]) -> None:
         self._labels = labels
-        self.duration = CLIENT_OPERATION_DURATION.labels(*labels, "")
-        self.input_tokens = CLIENT_TOKEN_USAGE.labels(*labels, "input")
-        self.output_tokens = CLIENT_TOKEN_USAGE.labels(*labels, "output")
-        self.ttft = SERVER_TIME_TO_FIRST_TOKEN.labels(*labels)
-        self.tpot = SERVER_TIME_PER_OUTPUT_TOKEN.labels(*labels)
-        self._errors: dict[str, Histogram] = {}
+        self.duration = BufferedHistogram(CLIENT_OPERATION_DURATION.labels(*labels, ""))
+        self.input_tokens = BufferedHistogram(CLIENT_TOKEN_USAGE.labels(*labels, "input"))
+        self.output_tokens = BufferedHistogram(CLIENT_TOKEN_USAGE.labels(*labels, "output"))
+        self.ttft = BufferedHistogram(SERVER_TIME_TO_FIRST_TOKEN.labels(*labels))
+        self.tpot = BufferedHistogram(SERVER_TIME_PER_OUTPUT_TOKEN.labels(*labels))
+        self._errors: dict[str, BufferedHistogram] = {}
 
     def failed(self, error_type: str, seconds: float) -> None:
         child = self._errors.get(error_type)
         if child is None:
-            child = self._errors[error_type] = CLIENT_OPERATION_DURATION.labels(*self._labels, error_type)
+            child = self._errors[error_type] = BufferedHistogram(
+                CLIENT_OPERATION_DURATION.labels(*self._labels, error_type)
+            )
         child.observe(seconds)
 
     def tokens(self, usage: object) -> tuple[int | None, int | None]:
@@ -239,16 +317,16 @@ class DeploymentMetrics:
         self.breaker.set(BREAKER_CLOSED)
         self.breaker_state = BREAKER_CLOSED
         attempts = UPSTREAM_ATTEMPTS
-        self.ok = attempts.labels(deployment, model, "ok")
-        self.retried = attempts.labels(deployment, model, "retried")
-        self.failed_over = attempts.labels(deployment, model, "failed_over")
-        self.failed = attempts.labels(deployment, model, "failed")
-        self.timed_out = attempts.labels(deployment, model, "timed_out")
-        self.cancelled = attempts.labels(deployment, model, "cancelled")
-        self.stream_completed = STREAM_OUTCOMES.labels(model, "completed")
-        self.stream_client_left = STREAM_OUTCOMES.labels(model, "client_left")
-        self.stream_upstream_cut = STREAM_OUTCOMES.labels(model, "upstream_cut")
-        self.tokens_per_second = STREAM_OUTPUT_TOKENS_PER_SECOND.labels(model)
+        self.ok = Buffered(attempts.labels(deployment, model, "ok"))
+        self.retried = Buffered(attempts.labels(deployment, model, "retried"))
+        self.failed_over = Buffered(attempts.labels(deployment, model, "failed_over"))
+        self.failed = Buffered(attempts.labels(deployment, model, "failed"))
+        self.timed_out = Buffered(attempts.labels(deployment, model, "timed_out"))
+        self.cancelled = Buffered(attempts.labels(deployment, model, "cancelled"))
+        self.stream_completed = Buffered(STREAM_OUTCOMES.labels(model, "completed"))
+        self.stream_client_left = Buffered(STREAM_OUTCOMES.labels(model, "client_left"))
+        self.stream_upstream_cut = Buffered(STREAM_OUTCOMES.labels(model, "upstream_cut"))
+        self.tokens_per_second = BufferedHistogram(STREAM_OUTPUT_TOKENS_PER_SECOND.labels(model))
         self._ops: dict[str, OperationMetrics] = {}
         self._lock = threading.Lock()
 
@@ -276,28 +354,28 @@ class RequestMetrics:
     __slots__ = ("_gateway", "_requests", "_server")
 
     def __init__(self) -> None:
-        self._requests: dict[tuple[str, int, str], Counter] = {}
-        self._gateway: dict[str, Histogram] = {}
-        self._server: dict[tuple[str, str, str], Histogram] = {}
+        self._requests: dict[tuple[str, int, str], Buffered] = {}
+        self._gateway: dict[str, BufferedHistogram] = {}
+        self._server: dict[tuple[str, str, str], BufferedHistogram] = {}
 
-    def request(self, route: str, status: int, model: str) -> Counter:
+    def request(self, route: str, status: int, model: str) -> Buffered:
         key = (route, status, model)
         child = self._requests.get(key)
         if child is None:
-            child = self._requests[key] = REQUESTS.labels(route, str(status), model)
+            child = self._requests[key] = Buffered(REQUESTS.labels(route, str(status), model))
         return child
 
-    def gateway_time(self, route: str) -> Histogram:
+    def gateway_time(self, route: str) -> BufferedHistogram:
         child = self._gateway.get(route)
         if child is None:
-            child = self._gateway[route] = GATEWAY_TIME.labels(route)
+            child = self._gateway[route] = BufferedHistogram(GATEWAY_TIME.labels(route))
         return child
 
-    def server_duration(self, operation: str, model: str, error_type: str) -> Histogram:
+    def server_duration(self, operation: str, model: str, error_type: str) -> BufferedHistogram:
         key = (operation, model, error_type)
         child = self._server.get(key)
         if child is None:
-            child = self._server[key] = SERVER_REQUEST_DURATION.labels(operation, model, error_type)
+            child = self._server[key] = BufferedHistogram(SERVER_REQUEST_DURATION.labels(operation, model, error_type))
         return child
 
 
@@ -305,10 +383,12 @@ def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROC_ENV) or None
 
 
-def render(accept: str) -> tuple[bytes, str]:
+def render(accept: str, flush: bool = True) -> tuple[bytes, str]:
     """The exposition for a scrape: OpenMetrics when the `Accept` header asks for it, else Prometheus text.
     With `PROMETHEUS_MULTIPROC_DIR` set, the sum over every worker's files (dead workers' live gauges removed
-    first)."""
+    first). `flush`: move this process's buffered figures in first (only from the event loop's thread)."""
+    if flush:
+        flush_all()
     registry: CollectorRegistry = REGISTRY
     directory = multiprocess_dir()
     if directory is not None:
@@ -365,7 +445,8 @@ def serve_http(port: int, host: str, path: str = "/metrics") -> None:
             if self.path.split("?", 1)[0] != path:
                 self.send_error(404)
                 return
-            body, content_type = render(self.headers.get("Accept", ""))
+            # Another thread: the buffers are the event loop's, flushed by it once a second.
+            body, content_type = render(self.headers.get("Accept", ""), flush=False)
             self.send_response(200)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))

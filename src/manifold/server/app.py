@@ -16,7 +16,7 @@ from typing import Any
 from manifold.config import Config, ServerSettings, secrets_of
 from manifold.errors import ManifoldError
 from manifold.observability import tracing as tracing_setup
-from manifold.observability.metrics import multiprocess_dir
+from manifold.observability.metrics import flush_periodically, multiprocess_dir
 from manifold.observability.observer import Observer
 from manifold.observability.record import CURRENT
 from manifold.observability.redaction import add_secrets
@@ -123,6 +123,7 @@ class ManifoldApp:
             for route in KSERVE_ROUTES:
                 self.paths.add(route)
         self._started = False
+        self._flusher: asyncio.Task[None] | None = None
         self.handle: ASGIApp = self.compose(layers)
 
     def compose(self, extra: Sequence[Layer]) -> ASGIApp:
@@ -145,6 +146,8 @@ class ManifoldApp:
             await self.router.start()
             self.responses.start()
             settings = self.config.metrics
+            if settings.enabled:
+                self._flusher = asyncio.get_running_loop().create_task(flush_periodically())
             # With several workers `manifold serve` serves the port itself (the sum of all workers).
             if settings.enabled and settings.port is not None and multiprocess_dir() is None:
                 metrics.serve_on_port(settings.port, self.settings.host, settings.path)
@@ -156,6 +159,11 @@ class ManifoldApp:
             await self.router.aclose()
             await stored_chat.finish_writes()
             await self.store.aclose()
+            if self._flusher is not None:
+                self._flusher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._flusher
+                self._flusher = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

@@ -1,0 +1,104 @@
+"""Observability parts without a server: the redactor, prometheus-client's multiprocess files of dead workers,
+the access-line formats."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from manifold.observability.logging import JsonFormatter, TextFormatter, _AccessRecord
+from manifold.observability.metrics import render
+from manifold.observability.redaction import REDACTED, Redactor
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+@pytest.mark.parametrize(
+    ("line", "hidden"),
+    [
+        ("headers={'Authorization': 'Bearer sk-abc123456789'}", "sk-abc123456789"),
+        ('{"authorization": "Bearer abcdefghijkl"}', "abcdefghijkl"),
+        ("api-key: 0123456789abcdef", "0123456789abcdef"),
+        ("X-API-KEY=zzzzzzzzzzzz", "zzzzzzzzzzzz"),
+        ("x-goog-api-key: AIzaSyA-123456", "AIzaSyA-123456"),
+        ("sent Bearer eyJhbGciOiJIUzI1NiJ9.payload.sig upstream", "eyJhbGciOiJIUzI1NiJ9.payload.sig"),
+        ("Proxy-Authorization: Basic dXNlcjpwYXNz", "dXNlcjpwYXNz"),
+        ("the configured key my-upstream-key-123 leaked", "my-upstream-key-123"),
+    ],
+)
+def test_redactor_hides_credentials(line: str, hidden: str) -> None:
+    out = Redactor(["my-upstream-key-123"])(line)
+    assert hidden not in out and REDACTED in out
+
+
+def test_redactor_leaves_ordinary_text_and_short_secrets() -> None:
+    redact = Redactor(["x", "abc"])  # too short to be told from words: not secrets
+    text = "the max token count is 512 for model abc-x"
+    assert redact(text) == text
+
+
+def test_longest_secret_first() -> None:
+    assert Redactor(["secret-1", "secret-123"])("key secret-123") == f"key {REDACTED}"
+
+
+def access_record(**fields: object) -> logging.LogRecord:
+    return _AccessRecord({"time": None, "request_id": "req_1", "route": "/v1/chat/completions", **fields})
+
+
+def test_json_access_line() -> None:
+    out = json.loads(JsonFormatter(Redactor()).format(access_record(model="m", status=200, cost=None)))
+    assert out["request_id"] == "req_1" and out["status"] == 200 and out["cost"] is None
+    assert out["time"].endswith("Z") and "T" in out["time"]
+
+
+def test_text_access_line_quotes_odd_values() -> None:
+    out = TextFormatter(Redactor()).format(access_record(model='a "b" c', status=200, cost=None))
+    assert 'model="a \\"b\\" c"' in out and "status=200" in out and "cost=" not in out
+
+
+def test_a_model_name_holding_a_key_is_redacted_in_the_access_line() -> None:
+    out = JsonFormatter(Redactor(["sk-configured-key"])).format(access_record(model="sk-configured-key"))
+    assert "sk-configured-key" not in out
+
+
+def test_dead_workers_live_gauges_are_forgotten(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two 'workers' in multiprocess mode: one ran and died with 3 requests in flight, one is alive with 2.
+    A scrape sums the live ones' gauges and everyone's counters."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PYTHONPATH": SRC}
+    work = (
+        "from manifold.observability import metrics as m\n"
+        "m.IN_FLIGHT.labels('dep', 'model').inc({n})\n"
+        "m.REQUESTS.labels('/v1/chat/completions', '200', 'model').inc()\n"
+    )
+    subprocess.run([sys.executable, "-c", work.format(n=3)], env=env, check=True, timeout=60)
+    alive = subprocess.Popen(
+        [sys.executable, "-c", work.format(n=2) + "print('ready', flush=True)\nimport sys; sys.stdin.read()\n"],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert alive.stdout is not None and alive.stdout.readline().strip() == "ready"
+        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+        body, content_type = render("")
+        assert content_type.startswith("text/plain")
+        samples = {
+            (s.name, s.labels.get("deployment", "")): s.value
+            for f in text_string_to_metric_families(body.decode())
+            for s in f.samples
+        }
+        assert samples[("manifold_deployment_in_flight", "dep")] == 2
+        assert samples[("manifold_requests_total", "")] == 2
+        assert len(list(tmp_path.glob("gauge_livesum_*.db"))) == 1  # the dead worker's file is gone
+    finally:
+        assert alive.stdin is not None
+        alive.stdin.close()
+        alive.wait(10)
