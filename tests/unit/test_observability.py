@@ -3,6 +3,7 @@ the access-line formats."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -13,8 +14,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from manifold.observability.logging import JsonFormatter, TextFormatter, _AccessRecord
+from manifold.observability import redaction
+from manifold.observability.logging import ACCESS_LOGGER, AccessLog, JsonFormatter, TextFormatter, _AccessRecord
 from manifold.observability.metrics import render
+from manifold.observability.record import RequestRecord
 from manifold.observability.redaction import REDACTED, Redactor
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -63,9 +66,24 @@ def test_text_access_line_quotes_odd_values() -> None:
     assert 'model="a \\"b\\" c"' in out and "status=200" in out and "cost=" not in out
 
 
-def test_a_model_name_holding_a_key_is_redacted_in_the_access_line() -> None:
-    out = JsonFormatter(Redactor(["sk-configured-key"])).format(access_record(model="sk-configured-key"))
-    assert "sk-configured-key" not in out
+def test_a_model_name_holding_a_key_is_redacted_in_the_access_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(redaction, "_process", Redactor(["sk-configured-key"]))
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter(Redactor()))
+    logger = logging.getLogger(ACCESS_LOGGER)
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        rec = RequestRecord("POST", "127.0.0.1")
+        rec.model = "sk-configured-key"
+        AccessLog().write(rec)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    line = json.loads(stream.getvalue().splitlines()[-1])
+    assert line["model"] == REDACTED
 
 
 def test_dead_workers_live_gauges_are_forgotten(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -102,3 +120,41 @@ def test_dead_workers_live_gauges_are_forgotten(tmp_path: Path, monkeypatch: pyt
         assert alive.stdin is not None
         alive.stdin.close()
         alive.wait(10)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def exported_names() -> set[str]:
+    """Every metric family metrics.py defines, as a scrape names its samples."""
+    from prometheus_client import Counter, Gauge, Histogram
+
+    from manifold.observability import metrics
+
+    names: set[str] = set()
+    for value in vars(metrics).values():
+        if isinstance(value, Counter):
+            names.add(value._name + "_total")
+        elif isinstance(value, Histogram):
+            names |= {value._name + suffix for suffix in ("_bucket", "_sum", "_count")}
+        elif isinstance(value, Gauge):
+            names.add(value._name)
+    return names
+
+
+def test_the_dashboard_uses_only_exported_metrics() -> None:
+    import re
+
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "manifold-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    labels = {"gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model", "gen_ai_response_model"}
+    labels.add("gen_ai_token_type")
+    used = {m for e in exprs for m in re.findall(r"\b(?:manifold|gen_ai)_[a-z_]+", e)} - labels
+    assert used and used <= exported_names(), used - exported_names()
+
+
+def test_the_docs_list_every_metric() -> None:
+    doc = (ROOT / "docs" / "observability.md").read_text()
+    for name in exported_names():
+        base = name.removesuffix("_bucket").removesuffix("_sum").removesuffix("_count")
+        assert f"`{base}`" in doc, base

@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from manifold import _json
 from manifold.observability.record import RequestRecord
-from manifold.observability.redaction import Redactor, add_secrets
+from manifold.observability.redaction import Redactor, add_secrets, redact
 
 __all__ = ["ACCESS_LOGGER", "AccessLog", "JsonFormatter", "Redactor", "TextFormatter", "configure"]
 
@@ -61,10 +61,10 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "access", None)
         if fields is not None:
-            # The access line: its own fields; nothing in them comes from free-form client input but the
-            # model name, which is JSON-escaped like the rest.
+            # The access line: nothing in it comes from free-form client input but the model name, which
+            # AccessLog redacts when it is not a model of the config.
             fields["time"] = _iso(record.created)
-            return self.redact(_json.encode(fields).decode())
+            return _json.encode(fields).decode()
         out: dict[str, Any] = {
             "time": _iso(record.created),
             "level": record.levelname.lower(),
@@ -204,13 +204,16 @@ class AccessLog:
         if not logger.isEnabledFor(logging.INFO):
             return
         ttft = rec.ttft
+        model = rec.model
+        if model is not None and model != rec.model_label:
+            model = redact(model)  # an alias, a wildcard's name, or whatever the client typed
         fields = {
             "time": None,  # the record's own time, formatted by the formatter
             "request_id": rec.request_id,
             "trace_id": rec.trace_id,
             "method": rec.method,
             "route": rec.route,
-            "model": rec.model,
+            "model": model,
             "deployment": rec.deployment,
             "status": rec.status,
             "stream": rec.stream,
