@@ -244,6 +244,11 @@ def test_access_log_lines(served: ManifoldProcess, traffic: dict[str, list[httpx
     retry = by_id[traffic["retry"][0].headers["x-request-id"]]
     assert retry["attempts"] == 2 and retry["stream"] is False and retry["ttft_ms"] is None
     assert {"time", "trace_id", "cost", "key_alias"} <= set(line)
+    # The router's warning about the failed attempt carries the request's id.
+    failed_id = traffic["500"][0].headers["x-request-id"]
+    lines = [json.loads(x) for x in served.log().splitlines() if x.startswith("{")]
+    warnings = [x for x in lines if x.get("level") == "warning" and x.get("request_id") == failed_id]
+    assert warnings and "obs-500#0" in warnings[0]["message"], lines
     # Exactly one line per request.
     assert len([a for a in access if a["route"] == CHAT]) == 10
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 from manifold import _json
-from manifold.observability.record import RequestRecord
+from manifold.observability.record import CURRENT, RequestRecord
 from manifold.observability.redaction import Redactor, add_secrets, redact
 
 __all__ = ["ACCESS_LOGGER", "AccessLog", "JsonFormatter", "Redactor", "TextFormatter", "configure"]
@@ -26,6 +26,19 @@ __all__ = ["ACCESS_LOGGER", "AccessLog", "JsonFormatter", "Redactor", "TextForma
 ACCESS_LOGGER: Final = "manifold.access"
 _PID = os.getpid()
 _LOGGING_START: float = getattr(logging, "_startTime", time.time())
+
+
+class RequestContext(logging.Filter):
+    """Puts the request id and trace id of the request being served on every other log line, so that a
+    warning can be found next to its access line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if type(record) is not _AccessRecord:
+            rec = CURRENT.get()
+            if rec is not None:
+                record.request_id = rec.request_id
+                record.trace_id = rec.trace_id
+        return True
 
 
 class TextFormatter(logging.Formatter):
@@ -40,6 +53,11 @@ class TextFormatter(logging.Formatter):
         fields = getattr(record, "access", None)
         if fields is not None:
             line += " " + " ".join(f"{k}={_text_value(v)}" for k, v in fields.items() if v is not None)
+        else:
+            for key in ("request_id", "trace_id"):
+                value = getattr(record, key, None)
+                if value is not None:
+                    line += f" {key}={value}"
         return self.redact(line)
 
 
@@ -150,6 +168,7 @@ def configure(level: str, log_format: str, secrets: Iterable[str] = ()) -> None:
     handler = logging.StreamHandler(sys.stderr) if interactive else BlockBufferedHandler(fd)
     setattr(handler, _HANDLER_MARK, True)
     handler.setFormatter(formatter)
+    handler.addFilter(RequestContext())
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if level.lower() == "trace" else level.upper())
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
