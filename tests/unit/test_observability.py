@@ -3,6 +3,7 @@ the access-line formats."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -10,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -158,3 +160,66 @@ def test_the_docs_list_every_metric() -> None:
     for name in exported_names():
         base = name.removesuffix("_bucket").removesuffix("_sum").removesuffix("_count")
         assert f"`{base}`" in doc, base
+
+
+class StreamingBackend:
+    """A backend whose stream yields two chunks, then fails when `fail` is set."""
+
+    def __init__(self, fail: bool) -> None:
+        self.fail = fail
+
+    def provider(self, deployment: Any) -> Any:
+        from manifold.errors import BadGatewayError
+        from manifold.providers.base import Provider
+
+        fail = self.fail
+
+        class Backend(Provider):
+            async def open_chat_stream(self, call: Any) -> Any:
+                async def chunks() -> Any:
+                    yield {"choices": [{"index": 0, "delta": {"content": "a"}}]}
+                    yield {"choices": [{"index": 0, "delta": {"content": "b"}}]}
+                    if fail:
+                        raise BadGatewayError("cut")
+
+                return chunks()
+
+        return Backend(deployment)
+
+
+def stream_outcome(model: str, outcome: str) -> float:
+    from prometheus_client import REGISTRY
+
+    from manifold.observability.metrics import flush_all
+
+    flush_all()
+    value = REGISTRY.get_sample_value("manifold_stream_outcomes_total", {"model": model, "outcome": outcome})
+    return value or 0.0
+
+
+@pytest.mark.parametrize("how", ["completed", "upstream_cut", "client_left", "closed_unread"])
+async def test_stream_outcomes(how: str) -> None:
+    from manifold.config import Deployment
+    from manifold.errors import BadGatewayError
+    from manifold.providers.base import Call
+    from manifold.routing.router import Router
+
+    model = f"stream-outcome-{how}"
+    backend = StreamingBackend(fail=how == "upstream_cut")
+    router = Router(
+        [Deployment(model_name=model, provider="openai", api_base="http://127.0.0.1:9/v1")], backend.provider
+    )
+    router.observe(True)
+    stream: Any = await router.open_chat_stream(Call({}, model, "req_1", True))
+    if how == "closed_unread":
+        await stream.aclose()
+    elif how == "client_left":
+        await anext(aiter(stream))
+        await stream.aclose()
+    else:
+        with contextlib.suppress(BadGatewayError):
+            async for _ in stream:
+                pass
+    expected = "client_left" if how == "closed_unread" else how
+    assert stream_outcome(model, expected) == 1
+    assert sum(stream_outcome(model, o) for o in ("completed", "upstream_cut", "client_left")) == 1

@@ -666,6 +666,7 @@ class _ObservedRelay(_Relay):
 
     __slots__ = (
         "_breaker",
+        "_done",
         "_first_at",
         "_metrics",
         "_operation",
@@ -698,6 +699,7 @@ class _ObservedRelay(_Relay):
         self._tracing = tracing
         self._upstream = member.provider.deployment.upstream_model
         self._breaker = member.breaker
+        self._done = False
         ttft = first_at - (rec.start if rec is not None else started)
         if rec is not None:
             rec.ttft = ttft
@@ -734,7 +736,13 @@ class _ObservedRelay(_Relay):
             self._finish()
             self._ended(outcome, error_type, count, last)
 
+    async def aclose(self) -> None:
+        await super().aclose()
+        if not self._done:  # closed before it was iterated: the generator's `finally` never ran
+            self._ended("client_left", None, 0, None)
+
     def _ended(self, outcome: str, error_type: str | None, count: int, last: Any) -> None:
+        self._done = True
         end = time.monotonic()
         usage = last.get("usage") if isinstance(last, dict) else None
         given, made = m.usage_tokens(usage)
