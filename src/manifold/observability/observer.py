@@ -30,7 +30,8 @@ class Observer:
                 model = UNKNOWN  # named a model the config does not have
             metrics.request(route, rec.status, model).inc()
             elapsed = rec.end - rec.start
-            metrics.gateway_time(route).observe(max(0.0, elapsed - rec.upstream_seconds))
+            own = elapsed - rec.upstream_seconds
+            metrics.gateway_time(route).observe(own if own > 0.0 else 0.0)
             operation = rec.operation
             if operation is not None:
                 error = rec.error_type

@@ -670,6 +670,7 @@ class _ObservedRelay(_Relay):
         "_first_at",
         "_metrics",
         "_operation",
+        "_ops",
         "_rec",
         "_span",
         "_started",
@@ -703,9 +704,11 @@ class _ObservedRelay(_Relay):
         ttft = first_at - (rec.start if rec is not None else started)
         if rec is not None:
             rec.ttft = ttft
+        self._ops: m.OperationMetrics | None = None
         if mm is not None:
             mm.ok.inc()
-            mm.operation(operation).ttft.observe(ttft)
+            self._ops = ops = mm.operation(operation)
+            ops.ttft.observe(ttft)
             if mm.breaker_state:
                 mm.sync_breaker(member.breaker)
         super().__init__(stream, first, member, request_id)
@@ -755,9 +758,9 @@ class _ObservedRelay(_Relay):
             assert self._tracing is not None
             self._tracing.end_attempt(self._span, usage, error_type, self._upstream)
         mm = self._metrics
-        if mm is None:
+        ops = self._ops
+        if mm is None or ops is None:
             return
-        ops = mm.operation(self._operation)
         if error_type is None:
             ops.duration.observe(end - self._started)
         else:
