@@ -3,7 +3,7 @@
     python bench/overhead.py [--requests 3000] [--warmup 300] [--concurrency 16] [--latency-ms 0]
                              [--chunks 20] [--modes non-stream,stream] [--targets direct,manifold]
                              [--manifold-cmd "python -m manifold serve"] [--json PATH] [--timeout 300]
-                             [--observe off,on,trace]
+                             [--observe off,on,trace] [--rounds 5]
 
 Three processes besides this one, all on 127.0.0.1: the fake upstream (bench/fake_upstream.py), Manifold
 (``manifold serve``, one worker) and, for each run, the load generator (bench/loadgen.py). For every mode
@@ -11,9 +11,10 @@ Three processes besides this one, all on 127.0.0.1: the fake upstream (bench/fak
 the servers' CPU time (/proc/PID/stat utime+stime) and RSS (/proc/PID/status VmRSS), runs the measured
 requests, samples again, and prints a markdown table. It prints figures and asserts nothing.
 
-`--observe` runs Manifold once per observability setting, side by side: `off` (no metrics, no access log),
+`--observe` runs one Manifold per observability setting, side by side: `off` (no metrics, no access log),
 `on` (Prometheus metrics and the JSON access log at INFO, written to a file) and `trace` (`on` plus
-OpenTelemetry tracing with a sampler of 1.0, exporting over OTLP/HTTP to a sink in this process).
+OpenTelemetry tracing with a sampler of 1.0, exporting over OTLP/HTTP to a sink in this process). All are
+started first and loaded in turn, `--rounds` times; the summary compares medians.
 
 The comparable figure is Manifold's CPU milliseconds per request: req/s and latency depend on the machine
 and on the three processes sharing its cores. See bench/README.md.
@@ -31,6 +32,7 @@ import platform
 import shlex
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -272,20 +274,25 @@ class OtlpSink:
 
 
 def start_manifold(
-    children: Children, args: argparse.Namespace, config: Path, env: dict[str, str] | None = None
+    children: Children,
+    args: argparse.Namespace,
+    config: Path,
+    env: dict[str, str] | None = None,
+    variant: str | None = None,
 ) -> tuple[subprocess.Popen[bytes], int, float]:
     """Start Manifold and wait for GET /health: (process, port, start-up seconds)."""
     port = free_port()
     argv = [*shlex.split(args.manifold_cmd), "--config", str(config), "--host", HOST, "--port", str(port)]
     started = time.monotonic()
-    proc = children.start("manifold", argv, env=env)
+    name = "manifold" if variant is None else f"manifold-{variant}"
+    proc = children.start(name, argv, env=env)
     url = f"http://{HOST}:{port}/health"
     deadline = started + args.startup_timeout
     while True:
         if proc.poll() is not None:
             raise BenchError(
                 f"Manifold exited with status {proc.returncode} during start-up ({shlex.join(argv)}):\n"
-                f"{children.log_tail('manifold')}"
+                f"{children.log_tail(name)}"
             )
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
@@ -295,8 +302,7 @@ def start_manifold(
             pass
         if time.monotonic() > deadline:
             raise BenchError(
-                f"Manifold did not answer GET /health within {args.startup_timeout:g} s:\n"
-                f"{children.log_tail('manifold')}"
+                f"Manifold did not answer GET /health within {args.startup_timeout:g} s:\n{children.log_tail(name)}"
             )
         time.sleep(0.1)
 
@@ -475,14 +481,17 @@ def report(meta: dict[str, Any], runs: list[Run]) -> str:
         elif r.errors:
             out.append(f"- {r.mode} / {r.target}: {r.errors} failed request(s), first: {r.first_error}")
     for mode in MODES:
-        cpu: dict[str, float] = {}
+        samples: dict[str, list[float]] = {}
         for r in runs:
             if r.mode == mode and r.target.startswith("manifold") and not r.failed and r.manifold_cpu_ms_per_req:
-                cpu[r.target] = r.manifold_cpu_ms_per_req
-                out.append(
-                    f"- **{mode}: {r.target} used {r.manifold_cpu_ms_per_req:.3f} ms of CPU per request** "
-                    f"(target {TARGET_MS_PER_REQ} ms; LiteLLM for reference {LITELLM_MS_PER_REQ} ms)"
-                )
+                samples.setdefault(r.target, []).append(r.manifold_cpu_ms_per_req)
+        cpu = {target: statistics.median(values) for target, values in samples.items()}
+        for target, value in cpu.items():
+            several = f" (median of {len(samples[target])} runs)" if len(samples[target]) > 1 else ""
+            out.append(
+                f"- **{mode}: {target} used {value:.3f} ms of CPU per request**{several} "
+                f"(target {TARGET_MS_PER_REQ} ms; LiteLLM for reference {LITELLM_MS_PER_REQ} ms)"
+            )
         off = cpu.get("manifold (off)")
         for variant, limit in (("on", OBSERVE_ON_LIMIT_MS), ("trace", None)):
             on = cpu.get(f"manifold ({variant})")
@@ -511,7 +520,8 @@ def run_all(
     children: Children, args: argparse.Namespace, meta: dict[str, Any], runs: list[Run], deadline: float
 ) -> int:
     """Start the servers and do every run (appended to ``runs`` as they start); 0 when all went well. With
-    ``--observe``, one Manifold per setting, one after the other (never two at once: they would share CPUs)."""
+    ``--observe``, one Manifold per setting, all started up front (idle ones cost nothing) and loaded in turn,
+    ``--rounds`` times, so that the machine's drift hits every setting alike."""
     status = 0
     upstream, upstream_port = start_upstream(children, args)
     if "direct" in args.targets:
@@ -519,38 +529,41 @@ def run_all(
             status |= _measure(children, args, runs, Run(mode, "direct"), upstream_port, upstream.pid, None, deadline)
     if "manifold" not in args.targets:
         return status
-    for variant in args.observe or [None]:
-        target = "manifold" if variant is None else f"manifold ({variant})"
-        env: dict[str, str] | None = None
-        sink = OtlpSink() if variant == "trace" else None
-        if sink is not None:
-            env = {
-                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{HOST}:{sink.port}",
-                "OTEL_TRACES_SAMPLER": "always_on",
-            }
-        try:
-            manifold, port, startup = start_manifold(
-                children, args, write_config(children.workdir, upstream_port, variant), env
-            )
-        except BenchError as exc:
-            print(f"!! Manifold ({variant}): {exc}", file=sys.stderr)
+    started: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+    sinks: list[OtlpSink] = []
+    try:
+        for variant in args.observe or [None]:
+            target = "manifold" if variant is None else f"manifold ({variant})"
+            env: dict[str, str] | None = None
+            if variant == "trace":
+                sink = OtlpSink()
+                sinks.append(sink)
+                env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{HOST}:{sink.port}", "OTEL_TRACES_SAMPLER": "always_on"}
+            try:
+                manifold, port, startup = start_manifold(
+                    children, args, write_config(children.workdir, upstream_port, variant), env, variant
+                )
+            except BenchError as exc:
+                print(f"!! {target}: {exc}", file=sys.stderr)
+                for mode in args.modes:
+                    runs.append(Run(mode, target, failed="Manifold did not start (see above)"))
+                status = 1
+                continue
+            started[target] = (manifold, port)
+            if meta["manifold_startup_s"] is None:
+                meta["manifold_startup_s"] = startup
+                meta["manifold_rss_mb_idle"] = rss_mb(manifold.pid)
+        for _ in range(args.rounds):
             for mode in args.modes:
-                runs.append(Run(mode, target, failed="Manifold did not start (see above)"))
-            status = 1
-            if sink is not None:
-                sink.close()
-            continue
-        if meta["manifold_startup_s"] is None:
-            meta["manifold_startup_s"] = startup
-            meta["manifold_rss_mb_idle"] = rss_mb(manifold.pid)
-        try:
-            for mode in args.modes:
-                status |= _measure(children, args, runs, Run(mode, target), port, upstream.pid, manifold.pid, deadline)
-        finally:
+                for target, (manifold, port) in started.items():
+                    run = Run(mode, target)
+                    status |= _measure(children, args, runs, run, port, upstream.pid, manifold.pid, deadline)
+    finally:
+        for manifold, _ in started.values():
             children.stop(manifold)
             children.procs.remove(manifold)
-            if sink is not None:
-                sink.close()
+        for sink in sinks:
+            sink.close()
     return status
 
 
@@ -595,6 +608,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated, of: off, on, trace: run Manifold once per observability setting, side by side "
         "(default: one run with the config's defaults)",
     )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="with --observe: load each setting in turn this many times (default 1); the summary shows the median",
+    )
     p.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
     p.add_argument("--timeout", type=float, default=300.0, help="global time limit in seconds (default 300)")
     p.add_argument("--startup-timeout", type=float, default=60.0, help="for Manifold's /health (default 60)")
@@ -604,6 +623,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.observe = [o.strip() for o in args.observe.split(",") if o.strip()]
     if any(o not in OBSERVE for o in args.observe):
         p.error(f"--observe: choose from {', '.join(OBSERVE)}")
+    if args.rounds < 1:
+        p.error("--rounds must be >= 1")
     if not args.modes or any(m not in MODES for m in args.modes):
         p.error(f"--modes: choose from {', '.join(MODES)}")
     if not args.targets or any(t not in TARGETS for t in args.targets):
