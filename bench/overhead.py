@@ -3,12 +3,18 @@
     python bench/overhead.py [--requests 3000] [--warmup 300] [--concurrency 16] [--latency-ms 0]
                              [--chunks 20] [--modes non-stream,stream] [--targets direct,manifold]
                              [--manifold-cmd "python -m manifold serve"] [--json PATH] [--timeout 300]
+                             [--observe off,on,trace] [--rounds 5]
 
 Three processes besides this one, all on 127.0.0.1: the fake upstream (bench/fake_upstream.py), Manifold
 (``manifold serve``, one worker) and, for each run, the load generator (bench/loadgen.py). For every mode
 (non-streaming, streaming) and target (straight to the upstream, through Manifold) it warms up, samples
 the servers' CPU time (/proc/PID/stat utime+stime) and RSS (/proc/PID/status VmRSS), runs the measured
 requests, samples again, and prints a markdown table. It prints figures and asserts nothing.
+
+`--observe` runs one Manifold per observability setting, side by side: `off` (no metrics, no access log),
+`on` (Prometheus metrics and the JSON access log at INFO, written to a file) and `trace` (`on` plus
+OpenTelemetry tracing with a sampler of 1.0, exporting over OTLP/HTTP to a sink in this process). All are
+started first and loaded in turn, `--rounds` times; the summary compares medians.
 
 The comparable figure is Manifold's CPU milliseconds per request: req/s and latency depend on the machine
 and on the three processes sharing its cores. See bench/README.md.
@@ -26,6 +32,7 @@ import platform
 import shlex
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,6 +52,8 @@ TARGETS = ("direct", "manifold")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 LITELLM_MS_PER_REQ = "~14-16"
 TARGET_MS_PER_REQ = 0.25
+OBSERVE = ("off", "on", "trace")
+OBSERVE_ON_LIMIT_MS = 0.02  # metrics + JSON access log (issue 13)
 
 
 class BenchError(Exception):
@@ -121,7 +130,9 @@ class Children:
         self.workdir = workdir
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, name: str, argv: list[str], *, stdin: bool = False) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, argv: list[str], *, stdin: bool = False, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         """Start ``argv``: stdout piped, stderr to ``workdir/name.log``."""
         log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - the child holds it, closed below
         try:
@@ -131,6 +142,7 @@ class Children:
                 stdout=subprocess.PIPE,
                 stderr=log,
                 start_new_session=True,
+                env=None if env is None else {**os.environ, **env},
                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
             )
         except OSError as exc:
@@ -211,35 +223,76 @@ def start_upstream(children: Children, args: argparse.Namespace) -> tuple[subpro
     return proc, int(line.split()[1])
 
 
-def write_config(workdir: Path, upstream_port: int) -> Path:
-    path = workdir / "manifold.yaml"
-    path.write_text(
+def write_config(workdir: Path, upstream_port: int, observe: str | None = None) -> Path:
+    """`observe` None: the defaults (metrics on, access log below the `warning` level); `off`: metrics and
+    access log off; `on` / `trace`: metrics on and the JSON access log written at `info`."""
+    path = workdir / f"manifold-{observe or 'default'}.yaml"
+    text = (
         "model_list:\n"
         "  - model_name: bench\n"
         "    provider: openai\n"
         f"    api_base: http://{HOST}:{upstream_port}/v1\n"
         "    api_key: sk-bench\n"
         "server:\n"
-        "  log_level: warning\n"
     )
+    if observe is None:
+        text += "  log_level: warning\n"
+    elif observe == "off":
+        text += "  log_level: info\n  access_log: false\nmetrics:\n  enabled: false\n"
+    else:
+        text += "  log_level: info\n  log_format: json\n  access_log: true\nmetrics:\n  enabled: true\n"
+        if observe == "trace":
+            text += "tracing:\n  enabled: true\n"
+    path.write_text(text)
     return path
 
 
+class OtlpSink:
+    """A do-nothing OTLP/HTTP receiver for `--observe trace`: answers every export with 200."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((HOST, 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
 def start_manifold(
-    children: Children, args: argparse.Namespace, config: Path
+    children: Children,
+    args: argparse.Namespace,
+    config: Path,
+    env: dict[str, str] | None = None,
+    variant: str | None = None,
 ) -> tuple[subprocess.Popen[bytes], int, float]:
     """Start Manifold and wait for GET /health: (process, port, start-up seconds)."""
     port = free_port()
     argv = [*shlex.split(args.manifold_cmd), "--config", str(config), "--host", HOST, "--port", str(port)]
     started = time.monotonic()
-    proc = children.start("manifold", argv)
+    name = "manifold" if variant is None else f"manifold-{variant}"
+    proc = children.start(name, argv, env=env)
     url = f"http://{HOST}:{port}/health"
     deadline = started + args.startup_timeout
     while True:
         if proc.poll() is not None:
             raise BenchError(
                 f"Manifold exited with status {proc.returncode} during start-up ({shlex.join(argv)}):\n"
-                f"{children.log_tail('manifold')}"
+                f"{children.log_tail(name)}"
             )
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
@@ -249,8 +302,7 @@ def start_manifold(
             pass
         if time.monotonic() > deadline:
             raise BenchError(
-                f"Manifold did not answer GET /health within {args.startup_timeout:g} s:\n"
-                f"{children.log_tail('manifold')}"
+                f"Manifold did not answer GET /health within {args.startup_timeout:g} s:\n{children.log_tail(name)}"
             )
         time.sleep(0.1)
 
@@ -415,7 +467,8 @@ def report(meta: dict[str, Any], runs: list[Run]) -> str:
         f"- load: {meta['concurrency']} keep-alive connections, {meta['warmup']} warm-up + {meta['requests']} "
         f"measured requests per run; upstream latency {meta['latency_ms']:g} ms, "
         f"{meta['chunks']} content chunks per stream",
-        f"- Manifold: `{meta['manifold_cmd']}` (one worker)",
+        f"- Manifold: `{meta['manifold_cmd']}` (one worker)"
+        + (f"; observability settings side by side: {', '.join(meta['observe'])}" if meta.get("observe") else ""),
     ]
     if meta.get("manifold_startup_s") is not None:
         out.append(
@@ -428,12 +481,23 @@ def report(meta: dict[str, Any], runs: list[Run]) -> str:
         elif r.errors:
             out.append(f"- {r.mode} / {r.target}: {r.errors} failed request(s), first: {r.first_error}")
     for mode in MODES:
-        mf = next((r for r in runs if r.mode == mode and r.target == "manifold" and not r.failed), None)
-        if mf is not None and mf.manifold_cpu_ms_per_req is not None:
+        samples: dict[str, list[float]] = {}
+        for r in runs:
+            if r.mode == mode and r.target.startswith("manifold") and not r.failed and r.manifold_cpu_ms_per_req:
+                samples.setdefault(r.target, []).append(r.manifold_cpu_ms_per_req)
+        cpu = {target: statistics.median(values) for target, values in samples.items()}
+        for target, value in cpu.items():
+            several = f" (median of {len(samples[target])} runs)" if len(samples[target]) > 1 else ""
             out.append(
-                f"- **{mode}: Manifold used {mf.manifold_cpu_ms_per_req:.3f} ms of CPU per request** "
+                f"- **{mode}: {target} used {value:.3f} ms of CPU per request**{several} "
                 f"(target {TARGET_MS_PER_REQ} ms; LiteLLM for reference {LITELLM_MS_PER_REQ} ms)"
             )
+        off = cpu.get("manifold (off)")
+        for variant, limit in (("on", OBSERVE_ON_LIMIT_MS), ("trace", None)):
+            on = cpu.get(f"manifold ({variant})")
+            if off is not None and on is not None:
+                bound = f" (budget {limit} ms)" if limit is not None else ""
+                out.append(f"- {mode}: observability `{variant}` costs {on - off:+.3f} ms of CPU per request{bound}")
     out += [
         "",
         "Notes: CPU per request is the comparable figure: it is the CPU time (user + system, all threads) "
@@ -455,50 +519,72 @@ def report(meta: dict[str, Any], runs: list[Run]) -> str:
 def run_all(
     children: Children, args: argparse.Namespace, meta: dict[str, Any], runs: list[Run], deadline: float
 ) -> int:
-    """Start the servers and do every run (appended to ``runs`` as they start); 0 when all went well."""
+    """Start the servers and do every run (appended to ``runs`` as they start); 0 when all went well. With
+    ``--observe``, one Manifold per setting, all started up front (idle ones cost nothing) and loaded in turn,
+    ``--rounds`` times, so that the machine's drift hits every setting alike."""
     status = 0
     upstream, upstream_port = start_upstream(children, args)
-    manifold_pid: int | None = None
-    manifold_port = 0
-    manifold_error: str | None = None
-    if "manifold" in args.targets:
-        try:
-            manifold, manifold_port, startup = start_manifold(
-                children, args, write_config(children.workdir, upstream_port)
-            )
-        except BenchError as exc:
-            manifold_error = str(exc)
-            print(f"!! Manifold: {exc}", file=sys.stderr)
-        else:
-            manifold_pid = manifold.pid
-            meta["manifold_startup_s"] = startup
-            meta["manifold_rss_mb_idle"] = rss_mb(manifold.pid)
-    for mode in args.modes:
-        for target in args.targets:
-            run = Run(mode, target)
-            runs.append(run)
-            print(f".. {mode} / {target}", file=sys.stderr, flush=True)
-            if target == "manifold" and manifold_error:
-                run.failed = "Manifold did not start (see above)"
-                status = 1
-                continue
-            via_manifold = target == "manifold"
+    if "direct" in args.targets:
+        for mode in args.modes:
+            status |= _measure(children, args, runs, Run(mode, "direct"), upstream_port, upstream.pid, None, deadline)
+    if "manifold" not in args.targets:
+        return status
+    started: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+    sinks: list[OtlpSink] = []
+    try:
+        for variant in args.observe or [None]:
+            target = "manifold" if variant is None else f"manifold ({variant})"
+            env: dict[str, str] | None = None
+            if variant == "trace":
+                sink = OtlpSink()
+                sinks.append(sink)
+                env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{HOST}:{sink.port}", "OTEL_TRACES_SAMPLER": "always_on"}
             try:
-                run_load(
-                    children,
-                    args,
-                    run,
-                    manifold_port if via_manifold else upstream_port,
-                    upstream.pid,
-                    manifold_pid if via_manifold else None,
-                    deadline,
+                manifold, port, startup = start_manifold(
+                    children, args, write_config(children.workdir, upstream_port, variant), env, variant
                 )
             except BenchError as exc:
-                run.failed = str(exc)
-                print(f"!! {mode} / {target}: {exc}", file=sys.stderr)
-            if run.failed or run.errors:
+                print(f"!! {target}: {exc}", file=sys.stderr)
+                for mode in args.modes:
+                    runs.append(Run(mode, target, failed="Manifold did not start (see above)"))
                 status = 1
+                continue
+            started[target] = (manifold, port)
+            if meta["manifold_startup_s"] is None:
+                meta["manifold_startup_s"] = startup
+                meta["manifold_rss_mb_idle"] = rss_mb(manifold.pid)
+        for _ in range(args.rounds):
+            for mode in args.modes:
+                for target, (manifold, port) in started.items():
+                    run = Run(mode, target)
+                    status |= _measure(children, args, runs, run, port, upstream.pid, manifold.pid, deadline)
+    finally:
+        for manifold, _ in started.values():
+            children.stop(manifold)
+            children.procs.remove(manifold)
+        for sink in sinks:
+            sink.close()
     return status
+
+
+def _measure(
+    children: Children,
+    args: argparse.Namespace,
+    runs: list[Run],
+    run: Run,
+    port: int,
+    upstream_pid: int,
+    manifold_pid: int | None,
+    deadline: float,
+) -> int:
+    runs.append(run)
+    print(f".. {run.mode} / {run.target}", file=sys.stderr, flush=True)
+    try:
+        run_load(children, args, run, port, upstream_pid, manifold_pid, deadline)
+    except BenchError as exc:
+        run.failed = str(exc)
+        print(f"!! {run.mode} / {run.target}: {exc}", file=sys.stderr)
+    return 1 if run.failed or run.errors else 0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -516,12 +602,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="how to start Manifold; '--config FILE --host 127.0.0.1 --port N' are appended "
         "(default: this Python's '-m manifold serve')",
     )
+    p.add_argument(
+        "--observe",
+        default="",
+        help="comma-separated, of: off, on, trace: run Manifold once per observability setting, side by side "
+        "(default: one run with the config's defaults)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="with --observe: load each setting in turn this many times (default 1); the summary shows the median",
+    )
     p.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
     p.add_argument("--timeout", type=float, default=300.0, help="global time limit in seconds (default 300)")
     p.add_argument("--startup-timeout", type=float, default=60.0, help="for Manifold's /health (default 60)")
     args = p.parse_args(argv)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    args.observe = [o.strip() for o in args.observe.split(",") if o.strip()]
+    if any(o not in OBSERVE for o in args.observe):
+        p.error(f"--observe: choose from {', '.join(OBSERVE)}")
+    if args.rounds < 1:
+        p.error("--rounds must be >= 1")
     if not args.modes or any(m not in MODES for m in args.modes):
         p.error(f"--modes: choose from {', '.join(MODES)}")
     if not args.targets or any(t not in TARGETS for t in args.targets):
@@ -570,6 +673,7 @@ def main(argv: list[str] | None = None) -> int:
         "latency_ms": args.latency_ms,
         "chunks": args.chunks,
         "manifold_cmd": args.manifold_cmd,
+        "observe": args.observe,
         "manifold_startup_s": None,
         "manifold_rss_mb_idle": None,
     }

@@ -17,6 +17,8 @@ FORBIDDEN = {
     "_json": {"api", "server", "routing", "providers", "config", "errors", "cli"},
     "storage": {"api", "server", "routing", "providers", "cli"},
     "responses": {"server", "cli"},
+    # A leaf: the server, the router and the providers call into it, never the reverse.
+    "observability": {"api", "server", "routing", "providers", "responses", "storage", "frontend", "config", "cli"},
 }
 BACKENDS = {"openai_compatible", "local", "anthropic", "kserve_v2", "python_handler"}
 # The one backend a package outside providers/ may import: `frontend` is the python handler's own HTTP face.

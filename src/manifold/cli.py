@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
-import logging
 import os
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 
 import msgspec
 
-from manifold.config import Config, environment_problems, load_config, serves_embedded_default
+from manifold.config import Config, environment_problems, load_config, secrets_of, serves_embedded_default
 from manifold.errors import ConfigError
 
 CONFIG_ENV = "MANIFOLD_CONFIG"
@@ -19,6 +20,8 @@ CONFIG_ENV = "MANIFOLD_CONFIG"
 HANDLER_ENV = "MANIFOLD_HANDLER"
 HANDLER_ENDPOINTS_ENV = "MANIFOLD_HANDLER_ENDPOINTS"
 HANDLER_URL_INFO_ENV = "MANIFOLD_HANDLER_URL_INFO"
+LOG_LEVEL_ENV = "MANIFOLD_LOG_LEVEL"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -111,10 +114,10 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
     port = args.port if args.port is not None else settings.port
     workers = args.workers or settings.workers
     level = (args.log_level or settings.log_level).lower()
-    logging.basicConfig(
-        level=level.upper() if level != "trace" else "DEBUG",
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    from manifold.observability.logging import configure as configure_logging
+
+    configure_logging(level, settings.log_format, secrets_of(config))
+    os.environ[LOG_LEVEL_ENV] = level
     if args.config:
         os.environ[CONFIG_ENV] = os.path.abspath(args.config)
     else:
@@ -127,23 +130,45 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
             os.environ[HANDLER_ENDPOINTS_ENV] = args.endpoints
         if args.include_url_info:
             os.environ[HANDLER_URL_INFO_ENV] = "1"
-    uvicorn.run(
-        "manifold.cli:app_factory",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers if workers > 1 else None,
-        loop="uvloop" if sys.platform != "win32" else "asyncio",
-        http=GuardedHttpToolsProtocol,
-        lifespan="on",
-        access_log=False,
-        log_level=level,
-        server_header=False,
-        proxy_headers=False,
-        date_header=True,
-        timeout_graceful_shutdown=10,
-    )
+    with _metrics_for_workers(config, workers, host):
+        uvicorn.run(
+            "manifold.cli:app_factory",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers if workers > 1 else None,
+            loop="uvloop" if sys.platform != "win32" else "asyncio",
+            http=GuardedHttpToolsProtocol,
+            lifespan="on",
+            access_log=False,
+            log_level=level,
+            log_config=None,  # Manifold's handler (observability.logging) formats uvicorn's lines too
+            server_header=False,
+            proxy_headers=False,
+            date_header=True,
+            timeout_graceful_shutdown=10,
+        )
     return 0
+
+
+@contextlib.contextmanager
+def _metrics_for_workers(config: Config, workers: int, host: str) -> Iterator[None]:
+    """With several workers: prometheus-client's multiprocess mode in a directory of our own (set before any
+    worker imports prometheus-client, removed at exit), and `metrics.port` served by this process."""
+    if workers <= 1 or not config.metrics.enabled:
+        os.environ.pop(MULTIPROC_ENV, None)
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="manifold-metrics-") as directory:
+        os.environ[MULTIPROC_ENV] = directory
+        if config.metrics.port is not None:
+            from manifold.observability.metrics import serve_http
+
+            serve_http(config.metrics.port, host, config.metrics.path)
+        try:
+            yield
+        finally:
+            os.environ.pop(MULTIPROC_ENV, None)
 
 
 def _handler_config(args: argparse.Namespace, config: Config) -> Config:
@@ -180,6 +205,11 @@ def app_factory() -> object:
     faulthandler.enable()
     config = load_config(os.environ.get(CONFIG_ENV))
     configure(config.server)
+    level = os.environ.get(LOG_LEVEL_ENV)
+    if level is not None:  # a worker process: logging as the parent set it up
+        from manifold.observability.logging import configure as configure_logging
+
+        configure_logging(level, config.server.log_format, secrets_of(config))
     handler = os.environ.get(HANDLER_ENV)
     if handler is not None:
         return _frontend_app(handler, config)

@@ -17,6 +17,7 @@ import msgspec
 import yaml
 
 from manifold.errors import ConfigError
+from manifold.observability.redaction import Redactor
 
 _T = TypeVar("_T")
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
@@ -124,6 +125,26 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     log_level: str = "info"
     # KServe-style per-model URLs: /v2/models/{model}/infer/chat/completions, … (docs/backends-kserve.md)
     kserve_urls: bool = True
+    # docs/observability.md: `json` writes one JSON object per log line; `access_log` one line per request.
+    log_format: Literal["text", "json"] = "text"
+    access_log: bool = True
+
+
+class MetricsSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Prometheus metrics (docs/observability.md). `port`: serve `path` on this port instead of the main one."""
+
+    enabled: bool = True
+    path: Annotated[str, msgspec.Meta(pattern=r"^/[A-Za-z0-9._/-]*$")] = "/metrics"
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] | None = None
+
+
+class TracingSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """OpenTelemetry traces (the `[otel]` extra; docs/observability.md). `enabled` None: on when an OTLP
+    exporter is configured by the standard `OTEL_*` variables. `capture_content`: prompts and completions on
+    the GenAI spans (secrets redacted)."""
+
+    enabled: bool | None = None
+    capture_content: bool = False
 
 
 class StorageSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -205,6 +226,24 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
     responses: ResponsesSettings = msgspec.field(default_factory=ResponsesSettings)
     router: RouterSettings = msgspec.field(default_factory=RouterSettings)
+    metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
+    tracing: TracingSettings = msgspec.field(default_factory=TracingSettings)
+
+
+def secrets_of(config: Config) -> list[str]:
+    """What the logs must never show: upstream keys, deployment header values (they carry keys), the
+    compaction key, the storage URL's password."""
+    secrets: list[str] = []
+    for dep in config.model_list:
+        if dep.api_key:
+            secrets.append(dep.api_key)
+        secrets.extend(v for v in dep.headers.values() if v)
+    if config.responses.compaction_key:
+        secrets.append(config.responses.compaction_key)
+    url = config.storage.url
+    if url and "@" in url and ":" in url.split("@", 1)[0].split("//", 1)[-1]:
+        secrets.append(url.split("@", 1)[0].split("//", 1)[-1].split(":", 1)[1])
+    return secrets
 
 
 ENV_PREFIX = "MANIFOLD_"
@@ -392,15 +431,52 @@ def _build(raw: dict[str, Any], problems: list[str]) -> Config:
         found["storage"].extend(_storage_problems(storage))
     responses = _convert_part(raw.get("responses", {}), ResponsesSettings, "responses", found["responses"])
     router = _convert_router(raw.get("router", {}), found["router"])
+    metrics = _convert_part(raw.get("metrics", {}), MetricsSettings, "metrics", found["metrics"])
+    tracing = _convert_part(raw.get("tracing", {}), TracingSettings, "tracing", found["tracing"])
     order = [k for k in raw if k in found] + [k for k in found if k not in raw]
     for name in order:
         problems.extend(found[name])
     if router is not None and all_converted:
         # Names are checked against the deployments only when all of them could be read.
         problems.extend(_router_problems(router, deployments))
-    if problems or server is None or storage is None or responses is None or router is None:
-        raise ConfigError(problems)
-    return Config(model_list=deployments, server=server, storage=storage, responses=responses, router=router)
+    if metrics is not None and server is not None and metrics.port is not None and metrics.port == server.port:
+        problems.append(f"metrics.port: {metrics.port} is the server's own port (leave it out to serve it there)")
+    if (
+        problems
+        or server is None
+        or storage is None
+        or responses is None
+        or router is None
+        or metrics is None
+        or tracing is None
+    ):
+        raise ConfigError(_without_secrets(raw, problems))
+    return Config(
+        model_list=deployments,
+        server=server,
+        storage=storage,
+        responses=responses,
+        router=router,
+        metrics=metrics,
+        tracing=tracing,
+    )
+
+
+def _without_secrets(raw: dict[str, Any], problems: list[str]) -> list[str]:
+    """Problems as printed: a key pasted into the wrong field must not be echoed (docs/observability.md)."""
+    secrets: list[str] = []
+    deployments = raw.get("model_list")
+    for dep in deployments if isinstance(deployments, list) else []:
+        if isinstance(dep, dict):
+            secrets.append(str(dep.get("api_key") or ""))
+            headers = dep.get("headers")
+            if isinstance(headers, dict):
+                secrets.extend(str(v) for v in headers.values())
+    responses = raw.get("responses")
+    if isinstance(responses, dict):
+        secrets.append(str(responses.get("compaction_key") or ""))
+    redact = Redactor(secrets)
+    return [redact(p) for p in problems]
 
 
 def _convert_part(data: Any, typ: type[_T], where: str, problems: list[str]) -> _T | None:

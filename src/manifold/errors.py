@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from manifold import _json
+from manifold.observability.redaction import redact
 
 
 class ManifoldError(Exception):
@@ -57,7 +58,8 @@ class ManifoldError(Exception):
         return self.status
 
     def to_dict(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        # An upstream's message may quote the key it was sent: never pass a configured secret on to a client.
+        return {"error": {"message": redact(self.message), "type": self.type, "param": self.param, "code": self.code}}
 
     def to_json(self) -> bytes:
         return _json.encode(self.to_dict())
@@ -132,7 +134,7 @@ class UpstreamError(ManifoldError):
         return self._status
 
     def to_dict(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self._type, "param": self.param, "code": self.code}}
+        return {"error": {"message": redact(self.message), "type": self._type, "param": self.param, "code": self.code}}
 
 
 class BadGatewayError(ManifoldError):

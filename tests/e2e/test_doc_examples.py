@@ -27,13 +27,16 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 import yaml
 
@@ -314,3 +317,54 @@ def test_the_extractor_finds_the_examples() -> None:
     skipped = {b.id for p in ALL for b in p.blocks if b.marker == "skip"}
     assert set(python) <= ran | skipped, set(python) - ran - skipped
     assert shutil.which("bash") is not None
+
+
+@pytest.mark.parametrize(
+    ("target", "base_path"), [("frontend_app:app", "/v1"), ("mounted:api", "/llm/v1")], ids=["alone", "in-fastapi"]
+)
+def test_the_frontend_pages_asgi_apps_serve_as_the_page_runs_them(
+    target: str, base_path: str, servers: Servers
+) -> None:
+    """frontend.md: `uvicorn frontend_app:app` and `uvicorn mounted:api` (the FastAPI mount) serve the handler to
+    the official SDK, with stored completions listed — the page's modules, run the way the page says."""
+    pytest.importorskip("fastapi")
+    workdir = servers.workdir(ROOT / "docs" / "frontend.md")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (str(workdir), os.environ.get("PYTHONPATH", "")) if p),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", str(port)],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}{base_path}"
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, proc.communicate()[0]
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "uvicorn did not start"
+                time.sleep(0.1)
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=30)
+        reply = client.chat.completions.create(
+            model="my-model", messages=[{"role": "user", "content": "Say hi"}], store=True
+        )
+        assert reply.choices[0].message.content
+        listed = client.chat.completions.list(model="my-model")
+        assert reply.id in [c.id for c in listed.data]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()

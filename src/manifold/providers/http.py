@@ -39,6 +39,7 @@ from manifold.errors import (
     RateLimitError,
     UpstreamError,
 )
+from manifold.observability import tracing
 from manifold.providers import proxy as proxies
 from manifold.providers.transport import (
     ConnectError,
@@ -145,6 +146,8 @@ class UpstreamSession:
     ) -> Response:
         """Send and wait for the response headers: an answer (200) or an error status (>= 400) is
         returned; anything else (a redirect, 204, …) and transport failures are raised."""
+        if tracing.PROPAGATE:  # W3C traceparent of the attempt's span (docs/observability.md)
+            headers = tracing.inject(headers)
         try:
             resp = await self.transport.request(method, self._target(url), headers or {}, data)
         except TransportError as exc:

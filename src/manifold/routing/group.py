@@ -6,6 +6,7 @@ import random
 from collections.abc import Sequence
 
 from manifold.config import GroupSettings, RouterSettings, Strategy
+from manifold.observability.metrics import DeploymentMetrics
 from manifold.providers.base import Provider
 from manifold.routing.addressing import is_wildcard, wildcard_upstream
 from manifold.routing.health import CircuitBreaker, ConcurrencyLimit
@@ -61,7 +62,7 @@ class Policy:
 class Member:
     """One deployment as the router sees it: its provider, breaker, in-flight count and recent latencies."""
 
-    __slots__ = ("breaker", "label", "latency", "limit", "model_pattern", "provider", "ttft", "weight")
+    __slots__ = ("breaker", "label", "latency", "limit", "metrics", "model_pattern", "provider", "ttft", "weight")
 
     def __init__(self, provider: Provider, label: str, policy: Policy) -> None:
         dep = provider.deployment
@@ -73,6 +74,19 @@ class Member:
         self.limit = ConcurrencyLimit(repr(label), dep.max_concurrency, dep.max_queue, dep.queue_timeout)
         self.latency: float | None = None  # moving averages, seconds
         self.ttft: float | None = None
+        self.metrics: DeploymentMetrics | None = None  # set by Router.observe
+
+    def attach(self, metrics: DeploymentMetrics) -> None:
+        self.metrics = metrics
+        limit = self.limit
+        if metrics.multiprocess:
+            # Each worker's gauges are files that a scrape sums: they must be kept up to date as they change.
+            limit.gauge = metrics.in_flight
+            limit.queued_gauge = metrics.queued
+        else:
+            # One process: read at scrape time, nothing per request.
+            metrics.in_flight.set_function(lambda: limit.in_flight)
+            metrics.queued.set_function(lambda: len(limit.waiters))
 
     def observe(self, seconds: float, stream: bool, alpha: float) -> None:
         if stream:

@@ -16,6 +16,7 @@ import asyncio
 import collections
 import contextlib
 import math
+from typing import Any
 
 from manifold.errors import RateLimitError
 
@@ -99,7 +100,7 @@ class QueueFullError(RateLimitError):
 class ConcurrencyLimit:
     """In-flight requests of one deployment; with a `limit`, a bounded FIFO of waiters."""
 
-    __slots__ = ("in_flight", "label", "limit", "max_queue", "queue_timeout", "waiters")
+    __slots__ = ("gauge", "in_flight", "label", "limit", "max_queue", "queue_timeout", "queued_gauge", "waiters")
 
     def __init__(self, label: str, limit: int | None, max_queue: int, queue_timeout: float) -> None:
         self.label = label
@@ -108,6 +109,10 @@ class ConcurrencyLimit:
         self.queue_timeout = queue_timeout
         self.in_flight = 0
         self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        # Metrics (anything with inc/dec): in flight, and waiting in the queue. Whoever takes a slot by
+        # `in_flight += 1` bumps `gauge` too.
+        self.gauge: Any = None
+        self.queued_gauge: Any = None
 
     def has_room(self) -> bool:
         return self.limit is None or (self.in_flight < self.limit and not self.waiters)
@@ -118,11 +123,16 @@ class ConcurrencyLimit:
     async def acquire(self) -> None:
         if self.has_room():
             self.in_flight += 1
+            if self.gauge is not None:
+                self.gauge.inc()
             return
         if not self.can_queue():
             raise self._full(f"its {self.max_queue} queue places are taken")
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.waiters.append(waiter)
+        queued = self.queued_gauge
+        if queued is not None:
+            queued.inc()
         try:
             async with asyncio.timeout(self.queue_timeout):
                 await waiter  # release() hands a slot over by setting its result
@@ -135,6 +145,8 @@ class ConcurrencyLimit:
                 self.release()  # handed a slot just as we were cancelled: pass it on
             raise
         finally:
+            if queued is not None:
+                queued.dec()
             if not waiter.done() or waiter.cancelled():
                 with contextlib.suppress(ValueError):
                     self.waiters.remove(waiter)
@@ -146,6 +158,8 @@ class ConcurrencyLimit:
                 waiter.set_result(None)  # the slot passes to the waiter; in_flight is unchanged
                 return
         self.in_flight -= 1
+        if self.gauge is not None:
+            self.gauge.dec()
 
     def _full(self, why: str) -> QueueFullError:
         wait = max(1, math.ceil(min(self.queue_timeout, 60.0)))

@@ -31,7 +31,11 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from typing import Any, Final, TypeVar
 
 from manifold.config import Deployment, RouterSettings
-from manifold.errors import ConfigError, ManifoldError, ModelNotFoundError, ServiceUnavailableError
+from manifold.errors import ConfigError, GatewayTimeoutError, ManifoldError, ModelNotFoundError, ServiceUnavailableError
+from manifold.observability import metrics as m
+from manifold.observability.record import CURRENT
+from manifold.observability.record import RequestRecord as RecordT
+from manifold.observability.tracing import Tracing
 from manifold.providers.base import Call, ChunkStream, Provider
 from manifold.providers.http import take_resends
 from manifold.providers.registry import create_provider
@@ -64,6 +68,7 @@ Target = tuple[ModelGroup, str | None]
 DEPLOYMENT_HEADER: Final = "x-manifold-deployment"
 ATTEMPTS_HEADER: Final = "x-manifold-attempts"
 _ATTEMPTS = tuple(str(i) for i in range(64))
+_STATUS_NAMES = {status: str(status) for status in range(400, 600)}
 _sleep = asyncio.sleep  # the tests replace it to see the waits
 
 
@@ -99,6 +104,17 @@ def images(provider: Provider, call: Call) -> Awaitable[dict[str, Any]]:
     return provider.images(call)
 
 
+# gen_ai.operation.name of each operation; an operation not listed (the Responses engine's own) counts as chat.
+_OPERATION_NAMES: Final[dict[Callable[..., Any], str]] = {
+    _chat: m.CHAT,
+    _open_chat_stream: m.CHAT,
+    completions: m.TEXT_COMPLETION,
+    open_completions_stream: m.TEXT_COMPLETION,
+    embeddings: m.EMBEDDINGS,
+    images: m.GENERATE_CONTENT,
+}
+
+
 class Router:
     def __init__(
         self,
@@ -130,6 +146,16 @@ class Router:
             )
         if problems:
             raise ConfigError(problems)
+        self.tracing: Tracing | None = None
+
+    def observe(self, metrics: bool, tracing: Tracing | None = None) -> None:
+        """Export each deployment's metrics (docs/observability.md) and trace each upstream attempt."""
+        self.tracing = tracing
+        if metrics:
+            for group in self.groups.values():
+                for member in group.members:
+                    dep = member.provider.deployment
+                    member.attach(m.DeploymentMetrics(member.label, group.name, dep.provider, dep.upstream_model))
 
     def _chain(self, group: ModelGroup, names: list[str], key: str, problems: list[str]) -> tuple[Target, ...]:
         chain: list[Target] = []
@@ -197,7 +223,16 @@ class Router:
     async def _run(self, call: Call, operation: Callable[..., Any], report: Report | None, streaming: bool) -> Any:
         # One coroutine for the whole request, on purpose: every `await` level is paid again each time the
         # request resumes (the public methods above are plain functions that return this coroutine).
+        rec = CURRENT.get()
+        if rec is not None:
+            rec.model = call.public_model
+            rec.stream = streaming
         group, rest = self.resolve(call.public_model)
+        if rec is not None:
+            rec.model_label = group.name  # the group asked for, even when a fallback answers
+        observed = rec is not None or self.tracing is not None or group.members[0].metrics is not None
+        op_name = _OPERATION_NAMES.get(operation, m.CHAT) if observed else m.CHAT
+        failed: m.DeploymentMetrics | None = None  # the last failed attempt's, until we know what came next
         chain = group.fallbacks
         if CLIENT_FALLBACKS_FIELD in call.body and group.policy.allow_client_fallbacks:
             chain, call = client_fallbacks(call, self.table.resolve)
@@ -218,12 +253,17 @@ class Router:
                             error = _cooling_down(group, now)
                         break
                     member, delay = choice
+                    if failed is not None:
+                        failed.retried.inc()
+                        failed = None
                     if delay > 0:
                         await _sleep(delay)
                         now = time.monotonic()
                     limit = member.limit
                     if limit.has_room():
                         limit.in_flight += 1
+                        if limit.gauge is not None:
+                            limit.gauge.inc()
                     else:
                         try:
                             await limit.acquire()
@@ -237,6 +277,21 @@ class Router:
                     call.upstream_model = None if rest is None else member.upstream_model(rest)
                     attempts += 1
                     last = member
+                    span = None
+                    if observed:
+                        if rec is not None:
+                            rec.attempts = attempts
+                            rec.deployment = member.label
+                            rec.operation = op_name
+                        if self.tracing is not None:
+                            span, span_token = self.tracing.start_attempt(
+                                op_name,
+                                call.public_model,
+                                member.provider.deployment.provider,
+                                member.label,
+                                attempts - 1,
+                                call.body,
+                            )
                     try:
                         if streaming:
                             result = await _open_and_prime(operation, member.provider, call)
@@ -248,6 +303,10 @@ class Router:
                         if retries is None:
                             retries = _Retries()
                         verdict = retries.failed(member, exc, policy, call.request_id, attempts, now)
+                        if observed:
+                            failed = _attempt_failed(member, op_name, exc, now, rec, span, self.tracing)
+                            if span is not None:
+                                self.tracing.detach(span_token)  # type: ignore[union-attr]
                         if verdict is Verdict.RETRY or verdict is Verdict.SWITCH:
                             continue
                         if probe:
@@ -256,16 +315,30 @@ class Router:
                             raise
                         context_window = True
                         break
-                    except BaseException:
+                    except BaseException as exc:
                         limit.release()
                         if probe:
                             breaker.abandon()
+                        if observed:
+                            _attempt_failed(member, op_name, exc, now, rec, span, self.tracing)
+                            if span is not None:
+                                self.tracing.detach(span_token)  # type: ignore[union-attr]
                         raise
                     _succeeded(member, policy, call.request_id, attempts, now, streaming)
                     if report is not None:
                         _report(report, member, attempts)
                     if streaming:
+                        if observed:
+                            if span is not None:
+                                self.tracing.detach(span_token)  # type: ignore[union-attr]
+                            return _ObservedRelay(
+                                result[0], result[1], member, call.request_id, op_name, now, rec, span, self.tracing
+                            )
                         return _Relay(result[0], result[1], member, call.request_id)
+                    if observed:
+                        _attempt_answered(member, op_name, now, result, rec, span, self.tracing)
+                        if span is not None:
+                            self.tracing.detach(span_token)  # type: ignore[union-attr]
                     return result
                 if plan is None:
                     plan = FallbackPlan((group, rest), chain, group.context_window_fallbacks)
@@ -273,10 +346,17 @@ class Router:
                 if target is None:
                     assert error is not None
                     raise error
+                if failed is not None:
+                    failed.failed_over.inc()
+                    failed = None
                 group, rest = target
                 if log.isEnabledFor(logging.INFO):
                     log.info("request %s: falling back to %r", call.request_id, group.name)
-        except ManifoldError:
+        except ManifoldError as exc:
+            if failed is not None:
+                failed.failed.inc()
+            if rec is not None:
+                rec.error_type = _error_type(exc)
             if report is not None:
                 _report(report, last, attempts)
             raise
@@ -455,6 +535,75 @@ def _log_failure(
     )
 
 
+def _error_type(exc: BaseException) -> str:
+    """error.type, from a fixed set: `timeout`, the upstream's HTTP status, Manifold's error type."""
+    if isinstance(exc, GatewayTimeoutError):
+        return "timeout"
+    if isinstance(exc, ManifoldError):
+        status = exc.upstream_status
+        return exc.type if status is None else _STATUS_NAMES.get(status) or str(status)
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    return type(exc).__name__
+
+
+def _attempt_failed(
+    member: Member,
+    operation: str,
+    exc: BaseException,
+    started: float,
+    rec: RecordT | None,
+    span: Any,
+    tracing: Tracing | None,
+) -> m.DeploymentMetrics | None:
+    """Count a failed attempt. A timeout or a cancel is counted now; any other failure is returned, to be
+    counted once the router knows what came of it (retried, failed over, failed)."""
+    elapsed = time.monotonic() - started
+    if rec is not None:
+        rec.upstream_seconds += elapsed
+    error_type = _error_type(exc)
+    if span is not None:
+        assert tracing is not None
+        tracing.end_attempt(span, None, error_type, None)
+    mm = member.metrics
+    if mm is None:
+        return None
+    mm.operation(operation).failed(error_type, elapsed)
+    mm.sync_breaker(member.breaker)
+    if isinstance(exc, GatewayTimeoutError):
+        mm.timed_out.inc()
+        return None
+    if not isinstance(exc, ManifoldError):
+        (mm.cancelled if isinstance(exc, asyncio.CancelledError) else mm.failed).inc()
+        return None
+    return mm
+
+
+def _attempt_answered(
+    member: Member, operation: str, started: float, result: Any, rec: RecordT | None, span: Any, tracing: Tracing | None
+) -> None:
+    elapsed = time.monotonic() - started
+    usage = result.get("usage") if isinstance(result, dict) else None
+    if span is not None:
+        assert tracing is not None
+        tracing.end_attempt(span, usage, None, member.provider.deployment.upstream_model, result)
+    mm = member.metrics
+    given = made = None
+    if mm is not None:
+        mm.ok.inc()
+        ops = mm.operation(operation)
+        ops.duration.observe(elapsed)
+        given, made = ops.tokens(usage)
+        if mm.breaker_state:
+            mm.sync_breaker(member.breaker)
+    elif isinstance(usage, dict):
+        given, made = m.usage_tokens(usage)
+    if rec is not None:
+        rec.upstream_seconds += elapsed
+        rec.input_tokens = given
+        rec.output_tokens = made
+
+
 class _Relay:
     """The stream handed to the endpoint: the primed first item, then the rest. It holds the deployment's
     concurrency slot until the stream ends (or is closed), and a failure after the first item counts against
@@ -511,3 +660,127 @@ class _Relay:
         self._finish()
         await self._items.aclose()
         await _aclose(self._stream)
+
+
+class _ObservedRelay(_Relay):
+    """A `_Relay` that also measures the stream: time to first token (at construction: the first item is
+    here), then at its end the outcome, time per output token, tokens per second and the attempt's span."""
+
+    __slots__ = (
+        "_breaker",
+        "_done",
+        "_first_at",
+        "_metrics",
+        "_operation",
+        "_ops",
+        "_rec",
+        "_span",
+        "_started",
+        "_tracing",
+        "_upstream",
+    )
+
+    def __init__(
+        self,
+        stream: Any,
+        first: Any,
+        member: Member,
+        request_id: str,
+        operation: str,
+        started: float,
+        rec: RecordT | None,
+        span: Any,
+        tracing: Tracing | None,
+    ) -> None:
+        first_at = time.monotonic()
+        self._first_at = first_at
+        self._metrics = mm = member.metrics
+        self._operation = operation
+        self._started = started
+        self._rec = rec
+        self._span = span
+        self._tracing = tracing
+        self._upstream = member.provider.deployment.upstream_model
+        self._breaker = member.breaker
+        self._done = False
+        ttft = first_at - (rec.start if rec is not None else started)
+        if rec is not None:
+            rec.ttft = ttft
+        self._ops: m.OperationMetrics | None = None
+        if mm is not None:
+            mm.ok.inc()
+            self._ops = ops = mm.operation(operation)
+            ops.ttft.observe(ttft)
+            if mm.breaker_state:
+                mm.sync_breaker(member.breaker)
+        super().__init__(stream, first, member, request_id)
+
+    async def _relay(self, first: Any) -> AsyncGenerator[Any, None]:
+        outcome = "client_left"
+        error_type: str | None = None
+        count = 0
+        last: Any = None
+        try:
+            if first is _NOTHING:
+                outcome = "completed"
+                return
+            count = 1
+            last = first
+            yield first
+            async for item in self._stream:
+                count += 1
+                last = item
+                yield item
+            outcome = "completed"
+        except ManifoldError as exc:
+            outcome = "upstream_cut"
+            error_type = _error_type(exc)
+            self._failed(exc)
+            raise
+        finally:
+            self._finish()
+            self._ended(outcome, error_type, count, last)
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        if not self._done:  # closed before it was iterated: the generator's `finally` never ran
+            self._ended("client_left", None, 0, None)
+
+    def _ended(self, outcome: str, error_type: str | None, count: int, last: Any) -> None:
+        self._done = True
+        end = time.monotonic()
+        usage = last.get("usage") if isinstance(last, dict) else None
+        given, made = m.usage_tokens(usage)
+        rec = self._rec
+        if rec is not None:
+            rec.upstream_seconds += end - self._started
+            rec.input_tokens = given
+            rec.output_tokens = made
+        if self._span is not None:
+            assert self._tracing is not None
+            self._tracing.end_attempt(self._span, usage, error_type, self._upstream)
+        mm = self._metrics
+        ops = self._ops
+        if mm is None or ops is None:
+            return
+        if error_type is None:
+            ops.duration.observe(end - self._started)
+        else:
+            ops.failed(error_type, end - self._started)
+        if given is not None:
+            ops.input_tokens.observe(given)
+        if made is not None:
+            ops.output_tokens.observe(made)
+        if outcome == "completed":
+            mm.stream_completed.inc()
+            # Without a usage chunk, each chunk after the first counts as one token.
+            produced = made if made is not None else count
+            streamed = end - self._first_at
+            if produced > 1 and streamed > 0:
+                ops.tpot.observe(streamed / (produced - 1))
+                mm.tokens_per_second.observe((produced - 1) / streamed)
+        elif outcome == "upstream_cut":
+            mm.stream_upstream_cut.inc()
+            mm.sync_breaker(self._breaker)
+        else:
+            mm.stream_client_left.inc()

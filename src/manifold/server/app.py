@@ -1,7 +1,8 @@
 """The ASGI application: prefix mounts, dispatch, request ids, the error envelope, lifespan, disconnects.
 
 It is a plain ASGI callable (mountable in Starlette or FastAPI). Every API route is listed once in `API_ROUTES`
-and mounted under each configured prefix.
+and mounted under each configured prefix. Around the dispatch sit the request layers, composed in one place
+(`ManifoldApp.compose`): each is `layer(inner) -> ASGI app`, outermost first.
 """
 
 from __future__ import annotations
@@ -9,18 +10,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from manifold.config import Config, ServerSettings
+from manifold.config import Config, ServerSettings, secrets_of
 from manifold.errors import ManifoldError
+from manifold.observability import tracing as tracing_setup
+from manifold.observability.metrics import flush_periodically, multiprocess_dir
+from manifold.observability.observer import Observer
+from manifold.observability.record import CURRENT
+from manifold.observability.redaction import add_secrets
 from manifold.responses.engine import ResponsesEngine
 from manifold.routing.router import Router
-from manifold.server.endpoints import chat, completions, embeddings, health, images, kserve_urls, models, stored_chat
+from manifold.server.endpoints import (
+    chat,
+    completions,
+    embeddings,
+    health,
+    images,
+    kserve_urls,
+    metrics,
+    models,
+    stored_chat,
+)
 from manifold.server.endpoints import responses as responses_endpoints
 from manifold.server.http import Message, Receive, Request, Scope, Send
+from manifold.server.middleware.observe import ObserveRequests
 from manifold.server.routes import Handler, PathRouter, Route
 from manifold.storage import Store
 
 log = logging.getLogger("manifold.server")
+
+ASGIApp = Callable[[Scope, Receive, Send], Any]
+# A request layer: wraps the app inside it (issue 11's request id, auth and limits are layers too).
+Layer = Callable[[ASGIApp], ASGIApp]
 
 # The OpenAI API, mounted under every prefix. `cancellable`: the handler waits on an upstream.
 API_ROUTES = (
@@ -73,10 +96,18 @@ KSERVE_ROUTES = (
 
 
 class ManifoldApp:
-    def __init__(self, config: Config, router: Router | None = None) -> None:
+    """`layers`: a library user's own request layers, inside Manifold's observing layer (so that their
+    refusals are counted and logged too)."""
+
+    def __init__(self, config: Config, router: Router | None = None, layers: Sequence[Layer] = ()) -> None:
         self.config = config
         self.settings: ServerSettings = config.server
         self.router = router if router is not None else Router(config.model_list, settings=config.router)
+        add_secrets(secrets_of(config))  # error messages and logs never show them (observability.redaction)
+        self.tracing = tracing_setup.setup(config.tracing.enabled, config.tracing.capture_content, secrets_of(config))
+        self.router.observe(config.metrics.enabled, self.tracing)
+        observing = config.metrics.enabled or self.settings.access_log or self.tracing is not None
+        self.observer = Observer(config.metrics.enabled, self.settings.access_log, self.tracing) if observing else None
         self.store = Store(config.storage)
         self.responses = ResponsesEngine(self.router, self.store, config.responses)
         self.paths = PathRouter()
@@ -86,10 +117,27 @@ class ManifoldApp:
                 self.paths.add(route._replace(path=p + route.path))
         for route in ROOT_ROUTES:
             self.paths.add(route)
+        if config.metrics.enabled and config.metrics.port is None:
+            self.paths.add(Route("GET", config.metrics.path, metrics.scrape))
         if self.settings.kserve_urls:
             for route in KSERVE_ROUTES:
                 self.paths.add(route)
         self._started = False
+        self._flusher: asyncio.Task[None] | None = None
+        self.handle: ASGIApp = self.compose(layers)
+
+    def compose(self, extra: Sequence[Layer]) -> ASGIApp:
+        """The request layers around the dispatch, outermost first: observing (metrics, access log, server
+        span), then `extra`."""
+        layers: list[Layer] = []
+        observer = self.observer
+        if observer is not None:
+            layers.append(lambda inner: ObserveRequests(inner, observer))
+        layers.extend(extra)
+        app: ASGIApp = self._http
+        for layer in reversed(layers):
+            app = layer(app)
+        return app
 
     async def startup(self) -> None:
         if not self._started:
@@ -97,6 +145,12 @@ class ManifoldApp:
             self.store.start()  # in the background: nothing waits for it but what stores
             await self.router.start()
             self.responses.start()
+            settings = self.config.metrics
+            if settings.enabled:
+                self._flusher = asyncio.get_running_loop().create_task(flush_periodically())
+            # With several workers `manifold serve` serves the port itself (the sum of all workers).
+            if settings.enabled and settings.port is not None and multiprocess_dir() is None:
+                metrics.serve_on_port(settings.port, self.settings.host, settings.path)
 
     async def shutdown(self) -> None:
         if self._started:
@@ -104,11 +158,16 @@ class ManifoldApp:
             await self.responses.aclose()
             await self.router.aclose()
             await self.store.aclose()
+            if self._flusher is not None:
+                self._flusher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._flusher
+                self._flusher = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self._http(scope, receive, send)
+            await self.handle(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
@@ -133,8 +192,13 @@ class ManifoldApp:
         if not self._started:
             # Mounted without lifespan support (some hosts): start on first use.
             await self.startup()
+        rec = CURRENT.get()
+        if rec is not None:
+            rec.request_id = request.request_id
         try:
             route, params = self.paths.match(request.method, request.path)
+            if rec is not None:
+                rec.route = route.path
             if route.cancellable:
                 await self._cancel_on_disconnect(route.handler, request, params)
             else:
@@ -185,5 +249,5 @@ class ManifoldApp:
             watcher.cancel()
 
 
-def build_app(config: Config, router: Router | None = None) -> ManifoldApp:
-    return ManifoldApp(config, router)
+def build_app(config: Config, router: Router | None = None, layers: Sequence[Layer] = ()) -> ManifoldApp:
+    return ManifoldApp(config, router, layers)

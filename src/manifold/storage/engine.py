@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import SingletonThreadPool
 
 from manifold.config import StorageSettings
+from manifold.observability.metrics import STORAGE_WRITE_DURATION
 
 SQLITE_FILE = "manifold.db"
 BUSY_TIMEOUT_S = 30.0
@@ -31,6 +32,7 @@ CONNECT_TIMEOUT_S = 10.0
 # Every engine is made with `hide_parameters=True`: a failed statement is logged, and its parameters are what
 # clients sent (messages, metadata), which must not end up in the server's log.
 _WRITE = "manifold_write"  # execution option: this transaction writes (SQLite: BEGIN IMMEDIATE)
+_STARTED = "manifold_write_started"  # conn.info key: when the write transaction began
 _DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg"}
 
 
@@ -50,8 +52,31 @@ def is_sqlite(url: URL) -> bool:
 
 def create_engine(settings: StorageSettings) -> AsyncEngine:
     url = database_url(settings)
-    if is_sqlite(url):
-        return _sqlite_engine(url, settings)
+    engine = _sqlite_engine(url, settings) if is_sqlite(url) else _server_engine(url, settings)
+    _time_writes(engine)
+    return engine
+
+
+def _time_writes(engine: AsyncEngine) -> None:
+    """manifold_storage_write_seconds: each write transaction, BEGIN to COMMIT (docs/observability.md)."""
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _began(conn: Any) -> None:
+        if conn.get_execution_options().get(_WRITE):
+            conn.info[_STARTED] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "commit")
+    def _committed(conn: Any) -> None:
+        started = conn.info.pop(_STARTED, None)
+        if started is not None:
+            STORAGE_WRITE_DURATION.observe(time.monotonic() - started)
+
+    @event.listens_for(engine.sync_engine, "rollback")
+    def _rolled_back(conn: Any) -> None:
+        conn.info.pop(_STARTED, None)
+
+
+def _server_engine(url: URL, settings: StorageSettings) -> AsyncEngine:
     return create_async_engine(
         url,
         hide_parameters=True,

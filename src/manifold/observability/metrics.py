@@ -1,0 +1,461 @@
+"""Every metric Manifold exports, in one file (docs/observability.md lists them with their labels).
+
+Names follow OpenTelemetry's GenAI semantic conventions as Prometheus spells them (`gen_ai.client.token.usage`
+→ `gen_ai_client_token_usage`); the gateway's own figures are under `manifold_`. Label values come from the
+config (model group names, deployment labels, provider kinds) or from short fixed sets, never from what a client
+sent: a model name the config does not know is `unknown`.
+
+The metric objects live on prometheus-client's default registry, as the ecosystem expects of a library (an app
+that mounts Manifold shows them on its own `/metrics`). With `workers > 1`, `manifold serve` sets
+`PROMETHEUS_MULTIPROC_DIR` before any worker imports prometheus-client, and a scrape sums every worker's files.
+
+Hot-path rules: a request never calls `.labels()` (a lock, a tuple, a dict lookup under the lock): the children
+a request touches are looked up once per deployment or per label tuple and cached (`DeploymentMetrics`,
+`RequestMetrics`). And a request does not take a lock per figure: counters and histograms are counted in plain
+attributes on the event loop (`Buffered`, `BufferedHistogram`: an add, a `bisect`) and moved into
+prometheus-client's children by `flush_all`, before every scrape on the main port and once a second (so that
+the other workers' files and the `metrics.port` thread see them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from bisect import bisect_left
+from typing import Any, Final
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import exposition as _exposition
+
+__all__ = ["UNKNOWN", "DeploymentMetrics", "OperationMetrics", "RequestMetrics", "render"]
+
+UNKNOWN: Final = "unknown"
+MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+
+# gen_ai.operation.name values (OTel GenAI); the router names each of its operations with one of these.
+CHAT: Final = "chat"
+TEXT_COMPLETION: Final = "text_completion"
+EMBEDDINGS: Final = "embeddings"
+GENERATE_CONTENT: Final = "generate_content"
+
+# Bucket boundaries advised by the GenAI semantic conventions.
+_DURATION = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+_TOKENS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
+_TTFT = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+_TPOT = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+# The gateway's own time is sub-millisecond when healthy: finer buckets.
+_GATEWAY = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+_TOKENS_PER_SECOND = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+_STORAGE = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+_GEN_AI_MODEL = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model", "gen_ai_response_model")
+
+# -- OpenTelemetry GenAI -------------------------------------------------------------------------------------------
+
+CLIENT_OPERATION_DURATION = Histogram(
+    "gen_ai_client_operation_duration_seconds",
+    "Duration of each upstream attempt (the gateway as a GenAI client), streams until their last chunk.",
+    (*_GEN_AI_MODEL, "error_type"),
+    buckets=_DURATION,
+)
+CLIENT_TOKEN_USAGE = Histogram(
+    "gen_ai_client_token_usage",
+    "Tokens per answered request, by gen_ai_token_type (input, output).",
+    (*_GEN_AI_MODEL, "gen_ai_token_type"),
+    buckets=_TOKENS,
+)
+SERVER_REQUEST_DURATION = Histogram(
+    "gen_ai_server_request_duration_seconds",
+    "Duration of each GenAI request the gateway served, retries and fallbacks included.",
+    ("gen_ai_operation_name", "gen_ai_request_model", "error_type"),
+    buckets=_DURATION,
+)
+SERVER_TIME_TO_FIRST_TOKEN = Histogram(
+    "gen_ai_server_time_to_first_token_seconds",
+    "Time from the request's arrival to the first chunk of a streamed answer.",
+    _GEN_AI_MODEL,
+    buckets=_TTFT,
+)
+SERVER_TIME_PER_OUTPUT_TOKEN = Histogram(
+    "gen_ai_server_time_per_output_token_seconds",
+    "Time per output token of a streamed answer after its first.",
+    _GEN_AI_MODEL,
+    buckets=_TPOT,
+)
+
+# -- the gateway -----------------------------------------------------------------------------------------------
+
+REQUESTS = Counter(
+    "manifold_requests",
+    "HTTP requests answered, by route template, status and model group.",
+    ("route", "status", "model"),
+)
+GATEWAY_TIME = Histogram(
+    "manifold_gateway_time_seconds",
+    "Each request's time minus the time spent waiting on upstreams: the gateway's own share.",
+    ("route",),
+    buckets=_GATEWAY,
+)
+IN_FLIGHT = Gauge(
+    "manifold_deployment_in_flight",
+    "Requests a deployment is serving now.",
+    ("deployment", "model"),
+    multiprocess_mode="livesum",
+)
+QUEUED = Gauge(
+    "manifold_deployment_queued",
+    "Requests waiting for a concurrency slot of a deployment.",
+    ("deployment", "model"),
+    multiprocess_mode="livesum",
+)
+BREAKER_STATE = Gauge(
+    "manifold_deployment_breaker_state",
+    "Circuit breaker of a deployment: 0 closed, 1 open (cooling down), 2 half-open (probing).",
+    ("deployment", "model"),
+    multiprocess_mode="livemax",
+)
+UPSTREAM_ATTEMPTS = Counter(
+    "manifold_upstream_attempts",
+    "Upstream attempts by outcome: ok, retried, failed_over, failed, timed_out, cancelled.",
+    ("deployment", "model", "outcome"),
+)
+STREAM_OUTCOMES = Counter(
+    "manifold_stream_outcomes",
+    "Streamed answers by how they ended: completed, client_left, upstream_cut.",
+    ("model", "outcome"),
+)
+STREAM_OUTPUT_TOKENS_PER_SECOND = Histogram(
+    "manifold_stream_output_tokens_per_second",
+    "Output tokens per second of each completed stream, after its first chunk.",
+    ("model",),
+    buckets=_TOKENS_PER_SECOND,
+)
+STORAGE_WRITE_DURATION = Histogram(
+    "manifold_storage_write_seconds",
+    "Duration of each committed storage write transaction, BEGIN to COMMIT (the sync included).",
+    buckets=_STORAGE,
+)
+LEDGER_BACKLOG = Gauge(
+    "manifold_ledger_backlog",
+    "Spend-ledger entries waiting to be written.",
+    multiprocess_mode="livesum",
+)
+# Access control (issue 12) feeds these two; they are declared here so that every name lives in this file.
+RATE_LIMIT_REFUSALS = Counter(
+    "manifold_rate_limit_refusals",
+    "Requests refused by a rate limit, by key alias, team, model and limit.",
+    ("key_alias", "team", "model", "limit"),
+)
+SPEND = Counter(
+    "manifold_spend_usd",
+    "Spend in US dollars by key alias, team and model.",
+    ("key_alias", "team", "model"),
+)
+
+OUTCOMES: Final = ("ok", "retried", "failed_over", "failed", "timed_out", "cancelled")
+BREAKER_CLOSED: Final = 0
+BREAKER_OPEN: Final = 1
+BREAKER_HALF_OPEN: Final = 2
+
+
+_BUFFERED: list[Buffered | BufferedHistogram] = []
+FLUSH_INTERVAL: Final = 1.0
+
+
+class Buffered:
+    """A counter child counted on the event loop, moved to prometheus-client by `flush`."""
+
+    __slots__ = ("child", "n")
+
+    def __init__(self, child: Any) -> None:
+        self.child = child
+        self.n = 0.0
+        _BUFFERED.append(self)
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.n += amount
+
+    def flush(self) -> None:
+        n = self.n
+        if n:
+            self.n = 0.0
+            self.child.inc(n)
+
+
+class BufferedHistogram:
+    """A histogram child: observations are bucketed here (`bisect` over the same bounds) and added to the
+    child's buckets and sum by `flush`."""
+
+    __slots__ = ("bounds", "child", "counts", "dirty", "total")
+
+    def __init__(self, child: Any) -> None:
+        self.child = child
+        self.bounds: list[float] = list(child._upper_bounds)  # ends with +Inf
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+        self.dirty = False
+        _BUFFERED.append(self)
+
+    def observe(self, amount: float) -> None:
+        self.counts[bisect_left(self.bounds, amount)] += 1
+        self.total += amount
+        self.dirty = True
+
+    def flush(self) -> None:
+        if not self.dirty:
+            return
+        self.dirty = False
+        counts = self.counts
+        buckets = self.child._buckets
+        for i, n in enumerate(counts):
+            if n:
+                counts[i] = 0
+                buckets[i].inc(n)
+        total, self.total = self.total, 0.0
+        self.child._sum.inc(total)
+
+
+def flush_all() -> None:
+    """Move every buffered figure into prometheus-client (on the event loop's thread: the buffers are its)."""
+    for buffered in _BUFFERED:
+        buffered.flush()
+
+
+async def flush_periodically(interval: float = FLUSH_INTERVAL) -> None:
+    try:
+        while True:
+            await asyncio.sleep(interval)
+            flush_all()
+    finally:
+        flush_all()
+
+
+class OperationMetrics:
+    """The children one deployment and one operation touches per request."""
+
+    __slots__ = ("_errors", "_labels", "duration", "input_tokens", "output_tokens", "tpot", "ttft")
+
+    def __init__(self, labels: tuple[str, str, str, str]) -> None:
+        self._labels = labels
+        self.duration = BufferedHistogram(CLIENT_OPERATION_DURATION.labels(*labels, ""))
+        self.input_tokens = BufferedHistogram(CLIENT_TOKEN_USAGE.labels(*labels, "input"))
+        self.output_tokens = BufferedHistogram(CLIENT_TOKEN_USAGE.labels(*labels, "output"))
+        self.ttft = BufferedHistogram(SERVER_TIME_TO_FIRST_TOKEN.labels(*labels))
+        self.tpot = BufferedHistogram(SERVER_TIME_PER_OUTPUT_TOKEN.labels(*labels))
+        self._errors: dict[str, BufferedHistogram] = {}
+
+    def failed(self, error_type: str, seconds: float) -> None:
+        child = self._errors.get(error_type)
+        if child is None:
+            child = self._errors[error_type] = BufferedHistogram(
+                CLIENT_OPERATION_DURATION.labels(*self._labels, error_type)
+            )
+        child.observe(seconds)
+
+    def tokens(self, usage: object) -> tuple[int | None, int | None]:
+        """Observe an answer's `usage`; returns (input, output) tokens."""
+        given, made = usage_tokens(usage)
+        if given is not None:
+            self.input_tokens.observe(given)
+        if made is not None:
+            self.output_tokens.observe(made)
+        return given, made
+
+
+def usage_tokens(usage: object) -> tuple[int | None, int | None]:
+    """(input, output) tokens of an OpenAI `usage` object, in the chat/completions/embeddings or the Responses
+    spelling."""
+    if not isinstance(usage, dict):
+        return None, None
+    given = usage.get("prompt_tokens")
+    if given is None:
+        given = usage.get("input_tokens")
+    made = usage.get("completion_tokens")
+    if made is None:
+        made = usage.get("output_tokens")
+    return (given if isinstance(given, int) else None), (made if isinstance(made, int) else None)
+
+
+class DeploymentMetrics:
+    """One deployment's cached children. `model` is its group's name, `provider` its provider kind, `upstream`
+    the model it serves as configured (gen_ai.response.model)."""
+
+    __slots__ = (
+        "_lock",
+        "_ops",
+        "breaker",
+        "breaker_state",
+        "cancelled",
+        "deployment",
+        "failed",
+        "failed_over",
+        "in_flight",
+        "model",
+        "multiprocess",
+        "ok",
+        "provider",
+        "queued",
+        "retried",
+        "stream_client_left",
+        "stream_completed",
+        "stream_upstream_cut",
+        "timed_out",
+        "tokens_per_second",
+        "upstream",
+    )
+
+    def __init__(self, deployment: str, model: str, provider: str, upstream: str) -> None:
+        self.deployment = deployment
+        self.model = model
+        self.provider = provider
+        self.upstream = upstream
+        self.multiprocess = multiprocess_dir() is not None
+        self.in_flight = IN_FLIGHT.labels(deployment, model)
+        self.queued = QUEUED.labels(deployment, model)
+        self.breaker = BREAKER_STATE.labels(deployment, model)
+        self.breaker.set(BREAKER_CLOSED)
+        self.breaker_state = BREAKER_CLOSED
+        attempts = UPSTREAM_ATTEMPTS
+        self.ok = Buffered(attempts.labels(deployment, model, "ok"))
+        self.retried = Buffered(attempts.labels(deployment, model, "retried"))
+        self.failed_over = Buffered(attempts.labels(deployment, model, "failed_over"))
+        self.failed = Buffered(attempts.labels(deployment, model, "failed"))
+        self.timed_out = Buffered(attempts.labels(deployment, model, "timed_out"))
+        self.cancelled = Buffered(attempts.labels(deployment, model, "cancelled"))
+        self.stream_completed = Buffered(STREAM_OUTCOMES.labels(model, "completed"))
+        self.stream_client_left = Buffered(STREAM_OUTCOMES.labels(model, "client_left"))
+        self.stream_upstream_cut = Buffered(STREAM_OUTCOMES.labels(model, "upstream_cut"))
+        self.tokens_per_second = BufferedHistogram(STREAM_OUTPUT_TOKENS_PER_SECOND.labels(model))
+        self._ops: dict[str, OperationMetrics] = {}
+        self._lock = threading.Lock()
+
+    def sync_breaker(self, breaker: Any) -> None:
+        """Show a circuit breaker's state (anything with `open_until` and `probing`)."""
+        state = (BREAKER_HALF_OPEN if breaker.probing else BREAKER_OPEN) if breaker.open_until else BREAKER_CLOSED
+        if state != self.breaker_state:
+            self.breaker_state = state
+            self.breaker.set(state)
+
+    def operation(self, name: str) -> OperationMetrics:
+        ops = self._ops.get(name)
+        if ops is None:
+            with self._lock:
+                ops = self._ops.get(name)
+                if ops is None:
+                    ops = self._ops[name] = OperationMetrics((name, self.provider, self.model, self.upstream))
+        return ops
+
+
+class RequestMetrics:
+    """The per-request children, cached by label tuple: routes are templates and models are group names, so
+    the caches stay as small as the config."""
+
+    __slots__ = ("_gateway", "_requests", "_server")
+
+    def __init__(self) -> None:
+        self._requests: dict[tuple[str, int, str], Buffered] = {}
+        self._gateway: dict[str, BufferedHistogram] = {}
+        self._server: dict[tuple[str, str, str], BufferedHistogram] = {}
+
+    def request(self, route: str, status: int, model: str) -> Buffered:
+        key = (route, status, model)
+        child = self._requests.get(key)
+        if child is None:
+            child = self._requests[key] = Buffered(REQUESTS.labels(route, str(status), model))
+        return child
+
+    def gateway_time(self, route: str) -> BufferedHistogram:
+        child = self._gateway.get(route)
+        if child is None:
+            child = self._gateway[route] = BufferedHistogram(GATEWAY_TIME.labels(route))
+        return child
+
+    def server_duration(self, operation: str, model: str, error_type: str) -> BufferedHistogram:
+        key = (operation, model, error_type)
+        child = self._server.get(key)
+        if child is None:
+            child = self._server[key] = BufferedHistogram(SERVER_REQUEST_DURATION.labels(operation, model, error_type))
+        return child
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def render(accept: str, flush: bool = True) -> tuple[bytes, str]:
+    """The exposition for a scrape: OpenMetrics when the `Accept` header asks for it, else Prometheus text.
+    With `PROMETHEUS_MULTIPROC_DIR` set, the sum over every worker's files (dead workers' live gauges removed
+    first). `flush`: move this process's buffered figures in first (only from the event loop's thread)."""
+    if flush:
+        flush_all()
+    registry: CollectorRegistry = REGISTRY
+    directory = multiprocess_dir()
+    if directory is not None:
+        from prometheus_client import multiprocess
+
+        forget_dead_workers(directory)
+        registry = CollectorRegistry(auto_describe=False)
+        multiprocess.MultiProcessCollector(registry, directory)  # type: ignore[no-untyped-call]
+    encoder, content_type = _exposition.choose_encoder(accept)
+    return encoder(registry), content_type
+
+
+def forget_dead_workers(directory: str) -> None:
+    """Remove the live-gauge files of worker processes that no longer exist (a crashed worker's in-flight
+    count must not stay in the sum); their counters stay, as counters should."""
+    from prometheus_client import multiprocess
+
+    seen: set[int] = set()
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        # gauge_livesum_12345.db and friends
+        if not name.startswith("gauge_live") or not name.endswith(".db"):
+            continue
+        try:
+            pid = int(name[:-3].rsplit("_", 1)[1])
+        except (ValueError, IndexError):
+            continue
+        if pid in seen:
+            continue
+        seen.add(pid)
+        if not _alive(pid):
+            multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def serve_http(port: int, host: str, path: str = "/metrics") -> None:
+    """Serve `render` at `path` on a port of its own, from a daemon thread (`metrics.port`)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.split("?", 1)[0] != path:
+                self.send_error(404)
+                return
+            # Another thread: the buffers are the event loop's, flushed by it once a second.
+            body, content_type = render(self.headers.get("Accept", ""), flush=False)
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # scrapes are not worth a log line each
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="manifold-metrics", daemon=True).start()

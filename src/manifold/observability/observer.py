@@ -1,0 +1,44 @@
+"""What happens when a request ends: its metrics, its access line, its server span. The server's
+`ObserveRequests` layer makes the record and calls `finish`."""
+
+from __future__ import annotations
+
+from manifold.observability.logging import AccessLog
+from manifold.observability.metrics import UNKNOWN, RequestMetrics
+from manifold.observability.record import RequestRecord
+from manifold.observability.tracing import Tracing
+
+__all__ = ["Observer"]
+
+UNMATCHED = "unmatched"  # the route of a path no route matched (404): raw paths would be unbounded
+
+
+class Observer:
+    __slots__ = ("access_log", "metrics", "tracing")
+
+    def __init__(self, metrics: bool, access_log: bool, tracing: Tracing | None) -> None:
+        self.metrics = RequestMetrics() if metrics else None
+        self.access_log = AccessLog() if access_log else None
+        self.tracing = tracing
+
+    def finish(self, rec: RequestRecord) -> None:
+        metrics = self.metrics
+        if metrics is not None:
+            route = rec.route or UNMATCHED
+            model = rec.model_label
+            if rec.model is not None and not model:
+                model = UNKNOWN  # named a model the config does not have
+            metrics.request(route, rec.status, model).inc()
+            elapsed = rec.end - rec.start
+            own = elapsed - rec.upstream_seconds
+            metrics.gateway_time(route).observe(own if own > 0.0 else 0.0)
+            operation = rec.operation
+            if operation is not None:
+                error = rec.error_type
+                if error is None and rec.status >= 400:
+                    error = str(rec.status)
+                metrics.server_duration(operation, model, error or "").observe(elapsed)
+        if self.tracing is not None and rec.span is not None:
+            self.tracing.end_server_span(rec)
+        if self.access_log is not None:
+            self.access_log.write(rec)

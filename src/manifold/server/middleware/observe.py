@@ -1,0 +1,54 @@
+"""The observing layer: a `RequestRecord` per request for the layers inside to fill in, then, when the response
+is done, the request's metrics, its access line and its server span (`Observer.finish`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable
+
+from manifold.observability.observer import Observer
+from manifold.observability.record import CURRENT, RequestRecord
+from manifold.server.http import Message, Receive, Scope, Send
+
+__all__ = ["ObserveRequests"]
+
+# The status of a request whose client left before any response was started (nginx's convention).
+CLIENT_CLOSED = 499
+
+
+class ObserveRequests:
+    __slots__ = ("app", "observer")
+
+    def __init__(self, app: object, observer: Observer) -> None:
+        self.app = app
+        self.observer = observer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)  # type: ignore[operator]
+            return
+        client = scope.get("client")
+        rec = RequestRecord(scope["method"], client[0] if client else None)
+        tracing = self.observer.tracing
+        if tracing is not None:
+            tracing.start_server_span(rec, scope)
+        token = CURRENT.set(rec)
+
+        # A plain function returning `send`'s own awaitable: no coroutine of ours per message (a stream sends many).
+        def send_status(message: Message) -> Awaitable[None]:
+            if message["type"] == "http.response.start":
+                rec.status = message["status"]
+            return send(message)
+
+        try:
+            await self.app(scope, receive, send_status)  # type: ignore[operator]
+        except BaseException:
+            if not rec.status:
+                rec.status = 500
+            raise
+        finally:
+            CURRENT.reset(token)
+            if not rec.status:
+                rec.status = CLIENT_CLOSED
+            rec.end = time.monotonic()
+            self.observer.finish(rec)

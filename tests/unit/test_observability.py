@@ -1,0 +1,225 @@
+"""Observability parts without a server: the redactor, prometheus-client's multiprocess files of dead workers,
+the access-line formats."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from manifold.observability import redaction
+from manifold.observability.logging import ACCESS_LOGGER, AccessLog, JsonFormatter, TextFormatter, _AccessRecord
+from manifold.observability.metrics import render
+from manifold.observability.record import RequestRecord
+from manifold.observability.redaction import REDACTED, Redactor
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+@pytest.mark.parametrize(
+    ("line", "hidden"),
+    [
+        ("headers={'Authorization': 'Bearer sk-abc123456789'}", "sk-abc123456789"),
+        ('{"authorization": "Bearer abcdefghijkl"}', "abcdefghijkl"),
+        ("api-key: 0123456789abcdef", "0123456789abcdef"),
+        ("X-API-KEY=zzzzzzzzzzzz", "zzzzzzzzzzzz"),
+        ("x-goog-api-key: AIzaSyA-123456", "AIzaSyA-123456"),
+        ("sent Bearer eyJhbGciOiJIUzI1NiJ9.payload.sig upstream", "eyJhbGciOiJIUzI1NiJ9.payload.sig"),
+        ("Proxy-Authorization: Basic dXNlcjpwYXNz", "dXNlcjpwYXNz"),
+        ("the configured key my-upstream-key-123 leaked", "my-upstream-key-123"),
+    ],
+)
+def test_redactor_hides_credentials(line: str, hidden: str) -> None:
+    out = Redactor(["my-upstream-key-123"])(line)
+    assert hidden not in out and REDACTED in out
+
+
+def test_redactor_leaves_ordinary_text_and_short_secrets() -> None:
+    redact = Redactor(["x", "abc"])  # too short to be told from words: not secrets
+    text = "the max token count is 512 for model abc-x"
+    assert redact(text) == text
+
+
+def test_longest_secret_first() -> None:
+    assert Redactor(["secret-1", "secret-123"])("key secret-123") == f"key {REDACTED}"
+
+
+def access_record(**fields: object) -> logging.LogRecord:
+    return _AccessRecord({"time": None, "request_id": "req_1", "route": "/v1/chat/completions", **fields})
+
+
+def test_json_access_line() -> None:
+    out = json.loads(JsonFormatter(Redactor()).format(access_record(model="m", status=200, cost=None)))
+    assert out["request_id"] == "req_1" and out["status"] == 200 and out["cost"] is None
+    assert out["time"].endswith("Z") and "T" in out["time"]
+
+
+def test_text_access_line_quotes_odd_values() -> None:
+    out = TextFormatter(Redactor()).format(access_record(model='a "b" c', status=200, cost=None))
+    assert 'model="a \\"b\\" c"' in out and "status=200" in out and "cost=" not in out
+
+
+def test_a_model_name_holding_a_key_is_redacted_in_the_access_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(redaction, "_process", Redactor(["sk-configured-key"]))
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter(Redactor()))
+    logger = logging.getLogger(ACCESS_LOGGER)
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        rec = RequestRecord("POST", "127.0.0.1")
+        rec.model = "sk-configured-key"
+        AccessLog().write(rec)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    line = json.loads(stream.getvalue().splitlines()[-1])
+    assert line["model"] == REDACTED
+
+
+def test_dead_workers_live_gauges_are_forgotten(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two 'workers' in multiprocess mode: one ran and died with 3 requests in flight, one is alive with 2.
+    A scrape sums the live ones' gauges and everyone's counters."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PYTHONPATH": SRC}
+    work = (
+        "from manifold.observability import metrics as m\n"
+        "m.IN_FLIGHT.labels('dep', 'model').inc({n})\n"
+        "m.REQUESTS.labels('/v1/chat/completions', '200', 'model').inc()\n"
+    )
+    subprocess.run([sys.executable, "-c", work.format(n=3)], env=env, check=True, timeout=60)
+    alive = subprocess.Popen(
+        [sys.executable, "-c", work.format(n=2) + "print('ready', flush=True)\nimport sys; sys.stdin.read()\n"],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert alive.stdout is not None and alive.stdout.readline().strip() == "ready"
+        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+        body, content_type = render("")
+        assert content_type.startswith("text/plain")
+        samples = {
+            (s.name, s.labels.get("deployment", "")): s.value
+            for f in text_string_to_metric_families(body.decode())
+            for s in f.samples
+        }
+        assert samples[("manifold_deployment_in_flight", "dep")] == 2
+        assert samples[("manifold_requests_total", "")] == 2
+        assert len(list(tmp_path.glob("gauge_livesum_*.db"))) == 1  # the dead worker's file is gone
+    finally:
+        assert alive.stdin is not None
+        alive.stdin.close()
+        alive.wait(10)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def exported_names() -> set[str]:
+    """Every metric family metrics.py defines, as a scrape names its samples."""
+    from prometheus_client import Counter, Gauge, Histogram
+
+    from manifold.observability import metrics
+
+    names: set[str] = set()
+    for value in vars(metrics).values():
+        if isinstance(value, Counter):
+            names.add(value._name + "_total")
+        elif isinstance(value, Histogram):
+            names |= {value._name + suffix for suffix in ("_bucket", "_sum", "_count")}
+        elif isinstance(value, Gauge):
+            names.add(value._name)
+    return names
+
+
+def test_the_dashboard_uses_only_exported_metrics() -> None:
+    import re
+
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "manifold-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    labels = {"gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model", "gen_ai_response_model"}
+    labels.add("gen_ai_token_type")
+    used = {m for e in exprs for m in re.findall(r"\b(?:manifold|gen_ai)_[a-z_]+", e)} - labels
+    assert used and used <= exported_names(), used - exported_names()
+
+
+def test_the_docs_list_every_metric() -> None:
+    doc = (ROOT / "docs" / "observability.md").read_text()
+    for name in exported_names():
+        base = name.removesuffix("_bucket").removesuffix("_sum").removesuffix("_count")
+        assert f"`{base}`" in doc, base
+
+
+class StreamingBackend:
+    """A backend whose stream yields two chunks, then fails when `fail` is set."""
+
+    def __init__(self, fail: bool) -> None:
+        self.fail = fail
+
+    def provider(self, deployment: Any) -> Any:
+        from manifold.errors import BadGatewayError
+        from manifold.providers.base import Provider
+
+        fail = self.fail
+
+        class Backend(Provider):
+            async def open_chat_stream(self, call: Any) -> Any:
+                async def chunks() -> Any:
+                    yield {"choices": [{"index": 0, "delta": {"content": "a"}}]}
+                    yield {"choices": [{"index": 0, "delta": {"content": "b"}}]}
+                    if fail:
+                        raise BadGatewayError("cut")
+
+                return chunks()
+
+        return Backend(deployment)
+
+
+def stream_outcome(model: str, outcome: str) -> float:
+    from prometheus_client import REGISTRY
+
+    from manifold.observability.metrics import flush_all
+
+    flush_all()
+    value = REGISTRY.get_sample_value("manifold_stream_outcomes_total", {"model": model, "outcome": outcome})
+    return value or 0.0
+
+
+@pytest.mark.parametrize("how", ["completed", "upstream_cut", "client_left", "closed_unread"])
+async def test_stream_outcomes(how: str) -> None:
+    from manifold.config import Deployment
+    from manifold.errors import BadGatewayError
+    from manifold.providers.base import Call
+    from manifold.routing.router import Router
+
+    model = f"stream-outcome-{how}"
+    backend = StreamingBackend(fail=how == "upstream_cut")
+    router = Router(
+        [Deployment(model_name=model, provider="openai", api_base="http://127.0.0.1:9/v1")], backend.provider
+    )
+    router.observe(True)
+    stream: Any = await router.open_chat_stream(Call({}, model, "req_1", True))
+    if how == "closed_unread":
+        await stream.aclose()
+    elif how == "client_left":
+        await anext(aiter(stream))
+        await stream.aclose()
+    else:
+        with contextlib.suppress(BadGatewayError):
+            async for _ in stream:
+                pass
+    expected = "client_left" if how == "closed_unread" else how
+    assert stream_outcome(model, expected) == 1
+    assert sum(stream_outcome(model, o) for o in ("completed", "upstream_cut", "client_left")) == 1
