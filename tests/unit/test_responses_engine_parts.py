@@ -541,6 +541,25 @@ async def test_a_streamed_response_is_stored_before_its_terminal_event_is_releas
     assert taken[-1] == "response.completed"
 
 
+async def test_events_are_awaited_in_the_relays_own_task_with_keepalives_from_a_timer() -> None:
+    """No task per awaited event (each costs turns of a busy event loop); the keep-alive still goes out."""
+    tasks: list[asyncio.Task[Any] | None] = []
+
+    async def events() -> Any:
+        tasks.append(asyncio.current_task())
+        await asyncio.sleep(0.05)
+        yield {"type": "response.created", "sequence_number": 0}
+        tasks.append(asyncio.current_task())
+        yield {"type": "response.completed", "sequence_number": 1}
+
+    relay = asyncio.ensure_future(_relay(events(), keepalive=0.01))
+    _, body = await relay
+    assert tasks == [relay, relay]
+    frames = [f for f in body.decode().split("\n\n") if f]
+    assert frames[0] == ": keep-alive" and frames[-2].startswith("event: response.created\n")
+    assert frames[-1].startswith("event: response.completed\n")
+
+
 async def test_a_failure_after_the_first_event_is_one_error_event() -> None:
     from manifold.errors import ServiceUnavailableError
 

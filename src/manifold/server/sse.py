@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from manifold import _json
 from manifold.errors import ManifoldError
@@ -22,6 +22,7 @@ log = logging.getLogger("manifold.stream")
 DONE = b"data: [DONE]\n\n"
 KEEPALIVE = b": keep-alive\n\n"
 SSE_CONTENT_TYPE = b"text/event-stream; charset=utf-8"
+T = TypeVar("T")
 
 
 class StreamShaper(Protocol):
@@ -143,6 +144,38 @@ def event_frame(event: dict[str, Any]) -> bytes:
     return b"event: " + str(event["type"]).encode() + b"\ndata: " + _json.encode(event) + b"\n\n"
 
 
+async def _next_with_keepalive(out: EventStream, step: Awaitable[T], interval: float) -> T:
+    """`await step`, with a `:` comment every `interval` seconds meanwhile. The comments come from a timer, not
+    from a task wrapped around the step: the step runs in the caller's task, so when it is done the caller
+    goes on at once (a task and `asyncio.wait` cost three turns of the event loop where a plain await costs
+    one, and on a busy loop each turn is waited for); a client that leaves cancels the caller, and with it
+    the step."""
+    loop = asyncio.get_running_loop()
+    writes: list[asyncio.Task[None]] = []
+    handle: asyncio.TimerHandle
+
+    async def keepalive() -> None:
+        await out.commit()
+        await out.write(KEEPALIVE)
+
+    def fire() -> None:
+        nonlocal handle
+        if not writes or writes[-1].done():
+            writes.append(loop.create_task(keepalive()))
+        handle = loop.call_later(interval, fire)
+
+    handle = loop.call_later(interval, fire)
+    try:
+        return await step
+    finally:
+        handle.cancel()
+        if writes:
+            # A comment still waiting for its turn is dropped, so that it cannot follow the next frame or the end.
+            for write in writes:
+                write.cancel()
+            await asyncio.gather(*writes, return_exceptions=True)
+
+
 async def stream_events(request: Request, events: AsyncIterator[dict[str, Any]], keepalive_interval: float) -> None:
     """Relay typed events. The first is awaited before the 200 is sent, so an error before it still gets its
     status; a failure after it becomes one `error` event (`{type, code, message, param, sequence_number}`).
@@ -154,7 +187,6 @@ async def stream_events(request: Request, events: AsyncIterator[dict[str, Any]],
     iterator = aiter(events)
     buffered: Callable[[], bool] | None = getattr(iterator, "buffered", None)
     next_sequence = 0
-    pending: asyncio.Future[dict[str, Any] | None] | None = None
     frames: list[bytes] = []  # ready frames held back to be written together; still sent if the stream then fails
     try:
         while True:
@@ -164,11 +196,7 @@ async def stream_events(request: Request, events: AsyncIterator[dict[str, Any]],
                 if frames:
                     await out.write(frames[0] if len(frames) == 1 else b"".join(frames))
                     frames.clear()
-                pending = asyncio.ensure_future(anext(iterator, None))
-                while not (await asyncio.wait((pending,), timeout=keepalive_interval))[0]:
-                    await out.commit()
-                    await out.write(KEEPALIVE)
-                event, pending = pending.result(), None
+                event = await _next_with_keepalive(out, anext(iterator, None), keepalive_interval)
             await out.commit()
             if event is None:
                 break
@@ -188,11 +216,6 @@ async def stream_events(request: Request, events: AsyncIterator[dict[str, Any]],
         }
         await out.end(b"".join(frames) + event_frame(error))
     finally:
-        if pending is not None and not pending.done():
-            # The client left while an event was awaited: stop that step (which ends the iterator's own
-            # work, e.g. the upstream request) before closing the iterator, which cannot close while running.
-            pending.cancel()
-            await asyncio.gather(pending, return_exceptions=True)
         aclose = getattr(iterator, "aclose", None)
         if aclose is not None:
             await aclose()
