@@ -95,13 +95,11 @@ class InferStreamParser(_Parser):
         self._finished: set[int] = set()
 
     def _event(self, event: Any) -> list[dict[str, Any]]:
-        chunk = chunk_from_infer_event(event)
-        # An `output_all` chunk is whatever the runtime sent: checked before its choices are read.
-        typed = upstream.conform(chunk, upstream.ChatChunk, "stream chunk")
-        for choice in typed.choices or ():
-            index = choice.index or 0
+        chunk = chunk_from_infer_event(event)  # checked: choices are objects, `index` an integer or null
+        for choice in chunk.get("choices") or ():
+            index = choice.get("index") or 0
             self._choices.add(index)
-            if choice.finish_reason is not None:
+            if choice.get("finish_reason") is not None:
                 self._finished.add(index)
         return [chunk]
 

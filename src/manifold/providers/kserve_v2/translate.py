@@ -148,7 +148,8 @@ def _outputs(response: Any, what: str = "inference response") -> dict[str, _Tens
 
 def _strings(entry: _Tensor) -> list[str]:
     where, tensor = entry
-    return shapes.tensor_values(tensor, where, "BYTES")
+    values: list[str] = shapes.tensor_values(tensor, where, "BYTES")
+    return values
 
 
 def _first_string(entry: _Tensor | None) -> str | None:
@@ -200,7 +201,10 @@ def chunk_from_infer_event(event: Any) -> dict[str, Any]:
         raise OIPStreamError(error_text(event))
     tensors = _outputs(event)
     if "output_all" in tensors:
-        return _decode_object(_first_string(tensors["output_all"]), "output_all")
+        # Whatever the runtime sent: checked before the stream parser reads its choices.
+        chunk = _decode_object(_first_string(tensors["output_all"]), "output_all")
+        upstream.conform(chunk, upstream.ChatChunk, "stream chunk")
+        return chunk
     content = _first_string(tensors.get("content"))
     tool_calls = _tool_calls(tensors.get("tool_calls"))
     delta: dict[str, Any] = {}
@@ -273,10 +277,10 @@ def from_infer_embeddings(response: Any, encoding_format: str | None = None) -> 
             f"at '{where}.shape': the 'embedding' output must have a 2-D shape [rows, cols], got {shape!r}"
         )
     rows, cols = shape
-    values = shapes.tensor_values(tensor, where, "FP")
+    values = shapes.tensor_values(tensor, where, "FP64")
     data = []
     for i in range(rows):
-        vector = [float(v) for v in values[i * cols : (i + 1) * cols]]
+        vector = values[i * cols : (i + 1) * cols]
         embedding: list[float] | str = _as_base64(vector) if encoding_format == "base64" else vector
         data.append({"object": "embedding", "index": i, "embedding": embedding})
     return {"object": "list", "data": data, "usage": {"prompt_tokens": 0, "total_tokens": 0}}
