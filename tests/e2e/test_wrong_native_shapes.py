@@ -10,19 +10,27 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.e2e.conftest import ManifoldProcess
-from tests.e2e.hostile import Answer, check_error_envelope, check_log_clean, check_stream_end, post
+from tests.e2e.hostile import (
+    ANTHROPIC,
+    OIP,
+    OIP_GENERATE,
+    Answer,
+    check_error_envelope,
+    check_log_clean,
+    check_stream_end,
+    post,
+    start_gateway,
+)
 from tests.fakes.hostile_upstream import HostileUpstream, Script
 
-CLAUDE = "claude"
-OIP = "oip"
-GEN = "oip-gen"
+CLAUDE = ANTHROPIC
+GEN = OIP_GENERATE
 MESSAGES = [{"role": "user", "content": "hi"}]
 SSE = "text/event-stream"
 
@@ -34,32 +42,9 @@ def upstream() -> Iterator[HostileUpstream]:
     up.stop()
 
 
-def _config(upstream: HostileUpstream, data_dir: Path) -> dict[str, Any]:
-    timeouts = {"connect": 2, "first_byte": 3, "total": 6}
-    root = upstream.base_url.removesuffix("/v1")
-    return {
-        "model_list": [
-            {"model_name": CLAUDE, "provider": "anthropic", "api_base": upstream.base_url, "timeouts": timeouts},
-            {"model_name": OIP, "provider": "kserve_v2", "api_base": root, "model": "m", "timeouts": timeouts},
-            {
-                "model_name": GEN,
-                "provider": "kserve_v2",
-                "mode": "generate",
-                "api_base": root,
-                "model": "g",
-                "timeouts": timeouts,
-            },
-        ],
-        "router": {"num_retries": 0, "cooldown_time": 0},
-        "server": {"keepalive_interval": 0.5, "log_level": "info"},
-        "storage": {"data_dir": str(data_dir)},
-    }
-
-
 @pytest.fixture(scope="module")
 def gateway(upstream: HostileUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManifoldProcess]:
-    workdir = tmp_path_factory.mktemp("wrong-native-shapes")
-    proc = ManifoldProcess(_config(upstream, workdir / "data"), workdir)
+    proc = start_gateway(upstream, tmp_path_factory.mktemp("wrong-native-shapes"))
     yield proc
     proc.stop()
     check_log_clean(proc.log())
