@@ -149,13 +149,17 @@ class ErrorEvent(Struct, gc=False):
     error: ErrorBody | None = None
 
 
-EVENTS: dict[str, type[Any]] = {
-    "message_start": MessageStart,
-    "content_block_start": BlockStart,
-    "content_block_delta": BlockDelta,
-    "content_block_stop": BlockStop,
-    "message_delta": MessageDelta,
-    "error": ErrorEvent,
+# Each event type the translators read: (its shape, what an error calls it).
+EVENTS: dict[str, tuple[type[Any], str]] = {
+    kind: (typ, f"{kind!r} stream event")
+    for kind, typ in (
+        ("message_start", MessageStart),
+        ("content_block_start", BlockStart),
+        ("content_block_delta", BlockDelta),
+        ("content_block_stop", BlockStop),
+        ("message_delta", MessageDelta),
+        ("error", ErrorEvent),
+    )
 }
 
 

@@ -33,8 +33,8 @@ _TOOL = "tool"
 _ANSWER = "answer"  # the response_format tool: its input is streamed as content
 _OTHER = "other"  # thinking, server tools, block types added later
 _EVENT = "stream event"
-_START = "'content_block_start' stream event"
-_DELTA = "'content_block_delta' stream event"
+_START = shapes.EVENTS["content_block_start"][1]
+_DELTA = shapes.EVENTS["content_block_delta"][1]
 
 
 class _Block:
@@ -95,10 +95,10 @@ class AnthropicStreamParser:
         kind = data.get("type")
         if not isinstance(kind, str):
             kind = shapes.conform(data, shapes.Block, _EVENT).type  # raises, naming `type`
-        typ = shapes.EVENTS.get(kind)
-        if typ is None and kind != "message_stop":
+        shape = shapes.EVENTS.get(kind)
+        if shape is None and kind != "message_stop":
             return []  # ping, and event types added after this was written
-        typed: Any = None if typ is None else shapes.conform(data, typ, f"{kind!r} {_EVENT}")
+        typed: Any = None if shape is None else shapes.conform(data, shape[0], shape[1])
         if kind == "error":
             error = typed.error or shapes.ErrorBody()
             raise anthropic_error(None, error.type, error.message, self._label)
@@ -176,7 +176,7 @@ class AnthropicStreamParser:
             # The SDK's accumulator fails on it too (it indexes the blocks started so far); skipping it would drop
             # content.
             raise shapes.shape_error(
-                f"{kind!r} {_EVENT}", f"at 'index': {index} names no block started by 'content_block_start'"
+                shapes.EVENTS[kind][1], f"at 'index': {index} names no block started by 'content_block_start'"
             )
         return block
 

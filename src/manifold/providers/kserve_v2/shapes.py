@@ -90,9 +90,11 @@ for _kind in ("FP16", "BF16", "FP32", "FP64"):
     _ELEMENTS[_kind] = (list[float], "numbers")
 
 
-def tensor_values(tensor: OutputTensor, where: str, expected: str | None = None) -> list[Any]:
+def tensor_values(tensor: OutputTensor, index: int, expected: str | None = None) -> list[Any]:
     """The tensor's elements, flat in row-major order, checked against its shape and datatype, and against
-    `expected`, the datatype the reader needs ("BYTES" for text, "FP64" for numbers, which come back floats)."""
+    `expected`, the datatype the reader needs ("BYTES" for text, "FP64" for numbers, which come back floats).
+    `index`: the tensor's place in `outputs`, for the error."""
+    where = f"outputs[{index}]"
     data = tensor.data
     if not isinstance(data, list):
         raise OIPFormatError(f"at '{where}.data': output tensor '{tensor.name}' has no data array")

@@ -136,19 +136,19 @@ def to_infer_chat(body: Mapping[str, Any], request_id: str) -> dict[str, Any]:
     return {"id": request_id, "inputs": inputs, "parameters": {"llm_parameters": options, "kwargs": dict(options)}}
 
 
-_Tensor = tuple[str, shapes.OutputTensor]  # (where it is: "outputs[2]", the tensor)
+_Tensor = tuple[int, shapes.OutputTensor]  # (its place in `outputs`, the tensor)
 
 
 def _outputs(response: Any, what: str = "inference response") -> dict[str, _Tensor]:
     if not isinstance(response, dict):
         raise OIPFormatError(f"the {what} is not a JSON object")
     typed = shapes.conform(response, shapes.InferResponse, what)
-    return {tensor.name: (f"outputs[{i}]", tensor) for i, tensor in enumerate(typed.outputs)}
+    return {tensor.name: (i, tensor) for i, tensor in enumerate(typed.outputs)}
 
 
 def _strings(entry: _Tensor) -> list[str]:
-    where, tensor = entry
-    values: list[str] = shapes.tensor_values(tensor, where, "BYTES")
+    index, tensor = entry
+    values: list[str] = shapes.tensor_values(tensor, index, "BYTES")
     return values
 
 
@@ -270,14 +270,14 @@ def from_infer_embeddings(response: Any, encoding_format: str | None = None) -> 
     entry = tensors.get("embedding")
     if entry is None:
         raise OIPFormatError("the inference response has neither an 'output_all' nor an 'embedding' output")
-    where, tensor = entry
+    index, tensor = entry
     shape = tensor.shape
     if shape is None or len(shape) != 2:
         raise OIPFormatError(
-            f"at '{where}.shape': the 'embedding' output must have a 2-D shape [rows, cols], got {shape!r}"
+            f"at 'outputs[{index}].shape': the 'embedding' output must have a 2-D shape [rows, cols], got {shape!r}"
         )
     rows, cols = shape
-    values = shapes.tensor_values(tensor, where, "FP64")
+    values = shapes.tensor_values(tensor, index, "FP64")
     data = []
     for i in range(rows):
         vector = values[i * cols : (i + 1) * cols]
