@@ -302,6 +302,14 @@ def test_wrong_embedding_tensor_is_a_502(http: httpx.Client, upstream: HostileUp
     assert _needle(where) in error["message"], (case, error)
 
 
+@pytest.mark.parametrize("case", ["outputs_a_string", "output_without_name", "name_a_number", "output_a_string"])
+def test_wrong_inference_response_for_images_is_a_502(http: httpx.Client, upstream: HostileUpstream, case: str) -> None:
+    body, where = WRONG_INFER[case]
+    upstream.script = Script(body=json.dumps(body).encode())
+    answer = post(http, "/v1/images/generations", {"model": OIP, "prompt": "a cat"})
+    _check_502(answer, where, case)
+
+
 def _infer_event(*outputs: dict[str, Any]) -> bytes:
     return json.dumps(_infer(*outputs)).encode()
 
