@@ -17,6 +17,10 @@ from tests.fakes.hostile_upstream import HostileUpstream
 
 MODEL = "hostile"
 NATIVE = "hostile-native"
+# The translating backends, pointed at the same upstream (it answers every POST, whatever the path).
+ANTHROPIC = "hostile-anthropic"
+OIP = "hostile-oip"
+OIP_GENERATE = "hostile-oip-generate"
 # The upstream faults a gateway may answer with (docs/errors.md): bad gateway, unavailable, timeout.
 UPSTREAM_FAULTS = frozenset({502, 503, 504})
 RESPONSES_TERMINAL = frozenset({"response.completed", "response.failed", "response.incomplete", "error"})
@@ -24,6 +28,7 @@ RESPONSES_TERMINAL = frozenset({"response.completed", "response.failed", "respon
 
 def gateway_config(upstream: HostileUpstream, data_dir: Path) -> dict[str, Any]:
     timeouts = {"connect": 2, "first_byte": 3, "total": 6}
+    root = upstream.base_url.removesuffix("/v1")
     return {
         "model_list": [
             {"model_name": MODEL, "provider": "openai", "api_base": upstream.base_url, "timeouts": timeouts},
@@ -32,6 +37,16 @@ def gateway_config(upstream: HostileUpstream, data_dir: Path) -> dict[str, Any]:
                 "provider": "openai",
                 "api_base": upstream.base_url,
                 "responses": "native",
+                "timeouts": timeouts,
+            },
+            {"model_name": ANTHROPIC, "provider": "anthropic", "api_base": upstream.base_url, "timeouts": timeouts},
+            {"model_name": OIP, "provider": "kserve_v2", "api_base": root, "model": "m", "timeouts": timeouts},
+            {
+                "model_name": OIP_GENERATE,
+                "provider": "kserve_v2",
+                "mode": "generate",
+                "api_base": root,
+                "model": "g",
                 "timeouts": timeouts,
             },
         ],

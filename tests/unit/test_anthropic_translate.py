@@ -20,6 +20,7 @@ from manifold.api.chat import ChatCompletionRequest, cross_field_problems
 from manifold.api.chat_response import normalize_completion
 from manifold.config import Deployment
 from manifold.errors import InvalidRequestError, UnsupportedError
+from manifold.providers.anthropic.shapes import Usage
 from manifold.providers.anthropic.translate import (
     DEFAULT_MAX_TOKENS,
     api_version,
@@ -414,14 +415,14 @@ def test_finish_reason(stop_reason: Any, has_tools: bool, expected: str) -> None
 
 def test_usage_counts_cache_tokens_into_the_prompt() -> None:
     usage = {"input_tokens": 10, "cache_read_input_tokens": 200, "cache_creation_input_tokens": 30, "output_tokens": 7}
-    assert usage_from_anthropic(usage) == {
+    assert usage_from_anthropic(msgspec.convert(usage, Usage)) == {
         "prompt_tokens": 240,
         "completion_tokens": 7,
         "total_tokens": 247,
         "prompt_tokens_details": {"cached_tokens": 200, "cache_write_tokens": 30},
     }
     nulls = {"input_tokens": 3, "cache_read_input_tokens": None, "output_tokens": 1}
-    assert usage_from_anthropic(nulls) == {
+    assert usage_from_anthropic(msgspec.convert(nulls, Usage)) == {
         "prompt_tokens": 3,
         "completion_tokens": 1,
         "total_tokens": 4,

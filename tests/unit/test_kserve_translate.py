@@ -87,7 +87,7 @@ def test_recorded_mlserver_replies(name: str) -> None:
     ("reply", "message"),
     [
         ([], "not a JSON object"),
-        ({"model_name": "m"}, "no 'outputs' list"),
+        ({"model_name": "m"}, "missing required field `outputs`"),
         ({"outputs": [{"name": "role", "datatype": "BYTES", "shape": [1], "data": ["assistant"]}]}, "neither"),
         ({"outputs": [{"name": "output_all", "datatype": "BYTES", "shape": [1], "data": ["{not json"]}]}, "JSON"),
         ({"outputs": [{"name": "output_all", "datatype": "BYTES", "shape": [1], "data": ["[1]"]}]}, "object"),

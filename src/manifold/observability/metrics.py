@@ -133,7 +133,7 @@ STREAM_OUTPUT_TOKENS_PER_SECOND = Histogram(
 )
 STORAGE_WRITE_DURATION = Histogram(
     "manifold_storage_write_seconds",
-    "Duration of each committed storage write transaction, BEGIN to COMMIT (the sync included).",
+    "Duration of each committed storage write transaction as its writers waited (BEGIN to COMMIT, the sync included).",
     buckets=_STORAGE,
 )
 LEDGER_BACKLOG = Gauge(

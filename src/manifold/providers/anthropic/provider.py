@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 from manifold import _json
 from manifold.config import Deployment
-from manifold.errors import BadGatewayError, ManifoldError
+from manifold.errors import ManifoldError
 from manifold.providers.anthropic.stream import AnthropicStreamParser
 from manifold.providers.anthropic.translate import (
     api_version,
@@ -77,8 +77,6 @@ class AnthropicProvider(Provider):
         request = to_anthropic(call.body, self.deployment, call.upstream_model)
         request.pop("stream", None)
         message = await self.http.post_json(self.messages_url, _json.encode(request), self._headers(call, False))
-        if not isinstance(message, dict) or message.get("type") != "message":
-            raise BadGatewayError(f"The upstream for {self.http.label} did not answer with a message.")
         return from_anthropic(message, call.public_model, response_tool=response_tool_name(call.body))
 
     async def open_chat_stream(self, call: ChatCall) -> ChunkStream:

@@ -24,12 +24,17 @@ from manifold import _json
 from manifold.api.chat_response import new_completion_id
 from manifold.api.sse import SSEEvent
 from manifold.errors import BadGatewayError
+from manifold.providers.anthropic import shapes
 from manifold.providers.anthropic.translate import arguments_text, finish_reason, usage_from_anthropic
-from manifold.providers.anthropic.upstream_errors import anthropic_error, error_fields
+from manifold.providers.anthropic.upstream_errors import anthropic_error
 
 _TEXT = "text"
 _TOOL = "tool"
 _ANSWER = "answer"  # the response_format tool: its input is streamed as content
+_OTHER = "other"  # thinking, server tools, block types added later
+_EVENT = "stream event"
+_START = shapes.EVENTS["content_block_start"][1]
+_DELTA = shapes.EVENTS["content_block_delta"][1]
 
 
 class _Block:
@@ -43,7 +48,8 @@ class _Block:
 
 
 class AnthropicStreamParser:
-    """Feed it every SSE event of one response; it returns the chunks each event yields."""
+    """Feed it every SSE event of one response; it returns the chunks each event yields. An event that does not
+    fit the Messages schema (`shapes`) is `UpstreamShapeError`: the stream ends with an error event."""
 
     __slots__ = (
         "_blocks",
@@ -75,8 +81,8 @@ class AnthropicStreamParser:
         self._started = False
         self._blocks: dict[int, _Block] = {}
         self._tool_calls = 0
-        self._stop_reason: Any = None
-        self._usage: dict[str, Any] = {}
+        self._stop_reason: str | None = None
+        self._usage: shapes.Usage | None = None
         self.finished = False
 
     def feed(self, event: SSEEvent) -> list[dict[str, Any]]:
@@ -87,38 +93,34 @@ class AnthropicStreamParser:
         if not isinstance(data, dict):
             raise BadGatewayError(f"The upstream for {self._label} sent a non-object stream event.")
         kind = data.get("type")
+        if not isinstance(kind, str):
+            kind = shapes.conform(data, shapes.Block, _EVENT).type  # raises, naming `type`
+        shape = shapes.EVENTS.get(kind)
+        if shape is None and kind != "message_stop":
+            return []  # ping, and event types added after this was written
+        typed: Any = None if shape is None else shapes.conform(data, shape[0], shape[1])
         if kind == "error":
-            etype, message = error_fields(data)
-            raise anthropic_error(None, etype, message, self._label)
+            error = typed.error or shapes.ErrorBody()
+            raise anthropic_error(None, error.type, error.message, self._label)
         if self.finished:
             return []
         if kind == "message_start":
-            return self._message_start(data.get("message"))
+            return self._message_start(typed)
         if not self._started:
-            if kind == "ping":
-                return []
             raise BadGatewayError(f"The upstream for {self._label} sent {kind!r} before 'message_start'.")
         if kind == "content_block_start":
-            return self._block_start(data)
+            return self._block_start(typed)
         if kind == "content_block_delta":
-            return self._block_delta(data)
+            return self._block_delta(typed)
         if kind == "content_block_stop":
-            return self._block_stop(data)
-        if kind == "message_delta":
-            delta = data.get("delta")
-            if isinstance(delta, dict) and delta.get("stop_reason") is not None:
-                self._stop_reason = delta["stop_reason"]
-            self._add_usage(data.get("usage"))
-            return []
+            return self._block_stop(typed)
         if kind == "message_stop":
-            self.finished = True
-            has_tools = self._tool_calls > 0
-            chunk = self._chunk({}, finish_reason(self._stop_reason, has_tools))
-            usage = usage_from_anthropic(self._usage) if self._usage else None
-            if usage is not None:
-                chunk["usage"] = usage
-            return [chunk]
-        return []  # ping, and event types added after this was written
+            return self._message_stop()
+        # message_delta
+        if typed.delta.stop_reason is not None:
+            self._stop_reason = typed.delta.stop_reason
+        self._add_usage(typed.usage)
+        return []
 
     def check_complete(self) -> None:
         """At the end of the body: a stream that never reached `message_stop` was cut."""
@@ -127,66 +129,84 @@ class AnthropicStreamParser:
 
     # -- events ------------------------------------------------------------------------------------------------
 
-    def _message_start(self, message: Any) -> list[dict[str, Any]]:
+    def _message_start(self, event: shapes.MessageStart) -> list[dict[str, Any]]:
         if self._started:
             return []
         self._started = True
-        message = message if isinstance(message, dict) else {}
-        mid = message.get("id")
-        self._id = mid if isinstance(mid, str) and mid else new_completion_id()
-        self._add_usage(message.get("usage"))
+        message = event.message
+        self._id = message.id or new_completion_id()
+        self._add_usage(message.usage)
         return [self._chunk({"role": "assistant", "content": ""})]
 
-    def _block_start(self, data: dict[str, Any]) -> list[dict[str, Any]]:
-        index = data.get("index")
-        block = data.get("content_block")
-        if not isinstance(index, int) or not isinstance(block, dict):
-            return []
-        kind = block.get("type")
+    def _message_stop(self) -> list[dict[str, Any]]:
+        self.finished = True
+        chunk = self._chunk({}, finish_reason(self._stop_reason, self._tool_calls > 0))
+        usage = usage_from_anthropic(self._usage)
+        if usage is not None:
+            chunk["usage"] = usage
+        return [chunk]
+
+    def _block_start(self, event: shapes.BlockStart) -> list[dict[str, Any]]:
+        index = event.index
+        kind, block = shapes.typed_part(event.content_block, shapes.BLOCKS, _START, "content_block")
         if kind == "text":
             self._blocks[index] = _Block(_TEXT)
-            text = block.get("text")
-            return [self._chunk({"content": text})] if isinstance(text, str) and text else []
+            return [self._chunk({"content": block.text})] if block.text else []
         if kind != "tool_use":
-            return []  # thinking, redacted thinking, server tools: no Chat Completions form
-        start_input = block.get("input")
-        if self._response_tool is not None and block.get("name") == self._response_tool:
-            self._blocks[index] = _Block(_ANSWER, start_input=start_input)
+            # Thinking, redacted thinking, server tools: no Chat Completions form, their deltas are skipped.
+            self._blocks[index] = _Block(_OTHER)
+            return []
+        if self._response_tool is not None and block.name == self._response_tool:
+            self._blocks[index] = _Block(_ANSWER, start_input=block.input)
             return []
         tool_index = self._tool_calls
         self._tool_calls += 1
-        self._blocks[index] = _Block(_TOOL, tool_index, start_input)
+        self._blocks[index] = _Block(_TOOL, tool_index, block.input)
         call = {
             "index": tool_index,
-            "id": block.get("id"),
+            "id": block.id,
             "type": "function",
-            "function": {"name": block.get("name"), "arguments": ""},
+            "function": {"name": block.name, "arguments": ""},
         }
         return [self._chunk({"tool_calls": [call]})]
 
-    def _block_delta(self, data: dict[str, Any]) -> list[dict[str, Any]]:
-        index = data.get("index")
-        block = self._blocks.get(index) if isinstance(index, int) else None
-        delta = data.get("delta")
-        if block is None or not isinstance(delta, dict):
+    def _block(self, index: int, kind: str) -> _Block:
+        block = self._blocks.get(index)
+        if block is None:
+            # The SDK's accumulator fails on it too (it indexes the blocks started so far); skipping it would drop
+            # content.
+            raise shapes.shape_error(
+                shapes.EVENTS[kind][1], f"at 'index': {index} names no block started by 'content_block_start'"
+            )
+        return block
+
+    def _block_delta(self, event: shapes.BlockDelta) -> list[dict[str, Any]]:
+        block = self._block(event.index, "content_block_delta")
+        kind, delta = shapes.typed_part(event.delta, shapes.DELTAS, _DELTA, "delta")
+        if block.kind == _OTHER:
             return []
-        kind = delta.get("type")
-        if kind == "text_delta" and block.kind == _TEXT:
-            text = delta.get("text")
-            return [self._chunk({"content": text})] if isinstance(text, str) and text else []
-        if kind == "input_json_delta" and block.kind != _TEXT:
-            partial = delta.get("partial_json")
-            if not isinstance(partial, str) or not partial:
+        if kind == "text_delta":
+            if block.kind != _TEXT:
+                raise self._mismatch(kind, block)
+            return [self._chunk({"content": delta.text})] if delta.text else []
+        if kind == "input_json_delta":
+            if block.kind == _TEXT:
+                raise self._mismatch(kind, block)
+            if not delta.partial_json:
                 return []
             block.sent_arguments = True
-            return [self._arguments(block, partial)]
+            return [self._arguments(block, delta.partial_json)]
         return []  # thinking_delta, signature_delta, citations_delta
 
-    def _block_stop(self, data: dict[str, Any]) -> list[dict[str, Any]]:
-        index = data.get("index")
-        block = self._blocks.pop(index, None) if isinstance(index, int) else None
-        if block is None or block.kind == _TEXT or block.sent_arguments:
+    def _mismatch(self, kind: str, block: _Block) -> Exception:
+        what = "a text block" if block.kind == _TEXT else "a tool_use block"
+        return shapes.shape_error(_DELTA, f"at 'delta.type': {kind!r} does not belong to {what}")
+
+    def _block_stop(self, event: shapes.BlockStop) -> list[dict[str, Any]]:
+        block = self._block(event.index, "content_block_stop")
+        if block.kind in (_TEXT, _OTHER) or block.sent_arguments:
             return []
+        block.sent_arguments = True  # a repeated stop adds nothing
         # No input_json_delta carried anything: the input is the start block's (`{}` for a call without
         # arguments), so clients always get a JSON object to parse.
         return [self._arguments(block, arguments_text(block.start_input))]
@@ -198,10 +218,17 @@ class AnthropicStreamParser:
             return self._chunk({"content": text})
         return self._chunk({"tool_calls": [{"index": block.tool_index, "function": {"arguments": text}}]})
 
-    def _add_usage(self, usage: Any) -> None:
+    def _add_usage(self, usage: shapes.Usage | None) -> None:
         # message_delta's counts are cumulative: later values replace earlier ones, absent ones stay.
-        if isinstance(usage, dict):
-            self._usage.update({k: v for k, v in usage.items() if v is not None})
+        if usage is None:
+            return
+        if self._usage is None:
+            self._usage = usage
+            return
+        for name in usage.__struct_fields__:
+            value = getattr(usage, name)
+            if value is not None:
+                setattr(self._usage, name, value)
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         return {

@@ -29,6 +29,7 @@ from manifold import _json
 from manifold.api.chat_response import new_completion_id
 from manifold.config import Deployment
 from manifold.errors import InvalidRequestError, UnsupportedError
+from manifold.providers.anthropic import shapes
 
 ANTHROPIC_VERSION = "2023-06-01"
 # API version 2026-10-21 (the `anthropic` SDK 2.x default) rejects temperature, top_p and top_k at any value;
@@ -46,6 +47,7 @@ _UNSUPPORTED_WHEN_SET = ("audio", "prediction", "web_search_options", "functions
 _RESPONSE_TOOL_DESCRIPTION = "Respond to the user with this tool: its input is your whole answer."
 _JSON_OBJECT_DESCRIPTION = "Respond to the user with this tool: its input, a JSON object, is your whole answer."
 
+_MESSAGE = "message"
 _FINISH = {
     "end_turn": "stop",
     "stop_sequence": "stop",
@@ -476,19 +478,14 @@ def finish_reason(stop_reason: Any, has_tool_calls: bool) -> str:
     return _FINISH.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
 
 
-def _tokens(usage: dict[str, Any], key: str) -> int:
-    value = usage.get(key)
-    return int(value) if isinstance(value, int | float) else 0
-
-
-def usage_from_anthropic(usage: Any) -> dict[str, Any] | None:
+def usage_from_anthropic(usage: shapes.Usage | None) -> dict[str, Any] | None:
     """OpenAI usage: prompt tokens = input + cache read + cache write (Anthropic counts them apart)."""
-    if not isinstance(usage, dict):
+    if usage is None:
         return None
-    read = _tokens(usage, "cache_read_input_tokens")
-    written = _tokens(usage, "cache_creation_input_tokens")
-    prompt = _tokens(usage, "input_tokens") + read + written
-    completion = _tokens(usage, "output_tokens")
+    read = usage.cache_read_input_tokens or 0
+    written = usage.cache_creation_input_tokens or 0
+    prompt = (usage.input_tokens or 0) + read + written
+    completion = usage.output_tokens or 0
     details: dict[str, int] = {"cached_tokens": read}
     if written:
         details["cache_write_tokens"] = written
@@ -498,9 +495,9 @@ def usage_from_anthropic(usage: Any) -> dict[str, Any] | None:
         "total_tokens": prompt + completion,
         "prompt_tokens_details": details,
     }
-    output_details = usage.get("output_tokens_details")
-    if isinstance(output_details, dict) and output_details.get("thinking_tokens"):
-        out["completion_tokens_details"] = {"reasoning_tokens": _tokens(output_details, "thinking_tokens")}
+    thinking = usage.output_tokens_details.thinking_tokens if usage.output_tokens_details is not None else None
+    if thinking:
+        out["completion_tokens_details"] = {"reasoning_tokens": thinking}
     return out
 
 
@@ -509,25 +506,29 @@ def arguments_text(value: Any) -> str:
 
 
 def from_anthropic(
-    message: dict[str, Any], public_model: str, *, response_tool: str | None = None, created: int | None = None
+    message: Any, public_model: str, *, response_tool: str | None = None, created: int | None = None
 ) -> dict[str, Any]:
-    """A `chat.completion` for an Anthropic `Message`. Text blocks are joined into `content`; `tool_use` blocks
-    become `tool_calls`, except the `response_tool`'s, whose input is the content. Thinking and server-tool
-    blocks have no Chat Completions form and are left out."""
+    """A `chat.completion` for an Anthropic `Message` (decoded JSON), or `UpstreamShapeError` (502) when it does
+    not fit the Messages schema. Text blocks are joined into `content`; `tool_use` blocks become `tool_calls`,
+    except the `response_tool`'s, whose input is the content. Thinking and server-tool blocks have no Chat
+    Completions form and are left out."""
+    typed = shapes.conform(message, shapes.Message, _MESSAGE)
+    if typed.type != "message":
+        raise shapes.shape_error(_MESSAGE, f"at 'type': expected 'message', got {typed.type!r}")
     texts: list[str] = []
     tool_calls: list[dict[str, Any]] = []
-    for block in message.get("content") or ():
-        kind = block.get("type")
+    for i, raw in enumerate(typed.content):
+        kind, block = shapes.typed_part(raw, shapes.BLOCKS, _MESSAGE, f"content[{i}]")
         if kind == "text":
-            texts.append(str(block.get("text") or ""))
-        elif kind == "tool_use" and response_tool is not None and block.get("name") == response_tool:
-            texts.append(arguments_text(block.get("input")))
+            texts.append(block.text)
+        elif kind == "tool_use" and response_tool is not None and block.name == response_tool:
+            texts.append(arguments_text(block.input))
         elif kind == "tool_use":
             tool_calls.append(
                 {
-                    "id": block.get("id"),
+                    "id": block.id,
                     "type": "function",
-                    "function": {"name": block.get("name"), "arguments": arguments_text(block.get("input"))},
+                    "function": {"name": block.name, "arguments": arguments_text(block.input)},
                 }
             )
     reply: dict[str, Any] = {
@@ -538,7 +539,7 @@ def from_anthropic(
     if tool_calls:
         reply["tool_calls"] = tool_calls
     completion: dict[str, Any] = {
-        "id": message["id"] if isinstance(message.get("id"), str) else new_completion_id(),
+        "id": typed.id if typed.id is not None else new_completion_id(),
         "object": "chat.completion",
         "created": created if created is not None else int(time.time()),
         "model": public_model,
@@ -547,11 +548,11 @@ def from_anthropic(
                 "index": 0,
                 "message": reply,
                 "logprobs": None,
-                "finish_reason": finish_reason(message.get("stop_reason"), bool(tool_calls)),
+                "finish_reason": finish_reason(typed.stop_reason, bool(tool_calls)),
             }
         ],
     }
-    usage = usage_from_anthropic(message.get("usage"))
+    usage = usage_from_anthropic(typed.usage)
     if usage is not None:
         completion["usage"] = usage
     return completion

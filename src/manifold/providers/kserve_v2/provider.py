@@ -11,12 +11,12 @@ extension's "generation failed": 502); 5xx, refused and cut connections are 502,
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, ClassVar
 from urllib.parse import quote
 
 from manifold import _json
 from manifold.api.sse import SSELineTooLong
+from manifold.api.upstream import UpstreamShapeError
 from manifold.config import Deployment
 from manifold.errors import BadGatewayError, ManifoldError, UnsupportedError
 from manifold.providers.base import Call, Capability, ChatCall, ChunkStream, Provider
@@ -126,8 +126,8 @@ class KServeV2Provider(Provider):
     async def _post_json(self, url: str, payload: dict[str, Any], call: Call) -> Any:
         return await self.http.read_json(await self._post(url, payload, call, stream=False))
 
-    def _bad_reply(self, exc: Exception) -> BadGatewayError:
-        return BadGatewayError(f"The upstream for {self.http.label} sent an unexpected reply: {exc}")
+    def _bad_reply(self, exc: Exception) -> UpstreamShapeError:
+        return UpstreamShapeError(f"The upstream for {self.http.label} sent an unexpected reply: {exc}")
 
     async def _relay(self, resp: Response, parser: InferStreamParser | GenerateStreamParser) -> ChunkStream:
         finished = False
@@ -155,8 +155,8 @@ class KServeV2Provider(Provider):
             else:
                 resp.close()
 
-    async def _replayed(self, completion: Mapping[str, Any]) -> ChunkStream:
-        for chunk in translate.completion_as_chunks(completion):
+    async def _replayed(self, chunks: list[dict[str, Any]]) -> ChunkStream:
+        for chunk in chunks:
             yield chunk
 
     def _is_json(self, resp: Response) -> bool:
@@ -193,7 +193,7 @@ class TensorsProvider(KServeV2Provider):
                 completion = translate.from_infer_chat(await self.http.read_json(resp))
             except translate.OIPFormatError as exc:
                 raise self._bad_reply(exc) from None
-            return self._replayed(completion)
+            return self._replayed(translate.completion_as_chunks(completion))
         return self._relay(resp, InferStreamParser(self.http.max_sse_line_bytes))
 
     async def embeddings(self, call: Call) -> dict[str, Any]:
@@ -247,7 +247,7 @@ class GenerateProvider(KServeV2Provider):
                 completion = translate.from_generate(await self.http.read_json(resp))
             except translate.OIPFormatError as exc:
                 raise self._bad_reply(exc) from None
-            return self._replayed(completion)
+            return self._replayed(translate.completion_as_chunks(completion))
         return self._relay(resp, GenerateStreamParser(self.http.max_sse_line_bytes))
 
     async def embeddings(self, call: Call) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import abc
 from typing import Any
 
 from manifold import _json
+from manifold.api import upstream
 from manifold.api.sse import SSEDecoder, SSEEvent
 from manifold.providers.kserve_v2.translate import (
     OIPFormatError,
@@ -55,7 +56,7 @@ class _Parser(abc.ABC):
                 continue
             try:
                 chunks = self._event(_decode(event))
-            except (OIPFormatError, OIPStreamError) as exc:
+            except (OIPFormatError, OIPStreamError, upstream.UpstreamShapeError) as exc:
                 if not out:
                     raise
                 self._error = exc
@@ -94,9 +95,9 @@ class InferStreamParser(_Parser):
         self._finished: set[int] = set()
 
     def _event(self, event: Any) -> list[dict[str, Any]]:
-        chunk = chunk_from_infer_event(event)
+        chunk = chunk_from_infer_event(event)  # checked: choices are objects, `index` an integer or null
         for choice in chunk.get("choices") or ():
-            index = choice.get("index", 0)
+            index = choice.get("index") or 0
             self._choices.add(index)
             if choice.get("finish_reason") is not None:
                 self._finished.add(index)

@@ -36,22 +36,25 @@ from __future__ import annotations
 
 import base64
 import struct
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import msgspec
 
 from manifold import _json
+from manifold.api import upstream
 from manifold.api.chat import ChatCompletionRequest
 from manifold.errors import UnsupportedError
+from manifold.providers.kserve_v2 import shapes
+from manifold.providers.kserve_v2.shapes import OIPFormatError as OIPFormatError
+
+T = TypeVar("T")
 
 # Body fields the tensors carry themselves (everything else goes to the parameters).
 _CHAT_TENSOR_FIELDS = frozenset({"model", "messages", "tools", "parallel_tool_calls", "tool_choice"})
 _OPENAI_CHAT_FIELDS = frozenset(ChatCompletionRequest.__struct_fields__)
 # OpenAI options a generate server understands under the same name (OIP generate_rest.yaml, Triton, vLLM).
 _GENERATE_OPTIONS = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "seed")
-
-
-class OIPFormatError(ValueError):
-    """The server's reply does not have the expected shape (the provider reports it as a 502)."""
 
 
 class OIPStreamError(Exception):
@@ -133,38 +136,26 @@ def to_infer_chat(body: Mapping[str, Any], request_id: str) -> dict[str, Any]:
     return {"id": request_id, "inputs": inputs, "parameters": {"llm_parameters": options, "kwargs": dict(options)}}
 
 
-def _flat(data: Any) -> list[Any]:
-    """Tensor data may be flat or nested (row-major); OIP allows both."""
-    if not isinstance(data, list):
-        return [data]
-    if not any(isinstance(item, list) for item in data):
-        return data
-    out: list[Any] = []
-    for item in data:
-        out.extend(_flat(item))
-    return out
+_Tensor = tuple[int, shapes.OutputTensor]  # (its place in `outputs`, the tensor)
 
 
-def _outputs(response: Any) -> dict[str, dict[str, Any]]:
+def _outputs(response: Any, what: str = "inference response") -> dict[str, _Tensor]:
     if not isinstance(response, dict):
-        raise OIPFormatError("the inference response is not a JSON object")
-    outputs = response.get("outputs")
-    if not isinstance(outputs, list):
-        raise OIPFormatError("the inference response has no 'outputs' list")
-    return {o["name"]: o for o in outputs if isinstance(o, dict) and isinstance(o.get("name"), str)}
+        raise OIPFormatError(f"the {what} is not a JSON object")
+    typed = shapes.conform(response, shapes.InferResponse, what)
+    return {tensor.name: (i, tensor) for i, tensor in enumerate(typed.outputs)}
 
 
-def _strings(tensor: Mapping[str, Any]) -> list[str]:
-    values = _flat(tensor.get("data"))
-    if not all(isinstance(v, str) for v in values):
-        raise OIPFormatError(f"output tensor '{tensor.get('name')}' does not hold strings")
+def _strings(entry: _Tensor) -> list[str]:
+    index, tensor = entry
+    values: list[str] = shapes.tensor_values(tensor, index, "BYTES")
     return values
 
 
-def _first_string(tensor: Mapping[str, Any] | None) -> str | None:
-    if tensor is None:
+def _first_string(entry: _Tensor | None) -> str | None:
+    if entry is None:
         return None
-    values = _strings(tensor)
+    values = _strings(entry)
     return values[0] if values else None
 
 
@@ -178,10 +169,10 @@ def _decode_object(text: str | None, what: str) -> dict[str, Any]:
     return value
 
 
-def _tool_calls(tensor: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    if tensor is None:
+def _tool_calls(entry: _Tensor | None) -> list[dict[str, Any]]:
+    if entry is None:
         return []
-    return [_decode_object(text, "tool_calls") for text in _strings(tensor) if text]
+    return [_decode_object(text, "tool_calls") for text in _strings(entry) if text]
 
 
 def from_infer_chat(response: Any) -> dict[str, Any]:
@@ -210,7 +201,10 @@ def chunk_from_infer_event(event: Any) -> dict[str, Any]:
         raise OIPStreamError(error_text(event))
     tensors = _outputs(event)
     if "output_all" in tensors:
-        return _decode_object(_first_string(tensors["output_all"]), "output_all")
+        # Whatever the runtime sent: checked before the stream parser reads its choices.
+        chunk = _decode_object(_first_string(tensors["output_all"]), "output_all")
+        upstream.conform(chunk, upstream.ChatChunk, "stream chunk")
+        return chunk
     content = _first_string(tensors.get("content"))
     tool_calls = _tool_calls(tensors.get("tool_calls"))
     delta: dict[str, Any] = {}
@@ -225,16 +219,17 @@ def chunk_from_infer_event(event: Any) -> dict[str, Any]:
 
 
 def completion_as_chunks(completion: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """A whole completion replayed as chunks (a server that answered a stream request with one reply)."""
+    """A whole completion replayed as chunks (a server that answered a stream request with one reply);
+    `UpstreamShapeError` when it is not a chat completion (an `output_all` holds whatever the runtime sent)."""
+    typed = upstream.conform(completion, upstream.ChatCompletion, "chat completion")
     chunks: list[dict[str, Any]] = []
-    for choice in completion.get("choices") or ():
-        index = choice.get("index", 0)
-        message = choice.get("message") or {}
-        delta = {k: v for k, v in message.items() if v is not None and k != "role"}
+    for choice, checked in zip(completion["choices"], typed.choices, strict=True):
+        index = checked.index or 0
+        delta = {k: v for k, v in choice["message"].items() if v is not None and k != "role"}
         if "tool_calls" in delta:
             delta["tool_calls"] = [{**tc, "index": i} for i, tc in enumerate(delta["tool_calls"])]
         chunks.append({"choices": [{"index": index, "delta": delta, "finish_reason": None}]})
-        chunks.append({"choices": [{"index": index, "delta": {}, "finish_reason": choice.get("finish_reason")}]})
+        chunks.append({"choices": [{"index": index, "delta": {}, "finish_reason": checked.finish_reason}]})
     if completion.get("usage"):
         chunks.append({"choices": [], "usage": completion["usage"]})
     return chunks
@@ -272,19 +267,20 @@ def from_infer_embeddings(response: Any, encoding_format: str | None = None) -> 
     tensors = _outputs(response)
     if "output_all" in tensors:
         return _decode_object(_first_string(tensors["output_all"]), "output_all")
-    tensor = tensors.get("embedding")
-    if tensor is None:
+    entry = tensors.get("embedding")
+    if entry is None:
         raise OIPFormatError("the inference response has neither an 'output_all' nor an 'embedding' output")
-    shape = tensor.get("shape")
-    if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(d, int) and d >= 0 for d in shape)):
-        raise OIPFormatError(f"the 'embedding' output must have a 2-D shape [rows, cols], got {shape!r}")
+    index, tensor = entry
+    shape = tensor.shape
+    if shape is None or len(shape) != 2:
+        raise OIPFormatError(
+            f"at 'outputs[{index}].shape': the 'embedding' output must have a 2-D shape [rows, cols], got {shape!r}"
+        )
     rows, cols = shape
-    values = _flat(tensor.get("data"))
-    if len(values) != rows * cols or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-        raise OIPFormatError(f"the 'embedding' output does not hold {rows}x{cols} numbers")
+    values = shapes.tensor_values(tensor, index, "FP64")
     data = []
     for i in range(rows):
-        vector = [float(v) for v in values[i * cols : (i + 1) * cols]]
+        vector = values[i * cols : (i + 1) * cols]
         embedding: list[float] | str = _as_base64(vector) if encoding_format == "base64" else vector
         data.append({"object": "embedding", "index": i, "embedding": embedding})
     return {"object": "list", "data": data, "usage": {"prompt_tokens": 0, "total_tokens": 0}}
@@ -408,34 +404,37 @@ def to_generate(
     return request
 
 
-def _scalar(value: Any) -> Any:
+_GENERATE = "generate response"
+
+
+def _scalar(value: T | list[T] | None, where: str) -> T | None:
     # Triton returns an output tensor of one element as a scalar, some servers as a one-element list.
-    if isinstance(value, list) and len(value) == 1:
-        return value[0]
-    return value
+    if not isinstance(value, list):
+        return value
+    if len(value) != 1:
+        raise OIPFormatError(f"the {_GENERATE} has {len(value)} elements at '{where}' where one was expected")
+    return value[0]
 
 
-def _generate_usage(response: Mapping[str, Any]) -> dict[str, int] | None:
-    # The vLLM backend's optional outputs (return_num_input_tokens / return_num_output_tokens).
-    prompt, completion = _scalar(response.get("num_input_tokens")), _scalar(response.get("num_output_tokens"))
-    if isinstance(prompt, int) and isinstance(completion, int):
+def _generate(response: Any) -> tuple[shapes.GenerateResponse, str]:
+    if not isinstance(response, dict):
+        raise OIPFormatError(f"the {_GENERATE} is not a JSON object")
+    typed = shapes.conform(response, shapes.GenerateResponse, _GENERATE)
+    return typed, _scalar(typed.text_output, "text_output") or ""
+
+
+def _generate_usage(response: shapes.GenerateResponse) -> dict[str, int] | None:
+    prompt = _scalar(response.num_input_tokens, "num_input_tokens")
+    completion = _scalar(response.num_output_tokens, "num_output_tokens")
+    if prompt is not None and completion is not None:
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
     return None
 
 
-def _generate_text(response: Any) -> str:
-    if not isinstance(response, dict):
-        raise OIPFormatError("the generate response is not a JSON object")
-    text = _scalar(response.get("text_output"))
-    if not isinstance(text, str):
-        raise OIPFormatError("the generate response has no 'text_output' string")
-    return text
-
-
 def from_generate(response: Any) -> dict[str, Any]:
     """A `chat.completion` (without `id`/`created`/`model`) from a generate response."""
-    text = _generate_text(response)
-    finish = _scalar(response.get("finish_reason"))
+    typed, text = _generate(response)
+    finish = _scalar(typed.finish_reason, "finish_reason")
     completion: dict[str, Any] = {
         "object": "chat.completion",
         "choices": [
@@ -443,11 +442,11 @@ def from_generate(response: Any) -> dict[str, Any]:
                 "index": 0,
                 "message": {"role": "assistant", "content": text},
                 "logprobs": None,
-                "finish_reason": finish if isinstance(finish, str) and finish else "stop",
+                "finish_reason": finish or "stop",
             }
         ],
     }
-    usage = _generate_usage(response)
+    usage = _generate_usage(typed)
     if usage is not None:
         completion["usage"] = usage
     return completion
@@ -457,16 +456,15 @@ def chunks_from_generate_event(event: Any) -> tuple[list[dict[str, Any]], bool]:
     """One `generate_stream` event as chunks, and whether it was the last (`done`, or a finish reason)."""
     if isinstance(event, dict) and "error" in event and "text_output" not in event:
         raise OIPStreamError(error_text(event))
-    text = _generate_text(event)
-    finish = _scalar(event.get("finish_reason"))
-    finish = finish if isinstance(finish, str) and finish else None
-    if finish is None and event.get("done") is True:
+    typed, text = _generate(event)
+    finish = _scalar(typed.finish_reason, "finish_reason") or None
+    if finish is None and typed.done is True:
         finish = "stop"
     chunks: list[dict[str, Any]] = []
     if text or finish is not None:
         delta = {"content": text} if text else {}
         chunks.append({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
-    usage = _generate_usage(event)
+    usage = _generate_usage(typed)
     if usage is not None and finish is not None:
         chunks.append({"choices": [], "usage": usage})
     return chunks, finish is not None
@@ -475,16 +473,18 @@ def chunks_from_generate_event(event: Any) -> tuple[list[dict[str, Any]], bool]:
 # -- errors --------------------------------------------------------------------------------------------------------
 
 
-def _detail_text(detail: Iterable[Any]) -> str:
-    """FastAPI's validation list (MLServer, KServe) as `loc: msg; …`."""
+def _detail_text(detail: list[Any]) -> str:
+    """FastAPI's validation list (MLServer, KServe) as `loc: msg; …` (an item of another shape as its JSON)."""
     parts = []
     for item in detail:
-        if isinstance(item, dict):
-            loc = ".".join(str(x) for x in item.get("loc") or ())
-            msg = item.get("msg") or _json.dumps_text(item)
-            parts.append(f"{loc}: {msg}" if loc else str(msg))
-        else:
-            parts.append(str(item))
+        try:
+            typed = msgspec.convert(item, shapes.ValidationDetail)
+        except msgspec.ValidationError:
+            parts.append(item if isinstance(item, str) else _json.dumps_text(item))
+            continue
+        loc = ".".join(str(x) for x in typed.loc or ())
+        msg = typed.msg or _json.dumps_text(item)
+        parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)
 
 
