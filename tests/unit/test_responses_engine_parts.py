@@ -392,6 +392,174 @@ async def test_events_are_framed_with_their_type_and_no_done() -> None:
     assert frames[-1].startswith("event: response.completed\n") and "[DONE]" not in body.decode()
 
 
+class _Ready:
+    """Events that are all there already, saying so (`buffered()`), as a response built from one upstream read."""
+
+    def __init__(self, events: list[dict[str, Any]], fail: Exception | None = None) -> None:
+        self.events = list(events)
+        self.fail = fail
+
+    def __aiter__(self) -> _Ready:
+        return self
+
+    def buffered(self) -> bool:
+        return True
+
+    async def __anext__(self) -> dict[str, Any]:
+        if self.events:
+            return self.events.pop(0)
+        if self.fail is not None:
+            raise self.fail
+        raise StopAsyncIteration
+
+
+async def test_events_that_are_ready_together_go_out_in_one_write() -> None:
+    from manifold.server.sse import event_frame
+
+    events = [{"type": f"response.e{i}", "sequence_number": i} for i in range(5)]
+    sent, body = await _relay(_Ready(copy.deepcopy(events)))
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert body == b"".join(event_frame(e) for e in events)
+
+
+async def test_ready_events_before_a_failure_go_out_before_its_error_event() -> None:
+    from manifold.errors import ServiceUnavailableError
+
+    events = [{"type": "response.created", "sequence_number": 0}, {"type": "response.x", "sequence_number": 1}]
+    _, body = await _relay(_Ready(events, ServiceUnavailableError("storage down", code="storage_unavailable")))
+    frames = body.decode().strip().split("\n\n")
+    assert [f.split("\n")[0] for f in frames] == ["event: response.created", "event: response.x", "event: error"]
+    assert msgspec.json.decode(frames[-1].split("data: ", 1)[1])["sequence_number"] == 2
+
+
+class _Chunks:
+    """Upstream chunks: the first `arrived` are there at once (`buffered()`), the rest only once `gate` is set."""
+
+    def __init__(self, chunks: list[dict[str, Any]], arrived: int) -> None:
+        self.chunks = chunks
+        self.arrived = arrived
+        self.gate = asyncio.Event()
+        self.closed = False
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    def buffered(self) -> bool:
+        return self.arrived > 0
+
+    async def __anext__(self) -> dict[str, Any]:
+        if self.arrived <= 0:
+            await self.gate.wait()
+        self.arrived -= 1
+        if not self.chunks:
+            raise StopAsyncIteration
+        return self.chunks.pop(0)
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def _delta(**delta: Any) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+
+
+async def test_a_streamed_response_holds_no_frame_while_it_waits_for_the_upstream() -> None:
+    """The role chunk (no event) has arrived with nothing after it: `response.created` and
+    `response.in_progress` must go out before the first token, not with it."""
+    from manifold.responses.engine import _ResponseEvents
+
+    chunks = _Chunks([_delta(role="assistant"), _delta(content="Hi"), _delta(content=" there")], arrived=1)
+    saved: list[str] = []
+    builder = ResponseBuilder(skeleton(request(), [], "in_progress"))
+
+    async def save() -> None:
+        saved.append(builder.response["status"])
+
+    relay = asyncio.ensure_future(_relay(_ResponseEvents(builder, None, chunks, save)))
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert not relay.done() and not saved
+    chunks.gate.set()
+    sent, body = await relay
+    frames = [f for f in body.decode().split("\n\n") if f]
+    kinds = [f.split("\n")[0].removeprefix("event: ") for f in frames]
+    assert kinds == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    # The first write (before the gate opened) held exactly the two lifecycle events.
+    assert sent[1]["body"].decode().count("event: ") == 2 and sent[1]["more_body"]
+    assert saved == ["completed"] and chunks.closed
+    decoded = [msgspec.json.decode(f.split("data: ", 1)[1]) for f in frames]
+    assert [e["sequence_number"] for e in decoded] == list(range(10))
+    for event in decoded:
+        assert_valid_stream_event(event)
+    assert decoded[-1]["response"]["output"][0]["content"][0]["text"] == "Hi there"
+
+
+async def test_an_unstored_response_whose_chunks_have_all_arrived_is_one_write() -> None:
+    from manifold.responses.engine import _ResponseEvents
+
+    chunks = _Chunks([_delta(role="assistant"), _delta(content="Hi"), _delta(content=" there")], arrived=4)
+    builder = ResponseBuilder(skeleton(request(store=False), [], "in_progress"))
+    sent, body = await _relay(_ResponseEvents(builder, None, chunks, None))
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert not sent[1]["more_body"] and body.decode().count("event: ") == 10 and chunks.closed
+
+
+async def test_a_streamed_response_is_stored_before_its_terminal_event_is_released() -> None:
+    from manifold.responses.engine import _ResponseEvents
+
+    chunks = _Chunks([_delta(content="Hi")], arrived=5)
+    builder = ResponseBuilder(skeleton(request(), [], "in_progress"))
+    taken: list[str] = []
+    gate = asyncio.Event()
+
+    async def save() -> None:
+        await gate.wait()
+
+    events = _ResponseEvents(builder, None, chunks, save)
+
+    async def take() -> None:
+        async for event in events:
+            taken.append(event["type"])
+
+    task = asyncio.ensure_future(take())
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert taken[-1] == "response.output_item.done" and not events.buffered()
+    gate.set()
+    await task
+    assert taken[-1] == "response.completed"
+
+
+async def test_events_are_awaited_in_the_relays_own_task_with_keepalives_from_a_timer() -> None:
+    """No task per awaited event (each costs turns of a busy event loop); the keep-alive still goes out."""
+    tasks: list[asyncio.Task[Any] | None] = []
+
+    async def events() -> Any:
+        tasks.append(asyncio.current_task())
+        await asyncio.sleep(0.05)
+        yield {"type": "response.created", "sequence_number": 0}
+        tasks.append(asyncio.current_task())
+        yield {"type": "response.completed", "sequence_number": 1}
+
+    relay = asyncio.ensure_future(_relay(events(), keepalive=0.01))
+    _, body = await relay
+    assert tasks == [relay, relay]
+    frames = [f for f in body.decode().split("\n\n") if f]
+    assert frames[0] == ": keep-alive" and frames[-2].startswith("event: response.created\n")
+    assert frames[-1].startswith("event: response.completed\n")
+
+
 async def test_a_failure_after_the_first_event_is_one_error_event() -> None:
     from manifold.errors import ServiceUnavailableError
 

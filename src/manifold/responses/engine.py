@@ -10,12 +10,13 @@ follow and resume (`start_background`).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import copy
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from manifold.api.chat_response import ChunkShaper, normalize_completion
@@ -219,13 +220,11 @@ class ResponsesEngine:
         compaction, messages = await self._compact_if_needed(p)
         chunks = await self._open(p, messages, stream=True)
 
-        async def events() -> AsyncIterator[dict[str, Any]]:
-            yield builder.lifecycle("response.created")
-            yield builder.lifecycle("response.in_progress")
-            async for event in self._run(p, builder, compaction, chunks):
-                yield event
+        async def save() -> None:
+            store = await self.store.responses()
+            await store.save(builder.response, p.items, p.request_id)
 
-        return _Owning(events(), chunks)
+        return _ResponseEvents(builder, compaction, chunks, save if p.req.store is not False else None)
 
     async def _run(
         self,
@@ -274,7 +273,7 @@ class ResponsesEngine:
         call.route = p.route
         if not stream:
             completion = normalize_completion(await self.router.chat(call, p.report), p.req.model)
-            return _iterate(list(completion_chunks(completion)))
+            return _Listed(list(completion_chunks(completion)))
         upstream = await self.router.open_chat_stream(call, p.report)
         return _Shaped(upstream, ChunkShaper(p.req.model, include_usage=True))
 
@@ -429,7 +428,7 @@ class ResponsesEngine:
         if job is not None:
             job.check_resumable(starting_after)
             return job.follow(starting_after)
-        return _iterate([e for e in replay(response) if e["sequence_number"] > starting_after])
+        return _Listed([e for e in replay(response) if e["sequence_number"] > starting_after])
 
     async def delete(self, response_id: str) -> None:
         store = await self.store.responses()
@@ -573,9 +572,25 @@ def _open_native_responses_stream(provider: Provider, call: Call) -> Awaitable[A
     return provider.open_responses_stream(call)
 
 
-async def _iterate(items: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
-    for item in items:
-        yield item
+class _Listed:
+    """Items that are all there: `buffered()` says so, and the server writes them together."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: list[dict[str, Any]]) -> None:
+        self._items = iter(items)
+
+    def __aiter__(self) -> _Listed:
+        return self
+
+    def buffered(self) -> bool:
+        return True
+
+    async def __anext__(self) -> dict[str, Any]:
+        try:
+            return next(self._items)
+        except StopIteration:
+            raise StopAsyncIteration from None
 
 
 class _Shaped:
@@ -612,11 +627,110 @@ class _Shaped:
         await self.aclose()
         raise StopAsyncIteration
 
+    def buffered(self) -> bool:
+        """Whether the next chunk (or the end) is there already (`SSEStream.buffered`)."""
+        if self._ended:
+            return True
+        buffered: Callable[[], bool] | None = getattr(self._upstream, "buffered", None)
+        return buffered is not None and buffered()
+
     async def aclose(self) -> None:
         self._ended = True
         aclose = getattr(self._upstream, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+class _ResponseEvents:
+    """The events of a streamed response (what `_run` yields, in the same order), as an iterator that says
+    whether its next event is ready (`buffered()`), so that the server writes the events that are ready together
+    in one write (all the events of one upstream read) instead of one write, and one wait, per event.
+
+    Events are built a whole upstream chunk at a time; when the last ready one is taken, the chunks that have
+    already arrived are built too, so that `buffered()` is exact (a chunk that makes no event, such as the role or
+    the finish reason, does not leave the server holding frames while the next chunk is awaited). The response
+    is stored (`save`) before its terminal event is released: only when that event is asked for, never while
+    other events are still unsent. A class, not an async generator: closing it closes the upstream at whatever
+    point it stands."""
+
+    __slots__ = ("_builder", "_chunks", "_chunks_buffered", "_done", "_ready", "_save", "_streaming", "_terminal")
+
+    def __init__(
+        self,
+        builder: ResponseBuilder,
+        compaction: dict[str, Any] | None,
+        chunks: AsyncIterator[dict[str, Any]],
+        save: Callable[[], Awaitable[None]] | None,
+    ) -> None:
+        self._builder = builder
+        self._chunks = chunks
+        self._chunks_buffered: Callable[[], bool] | None = getattr(chunks, "buffered", None)
+        self._save = save
+        self._ready = collections.deque(
+            (builder.lifecycle("response.created"), builder.lifecycle("response.in_progress"))
+        )
+        if compaction is not None:
+            self._ready.extend(builder.add_item(compaction))
+        self._streaming = True
+        self._terminal: dict[str, Any] | None = None  # held until the response is stored
+        self._done = False  # the terminal event is out: the end is ready too
+
+    def __aiter__(self) -> _ResponseEvents:
+        return self
+
+    def buffered(self) -> bool:
+        return bool(self._ready) or self._done or (self._terminal is not None and self._save is None)
+
+    async def __anext__(self) -> dict[str, Any]:
+        ready = self._ready
+        if not ready:
+            await self._fill(wait=True)
+            if not ready:
+                raise StopAsyncIteration
+        event = ready.popleft()
+        if not ready and self._streaming:
+            await self._fill(wait=False)
+        return event
+
+    async def _fill(self, *, wait: bool) -> None:
+        """Build events from the chunks that have arrived (`wait`: from the next one, however long it takes),
+        until there are some; at the end of the chunks, store the response, then release the terminal event."""
+        ready, builder = self._ready, self._builder
+        buffered = self._chunks_buffered
+        while not ready and self._streaming and (wait or (buffered is not None and buffered())):
+            try:
+                chunk = await anext(self._chunks)
+            except StopAsyncIteration:
+                final = builder.finish()
+            except ManifoldError as exc:
+                log.warning("response %s failed: %s", builder.response["id"], exc.message)
+                final = builder.fail(_error_code(exc), exc.message)
+            else:
+                ready.extend(builder.feed(chunk))
+                continue
+            self._streaming = False
+            await _aclose(self._chunks)
+            ready.extend(final[:-1])
+            self._terminal = final[-1]
+        if wait and not ready and self._terminal is not None:
+            if self._save is not None:
+                await self._save()
+            ready.append(self._terminal)
+            self._terminal = None
+            self._done = True
+
+    async def aclose(self) -> None:
+        self._streaming = False
+        self._terminal = None
+        self._ready.clear()
+        self._done = True
+        await _aclose(self._chunks)
+
+
+async def _aclose(iterator: Any) -> None:
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 class _Owning:

@@ -12,15 +12,22 @@ The builder reads chunks after `ChunkShaper` (role once, a tool call's id and na
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Iterator
 from typing import Any
 
+from manifold import _json
 from manifold.api.responses import new_id
 from manifold.responses.translate import response_usage
 
 TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
+def _copy(obj: Any) -> Any:
+    """A deep copy of plain JSON data (what an event carries, frozen as it is now). Through msgspec: about five
+    times cheaper than `copy.deepcopy` (3 µs against 16 µs for a small response), which was the largest cost of
+    a streamed response's own."""
+    return _json.decode(_json.encode(obj))
 
 
 class _Message:
@@ -77,7 +84,8 @@ class ResponseBuilder:
         return event
 
     def _snapshot(self) -> dict[str, Any]:
-        return copy.deepcopy(self.response)
+        snapshot: dict[str, Any] = _copy(self.response)
+        return snapshot
 
     def lifecycle(self, kind: str) -> dict[str, Any]:
         """`response.created`, `response.queued` or `response.in_progress` with the response as it is now."""
@@ -112,9 +120,7 @@ class ResponseBuilder:
             yield from self._close_call("completed")
             message = self._message = _Message(len(self.output))
             self.output.append(message.item)
-            yield self.event(
-                "response.output_item.added", output_index=message.output_index, item=copy.deepcopy(message.item)
-            )
+            yield self.event("response.output_item.added", output_index=message.output_index, item=_copy(message.item))
         if message.part_kind != kind:
             yield from self._close_part(message)
             if kind == "output_text":
@@ -128,7 +134,7 @@ class ResponseBuilder:
                 item_id=message.item["id"],
                 output_index=message.output_index,
                 content_index=len(message.item["content"]) - 1,
-                part=copy.deepcopy(part),
+                part=_copy(part),
             )
         assert message.part is not None
         where = {
@@ -156,7 +162,7 @@ class ResponseBuilder:
             yield self.event("response.output_text.done", **where, text=part["text"], logprobs=[])
         else:
             yield self.event("response.refusal.done", **where, refusal=part["refusal"])
-        yield self.event("response.content_part.done", **where, part=copy.deepcopy(part))
+        yield self.event("response.content_part.done", **where, part=_copy(part))
         message.part = message.part_kind = None
 
     def _close_message(self, status: str) -> Iterator[dict[str, Any]]:
@@ -165,9 +171,7 @@ class ResponseBuilder:
             return
         yield from self._close_part(message)
         message.item["status"] = status
-        yield self.event(
-            "response.output_item.done", output_index=message.output_index, item=copy.deepcopy(message.item)
-        )
+        yield self.event("response.output_item.done", output_index=message.output_index, item=_copy(message.item))
         self._message = None
 
     def _tool_call(self, tc: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -185,9 +189,7 @@ class ResponseBuilder:
             self._calls[index] = call
             self._open_call = call
             self.output.append(call.item)
-            yield self.event(
-                "response.output_item.added", output_index=call.output_index, item=copy.deepcopy(call.item)
-            )
+            yield self.event("response.output_item.added", output_index=call.output_index, item=_copy(call.item))
         arguments = fn.get("arguments")
         if isinstance(arguments, str) and arguments:
             call.item["arguments"] += arguments
@@ -213,7 +215,7 @@ class ResponseBuilder:
             output_index=call.output_index,
             arguments=call.item["arguments"],
         )
-        yield self.event("response.output_item.done", output_index=call.output_index, item=copy.deepcopy(call.item))
+        yield self.event("response.output_item.done", output_index=call.output_index, item=_copy(call.item))
 
     # -- the end ---------------------------------------------------------------------------------------------
 
@@ -247,8 +249,8 @@ class ResponseBuilder:
         index = len(self.output)
         self.output.append(item)
         return [
-            self.event("response.output_item.added", output_index=index, item=copy.deepcopy(item)),
-            self.event("response.output_item.done", output_index=index, item=copy.deepcopy(item)),
+            self.event("response.output_item.added", output_index=index, item=_copy(item)),
+            self.event("response.output_item.done", output_index=index, item=_copy(item)),
         ]
 
 
@@ -277,14 +279,14 @@ def completion_chunks(completion: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 def replay(response: dict[str, Any]) -> list[dict[str, Any]]:
     """The events of a finished (stored) response, rebuilt from it: each text part as one delta."""
-    start = copy.deepcopy(response)
+    start = _copy(response)
     start.update(status="in_progress", output=[], error=None, incomplete_details=None)
     for key in ("usage", "completed_at"):
         start.pop(key, None)
     builder = ResponseBuilder(start)
     events = [builder.lifecycle("response.created"), builder.lifecycle("response.in_progress")]
     for index, item in enumerate(response.get("output") or []):
-        builder.response["output"].append(copy.deepcopy(item))
+        builder.response["output"].append(_copy(item))
         if item.get("type") == "message":
             added = {**item, "status": "in_progress", "content": []}
             events.append(builder.event("response.output_item.added", output_index=index, item=added))
@@ -316,5 +318,5 @@ def replay(response: dict[str, Any]) -> list[dict[str, Any]]:
     status = response.get("status")
     terminal = {"completed": "response.completed", "incomplete": "response.incomplete", "failed": "response.failed"}
     if status in terminal:
-        events.append(builder.event(terminal[str(status)], response=copy.deepcopy(response)))
+        events.append(builder.event(terminal[str(status)], response=_copy(response)))
     return events

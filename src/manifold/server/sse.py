@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from manifold import _json
 from manifold.errors import ManifoldError
@@ -22,6 +22,7 @@ log = logging.getLogger("manifold.stream")
 DONE = b"data: [DONE]\n\n"
 KEEPALIVE = b": keep-alive\n\n"
 SSE_CONTENT_TYPE = b"text/event-stream; charset=utf-8"
+T = TypeVar("T")
 
 
 class StreamShaper(Protocol):
@@ -143,27 +144,65 @@ def event_frame(event: dict[str, Any]) -> bytes:
     return b"event: " + str(event["type"]).encode() + b"\ndata: " + _json.encode(event) + b"\n\n"
 
 
+async def _next_with_keepalive(out: EventStream, step: Awaitable[T], interval: float) -> T:
+    """`await step`, with a `:` comment every `interval` seconds meanwhile. The comments come from a timer, not
+    from a task wrapped around the step: the step runs in the caller's task, so when it is done the caller
+    goes on at once (a task and `asyncio.wait` cost three turns of the event loop where a plain await costs
+    one, and on a busy loop each turn is waited for); a client that leaves cancels the caller, and with it
+    the step."""
+    loop = asyncio.get_running_loop()
+    writes: list[asyncio.Task[None]] = []
+    handle: asyncio.TimerHandle
+
+    async def keepalive() -> None:
+        await out.commit()
+        await out.write(KEEPALIVE)
+
+    def fire() -> None:
+        nonlocal handle
+        if not writes or writes[-1].done():
+            writes.append(loop.create_task(keepalive()))
+        handle = loop.call_later(interval, fire)
+
+    handle = loop.call_later(interval, fire)
+    try:
+        return await step
+    finally:
+        handle.cancel()
+        if writes:
+            # A comment still waiting for its turn is dropped, so that it cannot follow the next frame or the end.
+            for write in writes:
+                write.cancel()
+            await asyncio.gather(*writes, return_exceptions=True)
+
+
 async def stream_events(request: Request, events: AsyncIterator[dict[str, Any]], keepalive_interval: float) -> None:
     """Relay typed events. The first is awaited before the 200 is sent, so an error before it still gets its
     status; a failure after it becomes one `error` event (`{type, code, message, param, sequence_number}`).
-    While an event is awaited, a `:` comment goes out every `keepalive_interval` seconds."""
+    While an event is awaited, a `:` comment goes out every `keepalive_interval` seconds.
+
+    Events that are ready together (`events.buffered()`, where the iterator has it: a response's events built
+    from one upstream read) are taken without a wait and go out in one write; the frames are the same."""
     out = EventStream(request)
     iterator = aiter(events)
+    buffered: Callable[[], bool] | None = getattr(iterator, "buffered", None)
     next_sequence = 0
-    pending: asyncio.Future[dict[str, Any] | None] | None = None
+    frames: list[bytes] = []  # ready frames held back to be written together; still sent if the stream then fails
     try:
         while True:
-            pending = asyncio.ensure_future(anext(iterator, None))
-            while not (await asyncio.wait((pending,), timeout=keepalive_interval))[0]:
-                await out.commit()
-                await out.write(KEEPALIVE)
-            event, pending = pending.result(), None
+            if buffered is not None and buffered():
+                event = await anext(iterator, None)
+            else:
+                if frames:
+                    await out.write(frames[0] if len(frames) == 1 else b"".join(frames))
+                    frames.clear()
+                event = await _next_with_keepalive(out, anext(iterator, None), keepalive_interval)
             await out.commit()
             if event is None:
                 break
             next_sequence = int(event.get("sequence_number", next_sequence)) + 1
-            await out.write(event_frame(event))
-        await out.end()
+            frames.append(event_frame(event))
+        await out.end(b"".join(frames))
     except ManifoldError as exc:
         if not out.committed:
             raise
@@ -175,13 +214,8 @@ async def stream_events(request: Request, events: AsyncIterator[dict[str, Any]],
             "param": exc.param,
             "sequence_number": next_sequence,
         }
-        await out.end(event_frame(error))
+        await out.end(b"".join(frames) + event_frame(error))
     finally:
-        if pending is not None and not pending.done():
-            # The client left while an event was awaited: stop that step (which ends the iterator's own
-            # work, e.g. the upstream request) before closing the iterator, which cannot close while running.
-            pending.cancel()
-            await asyncio.gather(pending, return_exceptions=True)
         aclose = getattr(iterator, "aclose", None)
         if aclose is not None:
             await aclose()
