@@ -23,7 +23,7 @@ import email.utils
 import math
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import msgspec
@@ -53,6 +53,9 @@ from manifold.providers.transport import (
     tls_context,
 )
 
+if TYPE_CHECKING:
+    from manifold.providers.httpx_transport import HttpxTransport
+
 _PASSED_HEADERS = ("retry-after", "retry-after-ms")
 # Every OpenAI operation answers 200; another 2xx (201, 202, 204, 206…) is not the answer the client asked for.
 _ANSWER_STATUSES = frozenset({200})
@@ -77,31 +80,20 @@ def open_transport(deployment: Deployment, base_url: str) -> Transport:
     context = None
     if base_url.startswith("https:") and (tls.ca_file or tls.cert_file or not tls.verify):
         context = tls_context(ca_file=tls.ca_file, cert_file=tls.cert_file, key_file=tls.key_file, verify=tls.verify)
-    proxy = proxies.choose(deployment.proxy, base_url)
+    transport_class: type[ConnectionPool] | type[HttpxTransport] = ConnectionPool
     if deployment.transport == "httpx":
         from manifold.providers.httpx_transport import HttpxTransport
 
-        return HttpxTransport(
-            base_url,
-            limit=deployment.max_connections,
-            connect_timeout=t.connect,
-            read_timeout=t.first_byte,
-            pool_timeout=t.pool,
-            ssl_context=context,
-            proxy=proxy,
-            max_header_bytes=limits.max_header_bytes,
-            max_headers=limits.max_headers,
-            max_body_bytes=limits.max_body_bytes,
-        )
+        transport_class = HttpxTransport
     # The read timeout bounds every silent gap: the wait for headers and, in a stream, between two reads.
-    return ConnectionPool(
+    return transport_class(
         base_url,
         limit=deployment.max_connections,
         connect_timeout=t.connect,
         read_timeout=t.first_byte,
         pool_timeout=t.pool,
         ssl_context=context,
-        proxy=proxy,
+        proxy=proxies.choose(deployment.proxy, base_url),
         max_header_bytes=limits.max_header_bytes,
         max_headers=limits.max_headers,
         max_body_bytes=limits.max_body_bytes,
