@@ -185,12 +185,13 @@ class OpenAICompatibleProvider(Provider):
 class _ChunkStream:
     """`chat.completion.chunk` dicts from an OpenAI-style SSE stream, ending at `data: [DONE]` (or EOF)."""
 
-    __slots__ = ("_events", "_label", "_started")
+    __slots__ = ("_events", "_finished", "_label", "_started")
 
     def __init__(self, events: SSEStream, label: str) -> None:
         self._events = events
         self._label = label
         self._started = False
+        self._finished = False  # a choice has said why it ended (finish_reason)
 
     def __aiter__(self) -> _ChunkStream:
         return self
@@ -203,6 +204,14 @@ class _ChunkStream:
                 # An HTML page or an empty body where a stream was due: not an empty "success".
                 raise BadGatewayError(
                     f"The upstream for {self._label} answered without a single stream event."
+                ) from None
+            if not self._finished:
+                # Ended without `[DONE]` and before any choice finished: the answer was cut short, and a `[DONE]`
+                # from us would tell the client it is whole. (Ending without `[DONE]` after a finish_reason is
+                # accepted: some servers leave the sentinel out.)
+                raise BadGatewayError(
+                    f"The upstream for {self._label} ended the stream before the answer finished "
+                    "(no finish_reason, no [DONE])."
                 ) from None
             raise
         self._started = True
@@ -222,6 +231,12 @@ class _ChunkStream:
             self._events.close()
             message = err.get("message") if isinstance(err, dict) else str(err)
             raise BadGatewayError(f"The upstream for {self._label} failed mid-stream: {message}")
+        if not self._finished:
+            choices = chunk.get("choices")
+            if isinstance(choices, list):
+                for choice in choices:
+                    if isinstance(choice, dict) and choice.get("finish_reason") is not None:
+                        self._finished = True
         return chunk
 
     def buffered(self) -> bool:
@@ -240,6 +255,7 @@ class _ResponseEventStream(_ChunkStream):
     def __init__(self, events: SSEStream, label: str) -> None:
         super().__init__(events, label)
         self._ended = False
+        self._finished = True  # no choices here: the final event (`_ended`) is what says the stream is whole
 
     async def __anext__(self) -> dict[str, Any]:
         try:
