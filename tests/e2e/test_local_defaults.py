@@ -105,3 +105,19 @@ def test_a_legacy_completion_stream_of_lead_bytes_still_ends(sdk: openai.OpenAI)
     reply = sdk.completions.create(model="smollm2", prompt="Stars:", max_tokens=5, logit_bias={LEAD_BYTE_TOKEN: 100})
     assert reply.choices[0].text == "\ufffd" * 5
     assert reply.usage is not None and reply.usage.completion_tokens == 5
+
+
+def test_llamas_own_loop_is_bounded_too(sdk: openai.OpenAI) -> None:
+    """With `logprobs` the answer comes from llama-cpp-python's own loop, whose streaming detokenizer stalls on a
+    lead byte and then skips its `max_tokens` test: Manifold's token counter stops it at the limit all the same."""
+    stream = sdk.chat.completions.create(
+        model="smollm2",
+        messages=[{"role": "user", "content": "Say hello"}],
+        max_tokens=6,
+        logit_bias={LEAD_BYTE_TOKEN: 100},
+        logprobs=True,
+        stream=True,
+        timeout=30,
+    )
+    chunks = list(stream)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -62,17 +63,21 @@ def embedded_model_path() -> Path:
 
 
 class _Cancel:
-    """A llama.cpp logits processor that counts generated tokens and, once the flag is set, forces the
-    end-of-sequence token so generation stops at the next token."""
+    """A llama.cpp logits processor that counts generated tokens and, once the flag is set or `limit` tokens
+    were generated, forces the end-of-sequence token so generation stops at the next token.
+
+    The limit is a backstop for llama-cpp-python's own loop (tools, logprobs): while its detokenizer holds bytes
+    that never form a character it skips its own `max_tokens` test and would run to the end of the context."""
 
     def __init__(self, eos: int) -> None:
         self.event = threading.Event()
         self.generated = 0
         self.eos = eos
+        self.limit = sys.maxsize
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         self.generated += 1
-        if self.event.is_set():
+        if self.event.is_set() or self.generated > self.limit:
             scores[:] = -float("inf")
             scores[self.eos] = 0.0
         return scores
@@ -174,6 +179,7 @@ class LocalModelProvider(Provider):
         kw["messages"] = _flatten_messages(body["messages"])
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
         kw["max_tokens"] = max_tokens or self.deployment.default_max_tokens or generation.LOCAL_DEFAULT_MAX_TOKENS
+        cancel.limit = kw["max_tokens"]
         if "repeat_penalty" not in kw:
             kw["repeat_penalty"] = self.deployment.repeat_penalty or generation.LOCAL_DEFAULT_REPEAT_PENALTY
         stop = body.get("stop")
