@@ -68,10 +68,6 @@ class Provider:
     async def ready(self) -> bool:
         return True
 
-    def upstream_model_for(self, call: Call) -> str:
-        """The model name to send upstream: the deployment's, or the one a wildcard group forwards."""
-        return call.upstream_model or self.deployment.upstream_model
-
     async def chat(self, call: ChatCall) -> dict[str, Any]:
         """A complete `chat.completion` as a dict (normalized by the caller)."""
         raise unsupported_model(call, "chat completions")

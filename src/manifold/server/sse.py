@@ -135,10 +135,6 @@ async def stream_chat(
                 await aclose()
 
 
-# The relay serves every OpenAI chunk stream that ends with `[DONE]`: chat and legacy completions.
-relay_stream = stream_chat
-
-
 def event_frame(event: dict[str, Any]) -> bytes:
     """A typed event (the Responses API): `event: <type>` + `data: <json>`; no `[DONE]` follows the last."""
     return b"event: " + str(event["type"]).encode() + b"\ndata: " + _json.encode(event) + b"\n\n"

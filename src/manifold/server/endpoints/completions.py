@@ -11,7 +11,7 @@ from manifold.api.validation import convert, decode_json_object
 from manifold.errors import InvalidRequestError
 from manifold.providers.base import Call
 from manifold.routing import router as operations
-from manifold.server.sse import relay_stream
+from manifold.server.sse import stream_chat
 
 if TYPE_CHECKING:
     from manifold.server.app import ManifoldApp
@@ -29,7 +29,7 @@ async def create_completion(app: ManifoldApp, request: Request) -> None:
     call = Call(raw, req.model, request.request_id, bool(req.stream))
     if call.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        await relay_stream(
+        await stream_chat(
             request,
             lambda: app.router.execute_stream(call, operations.open_completions_stream, request.add_response_header),
             TextChunkShaper(req.model, include_usage),
