@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -15,6 +14,7 @@ import pytest
 
 from tests.e2e.conftest import ManifoldProcess
 from tests.e2e.test_chat import sse_events
+from tests.fakes import raw_sse_upstream
 
 CHUNK = {
     "id": "chatcmpl-1",
@@ -26,33 +26,18 @@ CHUNK = {
 LIMIT = 4096
 
 
-def _serve(sock: socket.socket, first_chunk: bool) -> None:
-    while True:
+def _answer(first_chunk: bool) -> Callable[[socket.socket], None]:
+    def answer(conn: socket.socket) -> None:
+        if first_chunk:
+            conn.sendall(b"data: " + json.dumps(CHUNK).encode() + b"\n\n")
+        # One line four times the limit, never ended.
+        conn.sendall(b"data: " + b"x" * (4 * LIMIT))
         try:
-            conn, _ = sock.accept()
+            conn.recv(1)  # hold the connection until the gateway gives up on it
         except OSError:
-            return
-        with conn:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += conn.recv(65536)
-            head, _, body = data.partition(b"\r\n\r\n")
-            length = next(
-                int(line.split(b":", 1)[1])
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"content-length")
-            )
-            while len(body) < length:
-                body += conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n")
-            if first_chunk:
-                conn.sendall(b"data: " + json.dumps(CHUNK).encode() + b"\n\n")
-            # One line four times the limit, never ended.
-            conn.sendall(b"data: " + b"x" * (4 * LIMIT))
-            try:
-                conn.recv(1)  # hold the connection until the gateway gives up on it
-            except OSError:
-                pass
+            pass
+
+    return answer
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +45,8 @@ def upstreams() -> Iterator[dict[str, str]]:
     urls: dict[str, str] = {}
     socks = []
     for name, first in (("after", True), ("before", False)):
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(8)
-        threading.Thread(target=_serve, args=(sock, first), daemon=True).start()
+        sock, urls[name] = raw_sse_upstream.start(_answer(first))
         socks.append(sock)
-        urls[name] = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
     yield urls
     for sock in socks:
         sock.close()

@@ -8,8 +8,6 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import pytest
 
 from tests.e2e.conftest import ManifoldProcess
 from tests.e2e.test_chat import sse_events
+from tests.fakes import raw_sse_upstream
 
 
 def _chunk(content: str | None, finish: str | None) -> bytes:
@@ -38,41 +37,15 @@ STREAMS = {
 }
 
 
-def _serve(sock: socket.socket, body: bytes) -> None:
-    while True:
-        try:
-            conn, _ = sock.accept()
-        except OSError:
-            return
-        with conn:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += conn.recv(65536)
-            head, _, rest = data.partition(b"\r\n\r\n")
-            length = next(
-                int(line.split(b":", 1)[1])
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"content-length")
-            )
-            while len(rest) < length:
-                rest += conn.recv(65536)
-            # Close-delimited, ended cleanly: the body is whole as HTTP goes, only the SSE stream is short.
-            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n" + body)
-
-
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManifoldProcess]:
     socks = []
     models = []
     for name, body in STREAMS.items():
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(8)
-        threading.Thread(target=_serve, args=(sock, body), daemon=True).start()
+        # Close-delimited, ended cleanly: the body is whole as HTTP goes, only the SSE stream is short.
+        sock, api_base = raw_sse_upstream.start(lambda conn, body=body: conn.sendall(body))
         socks.append(sock)
-        models.append(
-            {"model_name": name, "provider": "openai", "api_base": f"http://127.0.0.1:{sock.getsockname()[1]}/v1"}
-        )
+        models.append({"model_name": name, "provider": "openai", "api_base": api_base})
     proc = ManifoldProcess(
         {"model_list": models, "router": {"num_retries": 0, "cooldown_time": 0}},
         Path(tmp_path_factory.mktemp("stream-end")),
