@@ -18,7 +18,7 @@ import timeit
 from collections.abc import Callable
 from typing import Any
 
-from manifold.api.sse import SSEEvent
+from manifold.api.sse_decoder import SSEEvent
 from manifold.providers.anthropic.stream import AnthropicStreamParser
 from manifold.providers.anthropic.translate import from_anthropic
 from manifold.providers.kserve_v2.stream import GenerateStreamParser, InferStreamParser

@@ -15,7 +15,7 @@ from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletionChunk
 
 from manifold.api.chat_response import ChunkShaper
-from manifold.api.sse import SSEDecoder, SSEEvent
+from manifold.api.sse_decoder import SSEDecoder, SSEEvent
 from manifold.errors import BadGatewayError, ManifoldError, UpstreamError, UpstreamOverloadedError
 from manifold.providers.anthropic.stream import AnthropicStreamParser
 from tests.conformance.schema import assert_valid

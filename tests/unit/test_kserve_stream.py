@@ -148,7 +148,7 @@ def test_an_unterminated_last_event_is_not_dispatched() -> None:
 
 def test_the_stream_parsers_take_the_deployments_line_limit() -> None:
     """`limits.max_sse_line_bytes` reaches the KServe parsers too: a line that never ends stops at the limit."""
-    from manifold.api.sse import SSELineTooLong
+    from manifold.api.sse_decoder import SSELineTooLong
     from manifold.providers.kserve_v2.stream import GenerateStreamParser, InferStreamParser
 
     for parser in (InferStreamParser(2048), GenerateStreamParser(2048)):

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from manifold.api.sse import SSEEvent
+from manifold.api.sse_decoder import SSEEvent
 from manifold.api.upstream import UpstreamShapeError
 from manifold.providers.anthropic.stream import AnthropicStreamParser
 from manifold.providers.anthropic.translate import from_anthropic

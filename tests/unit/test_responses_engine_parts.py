@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from manifold.api.responses import CreateResponseRequest, function_tools, input_items
+from manifold.api.response_request import CreateResponseRequest, function_tools, input_items
 from manifold.errors import InvalidRequestError, UnsupportedError
 from manifold.providers.token_estimate import estimate_chat_tokens
 from manifold.responses.compaction import CompactionSeal
@@ -362,8 +362,8 @@ async def test_job_followers_see_every_event_and_resume_within_the_bound() -> No
 
 
 async def _relay(events: Any, keepalive: float = 10.0) -> tuple[list[Any], bytes]:
-    from manifold.server.http import Request
-    from manifold.server.sse import stream_events
+    from manifold.server.asgi import Request
+    from manifold.server.sse_writer import stream_events
 
     sent: list[Any] = []
 
@@ -414,7 +414,7 @@ class _Ready:
 
 
 async def test_events_that_are_ready_together_go_out_in_one_write() -> None:
-    from manifold.server.sse import event_frame
+    from manifold.server.sse_writer import event_frame
 
     events = [{"type": f"response.e{i}", "sequence_number": i} for i in range(5)]
     sent, body = await _relay(_Ready(copy.deepcopy(events)))

@@ -22,7 +22,7 @@ from manifold.errors import (
     ServiceUnavailableError,
 )
 from manifold.providers.base import Call, Provider
-from manifold.providers.http import error_from_upstream
+from manifold.providers.upstream_http import error_from_upstream
 from manifold.routing import router as router_module
 from manifold.routing.router import Router
 

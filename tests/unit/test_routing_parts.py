@@ -22,7 +22,7 @@ from manifold.errors import (
     UpstreamError,
 )
 from manifold.providers.base import Provider
-from manifold.providers.http import error_from_upstream, retry_after_seconds
+from manifold.providers.upstream_http import error_from_upstream, retry_after_seconds
 from manifold.routing.addressing import NameTable, wildcard_upstream
 from manifold.routing.group import Member, Policy
 from manifold.routing.health import CircuitBreaker, ConcurrencyLimit, QueueFullError

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from manifold.api import sse
-from manifold.api.sse import SSEDecoder, SSEEvent, SSELineTooLong
+from manifold.api import sse_decoder as sse
+from manifold.api.sse_decoder import SSEDecoder, SSEEvent, SSELineTooLong
 
 # A realistic upstream stream: comments/keep-alives, `event:` and `id:` lines, a multi-line data event, CRLF, CR
 # and LF line endings, multi-byte UTF-8 inside the JSON, `data:` with and without the space, and `[DONE]`.
@@ -281,7 +281,7 @@ def test_lines_up_to_the_limit_pass() -> None:
 def test_events_before_an_overlong_line_in_the_same_chunk_come_with_the_error() -> None:
     """A whole event and then a line past the limit, in one read: the event is not lost with the error (the
     stream sends it, then its error event) — whatever way the bytes were split."""
-    from manifold.api.sse import SSEDecoder, SSELineTooLong
+    from manifold.api.sse_decoder import SSEDecoder, SSELineTooLong
 
     decoder = SSEDecoder(1024)
     with pytest.raises(SSELineTooLong) as caught:

@@ -267,8 +267,8 @@ def test_storage_config() -> None:
 async def _run_stream(make_before_done: Any) -> bytes:
     """Stream two chunks through `stream_chat`; `make_before_done(sent)` builds its hook, which can look at what
     had been sent to the client when it ran."""
-    from manifold.server.http import Request
-    from manifold.server.sse import stream_chat
+    from manifold.server.asgi import Request
+    from manifold.server.sse_writer import stream_chat
 
     sent: list[Any] = []
 

@@ -1,5 +1,6 @@
-"""The upstream HTTP/1.1 client (`providers/transport.py`) and `UpstreamSession`/`SSEStream` (`providers/http.py`),
-against a raw TCP server on 127.0.0.1 whose every byte each test scripts (`tests/fakes/raw_http_server.py`).
+"""The upstream HTTP/1.1 client (`providers/transport.py`) and `UpstreamSession`/`SSEStream`
+(`providers/upstream_http.py`), against a raw TCP server on 127.0.0.1 whose every byte each test scripts
+(`tests/fakes/raw_http_server.py`).
 
 Covered: body framing (Content-Length, chunked, close-delimited, no body), headers, gzip/deflate, keep-alive and
 when a connection must not be reused, the stale keep-alive retry, the pool limit and its permits (released on
@@ -23,11 +24,10 @@ from typing import Any
 
 import pytest
 
-from manifold.api.sse import SSEEvent
+from manifold.api.sse_decoder import SSEEvent
 from manifold.config import Deployment, Timeouts
 from manifold.errors import BadGatewayError, GatewayTimeoutError, UpstreamError
 from manifold.providers import transport
-from manifold.providers.http import UpstreamSession
 from manifold.providers.transport import (
     ConnectError,
     ConnectionPool,
@@ -38,6 +38,7 @@ from manifold.providers.transport import (
     ReadTimeout,
     TransportError,
 )
+from manifold.providers.upstream_http import UpstreamSession
 from tests.fakes.raw_http_server import Handler, RawConn, RawRequest, RawServer, silent_port, tls_pair, unused_port
 
 # -- wire helpers ------------------------------------------------------------------------------------------------

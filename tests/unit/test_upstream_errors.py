@@ -9,7 +9,7 @@ import pytest
 from multidict import CIMultiDict
 
 from manifold.errors import BadGatewayError, ManifoldError, UpstreamError
-from manifold.providers.http import error_from_upstream
+from manifold.providers.upstream_http import error_from_upstream
 
 LABEL = "'gpt-4o' (upstream model 'meta/llama-3')"
 NO_HEADERS: CIMultiDict[str] = CIMultiDict()

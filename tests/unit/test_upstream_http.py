@@ -19,7 +19,6 @@ import pytest
 from manifold.config import Deployment, Timeouts, parse_config
 from manifold.errors import BadGatewayError, ConfigError, InvalidRequestError, RateLimitError
 from manifold.providers.base import Call
-from manifold.providers.http import UpstreamSession
 from manifold.providers.httpx_transport import HttpxTransport
 from manifold.providers.transport import (
     ConnectionPool,
@@ -28,6 +27,7 @@ from manifold.providers.transport import (
     ResponseTooLarge,
     tls_context,
 )
+from manifold.providers.upstream_http import UpstreamSession
 from manifold.routing.router import ATTEMPTS_HEADER, Router
 from tests.fakes.certificates import GeneratedCA, make_test_ca
 from tests.fakes.connect_proxy import ConnectProxy

@@ -35,7 +35,7 @@ from manifold.providers.python_handler.operations import GROUPS, OPERATIONS, Ope
 from manifold.providers.python_handler.provider import PythonHandlerProvider
 from manifold.routing.router import Router
 from manifold.server.app import API_ROUTES, ROOT_ROUTES, ManifoldApp
-from manifold.server.http import Message, Receive, Request, Scope, Send
+from manifold.server.asgi import Message, Receive, Request, Scope, Send
 from manifold.server.routes import PathRouter, Route
 
 log = logging.getLogger("manifold.frontend")

@@ -42,7 +42,6 @@ class Call:
         self.route: str | None = None
 
 
-ChatCall = Call
 ChunkStream = AsyncIterator[dict[str, Any]]
 
 
@@ -68,11 +67,11 @@ class Provider:
     async def ready(self) -> bool:
         return True
 
-    async def chat(self, call: ChatCall) -> dict[str, Any]:
+    async def chat(self, call: Call) -> dict[str, Any]:
         """A complete `chat.completion` as a dict (normalized by the caller)."""
         raise unsupported_model(call, "chat completions")
 
-    async def open_chat_stream(self, call: ChatCall) -> ChunkStream:
+    async def open_chat_stream(self, call: Call) -> ChunkStream:
         """Start a streamed completion. Errors before the first chunk are raised here, so the server can still
         answer with a proper status; the returned iterator yields `chat.completion.chunk` dicts."""
         raise unsupported_model(call, "streamed chat completions")
@@ -103,7 +102,7 @@ class Provider:
         """An `ImagesResponse` as a dict (image generation)."""
         raise unsupported_model(call, "image generation")
 
-    async def count_chat_tokens(self, call: ChatCall) -> int | None:
+    async def count_chat_tokens(self, call: Call) -> int | None:
         """The exact number of prompt tokens the chat request in `call.body` would cost, where this backend's
         tokenizer is known here; None otherwise (the caller then estimates)."""
         return None

@@ -19,7 +19,7 @@ is kept to what upstream calls need:
 - header values with CR, LF or NUL, or outside latin-1, never reach the wire (`InvalidHeader`);
 - an HTTP proxy: plain requests in absolute form, https through a CONNECT tunnel (`proxy.py`).
 
-Errors are `TransportError` subclasses; `providers/http.py` maps them to 502/504 (429 for `PoolTimeout`).
+Errors are `TransportError` subclasses; `providers/upstream_http.py` maps them to 502/504 (429 for `PoolTimeout`).
 `Transport` and `Response` are the seam `UpstreamSession` talks to: this client is the default, `httpx_transport`
 is the other one, and tests may bring their own.
 """

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from manifold.api.chat_response import ChunkShaper, normalize_completion
-from manifold.api.responses import (
+from manifold.api.response_request import (
     CompactRequest,
     CreateResponseRequest,
     FunctionTool,
@@ -32,7 +32,7 @@ from manifold.api.responses import (
 )
 from manifold.config import ResponsesSettings
 from manifold.errors import InvalidRequestError, ManifoldError, NotFoundError, RateLimitError, UnsupportedError
-from manifold.providers.base import Call, ChatCall, Provider
+from manifold.providers.base import Call, Provider
 from manifold.providers.token_estimate import estimate_chat_tokens
 from manifold.responses import translate
 from manifold.responses.events import TERMINAL_EVENTS, ResponseBuilder, completion_chunks, replay
@@ -43,7 +43,7 @@ from manifold.storage import Store
 
 if TYPE_CHECKING:
     from manifold.responses.compaction import CompactionSeal
-    from manifold.storage.responses import ResponseStore
+    from manifold.storage.stored_responses import ResponseStore
 
 log = logging.getLogger("manifold.responses")
 UNFINISHED = ("queued", "in_progress")
@@ -269,7 +269,7 @@ class ResponsesEngine:
         self, p: Prepared, messages: list[dict[str, Any]], *, stream: bool
     ) -> AsyncIterator[dict[str, Any]]:
         body = translate.to_chat_body(p.req, messages, p.tools, stream=stream)
-        call = ChatCall(body, p.req.model, p.request_id, stream)
+        call = Call(body, p.req.model, p.request_id, stream)
         call.route = p.route
         if not stream:
             completion = normalize_completion(await self.router.chat(call, p.report), p.req.model)
@@ -469,7 +469,7 @@ class ResponsesEngine:
             body["tools"] = translate.chat_tools(tools)
         if req.model:
             provider = self.router.pick(req.model)
-            exact = await provider.count_chat_tokens(ChatCall(body, req.model, request_id, False))
+            exact = await provider.count_chat_tokens(Call(body, req.model, request_id, False))
             if exact is not None:
                 return exact
         return estimate_chat_tokens(body)
@@ -500,7 +500,7 @@ class ResponsesEngine:
         from manifold.responses.compaction import SUMMARY_PROMPT
 
         body = {"model": model, "messages": [*messages, {"role": "user", "content": SUMMARY_PROMPT}]}
-        completion = normalize_completion(await self.router.chat(ChatCall(body, model, request_id, False)), model)
+        completion = normalize_completion(await self.router.chat(Call(body, model, request_id, False)), model)
         choices = completion.get("choices") or [{}]
         summary = str((choices[0].get("message") or {}).get("content") or "")
         item = {"type": "compaction", "id": new_id("cmp_"), "encrypted_content": self.seal.seal(summary, model)}
@@ -531,7 +531,7 @@ class ResponsesEngine:
 
     async def _count(self, p: Prepared, messages: list[dict[str, Any]]) -> int:
         body = {"model": p.req.model, "messages": messages}
-        exact = await p.provider.count_chat_tokens(ChatCall(body, p.req.model, p.request_id, False))
+        exact = await p.provider.count_chat_tokens(Call(body, p.req.model, p.request_id, False))
         return exact if exact is not None else estimate_chat_tokens(body)
 
     async def _fit(self, p: Prepared, context: list[dict[str, Any]], own_count: int) -> list[dict[str, Any]]:

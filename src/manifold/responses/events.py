@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from manifold import _json
-from manifold.api.responses import new_id
+from manifold.api.response_request import new_id
 from manifold.responses.translate import response_usage
 
 TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})

@@ -7,7 +7,13 @@ from typing import Any
 
 import msgspec
 
-from manifold.api.responses import CreateResponseRequest, FormatJSONObject, FormatJSONSchema, FunctionTool, new_id
+from manifold.api.response_request import (
+    CreateResponseRequest,
+    FormatJSONObject,
+    FormatJSONSchema,
+    FunctionTool,
+    new_id,
+)
 
 
 def now() -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from manifold.api.responses import (
+from manifold.api.response_request import (
     CreateResponseRequest,
     FormatJSONObject,
     FormatJSONSchema,

@@ -37,8 +37,8 @@ from manifold.observability.record import CURRENT
 from manifold.observability.record import RequestRecord as RecordT
 from manifold.observability.tracing import Tracing
 from manifold.providers.base import Call, ChunkStream, Provider
-from manifold.providers.http import take_resends
 from manifold.providers.registry import create_provider
+from manifold.providers.upstream_http import take_resends
 from manifold.routing.addressing import NameTable
 from manifold.routing.fallback import CLIENT_FALLBACKS_FIELD, FallbackPlan, client_fallbacks
 from manifold.routing.group import Member, ModelGroup, Policy
@@ -46,11 +46,11 @@ from manifold.routing.health import QueueFullError
 from manifold.routing.retry import Verdict, backoff_delay, classify
 
 __all__ = [
+    "Attempt",
     "ModelGroup",
-    "Operation",
     "Report",
     "Router",
-    "StreamOperation",
+    "StreamAttempt",
     "completions",
     "embeddings",
     "images",
@@ -60,8 +60,8 @@ __all__ = [
 log = logging.getLogger("manifold.router")
 
 T = TypeVar("T")
-Operation = Callable[[Provider, Call], Awaitable[T]]
-StreamOperation = Callable[[Provider, Call], Awaitable[AsyncIterator[T]]]
+Attempt = Callable[[Provider, Call], Awaitable[T]]
+StreamAttempt = Callable[[Provider, Call], Awaitable[AsyncIterator[T]]]
 Report = Callable[[str, str], None]  # (header name, value): e.g. Request.add_response_header
 Target = tuple[ModelGroup, str | None]
 
@@ -206,14 +206,14 @@ class Router:
         result: Awaitable[ChunkStream] = self._run(call, _open_chat_stream, report, True)
         return result
 
-    def execute(self, call: Call, operation: Operation[T], report: Report | None = None) -> Awaitable[T]:
+    def execute(self, call: Call, operation: Attempt[T], report: Report | None = None) -> Awaitable[T]:
         """Run `operation` on a deployment of `call.public_model`, with retries and fallbacks; `report` gets the
         response headers that say which deployment answered after how many attempts."""
         result: Awaitable[T] = self._run(call, operation, report, False)
         return result
 
     def execute_stream(
-        self, call: Call, operation: StreamOperation[T], report: Report | None = None
+        self, call: Call, operation: StreamAttempt[T], report: Report | None = None
     ) -> Awaitable[AsyncIterator[T]]:
         """Like `execute` for an operation that opens a stream; returns once its first item arrived (failures
         until then are retried), as an iterator that starts with that item."""

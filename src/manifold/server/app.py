@@ -22,6 +22,7 @@ from manifold.observability.record import CURRENT
 from manifold.observability.redaction import add_secrets
 from manifold.responses.engine import ResponsesEngine
 from manifold.routing.router import Router
+from manifold.server.asgi import Message, Receive, Request, Scope, Send
 from manifold.server.endpoints import (
     chat,
     completions,
@@ -31,10 +32,9 @@ from manifold.server.endpoints import (
     kserve_urls,
     metrics,
     models,
+    responses_api,
     stored_chat,
 )
-from manifold.server.endpoints import responses as responses_endpoints
-from manifold.server.http import Message, Receive, Request, Scope, Send
 from manifold.server.middleware.observe import ObserveRequests
 from manifold.server.routes import Handler, PathRouter, Route
 from manifold.storage import Store
@@ -60,13 +60,13 @@ API_ROUTES = (
     Route("POST", "/images/generations", images.create_image, cancellable=True),
     # The Responses API (docs/responses.md). A background response runs in its own task: a client that leaves
     # cancels only its foreground work.
-    Route("POST", "/responses", responses_endpoints.create_response, cancellable=True),
-    Route("POST", "/responses/input_tokens", responses_endpoints.count_input_tokens, cancellable=True),
-    Route("POST", "/responses/compact", responses_endpoints.compact_response, cancellable=True),
-    Route("GET", "/responses/{response_id}", responses_endpoints.retrieve_response),
-    Route("DELETE", "/responses/{response_id}", responses_endpoints.delete_response),
-    Route("POST", "/responses/{response_id}/cancel", responses_endpoints.cancel_response),
-    Route("GET", "/responses/{response_id}/input_items", responses_endpoints.list_input_items),
+    Route("POST", "/responses", responses_api.create_response, cancellable=True),
+    Route("POST", "/responses/input_tokens", responses_api.count_input_tokens, cancellable=True),
+    Route("POST", "/responses/compact", responses_api.compact_response, cancellable=True),
+    Route("GET", "/responses/{response_id}", responses_api.retrieve_response),
+    Route("DELETE", "/responses/{response_id}", responses_api.delete_response),
+    Route("POST", "/responses/{response_id}/cancel", responses_api.cancel_response),
+    Route("GET", "/responses/{response_id}/input_items", responses_api.list_input_items),
 )
 # Outside the prefixes.
 ROOT_ROUTES = (

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from manifold.storage.chat_completions import ChatCompletionStore
-    from manifold.storage.responses import ResponseStore
+    from manifold.storage.stored_responses import ResponseStore
     from manifold.storage.writer import DurableWrites
 
 log = logging.getLogger("manifold.storage")
@@ -33,9 +33,9 @@ _SHUTDOWN_WAIT_S = 10.0
 
 def _load() -> Any:
     """The storage modules (and with them SQLAlchemy and the drivers), imported off the event loop."""
-    from manifold.storage import chat_completions, engine, errors, migrations, responses, writer
+    from manifold.storage import chat_completions, engine, errors, migrations, stored_responses, writer
 
-    return chat_completions, engine, errors, migrations, responses, writer
+    return chat_completions, engine, errors, migrations, stored_responses, writer
 
 
 class Store:
@@ -156,7 +156,7 @@ class Store:
             await asyncio.sleep(self.settings.retry_interval_s)
 
     async def _open(self) -> None:
-        chat_completions, engine_module, errors, migrations, responses, writer = await asyncio.to_thread(_load)
+        chat_completions, engine_module, errors, migrations, stored_responses, writer = await asyncio.to_thread(_load)
         url = engine_module.database_url(self.settings)
         self.description = url.render_as_string(hide_password=True)
         async with errors.storage_errors():
@@ -176,7 +176,7 @@ class Store:
         self._writes = writer.DurableWrites(engine)
         self._engine = engine
         self._chat_completions = chat_completions.ChatCompletionStore(engine, self._writes)
-        self._responses = responses.ResponseStore(engine, self._writes)
+        self._responses = stored_responses.ResponseStore(engine, self._writes)
 
     async def aclose(self) -> None:
         """Let pending writes finish (those of clients that left, too), then close the engine."""

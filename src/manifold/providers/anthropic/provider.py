@@ -18,8 +18,8 @@ from manifold.providers.anthropic.translate import (
     to_anthropic,
 )
 from manifold.providers.anthropic.upstream_errors import anthropic_error, parse_error_body
-from manifold.providers.base import Capability, ChatCall, ChunkStream, Provider
-from manifold.providers.http import SSEStream, UpstreamSession
+from manifold.providers.base import Call, Capability, ChunkStream, Provider
+from manifold.providers.upstream_http import SSEStream, UpstreamSession
 
 DEFAULT_API_BASE = "https://api.anthropic.com"
 
@@ -70,16 +70,16 @@ class AnthropicProvider(Provider):
         status = await self.http.probe(self.models_url, self.headers, min(5.0, self.deployment.timeouts.first_byte))
         return status is not None and status < 500
 
-    def _headers(self, call: ChatCall, stream: bool) -> dict[str, str]:
+    def _headers(self, call: Call, stream: bool) -> dict[str, str]:
         return {**(self._stream_headers if stream else self.headers), "x-request-id": call.request_id}
 
-    async def chat(self, call: ChatCall) -> dict[str, Any]:
+    async def chat(self, call: Call) -> dict[str, Any]:
         request = to_anthropic(call.body, self.deployment, call.upstream_model)
         request.pop("stream", None)
         message = await self.http.post_json(self.messages_url, _json.encode(request), self._headers(call, False))
         return from_anthropic(message, call.public_model, response_tool=response_tool_name(call.body))
 
-    async def open_chat_stream(self, call: ChatCall) -> ChunkStream:
+    async def open_chat_stream(self, call: Call) -> ChunkStream:
         request = to_anthropic(call.body, self.deployment, call.upstream_model)
         request["stream"] = True
         resp = await self.http.request(

@@ -22,7 +22,7 @@ import msgspec
 
 from manifold import _json
 from manifold.api.chat_response import new_completion_id
-from manifold.api.sse import SSEEvent
+from manifold.api.sse_decoder import SSEEvent
 from manifold.errors import BadGatewayError
 from manifold.providers.anthropic import shapes
 from manifold.providers.anthropic.translate import arguments_text, finish_reason, usage_from_anthropic

@@ -36,7 +36,7 @@ from manifold.errors import (
     UpstreamError,
     UpstreamOverloadedError,
 )
-from manifold.providers.http import retry_after_seconds
+from manifold.providers.upstream_http import retry_after_seconds
 
 STATUS_BY_TYPE = {
     "invalid_request_error": 400,

@@ -15,16 +15,16 @@ from typing import Any, ClassVar
 from urllib.parse import quote
 
 from manifold import _json
-from manifold.api.sse import SSELineTooLong
+from manifold.api.sse_decoder import SSELineTooLong
 from manifold.api.upstream import UpstreamShapeError
 from manifold.config import Deployment
 from manifold.errors import BadGatewayError, ManifoldError, UnsupportedError
-from manifold.providers.base import Call, Capability, ChatCall, ChunkStream, Provider
-from manifold.providers.http import UpstreamSession, error_from_upstream
+from manifold.providers.base import Call, Capability, ChunkStream, Provider
 from manifold.providers.kserve_v2 import translate
 from manifold.providers.kserve_v2.chat_template import ChatTemplate, template_problem
 from manifold.providers.kserve_v2.stream import GenerateStreamParser, InferStreamParser
 from manifold.providers.transport import Response, TransportError
+from manifold.providers.upstream_http import UpstreamSession, error_from_upstream
 
 MODES = ("tensors", "generate")
 PARAMETERS_IN = ("parameters", "body")
@@ -177,7 +177,7 @@ class TensorsProvider(KServeV2Provider):
         }
     )
 
-    async def chat(self, call: ChatCall) -> dict[str, Any]:
+    async def chat(self, call: Call) -> dict[str, Any]:
         payload = translate.to_infer_chat(call.body, call.request_id)
         data = await self._post_json(self.model_url + "/infer", payload, call)
         try:
@@ -185,7 +185,7 @@ class TensorsProvider(KServeV2Provider):
         except translate.OIPFormatError as exc:
             raise self._bad_reply(exc) from None
 
-    async def open_chat_stream(self, call: ChatCall) -> ChunkStream:
+    async def open_chat_stream(self, call: Call) -> ChunkStream:
         payload = translate.to_infer_chat(call.body, call.request_id)
         resp = await self._post(self.model_url + "/infer_stream", payload, call, stream=True)
         if self._is_json(resp):
@@ -224,7 +224,7 @@ class GenerateProvider(KServeV2Provider):
         self.template = ChatTemplate(deployment.chat_template) if deployment.chat_template else None
         self.parameters_in = deployment.generate_parameters_in or "parameters"
 
-    def _payload(self, call: ChatCall, stream: bool) -> dict[str, Any]:
+    def _payload(self, call: Call, stream: bool) -> dict[str, Any]:
         translate.check_generate_request(call.body, call.public_model)
         messages = translate.prompt_messages(call.body)
         if self.template is not None:
@@ -233,14 +233,14 @@ class GenerateProvider(KServeV2Provider):
             prompt = translate.bare_prompt(messages, call.public_model)
         return translate.to_generate(call.body, prompt, stream=stream, parameters_in=self.parameters_in)
 
-    async def chat(self, call: ChatCall) -> dict[str, Any]:
+    async def chat(self, call: Call) -> dict[str, Any]:
         data = await self._post_json(self.model_url + "/generate", self._payload(call, False), call)
         try:
             return translate.from_generate(data)
         except translate.OIPFormatError as exc:
             raise self._bad_reply(exc) from None
 
-    async def open_chat_stream(self, call: ChatCall) -> ChunkStream:
+    async def open_chat_stream(self, call: Call) -> ChunkStream:
         resp = await self._post(self.model_url + "/generate_stream", self._payload(call, True), call, stream=True)
         if self._is_json(resp):
             try:

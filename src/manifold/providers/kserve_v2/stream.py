@@ -20,7 +20,7 @@ from typing import Any
 
 from manifold import _json
 from manifold.api import upstream
-from manifold.api.sse import SSEDecoder, SSEEvent
+from manifold.api.sse_decoder import SSEDecoder, SSEEvent
 from manifold.providers.kserve_v2.translate import (
     OIPFormatError,
     OIPStreamError,

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, cast
 
 from manifold.config import Deployment
 from manifold.errors import BadGatewayError, ManifoldError, ServiceUnavailableError, UnsupportedError
-from manifold.providers.base import Call, Capability, ChatCall, ChunkStream, Provider
+from manifold.providers.base import Call, Capability, ChunkStream, Provider
 from manifold.providers.local import completions as local_completions
 from manifold.providers.local import generation
 from manifold.providers.local.crash_check import crash_in_child
@@ -150,7 +150,7 @@ class LocalModelProvider(Provider):
             raise ServiceUnavailableError("The local model was not started.")
         return await asyncio.shield(self._loading)
 
-    def _kwargs(self, call: ChatCall, cancel: _Cancel) -> dict[str, Any]:
+    def _kwargs(self, call: Call, cancel: _Cancel) -> dict[str, Any]:
         body = call.body
         for key in _UNSUPPORTED:
             if body.get(key):
@@ -196,7 +196,7 @@ class LocalModelProvider(Provider):
         kw["logits_processor"] = self._processors([cancel])
         return kw
 
-    async def chat(self, call: ChatCall) -> dict[str, Any]:
+    async def chat(self, call: Call) -> dict[str, Any]:
         llama = await self._model()
         cancel = _Cancel(llama.token_eos())
         kw = self._kwargs(call, cancel)
@@ -228,7 +228,7 @@ class LocalModelProvider(Provider):
             return llama_chat_format.chatml_function_calling(llama=llama, **kw)
         return llama.create_chat_completion(**kw)
 
-    async def open_chat_stream(self, call: ChatCall) -> ChunkStream:
+    async def open_chat_stream(self, call: Call) -> ChunkStream:
         llama = await self._model()
         cancel = _Cancel(llama.token_eos())
         kw = self._kwargs(call, cancel)
@@ -280,7 +280,7 @@ class LocalModelProvider(Provider):
     def context_window(self) -> int | None:
         return self.deployment.context_length
 
-    async def count_chat_tokens(self, call: ChatCall) -> int | None:
+    async def count_chat_tokens(self, call: Call) -> int | None:
         """Exact: the request's messages through the model's own chat template (as `create_chat_completion`
         formats them), tokenized by its own tokenizer."""
         llama = await self._model()

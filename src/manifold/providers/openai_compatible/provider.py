@@ -10,9 +10,9 @@ from manifold import _json
 from manifold.api import upstream
 from manifold.config import Deployment
 from manifold.errors import BadGatewayError, ManifoldError
-from manifold.providers.base import Call, Capability, ChatCall, ChunkStream, Provider
-from manifold.providers.http import SSEStream, UpstreamSession
+from manifold.providers.base import Call, Capability, ChunkStream, Provider
 from manifold.providers.transport import Response
+from manifold.providers.upstream_http import SSEStream, UpstreamSession
 
 log = logging.getLogger("manifold.providers")
 # OpenAI's 404 for a chat model on /completions: "This is a chat model and not supported in the v1/completions
@@ -61,7 +61,7 @@ class OpenAICompatibleProvider(Provider):
         status = await self.http.probe(self._url("models"), self.headers, min(5.0, self.deployment.timeouts.first_byte))
         return status is not None and status < 500
 
-    def _payload(self, call: ChatCall) -> bytes:
+    def _payload(self, call: Call) -> bytes:
         body = call.body
         model = call.upstream_model or self._upstream_model
         if body.get("model") == model:
@@ -73,11 +73,11 @@ class OpenAICompatibleProvider(Provider):
     def _url_for(self, path: str, call: Call) -> str:
         return self.chat_url if path == "chat/completions" else self._url(path)
 
-    def _request_headers(self, call: ChatCall, stream: bool) -> dict[str, str]:
+    def _request_headers(self, call: Call, stream: bool) -> dict[str, str]:
         headers = self._stream_headers if stream else self.headers
         return {**headers, "x-request-id": call.request_id}
 
-    async def chat(self, call: ChatCall) -> dict[str, Any]:
+    async def chat(self, call: Call) -> dict[str, Any]:
         data = await self.http.post_json(
             self._url_for("chat/completions", call), self._payload(call), self._request_headers(call, False)
         )
@@ -85,7 +85,7 @@ class OpenAICompatibleProvider(Provider):
             raise BadGatewayError(f"The upstream for {self.http.label} returned a non-object completion.")
         return data
 
-    async def open_chat_stream(self, call: ChatCall) -> ChunkStream:
+    async def open_chat_stream(self, call: Call) -> ChunkStream:
         resp = await self.http.request(
             "POST",
             self._url_for("chat/completions", call),

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from manifold.config import Deployment
-from manifold.providers.base import Call, Capability, ChatCall, ChunkStream, Provider, unsupported_model
+from manifold.providers.base import Call, Capability, ChunkStream, Provider, unsupported_model
 from manifold.providers.python_handler import contracts, loading, streams
 from manifold.providers.python_handler.calling import CHAT, RESPONSE, Handler, is_stream, iterate
 from manifold.providers.python_handler.context import CURRENT_REQUEST
@@ -79,7 +79,7 @@ class PythonHandlerProvider(Provider):
 
     # -- chat, and the Responses API through it -------------------------------------------------------------------
 
-    async def _chat_answer(self, call: ChatCall, what: str) -> tuple[str, Any]:
+    async def _chat_answer(self, call: Call, what: str) -> tuple[str, Any]:
         """(operation, answer) for a chat call. Inside `POST /responses` (the engine answers it through chat), a
         handler with `create_response` (or a dispatcher) answers from the Responses fields, plus `messages`:
         the conversation Manifold assembled (instructions, the `previous_response_id` chain, the input)."""
@@ -95,7 +95,7 @@ class PythonHandlerProvider(Provider):
             raise unsupported_model(call, what)
         return CHAT, result
 
-    async def chat(self, call: ChatCall) -> dict[str, Any]:
+    async def chat(self, call: Call) -> dict[str, Any]:
         operation, result = await self._chat_answer(call, "chat completions")
         what = self._what(operation, call)
         if is_stream(result):
@@ -104,7 +104,7 @@ class PythonHandlerProvider(Provider):
             return contracts.chat_from_response(result, what)
         return contracts.chat_completion(result, what)
 
-    async def open_chat_stream(self, call: ChatCall) -> ChunkStream:
+    async def open_chat_stream(self, call: Call) -> ChunkStream:
         operation, result = await self._chat_answer(call, "streamed chat completions")
         what = self._what(operation, call)
         if is_stream(result):

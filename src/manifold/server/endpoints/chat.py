@@ -10,13 +10,13 @@ from manifold.api.chat import ChatCompletionRequest, cross_field_problems
 from manifold.api.chat_response import ChunkShaper, normalize_completion
 from manifold.api.validation import convert, decode_json_object
 from manifold.errors import InvalidRequestError
-from manifold.providers.base import ChatCall
+from manifold.providers.base import Call
 from manifold.server.endpoints.stored_chat import create_stored
-from manifold.server.sse import stream_chat
+from manifold.server.sse_writer import stream_chat
 
 if TYPE_CHECKING:
     from manifold.server.app import ManifoldApp
-    from manifold.server.http import Request
+    from manifold.server.asgi import Request
 
 log = logging.getLogger("manifold.chat")
 _KNOWN_FIELDS = frozenset(ChatCompletionRequest.__struct_fields__)
@@ -35,7 +35,7 @@ async def create_chat_completion(app: ManifoldApp, request: Request) -> None:
     if req.store:
         await create_stored(app, request, raw, req)
         return
-    call = ChatCall(raw, req.model, request.request_id, bool(req.stream))
+    call = Call(raw, req.model, request.request_id, bool(req.stream))
     if call.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         await stream_chat(

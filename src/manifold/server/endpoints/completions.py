@@ -11,11 +11,11 @@ from manifold.api.validation import convert, decode_json_object
 from manifold.errors import InvalidRequestError
 from manifold.providers.base import Call
 from manifold.routing import router as operations
-from manifold.server.sse import stream_chat
+from manifold.server.sse_writer import stream_chat
 
 if TYPE_CHECKING:
     from manifold.server.app import ManifoldApp
-    from manifold.server.http import Request
+    from manifold.server.asgi import Request
 
 log = logging.getLogger("manifold.completions")
 

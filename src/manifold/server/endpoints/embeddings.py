@@ -13,7 +13,7 @@ from manifold.routing import router as operations
 
 if TYPE_CHECKING:
     from manifold.server.app import ManifoldApp
-    from manifold.server.http import Request
+    from manifold.server.asgi import Request
 
 
 async def create_embeddings(app: ManifoldApp, request: Request) -> None:

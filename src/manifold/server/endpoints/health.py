@@ -12,7 +12,7 @@ from manifold import _json
 
 if TYPE_CHECKING:
     from manifold.server.app import ManifoldApp
-    from manifold.server.http import Request
+    from manifold.server.asgi import Request
 
 _ALIVE = _json.encode({"status": "ok"})
 

@@ -26,7 +26,7 @@ from manifold.server.endpoints import chat
 
 if TYPE_CHECKING:
     from manifold.server.app import ManifoldApp
-    from manifold.server.http import Message, Receive, Request
+    from manifold.server.asgi import Message, Receive, Request
 
 
 def _bind_model(raw: dict[str, Any], path_model: str) -> None:

@@ -10,7 +10,7 @@ from manifold.observability.metrics import render, serve_http
 
 if TYPE_CHECKING:
     from manifold.server.app import ManifoldApp
-    from manifold.server.http import Request
+    from manifold.server.asgi import Request
 
 log = logging.getLogger("manifold.metrics")
 _served_ports: set[int] = set()

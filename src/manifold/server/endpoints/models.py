@@ -9,7 +9,7 @@ from manifold import _json
 if TYPE_CHECKING:
     from manifold.routing.router import ModelGroup
     from manifold.server.app import ManifoldApp
-    from manifold.server.http import Request
+    from manifold.server.asgi import Request
 
 
 def _model(name: str, group: ModelGroup) -> dict[str, Any]:

@@ -25,12 +25,12 @@ from manifold.api.stored_chat import (
 )
 from manifold.api.validation import convert, decode_json_object
 from manifold.errors import NotFoundError
-from manifold.providers.base import ChatCall
-from manifold.server.sse import stream_chat
+from manifold.providers.base import Call
+from manifold.server.sse_writer import stream_chat
 
 if TYPE_CHECKING:
     from manifold.server.app import ManifoldApp
-    from manifold.server.http import Request
+    from manifold.server.asgi import Request
 
 
 def _not_found(completion_id: str) -> NotFoundError:
@@ -50,7 +50,7 @@ async def create_stored(app: ManifoldApp, request: Request, raw: dict[str, Any],
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         # The stored completion carries usage even when the client did not ask for it in the stream.
         body = {**raw, "stream_options": {**(raw.get("stream_options") or {}), "include_usage": True}}
-        call = ChatCall(body, req.model, request.request_id, True)
+        call = Call(body, req.model, request.request_id, True)
         shaper = AssemblingChunkShaper(req.model, include_usage, completion_id)
 
         async def save() -> None:
@@ -64,7 +64,7 @@ async def create_stored(app: ManifoldApp, request: Request, raw: dict[str, Any],
             save,
         )
         return
-    call = ChatCall(raw, req.model, request.request_id, False)
+    call = Call(raw, req.model, request.request_id, False)
     completion = normalize_completion(await app.router.chat(call, request.add_response_header), req.model)
     completion["id"] = completion_id
     await store.save(completion, messages, metadata, request.request_id)

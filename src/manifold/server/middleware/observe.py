@@ -8,7 +8,7 @@ from collections.abc import Awaitable
 
 from manifold.observability.observer import Observer
 from manifold.observability.record import CURRENT, RequestRecord
-from manifold.server.http import Message, Receive, Scope, Send
+from manifold.server.asgi import Message, Receive, Scope, Send
 
 __all__ = ["ObserveRequests"]
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from manifold import _json
-from manifold.api.responses import (
+from manifold.api.response_request import (
     INCLUDE_VALUES,
     CompactRequest,
     CreateResponseRequest,
@@ -19,11 +19,11 @@ from manifold.api.responses import (
 from manifold.api.stored_chat import DEFAULT_LIMIT, cursor_page, parse_limit
 from manifold.api.validation import convert, decode_json_object
 from manifold.errors import InvalidRequestError
-from manifold.server.sse import stream_events
+from manifold.server.sse_writer import stream_events
 
 if TYPE_CHECKING:
     from manifold.server.app import ManifoldApp
-    from manifold.server.http import Request
+    from manifold.server.asgi import Request
 
 
 async def create_response(app: ManifoldApp, request: Request) -> None:

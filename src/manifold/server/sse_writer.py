@@ -15,7 +15,7 @@ from typing import Any, Protocol, TypeVar
 
 from manifold import _json
 from manifold.errors import ManifoldError
-from manifold.server.http import Request
+from manifold.server.asgi import Request
 
 log = logging.getLogger("manifold.stream")
 

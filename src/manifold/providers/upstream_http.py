@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from manifold import _json
-from manifold.api.sse import SSEDecoder, SSEEvent, SSELineTooLong
+from manifold.api.sse_decoder import SSEDecoder, SSEEvent, SSELineTooLong
 from manifold.config import Deployment
 from manifold.errors import (
     BadGatewayError,

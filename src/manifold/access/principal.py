@@ -1,0 +1,59 @@
+"""Who is calling: the `Principal` the authentication layer resolves a request's key to.
+
+The authentication layer (`access.auth`) sets it for the request's task (`CURRENT_PRINCIPAL`, a context variable,
+like the observability record), so the router's admission (limits, budgets) and the endpoints read it without it
+travelling through every signature. No principal: access control is off (no master key, no virtual key).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+__all__ = ["CURRENT_PRINCIPAL", "BudgetDuration", "Limits", "ModelLimits", "Principal"]
+
+BudgetDuration = Literal["daily", "weekly", "monthly"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelLimits:
+    """A key's limits for one model group (by the name the router resolves)."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    max_parallel_requests: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The limits and budget of a key or a team. Money is integer micro-dollars (1 USD = 1_000_000)."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    max_parallel_requests: int | None = None
+    max_budget_micros: int | None = None
+    budget_duration: BudgetDuration | None = None  # None: the budget never resets
+    model_limits: Mapping[str, ModelLimits] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """`key_id` None: the master key (admin, no limits). `models` None: every model."""
+
+    key_id: str | None
+    key_alias: str | None = None
+    user: str | None = None
+    team_id: str | None = None
+    team_alias: str | None = None
+    admin: bool = False
+    models: tuple[str, ...] | None = None
+    key_limits: Limits = field(default_factory=Limits)
+    team_limits: Limits | None = None
+    created_at: int = 0  # the key's creation time (unix seconds): budget periods start from it
+
+
+CURRENT_PRINCIPAL: Final[contextvars.ContextVar[Principal | None]] = contextvars.ContextVar(
+    "manifold_principal", default=None
+)
