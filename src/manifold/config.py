@@ -220,6 +220,27 @@ class GroupSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, om
     latency_buffer: NonNegativeFloat | None = None
 
 
+class AuthSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Inbound authentication (docs/access.md). With a master key, or once any virtual key exists, every API
+    route needs a key. `key_cache_ttl_s`: how long a replica trusts a key it looked up (a revoked key stops
+    within this time without Redis; within 1 s with it). `rotation_grace_s`: how long a rotated key's old secret
+    still works."""
+
+    master_key: str | None = None
+    key_cache_ttl_s: Annotated[float, msgspec.Meta(gt=0, le=5)] = 5.0
+    rotation_grace_s: NonNegativeFloat = 3600.0
+
+
+class RedisSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Shared state across workers and replicas (docs/access.md): rate limits, budgets, in-flight counts, key
+    invalidation. `url` None: in process memory. `on_redis_error`: `open` serves (logged, counted), `closed`
+    answers 503."""
+
+    url: str | None = None
+    on_redis_error: Literal["open", "closed"] = "open"
+    timeout_s: PositiveFloat = 0.5
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     model_list: list[Deployment] = msgspec.field(default_factory=list)
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
@@ -228,11 +249,13 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     router: RouterSettings = msgspec.field(default_factory=RouterSettings)
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     tracing: TracingSettings = msgspec.field(default_factory=TracingSettings)
+    auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
+    redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
 
 
 def secrets_of(config: Config) -> list[str]:
     """What the logs must never show: upstream keys, deployment header values (they carry keys), the
-    compaction key, the storage URL's password."""
+    compaction key, the master key, the storage and Redis URLs' passwords."""
     secrets: list[str] = []
     for dep in config.model_list:
         if dep.api_key:
@@ -240,9 +263,11 @@ def secrets_of(config: Config) -> list[str]:
         secrets.extend(v for v in dep.headers.values() if v)
     if config.responses.compaction_key:
         secrets.append(config.responses.compaction_key)
-    url = config.storage.url
-    if url and "@" in url and ":" in url.split("@", 1)[0].split("//", 1)[-1]:
-        secrets.append(url.split("@", 1)[0].split("//", 1)[-1].split(":", 1)[1])
+    if config.auth.master_key:
+        secrets.append(config.auth.master_key)
+    for url in (config.storage.url, config.redis.url):
+        if url and "@" in url and ":" in url.split("@", 1)[0].split("//", 1)[-1]:
+            secrets.append(url.split("@", 1)[0].split("//", 1)[-1].split(":", 1)[1])
     return secrets
 
 
