@@ -241,6 +241,60 @@ class RedisSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     timeout_s: PositiveFloat = 0.5
 
 
+McpApproval = Literal["always", "never"]
+
+
+class McpServerCommon(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """What every MCP server has, whatever its transport (docs/mcp.md). `allowed_tools` None: all of its tools.
+    `require_approval`: `always`, `never`, or per tool (`{tool: always|never}`, the rest `never`).
+    `call_timeout_s` bounds one tool call; `max_output_bytes` truncates a longer output (with a marker);
+    `connect_timeout_s` bounds connecting and listing its tools."""
+
+    allowed_tools: list[str] | None = None
+    require_approval: McpApproval | dict[str, McpApproval] = "never"
+    call_timeout_s: PositiveFloat = 60.0
+    connect_timeout_s: PositiveFloat = 30.0
+    max_output_bytes: Annotated[int, msgspec.Meta(ge=64)] = 100_000
+
+
+class McpStdioServer(McpServerCommon, tag_field="transport", tag="stdio"):
+    """A server run as a child process speaking MCP on its stdin/stdout (restarted when it dies)."""
+
+    command: str
+    args: list[str] = msgspec.field(default_factory=list)
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    cwd: str | None = None
+
+
+class McpHttpServer(McpServerCommon, tag_field="transport", tag="streamable_http"):
+    """A server at a streamable HTTP URL; `headers` (with `${ENV}` secrets) go with every request."""
+
+    url: str
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class McpSseServer(McpServerCommon, tag_field="transport", tag="sse"):
+    """A server speaking the legacy HTTP+SSE transport."""
+
+    url: str
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+McpServerSettings = McpStdioServer | McpHttpServer | McpSseServer
+
+
+class McpSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The gateway's MCP behaviour (docs/mcp.md). `allow_client_servers`: URL patterns (fnmatch, `*` any text)
+    a request's `mcp` tool may name in `server_url`; empty (the default): none, only configured labels.
+    `max_tool_rounds`: model turns with tool calls one response may take before it ends `incomplete`.
+    `reconnect_backoff_s`/`reconnect_backoff_max_s`: the wait before reconnecting a server, doubled each try."""
+
+    allow_client_servers: list[str] = msgspec.field(default_factory=list)
+    max_tool_rounds: Annotated[int, msgspec.Meta(ge=1)] = 8
+    reconnect_backoff_s: PositiveFloat = 1.0
+    reconnect_backoff_max_s: PositiveFloat = 30.0
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     model_list: list[Deployment] = msgspec.field(default_factory=list)
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
@@ -251,6 +305,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tracing: TracingSettings = msgspec.field(default_factory=TracingSettings)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
+    mcp_servers: dict[str, McpServerSettings] = msgspec.field(default_factory=dict)
+    mcp: McpSettings = msgspec.field(default_factory=McpSettings)
 
 
 def secrets_of(config: Config) -> list[str]:
@@ -265,6 +321,11 @@ def secrets_of(config: Config) -> list[str]:
         secrets.append(config.responses.compaction_key)
     if config.auth.master_key:
         secrets.append(config.auth.master_key)
+    for server in config.mcp_servers.values():
+        if isinstance(server, McpStdioServer):
+            secrets.extend(v for v in server.env.values() if v)
+        else:
+            secrets.extend(v for v in server.headers.values() if v)
     for url in (config.storage.url, config.redis.url):
         if url and "@" in url and ":" in url.split("@", 1)[0].split("//", 1)[-1]:
             secrets.append(url.split("@", 1)[0].split("//", 1)[-1].split(":", 1)[1])
@@ -458,6 +519,8 @@ def _build(raw: dict[str, Any], problems: list[str]) -> Config:
     router = _convert_router(raw.get("router", {}), found["router"])
     metrics = _convert_part(raw.get("metrics", {}), MetricsSettings, "metrics", found["metrics"])
     tracing = _convert_part(raw.get("tracing", {}), TracingSettings, "tracing", found["tracing"])
+    mcp_servers = _convert_mcp_servers(raw.get("mcp_servers", {}), found["mcp_servers"])
+    mcp = _convert_part(raw.get("mcp", {}), McpSettings, "mcp", found["mcp"])
     order = [k for k in raw if k in found] + [k for k in found if k not in raw]
     for name in order:
         problems.extend(found[name])
@@ -474,6 +537,8 @@ def _build(raw: dict[str, Any], problems: list[str]) -> Config:
         or router is None
         or metrics is None
         or tracing is None
+        or mcp_servers is None
+        or mcp is None
     ):
         raise ConfigError(_without_secrets(raw, problems))
     return Config(
@@ -484,7 +549,45 @@ def _build(raw: dict[str, Any], problems: list[str]) -> Config:
         router=router,
         metrics=metrics,
         tracing=tracing,
+        mcp_servers=mcp_servers,
+        mcp=mcp,
     )
+
+
+def _convert_mcp_servers(data: Any, problems: list[str]) -> dict[str, McpServerSettings] | None:
+    """Each server on its own, so that problems name it (`mcp_servers.git.command: required`)."""
+    if not isinstance(data, dict):
+        problems.append("mcp_servers: expected a mapping of server labels to servers")
+        return None
+    out: dict[str, McpServerSettings] = {}
+    failed = False
+    kinds: dict[str, type[McpServerSettings]] = {
+        "stdio": McpStdioServer,
+        "streamable_http": McpHttpServer,
+        "sse": McpSseServer,
+    }
+    for label, item in data.items():
+        where = f"mcp_servers.{label}"
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", str(label)) or "__" in str(label):
+            problems.append(f"{where}: a label is 1-40 letters, digits, '_' or '-' (no '__', the namespace mark)")
+            failed = True
+            continue
+        kind = item.get("transport", "stdio" if "command" in item else None) if isinstance(item, dict) else None
+        typ = kinds.get(kind) if isinstance(kind, str) else None
+        if typ is None:
+            problems.append(f"{where}.transport: expected one of: stdio, streamable_http, sse")
+            failed = True
+            continue
+        fields = {k: v for k, v in item.items() if k != "transport"}  # the tag is not a field
+        server: McpServerSettings | None = _convert_part(fields, typ, where, problems)
+        if server is None:
+            failed = True
+            continue
+        if not isinstance(server, McpStdioServer) and not server.url.startswith(("http://", "https://")):
+            problems.append(f"{where}.url: expected an http:// or https:// URL")
+            failed = True
+        out[str(label)] = server
+    return None if failed else out
 
 
 def _without_secrets(raw: dict[str, Any], problems: list[str]) -> list[str]:
@@ -497,6 +600,12 @@ def _without_secrets(raw: dict[str, Any], problems: list[str]) -> list[str]:
             headers = dep.get("headers")
             if isinstance(headers, dict):
                 secrets.extend(str(v) for v in headers.values())
+    servers = raw.get("mcp_servers")
+    for server in servers.values() if isinstance(servers, dict) else []:
+        for key in ("env", "headers"):
+            values = server.get(key) if isinstance(server, dict) else None
+            if isinstance(values, dict):
+                secrets.extend(str(v) for v in values.values())
     responses = raw.get("responses")
     if isinstance(responses, dict):
         secrets.append(str(responses.get("compaction_key") or ""))

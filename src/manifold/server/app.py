@@ -15,6 +15,7 @@ from typing import Any
 
 from manifold.config import Config, ServerSettings, secrets_of
 from manifold.errors import ManifoldError
+from manifold.mcp.manager import McpManager
 from manifold.observability import tracing as tracing_setup
 from manifold.observability.metrics import flush_periodically, multiprocess_dir
 from manifold.observability.observer import Observer
@@ -109,7 +110,8 @@ class ManifoldApp:
         observing = config.metrics.enabled or self.settings.access_log or self.tracing is not None
         self.observer = Observer(config.metrics.enabled, self.settings.access_log, self.tracing) if observing else None
         self.store = Store(config.storage)
-        self.responses = ResponsesEngine(self.router, self.store, config.responses)
+        self.mcp = McpManager(config.mcp_servers, config.mcp)
+        self.responses = ResponsesEngine(self.router, self.store, config.responses, self.mcp)
         self.paths = PathRouter()
         for prefix in self.settings.prefixes:
             p = "" if prefix == "/" else prefix
@@ -145,6 +147,7 @@ class ManifoldApp:
             self.store.start()  # in the background: nothing waits for it but what stores
             await self.router.start()
             self.responses.start()
+            self.mcp.start()  # in the background: the server is ready without its MCP servers
             settings = self.config.metrics
             if settings.enabled:
                 self._flusher = asyncio.get_running_loop().create_task(flush_periodically())
@@ -156,6 +159,7 @@ class ManifoldApp:
         if self._started:
             self._started = False
             await self.responses.aclose()
+            await self.mcp.aclose()
             await self.router.aclose()
             await self.store.aclose()
             if self._flusher is not None:

@@ -58,4 +58,6 @@ async def ready(app: ManifoldApp, request: Request) -> None:
     }
     if unservable:
         body["unavailable_models"] = unservable
+    if detail and app.mcp.servers:
+        body["mcp_servers"] = app.mcp.readiness()  # informative: the gateway serves without them
     await request.send_json(200 if all_ready else 503, _json.encode(body))

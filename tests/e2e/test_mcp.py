@@ -1,0 +1,370 @@
+"""MCP tools through the Responses API on a backend with no MCP of its own (a `provider: python` model that
+decides its tool calls from a script), against real MCP servers: `mcp-server-time` and `mcp-server-git` from
+PyPI (stdio) and a streamable-HTTP server built with the SDK (tests/fakes/mcp_http_server.py). Every body and
+stream event is validated against OpenAI's schemas; the official `openai` SDK is the client."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conformance.schema import assert_valid
+from tests.e2e.conftest import ManifoldProcess, free_port
+from tests.e2e.responses_helpers import comparable, post_stream
+from tests.fakes.mcp_servers import ensure_venv
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+ENV = {"PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}", "WEB_TOKEN": "sk-web-secret-7f3a"}
+MODEL = "scripted"
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the MCP HTTP server exited with {proc.returncode}")
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/mcp", timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError("the MCP HTTP server did not start")
+
+
+@pytest.fixture(scope="module")
+def web_server() -> Iterator[int]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes.mcp_http_server", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **ENV},
+    )
+    try:
+        _wait_port(port, proc)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("repo")
+    git = ["git", "-C", str(path), "-c", "user.name=Test", "-c", "user.email=test@example.com"]
+    subprocess.run(["git", "init", "-q", str(path)], check=True)
+    (path / "README.md").write_text("hello\n")
+    subprocess.run([*git, "add", "README.md"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "first commit"], check=True)
+    (path / "README.md").write_text("hello, changed\n")
+    return path
+
+
+def config(web_port: int, repo: Path) -> dict[str, Any]:
+    bin_dir = ensure_venv()
+    return {
+        "model_list": [{"model_name": MODEL, "provider": "python", "handler": "tests.e2e.mcp_handlers:model"}],
+        "mcp_servers": {
+            "time": {"command": str(bin_dir / "mcp-server-time"), "args": ["--local-timezone", "UTC"]},
+            "git": {
+                "command": str(bin_dir / "mcp-server-git"),
+                "args": ["--repository", str(repo)],
+                "allowed_tools": ["git_status", "git_log", "git_diff_unstaged"],
+            },
+            "web": {
+                "transport": "streamable_http",
+                "url": f"http://127.0.0.1:{web_port}/mcp",
+                "headers": {"Authorization": "Bearer ${WEB_TOKEN}"},
+                "max_output_bytes": 1000,
+                "call_timeout_s": 2,
+                "require_approval": {"whoami": "always"},
+            },
+            "down": {"transport": "streamable_http", "url": f"http://127.0.0.1:{free_port()}/mcp"},
+        },
+        "mcp": {"max_tool_rounds": 3, "reconnect_backoff_s": 0.2, "reconnect_backoff_max_s": 1},
+    }
+
+
+@pytest.fixture(scope="module")
+def gateway(web_server: int, repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManifoldProcess]:
+    proc = ManifoldProcess(config(web_server, repo), tmp_path_factory.mktemp("mcp"), env=ENV)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # connected in the background: wait for the three that can connect
+            detail = httpx.get(proc.url + "/health/ready?detail=1").json()
+            states = {s["server_label"]: s["state"] for s in detail.get("mcp_servers", [])}
+            if all(states.get(label) == "ready" for label in ("time", "git", "web")):
+                break
+            time.sleep(0.2)
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def client(gateway: ManifoldProcess) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(
+        base_url=gateway.base_url, api_key="unused", max_retries=0, _strict_response_validation=True
+    ) as c:
+        yield c
+
+
+@pytest.fixture
+def http(gateway: ManifoldProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=gateway.url, timeout=60) as c:
+        yield c
+
+
+def mcp(label: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "mcp", "server_label": label, "require_approval": "never", **extra}
+
+
+def create(http: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
+    resp = http.post("/v1/responses", json={"model": MODEL, **body})
+    assert resp.status_code == 200, resp.text
+    response: dict[str, Any] = resp.json()
+    assert_valid("Response", response)
+    return response
+
+
+def of_type(response: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    return [item for item in response["output"] if item["type"] == kind]
+
+
+# -- health ---------------------------------------------------------------------------------------------------------
+
+
+def test_ready_detail_shows_each_server(http: httpx.Client) -> None:
+    body = http.get("/health/ready?detail=1").json()
+    states = {s["server_label"]: s for s in body["mcp_servers"]}
+    assert {k: v["state"] for k, v in states.items() if k != "down"} == {
+        "time": "ready",
+        "git": "ready",
+        "web": "ready",
+    }
+    assert states["down"]["state"] in ("connecting", "reconnecting") and states["down"]["error"]
+    assert states["time"]["transport"] == "stdio" and states["web"]["transport"] == "streamable_http"
+    assert states["git"]["tools"] == 3  # allowed_tools applies
+    assert http.get("/health/ready").status_code == 200  # ready without the server that is down
+
+
+# -- the Responses API's mcp tool ------------------------------------------------------------------------------------
+
+
+def test_time_call_non_streamed(http: httpx.Client) -> None:
+    script = 'CALL time__get_current_time {"timezone": "Europe/Paris"}'
+    response = create(http, {"input": script, "tools": [mcp("time")]})
+    assert response["status"] == "completed"
+    [listed] = of_type(response, "mcp_list_tools")
+    assert {t["name"] for t in listed["tools"]} == {"get_current_time", "convert_time"} and listed["error"] is None
+    [call] = of_type(response, "mcp_call")
+    assert call["server_label"] == "time" and call["name"] == "get_current_time" and call["status"] == "completed"
+    assert json.loads(call["output"])["timezone"] == "Europe/Paris" and call["error"] is None
+    assert [item["type"] for item in response["output"]] == ["mcp_list_tools", "mcp_call", "message"]
+    text = response["output"][-1]["content"][0]["text"]
+    assert text.startswith("DONE\n") and "Europe/Paris" in text
+    assert response["tools"][0]["type"] == "mcp" and response["tools"][0]["server_label"] == "time"
+
+
+def test_streamed_events_are_valid_and_the_sdk_final_equals_the_plain_one(
+    http: httpx.Client, client: openai.OpenAI
+) -> None:
+    body = {"input": 'CALL web__echo {"text": "round trip"}', "tools": [mcp("web")]}
+    events = post_stream(http, {"model": MODEL, **body})  # each event validated against the spec
+    types = [e["type"] for e in events]
+    for expected in (
+        "response.mcp_list_tools.in_progress",
+        "response.mcp_list_tools.completed",
+        "response.mcp_call_arguments.delta",
+        "response.mcp_call_arguments.done",
+        "response.mcp_call.in_progress",
+        "response.mcp_call.completed",
+    ):
+        assert expected in types, types
+    assert types[-1] == "response.completed"
+    final = events[-1]["response"]
+    assert [i["type"] for i in final["output"]] == ["mcp_list_tools", "mcp_call", "message"]
+    assert final["output"][1]["output"] == "round trip"
+    with client.responses.stream(model=MODEL, **body) as stream:  # type: ignore[arg-type]
+        kinds = [e.type for e in stream]
+        streamed = stream.get_final_response()
+    assert "response.mcp_call.completed" in kinds
+    plain = client.responses.create(model=MODEL, **body)  # type: ignore[arg-type]
+    assert comparable(streamed.model_dump(mode="json")) == comparable(plain.model_dump(mode="json"))
+
+
+def test_git_server_on_a_repository(http: httpx.Client, repo: Path) -> None:
+    script = f'CALL git__git_status {{"repo_path": "{repo}"}}\nCALL git__git_log {{"repo_path": "{repo}"}}'
+    response = create(http, {"input": script, "tools": [mcp("git")]})
+    calls = of_type(response, "mcp_call")
+    assert [c["name"] for c in calls] == ["git_status", "git_log"]
+    assert all(c["status"] == "completed" for c in calls)
+    assert "README.md" in calls[0]["output"] and "first commit" in calls[1]["output"]
+    [listed] = of_type(response, "mcp_list_tools")
+    assert {t["name"] for t in listed["tools"]} == {"git_status", "git_log", "git_diff_unstaged"}
+
+
+def test_tool_list_reused_from_the_previous_response(http: httpx.Client) -> None:
+    first = create(http, {"input": "TOOLS", "tools": [mcp("time")]})
+    assert "time__get_current_time" in first["output"][-1]["content"][0]["text"]
+    second = create(
+        http,
+        {
+            "input": "CALL time__convert_time "
+            + json.dumps({"source_timezone": "UTC", "time": "12:00", "target_timezone": "Asia/Tokyo"}),
+            "tools": [mcp("time")],
+            "previous_response_id": first["id"],
+        },
+    )
+    assert of_type(second, "mcp_list_tools") == []  # listed once in the chain
+    [call] = of_type(second, "mcp_call")
+    assert call["status"] == "completed" and "Asia/Tokyo" in call["output"]
+
+
+def test_request_allowed_tools_narrow_the_list(http: httpx.Client) -> None:
+    response = create(http, {"input": "TOOLS", "tools": [mcp("time", allowed_tools=["convert_time"])]})
+    assert [t["name"] for t in of_type(response, "mcp_list_tools")[0]["tools"]] == ["convert_time"]
+    assert response["output"][-1]["content"][0]["text"] == "TOOLS time__convert_time"
+
+
+def test_approval_round_trip(http: httpx.Client) -> None:
+    tools = [{"type": "mcp", "server_label": "time"}]  # require_approval defaults to "always"
+    first = create(http, {"input": 'CALL time__get_current_time {"timezone": "UTC"}', "tools": tools})
+    [request] = of_type(first, "mcp_approval_request")
+    assert request["name"] == "get_current_time" and of_type(first, "mcp_call") == []
+    assert first["status"] == "completed"
+    answer = {"type": "mcp_approval_response", "approval_request_id": request["id"], "approve": True}
+    second = create(http, {"input": [answer], "tools": tools, "previous_response_id": first["id"]})
+    [call] = of_type(second, "mcp_call")
+    assert call["approval_request_id"] == request["id"] and call["status"] == "completed"
+    assert '"timezone": "UTC"' in call["output"]
+    assert second["output"][-1]["content"][0]["text"].startswith("DONE\n")
+    # An approval runs its call once: answering it again is refused.
+    again = http.post(
+        "/v1/responses",
+        json={"model": MODEL, "input": [answer], "tools": tools, "previous_response_id": second["id"]},
+    )
+    assert again.status_code == 400 and again.json()["error"]["param"] == "input[0].approval_request_id"
+    unknown = {**answer, "approval_request_id": "mcpr_nope"}
+    resp = http.post("/v1/responses", json={"model": MODEL, "input": [unknown], "tools": tools})
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "input[0].approval_request_id"
+
+
+def test_denied_approval_tells_the_model(http: httpx.Client) -> None:
+    tools = [{"type": "mcp", "server_label": "time"}]
+    first = create(http, {"input": 'CALL time__get_current_time {"timezone": "UTC"}', "tools": tools})
+    [request] = of_type(first, "mcp_approval_request")
+    answer = {"type": "mcp_approval_response", "approval_request_id": request["id"], "approve": False, "reason": "no"}
+    second = create(http, {"input": [answer], "tools": tools, "previous_response_id": first["id"]})
+    assert of_type(second, "mcp_call") == []
+    assert "did not approve" in second["output"][-1]["content"][0]["text"]
+
+
+def test_configured_approval_wins_over_the_request(http: httpx.Client) -> None:
+    response = create(http, {"input": "CALL web__whoami {}", "tools": [mcp("web")]})
+    assert [i["type"] for i in response["output"]] == ["mcp_list_tools", "mcp_approval_request"]
+    answer = {"type": "mcp_approval_response", "approval_request_id": response["output"][1]["id"], "approve": True}
+    second = create(http, {"input": [answer], "tools": [mcp("web")], "previous_response_id": response["id"]})
+    [call] = of_type(second, "mcp_call")
+    assert call["output"] == "Bearer sk-web-secret-7f3a"  # the configured header, with its ${ENV} secret
+
+
+# -- faults ----------------------------------------------------------------------------------------------------------
+
+
+def test_unknown_label_is_a_400_naming_it(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.responses.create(model=MODEL, input="hi", tools=[{"type": "mcp", "server_label": "nope"}])  # type: ignore[list-item]
+    assert exc.value.body["param"] == "tools[0].server_label"  # type: ignore[index]
+    assert "Unknown MCP server label 'nope'" in exc.value.body["message"]  # type: ignore[index]
+
+
+def test_client_server_url_refused_by_default(client: openai.OpenAI, web_server: int) -> None:
+    tool = {"type": "mcp", "server_label": "mine", "server_url": f"http://127.0.0.1:{web_server}/mcp"}
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.responses.create(model=MODEL, input="hi", tools=[tool])  # type: ignore[list-item]
+    assert exc.value.body["param"] == "tools[0].server_url"  # type: ignore[index]
+
+
+def test_server_down_is_a_list_item_with_its_error(http: httpx.Client) -> None:
+    response = create(http, {"input": "TOOLS", "tools": [mcp("down"), mcp("time")]})
+    down = next(i for i in of_type(response, "mcp_list_tools") if i["server_label"] == "down")
+    assert down["tools"] == [] and "Could not list the tools of MCP server 'down'" in down["error"]
+    assert response["status"] == "completed"
+    assert response["output"][-1]["content"][0]["text"].split()[1:] == ["time__get_current_time", "time__convert_time"]
+    events = post_stream(http, {"model": MODEL, "input": "TOOLS", "tools": [mcp("down")]})
+    assert "response.mcp_list_tools.failed" in [e["type"] for e in events]
+
+
+def test_tool_error_timeout_bad_arguments_and_flood(http: httpx.Client) -> None:
+    script = "\n".join(
+        [
+            'CALL web__fail {"why": "it broke"}',
+            'CALL web__slow {"seconds": 30}',
+            "CALL web__echo {not json",
+        ]
+    )
+    response = create(http, {"input": script, "tools": [mcp("web")]})
+    fail, slow, bad = of_type(response, "mcp_call")
+    assert fail["status"] == "failed" and fail["error"]["type"] == "mcp_tool_execution_error"
+    assert "it broke" in json.dumps(fail["error"]) and fail["output"] is None
+    assert slow["status"] == "failed" and "timed out after 2 s" in slow["error"]["message"]
+    assert bad["status"] == "failed" and "not valid JSON" in bad["error"]["message"]
+    text = response["output"][-1]["content"][0]["text"]
+    assert "it broke" in text and "timed out" in text and "not valid JSON" in text  # the model saw each error
+    flood = create(http, {"input": 'CALL web__flood {"n": 50000}', "tools": [mcp("web")]})
+    [call] = of_type(flood, "mcp_call")
+    assert call["output"].startswith("x" * 1000)
+    assert call["output"].endswith("[output truncated by Manifold: 1000 of 50000 bytes shown]")
+
+
+def test_a_model_that_loops_is_stopped(http: httpx.Client) -> None:
+    response = create(http, {"input": 'LOOP web__echo {"text": "again"}', "tools": [mcp("web")]})
+    assert len(of_type(response, "mcp_call")) == 3  # mcp.max_tool_rounds
+    assert response["status"] == "completed"
+    assert response["output"][-1]["content"][0]["text"].endswith("NOT OFFERED web__echo")
+
+
+def test_background_response_runs_the_loop(client: openai.OpenAI) -> None:
+    started = client.responses.create(
+        model=MODEL,
+        input='CALL web__echo {"text": "later"}',
+        tools=[mcp("web")],  # type: ignore[list-item]
+        background=True,
+    )
+    deadline = time.monotonic() + 30
+    response = client.responses.retrieve(started.id)
+    while response.status in ("queued", "in_progress") and time.monotonic() < deadline:
+        time.sleep(0.1)
+        response = client.responses.retrieve(started.id)
+    assert response.status == "completed"
+    assert [i.type for i in response.output] == ["mcp_list_tools", "mcp_call", "message"]
+
+
+def test_cancel_stops_the_running_tool_call(client: openai.OpenAI, http: httpx.Client) -> None:
+    started = client.responses.create(
+        model=MODEL,
+        input='CALL web__slow {"seconds": 1.5}',
+        tools=[mcp("web")],  # type: ignore[list-item]
+        background=True,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # until the call is running
+        current = client.responses.retrieve(started.id)
+        if any(i.type == "mcp_call" for i in current.output):
+            break
+        time.sleep(0.05)
+    cancelled = client.responses.cancel(started.id)
+    assert cancelled.status == "cancelled"
+    assert client.responses.retrieve(started.id).status == "cancelled"

@@ -1,0 +1,53 @@
+"""A streamable-HTTP MCP server built with the official SDK (`MCPServer`), for the gateway's MCP tests.
+
+Run as `python -m tests.fakes.mcp_http_server PORT`; serves `http://127.0.0.1:PORT/mcp`. Its tools: `echo`
+(the text back), `flood` (`n` bytes of output), `slow` (sleeps), `fail` (the tool reports an error) and
+`whoami` (the `Authorization` header it was sent, to show configured headers arrive).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+
+server = MCPServer("manifold-test-http")
+
+
+@server.tool()
+def echo(text: str) -> str:
+    """Return the text as it was sent."""
+    return text
+
+
+@server.tool()
+def flood(n: int) -> str:
+    """Return n bytes of output."""
+    return "x" * n
+
+
+@server.tool()
+async def slow(seconds: float) -> str:
+    """Sleep, then say so."""
+    await asyncio.sleep(seconds)
+    return f"slept {seconds}"
+
+
+@server.tool()
+def fail(why: str) -> str:
+    """Fail with the reason given (a `ToolError`: its message reaches the client)."""
+    raise ToolError(why)
+
+
+@server.tool()
+def whoami(ctx: Context) -> str:
+    """The Authorization header of the request."""
+    request = ctx.request_context.request
+    headers = getattr(request, "headers", None) or {}
+    return str(headers.get("authorization", "none"))
+
+
+if __name__ == "__main__":
+    server.run("streamable-http", host="127.0.0.1", port=int(sys.argv[1]))
