@@ -283,6 +283,15 @@ class McpSseServer(McpServerCommon, tag_field="transport", tag="sse"):
 McpServerSettings = McpStdioServer | McpHttpServer | McpSseServer
 
 
+class McpChatSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The MCP servers whose tools are added to every chat request for one public model (`mcp.models.<name>`),
+    named `server__tool`. `mode: return`: the model's calls go back to the client (`POST /v1/mcp/tools/call`
+    runs one); `execute`: the gateway runs them and answers with the model's final message."""
+
+    servers: Annotated[list[str], msgspec.Meta(min_length=1)]
+    mode: Literal["return", "execute"] = "return"
+
+
 class McpSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The gateway's MCP behaviour (docs/mcp.md). `allow_client_servers`: URL patterns (fnmatch, `*` any text)
     a request's `mcp` tool may name in `server_url`; empty (the default): none, only configured labels.
@@ -293,6 +302,7 @@ class McpSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_tool_rounds: Annotated[int, msgspec.Meta(ge=1)] = 8
     reconnect_backoff_s: PositiveFloat = 1.0
     reconnect_backoff_max_s: PositiveFloat = 30.0
+    models: dict[str, McpChatSettings] = msgspec.field(default_factory=dict)
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -527,6 +537,8 @@ def _build(raw: dict[str, Any], problems: list[str]) -> Config:
     if router is not None and all_converted:
         # Names are checked against the deployments only when all of them could be read.
         problems.extend(_router_problems(router, deployments))
+    if mcp is not None and mcp_servers is not None:
+        problems.extend(_mcp_problems(mcp, mcp_servers))
     if metrics is not None and server is not None and metrics.port is not None and metrics.port == server.port:
         problems.append(f"metrics.port: {metrics.port} is the server's own port (leave it out to serve it there)")
     if (
@@ -552,6 +564,22 @@ def _build(raw: dict[str, Any], problems: list[str]) -> Config:
         mcp_servers=mcp_servers,
         mcp=mcp,
     )
+
+
+def _mcp_problems(mcp: McpSettings, servers: dict[str, McpServerSettings]) -> list[str]:
+    """`mcp.models.<name>.servers` name configured servers, each once (so that `server__tool` names of one
+    model cannot collide: a label holds no `__`)."""
+    out: list[str] = []
+    for model, chat in mcp.models.items():
+        seen: set[str] = set()
+        for i, label in enumerate(chat.servers):
+            if label not in servers:
+                known = ", ".join(servers) or "none"
+                out.append(f"mcp.models.{model}.servers[{i}]: unknown MCP server '{label}' (configured: {known})")
+            elif label in seen:
+                out.append(f"mcp.models.{model}.servers[{i}]: '{label}' is listed twice")
+            seen.add(label)
+    return out
 
 
 def _convert_mcp_servers(data: Any, problems: list[str]) -> dict[str, McpServerSettings] | None:

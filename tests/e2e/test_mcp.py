@@ -74,7 +74,10 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def config(web_port: int, repo: Path) -> dict[str, Any]:
     bin_dir = ensure_venv()
     return {
-        "model_list": [{"model_name": MODEL, "provider": "python", "handler": "tests.e2e.mcp_handlers:model"}],
+        "model_list": [
+            {"model_name": name, "provider": "python", "handler": "tests.e2e.mcp_handlers:model"}
+            for name in (MODEL, "chat-return", "chat-execute")
+        ],
         "mcp_servers": {
             "time": {"command": str(bin_dir / "mcp-server-time"), "args": ["--local-timezone", "UTC"]},
             "git": {
@@ -92,7 +95,15 @@ def config(web_port: int, repo: Path) -> dict[str, Any]:
             },
             "down": {"transport": "streamable_http", "url": f"http://127.0.0.1:{free_port()}/mcp"},
         },
-        "mcp": {"max_tool_rounds": 3, "reconnect_backoff_s": 0.2, "reconnect_backoff_max_s": 1},
+        "mcp": {
+            "max_tool_rounds": 3,
+            "reconnect_backoff_s": 0.2,
+            "reconnect_backoff_max_s": 1,
+            "models": {
+                "chat-return": {"servers": ["time"]},
+                "chat-execute": {"servers": ["time", "web"], "mode": "execute"},
+            },
+        },
     }
 
 
@@ -368,3 +379,57 @@ def test_cancel_stops_the_running_tool_call(client: openai.OpenAI, http: httpx.C
     cancelled = client.responses.cancel(started.id)
     assert cancelled.status == "cancelled"
     assert client.responses.retrieve(started.id).status == "cancelled"
+
+
+# -- chat completions with a model's configured tools ----------------------------------------------------------------
+
+
+def test_chat_return_mode_adds_the_tools_and_the_client_runs_a_call(client: openai.OpenAI, http: httpx.Client) -> None:
+    listed = client.chat.completions.create(model="chat-return", messages=[{"role": "user", "content": "TOOLS"}])
+    assert listed.choices[0].message.content == "TOOLS time__get_current_time time__convert_time"
+    script = 'CALL time__get_current_time {"timezone": "Asia/Tokyo"}'
+    raw = http.post(
+        "/v1/chat/completions", json={"model": "chat-return", "messages": [{"role": "user", "content": script}]}
+    )
+    assert raw.status_code == 200, raw.text
+    assert_valid("CreateChatCompletionResponse", raw.json())
+    [call] = raw.json()["choices"][0]["message"]["tool_calls"]
+    assert call["function"]["name"] == "time__get_current_time"
+    ran = http.post(
+        "/v1/mcp/tools/call", json={"name": call["function"]["name"], "arguments": call["function"]["arguments"]}
+    )
+    assert ran.status_code == 200 and ran.json()["is_error"] is False
+    assert json.loads(ran.json()["output"])["timezone"] == "Asia/Tokyo"
+    failed = http.post("/v1/mcp/tools/call", json={"name": "web__fail", "arguments": {"why": "nope"}})
+    assert failed.json()["is_error"] is True and "nope" in failed.json()["output"]
+    missing = http.post("/v1/mcp/tools/call", json={"name": "time__nope", "arguments": {}})
+    assert missing.status_code == 404 and missing.json()["error"]["param"] == "name"
+    clash = {"type": "function", "function": {"name": "time__convert_time", "parameters": {"type": "object"}}}
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(model="chat-return", messages=[{"role": "user", "content": "hi"}], tools=[clash])  # type: ignore[list-item]
+    assert exc.value.body["param"] == "tools[0].function.name"  # type: ignore[index]
+
+
+def test_chat_execute_mode_runs_the_loop(client: openai.OpenAI, http: httpx.Client) -> None:
+    script = 'CALL time__get_current_time {"timezone": "UTC"}\nCALL web__echo {"text": "from chat"}'
+    messages = [{"role": "user", "content": script}]
+    raw = http.post("/v1/chat/completions", json={"model": "chat-execute", "messages": messages})
+    assert raw.status_code == 200, raw.text
+    body = raw.json()
+    assert_valid("CreateChatCompletionResponse", body)
+    text = body["choices"][0]["message"]["content"]
+    assert text.startswith("DONE\n") and "from chat" in text and '"timezone": "UTC"' in text
+    assert json.loads(raw.headers["x-manifold-mcp-calls"]) == [
+        {"name": "time__get_current_time", "status": "completed"},
+        {"name": "web__echo", "status": "completed"},
+    ]
+    with client.chat.completions.with_streaming_response.create(
+        model="chat-execute",
+        messages=messages,  # type: ignore[arg-type]
+        stream=True,
+        stream_options={"include_usage": True},
+    ) as streamed:
+        assert json.loads(streamed.headers["x-manifold-mcp-calls"])[1]["name"] == "web__echo"
+        chunks = list(streamed.parse())
+    joined = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert joined.startswith("DONE\n") and "from chat" in joined

@@ -14,6 +14,7 @@ import contextlib
 import fnmatch
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -28,6 +29,12 @@ PING_INTERVAL_S = 5.0
 PING_TIMEOUT_S = 10.0
 TRUNCATION_MARKER = "\n[output truncated by Manifold: {shown} of {total} bytes shown]"
 NAMESPACE = "__"  # `server__tool`: a configured server's tool as chat completions and the /mcp endpoint name it
+
+
+def function_name(server_label: str, tool: str) -> str:
+    """The function name a model calls an MCP tool by: `label__tool`, with what a function name cannot hold
+    replaced by `_`, at most 64 characters."""
+    return re.sub(r"[^a-zA-Z0-9_-]", "_", f"{server_label}{NAMESPACE}{tool}")[:64]
 
 
 class ToolInfo(NamedTuple):
@@ -328,6 +335,18 @@ class McpManager:
 
     def readiness(self) -> list[dict[str, Any]]:
         return [s.detail() for s in self.servers.values()]
+
+    def functions(self, labels: list[str] | None = None) -> dict[str, tuple[McpServer, ToolInfo]]:
+        """The tools of the servers named (None: all), by their namespaced function name; a server that is not
+        connected offers none."""
+        out: dict[str, tuple[McpServer, ToolInfo]] = {}
+        for label in self.servers if labels is None else labels:
+            server = self.servers.get(label)
+            if server is None or server.state != "ready":
+                continue
+            for tool in server.tools:
+                out[function_name(label, tool.name)] = (server, tool)
+        return out
 
 
 @contextlib.asynccontextmanager

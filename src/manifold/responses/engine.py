@@ -33,12 +33,13 @@ from manifold.api.response_request import (
 )
 from manifold.config import ResponsesSettings
 from manifold.errors import InvalidRequestError, ManifoldError, NotFoundError, RateLimitError, UnsupportedError
+from manifold.mcp.chat import add_usage
 from manifold.providers.base import Call, Provider
 from manifold.providers.token_estimate import estimate_chat_tokens
 from manifold.responses import translate
 from manifold.responses.events import TERMINAL_EVENTS, ResponseBuilder, completion_chunks, replay
 from manifold.responses.jobs import Job, Jobs
-from manifold.responses.mcp_run import McpRun, McpSplit, add_usage, resolve
+from manifold.responses.mcp_run import McpRun, McpSplit, resolve
 from manifold.responses.objects import now, skeleton
 from manifold.routing.router import Report, Router
 from manifold.storage import Store

@@ -394,19 +394,3 @@ class McpSplit:
             if c["mcp"]
         ]
         return {"role": "assistant", "content": self.text or None, "tool_calls": calls}
-
-
-def add_usage(total: dict[str, Any] | None, usage: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Two chat `usage` objects summed (the rounds of one response)."""
-    if usage is None:
-        return total
-    if total is None:
-        return _copy(usage)  # type: ignore[no-any-return]
-    out: dict[str, Any] = dict(total)
-    for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
-        out[key] = int(out.get(key) or 0) + int(usage.get(key) or 0)
-    for key, inner in (("prompt_tokens_details", "cached_tokens"), ("completion_tokens_details", "reasoning_tokens")):
-        a, b = out.get(key) or {}, usage.get(key) or {}
-        if a or b:
-            out[key] = {**a, inner: int(a.get(inner) or 0) + int(b.get(inner) or 0)}
-    return out

@@ -9,7 +9,6 @@ names (`text.format` → `response_format`, `max_output_tokens` → `max_complet
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,6 +21,9 @@ from manifold.api.response_request import (
     ToolChoiceFunction,
 )
 from manifold.errors import UnsupportedError
+from manifold.mcp.manager import function_name
+
+mcp_function_name = function_name  # the engine's name for it
 
 # Expands a compaction item's `encrypted_content` (at `param`) to the summary it holds.
 Expand = Callable[[str, str], str]
@@ -81,12 +83,6 @@ def items_to_messages(
         # reasoning items: chat completions have no way to pass them back; mcp_list_tools, mcp_approval_request
         # and mcp_approval_response items are the engine's, not the model's
     return messages
-
-
-def mcp_function_name(server_label: str, tool: str) -> str:
-    """The function name a model calls an MCP tool by: `label__tool`, with what a function name cannot hold
-    replaced by `_`, at most 64 characters."""
-    return re.sub(r"[^a-zA-Z0-9_-]", "_", f"{server_label}__{tool}")[:64]
 
 
 def mcp_call_result(item: dict[str, Any]) -> str:

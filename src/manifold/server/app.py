@@ -31,6 +31,7 @@ from manifold.server.endpoints import (
     health,
     images,
     kserve_urls,
+    mcp,
     metrics,
     models,
     responses_api,
@@ -68,6 +69,8 @@ API_ROUTES = (
     Route("DELETE", "/responses/{response_id}", responses_api.delete_response),
     Route("POST", "/responses/{response_id}/cancel", responses_api.cancel_response),
     Route("GET", "/responses/{response_id}/input_items", responses_api.list_input_items),
+    # MCP (docs/mcp.md): run one configured tool for a client.
+    Route("POST", "/mcp/tools/call", mcp.call_tool, cancellable=True),
 )
 # Outside the prefixes.
 ROOT_ROUTES = (

@@ -11,6 +11,7 @@ from manifold.api.chat_response import ChunkShaper, normalize_completion
 from manifold.api.validation import convert, decode_json_object
 from manifold.errors import InvalidRequestError
 from manifold.providers.base import Call
+from manifold.server.endpoints import mcp
 from manifold.server.endpoints.stored_chat import create_stored
 from manifold.server.sse_writer import stream_chat
 
@@ -32,6 +33,13 @@ async def create_chat_completion(app: ManifoldApp, request: Request) -> None:
         extra = sorted(set(raw) - _KNOWN_FIELDS)
         if extra:
             log.debug("request %s: forwarding non-OpenAI fields %s", request.request_id, extra)
+    mcp_settings = mcp.chat_settings(app, req.model)
+    if mcp_settings is not None:  # the model's configured MCP tools (docs/mcp.md)
+        if mcp_settings.mode == "execute":
+            await mcp.chat_execute(app, request, raw, req)
+            return
+        raw = mcp.add_tools(app, raw, mcp_settings)
+        req = convert(raw, ChatCompletionRequest)
     if req.store:
         await create_stored(app, request, raw, req)
         return
