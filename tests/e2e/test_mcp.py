@@ -433,3 +433,34 @@ def test_chat_execute_mode_runs_the_loop(client: openai.OpenAI, http: httpx.Clie
         chunks = list(streamed.parse())
     joined = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert joined.startswith("DONE\n") and "from chat" in joined
+
+
+# -- the gateway as one MCP server -----------------------------------------------------------------------------------
+
+
+def test_mcp_endpoint_serves_the_union_to_the_sdk_client(gateway: ManifoldProcess) -> None:
+    import asyncio
+
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    async def session_run() -> tuple[set[str], Any, Any, Any]:
+        async with (
+            streamable_http_client(gateway.base_url + "/mcp") as (read, write, *_),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            tools = {t.name for t in (await session.list_tools()).tools}
+            echoed = await session.call_tool("web__echo", {"text": "through the gateway"})
+            timed = await session.call_tool("time__get_current_time", {"timezone": "UTC"})
+            missing = await session.call_tool("git__git_commit", {"repo_path": "/", "message": "no"})
+            return tools, echoed, timed, missing
+
+    tools, echoed, timed, missing = asyncio.run(session_run())
+    assert {"time__get_current_time", "time__convert_time", "web__echo", "web__whoami"} <= tools
+    assert {"git__git_status", "git__git_log", "git__git_diff_unstaged"} <= tools
+    assert "git__git_commit" not in tools  # the server's allowed_tools hold here too
+    assert not any(t.startswith("down__") for t in tools)
+    assert echoed.is_error is False and echoed.content[0].text == "through the gateway"
+    assert timed.is_error is False and '"timezone": "UTC"' in timed.content[0].text
+    assert missing.is_error is True and "git__git_commit" in missing.content[0].text

@@ -15,6 +15,7 @@ from typing import Any
 
 from manifold.config import Config, ServerSettings, secrets_of
 from manifold.errors import ManifoldError
+from manifold.mcp.gateway import McpGateway
 from manifold.mcp.manager import McpManager
 from manifold.observability import tracing as tracing_setup
 from manifold.observability.metrics import flush_periodically, multiprocess_dir
@@ -71,6 +72,10 @@ API_ROUTES = (
     Route("GET", "/responses/{response_id}/input_items", responses_api.list_input_items),
     # MCP (docs/mcp.md): run one configured tool for a client.
     Route("POST", "/mcp/tools/call", mcp.call_tool, cancellable=True),
+    # ...and the gateway as one MCP server (streamable HTTP) serving the union of the configured servers' tools.
+    Route("POST", "/mcp", mcp.serve_mcp),
+    Route("GET", "/mcp", mcp.serve_mcp),
+    Route("DELETE", "/mcp", mcp.serve_mcp),
 )
 # Outside the prefixes.
 ROOT_ROUTES = (
@@ -114,6 +119,7 @@ class ManifoldApp:
         self.observer = Observer(config.metrics.enabled, self.settings.access_log, self.tracing) if observing else None
         self.store = Store(config.storage)
         self.mcp = McpManager(config.mcp_servers, config.mcp)
+        self.mcp_gateway = McpGateway(self.mcp)
         self.responses = ResponsesEngine(self.router, self.store, config.responses, self.mcp)
         self.paths = PathRouter()
         for prefix in self.settings.prefixes:
@@ -162,6 +168,7 @@ class ManifoldApp:
         if self._started:
             self._started = False
             await self.responses.aclose()
+            await self.mcp_gateway.aclose()
             await self.mcp.aclose()
             await self.router.aclose()
             await self.store.aclose()

@@ -114,3 +114,10 @@ async def call_tool(app: ManifoldApp, request: Request) -> None:
     server, tool = functions[name]
     output, ok = await run_call(server, tool.name, text)
     await request.send_json(200, _json.encode({"name": name, "output": output, "is_error": not ok}))
+
+
+async def serve_mcp(app: ManifoldApp, request: Request) -> None:
+    """`{prefix}/mcp`: the SDK's streamable-HTTP server answers the exchange itself (POST, GET, DELETE)."""
+    if not app.mcp.servers:
+        raise NotFoundError("No MCP servers are configured on this server.")
+    await app.mcp_gateway.handle(request.scope, request.receive, request.send)
