@@ -94,11 +94,19 @@ def config(web_port: int, repo: Path) -> dict[str, Any]:
                 "require_approval": {"whoami": "always"},
             },
             "down": {"transport": "streamable_http", "url": f"http://127.0.0.1:{free_port()}/mcp"},
+            # The SDK-built server again, over stdio: a child process the tests kill.
+            "local": {
+                "command": sys.executable,
+                "args": ["-m", "tests.fakes.mcp_http_server", "stdio"],
+                "cwd": str(ROOT),
+                "env": {"PYTHONPATH": ENV["PYTHONPATH"]},
+            },
         },
         "mcp": {
             "max_tool_rounds": 3,
             "reconnect_backoff_s": 0.2,
             "reconnect_backoff_max_s": 1,
+            "allow_client_servers": [f"http://127.0.0.1:{web_port}/mcp"],
             "models": {
                 "chat-return": {"servers": ["time"]},
                 "chat-execute": {"servers": ["time", "web"], "mode": "execute"},
@@ -115,7 +123,7 @@ def gateway(web_server: int, repo: Path, tmp_path_factory: pytest.TempPathFactor
         while time.monotonic() < deadline:  # connected in the background: wait for the three that can connect
             detail = httpx.get(proc.url + "/health/ready?detail=1").json()
             states = {s["server_label"]: s["state"] for s in detail.get("mcp_servers", [])}
-            if all(states.get(label) == "ready" for label in ("time", "git", "web")):
+            if all(states.get(label) == "ready" for label in ("time", "git", "web", "local")):
                 break
             time.sleep(0.2)
         yield proc
@@ -159,11 +167,8 @@ def of_type(response: dict[str, Any], kind: str) -> list[dict[str, Any]]:
 def test_ready_detail_shows_each_server(http: httpx.Client) -> None:
     body = http.get("/health/ready?detail=1").json()
     states = {s["server_label"]: s for s in body["mcp_servers"]}
-    assert {k: v["state"] for k, v in states.items() if k != "down"} == {
-        "time": "ready",
-        "git": "ready",
-        "web": "ready",
-    }
+    ready = {k: v["state"] for k, v in states.items() if k != "down"}
+    assert ready == {"time": "ready", "git": "ready", "web": "ready", "local": "ready"}
     assert states["down"]["state"] in ("connecting", "reconnecting") and states["down"]["error"]
     assert states["time"]["transport"] == "stdio" and states["web"]["transport"] == "streamable_http"
     assert states["git"]["tools"] == 3  # allowed_tools applies
@@ -301,11 +306,19 @@ def test_unknown_label_is_a_400_naming_it(client: openai.OpenAI) -> None:
     assert "Unknown MCP server label 'nope'" in exc.value.body["message"]  # type: ignore[index]
 
 
-def test_client_server_url_refused_by_default(client: openai.OpenAI, web_server: int) -> None:
-    tool = {"type": "mcp", "server_label": "mine", "server_url": f"http://127.0.0.1:{web_server}/mcp"}
-    with pytest.raises(openai.BadRequestError) as exc:
-        client.responses.create(model=MODEL, input="hi", tools=[tool])  # type: ignore[list-item]
-    assert exc.value.body["param"] == "tools[0].server_url"  # type: ignore[index]
+def test_client_server_url_only_where_the_config_allows(
+    client: openai.OpenAI, http: httpx.Client, web_server: int
+) -> None:
+    for url in (f"http://127.0.0.1:{web_server}/other", "http://169.254.169.254/mcp", "http://127.0.0.1:1/mcp"):
+        tool = {"type": "mcp", "server_label": "mine", "server_url": url}
+        with pytest.raises(openai.BadRequestError) as exc:
+            client.responses.create(model=MODEL, input="hi", tools=[tool])  # type: ignore[list-item]
+        assert exc.value.body["param"] == "tools[0].server_url"  # type: ignore[index]
+    allowed = mcp("mine", server_url=f"http://127.0.0.1:{web_server}/mcp", headers={"Authorization": "Bearer mine"})
+    response = create(http, {"input": "CALL mine__whoami {}", "tools": [allowed]})
+    [call] = of_type(response, "mcp_call")
+    assert call["output"] == "Bearer mine" and call["server_label"] == "mine"
+    assert response["tools"][0]["headers"] is None  # not echoed
 
 
 def test_server_down_is_a_list_item_with_its_error(http: httpx.Client) -> None:
@@ -379,6 +392,84 @@ def test_cancel_stops_the_running_tool_call(client: openai.OpenAI, http: httpx.C
     cancelled = client.responses.cancel(started.id)
     assert cancelled.status == "cancelled"
     assert client.responses.retrieve(started.id).status == "cancelled"
+
+
+def _child_pids(parent: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent:
+                out.append(int(entry.name))
+    return out
+
+
+def _local_server_pid(gateway: ManifoldProcess) -> int:
+    for pid in _child_pids(gateway.proc.pid):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"tests.fakes.mcp_http_server" in cmdline and b"stdio" in cmdline:
+            return pid
+    raise AssertionError("the stdio server's process was not found")
+
+
+def _local_state(http: httpx.Client) -> dict[str, Any]:
+    states = http.get("/health/ready?detail=1").json()["mcp_servers"]
+    return next(s for s in states if s["server_label"] == "local")
+
+
+def test_a_stdio_server_that_dies_fails_its_call_and_is_restarted(
+    gateway: ManifoldProcess, client: openai.OpenAI, http: httpx.Client
+) -> None:
+    connects = _local_state(http)["connects"]
+    pid = _local_server_pid(gateway)
+    started = client.responses.create(
+        model=MODEL,
+        input='CALL local__slow {"seconds": 20}',
+        tools=[mcp("local")],  # type: ignore[list-item]
+        background=True,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(
+        i.type == "mcp_call" for i in client.responses.retrieve(started.id).output
+    ):
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    deadline = time.monotonic() + 15
+    response = client.responses.retrieve(started.id)
+    while response.status in ("queued", "in_progress") and time.monotonic() < deadline:
+        time.sleep(0.1)
+        response = client.responses.retrieve(started.id)
+    assert response.status == "completed"
+    [call] = [i for i in response.output if i.type == "mcp_call"]
+    assert call.status == "failed" and "went away" in json.dumps(call.model_dump(mode="json")["error"])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (
+        _local_state(http)["state"] == "ready" and _local_state(http)["connects"] > connects
+    ):
+        time.sleep(0.1)
+    assert _local_state(http)["state"] == "ready"  # started again
+    assert _local_server_pid(gateway) != pid
+    again = create(http, {"input": 'CALL local__echo {"text": "back"}', "tools": [mcp("local")]})
+    assert of_type(again, "mcp_call")[0]["output"] == "back"
+
+
+def test_tool_list_refreshed_on_list_changed(http: httpx.Client) -> None:
+    before = create(http, {"input": "TOOLS", "tools": [mcp("local")]})
+    assert "local__grown" not in before["output"][-1]["content"][0]["text"]
+    grown = create(http, {"input": "CALL local__grow {}", "tools": [mcp("local")]})
+    assert of_type(grown, "mcp_call")[0]["output"] == "added"
+    deadline = time.monotonic() + 10
+    text = ""
+    while time.monotonic() < deadline and "local__grown" not in text:
+        text = create(http, {"input": "TOOLS", "tools": [mcp("local")]})["output"][-1]["content"][0]["text"]
+        time.sleep(0.1)
+    assert "local__grown" in text
 
 
 # -- chat completions with a model's configured tools ----------------------------------------------------------------

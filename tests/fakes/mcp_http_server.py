@@ -1,8 +1,9 @@
 """A streamable-HTTP MCP server built with the official SDK (`MCPServer`), for the gateway's MCP tests.
 
-Run as `python -m tests.fakes.mcp_http_server PORT`; serves `http://127.0.0.1:PORT/mcp`. Its tools: `echo`
-(the text back), `flood` (`n` bytes of output), `slow` (sleeps), `fail` (the tool reports an error) and
-`whoami` (the `Authorization` header it was sent, to show configured headers arrive).
+Run as `python -m tests.fakes.mcp_http_server PORT`; serves `http://127.0.0.1:PORT/mcp` (`stdio` for PORT:
+the same tools over stdin/stdout). Its tools: `echo` (the text back), `flood` (`n` bytes of output), `slow`
+(sleeps), `fail` (the tool reports an error), `whoami` (the `Authorization` header it was sent, to show
+configured headers arrive) and `grow` (adds a tool `grown` and sends `notifications/tools/list_changed`).
 """
 
 from __future__ import annotations
@@ -49,5 +50,21 @@ def whoami(ctx: Context) -> str:
     return str(headers.get("authorization", "none"))
 
 
+def grown() -> str:
+    """A tool that `grow` added."""
+    return "grown"
+
+
+@server.tool()
+async def grow(ctx: Context) -> str:
+    """Add the tool `grown` and tell the client its tool list changed."""
+    server.add_tool(grown)
+    await ctx.session.send_tool_list_changed()
+    return "added"
+
+
 if __name__ == "__main__":
-    server.run("streamable-http", host="127.0.0.1", port=int(sys.argv[1]))
+    if sys.argv[1] == "stdio":
+        server.run("stdio")
+    else:
+        server.run("streamable-http", host="127.0.0.1", port=int(sys.argv[1]))

@@ -144,6 +144,7 @@ class McpServer:
             "transport": type(self.settings).__struct_config__.tag,
             "state": self.state,
             "tools": len(self.tools),
+            "connects": self.connects,
             "error": self.error,
         }
 
@@ -297,6 +298,9 @@ class McpServer:
         try:
             result = call.result()
         except Exception as exc:  # noqa: BLE001 (any failure of the call is its outcome)
+            if "Connection closed" in str(exc) or isinstance(exc, OSError):
+                self._lost.set()  # reconnect now, not at the next ping
+                return ToolOutcome(None, f"MCP server '{self.label}' went away during the call.")
             return ToolOutcome(None, _describe(exc))
         return _outcome(result, self.settings.max_output_bytes)
 
