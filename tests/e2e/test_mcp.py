@@ -43,9 +43,18 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture(scope="module")
 def web_server() -> Iterator[int]:
+    yield from _test_server()
+
+
+@pytest.fixture(scope="module")
+def sse_server() -> Iterator[int]:
+    yield from _test_server("sse")
+
+
+def _test_server(*mode: str) -> Iterator[int]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.mcp_http_server", str(port)],
+        [sys.executable, "-m", "tests.fakes.mcp_http_server", *mode, str(port)],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -71,7 +80,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def config(web_port: int, repo: Path) -> dict[str, Any]:
+def config(web_port: int, repo: Path, sse_port: int) -> dict[str, Any]:
     bin_dir = ensure_venv()
     return {
         "model_list": [
@@ -94,6 +103,7 @@ def config(web_port: int, repo: Path) -> dict[str, Any]:
                 "require_approval": {"whoami": "always"},
             },
             "down": {"transport": "streamable_http", "url": f"http://127.0.0.1:{free_port()}/mcp"},
+            "legacy": {"transport": "sse", "url": f"http://127.0.0.1:{sse_port}/sse", "require_approval": "never"},
             # The SDK-built server again, over stdio: a child process the tests kill.
             "local": {
                 "command": sys.executable,
@@ -116,14 +126,16 @@ def config(web_port: int, repo: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def gateway(web_server: int, repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManifoldProcess]:
-    proc = ManifoldProcess(config(web_server, repo), tmp_path_factory.mktemp("mcp"), env=ENV)
+def gateway(
+    web_server: int, sse_server: int, repo: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ManifoldProcess]:
+    proc = ManifoldProcess(config(web_server, repo, sse_server), tmp_path_factory.mktemp("mcp"), env=ENV)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # connected in the background: wait for the three that can connect
             detail = httpx.get(proc.url + "/health/ready?detail=1").json()
             states = {s["server_label"]: s["state"] for s in detail.get("mcp_servers", [])}
-            if all(states.get(label) == "ready" for label in ("time", "git", "web", "local")):
+            if all(states.get(label) == "ready" for label in ("time", "git", "web", "local", "legacy")):
                 break
             time.sleep(0.2)
         yield proc
@@ -168,7 +180,8 @@ def test_ready_detail_shows_each_server(http: httpx.Client) -> None:
     body = http.get("/health/ready?detail=1").json()
     states = {s["server_label"]: s for s in body["mcp_servers"]}
     ready = {k: v["state"] for k, v in states.items() if k != "down"}
-    assert ready == {"time": "ready", "git": "ready", "web": "ready", "local": "ready"}
+    assert ready == {"time": "ready", "git": "ready", "web": "ready", "local": "ready", "legacy": "ready"}
+    assert states["legacy"]["transport"] == "sse"
     assert states["down"]["state"] in ("connecting", "reconnecting") and states["down"]["error"]
     assert states["time"]["transport"] == "stdio" and states["web"]["transport"] == "streamable_http"
     assert states["git"]["tools"] == 3  # allowed_tools applies
@@ -294,6 +307,17 @@ def test_configured_approval_wins_over_the_request(http: httpx.Client) -> None:
     second = create(http, {"input": [answer], "tools": [mcp("web")], "previous_response_id": response["id"]})
     [call] = of_type(second, "mcp_call")
     assert call["output"] == "Bearer sk-web-secret-7f3a"  # the configured header, with its ${ENV} secret
+
+
+def test_legacy_sse_server(http: httpx.Client) -> None:
+    response = create(http, {"input": 'CALL legacy__echo {"text": "over sse"}', "tools": [mcp("legacy")]})
+    assert of_type(response, "mcp_call")[0]["output"] == "over sse"
+
+
+def test_secrets_stay_out_of_the_log(gateway: ManifoldProcess, http: httpx.Client) -> None:
+    create(http, {"input": "CALL web__whoami {}", "tools": [mcp("web")]})  # stops at the approval request
+    http.get("/health/ready?detail=1")
+    assert "sk-web-secret-7f3a" not in gateway.log()
 
 
 # -- faults ----------------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """A streamable-HTTP MCP server built with the official SDK (`MCPServer`), for the gateway's MCP tests.
 
 Run as `python -m tests.fakes.mcp_http_server PORT`; serves `http://127.0.0.1:PORT/mcp` (`stdio` for PORT:
-the same tools over stdin/stdout). Its tools: `echo` (the text back), `flood` (`n` bytes of output), `slow`
+the same tools over stdin/stdout; `sse PORT`: over the legacy HTTP+SSE transport at `/sse`). Its tools: `echo` (the text back), `flood` (`n` bytes of output), `slow`
 (sleeps), `fail` (the tool reports an error), `whoami` (the `Authorization` header it was sent, to show
 configured headers arrive) and `grow` (adds a tool `grown` and sends `notifications/tools/list_changed`).
 """
@@ -66,5 +66,7 @@ async def grow(ctx: Context) -> str:
 if __name__ == "__main__":
     if sys.argv[1] == "stdio":
         server.run("stdio")
+    elif sys.argv[1] == "sse":  # the legacy HTTP+SSE transport: http://127.0.0.1:PORT/sse
+        server.run("sse", host="127.0.0.1", port=int(sys.argv[2]))
     else:
         server.run("streamable-http", host="127.0.0.1", port=int(sys.argv[1]))
