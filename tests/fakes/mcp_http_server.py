@@ -1,9 +1,10 @@
 """A streamable-HTTP MCP server built with the official SDK (`MCPServer`), for the gateway's MCP tests.
 
-Run as `python -m tests.fakes.mcp_http_server PORT`; serves `http://127.0.0.1:PORT/mcp` (`stdio` for PORT:
-the same tools over stdin/stdout; `sse PORT`: over the legacy HTTP+SSE transport at `/sse`). Its tools: `echo` (the text back), `flood` (`n` bytes of output), `slow`
-(sleeps), `fail` (the tool reports an error), `whoami` (the `Authorization` header it was sent, to show
-configured headers arrive) and `grow` (adds a tool `grown` and sends `notifications/tools/list_changed`).
+Run as `python -m tests.fakes.mcp_http_server PORT`: serves `http://127.0.0.1:PORT/mcp`; `... stdio`: the same
+tools over stdin/stdout; `... sse PORT`: over the legacy HTTP+SSE transport at `/sse`. Its tools: `echo` (the
+text back), `flood` (`n` bytes of output), `slow` (sleeps), `fail` (the tool reports an error), `whoami` (the
+`Authorization` header it was sent, to show configured headers arrive) and `grow` (adds a tool `grown` and
+sends `notifications/tools/list_changed`).
 """
 
 from __future__ import annotations
