@@ -22,6 +22,7 @@ from tests.conformance.schema import assert_valid
 from tests.e2e.conftest import ManifoldProcess, free_port
 from tests.e2e.responses_helpers import comparable, post_stream
 from tests.fakes.mcp_servers import ensure_venv
+from tests.fakes.openai_upstream import TOOL_ARGUMENTS, FakeUpstream
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 ENV = {"PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}", "WEB_TOKEN": "sk-web-secret-7f3a"}
@@ -80,12 +81,22 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def config(web_port: int, repo: Path, sse_port: int) -> dict[str, Any]:
+def config(web_port: int, repo: Path, sse_port: int, fake: FakeUpstream) -> dict[str, Any]:
     bin_dir = ensure_venv()
     return {
         "model_list": [
-            {"model_name": name, "provider": "python", "handler": "tests.e2e.mcp_handlers:model"}
-            for name in (MODEL, "chat-return", "chat-execute")
+            *(
+                {"model_name": name, "provider": "python", "handler": "tests.e2e.mcp_handlers:model"}
+                for name in (MODEL, "chat-return", "chat-execute")
+            ),
+            # An OpenAI-compatible upstream whose own Responses API would be used (`responses: native`): the
+            # engine runs requests with configured MCP servers itself, over the upstream's chat completions.
+            {
+                "model_name": "native",
+                "provider": "openai",
+                "api_base": fake.base("tool_loop"),
+                "responses": "native",
+            },
         ],
         "mcp_servers": {
             "time": {"command": str(bin_dir / "mcp-server-time"), "args": ["--local-timezone", "UTC"]},
@@ -127,9 +138,9 @@ def config(web_port: int, repo: Path, sse_port: int) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def gateway(
-    web_server: int, sse_server: int, repo: Path, tmp_path_factory: pytest.TempPathFactory
+    web_server: int, sse_server: int, repo: Path, fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ManifoldProcess]:
-    proc = ManifoldProcess(config(web_server, repo, sse_server), tmp_path_factory.mktemp("mcp"), env=ENV)
+    proc = ManifoldProcess(config(web_server, repo, sse_server, fake), tmp_path_factory.mktemp("mcp"), env=ENV)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # connected in the background: wait for the three that can connect
@@ -309,6 +320,20 @@ def test_configured_approval_wins_over_the_request(http: httpx.Client) -> None:
     assert call["output"] == "Bearer sk-web-secret-7f3a"  # the configured header, with its ${ENV} secret
 
 
+def test_openai_compatible_upstream_and_its_bad_arguments(http: httpx.Client) -> None:
+    body = {
+        "input": "hi",
+        "tools": [mcp("web", allowed_tools=["echo"])],
+        "parallel_tool_calls": False,
+    }
+    response = create(http, {**body, "model": "native"})
+    assert [i["type"] for i in response["output"]] == ["mcp_list_tools", "mcp_call", "message"]
+    call = response["output"][1]
+    assert call["name"] == "echo" and call["arguments"] == TOOL_ARGUMENTS
+    assert call["status"] == "failed"  # the fake model's arguments do not fit the tool: the model is told
+    assert response["output"][2]["content"][0]["text"].startswith("result: Error")
+
+
 def test_legacy_sse_server(http: httpx.Client) -> None:
     response = create(http, {"input": 'CALL legacy__echo {"text": "over sse"}', "tools": [mcp("legacy")]})
     assert of_type(response, "mcp_call")[0]["output"] == "over sse"
@@ -381,6 +406,13 @@ def test_a_model_that_loops_is_stopped(http: httpx.Client) -> None:
     response = create(http, {"input": 'LOOP web__echo {"text": "again"}', "tools": [mcp("web")]})
     assert len(of_type(response, "mcp_call")) == 3  # mcp.max_tool_rounds
     assert response["status"] == "completed"
+    assert response["output"][-1]["content"][0]["text"].endswith("NOT OFFERED web__echo")
+
+
+def test_max_tool_calls_bounds_the_calls(http: httpx.Client) -> None:
+    body = {"input": 'LOOP web__echo {"text": "again"}', "tools": [mcp("web")], "max_tool_calls": 2}
+    response = create(http, body)
+    assert len(of_type(response, "mcp_call")) == 2 and response["max_tool_calls"] == 2
     assert response["output"][-1]["content"][0]["text"].endswith("NOT OFFERED web__echo")
 
 

@@ -291,8 +291,11 @@ class ResponsesEngine:
                     reason = answer.get("reason")
                     result = "The user did not approve this tool call" + (f": {reason}" if reason else ".")
                 messages.append({"role": "tool", "tool_call_id": request["id"], "content": result})
+            limit = p.req.max_tool_calls  # MCP calls this response may run (None: no limit but the rounds')
+            made = len([a for a in run.approvals if a[1]["approve"]])
             for round_ in range(max_rounds + 1):
-                offered = run.function_tools() if round_ < max_rounds else []
+                room = limit is None or made < limit
+                offered = run.function_tools() if round_ < max_rounds and room else []
                 chunks = await self._open(p, messages, stream=stream, tools=[*p.tools, *offered])
                 split = McpSplit(run.functions)
                 try:
@@ -325,6 +328,11 @@ class ResponsesEngine:
                             yield event
                         waiting = True
                         continue
+                    if limit is not None and made >= limit:
+                        result = f"Error: not run: this response may make at most {limit} tool calls (max_tool_calls)."
+                        messages.append({"role": "tool", "tool_call_id": call["id"], "content": result})
+                        continue
+                    made += 1
                     item = run.call_item(function, call["arguments"])
                     for event in run.call_started(builder, item):
                         yield event
@@ -401,6 +409,15 @@ class ResponsesEngine:
         return _Shaped(upstream, ChunkShaper(p.req.model, include_usage=True))
 
     # -- native pass-through (deployment `responses: native`) ---------------------------------------------------
+
+    def runs_mcp(self, req: CreateResponseRequest) -> bool:
+        """Whether the engine runs the request's `mcp` tools itself (a configured label, or an approval to
+        answer), even for a model an upstream's own Responses API serves: that upstream cannot reach them."""
+        for tool in req.tools or ():
+            if isinstance(tool, dict) and tool.get("type") == "mcp" and "server_url" not in tool:
+                return True
+        items = req.input if isinstance(req.input, list) else ()
+        return any(isinstance(i, dict) and i.get("type") == "mcp_approval_response" for i in items)
 
     def native_provider(self, model: str) -> Provider | None:
         provider = self.router.pick(model)
