@@ -2,9 +2,10 @@
 
 The user message holds one directive a line: `CALL <function> <json arguments>` calls the function (in order,
 one per turn: the nth call once n-1 tool results follow the user message); `LOOP <function> <json>` calls it
-every turn for as long as it is offered. When the script is done (or the function is not offered), it answers
-`DONE` followed by each tool result after the user message, one a line (`NOT OFFERED <function>` for a call it
-could not make). `TOOLS` answers the names of the tools it was offered.
+every turn for as long as it is offered; `FORCE <function> <json>` calls it whether offered or not. When the
+script is done (or the function is not offered), it answers `DONE` followed by each tool result after the user
+message, one a line (`NOT OFFERED <function>` for a call it could not make). `TOOLS` answers the names of the
+tools it was offered.
 """
 
 from __future__ import annotations
@@ -30,12 +31,12 @@ def model(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = N
     calls = []
     for line in script.splitlines():
         kind, _, rest = line.partition(" ")
-        if kind in ("CALL", "LOOP"):
+        if kind in ("CALL", "LOOP", "FORCE"):
             name, _, arguments = rest.partition(" ")
             calls.append((kind, name, arguments or "{}"))
     turn = len(results)
     step = calls[turn] if turn < len(calls) else (calls[-1] if calls and calls[-1][0] == "LOOP" else None)
-    if step is not None and step[1] in offered:
+    if step is not None and (step[1] in offered or step[0] == "FORCE"):
         _, name, arguments = step
         yield {"tool_calls": [{"index": 0, "id": f"call_{turn}", "function": {"name": name, "arguments": ""}}]}
         yield {"tool_calls": [{"index": 0, "function": {"arguments": arguments}}]}

@@ -409,6 +409,17 @@ def test_a_model_that_loops_is_stopped(http: httpx.Client) -> None:
     assert response["output"][-1]["content"][0]["text"].endswith("NOT OFFERED web__echo")
 
 
+def test_a_tool_not_allowed_is_a_failed_call(http: httpx.Client, repo: Path) -> None:
+    script = f'FORCE git__git_commit {{"repo_path": "{repo}", "message": "sneaky"}}'
+    response = create(http, {"input": script, "tools": [mcp("git")]})
+    [call] = of_type(response, "mcp_call")
+    assert call["status"] == "failed" and call["name"] == "git_commit" and call["server_label"] == "git"
+    assert "not available on MCP server 'git'" in call["error"]["message"]
+    assert "not available" in response["output"][-1]["content"][0]["text"]  # the model was told
+    log = subprocess.run(["git", "-C", str(repo), "log", "--oneline"], capture_output=True, text=True).stdout
+    assert "sneaky" not in log
+
+
 def test_max_tool_calls_bounds_the_calls(http: httpx.Client) -> None:
     body = {"input": 'LOOP web__echo {"text": "again"}', "tools": [mcp("web")], "max_tool_calls": 2}
     response = create(http, body)

@@ -297,7 +297,7 @@ class ResponsesEngine:
                 room = limit is None or made < limit
                 offered = run.function_tools() if round_ < max_rounds and room else []
                 chunks = await self._open(p, messages, stream=stream, tools=[*p.tools, *offered])
-                split = McpSplit(run.functions)
+                split = McpSplit(run.functions, run.labels)
                 try:
                     async for chunk in chunks:
                         rest = split.take(chunk)
@@ -315,7 +315,16 @@ class ResponsesEngine:
                 messages.append(split.assistant_message())
                 waiting = split.client_calls()
                 for call in calls:
-                    function = run.functions[call["name"]]
+                    function = run.functions.get(call["name"])
+                    if function is None:  # a tool of the request's servers that was not offered
+                        refused = run.refused_item(call["name"], call["arguments"])
+                        for event in run.call_started(builder, refused):
+                            yield event
+                        for event in run.call_finished(builder, refused):
+                            yield event
+                        text = "Error: " + refused["error"]["message"]
+                        messages.append({"role": "tool", "tool_call_id": call["id"], "content": text})
+                        continue
                     if function.approval:
                         request = {
                             "type": "mcp_approval_request",

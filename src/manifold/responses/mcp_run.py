@@ -34,6 +34,7 @@ class McpRun:
 
     def __init__(self) -> None:
         self.functions: dict[str, McpFunction] = {}
+        self.labels: list[str] = []  # the servers' labels: a call to `label__other` is refused, not the client's
         self.list_items: list[dict[str, Any]] = []  # new `mcp_list_tools` items for this response's output
         self.approvals: list[tuple[dict[str, Any], dict[str, Any]]] = []  # (approval request, approval response)
         self.echo: list[dict[str, Any]] = []  # the `mcp` tools as the response lists them
@@ -80,6 +81,23 @@ class McpRun:
             "error": None,
             "status": "in_progress",
             "approval_request_id": approval_request_id,
+        }
+
+    def refused_item(self, name: str, arguments: str) -> dict[str, Any]:
+        """A call to a tool of one of the request's servers that is not offered (not allowed, or unknown)."""
+        label = next(lbl for lbl in self.labels if name.startswith(f"{lbl}__"))
+        tool = name[len(label) + 2 :]
+        message = f"Tool '{tool}' is not available on MCP server '{label}' (not listed, or not allowed)."
+        return {
+            "type": "mcp_call",
+            "id": new_id("mcp_"),
+            "server_label": label,
+            "name": tool,
+            "arguments": arguments,
+            "output": None,
+            "error": {"type": "mcp_protocol_error", "code": -32602, "message": message},
+            "status": "failed",
+            "approval_request_id": None,
         }
 
     @staticmethod
@@ -272,6 +290,7 @@ async def _resolve(
                 )
             run.functions[name] = McpFunction(server, tool, _approval(server, tool, spec.require_approval))
         run.echo.append(_echo(spec))
+        run.labels.append(label)
     requests = {item["id"]: item for item in history if item.get("type") == "mcp_approval_request"}
     answered = {item.get("approval_request_id") for item in history if item.get("type") == "mcp_call"}
     for i, response in approvals:
@@ -338,8 +357,9 @@ class McpSplit:
     """Takes the model's calls to MCP functions out of its chunks (the rest goes on to the builder), and keeps
     what the turn said, the calls it made and the usage it took."""
 
-    def __init__(self, functions: dict[str, McpFunction]) -> None:
+    def __init__(self, functions: dict[str, McpFunction], labels: Sequence[str] = ()) -> None:
         self.functions = functions
+        self.prefixes = tuple(f"{label}__" for label in labels)
         self.text = ""
         self.calls: dict[int, dict[str, Any]] = {}  # by index: {"id", "name", "arguments", "mcp": bool}
         self.usage: dict[str, Any] | None = None
@@ -363,7 +383,7 @@ class McpSplit:
                 if call is None:
                     name = str(fn.get("name") or "")
                     call = {"id": str(tc.get("id") or new_id("call_")), "name": name, "arguments": ""}
-                    call["mcp"] = name in self.functions
+                    call["mcp"] = name in self.functions or name.startswith(self.prefixes)
                     self.calls[index] = call
                 if isinstance(fn.get("arguments"), str):
                     call["arguments"] += fn["arguments"]
