@@ -315,8 +315,8 @@ class ResponsesEngine:
                 messages.append(split.assistant_message())
                 waiting = split.client_calls()
                 for call in calls:
-                    function = run.functions.get(call["name"])
-                    if function is None:  # a tool of the request's servers that was not offered
+                    offered_function = run.functions.get(call["name"])
+                    if offered_function is None:  # a tool of the request's servers that was not offered
                         refused = run.refused_item(call["name"], call["arguments"])
                         for event in run.call_started(builder, refused):
                             yield event
@@ -325,6 +325,7 @@ class ResponsesEngine:
                         text = "Error: " + refused["error"]["message"]
                         messages.append({"role": "tool", "tool_call_id": call["id"], "content": text})
                         continue
+                    function = offered_function
                     if function.approval:
                         request = {
                             "type": "mcp_approval_request",
