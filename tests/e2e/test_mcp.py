@@ -21,12 +21,14 @@ import pytest
 from tests.conformance.schema import assert_valid
 from tests.e2e.conftest import ManifoldProcess, free_port
 from tests.e2e.responses_helpers import comparable, post_stream
+from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.mcp_servers import ensure_venv
 from tests.fakes.openai_upstream import TOOL_ARGUMENTS, FakeUpstream
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 ENV = {"PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}", "WEB_TOKEN": "sk-web-secret-7f3a"}
 MODEL = "scripted"
+ANTHROPIC_KEY = "sk-ant-test"
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
@@ -81,7 +83,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def config(web_port: int, repo: Path, sse_port: int, fake: FakeUpstream) -> dict[str, Any]:
+def config(web_port: int, repo: Path, sse_port: int, fake: FakeUpstream, claude: FakeAnthropic) -> dict[str, Any]:
     bin_dir = ensure_venv()
     return {
         "model_list": [
@@ -96,6 +98,13 @@ def config(web_port: int, repo: Path, sse_port: int, fake: FakeUpstream) -> dict
                 "provider": "openai",
                 "api_base": fake.base("tool_loop"),
                 "responses": "native",
+            },
+            {
+                "model_name": "claude",
+                "provider": "anthropic",
+                "model": "claude-sonnet-4-5",
+                "api_base": claude.base("echo"),
+                "api_key": ANTHROPIC_KEY,
             },
         ],
         "mcp_servers": {
@@ -137,10 +146,22 @@ def config(web_port: int, repo: Path, sse_port: int, fake: FakeUpstream) -> dict
 
 
 @pytest.fixture(scope="module")
+def claude() -> Iterator[FakeAnthropic]:
+    with FakeAnthropic(api_key=ANTHROPIC_KEY) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
 def gateway(
-    web_server: int, sse_server: int, repo: Path, fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+    web_server: int,
+    sse_server: int,
+    repo: Path,
+    fake: FakeUpstream,
+    claude: FakeAnthropic,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ManifoldProcess]:
-    proc = ManifoldProcess(config(web_server, repo, sse_server, fake), tmp_path_factory.mktemp("mcp"), env=ENV)
+    settings = config(web_server, repo, sse_server, fake, claude)
+    proc = ManifoldProcess(settings, tmp_path_factory.mktemp("mcp"), env=ENV)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # connected in the background: wait for the three that can connect
@@ -332,6 +353,22 @@ def test_openai_compatible_upstream_and_its_bad_arguments(http: httpx.Client) ->
     assert call["name"] == "echo" and call["arguments"] == TOOL_ARGUMENTS
     assert call["status"] == "failed"  # the fake model's arguments do not fit the tool: the model is told
     assert response["output"][2]["content"][0]["text"].startswith("result: Error")
+
+
+def test_anthropic_backend(http: httpx.Client, claude: FakeAnthropic) -> None:
+    body = {"model": "claude", "input": "hi", "tools": [mcp("web", allowed_tools=["echo"])], "max_output_tokens": 200}
+    response = create(http, body)
+    # The fake says a few words before its tool_use: a message, then the call, then the answer.
+    assert [i["type"] for i in response["output"]] == ["mcp_list_tools", "message", "mcp_call", "message"]
+    call = response["output"][2]
+    assert call["status"] == "completed" and call["output"] == json.loads(call["arguments"])["text"]
+    assert response["output"][3]["content"][0]["text"].startswith("Tool results: ")
+    events = post_stream(http, body)  # each event validated against the spec
+    assert events[-1]["type"] == "response.completed"
+    streamed = events[-1]["response"]  # the same answer (but for the fake's random tool_use ids)
+    assert [i["type"] for i in streamed["output"]] == [i["type"] for i in response["output"]]
+    assert streamed["output"][2]["output"] == "text-value" == call["output"]
+    assert claude.invalid == []  # every Messages request (tool_use, tool_result) was valid Anthropic
 
 
 def test_legacy_sse_server(http: httpx.Client) -> None:
