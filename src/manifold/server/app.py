@@ -70,9 +70,11 @@ API_ROUTES = (
     Route("DELETE", "/responses/{response_id}", responses_api.delete_response),
     Route("POST", "/responses/{response_id}/cancel", responses_api.cancel_response),
     Route("GET", "/responses/{response_id}/input_items", responses_api.list_input_items),
-    # MCP (docs/mcp.md): run one configured tool for a client.
+)
+# MCP (docs/mcp.md), under the prefixes too but not OpenAI operations: run one configured tool for a client, and
+# the gateway as one MCP server (streamable HTTP) serving the union of the configured servers' tools.
+MCP_ROUTES = (
     Route("POST", "/mcp/tools/call", mcp.call_tool, cancellable=True),
-    # ...and the gateway as one MCP server (streamable HTTP) serving the union of the configured servers' tools.
     Route("POST", "/mcp", mcp.serve_mcp),
     Route("GET", "/mcp", mcp.serve_mcp),
     Route("DELETE", "/mcp", mcp.serve_mcp),
@@ -124,7 +126,7 @@ class ManifoldApp:
         self.paths = PathRouter()
         for prefix in self.settings.prefixes:
             p = "" if prefix == "/" else prefix
-            for route in API_ROUTES:
+            for route in (*API_ROUTES, *MCP_ROUTES):
                 self.paths.add(route._replace(path=p + route.path))
         for route in ROOT_ROUTES:
             self.paths.add(route)
