@@ -570,6 +570,8 @@ def _mcp_problems(mcp: McpSettings, servers: dict[str, McpServerSettings]) -> li
     """`mcp.models.<name>.servers` name configured servers, each once (so that `server__tool` names of one
     model cannot collide: a label holds no `__`)."""
     out: list[str] = []
+    if servers and importlib.util.find_spec("mcp") is None:
+        out.append("mcp_servers: MCP needs the extra: pip install 'manifold[mcp]'")
     for model, chat in mcp.models.items():
         seen: set[str] = set()
         for i, label in enumerate(chat.servers):

@@ -322,6 +322,23 @@ def test_approval_round_trip(http: httpx.Client) -> None:
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "input[0].approval_request_id"
 
 
+def test_approval_round_trip_streamed(http: httpx.Client) -> None:
+    tools = [{"type": "mcp", "server_label": "time"}]
+    body = {"model": MODEL, "input": 'CALL time__get_current_time {"timezone": "UTC"}', "tools": tools}
+    events = post_stream(http, body)  # each event validated against the spec
+    first = events[-1]["response"]
+    [request] = of_type(first, "mcp_approval_request")
+    added = [e for e in events if e["type"] == "response.output_item.added"]
+    assert [e["item"]["type"] for e in added] == ["mcp_list_tools", "mcp_approval_request"]
+    answer = {"type": "mcp_approval_response", "approval_request_id": request["id"], "approve": True}
+    events = post_stream(http, {**body, "input": [answer], "previous_response_id": first["id"]})
+    second = events[-1]["response"]
+    assert [i["type"] for i in second["output"]] == ["mcp_call", "message"]
+    assert second["output"][0]["approval_request_id"] == request["id"]
+    stored = http.get(f"/v1/responses/{second['id']}").json()
+    assert comparable(stored) == comparable(second)
+
+
 def test_denied_approval_tells_the_model(http: httpx.Client) -> None:
     tools = [{"type": "mcp", "server_label": "time"}]
     first = create(http, {"input": 'CALL time__get_current_time {"timezone": "UTC"}', "tools": tools})
