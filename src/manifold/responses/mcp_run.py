@@ -21,6 +21,7 @@ from manifold.responses.events import ResponseBuilder, _copy
 from manifold.responses.translate import mcp_function_name
 
 LIST_WAIT_S = 10.0  # the longest a request waits for a configured server that is still connecting
+RECONNECT_WAIT_S = 1.0  # ... and for one that is reconnecting (down: the request goes on without its tools)
 
 
 class McpFunction(NamedTuple):
@@ -253,7 +254,9 @@ async def _resolve(
         server = await _server(run, manager, spec, param)
         listed = _listed_before(history, label)
         if listed is None:
-            if not await server.wait_ready(min(LIST_WAIT_S, server.settings.connect_timeout_s)):
+            # A server still making its first connection is waited for; one that failed, only a moment.
+            wait = LIST_WAIT_S if server.state == "connecting" else RECONNECT_WAIT_S
+            if not await server.wait_ready(min(wait, server.settings.connect_timeout_s)):
                 why = server.error or "it is not connected yet"
                 item: dict[str, Any] = {
                     "type": "mcp_list_tools",
