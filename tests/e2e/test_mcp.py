@@ -676,3 +676,14 @@ def test_mcp_endpoint_serves_the_union_to_the_sdk_client(gateway: ManifoldProces
     assert echoed.is_error is False and echoed.content[0].text == "through the gateway"
     assert timed.is_error is False and '"timezone": "UTC"' in timed.content[0].text
     assert missing.is_error is True and "git__git_commit" in missing.content[0].text
+
+
+def test_chat_execute_mode_bounds_a_model_that_loops(http: httpx.Client) -> None:
+    messages = [{"role": "user", "content": 'LOOP web__echo {"text": "again"}'}]
+    raw = http.post("/v1/chat/completions", json={"model": "chat-execute", "messages": messages})
+    assert raw.status_code == 200, raw.text
+    assert_valid("CreateChatCompletionResponse", raw.json())
+    assert len(json.loads(raw.headers["x-manifold-mcp-calls"])) == 3  # mcp.max_tool_rounds
+    assert raw.json()["choices"][0]["message"]["content"].endswith("NOT OFFERED web__echo")
+    stored = http.post("/v1/chat/completions", json={"model": "chat-execute", "messages": messages, "store": True})
+    assert stored.status_code == 400 and stored.json()["error"]["param"] == "store"
