@@ -687,3 +687,12 @@ def test_chat_execute_mode_bounds_a_model_that_loops(http: httpx.Client) -> None
     assert raw.json()["choices"][0]["message"]["content"].endswith("NOT OFFERED web__echo")
     stored = http.post("/v1/chat/completions", json={"model": "chat-execute", "messages": messages, "store": True})
     assert stored.status_code == 400 and stored.json()["error"]["param"] == "store"
+
+
+def test_chat_execute_mode_returns_a_call_that_needs_approval(http: httpx.Client) -> None:
+    messages = [{"role": "user", "content": "CALL web__whoami {}"}]
+    raw = http.post("/v1/chat/completions", json={"model": "chat-execute", "messages": messages})
+    assert raw.status_code == 200, raw.text
+    assert json.loads(raw.headers["x-manifold-mcp-calls"]) == []  # not run by the gateway...
+    [call] = raw.json()["choices"][0]["message"]["tool_calls"]  # ...but given to the client to decide
+    assert call["function"]["name"] == "web__whoami"

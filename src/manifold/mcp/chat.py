@@ -2,7 +2,8 @@
 
 `with_tools` adds the servers' tools to a request (named `server__tool`); in `execute` mode, `execute` runs the
 tool loop: the model is asked (never streamed), the MCP calls it makes are run and their results sent back, until
-it answers without one (or with a call of the client's own, which goes back to the client), at most
+it answers without one (or with a call of the client's own, or of a tool that needs approval, which goes back
+to the client), at most
 `mcp.max_tool_rounds` times with the tools offered and once more without them. The calls made are returned
 for the `x-manifold-mcp-calls` response header.
 """
@@ -80,6 +81,13 @@ async def run_call(server: McpServer, tool: str, arguments: str) -> tuple[str, b
     return outcome.output or "", True
 
 
+def _runs_here(functions: Functions, name: Any) -> bool:
+    """Whether the gateway runs the call itself: a configured tool that does not need approval (the client, who
+    gets the call back, approves by running it through `POST /mcp/tools/call`)."""
+    found = functions.get(name) if isinstance(name, str) else None
+    return found is not None and not found[0].requires_approval(found[1].name)
+
+
 async def execute(
     raw: dict[str, Any],
     functions: Functions,
@@ -106,9 +114,9 @@ async def execute(
         choices = completion.get("choices") or [{}]
         message = choices[0].get("message") or {}
         calls = message.get("tool_calls") or []
-        mine = [c for c in calls if (c.get("function") or {}).get("name") in functions]
+        mine = [c for c in calls if _runs_here(functions, (c.get("function") or {}).get("name"))]
         if not mine or len(mine) != len(calls):
-            break  # an answer, or a call of the client's own: the client gets it
+            break  # an answer, a call of the client's own or one that needs approval: the client gets it
         messages.append({"role": "assistant", "content": message.get("content"), "tool_calls": calls})
         for call in mine:
             name = call["function"]["name"]
