@@ -55,6 +55,23 @@ def fix_usage(obj: dict[str, Any]) -> None:
             del usage[key]
 
 
+def final_usage_chunk(
+    chunk_id: str, object_type: str, created: int | None, public_model: str, usage: dict[str, Any]
+) -> dict[str, Any]:
+    """A stream's last chunk: `choices: []` and the usage (as `fix_usage` leaves it), for chat and legacy
+    completions alike."""
+    holder = {"usage": usage}
+    fix_usage(holder)
+    return {
+        "id": chunk_id,
+        "object": object_type,
+        "created": created or int(time.time()),
+        "model": public_model,
+        "choices": [],
+        "usage": holder.get("usage"),
+    }
+
+
 def normalize_completion(obj: dict[str, Any], public_model: str) -> dict[str, Any]:
     """A non-streamed `chat.completion`, in place; `UpstreamShapeError` (502) when it does not fit the schema."""
     try:
@@ -221,13 +238,6 @@ class ChunkShaper:
         """The final `choices: []` chunk, when the client asked for usage and the upstream reported it."""
         if not self._include_usage or self.usage is None:
             return None
-        holder = {"usage": self.usage}
-        fix_usage(holder)
-        return {
-            "id": self.id or new_completion_id(),
-            "object": "chat.completion.chunk",
-            "created": self.created or int(time.time()),
-            "model": self._public_model,
-            "choices": [],
-            "usage": holder.get("usage"),
-        }
+        return final_usage_chunk(
+            self.id or new_completion_id(), "chat.completion.chunk", self.created, self._public_model, self.usage
+        )

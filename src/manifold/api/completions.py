@@ -15,7 +15,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from manifold.api import upstream
-from manifold.api.chat_response import fix_usage
+from manifold.api.chat_response import final_usage_chunk, fix_usage
 
 NonEmptyStr = Annotated[str, Meta(min_length=1)]
 Penalty = Annotated[float, Meta(ge=-2, le=2)]
@@ -206,16 +206,9 @@ class TextChunkShaper:
     def usage_chunk(self) -> dict[str, Any] | None:
         if not self._include_usage or self.usage is None:
             return None
-        holder = {"usage": self.usage}
-        fix_usage(holder)
-        return {
-            "id": self.id or new_completion_id(),
-            "object": "text_completion",
-            "created": self.created or int(time.time()),
-            "model": self._public_model,
-            "choices": [],
-            "usage": holder.get("usage"),
-        }
+        return final_usage_chunk(
+            self.id or new_completion_id(), "text_completion", self.created, self._public_model, self.usage
+        )
 
 
 request_decoder = msgspec.json.Decoder(CompletionRequest)

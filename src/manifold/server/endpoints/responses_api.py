@@ -16,7 +16,7 @@ from manifold.api.response_request import (
     TokenCountRequest,
     check_create,
 )
-from manifold.api.stored_chat import DEFAULT_LIMIT, cursor_page, parse_limit
+from manifold.api.stored_chat import cursor_page, parse_list_params
 from manifold.api.validation import convert, decode_json_object
 from manifold.errors import InvalidRequestError
 from manifold.server.sse_writer import stream_events
@@ -80,6 +80,11 @@ def _include(value: str) -> None:
         )
 
 
+def _include_param(name: str, value: str) -> None:
+    if name in ("include", "include[]"):
+        _include(value)
+
+
 async def retrieve_response(app: ManifoldApp, request: Request, response_id: str) -> None:
     stream = False
     starting_after = -1
@@ -115,25 +120,9 @@ async def cancel_response(app: ManifoldApp, request: Request, response_id: str) 
 
 
 async def list_input_items(app: ManifoldApp, request: Request, response_id: str) -> None:
-    after: str | None = None
-    limit = DEFAULT_LIMIT
-    order = "desc"  # the spec's default here (stored chat lists default to asc)
-    for name, value in _query(request):
-        if name == "after":
-            after = value or None
-        elif name == "limit":
-            limit = parse_limit(value)
-        elif name == "order":
-            if value not in ("asc", "desc"):
-                raise InvalidRequestError(
-                    f"Invalid value for 'order': {value!r}. Supported values are: 'asc' and 'desc'.",
-                    param="order",
-                    code="invalid_value",
-                )
-            order = value
-        elif name in ("include", "include[]"):
-            _include(value)
-    page = await app.responses.input_item_page(response_id, after=after, limit=limit, order=order)
+    # The spec's default order here is desc (stored chat lists default to asc).
+    params = parse_list_params(request.query_string, filters=False, order="desc", other=_include_param)
+    page = await app.responses.input_item_page(response_id, after=params.after, limit=params.limit, order=params.order)
     await request.send_json(200, _json.encode(cursor_page(page.items, page.has_more)))
 
 
