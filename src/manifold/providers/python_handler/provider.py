@@ -115,28 +115,33 @@ class PythonHandlerProvider(Provider):
 
     # -- legacy completions: the handler's own, else through its chat answer ---------------------------------------
 
-    async def completions(self, call: Call) -> dict[str, Any]:
+    async def _own_completion(self, call: Call) -> tuple[str, Any] | None:
+        """(what, answer) from the handler's own `create_completion`; None when it has none or declines."""
         operation = "create_completion"
-        if self.handler.implements(operation):
-            what = self._what(operation, call)
-            result = await self._answer(operation, call)
-            if result is not NotImplemented:
-                if is_stream(result):
-                    return await streams.collect_text(iterate(result, self.handler.label, what), what)
-                return contracts.text_completion(result, what)
+        if not self.handler.implements(operation):
+            return None
+        what = self._what(operation, call)
+        result = await self._answer(operation, call)
+        return None if result is NotImplemented else (what, result)
+
+    async def completions(self, call: Call) -> dict[str, Any]:
+        own = await self._own_completion(call)
+        if own is not None:
+            what, result = own
+            if is_stream(result):
+                return await streams.collect_text(iterate(result, self.handler.label, what), what)
+            return contracts.text_completion(result, what)
         if not self.handler.implements(CHAT):
             raise unsupported_model(call, "legacy completions")
         return await super().completions(call)
 
     async def open_completions_stream(self, call: Call) -> ChunkStream:
-        operation = "create_completion"
-        if self.handler.implements(operation):
-            what = self._what(operation, call)
-            result = await self._answer(operation, call)
-            if result is not NotImplemented:
-                if is_stream(result):
-                    return streams.text_chunks(iterate(result, self.handler.label, what), what)
-                return streams.text_as_chunks(contracts.text_completion(result, what))
+        own = await self._own_completion(call)
+        if own is not None:
+            what, result = own
+            if is_stream(result):
+                return streams.text_chunks(iterate(result, self.handler.label, what), what)
+            return streams.text_as_chunks(contracts.text_completion(result, what))
         if not self.handler.implements(CHAT):
             raise unsupported_model(call, "streamed legacy completions")
         return await super().open_completions_stream(call)
