@@ -156,13 +156,9 @@ def _text_chunks(run: generation.Generation) -> Iterator[dict[str, Any]]:
 
 
 def _text_completion(run: generation.Generation) -> dict[str, Any]:
-    texts: list[str] = []
-    finish = "length"
-    for text, ended in run:
-        texts.append(text)
-        finish = ended or finish
+    text, finish = run.whole()
     return {
-        "choices": [{"text": "".join(texts), "index": 0, "logprobs": None, "finish_reason": finish}],
+        "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}],
         "usage": generation.token_usage(len(run.plan.prompt), run.generated),
     }
 

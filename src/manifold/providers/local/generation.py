@@ -192,6 +192,15 @@ class Generation:
     def __iter__(self) -> Iterator[tuple[str, str | None]]:
         return _texts(self)
 
+    def whole(self) -> tuple[str, str]:
+        """All the text and the finish reason (the last piece always has one), for an answer not streamed."""
+        texts: list[str] = []
+        finish = "stop"
+        for text, ended in self:
+            texts.append(text)
+            finish = ended or finish
+        return "".join(texts), finish
+
 
 def _end_of_generation(llama: Any) -> Callable[[int], bool]:
     from llama_cpp import llama_cpp as lib

@@ -241,12 +241,7 @@ def _chat_chunks(pieces: generation.Generation) -> Iterator[dict[str, Any]]:
 
 
 def _chat_completion(run: generation.Generation) -> dict[str, Any]:
-    texts: list[str] = []
-    finish = "stop"
-    for text, ended in run:
-        texts.append(text)
-        finish = ended or finish
-    content = "".join(texts)
+    content, finish = run.whole()
     return {
         "id": "chatcmpl-local",
         "object": "chat.completion",
