@@ -18,7 +18,6 @@ from manifold.providers.base import Call, Capability, ChunkStream, Provider, uns
 from manifold.providers.python_handler import contracts, loading, streams
 from manifold.providers.python_handler.calling import CHAT, RESPONSE, Handler, is_stream, iterate
 from manifold.providers.python_handler.context import CURRENT_REQUEST
-from manifold.providers.python_handler.errors import HandlerReply, reply_parts
 from manifold.providers.python_handler.operations import BY_NAME
 
 _CAPABILITIES = {Capability.CHAT, Capability.STREAM, Capability.COMPLETIONS, Capability.EMBEDDINGS}
@@ -68,14 +67,7 @@ class PythonHandlerProvider(Provider):
         # `create_response` gets the client's Responses fields; every other operation the call's own body.
         body = info.body if operation == RESPONSE and info is not None else call.body
         kwargs = self.handler.arguments(BY_NAME[operation], body, info, extra)
-        result = await self.handler.call(operation, kwargs, self._what(operation, call))
-        parts = reply_parts(result)
-        if parts is not None:
-            status, reply_body, headers = parts
-            if not 200 <= status < 300:
-                raise HandlerReply(status, contracts.encoded_body(reply_body), headers)
-            result = contracts.decoded_body(reply_body)
-        return result
+        return contracts.unwrapped(await self.handler.call(operation, kwargs, self._what(operation, call)))
 
     # -- chat, and the Responses API through it -------------------------------------------------------------------
 
