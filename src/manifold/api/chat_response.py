@@ -26,8 +26,10 @@ def new_completion_id() -> str:
     return "chatcmpl-" + os.urandom(12).hex()
 
 
-def _finish_reason(value: Any) -> str:
-    if value in FINISH_REASONS:
+def known_finish_reason(value: Any, known: frozenset[str] = FINISH_REASONS) -> str:
+    """`value` where the object's schema allows it (`known`), else "length" for the usual names of a token limit
+    and "stop" for anything else."""
+    if value in known:
         return str(value)
     return "length" if value in ("max_tokens", "max_length") else "stop"
 
@@ -105,7 +107,7 @@ def normalize_completion(obj: dict[str, Any], public_model: str) -> dict[str, An
             del message["audio"]
         if checked_message.annotations is None and "annotations" in message:
             del message["annotations"]
-        choice["finish_reason"] = _finish_reason(checked.finish_reason)
+        choice["finish_reason"] = known_finish_reason(checked.finish_reason)
         if checked.logprobs is None:
             choice["logprobs"] = None
         else:
@@ -230,7 +232,7 @@ class ChunkShaper:
         elif "tool_calls" in delta:
             del delta["tool_calls"]
         finish = checked.finish_reason
-        choice["finish_reason"] = None if finish is None else _finish_reason(finish)
+        choice["finish_reason"] = None if finish is None else known_finish_reason(finish)
         if checked.logprobs is not None:  # null (or absent) needs nothing: checked, it is nothing else
             _fix_logprobs(choice, checked.logprobs)
 

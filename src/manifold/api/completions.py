@@ -15,7 +15,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from manifold.api import text_or_tokens, upstream
-from manifold.api.chat_response import final_usage_chunk, fix_usage
+from manifold.api.chat_response import final_usage_chunk, fix_usage, known_finish_reason
 
 NonEmptyStr = Annotated[str, Meta(min_length=1)]
 Penalty = Annotated[float, Meta(ge=-2, le=2)]
@@ -95,9 +95,7 @@ def new_completion_id() -> str:
 
 
 def finish_reason(value: Any) -> str:
-    if value in FINISH_REASONS:
-        return str(value)
-    return "length" if value in ("max_tokens", "max_length") else "stop"
+    return known_finish_reason(value, FINISH_REASONS)
 
 
 def _fix_choice(choice: dict[str, Any], checked: upstream.TextChoice, position: int) -> None:
