@@ -12,9 +12,13 @@ TYPE_CHECKING = False  # not `typing`'s: importing typing would cost more than t
 if TYPE_CHECKING:
     from typing import Any
 
-    from manifold.config import Config, Deployment, ServerSettings, Timeouts, load_config, parse_config
+    from manifold.config import Config, Deployment, ServerSettings, Timeouts
     from manifold.errors import ConfigError, ManifoldError
     from manifold.server.app import ManifoldApp, build_app
+
+    # Loaded and validated (`manifold.config` decodes, `manifold.validation` judges what needs providers and
+    # routing).
+    from manifold.validation import load_config, parse_config
 
 __version__ = "0.1.0"
 
@@ -24,8 +28,8 @@ _HOMES = {
     "Deployment": "manifold.config",
     "ServerSettings": "manifold.config",
     "Timeouts": "manifold.config",
-    "load_config": "manifold.config",
-    "parse_config": "manifold.config",
+    "load_config": "manifold.validation",
+    "parse_config": "manifold.validation",
     "ConfigError": "manifold.errors",
     "ManifoldError": "manifold.errors",
     "ManifoldApp": "manifold.server.app",

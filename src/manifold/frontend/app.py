@@ -23,7 +23,7 @@ import msgspec
 
 from manifold import _json
 from manifold.api.validation import BAD_JSON_MESSAGE, decode_json_object, nesting_error
-from manifold.config import Config, Deployment, ResponsesSettings, RouterSettings, ServerSettings, StorageSettings
+from manifold.config import Config, PythonDeployment, ResponsesSettings, RouterSettings, ServerSettings, StorageSettings
 from manifold.errors import InvalidRequestError, NotFoundError
 from manifold.providers.python_handler import contracts
 from manifold.providers.python_handler.calling import describe, invoke, is_stream
@@ -159,7 +159,7 @@ class OpenAIFrontend:
             raise ValueError("models must be a non-empty list of model names (or None to serve any name)")
         self.mandatory_status = mandatory_status
         names = list(models) if models is not None else [_short_name(handler)]
-        deployment = Deployment(model_name=names[0], provider="python", owned_by="manifold")
+        deployment = PythonDeployment(model_name=names[0], owned_by="manifold")
         self.provider = PythonHandlerProvider(deployment, handler, include_url_info=include_url_info)
         self.handler = self.provider.handler
         if isinstance(storage, str):

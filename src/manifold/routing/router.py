@@ -30,8 +30,8 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
-from manifold.config import Deployment, RouterSettings
-from manifold.errors import ConfigError, GatewayTimeoutError, ManifoldError, ModelNotFoundError, ServiceUnavailableError
+from manifold.config import DeploymentBase, RouterSettings
+from manifold.errors import GatewayTimeoutError, ManifoldError, ModelNotFoundError, ServiceUnavailableError
 from manifold.observability import metrics as m
 from manifold.observability.record import CURRENT
 from manifold.observability.record import RequestRecord as RecordT
@@ -118,8 +118,8 @@ _OPERATION_NAMES: Final[dict[Callable[..., Any], str]] = {
 class Router:
     def __init__(
         self,
-        deployments: list[Deployment],
-        factory: Callable[[Deployment], Provider] = create_provider,
+        deployments: Sequence[DeploymentBase],
+        factory: Callable[[DeploymentBase], Provider] = create_provider,
         settings: RouterSettings | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -138,14 +138,9 @@ class Router:
         }
         self.aliases = dict(settings.model_alias)
         self.table: NameTable[ModelGroup] = NameTable(self.groups, self.aliases)
-        problems: list[str] = []
         for group in self.groups.values():
-            group.fallbacks = self._chain(group, group.policy.fallbacks, "fallbacks", problems)
-            group.context_window_fallbacks = self._chain(
-                group, group.policy.context_window_fallbacks, "context_window_fallbacks", problems
-            )
-        if problems:
-            raise ConfigError(problems)
+            group.fallbacks = self._chain(group, group.policy.fallbacks)
+            group.context_window_fallbacks = self._chain(group, group.policy.context_window_fallbacks)
         self.tracing: Tracing | None = None
 
     def observe(self, metrics: bool, tracing: Tracing | None = None) -> None:
@@ -157,13 +152,13 @@ class Router:
                     dep = member.provider.deployment
                     member.attach(m.DeploymentMetrics(member.label, group.name, dep.provider, dep.upstream_model))
 
-    def _chain(self, group: ModelGroup, names: list[str], key: str, problems: list[str]) -> tuple[Target, ...]:
+    def _chain(self, group: ModelGroup, names: list[str]) -> tuple[Target, ...]:
+        """The fallback targets, in order, without the group itself and repeats. A name that resolves to nothing
+        is a config problem `manifold.validation.validate` reports (the router does not check it again)."""
         chain: list[Target] = []
-        for i, name in enumerate(names):
+        for name in names:
             target = self.table.resolve(name)
-            if target is None:
-                problems.append(f"router.groups.{group.name}.{key}[{i}]: {name!r} is not a model name")
-            elif target != (group, None) and target not in chain:
+            if target is not None and target != (group, None) and target not in chain:
                 chain.append(target)
         return tuple(chain)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from manifold.api.embeddings import floats_to_base64, split_inputs
+from manifold.config import LocalEmbeddingDeployment
 from manifold.errors import InvalidRequestError, ServiceUnavailableError, UnsupportedError
 from manifold.providers.base import Call, Capability
 from manifold.providers.local.model_thread import ModelThreadProvider, packaged_file
@@ -99,6 +100,9 @@ class LocalEmbeddingProvider(ModelThreadProvider[MiniLM]):
     capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.EMBEDDINGS})
     thread_name = "manifold-embed"
     label = "local embedding model"
+
+    kind = LocalEmbeddingDeployment
+    deployment: LocalEmbeddingDeployment
 
     def packaged_model(self) -> Path:
         return embedded_weights_path()

@@ -16,9 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
-from manifold.config import Deployment
+from manifold.config import DeploymentBase, LocalFilesDeployment
 from manifold.errors import ServiceUnavailableError
-from manifold.providers.base import Provider
+from manifold.providers.base import Provider, of_kind
 
 log = logging.getLogger("manifold.local")
 
@@ -43,17 +43,20 @@ class ModelThreadProvider(Provider, Generic[M]):
     """A provider whose model `M` lives on one thread. Subclasses name the thread and say how the model file is
     found (`packaged_model`), checked (`prepare`), loaded (`load`) and closed (`closer`)."""
 
+    kind: ClassVar[type[LocalFilesDeployment]]  # the deployment kind it serves
     thread_name: ClassVar[str]
     label: ClassVar[str]  # "local model": in the 503 of a model that was never started
+    deployment: LocalFilesDeployment
 
-    def __init__(self, deployment: Deployment) -> None:
+    def __init__(self, deployment: LocalFilesDeployment) -> None:
         super().__init__(deployment)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.thread_name)
         self._loaded: M | None = None
         self._loading: asyncio.Future[M] | None = None
 
     @classmethod
-    def check(cls, deployment: Deployment) -> list[str]:
+    def check(cls, deployment: DeploymentBase) -> list[str]:
+        deployment = of_kind(deployment, cls.kind)
         if deployment.model_path and not Path(deployment.model_path).is_file():
             return [f"model_path: {deployment.model_path!r} is not a file"]
         return []

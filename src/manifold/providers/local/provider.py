@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, cast
 
+from manifold.config import LocalDeployment
 from manifold.errors import BadGatewayError, ManifoldError, ServiceUnavailableError, UnsupportedError
 from manifold.providers.base import Call, Capability, ChunkStream
 from manifold.providers.local import completions as local_completions
@@ -63,6 +64,9 @@ class LocalModelProvider(ModelThreadProvider[Any]):
     )
     thread_name = "manifold-llama"
     label = "local model"
+
+    kind = LocalDeployment
+    deployment: LocalDeployment
 
     def packaged_model(self) -> Path:
         return embedded_model_path()
