@@ -13,7 +13,8 @@ import httpx
 import openai
 import pytest
 
-from manifold.server.middleware.request_id import RequestIds
+from manifold.frontend import OpenAIFrontend
+from manifold.server.middleware.request_id import request_ids
 from tests.conformance.schema import assert_valid
 from tests.e2e.asgi_server import serve
 
@@ -39,7 +40,7 @@ def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[t
 
 def test_the_users_layer_sits_inside_the_request_id_layer(gateway: tuple[types.ModuleType, str]) -> None:
     module, _ = gateway
-    assert module.app.layers[-2:] == (RequestIds, module.RequireTeam)
+    assert module.app.layers[-2:] == (request_ids, module.RequireTeam)
 
 
 def test_a_refusal_is_openai_shaped_and_carries_the_request_id(gateway: tuple[types.ModuleType, str]) -> None:
@@ -72,3 +73,24 @@ def test_an_admitted_request_is_served_and_tagged_by_the_layer(gateway: tuple[ty
     assert_valid("ListModelsResponse", body)
     assert raw.parse().data == []
     assert httpx.get(url + "/health").json() == {"status": "ok"}  # the layer lets health checks through
+
+
+def test_the_handler_frontend_takes_the_same_layers(tmp_path: Path) -> None:
+    module = page_module("team_gateway")
+    app = OpenAIFrontend(
+        lambda messages: "hi", prefix="/v1", storage=f"sqlite+aiosqlite:///{tmp_path}/f.db", layers=[module.RequireTeam]
+    )
+    with serve(app) as running:
+        refused = httpx.post(running.url + "/v1/chat/completions", json={"model": "m", "messages": []})
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "missing_team"
+        assert refused.headers["x-request-id"].startswith("req_")
+        client = openai.OpenAI(
+            base_url=running.url + "/v1", api_key="unused", max_retries=0, default_headers={"x-team": "ml"}
+        )
+        raw = client.chat.completions.with_raw_response.create(
+            model="m", messages=[{"role": "user", "content": "hello"}]
+        )
+        assert raw.headers["x-team"] == "ml"
+        body = raw.http_response.json()
+        assert_valid("CreateChatCompletionResponse", body)
+        assert body["choices"][0]["message"]["content"] == "hi"

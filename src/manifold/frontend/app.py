@@ -34,7 +34,7 @@ from manifold.providers.python_handler.loading import HandlerNotFound
 from manifold.providers.python_handler.loading import resolve as load_handler
 from manifold.providers.python_handler.provider import PythonHandlerProvider
 from manifold.routing.router import Router
-from manifold.server.app import ManifoldApp
+from manifold.server.app import Layer, ManifoldApp
 from manifold.server.asgi import Message, Receive, Request, Scope, Send
 from manifold.server.handlers import HANDLERS, route
 from manifold.server.routes import Handler, Route
@@ -138,6 +138,7 @@ class OpenAIFrontend:
     `storage`: where stored completions and responses live (a `StorageSettings` or a database URL; default
     SQLite in ./data). `settings`: body limit, keep-alive interval (its `prefixes` are not used).
     `responses`: the Responses engine's settings (compaction key, background leases; docs/responses.md).
+    `layers`: your own request layers, as `ManifoldApp` takes them (docs/library.md).
     """
 
     def __init__(
@@ -152,6 +153,7 @@ class OpenAIFrontend:
         storage: StorageSettings | str | None = None,
         settings: ServerSettings | None = None,
         responses: ResponsesSettings | None = None,
+        layers: Sequence[Layer] = (),
     ) -> None:
         first_prefix = check_prefix(prefix)
         if mandatory_status not in (400, 422):
@@ -171,7 +173,7 @@ class OpenAIFrontend:
             responses=responses or ResponsesSettings(),
         )
         self.router = _HandlerRouter(self.provider, names, accept_any=models is None)
-        self.app = ManifoldApp(config, router=self.router, routes=[route(op) for op in ROOT_OPERATIONS])
+        self.app = ManifoldApp(config, self.router, layers, routes=[route(op) for op in ROOT_OPERATIONS])
         self.settings = self.app.settings
         self._operations: dict[tuple[str, str], str] = {}
         self.prefix = first_prefix

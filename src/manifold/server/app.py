@@ -29,7 +29,7 @@ from manifold.server.asgi import Message, Receive, Request, Scope, Send
 from manifold.server.endpoints import metrics
 from manifold.server.handlers import default_routes
 from manifold.server.middleware.observe import ObserveRequests
-from manifold.server.middleware.request_id import RequestIds
+from manifold.server.middleware.request_id import request_ids
 from manifold.server.routes import Handler, PathRouter, Route
 from manifold.server.services import Services
 from manifold.storage import Store
@@ -94,7 +94,7 @@ class ManifoldApp:
         layers: list[Layer] = []
         if self.observer is not None:
             layers.append(partial(ObserveRequests, observer=self.observer))
-        layers.append(RequestIds)
+        layers.append(request_ids)
         layers.extend(extra)
         self.layers = tuple(layers)
         app: ASGIApp = self._http

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from manifold.observability.record import CURRENT
@@ -14,7 +15,7 @@ from manifold.observability.record import CURRENT
 if TYPE_CHECKING:
     from manifold.server.asgi import Receive, Scope, Send
 
-__all__ = ["SCOPE_KEY", "RequestIds", "new_request_id", "request_id"]
+__all__ = ["SCOPE_KEY", "new_request_id", "request_id", "request_ids"]
 
 SCOPE_KEY = "manifold.request_id"
 _SAFE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
@@ -38,16 +39,17 @@ def request_id(scope: Scope) -> str:
     return rid
 
 
-class RequestIds:
-    __slots__ = ("app",)
+def request_ids(app: Any) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """The layer around `app`."""
+    current = CURRENT
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    # A plain function returning the inner app's awaitable: no coroutine of its own per request.
+    def name_request(scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         if scope["type"] == "http":
             rid = scope[SCOPE_KEY] = new_request_id(scope["headers"])
-            rec = CURRENT.get()
+            rec = current.get()
             if rec is not None:
                 rec.request_id = rid
-        await self.app(scope, receive, send)
+        return app(scope, receive, send)  # type: ignore[no-any-return]
+
+    return name_request
