@@ -31,7 +31,7 @@ class Operation(NamedTuple):
     name: str
     group: str
     method: str
-    path: str  # under the prefix
+    path: str  # API operations: under the prefix; the others: from the root
     fields: frozenset[str] = frozenset()  # documented request body fields
     mandatory: tuple[str, ...] = ()  # required by the spec: missing → 422 (or 400, as configured)
     has_body: bool = False
@@ -212,6 +212,8 @@ API_OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation("delete_chat_completion", CHAT_COMPLETIONS, "DELETE", "/chat/completions/{completion_id}"),
     Operation("list_chat_completion_messages", CHAT_COMPLETIONS, "GET", "/chat/completions/{completion_id}/messages"),
+    # The Responses API (docs/responses.md). A background response runs in its own task: a client that leaves
+    # cancels only its foreground work.
     Operation(
         "create_response",
         RESPONSES,
