@@ -18,7 +18,7 @@ from manifold.api.operations import (
     KSERVE_OPERATIONS,
     ROOT_OPERATIONS,
 )
-from manifold.config import Deployment
+from manifold.config import OpenAIDeployment
 from manifold.frontend import Endpoint, OpenAIFrontend
 from manifold.providers.registry import create_provider
 from manifold.routing.router import Router
@@ -100,9 +100,9 @@ def test_the_frontend_mounts_the_tables_groups(tmp_path: Path) -> None:
 
 
 def test_a_router_built_from_given_providers_holds_each_once() -> None:
-    deployment = Deployment(model_name="a", provider="openai", api_base="http://127.0.0.1:9/v1")
+    deployment = OpenAIDeployment(model_name="a", api_base="http://127.0.0.1:9/v1")
     provider = create_provider(deployment)
-    names = [Deployment(model_name=n, provider="openai", api_base="http://127.0.0.1:9/v1") for n in ("a", "b", "c")]
+    names = [OpenAIDeployment(model_name=n, api_base="http://127.0.0.1:9/v1") for n in ("a", "b", "c")]
     router = Router(names, providers=[provider] * 3)
     assert router.providers == [provider]
     assert set(router.groups) == {"a", "b", "c"}
