@@ -116,22 +116,30 @@ _OPERATION_NAMES: Final[dict[Callable[..., Any], str]] = {
 
 
 class Router:
+    """`deployments` are served by the providers `factory` makes of them, or by `providers` when given (one per
+    deployment, in order). One provider may serve several deployments (names): it is started, probed and
+    closed once."""
+
     def __init__(
         self,
         deployments: Sequence[DeploymentBase],
         factory: Callable[[DeploymentBase], Provider] = create_provider,
         settings: RouterSettings | None = None,
         rng: random.Random | None = None,
+        *,
+        providers: Sequence[Provider] | None = None,
     ) -> None:
         settings = settings if settings is not None else RouterSettings()
         self.settings = settings
         created = int(time.time())
+        if providers is None:
+            providers = [factory(dep) for dep in deployments]
+        elif len(providers) != len(deployments):
+            raise ValueError(f"{len(providers)} providers for {len(deployments)} deployments: give one for each")
         by_name: dict[str, list[Provider]] = {}
-        self.providers: list[Provider] = []
-        for dep in deployments:
-            provider = factory(dep)
-            self.providers.append(provider)
+        for dep, provider in zip(deployments, providers, strict=True):
             by_name.setdefault(dep.model_name, []).append(provider)
+        self.providers: list[Provider] = list({id(p): p for p in providers}.values())
         self.groups = {
             name: ModelGroup(name, ps, created, Policy(settings, settings.groups.get(name)), rng)
             for name, ps in by_name.items()

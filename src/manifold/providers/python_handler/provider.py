@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from manifold.api.operations import BY_NAME
 from manifold.config import DeploymentBase, PythonDeployment
 from manifold.providers.base import Call, Capability, ChunkStream, Provider, of_kind, unsupported_model
 from manifold.providers.python_handler import contracts, loading, streams
 from manifold.providers.python_handler.calling import CHAT, RESPONSE, Handler, is_stream, iterate
 from manifold.providers.python_handler.context import CURRENT_REQUEST
-from manifold.providers.python_handler.operations import BY_NAME
 
 _CAPABILITIES = {Capability.CHAT, Capability.STREAM, Capability.COMPLETIONS, Capability.EMBEDDINGS}
 
