@@ -29,7 +29,7 @@ from manifold.errors import InvalidRequestError, NotFoundError
 from manifold.providers.python_handler import contracts
 from manifold.providers.python_handler.calling import describe, invoke, is_stream
 from manifold.providers.python_handler.context import CURRENT_REQUEST, RequestInfo
-from manifold.providers.python_handler.errors import HandlerReply, MissingFieldError, reply_parts
+from manifold.providers.python_handler.errors import MissingFieldError, reply_parts
 from manifold.providers.python_handler.loading import HandlerNotFound
 from manifold.providers.python_handler.loading import resolve as load_handler
 from manifold.providers.python_handler.provider import PythonHandlerProvider
@@ -286,12 +286,7 @@ class OpenAIFrontend:
     async def _send_direct(
         self, request: Request, op: Operation, result: Any, path_params: dict[str, str], what: str
     ) -> None:
-        parts = reply_parts(result)
-        if parts is not None:
-            status, reply_body, headers = parts
-            if not 200 <= status < 300:
-                raise HandlerReply(status, contracts.encoded_body(reply_body), headers)
-            result = contracts.decoded_body(reply_body)
+        result = contracts.unwrapped(result)
         if is_stream(result):
             raise contracts.contract_error(what, "is a stream; this route answers at once")
         body = contracts.direct(op.name, result, what, path_params, self.router.created)
