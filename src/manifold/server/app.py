@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from manifold.access.auth import Authenticator, AuthLayer
 from manifold.config import Config, ServerSettings, secrets_of
 from manifold.errors import ManifoldError
 from manifold.observability import tracing as tracing_setup
@@ -24,6 +25,7 @@ from manifold.responses.engine import ResponsesEngine
 from manifold.routing.router import Router
 from manifold.server.asgi import Message, Receive, Request, Scope, Send
 from manifold.server.endpoints import (
+    admin_keys,
     chat,
     completions,
     embeddings,
@@ -73,6 +75,21 @@ ROOT_ROUTES = (
     Route("GET", "/health", health.alive),
     Route("GET", "/health/ready", health.ready),
 )
+# The admin API (docs/access.md), outside the prefixes: the master key or an admin key only.
+ADMIN_ROUTES = (
+    Route("POST", "/admin/keys", admin_keys.create_key),
+    Route("GET", "/admin/keys", admin_keys.list_keys),
+    Route("GET", "/admin/keys/{key_id}", admin_keys.get_key),
+    Route("POST", "/admin/keys/{key_id}", admin_keys.update_key),
+    Route("DELETE", "/admin/keys/{key_id}", admin_keys.delete_key),
+    Route("POST", "/admin/keys/{key_id}/rotate", admin_keys.rotate_key),
+    Route("POST", "/admin/teams", admin_keys.create_team),
+    Route("GET", "/admin/teams", admin_keys.list_teams),
+    Route("GET", "/admin/teams/{team_id}", admin_keys.get_team),
+    Route("POST", "/admin/teams/{team_id}", admin_keys.update_team),
+    Route("DELETE", "/admin/teams/{team_id}", admin_keys.delete_team),
+    Route("GET", "/admin/openapi.json", admin_keys.openapi),
+)
 # KServe-style per-model URLs (Seldon Core 2's OpenAI scheme), outside the prefixes; `server.kserve_urls: false`
 # leaves them out.
 KSERVE_ROUTES = (
@@ -110,15 +127,18 @@ class ManifoldApp:
         self.observer = Observer(config.metrics.enabled, self.settings.access_log, self.tracing) if observing else None
         self.store = Store(config.storage)
         self.responses = ResponsesEngine(self.router, self.store, config.responses)
+        self.auth = Authenticator(config.auth, self.store, config.redis, host=self.settings.host)
         self.paths = PathRouter()
         for prefix in self.settings.prefixes:
             p = "" if prefix == "/" else prefix
             for route in API_ROUTES:
                 self.paths.add(route._replace(path=p + route.path))
-        for route in ROOT_ROUTES:
+        for route in (*ROOT_ROUTES, *ADMIN_ROUTES):
             self.paths.add(route)
+        self.open_paths = [route.path for route in ROOT_ROUTES]  # no key needed
         if config.metrics.enabled and config.metrics.port is None:
             self.paths.add(Route("GET", config.metrics.path, metrics.scrape))
+            self.open_paths.append(config.metrics.path)
         if self.settings.kserve_urls:
             for route in KSERVE_ROUTES:
                 self.paths.add(route)
@@ -128,11 +148,12 @@ class ManifoldApp:
 
     def compose(self, extra: Sequence[Layer]) -> ASGIApp:
         """The request layers around the dispatch, outermost first: observing (metrics, access log, server
-        span), then `extra`."""
+        span), authentication (so that its refusals are observed), then `extra`."""
         layers: list[Layer] = []
         observer = self.observer
         if observer is not None:
             layers.append(lambda inner: ObserveRequests(inner, observer))
+        layers.append(lambda inner: AuthLayer(inner, self.auth, self.open_paths))
         layers.extend(extra)
         app: ASGIApp = self._http
         for layer in reversed(layers):
@@ -142,7 +163,8 @@ class ManifoldApp:
     async def startup(self) -> None:
         if not self._started:
             self._started = True
-            self.store.start()  # in the background: nothing waits for it but what stores
+            self.store.start()  # in the background: nothing waits for it but what stores (and, once, auth)
+            self.auth.start()
             await self.router.start()
             self.responses.start()
             settings = self.config.metrics
@@ -156,6 +178,7 @@ class ManifoldApp:
         if self._started:
             self._started = False
             await self.responses.aclose()
+            await self.auth.aclose()
             await self.router.aclose()
             await self.store.aclose()
             if self._flusher is not None:
