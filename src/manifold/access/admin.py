@@ -92,7 +92,7 @@ class Admin:
             "has_more": page.has_more,
         }
 
-    async def update(self, kind: Kind, object_id: str, body: keys.KeyUpdate | keys.TeamUpdate) -> dict[str, Any]:
+    async def update(self, kind: Kind, object_id: str, body: keys.KeyCreate | keys.TeamCreate) -> dict[str, Any]:
         values = keys.row_values(body)
         team_id = values.get("team_id")
         if team_id is not None and not await self.store.team_exists(team_id):
