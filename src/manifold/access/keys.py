@@ -89,7 +89,7 @@ class TeamCreate(_Common):
     pass
 
 
-class TeamUpdate(_Common):
+class TeamUpdate(TeamCreate):
     pass
 
 
