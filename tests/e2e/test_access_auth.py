@@ -235,3 +235,33 @@ def test_the_python_sdk_reads_401_and_404_as_its_typed_errors(server: ManifoldPr
         with pytest.raises(openai.NotFoundError):
             c.models.retrieve("other-model")
         assert sorted(m.id for m in c.models.list()) == ["fake-echo", "fast"]  # the alias names its group
+
+
+def test_the_node_sdk_reads_401_and_404_as_its_typed_errors(server: ManifoldProcess, admin: httpx.Client) -> None:
+    from tests.fakes.node_openai import node_missing, run_script
+
+    missing = node_missing()
+    if missing is not None:
+        pytest.skip(missing)
+    wrong = run_script(
+        'return await caught(client.chat.completions.create({model: "fake-echo", messages: [{role: "user", '
+        'content: "hi"}]}));',
+        server.base_url,
+        "sk-mf-wrong0123456789wrong0123456789",
+    )
+    assert wrong["name"] == "AuthenticationError" and wrong["isApiError"]
+    assert wrong["status"] == 401 and wrong["code"] == "invalid_api_key" and wrong["type"] == "invalid_request_error"
+    key = create_key(admin, models=["fake-echo"])
+    out = run_script(
+        """
+        const ok = await client.chat.completions.create({model: "fake-echo", messages: [{role: "user", content: "hi"}]});
+        const denied = await caught(client.chat.completions.create({model: "other-model", messages: [{role: "user", content: "hi"}]}));
+        const model = await caught(client.models.retrieve("other-model"));
+        return {ok: ok.choices.length, denied, model};
+        """,
+        server.base_url,
+        key["key"],
+    )
+    assert out["ok"] == 1
+    for err in (out["denied"], out["model"]):
+        assert err["name"] == "NotFoundError" and err["status"] == 404 and err["code"] == "model_not_found"
