@@ -254,8 +254,9 @@ def test_the_node_sdk_reads_401_and_404_as_its_typed_errors(server: ManifoldProc
     key = create_key(admin, models=["fake-echo"])
     out = run_script(
         """
-        const ok = await client.chat.completions.create({model: "fake-echo", messages: [{role: "user", content: "hi"}]});
-        const denied = await caught(client.chat.completions.create({model: "other-model", messages: [{role: "user", content: "hi"}]}));
+        const messages = [{role: "user", content: "hi"}];
+        const ok = await client.chat.completions.create({model: "fake-echo", messages});
+        const denied = await caught(client.chat.completions.create({model: "other-model", messages}));
         const model = await caught(client.models.retrieve("other-model"));
         return {ok: ok.choices.length, denied, model};
         """,
