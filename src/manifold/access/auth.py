@@ -117,7 +117,11 @@ class Authenticator:
     def learning(self) -> asyncio.Event | None:
         """While the first count of keys is under way: what to wait for (None once known)."""
         event = self._learnt
-        return event if event is not None and not event.is_set() else None
+        if event is None:  # an app mounted without lifespan: its first request starts it
+            self.start()
+            event = self._learnt
+            assert event is not None
+        return event if not event.is_set() else None
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
 
