@@ -114,3 +114,35 @@ def test_a_reachable_server_without_any_key_warns_at_start_up(fake: FakeUpstream
         protected.stop()
         local.stop()
     assert WARNING not in protected.log() and WARNING not in local.log()
+
+
+def test_a_database_that_is_down_refuses_virtual_keys_but_not_the_master_key(
+    fake: FakeUpstream, tmp_path: Path
+) -> None:
+    from tests.e2e.conftest import free_port
+
+    down = {"url": f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/nothing"}
+    master = "sk-master-abcdefghijkl-0123"
+    config = keys_config(fake, tmp_path / "unused", master_key=master) | {"storage": down}
+    protected = ManifoldProcess(config, tmp_path)
+    try:
+        assert status(protected, master) == 200
+        resp = httpx.post(
+            protected.base_url + "/chat/completions",
+            json={"model": "fake-echo", "messages": MESSAGES},
+            headers={"authorization": "Bearer sk-mf-0123456789abcdefghijklmnopqrstuvwxyzABCDEFG"},
+            timeout=20,
+        )
+        assert resp.status_code == 503 and resp.json()["error"]["code"] == "storage_unavailable"
+        assert status(protected, None) == 401
+    finally:
+        protected.stop()
+    # Without a master key the server cannot know its keys: it serves (like everything that stores nothing while
+    # the database is down) and says so.
+    unprotected = ManifoldProcess(keys_config(fake, tmp_path / "unused") | {"storage": down}, tmp_path)
+    try:
+        assert status(unprotected, None) == 200
+    finally:
+        unprotected.stop()
+    assert "serving WITHOUT authentication" in unprotected.log()
+    assert "Traceback" not in protected.log() + unprotected.log()
