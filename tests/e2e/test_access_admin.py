@@ -118,12 +118,11 @@ def test_a_key_revoked_on_one_replica_is_refused_by_the_other_within_a_second(
                 changed = time.monotonic()
                 while chat(two) != 401:
                     time.sleep(0.02)
-                    assert time.monotonic() - changed < 5, "the other replica still accepts the key"
+                    assert time.monotonic() - changed < 1.0, "the other replica still accepts the key after 1 s"
                 waited = time.monotonic() - changed
                 print(f"{action}: refused by the other replica after {waited * 1000:.0f} ms")
-                # Well inside the cache TTL: the message did it (1 s is the guarantee; on this busy machine
-                # the loop of requests itself takes some of it).
-                assert waited < 1.0 + 1.0
+                # Well inside the cache TTL (5 s): the message did it, within the 1 s promised.
+                assert waited < 1.0
         finally:
             one.stop()
             two.stop()

@@ -67,7 +67,7 @@ class Invalidation:
     async def _listen(self) -> None:
         failed = False
         while True:
-            pubsub = None
+            pubsub = client = None
             try:
                 # No socket timeout on the subscription: it waits for messages as long as there are none.
                 client = _redis_asyncio().from_url(self._url, socket_connect_timeout=self._timeout)
@@ -96,6 +96,9 @@ class Invalidation:
                 if pubsub is not None:
                     with contextlib.suppress(Exception):
                         await pubsub.aclose()
+                if client is not None:
+                    with contextlib.suppress(Exception):
+                        await client.aclose()
             await asyncio.sleep(_RECONNECT_S)
 
     async def aclose(self) -> None:
