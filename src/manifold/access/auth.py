@@ -46,7 +46,9 @@ log = logging.getLogger("manifold.auth")
 MASTER: Final = Principal(key_id=None, key_alias="master", admin=True)
 _MAX_CACHED: Final = 10_000  # entries (valid keys and unknown secrets); emptied when full
 _MAX_REDACTED: Final = 1_000  # virtual secrets registered by value (beyond: the `sk-mf-` pattern hides them)
-ADMIN_PREFIX: Final = "/admin"
+# The admin API's paths (the master key or an admin key only, whether or not authentication is otherwise on).
+# Only these: an app built on Manifold (manifold.frontend) may serve routes of its own under /admin.
+ADMIN_PATHS: Final = ("/admin/keys", "/admin/teams", "/admin/usage", "/admin/openapi.json")
 
 
 class InvalidApiKeyError(AuthenticationError):
@@ -294,7 +296,7 @@ class AuthLayer:
         if learning is not None:
             await learning.wait()
         path: str = scope["path"]
-        admin = path.startswith(ADMIN_PREFIX)
+        admin = path.startswith(ADMIN_PATHS)
         if not auth.required and not admin:
             await self.app(scope, receive, send)
             return
