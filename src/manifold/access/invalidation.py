@@ -28,7 +28,7 @@ _RECONNECT_S: Final = 0.2
 def _redis_asyncio() -> Any:
     try:
         import redis.asyncio as redis_asyncio
-    except ImportError:  # pragma: no cover - the extra is part of `dev`
+    except ImportError:  # the extra is part of `dev`
         raise ConfigError(["redis.url: the Redis client is not installed (pip install 'manifold[redis]')"]) from None
     return redis_asyncio
 
@@ -36,6 +36,7 @@ def _redis_asyncio() -> Any:
 class Invalidation:
     def __init__(self, settings: RedisSettings, on_message: Callable[[str], None]) -> None:
         assert settings.url is not None
+        _redis_asyncio()  # a clear config error now, not a failing task later
         self._url = settings.url
         self._timeout = settings.timeout_s
         self._on_message = on_message
