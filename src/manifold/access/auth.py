@@ -104,6 +104,7 @@ class Authenticator:
         self._redacted: set[str] = set()
         self._ttl = settings.key_cache_ttl_s
         self._task: asyncio.Task[None] | None = None
+        self._recount: asyncio.Task[None] | None = None
         self._warned_unknown = False
         self.invalidation: Invalidation | None = None
         if redis is not None and redis.url:
@@ -179,8 +180,8 @@ class Authenticator:
         self._cache.clear()
         if reason == "created":
             self.keys_exist = True
-        elif self._task is not None:
-            asyncio.get_running_loop().create_task(self.refresh())
+        elif self._task is not None and (self._recount is None or self._recount.done()):
+            self._recount = asyncio.get_running_loop().create_task(self.refresh())  # the last key may be gone
 
     async def changed(self, reason: str) -> None:
         """A key or team changed in the database: forget here, then tell the other replicas."""
