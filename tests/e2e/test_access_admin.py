@@ -170,6 +170,8 @@ def test_no_secret_anywhere_after_every_auth_error_path(fake: FakeUpstream, tmp_
     finally:
         server.stop()
     log = server.log()
+    # The access line names the key by its alias (the master key as `master`), never by its secret.
+    assert "key_alias=s " in log and "key_alias=master " in log
     database = b"".join(p.read_bytes() for p in data.iterdir() if p.is_file())
     dump = subprocess.run(["sqlite3", str(data / "manifold.db"), ".dump"], capture_output=True, text=True)
     for value in secrets:
