@@ -143,6 +143,14 @@ def test_model_access_answers_like_an_unknown_model(server: ManifoldProcess, adm
         server.base_url + "/responses", json={"model": "other-model", "input": "hi"}, headers=headers, timeout=20
     )
     assert resp.status_code == 404 and resp.json()["error"]["code"] == "model_not_found"
+    # So do the per-model URLs.
+    resp = httpx.post(
+        server.url + "/v2/models/other-model/infer/chat/completions",
+        json={"messages": MESSAGES},
+        headers=headers,
+        timeout=20,
+    )
+    assert resp.status_code == 404 and resp.json()["error"]["code"] == "model_not_found"
     # A client fallback may not reach a model the key may not use.
     resp = httpx.post(
         server.base_url + "/chat/completions",
