@@ -90,6 +90,8 @@ def test_a_key_revoked_on_one_replica_is_refused_by_the_other_within_a_second(
         try:
             created = httpx.post(one.url + "/admin/keys", json={"alias": prefix}, headers=bearer(MASTER)).json()
             secret = created["key"]
+            listed = httpx.get(two.url + "/admin/keys", params={"alias": prefix}, headers=bearer(MASTER)).json()
+            assert [k["id"] for k in listed["data"]] == [created["id"]] and "key" not in listed["data"][0]
 
             def chat(proc: ManifoldProcess) -> int:
                 return httpx.post(
