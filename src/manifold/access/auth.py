@@ -318,18 +318,20 @@ class AuthLayer:
             CURRENT_PRINCIPAL.reset(token)
 
 
+REQUEST_ID_SCOPE_KEY: Final = "manifold.request_id"  # where server/middleware/request_id.py puts it
 _SAFE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 
 
 async def _refuse(scope: Any, receive: Any, send: Any, exc: ManifoldError) -> None:
-    """The error in OpenAI's envelope, with the request id the dispatch would have given (server/asgi.py)."""
-    rid = None
-    for name, value in scope["headers"]:
-        if name == b"x-request-id":
-            if _SAFE_REQUEST_ID.match(value):
-                rid = value.decode()
-            break
-    request_id = rid or "req_" + os.urandom(12).hex()
+    """The error in OpenAI's envelope, with the request's id (named by the request-id layer outside, else here)."""
+    request_id: str | None = scope.get(REQUEST_ID_SCOPE_KEY)
+    if request_id is None:
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                if _SAFE_REQUEST_ID.match(value):
+                    request_id = value.decode()
+                break
+        request_id = request_id or "req_" + os.urandom(12).hex()
     rec = CURRENT.get()
     if rec is not None:
         rec.request_id = request_id

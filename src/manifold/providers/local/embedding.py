@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from manifold.api.embeddings import floats_to_base64, split_inputs
-from manifold.config import Deployment
+from manifold.config import DeploymentBase, LocalEmbeddingDeployment
 from manifold.errors import InvalidRequestError, ServiceUnavailableError, UnsupportedError
-from manifold.providers.base import Call, Capability, Provider
+from manifold.providers.base import Call, Capability, Provider, of_kind
 
 log = logging.getLogger("manifold.local.embedding")
 
@@ -110,14 +110,17 @@ class MiniLM:
 class LocalEmbeddingProvider(Provider):
     capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.EMBEDDINGS})
 
-    def __init__(self, deployment: Deployment) -> None:
+    deployment: LocalEmbeddingDeployment
+
+    def __init__(self, deployment: LocalEmbeddingDeployment) -> None:
         super().__init__(deployment)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manifold-embed")
         self._model: MiniLM | None = None
         self._loading: asyncio.Future[MiniLM] | None = None
 
     @classmethod
-    def check(cls, deployment: Deployment) -> list[str]:
+    def check(cls, deployment: DeploymentBase) -> list[str]:
+        deployment = of_kind(deployment, LocalEmbeddingDeployment)
         if deployment.model_path and not Path(deployment.model_path).is_file():
             return [f"model_path: {deployment.model_path!r} is not a file"]
         return []

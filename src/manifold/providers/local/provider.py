@@ -16,9 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, cast
 
-from manifold.config import Deployment
+from manifold.config import DeploymentBase, LocalDeployment
 from manifold.errors import BadGatewayError, ManifoldError, ServiceUnavailableError, UnsupportedError
-from manifold.providers.base import Call, Capability, ChunkStream, Provider
+from manifold.providers.base import Call, Capability, ChunkStream, Provider, of_kind
 from manifold.providers.local import completions as local_completions
 from manifold.providers.local import generation
 from manifold.providers.local.crash_check import crash_in_child
@@ -88,14 +88,17 @@ class LocalModelProvider(Provider):
         {Capability.CHAT, Capability.STREAM, Capability.COMPLETIONS}
     )
 
-    def __init__(self, deployment: Deployment) -> None:
+    deployment: LocalDeployment
+
+    def __init__(self, deployment: LocalDeployment) -> None:
         super().__init__(deployment)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manifold-llama")
         self._llama: Any = None
         self._loading: asyncio.Future[Any] | None = None
 
     @classmethod
-    def check(cls, deployment: Deployment) -> list[str]:
+    def check(cls, deployment: DeploymentBase) -> list[str]:
+        deployment = of_kind(deployment, LocalDeployment)
         if deployment.model_path and not Path(deployment.model_path).is_file():
             return [f"model_path: {deployment.model_path!r} is not a file"]
         return []

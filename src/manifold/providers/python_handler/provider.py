@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from manifold.config import Deployment
-from manifold.providers.base import Call, Capability, ChunkStream, Provider, unsupported_model
+from manifold.api.operations import BY_NAME
+from manifold.config import DeploymentBase, PythonDeployment
+from manifold.providers.base import Call, Capability, ChunkStream, Provider, of_kind, unsupported_model
 from manifold.providers.python_handler import contracts, loading, streams
 from manifold.providers.python_handler.calling import CHAT, RESPONSE, Handler, is_stream, iterate
 from manifold.providers.python_handler.context import CURRENT_REQUEST
 from manifold.providers.python_handler.errors import HandlerReply, reply_parts
-from manifold.providers.python_handler.operations import BY_NAME
 
 _CAPABILITIES = {Capability.CHAT, Capability.STREAM, Capability.COMPLETIONS, Capability.EMBEDDINGS}
 
@@ -27,7 +27,9 @@ _CAPABILITIES = {Capability.CHAT, Capability.STREAM, Capability.COMPLETIONS, Cap
 class PythonHandlerProvider(Provider):
     capabilities: ClassVar[frozenset[Capability]] = frozenset({*_CAPABILITIES, Capability.IMAGES})
 
-    def __init__(self, deployment: Deployment, handler: Any = None, *, include_url_info: bool = False) -> None:
+    deployment: PythonDeployment
+
+    def __init__(self, deployment: PythonDeployment, handler: Any = None, *, include_url_info: bool = False) -> None:
         super().__init__(deployment)
         if handler is None:
             if deployment.handler is None:
@@ -36,7 +38,8 @@ class PythonHandlerProvider(Provider):
         self.handler = Handler(handler, include_url_info=include_url_info, label=deployment.handler)
 
     @classmethod
-    def check(cls, deployment: Deployment) -> list[str]:
+    def check(cls, deployment: DeploymentBase) -> list[str]:
+        deployment = of_kind(deployment, PythonDeployment)
         if not deployment.handler:
             return ["handler: required for provider 'python' (e.g. handler: my_package.serving:answer)"]
         try:

@@ -14,12 +14,18 @@ from manifold.access.openapi import document
 from manifold.errors import InvalidRequestError
 
 if TYPE_CHECKING:
-    from manifold.server.app import ManifoldApp
     from manifold.server.asgi import Request
+    from manifold.server.services import Services
 
 
-async def _admin(app: ManifoldApp) -> Admin:
-    return Admin(await app.store.access(), app.auth.changed, app.config.auth.rotation_grace_s)
+async def _admin(services: Services) -> Admin:
+    auth = services.auth
+
+    async def notify(reason: str) -> None:
+        if auth is not None:
+            await auth.changed(reason)
+
+    return Admin(await services.store.access(), notify, services.config.auth.rotation_grace_s)
 
 
 def _query(request: Request) -> dict[str, str]:
@@ -36,55 +42,55 @@ async def _send(request: Request, obj: object, status: int = 200) -> None:
     await request.send_json(status, _json.encode(obj))
 
 
-async def create_key(app: ManifoldApp, request: Request) -> None:
-    body = keys.parse_body(await request.body(app.settings.max_body_size), keys.KeyCreate)
-    await _send(request, await (await _admin(app)).create_key(body))
+async def create_key(services: Services, request: Request) -> None:
+    body = keys.parse_body(await request.body(services.settings.max_body_size), keys.KeyCreate)
+    await _send(request, await (await _admin(services)).create_key(body))
 
 
-async def list_keys(app: ManifoldApp, request: Request) -> None:
-    await _send(request, await (await _admin(app)).list("key", _query(request)))
+async def list_keys(services: Services, request: Request) -> None:
+    await _send(request, await (await _admin(services)).list("key", _query(request)))
 
 
-async def get_key(app: ManifoldApp, request: Request, key_id: str) -> None:
-    await _send(request, await (await _admin(app)).get("key", key_id))
+async def get_key(services: Services, request: Request, key_id: str) -> None:
+    await _send(request, await (await _admin(services)).get("key", key_id))
 
 
-async def update_key(app: ManifoldApp, request: Request, key_id: str) -> None:
-    body = keys.parse_body(await request.body(app.settings.max_body_size), keys.KeyUpdate)
-    await _send(request, await (await _admin(app)).update("key", key_id, body))
+async def update_key(services: Services, request: Request, key_id: str) -> None:
+    body = keys.parse_body(await request.body(services.settings.max_body_size), keys.KeyUpdate)
+    await _send(request, await (await _admin(services)).update("key", key_id, body))
 
 
-async def rotate_key(app: ManifoldApp, request: Request, key_id: str) -> None:
-    raw = await request.body(app.settings.max_body_size)
+async def rotate_key(services: Services, request: Request, key_id: str) -> None:
+    raw = await request.body(services.settings.max_body_size)
     body = keys.parse_body(raw, keys.RotateBody)
-    await _send(request, await (await _admin(app)).rotate(key_id, body.grace_s))
+    await _send(request, await (await _admin(services)).rotate(key_id, body.grace_s))
 
 
-async def delete_key(app: ManifoldApp, request: Request, key_id: str) -> None:
-    await _send(request, await (await _admin(app)).delete("key", key_id))
+async def delete_key(services: Services, request: Request, key_id: str) -> None:
+    await _send(request, await (await _admin(services)).delete("key", key_id))
 
 
-async def create_team(app: ManifoldApp, request: Request) -> None:
-    body = keys.parse_body(await request.body(app.settings.max_body_size), keys.TeamCreate)
-    await _send(request, await (await _admin(app)).create_team(body))
+async def create_team(services: Services, request: Request) -> None:
+    body = keys.parse_body(await request.body(services.settings.max_body_size), keys.TeamCreate)
+    await _send(request, await (await _admin(services)).create_team(body))
 
 
-async def list_teams(app: ManifoldApp, request: Request) -> None:
-    await _send(request, await (await _admin(app)).list("team", _query(request)))
+async def list_teams(services: Services, request: Request) -> None:
+    await _send(request, await (await _admin(services)).list("team", _query(request)))
 
 
-async def get_team(app: ManifoldApp, request: Request, team_id: str) -> None:
-    await _send(request, await (await _admin(app)).get("team", team_id))
+async def get_team(services: Services, request: Request, team_id: str) -> None:
+    await _send(request, await (await _admin(services)).get("team", team_id))
 
 
-async def update_team(app: ManifoldApp, request: Request, team_id: str) -> None:
-    body = keys.parse_body(await request.body(app.settings.max_body_size), keys.TeamUpdate)
-    await _send(request, await (await _admin(app)).update("team", team_id, body))
+async def update_team(services: Services, request: Request, team_id: str) -> None:
+    body = keys.parse_body(await request.body(services.settings.max_body_size), keys.TeamUpdate)
+    await _send(request, await (await _admin(services)).update("team", team_id, body))
 
 
-async def delete_team(app: ManifoldApp, request: Request, team_id: str) -> None:
-    await _send(request, await (await _admin(app)).delete("team", team_id))
+async def delete_team(services: Services, request: Request, team_id: str) -> None:
+    await _send(request, await (await _admin(services)).delete("team", team_id))
 
 
-async def openapi(app: ManifoldApp, request: Request) -> None:
+async def openapi(services: Services, request: Request) -> None:
     await _send(request, document())
