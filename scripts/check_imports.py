@@ -17,6 +17,8 @@ FORBIDDEN = {
     "_json": {"api", "server", "routing", "providers", "config", "errors", "cli"},
     "storage": {"api", "server", "routing", "providers", "cli"},
     "responses": {"server", "cli"},
+    # Authentication, keys and admission: the server composes them; they never reach back into it.
+    "access": {"server", "cli", "frontend"},
     # Schema and loading only: the checks that need providers or routing live in `validation`, run after loading.
     "config": {
         "api",

@@ -563,6 +563,8 @@ def _decode(raw: dict[str, Any], problems: list[str]) -> Decoded:
     router = _convert_router(raw.get("router", {}), found["router"])
     metrics = _convert_part(raw.get("metrics", {}), MetricsSettings, "metrics", found["metrics"])
     tracing = _convert_part(raw.get("tracing", {}), TracingSettings, "tracing", found["tracing"])
+    auth = _convert_part(raw.get("auth", {}), AuthSettings, "auth", found["auth"])
+    redis = _convert_part(raw.get("redis", {}), RedisSettings, "redis", found["redis"])
     order = [k for k in raw if k in found] + [k for k in found if k not in raw]
     for name in order:
         problems.extend(found[name])
@@ -577,6 +579,8 @@ def _decode(raw: dict[str, Any], problems: list[str]) -> Decoded:
         or router is None
         or metrics is None
         or tracing is None
+        or auth is None
+        or redis is None
     ):
         config = Config(
             model_list=list(deployments.values()),
@@ -586,6 +590,8 @@ def _decode(raw: dict[str, Any], problems: list[str]) -> Decoded:
             router=router,
             metrics=metrics,
             tracing=tracing,
+            auth=auth,
+            redis=redis,
         )
     # Names are checked against the deployments only when all of them could be read.
     return Decoded(config, deployments, router if all_decoded else None, problems, _redactor(raw))
@@ -604,6 +610,9 @@ def _redactor(raw: dict[str, Any]) -> Redactor:
     responses = raw.get("responses")
     if isinstance(responses, dict):
         secrets.append(str(responses.get("compaction_key") or ""))
+    auth = raw.get("auth")
+    if isinstance(auth, dict):
+        secrets.append(str(auth.get("master_key") or ""))
     return Redactor(secrets)
 
 

@@ -30,6 +30,8 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
+from manifold.access import model_access
+from manifold.access.principal import CURRENT_PRINCIPAL, Principal
 from manifold.config import DeploymentBase, RouterSettings
 from manifold.errors import GatewayTimeoutError, ManifoldError, ModelNotFoundError, ServiceUnavailableError
 from manifold.observability import metrics as m
@@ -173,11 +175,32 @@ class Router:
     # -- names ---------------------------------------------------------------------------------------------------
 
     def resolve(self, model: str) -> Target:
+        """The group (and wildcard rest) for `model`; 404 model_not_found when no group serves it or when the
+        request's key may not use it (the same answer: nothing revealed, docs/access.md)."""
         found = self.table.resolve(model)
         if found is None:
-            raise ModelNotFoundError(
-                f"The model `{model}` does not exist or you do not have access to it.", param="model"
-            )
+            raise _model_not_found(model)
+        principal = CURRENT_PRINCIPAL.get()
+        if principal is not None and not self.allows(principal, model, found[0].name):
+            raise _model_not_found(model)
+        return found
+
+    def allows(self, principal: Principal, model: str, group: str) -> bool:
+        """Whether `principal` may use the name `model` (of the group named `group`)."""
+        if principal.models is None and principal.team_models is None:
+            return True
+        return model_access.allowed(principal, model, group, self._exact_group)
+
+    def _exact_group(self, name: str) -> str | None:
+        found = self.table.resolve(name)
+        return found[0].name if found is not None and found[1] is None else None
+
+    def _resolve_allowed(self, model: str) -> Target | None:
+        """`table.resolve` for names a client sends besides `model` (client fallbacks): None when not allowed."""
+        found = self.table.resolve(model)
+        principal = CURRENT_PRINCIPAL.get()
+        if found is not None and principal is not None and not self.allows(principal, model, found[0].name):
+            return None
         return found
 
     def group(self, model: str) -> ModelGroup:
@@ -191,6 +214,9 @@ class Router:
             target = self.table.resolve(alias)
             if target is not None:
                 out.append((alias, target[0]))
+        principal = CURRENT_PRINCIPAL.get()
+        if principal is not None:  # a key lists only the models it may use
+            out = [(name, g) for name, g in out if self.allows(principal, name, g.name)]
         return out
 
     def pick(self, model: str) -> Provider:
@@ -238,7 +264,7 @@ class Router:
         failed: m.DeploymentMetrics | None = None  # the last failed attempt's, until we know what came next
         chain = group.fallbacks
         if CLIENT_FALLBACKS_FIELD in call.body and group.policy.allow_client_fallbacks:
-            chain, call = client_fallbacks(call, self.table.resolve)
+            chain, call = client_fallbacks(call, self._resolve_allowed)
         attempts = 0
         error: ManifoldError | None = None  # the last failure
         last: Member | None = None  # the last deployment tried
@@ -490,6 +516,10 @@ def _with_room(candidates: Sequence[Member]) -> Sequence[Member]:
         return candidates if len(roomy) == len(candidates) else roomy
     queued = [m for m in candidates if m.limit.can_queue()]
     return queued or candidates
+
+
+def _model_not_found(model: str) -> ModelNotFoundError:
+    return ModelNotFoundError(f"The model `{model}` does not exist or you do not have access to it.", param="model")
 
 
 def _cooling_down(group: ModelGroup, now: float) -> ServiceUnavailableError:

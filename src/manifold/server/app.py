@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
 
+from manifold.access.auth import Authenticator, AuthLayer
+from manifold.api.operations import ROOT_OPERATIONS
 from manifold.config import Config, ServerSettings, secrets_of
 from manifold.errors import ManifoldError
 from manifold.observability import tracing as tracing_setup
@@ -68,7 +70,12 @@ class ManifoldApp:
         self.observer = Observer(config.metrics.enabled, self.settings.access_log, self.tracing) if observing else None
         self.store = Store(config.storage)
         self.responses = ResponsesEngine(self.router, self.store, config.responses)
-        self.services = Services(self.router, self.store, self.responses, self.settings, config)
+        self.auth = Authenticator(config.auth, self.store, config.redis, host=self.settings.host)
+        self.services = Services(self.router, self.store, self.responses, self.settings, config, self.auth)
+        # What needs no key (docs/access.md): health, and the metrics scrape when served on this port.
+        self.open_paths = [op.path for op in ROOT_OPERATIONS]
+        if config.metrics.enabled and config.metrics.port is None:
+            self.open_paths.append(config.metrics.path)
         self._paths = PathRouter()
         self._routes: dict[tuple[str, str], Route] = {}
         for route in default_routes(config) if routes is None else routes:
@@ -90,11 +97,13 @@ class ManifoldApp:
 
     def compose(self, extra: Sequence[Layer]) -> ASGIApp:
         """The request layers around the dispatch, outermost first: observing (metrics, access log, server
-        span), the request id, then `extra`. `self.layers` lists them."""
+        span), the request id, authentication (its refusals observed and carrying the id), then `extra`.
+        `self.layers` lists them."""
         layers: list[Layer] = []
         if self.observer is not None:
             layers.append(partial(ObserveRequests, observer=self.observer))
         layers.append(request_ids)
+        layers.append(partial(AuthLayer, auth=self.auth, open_paths=self.open_paths))
         layers.extend(extra)
         self.layers = tuple(layers)
         app: ASGIApp = self._http
@@ -105,7 +114,8 @@ class ManifoldApp:
     async def startup(self) -> None:
         if not self._started:
             self._started = True
-            self.store.start()  # in the background: nothing waits for it but what stores
+            self.store.start()  # in the background: nothing waits for it but what stores (and, once, auth)
+            self.auth.start()
             await self.router.start()
             self.responses.start()
             settings = self.config.metrics
@@ -119,6 +129,7 @@ class ManifoldApp:
         if self._started:
             self._started = False
             await self.responses.aclose()
+            await self.auth.aclose()
             await self.router.aclose()
             await self.store.aclose()
             if self._flusher is not None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from manifold.access.auth import Authenticator
     from manifold.config import Config, ServerSettings
     from manifold.responses.engine import ResponsesEngine
     from manifold.routing.router import Router
@@ -22,3 +23,4 @@ class Services:
     engine: ResponsesEngine  # the Responses API
     settings: ServerSettings  # body limit, keep-alive interval
     config: Config  # the whole configuration (what the others do not carry)
+    auth: Authenticator | None = None  # keys and teams (the admin API tells it of every change)
