@@ -223,7 +223,22 @@ def start_upstream(children: Children, args: argparse.Namespace) -> tuple[subpro
     return proc, int(line.split()[1])
 
 
-def write_config(workdir: Path, upstream_port: int, observe: str | None = None) -> Path:
+BENCH_MASTER_KEY = "sk-bench-master-0123456789abcdef"
+
+
+def create_virtual_key(port: int) -> str:
+    """`--auth virtual`: a virtual key made through the admin API (the master key's own request)."""
+    request = urllib.request.Request(
+        f"http://{HOST}:{port}/admin/keys",
+        data=b'{"alias": "bench"}',
+        headers={"authorization": f"Bearer {BENCH_MASTER_KEY}", "content-type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return str(json.loads(resp.read())["key"])
+
+
+def write_config(workdir: Path, upstream_port: int, observe: str | None = None, auth: str = "none") -> Path:
     """`observe` None: the defaults (metrics on, access log below the `warning` level); `off`: metrics and
     access log off; `on` / `trace`: metrics on and the JSON access log written at `info`."""
     path = workdir / f"manifold-{observe or 'default'}.yaml"
@@ -243,6 +258,8 @@ def write_config(workdir: Path, upstream_port: int, observe: str | None = None) 
         text += "  log_level: info\n  log_format: json\n  access_log: true\nmetrics:\n  enabled: true\n"
         if observe == "trace":
             text += "tracing:\n  enabled: true\n"
+    if auth != "none":  # docs/access.md: every request authenticated (by the master key or a virtual key)
+        text += f"auth:\n  master_key: {BENCH_MASTER_KEY}\nstorage:\n  data_dir: {workdir / 'data'}\n"
     path.write_text(text)
     return path
 
@@ -359,6 +376,8 @@ def run_load(
         str(args.requests),
         "--timeout",
         f"{budget:.1f}",
+        "--api-key",
+        args.client_keys.get(port, "sk-bench"),
     ]
     if run.mode == "stream":
         argv.append("--stream")
@@ -541,8 +560,12 @@ def run_all(
                 env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{HOST}:{sink.port}", "OTEL_TRACES_SAMPLER": "always_on"}
             try:
                 manifold, port, startup = start_manifold(
-                    children, args, write_config(children.workdir, upstream_port, variant), env, variant
+                    children, args, write_config(children.workdir, upstream_port, variant, args.auth), env, variant
                 )
+                if args.auth == "master":
+                    args.client_keys[port] = BENCH_MASTER_KEY
+                elif args.auth == "virtual":
+                    args.client_keys[port] = create_virtual_key(port)
             except BenchError as exc:
                 print(f"!! {target}: {exc}", file=sys.stderr)
                 for mode in args.modes:
@@ -603,6 +626,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(default: this Python's '-m manifold serve')",
     )
     p.add_argument(
+        "--auth",
+        choices=["none", "master", "virtual"],
+        default="none",
+        help="authenticate every request to Manifold: none (default), with the master key, or with a virtual "
+        "key made through the admin API (docs/access.md)",
+    )
+    p.add_argument(
         "--observe",
         default="",
         help="comma-separated, of: off, on, trace: run Manifold once per observability setting, side by side "
@@ -620,6 +650,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    args.client_keys = {}
     args.observe = [o.strip() for o in args.observe.split(",") if o.strip()]
     if any(o not in OBSERVE for o in args.observe):
         p.error(f"--observe: choose from {', '.join(OBSERVE)}")
@@ -674,6 +705,7 @@ def main(argv: list[str] | None = None) -> int:
         "chunks": args.chunks,
         "manifold_cmd": args.manifold_cmd,
         "observe": args.observe,
+        "auth": args.auth,
         "manifold_startup_s": None,
         "manifold_rss_mb_idle": None,
     }

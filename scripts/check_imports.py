@@ -18,6 +18,22 @@ FORBIDDEN = {
     "storage": {"api", "server", "routing", "providers", "cli"},
     "responses": {"server", "cli"},
     "mcp": {"server", "cli", "frontend", "responses", "routing", "providers"},
+    # Authentication, keys and admission: the server composes them; they never reach back into it.
+    "access": {"server", "cli", "frontend"},
+    # Schema and loading only: the checks that need providers or routing live in `validation`, run after loading.
+    "config": {
+        "api",
+        "server",
+        "routing",
+        "providers",
+        "responses",
+        "storage",
+        "frontend",
+        "cli",
+        "validation",
+    },
+    # The validation step after loading: it may read providers and routing, nothing serves from it.
+    "validation": {"server", "responses", "storage", "frontend", "cli"},
     # A leaf: the server, the router and the providers call into it, never the reverse.
     "observability": {"api", "server", "routing", "providers", "responses", "storage", "frontend", "config", "cli"},
 }

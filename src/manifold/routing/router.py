@@ -30,8 +30,10 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
-from manifold.config import Deployment, RouterSettings
-from manifold.errors import ConfigError, GatewayTimeoutError, ManifoldError, ModelNotFoundError, ServiceUnavailableError
+from manifold.access import model_access
+from manifold.access.principal import CURRENT_PRINCIPAL, Principal
+from manifold.config import DeploymentBase, RouterSettings
+from manifold.errors import GatewayTimeoutError, ManifoldError, ModelNotFoundError, ServiceUnavailableError
 from manifold.observability import metrics as m
 from manifold.observability.record import CURRENT
 from manifold.observability.record import RequestRecord as RecordT
@@ -116,36 +118,39 @@ _OPERATION_NAMES: Final[dict[Callable[..., Any], str]] = {
 
 
 class Router:
+    """`deployments` are served by the providers `factory` makes of them, or by `providers` when given (one per
+    deployment, in order). One provider may serve several deployments (names): it is started, probed and
+    closed once."""
+
     def __init__(
         self,
-        deployments: list[Deployment],
-        factory: Callable[[Deployment], Provider] = create_provider,
+        deployments: Sequence[DeploymentBase],
+        factory: Callable[[DeploymentBase], Provider] = create_provider,
         settings: RouterSettings | None = None,
         rng: random.Random | None = None,
+        *,
+        providers: Sequence[Provider] | None = None,
     ) -> None:
         settings = settings if settings is not None else RouterSettings()
         self.settings = settings
         created = int(time.time())
+        if providers is None:
+            providers = [factory(dep) for dep in deployments]
+        elif len(providers) != len(deployments):
+            raise ValueError(f"{len(providers)} providers for {len(deployments)} deployments: give one for each")
         by_name: dict[str, list[Provider]] = {}
-        self.providers: list[Provider] = []
-        for dep in deployments:
-            provider = factory(dep)
-            self.providers.append(provider)
+        for dep, provider in zip(deployments, providers, strict=True):
             by_name.setdefault(dep.model_name, []).append(provider)
+        self.providers: list[Provider] = list({id(p): p for p in providers}.values())
         self.groups = {
             name: ModelGroup(name, ps, created, Policy(settings, settings.groups.get(name)), rng)
             for name, ps in by_name.items()
         }
         self.aliases = dict(settings.model_alias)
         self.table: NameTable[ModelGroup] = NameTable(self.groups, self.aliases)
-        problems: list[str] = []
         for group in self.groups.values():
-            group.fallbacks = self._chain(group, group.policy.fallbacks, "fallbacks", problems)
-            group.context_window_fallbacks = self._chain(
-                group, group.policy.context_window_fallbacks, "context_window_fallbacks", problems
-            )
-        if problems:
-            raise ConfigError(problems)
+            group.fallbacks = self._chain(group, group.policy.fallbacks)
+            group.context_window_fallbacks = self._chain(group, group.policy.context_window_fallbacks)
         self.tracing: Tracing | None = None
 
     def observe(self, metrics: bool, tracing: Tracing | None = None) -> None:
@@ -157,24 +162,45 @@ class Router:
                     dep = member.provider.deployment
                     member.attach(m.DeploymentMetrics(member.label, group.name, dep.provider, dep.upstream_model))
 
-    def _chain(self, group: ModelGroup, names: list[str], key: str, problems: list[str]) -> tuple[Target, ...]:
+    def _chain(self, group: ModelGroup, names: list[str]) -> tuple[Target, ...]:
+        """The fallback targets, in order, without the group itself and repeats. A name that resolves to nothing
+        is a config problem `manifold.validation.validate` reports (the router does not check it again)."""
         chain: list[Target] = []
-        for i, name in enumerate(names):
+        for name in names:
             target = self.table.resolve(name)
-            if target is None:
-                problems.append(f"router.groups.{group.name}.{key}[{i}]: {name!r} is not a model name")
-            elif target != (group, None) and target not in chain:
+            if target is not None and target != (group, None) and target not in chain:
                 chain.append(target)
         return tuple(chain)
 
     # -- names ---------------------------------------------------------------------------------------------------
 
     def resolve(self, model: str) -> Target:
+        """The group (and wildcard rest) for `model`; 404 model_not_found when no group serves it or when the
+        request's key may not use it (the same answer: nothing revealed, docs/access.md)."""
         found = self.table.resolve(model)
         if found is None:
-            raise ModelNotFoundError(
-                f"The model `{model}` does not exist or you do not have access to it.", param="model"
-            )
+            raise _model_not_found(model)
+        principal = CURRENT_PRINCIPAL.get()
+        if principal is not None and not self.allows(principal, model, found[0].name):
+            raise _model_not_found(model)
+        return found
+
+    def allows(self, principal: Principal, model: str, group: str) -> bool:
+        """Whether `principal` may use the name `model` (of the group named `group`)."""
+        if principal.models is None and principal.team_models is None:
+            return True
+        return model_access.allowed(principal, model, group, self._exact_group)
+
+    def _exact_group(self, name: str) -> str | None:
+        found = self.table.resolve(name)
+        return found[0].name if found is not None and found[1] is None else None
+
+    def _resolve_allowed(self, model: str) -> Target | None:
+        """`table.resolve` for names a client sends besides `model` (client fallbacks): None when not allowed."""
+        found = self.table.resolve(model)
+        principal = CURRENT_PRINCIPAL.get()
+        if found is not None and principal is not None and not self.allows(principal, model, found[0].name):
+            return None
         return found
 
     def group(self, model: str) -> ModelGroup:
@@ -188,6 +214,9 @@ class Router:
             target = self.table.resolve(alias)
             if target is not None:
                 out.append((alias, target[0]))
+        principal = CURRENT_PRINCIPAL.get()
+        if principal is not None:  # a key lists only the models it may use
+            out = [(name, g) for name, g in out if self.allows(principal, name, g.name)]
         return out
 
     def pick(self, model: str) -> Provider:
@@ -235,7 +264,7 @@ class Router:
         failed: m.DeploymentMetrics | None = None  # the last failed attempt's, until we know what came next
         chain = group.fallbacks
         if CLIENT_FALLBACKS_FIELD in call.body and group.policy.allow_client_fallbacks:
-            chain, call = client_fallbacks(call, self.table.resolve)
+            chain, call = client_fallbacks(call, self._resolve_allowed)
         attempts = 0
         error: ManifoldError | None = None  # the last failure
         last: Member | None = None  # the last deployment tried
@@ -487,6 +516,10 @@ def _with_room(candidates: Sequence[Member]) -> Sequence[Member]:
         return candidates if len(roomy) == len(candidates) else roomy
     queued = [m for m in candidates if m.limit.can_queue()]
     return queued or candidates
+
+
+def _model_not_found(model: str) -> ModelNotFoundError:
+    return ModelNotFoundError(f"The model `{model}` does not exist or you do not have access to it.", param="model")
 
 
 def _cooling_down(group: ModelGroup, now: float) -> ServiceUnavailableError:

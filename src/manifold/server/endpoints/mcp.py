@@ -20,22 +20,34 @@ from manifold.providers.base import Call
 from manifold.server.sse_writer import stream_chat
 
 if TYPE_CHECKING:
-    from manifold.server.app import ManifoldApp
+    from manifold.mcp.gateway import McpGateway
+    from manifold.mcp.manager import McpManager
     from manifold.server.asgi import Request
+    from manifold.server.services import Services
 
 
-def chat_settings(app: ManifoldApp, model: str) -> McpChatSettings | None:
-    return app.config.mcp.models.get(model)
+def _manager(services: Services) -> McpManager:
+    assert services.mcp is not None  # ManifoldApp makes one (with no servers when none are configured)
+    return services.mcp
 
 
-def add_tools(app: ManifoldApp, raw: dict[str, Any], settings: McpChatSettings) -> dict[str, Any]:
-    return with_tools(raw, app.mcp.functions(settings.servers))
+def _gateway(services: Services) -> McpGateway:
+    assert services.mcp_gateway is not None
+    return services.mcp_gateway
 
 
-async def chat_execute(app: ManifoldApp, request: Request, raw: dict[str, Any], req: ChatCompletionRequest) -> None:
+def chat_settings(services: Services, model: str) -> McpChatSettings | None:
+    return services.config.mcp.models.get(model)
+
+
+def add_tools(services: Services, raw: dict[str, Any], settings: McpChatSettings) -> dict[str, Any]:
+    return with_tools(raw, _manager(services).functions(settings.servers))
+
+
+async def chat_execute(services: Services, request: Request, raw: dict[str, Any], req: ChatCompletionRequest) -> None:
     """`mode: execute`: the gateway runs the tool loop and answers with the final message (streamed as one
     delta when the client asked for a stream); the calls made are in the `x-manifold-mcp-calls` header."""
-    settings = chat_settings(app, req.model)
+    settings = chat_settings(services, req.model)
     assert settings is not None
     if req.store:
         raise UnsupportedError(
@@ -43,14 +55,14 @@ async def chat_execute(app: ManifoldApp, request: Request, raw: dict[str, Any], 
             "stored; leave out 'store'.",
             param="store",
         )
-    functions = app.mcp.functions(settings.servers)
+    functions = _manager(services).functions(settings.servers)
     with_tools(raw, functions)  # the client's own tool names checked
 
     async def chat(body: dict[str, Any]) -> dict[str, Any]:
         call = Call(body, req.model, request.request_id, False)
-        return normalize_completion(await app.router.chat(call, request.add_response_header), req.model)
+        return normalize_completion(await services.router.chat(call, request.add_response_header), req.model)
 
-    completion, made = await execute(raw, functions, chat, app.config.mcp.max_tool_rounds)
+    completion, made = await execute(raw, functions, chat, services.config.mcp.max_tool_rounds)
     request.add_response_header(CALLS_HEADER, json.dumps(made, ensure_ascii=True, separators=(",", ":")))
     if not req.stream:
         await request.send_json(200, _json.encode(completion))
@@ -60,7 +72,7 @@ async def chat_execute(app: ManifoldApp, request: Request, raw: dict[str, Any], 
     async def opened() -> AsyncIterator[dict[str, Any]]:
         return _as_chunks(completion)
 
-    await stream_chat(request, opened, ChunkShaper(req.model, include_usage), app.settings.keepalive_interval)
+    await stream_chat(request, opened, ChunkShaper(req.model, include_usage), services.settings.keepalive_interval)
 
 
 async def _as_chunks(completion: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
@@ -88,10 +100,10 @@ async def _as_chunks(completion: dict[str, Any]) -> AsyncIterator[dict[str, Any]
         yield {**base, "choices": [], "usage": completion["usage"]}
 
 
-async def call_tool(app: ManifoldApp, request: Request) -> None:
+async def call_tool(services: Services, request: Request) -> None:
     """`POST {prefix}/mcp/tools/call` `{"name": "server__tool", "arguments": {…}}` → `{"name", "output",
     "is_error"}`: one configured tool run for a client (chat's `return` mode)."""
-    raw = decode_json_object(await request.body(app.settings.max_body_size))
+    raw = decode_json_object(await request.body(services.settings.max_body_size))
     name = raw.get("name")
     if not isinstance(name, str) or not name:
         raise InvalidRequestError(
@@ -108,7 +120,7 @@ async def call_tool(app: ManifoldApp, request: Request) -> None:
             param="arguments",
             code="invalid_type",
         )
-    functions = app.mcp.functions()
+    functions = _manager(services).functions()
     if name not in functions:
         raise NotFoundError(f"No MCP tool named '{name}' is available (name it 'server__tool').", param="name")
     server, tool = functions[name]
@@ -116,8 +128,8 @@ async def call_tool(app: ManifoldApp, request: Request) -> None:
     await request.send_json(200, _json.encode({"name": name, "output": output, "is_error": not ok}))
 
 
-async def serve_mcp(app: ManifoldApp, request: Request) -> None:
+async def serve_mcp(services: Services, request: Request) -> None:
     """`{prefix}/mcp`: the SDK's streamable-HTTP server answers the exchange itself (POST, GET, DELETE)."""
-    if not app.mcp.servers:
+    if not _manager(services).servers:
         raise NotFoundError("No MCP servers are configured on this server.")
-    await app.mcp_gateway.handle(request.scope, request.receive, request.send)
+    await _gateway(services).handle(request.scope, request.receive, request.send)
