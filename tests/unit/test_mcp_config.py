@@ -99,3 +99,14 @@ def test_function_names_and_truncation() -> None:
     assert truncate("short", 100) == "short"
     cut = truncate("é" * 100, 51)  # never splits a character
     assert cut.startswith("é" * 25) and cut.endswith(TRUNCATION_MARKER.format(shown=50, total=200))
+
+
+def test_mcp_routes_are_mounted_under_each_prefix_with_servers_only() -> None:
+    from manifold.config import parse_config
+    from manifold.server.handlers import MCP_ROUTES, default_routes
+
+    plain = {(r.method, r.path) for r in default_routes(parse_config({}, {}))}
+    assert not any("/mcp" in path for _, path in plain)
+    config = parse_config({"server": {"prefixes": ["/v1", "/x"]}, "mcp_servers": {"t": {"command": "t"}}}, {})
+    mounted = {(r.method, r.path) for r in default_routes(config)}
+    assert {(r.method, p + r.path) for p in ("/v1", "/x") for r in MCP_ROUTES} <= mounted

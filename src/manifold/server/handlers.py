@@ -94,14 +94,15 @@ def route(op: Operation, prefix: str = "") -> Route:
 
 def default_routes(config: Config) -> list[Route]:
     """The routes `manifold serve` mounts for `config`: the API under each prefix, health, the metrics scrape
-    (when served on the API's port), the per-model URLs (unless `server.kserve_urls` is false) and the admin API
-    for keys and teams."""
+    (when served on the API's port), the per-model URLs (unless `server.kserve_urls` is false), the admin API
+    for keys and teams, and with `mcp_servers` the MCP routes under each prefix."""
     check()
     routes: list[Route] = []
     for prefix in config.server.prefixes:
         p = "" if prefix == "/" else prefix
         routes.extend(route(op, p) for op in API_OPERATIONS)
-        routes.extend(r._replace(path=p + r.path) for r in MCP_ROUTES)
+        if config.mcp_servers:  # docs/mcp.md
+            routes.extend(r._replace(path=p + r.path) for r in MCP_ROUTES)
     routes.extend(route(op) for op in ROOT_OPERATIONS)
     if config.metrics.enabled and config.metrics.port is None:
         routes.append(Route("GET", config.metrics.path, metrics.scrape))
