@@ -17,6 +17,8 @@ FORBIDDEN = {
     "_json": {"api", "server", "routing", "providers", "config", "errors", "cli"},
     "storage": {"api", "server", "routing", "providers", "cli"},
     "responses": {"server", "cli"},
+    # Authentication, limits, budgets, prices: the server wires it into the router; it imports neither.
+    "access": {"server", "cli", "frontend", "routing", "responses"},
     # A leaf: the server, the router and the providers call into it, never the reverse.
     "observability": {"api", "server", "routing", "providers", "responses", "storage", "frontend", "config", "cli"},
 }

@@ -13,6 +13,8 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from manifold.access.static_keys import StaticKeyAuth
+from manifold.access.wiring import build_admission, build_static_keys
 from manifold.config import Config, ServerSettings, secrets_of
 from manifold.errors import ManifoldError
 from manifold.observability import tracing as tracing_setup
@@ -102,7 +104,14 @@ class ManifoldApp:
     def __init__(self, config: Config, router: Router | None = None, layers: Sequence[Layer] = ()) -> None:
         self.config = config
         self.settings: ServerSettings = config.server
-        self.router = router if router is not None else Router(config.model_list, settings=config.router)
+        # Limits, budgets and prices (docs/access.md): the router's admission hook.
+        self.admission = build_admission(config)
+        if router is None:
+            router = Router(config.model_list, settings=config.router, admission=self.admission)
+        elif router.admission is None:
+            router.admission = self.admission
+        self.router = router
+        self.static_keys = build_static_keys(config)
         add_secrets(secrets_of(config))  # error messages and logs never show them (observability.redaction)
         self.tracing = tracing_setup.setup(config.tracing.enabled, config.tracing.capture_content, secrets_of(config))
         self.router.observe(config.metrics.enabled, self.tracing)
@@ -133,6 +142,10 @@ class ManifoldApp:
         observer = self.observer
         if observer is not None:
             layers.append(lambda inner: ObserveRequests(inner, observer))
+        keys = self.static_keys
+        if keys.enabled:
+            metrics_path = (self.config.metrics.path,) if self.config.metrics.enabled else ()
+            layers.append(lambda inner: StaticKeyAuth(inner, keys, metrics_path))
         layers.extend(extra)
         app: ASGIApp = self._http
         for layer in reversed(layers):
@@ -157,6 +170,7 @@ class ManifoldApp:
             self._started = False
             await self.responses.aclose()
             await self.router.aclose()
+            await self.admission.aclose()
             await self.store.aclose()
             if self._flusher is not None:
                 self._flusher.cancel()
