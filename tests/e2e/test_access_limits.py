@@ -102,7 +102,10 @@ async def _post_many(urls: list[str], n: int, stream: bool = False) -> list[http
         headers = {"authorization": f"Bearer {KEY}"}
         return list(
             await asyncio.gather(
-                *(client.post(urls[i % len(urls)] + "/v1/chat/completions", json=body, headers=headers) for i in range(n))
+                *(
+                    client.post(urls[i % len(urls)] + "/v1/chat/completions", json=body, headers=headers)
+                    for i in range(n)
+                )
             )
         )
 
@@ -135,9 +138,11 @@ def test_rpm_is_exact_across_two_replicas(upstream: CountingUpstream, replicas: 
         assert a.headers["x-ratelimit-remaining-requests"] == "0"
         assert RESET.match(a.headers["x-ratelimit-reset-requests"])
     # The official SDK reads the refusal as its typed error, with the code.
-    with openai.OpenAI(base_url=group.procs[0].base_url, api_key=KEY, max_retries=0) as client:
-        with pytest.raises(openai.RateLimitError) as caught:
-            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+    with (
+        openai.OpenAI(base_url=group.procs[0].base_url, api_key=KEY, max_retries=0) as client,
+        pytest.raises(openai.RateLimitError) as caught,
+    ):
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
     assert caught.value.code == "rate_limit_exceeded"
 
 
