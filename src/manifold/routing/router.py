@@ -32,7 +32,14 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from typing import Any, Final, Protocol, TypeVar
 
 from manifold.config import Deployment, RouterSettings
-from manifold.errors import ConfigError, GatewayTimeoutError, ManifoldError, ModelNotFoundError, ServiceUnavailableError
+from manifold.errors import (
+    ConfigError,
+    GatewayTimeoutError,
+    ManifoldError,
+    ModelNotFoundError,
+    RateLimitError,
+    ServiceUnavailableError,
+)
 from manifold.observability import metrics as m
 from manifold.observability.record import CURRENT
 from manifold.observability.record import RequestRecord as RecordT
@@ -369,6 +376,8 @@ class Router:
                                 error = exc
                             break
                         now = time.monotonic()
+                    if member.quota is not None:
+                        member.quota.take(now)
                     breaker = member.breaker
                     probe = breaker.begin(now) if breaker.open_until else False
                     call.upstream_model = None if rest is None else member.upstream_model(rest)
@@ -439,6 +448,8 @@ class Router:
                         return relay
                     if self.admission is not None:
                         _ANSWERED.set(member)
+                    if member.quota is not None and isinstance(result, dict):
+                        member.quota.add_tokens(time.monotonic(), _usage_total(result.get("usage")))
                     if observed:
                         _attempt_answered(member, op_name, now, result, rec, span, self.tracing)
                         if span is not None:
@@ -546,6 +557,8 @@ def _choose(group: ModelGroup, retries: _Retries | None, now: float, streaming: 
     candidates = group.candidates(now, ()) if retries is None else retries.candidates(group, now)
     if not candidates:
         return None
+    if group.quotas:
+        candidates = _within_quota(group, candidates, now)
     if group.limited:
         candidates = _with_room(candidates)
     if retries is not None and candidates[0] in retries.tried:
@@ -581,6 +594,24 @@ def _succeeded(member: Member, policy: Policy, request_id: str, attempts: int, s
             )
     elif log.isEnabledFor(logging.DEBUG):
         log.debug("request %s: %s answered (%.1f ms)", request_id, member.label, elapsed * 1000)
+
+
+def _usage_total(usage: Any) -> int:
+    given, made = m.usage_tokens(usage)
+    return (given or 0) + (made or 0)
+
+
+def _within_quota(group: ModelGroup, candidates: Sequence[Member], now: float) -> Sequence[Member]:
+    """The deployments under their own rpm/tpm; when none is, the 429 (with the wait until one has room)."""
+    roomy = [c for c in candidates if c.quota is None or c.quota.has_room(now)]
+    if roomy:
+        return roomy
+    wait = min(c.quota.room_in(now) for c in candidates if c.quota is not None)
+    raise RateLimitError(
+        f"Rate limit reached for the model `{group.name}`: every deployment is at its requests or tokens per "
+        f"minute quota. Please try again in {max(1, int(wait + 0.999))}s.",
+        headers={"retry-after": str(max(1, int(wait + 0.999)))},
+    )
 
 
 def _with_room(candidates: Sequence[Member]) -> Sequence[Member]:
@@ -716,12 +747,13 @@ class _Relay:
     Iterating it iterates an async generator (`aiter(relay)`), whose per-item step is native code; `buffered`
     is the inner stream's own method. `aclose()` releases the slot even if iteration never began."""
 
-    __slots__ = ("_items", "_member", "_request_id", "_stream", "buffered", "on_end")
+    __slots__ = ("_items", "_member", "_quota", "_request_id", "_stream", "buffered", "on_end")
 
     def __init__(self, stream: Any, first: Any, member: Member, request_id: str) -> None:
         self._stream = stream
         self._member: Member | None = member
         self._request_id = request_id
+        self._quota = member.quota
         # Awaited once with the last item's usage (None without one) when the stream ends: the admission's end
         # (before the stream's end reaches the client, so that its next request sees this one's spend).
         self.on_end: Callable[[Any], Awaitable[None]] | None = None
@@ -753,6 +785,10 @@ class _Relay:
             await self._end(last)
 
     async def _end(self, last: Any) -> None:
+        quota = self._quota
+        if quota is not None and isinstance(last, dict):
+            self._quota = None
+            quota.add_tokens(time.monotonic(), _usage_total(last.get("usage")))
         on_end = self.on_end
         if on_end is not None:
             self.on_end = None
