@@ -587,8 +587,8 @@ def _redis_problems(r: RedisSettings, server: ServerSettings, limited: bool) -> 
     if r.url is not None:
         if not r.url.startswith(("redis://", "rediss://", "unix://")):
             out.append("redis.url: expected redis://host:port/db, rediss://… or unix://…")
-        elif importlib.util.find_spec("redis") is None:
-            out.append("redis.url: Redis needs the redis client, which is not installed: pip install 'manifold[redis]'")
+        elif importlib.util.find_spec("hiredis") is None:
+            out.append("redis.url: needs the hiredis parser, which is not installed: pip install 'manifold[redis]'")
     elif limited and server.workers > 1 and not r.limits_per_process:
         out.append(
             f"redis: server.workers is {server.workers} but redis.url is not set: rate limits, budgets and in-flight "

@@ -334,13 +334,22 @@ def _total_tokens(usage: dict[str, Any] | None) -> int:
 
 
 def _estimate(body: dict[str, Any]) -> int:
-    from manifold.providers.token_estimate import estimate_chat_tokens, text_tokens
-
-    if "messages" in body:
-        prompt = estimate_chat_tokens(body)
+    """A request's tokens to reserve: its prompt at 4 characters a token (3 more per message, as OpenAI counts
+    chat formatting; reconciled with the real usage at the end, so a cheap count is enough) plus its output
+    limit, or `DEFAULT_COMPLETION_RESERVE`."""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        chars = 0
+        for message in messages:
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, str):
+                chars += len(content)
+            elif isinstance(content, list):
+                chars += sum(len(str(p.get("text") or "")) for p in content if isinstance(p, dict))
+        prompt = 3 + 3 * len(messages) + chars // 4
     else:
         given = body.get("prompt", body.get("input"))
-        prompt = text_tokens(given if isinstance(given, str) else str(given or ""))
+        prompt = len(given if isinstance(given, str) else str(given or "")) // 4
     out = body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
     return prompt + (out if isinstance(out, int) and out > 0 else DEFAULT_COMPLETION_RESERVE)
 

@@ -6,18 +6,19 @@ corrects the token reservation to the real usage, adds the cost to the budgets).
 `MemoryCounters` (access/limits.py): 60 one-second buckets in a hash per counter, in-flight request ids in a
 sorted set scored by their deadline, a budget period's spend in one integer key that expires after the period.
 
-The scripts of the requests that arrive in the same turn of the event loop go to Redis together, in one
-pipeline (`_Coalescer`): each is still its own atomic script, but a busy server pays one write and one read for
-many of them instead of one each (redis-py's per-command machinery costs far more CPU than the script).
+The scripts go over one pipelined connection (access/resp.py): those of the requests that arrive in the same
+turn of the event loop are written together; each is still its own atomic script.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from typing import Any, Final
 
+import hiredis
+
 from manifold.access.limits import IN_FLIGHT_TTL_S, Budget, Scope, Verdict
+from manifold.access.resp import RespConnection, RespError
 
 __all__ = ["RedisCounters"]
 
@@ -143,73 +144,23 @@ _RELEASE_SHA: Final = _sha(_RELEASE)
 _SCRIPTS: Final = {_ADMIT_SHA: _ADMIT, _RELEASE_SHA: _RELEASE}
 
 
-class _Coalescer:
-    """EVALSHA calls made in one turn of the event loop, sent as one pipeline; a script Redis does not have yet
-    (first use, or a Redis that restarted) is loaded and the batch sent again."""
-
-    def __init__(self, client: Any, owner: RedisCounters) -> None:
-        self.client = client
-        self.owner = owner
-        self.pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    def call(self, *args: Any) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        if not self.pending:
-            loop.call_soon(self._flush)
-        self.pending.append((args, future))
-        return future
-
-    def _flush(self) -> None:
-        batch, self.pending = self.pending, []
-        task = asyncio.get_running_loop().create_task(self._send(batch))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def _send(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
-        from redis.exceptions import NoScriptError
-
-        try:
-            for attempt in range(2):
-                pipe = self.client.pipeline(transaction=False)
-                for args, _ in batch:
-                    pipe.execute_command("EVALSHA", *args)
-                self.owner.round_trips += 1
-                results = await pipe.execute(raise_on_error=False)
-                if attempt == 0 and any(isinstance(r, NoScriptError) for r in results):
-                    for script in _SCRIPTS.values():
-                        await self.client.script_load(script)
-                    continue
-                break
-        except BaseException as exc:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc if isinstance(exc, Exception) else ConnectionError("cancelled"))
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for (_, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
-
-
 class RedisCounters:
     def __init__(self, url: str, timeout_s: float, prefix: str) -> None:
-        import redis.asyncio as aioredis
-        from redis.exceptions import RedisError
-
-        self.client: Any = aioredis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry_on_timeout=False
-        )
+        self.connection = RespConnection(url, timeout_s)
         self.prefix = prefix
-        self._calls = _Coalescer(self.client, self)
-        self.round_trips = 0  # pipelines sent (each carries the scripts of one or more requests)
-        self.failures: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+        self.round_trips = 0  # scripts sent (those of one event-loop turn share one write)
+        self.failures: tuple[type[BaseException], ...] = (RespError, OSError, TimeoutError, hiredis.HiredisError)
+
+    async def _script(self, sha: str, keys: list[str], args: list[Any]) -> Any:
+        self.round_trips += 1
+        try:
+            return await self.connection.call("EVALSHA", sha, len(keys), *keys, *args)
+        except RespError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        # First use on this Redis (or it restarted): load the script, then run it.
+        await self.connection.call("SCRIPT", "LOAD", _SCRIPTS[sha])
+        return await self.connection.call("EVALSHA", sha, len(keys), *keys, *args)
 
     async def admit(self, scopes: list[Scope], tokens: int, budgets: list[Budget], request_id: str) -> Verdict:
         p = self.prefix
@@ -221,7 +172,7 @@ class RedisCounters:
         for b in budgets:
             keys.append(f"{p}budget:{b.id}")
             args.append(b.max_micros)
-        out = await self._calls.call(_ADMIT_SHA, len(keys), *keys, *args)
+        out = await self._script(_ADMIT_SHA, keys, args)
         status = out[0].decode() if isinstance(out[0], bytes) else str(out[0])
         v = Verdict(second=int(out[5]))
         if status != "ok":
@@ -252,7 +203,7 @@ class RedisCounters:
         for b in budgets:
             keys.append(f"{p}budget:{b.id}")
             args.append(b.ttl_s)
-        await self._calls.call(_RELEASE_SHA, len(keys), *keys, *args)
+        await self._script(_RELEASE_SHA, keys, args)
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        await self.connection.aclose()
