@@ -178,3 +178,41 @@ def test_redis_failure_modes(upstream: CountingUpstream, serve: Any, tmp_path: P
             assert "refused (redis.on_redis_error: closed)" in proc.log()
     finally:
         own.kill()
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_leaves_gives_its_slot_back(
+    upstream: CountingUpstream, serve: Any, store: str, stream: bool
+) -> None:
+    keys = [{"key": "${KEY_A}", "alias": "a", "max_parallel_requests": 1}]
+    config: dict[str, Any] = {"model_list": [_dep(upstream, "leave@1.5")], "auth": {"keys": keys}}
+    prefix = f"manifold-test-leave-{free_port()}:"
+    if store == "redis":
+        config["redis"] = {"url": "redis://127.0.0.1:6379/0", "key_prefix": prefix, "on_redis_error": "closed"}
+    proc = serve(config)
+    body = {**BODY, "stream": stream}
+    try:
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up while the upstream still thinks
+            httpx.post(
+                proc.base_url + "/chat/completions",
+                json=body,
+                headers={"authorization": f"Bearer {KEY_A}"},
+                timeout=0.5,
+            )
+        # Its slot comes back (the upstream's answer is still on its way when the gateway cancels it).
+        deadline = time.monotonic() + 5
+        while True:
+            answer = _post(proc, KEY_A, body)
+            if answer.status_code == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert answer.status_code == 200
+    finally:
+        if store == "redis":
+            import redis
+
+            client = redis.Redis()
+            for key in client.scan_iter(match=prefix + "*"):
+                client.delete(key)
+            client.close()
