@@ -32,7 +32,7 @@ def test_configured_prices_and_rounding_up() -> None:
     prices = prices_for(dep)
     assert (prices.input, prices.output, prices.cached_input, prices.source) == (150_000, 600_000, 75_000, "config")
     usage = {"prompt_tokens": 1000, "completion_tokens": 500, "prompt_tokens_details": {"cached_tokens": 100}}
-    # 900 × 0.15 + 100 × 0.075 + 500 × 0.60 = 442.5 micro-dollars: rounded up
+    # 900 x 0.15 + 100 x 0.075 + 500 x 0.60 = 442.5 micro-dollars: rounded up
     assert prices.cost(usage) == 443
     assert prices.cost({"input_tokens": 1000, "output_tokens": 0}) == 150  # the Responses API's spelling
     assert prices.cost(None) == 0
