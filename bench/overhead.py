@@ -14,7 +14,10 @@ requests, samples again, and prints a markdown table. It prints figures and asse
 `--observe` runs one Manifold per observability setting, side by side: `off` (no metrics, no access log),
 `on` (Prometheus metrics and the JSON access log at INFO, written to a file) and `trace` (`on` plus
 OpenTelemetry tracing with a sampler of 1.0, exporting over OTLP/HTTP to a sink in this process). All are
-started first and loaded in turn, `--rounds` times; the summary compares medians.
+started first and loaded in turn, `--rounds` times; the summary compares medians. `access` is `off` plus access
+control (docs/access.md): a static key with rpm, tpm, in-flight and budget limits counted in Redis
+(`BENCH_REDIS_URL`, default redis://127.0.0.1:6379/0; its keys are deleted afterwards) and a priced deployment;
+the Redis scripts each request ran (EVAL/EVALSHA calls, from INFO commandstats) are printed.
 
 The comparable figure is Manifold's CPU milliseconds per request: req/s and latency depend on the machine
 and on the three processes sharing its cores. See bench/README.md.

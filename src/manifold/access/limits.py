@@ -427,6 +427,18 @@ class Admission:
                 report(name, value)
         return Ticket(self, scopes, budgets, tokens, v.second, request_id)
 
+    def price(self, dep: Deployment | None, usage: Any, upstream_model: str | None, report: Report | None) -> int:
+        """The answer's cost in micro-dollars: in `x-manifold-cost` (when `report`) and the request's record."""
+        if dep is None or not isinstance(usage, dict):
+            return 0
+        cost = prices_for(dep, upstream_model).cost(usage)
+        if report is not None:
+            report(COST_HEADER, dollars(cost))
+        rec = CURRENT.get()
+        if rec is not None:
+            rec.cost = cost / 1_000_000
+        return cost
+
     async def finish(
         self,
         ticket: Ticket | None,
@@ -436,14 +448,7 @@ class Admission:
         report: Report | None,
     ) -> None:
         """The request ended: its cost (header when `report`, record), then release and reconcile."""
-        cost = 0
-        if dep is not None and isinstance(usage, dict):
-            cost = prices_for(dep, upstream_model).cost(usage)
-            if report is not None:
-                report(COST_HEADER, dollars(cost))
-            rec = CURRENT.get()
-            if rec is not None:
-                rec.cost = cost / 1_000_000
+        cost = self.price(dep, usage, upstream_model, report)
         if ticket is None or ticket.done:
             return
         ticket.done = True

@@ -111,10 +111,13 @@ def _with_stream_usage(call: Call) -> Call:
 
 def _stream_end(
     admission: Admission, ticket: Any, member: Member, upstream_model: str | None
-) -> Callable[[Any], Awaitable[None]]:
+) -> Callable[[Any], Awaitable[None] | None]:
     dep = member.provider.deployment
 
-    def ended(usage: Any) -> Awaitable[None]:
+    def ended(usage: Any) -> Awaitable[None] | None:
+        if ticket is None:  # nothing to release: only the cost, for the record
+            admission.price(dep, usage, upstream_model, None)
+            return None
         return admission.finish(ticket, dep, usage, upstream_model, None)
 
     return ended
@@ -133,6 +136,10 @@ class Admission(Protocol):
     def finish(
         self, ticket: Any, dep: Deployment | None, usage: Any, upstream_model: str | None, report: Report | None
     ) -> Awaitable[None]: ...
+
+    def price(self, dep: Deployment | None, usage: Any, upstream_model: str | None, report: Report | None) -> int:
+        """Only the cost (header, record) of a request `admit` counted nothing for."""
+        ...
 
 
 class _Nothing:
@@ -316,13 +323,12 @@ class Router:
             raise
         if not streaming:
             member = _ANSWERED.get()
-            await admission.finish(
-                ticket,
-                None if member is None else member.provider.deployment,
-                result.get("usage") if isinstance(result, dict) else None,
-                call.upstream_model,
-                report,
-            )
+            dep = None if member is None else member.provider.deployment
+            usage = result.get("usage") if isinstance(result, dict) else None
+            if ticket is None:
+                admission.price(dep, usage, call.upstream_model, report)
+            else:
+                await admission.finish(ticket, dep, usage, call.upstream_model, report)
         return result
 
     async def _attempts(
@@ -756,7 +762,7 @@ class _Relay:
         self._quota = member.quota
         # Awaited once with the last item's usage (None without one) when the stream ends: the admission's end
         # (before the stream's end reaches the client, so that its next request sees this one's spend).
-        self.on_end: Callable[[Any], Awaitable[None]] | None = None
+        self.on_end: Callable[[Any], Awaitable[None] | None] | None = None
         # Whether the next item has arrived already (the server then batches its writes).
         self.buffered: Callable[[], bool] | None = getattr(stream, "buffered", None)
         self._items = self._relay(first)
@@ -792,7 +798,10 @@ class _Relay:
         on_end = self.on_end
         if on_end is not None:
             self.on_end = None
-            task = asyncio.ensure_future(on_end(last.get("usage") if isinstance(last, dict) else None))
+            done = on_end(last.get("usage") if isinstance(last, dict) else None)
+            if done is None:
+                return
+            task = asyncio.ensure_future(done)
             _background.add(task)
             task.add_done_callback(_background.discard)
             await asyncio.shield(task)  # a client that leaves meanwhile does not stop the release
