@@ -131,8 +131,8 @@ def test_several_workers_need_redis_or_per_process_limits(tmp_path: Path) -> Non
 class OwnRedis:
     """A `redis-server` of this test's own, on a free port, that the test can kill."""
 
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.port = free_port() if port is None else port
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
             cwd=workdir,
@@ -176,6 +176,10 @@ def test_redis_failure_modes(upstream: CountingUpstream, serve: Any, tmp_path: P
             assert answers[0].headers["retry-after"] == "1"
             assert answers[0].json()["error"]["message"] == "The rate limit service is unavailable. Please retry later."
             assert "refused (redis.on_redis_error: closed)" in proc.log()
+        # Redis back (empty: a restart without persistence): the gateway reconnects, loads its scripts again
+        # and counts from zero.
+        own = OwnRedis(tmp_path, own.port)
+        assert [_post(proc, KEY_A).status_code for _ in range(3)] == [200, 200, 429]
     finally:
         own.kill()
 
