@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from manifold.access.limits import WINDOW_S, MemoryCounters, Scope, format_reset, period_start
 from manifold.access.pricing import dollars, micros, prices_for
-from manifold.config import Deployment
+from manifold.config import LocalDeployment, OpenAIDeployment
 
 
 def test_money_is_exact() -> None:
@@ -21,9 +21,8 @@ def test_money_is_exact() -> None:
 
 
 def test_configured_prices_and_rounding_up() -> None:
-    dep = Deployment(
+    dep = OpenAIDeployment(
         model_name="p",
-        provider="openai",
         model="priced",
         input_cost_per_million=0.15,
         output_cost_per_million="0.60",
@@ -39,12 +38,12 @@ def test_configured_prices_and_rounding_up() -> None:
 
 
 def test_dataset_prices_and_free_deployments() -> None:
-    found = prices_for(Deployment(model_name="d", provider="openai", model="gpt-4o-mini"))
+    found = prices_for(OpenAIDeployment(model_name="d", model="gpt-4o-mini"))
     assert found.source == "genai-prices"
     assert found.input > 0 and found.output > found.input
-    local = prices_for(Deployment(model_name="l", provider="local"))
+    local = prices_for(LocalDeployment(model_name="l"))
     assert (local.input, local.output, local.source) == (0, 0, "free")
-    unknown = prices_for(Deployment(model_name="u", provider="openai", model="no-such-model-anywhere"))
+    unknown = prices_for(OpenAIDeployment(model_name="u", model="no-such-model-anywhere"))
     assert unknown.source == "unknown"
 
 

@@ -32,7 +32,7 @@ from typing import Any, Final, Protocol
 
 from manifold.access.pricing import dollars, prices_for
 from manifold.access.principal import CURRENT_PRINCIPAL, Limits, Principal
-from manifold.config import Deployment
+from manifold.config import DeploymentBase
 from manifold.errors import ManifoldError, ServiceUnavailableError
 from manifold.observability.record import CURRENT
 
@@ -427,7 +427,7 @@ class Admission:
                 report(name, value)
         return Ticket(self, scopes, budgets, tokens, v.second, request_id)
 
-    def price(self, dep: Deployment | None, usage: Any, upstream_model: str | None, report: Report | None) -> int:
+    def price(self, dep: DeploymentBase | None, usage: Any, upstream_model: str | None, report: Report | None) -> int:
         """The answer's cost in micro-dollars: in `x-manifold-cost` (when `report`) and the request's record."""
         if dep is None or not isinstance(usage, dict):
             return 0
@@ -442,7 +442,7 @@ class Admission:
     async def finish(
         self,
         ticket: Ticket | None,
-        dep: Deployment | None,
+        dep: DeploymentBase | None,
         usage: Any,
         upstream_model: str | None,
         report: Report | None,

@@ -16,7 +16,7 @@ import logging
 from decimal import Decimal
 from typing import Any, Final
 
-from manifold.config import Deployment
+from manifold.config import DeploymentBase
 
 __all__ = ["Prices", "cost_micros", "dollars", "micros", "prices_for"]
 
@@ -76,7 +76,7 @@ FREE: Final = Prices(0, 0, 0, "free")
 _cache: dict[tuple[str, str, str | None], Prices] = {}
 
 
-def prices_for(dep: Deployment, upstream_model: str | None = None) -> Prices:
+def prices_for(dep: DeploymentBase, upstream_model: str | None = None) -> Prices:
     """The prices of a deployment (for a wildcard group, of the upstream model the request named)."""
     model = upstream_model or dep.upstream_model
     key = (dep.provider, model, dep.id or dep.model_name)
@@ -86,7 +86,7 @@ def prices_for(dep: Deployment, upstream_model: str | None = None) -> Prices:
     return found
 
 
-def _resolve(dep: Deployment, model: str) -> Prices:
+def _resolve(dep: DeploymentBase, model: str) -> Prices:
     configured = (dep.input_cost_per_million, dep.output_cost_per_million, dep.cached_input_cost_per_million)
     if any(p is not None for p in configured) or dep.provider in FREE_PROVIDERS:
         inp = micros(dep.input_cost_per_million or 0)
@@ -127,5 +127,5 @@ def _from_dataset(provider: str, model: str) -> Prices | None:
     return Prices(inp, out, inp if cached is None else cached, "genai-prices")
 
 
-def cost_micros(dep: Deployment, usage: dict[str, Any] | None, upstream_model: str | None = None) -> int:
+def cost_micros(dep: DeploymentBase, usage: dict[str, Any] | None, upstream_model: str | None = None) -> int:
     return prices_for(dep, upstream_model).cost(usage)
