@@ -14,7 +14,10 @@ requests, samples again, and prints a markdown table. It prints figures and asse
 `--observe` runs one Manifold per observability setting, side by side: `off` (no metrics, no access log),
 `on` (Prometheus metrics and the JSON access log at INFO, written to a file) and `trace` (`on` plus
 OpenTelemetry tracing with a sampler of 1.0, exporting over OTLP/HTTP to a sink in this process). All are
-started first and loaded in turn, `--rounds` times; the summary compares medians.
+started first and loaded in turn, `--rounds` times; the summary compares medians. `access` is `off` plus access
+control (docs/access.md): a static key with rpm, tpm, in-flight and budget limits counted in Redis
+(`BENCH_REDIS_URL`, default redis://127.0.0.1:6379/0; its keys are deleted afterwards) and a priced deployment;
+the Redis scripts each request ran (EVAL/EVALSHA calls, from INFO commandstats) are printed.
 
 The comparable figure is Manifold's CPU milliseconds per request: req/s and latency depend on the machine
 and on the three processes sharing its cores. See bench/README.md.
@@ -52,7 +55,12 @@ TARGETS = ("direct", "manifold")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 LITELLM_MS_PER_REQ = "~14-16"
 TARGET_MS_PER_REQ = 0.25
-OBSERVE = ("off", "on", "trace")
+OBSERVE = ("off", "on", "trace", "access")
+# `--observe access`: `off` plus a static key with rpm, tpm, in-flight and budget limits counted in Redis (issue 12).
+ACCESS_KEY = "sk-bench-access-0123456789"
+ACCESS_LIMIT_MS = 0.15
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_PREFIX = f"manifold-bench-{os.getpid()}:"
 OBSERVE_ON_LIMIT_MS = 0.02  # metrics + JSON access log (issue 13)
 
 
@@ -248,12 +256,21 @@ def write_config(workdir: Path, upstream_port: int, observe: str | None = None, 
         "    provider: openai\n"
         f"    api_base: http://{HOST}:{upstream_port}/v1\n"
         "    api_key: sk-bench\n"
-        "server:\n"
     )
+    if observe == "access":  # priced, so that each request's end adds its cost to the budget
+        text += "    input_cost_per_million: 0.15\n    output_cost_per_million: 0.6\n"
+    text += "server:\n"
     if observe is None:
         text += "  log_level: warning\n"
-    elif observe == "off":
+    elif observe in ("off", "access"):
         text += "  log_level: info\n  access_log: false\nmetrics:\n  enabled: false\n"
+        if observe == "access":
+            text += (
+                "auth:\n  keys:\n"
+                f"    - {{key: {ACCESS_KEY}, alias: bench, rpm: 100000000, tpm: 1000000000000, "
+                "max_parallel_requests: 100000, max_budget: 1000000, budget_duration: daily}\n"
+                f"redis:\n  url: {REDIS_URL}\n  key_prefix: '{REDIS_PREFIX}'\n  timeout_s: 5\n"
+            )
     else:
         text += "  log_level: info\n  log_format: json\n  access_log: true\nmetrics:\n  enabled: true\n"
         if observe == "trace":
@@ -347,7 +364,32 @@ class Run:
     manifold_rss_mb_after: float | None = None
     first_error: str | None = None
     manifold_cpu_cores: float | None = None  # Manifold's CPU seconds per wall second in the measured phase
+    redis_calls_per_req: float | None = None  # Redis commands (round trips) per request, `--observe access`
     failed: str | None = None
+
+
+def redis_calls() -> int:
+    """Scripts the Redis server has run so far (INFO commandstats: EVAL, EVALSHA, SCRIPT): Manifold's round
+    trips (the commands a script runs inside are counted apart, and INFO's own call is not among these)."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return sum(int(v["calls"]) for k, v in stats.items() if k.startswith(("cmdstat_eval", "cmdstat_script")))
+
+
+def forget_redis_keys() -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        for key in client.scan_iter(match=REDIS_PREFIX + "*"):
+            client.delete(key)
+    finally:
+        client.close()
 
 
 def run_load(
@@ -381,6 +423,9 @@ def run_load(
     ]
     if run.mode == "stream":
         argv.append("--stream")
+    access = run.target == "manifold (access)"
+    if access:
+        argv += ["--api-key", ACCESS_KEY]
     name = f"loadgen-{run.mode}-{run.target}"
     proc = children.start(name, argv, stdin=True)
     try:
@@ -394,11 +439,14 @@ def run_load(
         if manifold_pid is not None:
             run.manifold_rss_mb_before = rss_mb(manifold_pid)
             mf_cpu0 = cpu_seconds(manifold_pid)
+        calls0 = redis_calls() if access else 0
         assert proc.stdin is not None
         proc.stdin.write(b"go\n")
         proc.stdin.flush()
 
         done = json.loads(read_line(proc.stdout, "the load generator"))
+        if access:
+            run.redis_calls_per_req = (redis_calls() - calls0) / args.requests
         up_cpu1 = cpu_seconds(upstream_pid)
         if manifold_pid is not None:
             mf_cpu1 = cpu_seconds(manifold_pid)
@@ -512,7 +560,13 @@ def report(meta: dict[str, Any], runs: list[Run]) -> str:
                 f"(target {TARGET_MS_PER_REQ} ms; LiteLLM for reference {LITELLM_MS_PER_REQ} ms)"
             )
         off = cpu.get("manifold (off)")
-        for variant, limit in (("on", OBSERVE_ON_LIMIT_MS), ("trace", None)):
+        trips = [r.redis_calls_per_req for r in runs if r.mode == mode and r.redis_calls_per_req is not None]
+        if trips:
+            out.append(
+                f"- {mode}: access (static key, Redis-backed limits and budget) made "
+                f"{statistics.median(trips):.2f} Redis round trips per request; CPU target {ACCESS_LIMIT_MS} ms"
+            )
+        for variant, limit in (("on", OBSERVE_ON_LIMIT_MS), ("trace", None), ("access", None)):
             on = cpu.get(f"manifold ({variant})")
             if off is not None and on is not None:
                 bound = f" (budget {limit} ms)" if limit is not None else ""
@@ -587,6 +641,8 @@ def run_all(
             children.procs.remove(manifold)
         for sink in sinks:
             sink.close()
+        if "access" in (args.observe or []):
+            forget_redis_keys()
     return status
 
 

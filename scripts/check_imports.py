@@ -18,8 +18,8 @@ FORBIDDEN = {
     "storage": {"api", "server", "routing", "providers", "cli"},
     "responses": {"server", "cli"},
     "mcp": {"server", "cli", "frontend", "responses", "routing", "providers"},
-    # Authentication, keys and admission: the server composes them; they never reach back into it.
-    "access": {"server", "cli", "frontend"},
+    # Authentication, limits, budgets, prices: the server wires it into the router; it imports neither.
+    "access": {"server", "cli", "frontend", "routing", "responses"},
     # Schema and loading only: the checks that need providers or routing live in `validation`, run after loading.
     "config": {
         "api",

@@ -24,6 +24,8 @@ from manifold.observability.redaction import Redactor
 
 _T = TypeVar("_T")
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+# A price: a number (or its text) of dollars, read exactly (as its decimal text, never a binary float sum).
+DollarAmount = float | str
 
 
 class Timeouts(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -76,6 +78,14 @@ class DeploymentBase(msgspec.Struct, tag_field="provider", forbid_unknown_fields
     max_concurrency: Annotated[int, msgspec.Meta(ge=1)] | None = None
     max_queue: Annotated[int, msgspec.Meta(ge=0)] = 64
     queue_timeout: PositiveFloat = 30.0
+    # access (docs/access.md): this deployment's own quota (requests and tokens per minute: the router prefers
+    # deployments with room, 429 when none has), and its prices in dollars per million tokens (None: from the
+    # genai-prices dataset; local and python deployments cost 0 unless set)
+    rpm: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    tpm: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    input_cost_per_million: DollarAmount | None = None
+    output_cost_per_million: DollarAmount | None = None
+    cached_input_cost_per_million: DollarAmount | None = None
 
     @property
     def provider(self) -> str:
@@ -292,6 +302,38 @@ class GroupSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, om
     latency_buffer: NonNegativeFloat | None = None
 
 
+class KeyModelLimits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    rpm: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    tpm: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_parallel_requests: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+
+class StaticTeam(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A team's limits and budget, shared by the static keys that name it."""
+
+    rpm: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    tpm: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_parallel_requests: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_budget: DollarAmount | None = None
+    budget_duration: Literal["daily", "weekly", "monthly"] | None = None
+
+
+class StaticKey(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A key declared in the config (`key` usually `${ENV}`): its limits and budget (dollars), its team."""
+
+    key: Annotated[str, msgspec.Meta(min_length=8)]
+    alias: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    user: str | None = None
+    team: str | None = None
+    models: list[str] | None = None
+    rpm: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    tpm: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_parallel_requests: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_budget: DollarAmount | None = None
+    budget_duration: Literal["daily", "weekly", "monthly"] | None = None
+    model_limits: dict[str, KeyModelLimits] = msgspec.field(default_factory=dict)
+
+
 class AuthSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Inbound authentication (docs/access.md). With a master key, or once any virtual key exists, every API
     route needs a key. `key_cache_ttl_s`: how long a replica trusts a key it looked up (a revoked key stops
@@ -299,6 +341,9 @@ class AuthSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     still works."""
 
     master_key: str | None = None
+    # Keys declared in the config (docs/access.md "static keys"): hashed at load, never logged.
+    keys: list[StaticKey] = msgspec.field(default_factory=list)
+    teams: dict[str, StaticTeam] = msgspec.field(default_factory=dict)
     key_cache_ttl_s: Annotated[float, msgspec.Meta(gt=0, le=5)] = 5.0
     rotation_grace_s: NonNegativeFloat = 3600.0
 
@@ -311,6 +356,10 @@ class RedisSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     url: str | None = None
     on_redis_error: Literal["open", "closed"] = "open"
     timeout_s: PositiveFloat = 0.5
+    # Without `url`, several workers are a config error unless this says that limits are per process.
+    limits_per_process: bool = False
+    # Prefix of every key Manifold writes in Redis (several gateways, or tests, may share one Redis).
+    key_prefix: Annotated[str, msgspec.Meta(max_length=64)] = "manifold:"
 
 
 McpApproval = Literal["always", "never"]
@@ -410,6 +459,7 @@ def secrets_of(config: Config) -> list[str]:
             secrets.extend(v for v in server.env.values() if v)
         else:
             secrets.extend(v for v in server.headers.values() if v)
+    secrets.extend(k.key for k in config.auth.keys)
     for url in (config.storage.url, config.redis.url):
         if url and "@" in url and ":" in url.split("@", 1)[0].split("//", 1)[-1]:
             secrets.append(url.split("@", 1)[0].split("//", 1)[-1].split(":", 1)[1])
@@ -625,6 +675,8 @@ def _decode(raw: dict[str, Any], problems: list[str]) -> Decoded:
             dep = _convert_deployment(item, f"model_list[{i}]", found["model_list"])
             if dep is not None:
                 deployments[i] = dep
+                for name in ("input_cost_per_million", "output_cost_per_million", "cached_input_cost_per_million"):
+                    found["model_list"].extend(_dollar_problems(getattr(dep, name), f"model_list[{i}].{name}"))
             else:
                 all_decoded = False
     storage = _convert_part(raw.get("storage", {}), StorageSettings, "storage", found["storage"])
@@ -635,7 +687,13 @@ def _decode(raw: dict[str, Any], problems: list[str]) -> Decoded:
     metrics = _convert_part(raw.get("metrics", {}), MetricsSettings, "metrics", found["metrics"])
     tracing = _convert_part(raw.get("tracing", {}), TracingSettings, "tracing", found["tracing"])
     auth = _convert_part(raw.get("auth", {}), AuthSettings, "auth", found["auth"])
+    if auth is not None:
+        found["auth"].extend(_auth_problems(auth))
     redis = _convert_part(raw.get("redis", {}), RedisSettings, "redis", found["redis"])
+    if redis is not None and server is not None:
+        limited = auth is not None and (auth.master_key is not None or bool(auth.keys))
+        limited = limited or any(d.rpm is not None or d.tpm is not None for d in deployments.values())
+        found["redis"].extend(_redis_problems(redis, server, limited))
     mcp_servers = _convert_mcp_servers(raw.get("mcp_servers", {}), found["mcp_servers"])
     mcp = _convert_part(raw.get("mcp", {}), McpSettings, "mcp", found["mcp"])
     order = [k for k in raw if k in found] + [k for k in found if k not in raw]
@@ -674,6 +732,54 @@ def _decode(raw: dict[str, Any], problems: list[str]) -> Decoded:
         )
     # Names are checked against the deployments only when all of them could be read.
     return Decoded(config, deployments, router if all_decoded else None, problems, _redactor(raw))
+
+
+def _auth_problems(a: AuthSettings) -> list[str]:
+    out: list[str] = []
+    seen: set[str] = set()
+    for i, key in enumerate(a.keys):
+        where = f"auth.keys[{i}]"
+        if key.alias in seen:
+            out.append(f"{where}.alias: {key.alias!r} is used by another key")
+        seen.add(key.alias)
+        if key.team is not None and key.team not in a.teams:
+            out.append(f"{where}.team: {key.team!r} is not in auth.teams")
+        out.extend(_dollar_problems(key.max_budget, f"{where}.max_budget"))
+    for name, team in a.teams.items():
+        out.extend(_dollar_problems(team.max_budget, f"auth.teams.{name}.max_budget"))
+    if len({k.key for k in a.keys}) != len(a.keys):
+        out.append("auth.keys: two keys have the same secret")
+    return out
+
+
+def _dollar_problems(value: DollarAmount | None, where: str) -> list[str]:
+    from decimal import Decimal, InvalidOperation
+
+    if value is None:
+        return []
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        return [f"{where}: {value!r} is not a number of dollars"]
+    if not amount.is_finite() or amount < 0:
+        return [f"{where}: {value!r} must be a number of dollars, 0 or more"]
+    return []
+
+
+def _redis_problems(r: RedisSettings, server: ServerSettings, limited: bool) -> list[str]:
+    """`limited`: keys or deployment quotas exist, whose counts several workers would have to share."""
+    out: list[str] = []
+    if r.url is not None:
+        if not r.url.startswith(("redis://", "rediss://", "unix://")):
+            out.append("redis.url: expected redis://host:port/db, rediss://… or unix://…")
+        elif importlib.util.find_spec("hiredis") is None:
+            out.append("redis.url: needs the hiredis parser, which is not installed: pip install 'manifold[redis]'")
+    elif limited and server.workers > 1 and not r.limits_per_process:
+        out.append(
+            f"redis: server.workers is {server.workers} but redis.url is not set: rate limits, budgets and in-flight "
+            "counts would be per worker. Set redis.url, or redis.limits_per_process: true to accept per-worker limits"
+        )
+    return out
 
 
 def _mcp_problems(mcp: McpSettings, servers: dict[str, McpServerSettings]) -> list[str]:
@@ -752,6 +858,10 @@ def _redactor(raw: dict[str, Any]) -> Redactor:
     auth = raw.get("auth")
     if isinstance(auth, dict):
         secrets.append(str(auth.get("master_key") or ""))
+        keys = auth.get("keys")
+        for key in keys if isinstance(keys, list) else []:
+            if isinstance(key, dict):
+                secrets.append(str(key.get("key") or ""))
     return Redactor(secrets)
 
 

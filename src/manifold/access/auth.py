@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from manifold.access import keys
 from manifold.access.principal import CURRENT_PRINCIPAL, Principal
+from manifold.access.static_keys import StaticKeys
 from manifold.config import AuthSettings, RedisSettings
 from manifold.errors import AuthenticationError, ManifoldError, ServiceUnavailableError
 from manifold.observability.record import CURRENT
@@ -97,6 +98,7 @@ class Authenticator:
         self._host = host
         self.store = store
         self._master = settings.master_key.encode() if settings.master_key else None
+        self.static = StaticKeys(settings)  # `auth.keys` in the config
         self.keys_exist = False
         self._learnt: asyncio.Event | None = None  # set once the first count of keys ended (or failed)
         self._cache: dict[str, _Entry] = {}
@@ -114,7 +116,7 @@ class Authenticator:
 
     @property
     def required(self) -> bool:
-        return self._master is not None or self.keys_exist
+        return self._master is not None or self.keys_exist or bool(self.static.by_hash)
 
     @property
     def learning(self) -> asyncio.Event | None:
@@ -199,6 +201,9 @@ class Authenticator:
         master = self._master
         if master is not None and hmac.compare_digest(raw, master):
             return MASTER
+        static = self.static.resolve(raw)
+        if static is not None:
+            return static
         digest = hashlib.sha256(raw).hexdigest()
         entry = self._cache.get(digest)
         if entry is None or time.monotonic() - entry.fetched > self._ttl:

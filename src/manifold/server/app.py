@@ -17,6 +17,7 @@ from functools import partial
 from typing import Any
 
 from manifold.access.auth import Authenticator, AuthLayer
+from manifold.access.wiring import build_admission
 from manifold.api.operations import ROOT_OPERATIONS
 from manifold.config import Config, ServerSettings, secrets_of
 from manifold.errors import ManifoldError
@@ -64,7 +65,13 @@ class ManifoldApp:
     ) -> None:
         self.config = config
         self.settings: ServerSettings = config.server
-        self.router = router if router is not None else Router(config.model_list, settings=config.router)
+        # Limits, budgets and prices (docs/access.md): the router's admission hook.
+        self.admission = build_admission(config)
+        if router is None:
+            router = Router(config.model_list, settings=config.router, admission=self.admission)
+        elif router.admission is None:
+            router.admission = self.admission
+        self.router = router
         add_secrets(secrets_of(config))  # error messages and logs never show them (observability.redaction)
         self.tracing = tracing_setup.setup(config.tracing.enabled, config.tracing.capture_content, secrets_of(config))
         self.router.observe(config.metrics.enabled, self.tracing)
@@ -140,6 +147,7 @@ class ManifoldApp:
             await self.mcp_gateway.aclose()
             await self.mcp.aclose()
             await self.router.aclose()
+            await self.admission.aclose()
             await self.store.aclose()
             if self._flusher is not None:
                 self._flusher.cancel()
