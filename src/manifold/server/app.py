@@ -83,7 +83,14 @@ class ManifoldApp:
         self.responses = ResponsesEngine(self.router, self.store, config.responses, self.mcp)
         self.auth = Authenticator(config.auth, self.store, config.redis, host=self.settings.host)
         self.services = Services(
-            self.router, self.store, self.responses, self.settings, config, self.auth, self.mcp, self.mcp_gateway
+            self.router,
+            self.store,
+            self.responses,
+            self.settings,
+            config,
+            self.auth,
+            mcp=self.mcp,
+            mcp_gateway=self.mcp_gateway,
         )
         # What needs no key (docs/access.md): health, and the metrics scrape when served on this port.
         self.open_paths = [op.path for op in ROOT_OPERATIONS]
