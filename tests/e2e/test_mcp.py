@@ -696,3 +696,25 @@ def test_chat_execute_mode_returns_a_call_that_needs_approval(http: httpx.Client
     assert json.loads(raw.headers["x-manifold-mcp-calls"]) == []  # not run by the gateway...
     [call] = raw.json()["choices"][0]["message"]["tool_calls"]  # ...but given to the client to decide
     assert call["function"]["name"] == "web__whoami"
+
+
+def test_mcp_routes_need_a_key_when_keys_are_on(tmp_path: Path) -> None:
+    settings = {
+        "model_list": [{"model_name": MODEL, "provider": "python", "handler": "tests.e2e.mcp_handlers:model"}],
+        "auth": {"master_key": "sk-master-mcp-0123456789"},
+        "mcp_servers": {"time": {"command": str(ensure_venv() / "mcp-server-time")}},
+    }
+    proc = ManifoldProcess(settings, tmp_path, env=ENV)
+    try:
+        call = {"name": "time__get_current_time", "arguments": {"timezone": "UTC"}}
+        for path in ("/v1/mcp/tools/call", "/v1/mcp"):
+            assert httpx.post(proc.url + path, json=call).status_code == 401
+        deadline = time.monotonic() + 30
+        key = {"Authorization": "Bearer sk-master-mcp-0123456789"}
+        resp = httpx.post(proc.url + "/v1/mcp/tools/call", json=call, headers=key)
+        while resp.status_code == 404 and time.monotonic() < deadline:  # until the server is connected
+            time.sleep(0.2)
+            resp = httpx.post(proc.url + "/v1/mcp/tools/call", json=call, headers=key)
+        assert resp.status_code == 200 and resp.json()["is_error"] is False
+    finally:
+        proc.stop()
