@@ -17,6 +17,8 @@ FORBIDDEN = {
     "_json": {"api", "server", "routing", "providers", "config", "errors", "cli"},
     "storage": {"api", "server", "routing", "providers", "cli"},
     "responses": {"server", "cli"},
+    # Access control (keys, limits, the usage ledger): the server calls into it, never the reverse.
+    "access": {"server", "cli", "frontend"},
     # A leaf: the server, the router and the providers call into it, never the reverse.
     "observability": {"api", "server", "routing", "providers", "responses", "storage", "frontend", "config", "cli"},
 }

@@ -241,6 +241,18 @@ class RedisSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     timeout_s: PositiveFloat = 0.5
 
 
+class LedgerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The usage ledger (docs/access.md): one row per API request in the store's database (`storage:`).
+    `enabled` None (the default): on when `auth.master_key` is set, off otherwise. Rows are buffered and written
+    every `flush_interval_s` in batches of at most `max_batch` rows (one INSERT each); while the database is
+    down at most `max_buffered_rows` wait in memory, and rows beyond that are dropped (counted, logged)."""
+
+    enabled: bool | None = None
+    flush_interval_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0
+    max_batch: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 500
+    max_buffered_rows: Annotated[int, msgspec.Meta(ge=1)] = 100_000
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     model_list: list[Deployment] = msgspec.field(default_factory=list)
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
@@ -251,6 +263,13 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tracing: TracingSettings = msgspec.field(default_factory=TracingSettings)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
+    ledger: LedgerSettings = msgspec.field(default_factory=LedgerSettings)
+
+    @property
+    def ledger_on(self) -> bool:
+        """Whether the usage ledger records requests (`ledger.enabled`, or by default a master key)."""
+        enabled = self.ledger.enabled
+        return self.auth.master_key is not None if enabled is None else enabled
 
 
 def secrets_of(config: Config) -> list[str]:

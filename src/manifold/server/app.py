@@ -13,6 +13,8 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from manifold.access.ledger import Ledger
+from manifold.access.principal import CURRENT_PRINCIPAL
 from manifold.config import Config, ServerSettings, secrets_of
 from manifold.errors import ManifoldError
 from manifold.observability import tracing as tracing_setup
@@ -24,6 +26,7 @@ from manifold.responses.engine import ResponsesEngine
 from manifold.routing.router import Router
 from manifold.server.asgi import Message, Receive, Request, Scope, Send
 from manifold.server.endpoints import (
+    admin_usage,
     chat,
     completions,
     embeddings,
@@ -106,9 +109,15 @@ class ManifoldApp:
         add_secrets(secrets_of(config))  # error messages and logs never show them (observability.redaction)
         self.tracing = tracing_setup.setup(config.tracing.enabled, config.tracing.capture_content, secrets_of(config))
         self.router.observe(config.metrics.enabled, self.tracing)
-        observing = config.metrics.enabled or self.settings.access_log or self.tracing is not None
-        self.observer = Observer(config.metrics.enabled, self.settings.access_log, self.tracing) if observing else None
         self.store = Store(config.storage)
+        # The usage ledger reads each request's record: with it on there is a record even with no other observer.
+        ignored = [route.path for route in ROOT_ROUTES] + [config.metrics.path]
+        self.ledger = Ledger(self.store, config.ledger, ignored) if config.ledger_on else None
+        sinks = () if self.ledger is None else (self.ledger.record,)
+        observing = config.metrics.enabled or self.settings.access_log or self.tracing is not None or bool(sinks)
+        self.observer = (
+            Observer(config.metrics.enabled, self.settings.access_log, self.tracing, sinks) if observing else None
+        )
         self.responses = ResponsesEngine(self.router, self.store, config.responses)
         self.paths = PathRouter()
         for prefix in self.settings.prefixes:
@@ -117,6 +126,7 @@ class ManifoldApp:
                 self.paths.add(route._replace(path=p + route.path))
         for route in ROOT_ROUTES:
             self.paths.add(route)
+        self.paths.add(Route("GET", "/admin/usage", admin_usage.usage))
         if config.metrics.enabled and config.metrics.port is None:
             self.paths.add(Route("GET", config.metrics.path, metrics.scrape))
         if self.settings.kserve_urls:
@@ -143,6 +153,8 @@ class ManifoldApp:
         if not self._started:
             self._started = True
             self.store.start()  # in the background: nothing waits for it but what stores
+            if self.ledger is not None:
+                self.ledger.start()
             await self.router.start()
             self.responses.start()
             settings = self.config.metrics
@@ -157,6 +169,8 @@ class ManifoldApp:
             self._started = False
             await self.responses.aclose()
             await self.router.aclose()
+            if self.ledger is not None:
+                await self.ledger.aclose()  # the buffered usage rows, before the store closes
             await self.store.aclose()
             if self._flusher is not None:
                 self._flusher.cancel()
@@ -195,6 +209,12 @@ class ManifoldApp:
         rec = CURRENT.get()
         if rec is not None:
             rec.request_id = request.request_id
+            principal = CURRENT_PRINCIPAL.get()  # set by the authentication layer, inside the observing one
+            if principal is not None:
+                rec.key_id = principal.key_id
+                rec.key_alias = principal.key_alias
+                rec.team_id = principal.team_id
+                rec.user = principal.user
         try:
             route, params = self.paths.match(request.method, request.path)
             if rec is not None:

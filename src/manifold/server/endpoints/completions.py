@@ -29,6 +29,10 @@ async def create_completion(app: ManifoldApp, request: Request) -> None:
     call = Call(raw, req.model, request.request_id, bool(req.stream))
     if call.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        if app.ledger is not None and not include_usage:
+            # The ledger's row needs the stream's tokens: asked of the upstream, held back from the client.
+            body = {**raw, "stream_options": {**(raw.get("stream_options") or {}), "include_usage": True}}
+            call = Call(body, req.model, request.request_id, True)
         await stream_chat(
             request,
             lambda: app.router.execute_stream(call, operations.open_completions_stream, request.add_response_header),

@@ -1,0 +1,208 @@
+"""The usage ledger: one row per API request (who, which model and deployment, status, tokens, cost, latency),
+written to the store's database in batches.
+
+- **Off the request's path.** A request's row is built when its record is finished (the observing layer, after
+  the last byte of the answer: a stream's row has its tokens) and appended to an in-memory buffer; nothing
+  waits for the database.
+- **Batched.** A background task writes the buffer every `flush_interval_s` (sooner once `max_batch` rows wait),
+  at most `max_batch` rows per statement: one multi-row INSERT, through the store's writer (`storage/writer.py`,
+  group commit), so a batch is one transaction shared with the process's other durable writes.
+- **Bounded.** A row leaves the buffer only once its batch is committed. While the database is down the task
+  retries (every interval, backing off to 5 s) and keeps at most `max_buffered_rows` rows; a row that finds the
+  buffer full is dropped, counted (`dropped`) and reported in one log line per interval.
+- **Shutdown.** `aclose()` (graceful shutdown, after the server stopped taking requests and in-flight requests
+  ended) writes what is buffered, for up to `SHUTDOWN_WAIT_S`. A SIGKILL loses the rows still in the buffer: those
+  of requests that ended since the last committed flush, i.e. about one `flush_interval_s` (plus the commit in
+  flight), or everything kept while the database was unreachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from manifold.config import LedgerSettings
+from manifold.observability.metrics import LEDGER_BACKLOG, LEDGER_DROPPED
+from manifold.observability.record import RequestRecord
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+    from manifold.storage.store import Store
+
+__all__ = ["SHUTDOWN_WAIT_S", "Ledger"]
+
+log = logging.getLogger("manifold.ledger")
+SHUTDOWN_WAIT_S = 10.0
+MAX_BACKOFF_S = 5.0
+Row = dict[str, Any]
+
+
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else round(seconds * 1000)
+
+
+def row_of(rec: RequestRecord) -> Row:
+    """The ledger row of a finished request."""
+    cost = rec.cost_micros
+    if cost is None and rec.cost is not None:
+        cost = round(rec.cost * 1_000_000)
+    return {
+        "request_id": rec.request_id,
+        "created_at": round(rec.wall_start * 1000),
+        "key_id": rec.key_id,
+        "key_alias": rec.key_alias,
+        "team_id": rec.team_id,
+        "user_id": rec.user,
+        "model": rec.model_label or rec.model,
+        "deployment": rec.deployment,
+        "endpoint": rec.route,
+        "status": rec.status,
+        "stream": rec.stream,
+        "input_tokens": rec.input_tokens,
+        "cached_input_tokens": rec.cached_tokens,
+        "output_tokens": rec.output_tokens,
+        "reasoning_tokens": rec.reasoning_tokens,
+        "cost_micros": cost,
+        "latency_ms": round((rec.end - rec.start) * 1000),
+        "ttft_ms": _ms(rec.ttft),
+        "attempts": rec.attempts,
+    }
+
+
+def _insert(rows: list[Row]) -> Any:
+    def apply(conn: Connection) -> None:
+        from sqlalchemy import insert
+
+        from manifold.storage.tables import usage
+
+        conn.execute(insert(usage).values(rows))  # one statement: INSERT … VALUES (…), (…), …
+
+    return apply
+
+
+class Ledger:
+    """Rows of `record`ed requests, written by `start`'s task; `ignored`: route templates that get no row
+    (health, metrics), besides unmatched paths and `/admin/…`."""
+
+    def __init__(self, store: Store, settings: LedgerSettings, ignored: Iterable[str] = ()) -> None:
+        self.store = store
+        self.settings = settings
+        self._ignored = frozenset(ignored)
+        self._rows: collections.deque[Row] = collections.deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.written = 0  # rows committed (figures for tests, benchmarks and the shutdown line)
+        self.dropped = 0  # rows refused because the buffer was full (or left at shutdown)
+        self.failed_flushes = 0
+        self._dropped_logged = 0
+        self._failure_logged_at = 0.0
+
+    @property
+    def pending(self) -> int:
+        return len(self._rows)
+
+    def record(self, rec: RequestRecord) -> None:
+        """Buffer the row of a finished request (an observer sink: called once per request, on the loop)."""
+        route = rec.route
+        if route is None or route in self._ignored or route.startswith("/admin"):
+            return
+        if len(self._rows) >= self.settings.max_buffered_rows or (self._closing and self._task is None):
+            self.dropped += 1
+            return
+        self._rows.append(row_of(rec))
+        if len(self._rows) >= self.settings.max_batch:
+            self._wake.set()
+
+    def start(self) -> None:
+        if self._task is None and not self._closing:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def aclose(self, wait_s: float = SHUTDOWN_WAIT_S) -> None:
+        """Write what is buffered (for up to `wait_s` seconds), then stop; count what could not be written."""
+        self._closing = True
+        self._wake.set()
+        task = self._task
+        if task is not None:
+            await asyncio.wait([task], timeout=wait_s)
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            self._task = None
+        if self._rows:
+            self.dropped += len(self._rows)
+            LEDGER_DROPPED.inc(len(self._rows))
+            log.error("ledger: %d row(s) not written at shutdown (the database did not take them)", len(self._rows))
+            self._rows.clear()
+        self._report_drops()
+
+    async def _run(self) -> None:
+        interval = self.settings.flush_interval_s
+        delay = interval
+        while True:
+            if not self._closing:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
+            self._wake.clear()
+            ok = await self._flush()
+            LEDGER_BACKLOG.set(len(self._rows))
+            self._report_drops()
+            if self._closing and (ok or not self._rows):
+                return
+            if ok:
+                delay = interval
+            else:
+                delay = min(delay * 2, MAX_BACKOFF_S)
+                if self._closing:
+                    await asyncio.sleep(min(delay, 1.0))
+
+    async def _flush(self) -> bool:
+        """Write the buffered rows, a batch at a time; False when the database refused (the rows stay)."""
+        rows = self._rows
+        while rows:
+            size = min(len(rows), self.settings.max_batch)
+            batch = list(itertools.islice(rows, size))
+            try:
+                from manifold.storage.writer import Write
+
+                writes = await self.store.writes()
+                await writes.submit(Write(apply=_insert(batch)))
+            except Exception as exc:  # noqa: BLE001 - the database is down or refused: keep the rows, retry later
+                self.failed_flushes += 1
+                self._report_failure(exc)
+                return False
+            for _ in range(size):
+                rows.popleft()
+            self.written += size
+        return True
+
+    def _report_failure(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._failure_logged_at >= self.settings.flush_interval_s:
+            self._failure_logged_at = now
+            cause = exc.__cause__ or exc
+            log.warning(
+                "ledger: cannot write usage rows (%s: %s); %d row(s) kept, retrying",
+                type(cause).__name__,
+                cause,
+                len(self._rows),
+            )
+
+    def _report_drops(self) -> None:
+        if self.dropped > self._dropped_logged:
+            log.error(
+                "ledger: %d usage row(s) dropped (buffer full at %d rows: the database is unreachable); %d in all",
+                self.dropped - self._dropped_logged,
+                self.settings.max_buffered_rows,
+                self.dropped,
+            )
+            self._dropped_logged = self.dropped
