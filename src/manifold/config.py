@@ -477,6 +477,9 @@ def _build(raw: dict[str, Any], problems: list[str]) -> Config:
     router = _convert_router(raw.get("router", {}), found["router"])
     metrics = _convert_part(raw.get("metrics", {}), MetricsSettings, "metrics", found["metrics"])
     tracing = _convert_part(raw.get("tracing", {}), TracingSettings, "tracing", found["tracing"])
+    auth = _convert_part(raw.get("auth", {}), AuthSettings, "auth", found["auth"])
+    redis = _convert_part(raw.get("redis", {}), RedisSettings, "redis", found["redis"])
+    ledger = _convert_part(raw.get("ledger", {}), LedgerSettings, "ledger", found["ledger"])
     order = [k for k in raw if k in found] + [k for k in found if k not in raw]
     for name in order:
         problems.extend(found[name])
@@ -493,6 +496,9 @@ def _build(raw: dict[str, Any], problems: list[str]) -> Config:
         or router is None
         or metrics is None
         or tracing is None
+        or auth is None
+        or redis is None
+        or ledger is None
     ):
         raise ConfigError(_without_secrets(raw, problems))
     return Config(
@@ -503,6 +509,9 @@ def _build(raw: dict[str, Any], problems: list[str]) -> Config:
         router=router,
         metrics=metrics,
         tracing=tracing,
+        auth=auth,
+        redis=redis,
+        ledger=ledger,
     )
 
 
@@ -519,6 +528,9 @@ def _without_secrets(raw: dict[str, Any], problems: list[str]) -> list[str]:
     responses = raw.get("responses")
     if isinstance(responses, dict):
         secrets.append(str(responses.get("compaction_key") or ""))
+    auth = raw.get("auth")
+    if isinstance(auth, dict):
+        secrets.append(str(auth.get("master_key") or ""))
     redact = Redactor(secrets)
     return [redact(p) for p in problems]
 

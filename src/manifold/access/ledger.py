@@ -116,6 +116,7 @@ class Ledger:
             return
         if len(self._rows) >= self.settings.max_buffered_rows or (self._closing and self._task is None):
             self.dropped += 1
+            LEDGER_DROPPED.inc()
             return
         self._rows.append(row_of(rec))
         if len(self._rows) >= self.settings.max_batch:
