@@ -3,7 +3,7 @@
     python bench/overhead.py [--requests 3000] [--warmup 300] [--concurrency 16] [--latency-ms 0]
                              [--chunks 20] [--modes non-stream,stream] [--targets direct,manifold]
                              [--manifold-cmd "python -m manifold serve"] [--json PATH] [--timeout 300]
-                             [--observe off,on,trace] [--rounds 5]
+                             [--observe off,on,trace,ledger] [--rounds 5]
 
 Three processes besides this one, all on 127.0.0.1: the fake upstream (bench/fake_upstream.py), Manifold
 (``manifold serve``, one worker) and, for each run, the load generator (bench/loadgen.py). For every mode
@@ -13,7 +13,8 @@ requests, samples again, and prints a markdown table. It prints figures and asse
 
 `--observe` runs one Manifold per observability setting, side by side: `off` (no metrics, no access log),
 `on` (Prometheus metrics and the JSON access log at INFO, written to a file) and `trace` (`on` plus
-OpenTelemetry tracing with a sampler of 1.0, exporting over OTLP/HTTP to a sink in this process). All are
+OpenTelemetry tracing with a sampler of 1.0, exporting over OTLP/HTTP to a sink in this process) and `ledger`
+(`off` plus the usage ledger: a row per request, written in batches to a SQLite file in the work directory). All are
 started first and loaded in turn, `--rounds` times; the summary compares medians.
 
 The comparable figure is Manifold's CPU milliseconds per request: req/s and latency depend on the machine
@@ -52,7 +53,7 @@ TARGETS = ("direct", "manifold")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 LITELLM_MS_PER_REQ = "~14-16"
 TARGET_MS_PER_REQ = 0.25
-OBSERVE = ("off", "on", "trace")
+OBSERVE = ("off", "on", "trace", "ledger")
 OBSERVE_ON_LIMIT_MS = 0.02  # metrics + JSON access log (issue 13)
 
 
@@ -225,7 +226,8 @@ def start_upstream(children: Children, args: argparse.Namespace) -> tuple[subpro
 
 def write_config(workdir: Path, upstream_port: int, observe: str | None = None) -> Path:
     """`observe` None: the defaults (metrics on, access log below the `warning` level); `off`: metrics and
-    access log off; `on` / `trace`: metrics on and the JSON access log written at `info`."""
+    access log off; `on` / `trace`: metrics on and the JSON access log written at `info`; `ledger`: `off` and the
+    usage ledger on (SQLite in the work directory)."""
     path = workdir / f"manifold-{observe or 'default'}.yaml"
     text = (
         "model_list:\n"
@@ -237,8 +239,10 @@ def write_config(workdir: Path, upstream_port: int, observe: str | None = None) 
     )
     if observe is None:
         text += "  log_level: warning\n"
-    elif observe == "off":
+    elif observe in ("off", "ledger"):
         text += "  log_level: info\n  access_log: false\nmetrics:\n  enabled: false\n"
+        if observe == "ledger":
+            text += f"ledger:\n  enabled: true\nstorage:\n  data_dir: {workdir / 'ledger-data'}\n"
     else:
         text += "  log_level: info\n  log_format: json\n  access_log: true\nmetrics:\n  enabled: true\n"
         if observe == "trace":
@@ -493,11 +497,12 @@ def report(meta: dict[str, Any], runs: list[Run]) -> str:
                 f"(target {TARGET_MS_PER_REQ} ms; LiteLLM for reference {LITELLM_MS_PER_REQ} ms)"
             )
         off = cpu.get("manifold (off)")
-        for variant, limit in (("on", OBSERVE_ON_LIMIT_MS), ("trace", None)):
+        for variant, limit in (("on", OBSERVE_ON_LIMIT_MS), ("trace", None), ("ledger", None)):
             on = cpu.get(f"manifold ({variant})")
             if off is not None and on is not None:
                 bound = f" (budget {limit} ms)" if limit is not None else ""
-                out.append(f"- {mode}: observability `{variant}` costs {on - off:+.3f} ms of CPU per request{bound}")
+                what = "the usage ledger" if variant == "ledger" else f"observability `{variant}`"
+                out.append(f"- {mode}: {what} costs {on - off:+.3f} ms of CPU per request{bound}")
     out += [
         "",
         "Notes: CPU per request is the comparable figure: it is the CPU time (user + system, all threads) "

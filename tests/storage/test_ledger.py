@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from manifold.access.ledger import Ledger
+from manifold.access.ledger import COLUMNS, Ledger
 from manifold.access.usage_report import UsageQuery, parse_query, usage_groups
 from manifold.config import LedgerSettings, StorageSettings
 from manifold.errors import InvalidRequestError
@@ -216,6 +216,10 @@ def test_query_parameters_refused_by_name() -> None:
         assert caught.value.status == 400
     assert parse_query({"start": "2025-12-02T01:00:00", "end": "2025-12-02T02:00:00+01:00"}).start == T0 + 3600
     assert parse_query({"end": "2025-12-02T02:00:00+01:00"}).end == T0 + 3600
+
+
+def test_insert_names_every_column() -> None:
+    assert [c.name for c in tables.usage.columns if c.name != "seq"] == list(COLUMNS)
 
 
 def test_usage_details_spellings() -> None:
