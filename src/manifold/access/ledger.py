@@ -137,6 +137,7 @@ class Ledger:
         self._ignored = frozenset(ignored)
         self._rows: collections.deque[Row] = collections.deque()
         self._wake = asyncio.Event()
+        self._flushing = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.written = 0  # rows committed (figures for tests, benchmarks and the shutdown line)
@@ -162,9 +163,9 @@ class Ledger:
         if len(self._rows) >= self.settings.max_batch:
             self._wake.set()
 
-    def flush_soon(self) -> None:
-        """Write the buffered rows now rather than at the end of the interval (benchmarks, tests)."""
-        self._wake.set()
+    async def flush(self) -> bool:
+        """Write the buffered rows now (benchmarks, tests); False if the database refused them (they stay)."""
+        return await self._flush()
 
     def start(self) -> None:
         if self._task is None and not self._closing:
@@ -212,6 +213,10 @@ class Ledger:
 
     async def _flush(self) -> bool:
         """Write the buffered rows, a batch at a time; False when the database refused (the rows stay)."""
+        async with self._flushing:  # one flush at a time: a batch leaves the buffer only once committed
+            return await self._flush_batches()
+
+    async def _flush_batches(self) -> bool:
         rows = self._rows
         while rows:
             size = min(len(rows), self.settings.max_batch)
