@@ -180,6 +180,33 @@ async def test_multi_row_batches(store: Store) -> None:
     assert writes.writes - before == 3  # 4 + 4 + 2 rows
 
 
+async def test_rows_the_database_refuses_never_stop_the_ledger(store: Store) -> None:
+    """A hostile upstream's token count beyond 64 bits, a NUL in a model name: the batch is written with those
+    values made storable (nulled, removed); the rows around it are written as they were."""
+    ledger = Ledger(store, LedgerSettings(enabled=True, flush_interval_s=30, max_batch=3))
+    huge = record(1, key="k", team=None, model="m", at=T0)
+    huge.input_tokens = 10**30
+    nul = record(2, key="k", team=None, model="bad\x00name", at=T0)
+    for rec in (
+        record(0, key="k", team=None, model="m", at=T0),
+        huge,
+        nul,
+        record(3, key="k", team=None, model="m", at=T0),
+    ):
+        ledger.record(rec)
+    assert await ledger.flush()
+    assert (ledger.written, ledger.dropped, ledger.pending) == (4, 0, 0)
+    async with store.engine.connect() as conn:
+        rows = (await conn.execute(select(tables.usage).order_by(tables.usage.c.seq))).mappings().all()
+    assert [(r["request_id"], r["input_tokens"], r["model"]) for r in rows] == [
+        ("req-0", 10, "m"),
+        ("req-1", None, "m"),
+        ("req-2", 12, "badname"),
+        ("req-3", 13, "m"),
+    ]
+    await ledger.aclose()
+
+
 async def test_buffer_bounded_while_database_unreachable() -> None:
     """Nothing listens on the database's port: rows are kept up to the bound, the rest dropped and counted; at
     shutdown the kept ones are counted as dropped too."""

@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from manifold.config import LedgerSettings
+from manifold.errors import ServiceUnavailableError
 from manifold.observability.metrics import LEDGER_BACKLOG, LEDGER_DROPPED
 from manifold.observability.record import RequestRecord
 
@@ -127,6 +128,29 @@ def _insert(rows: list[Row]) -> Any:
     return apply
 
 
+_LIMITS = {0: 128, 2: 64, 4: 64}  # request_id, key_id, team_id: their columns' lengths
+_INT64 = 2**63
+
+
+def _storable(row: Row) -> Row:
+    """The row with what a database refuses made storable: integers beyond 64 bits nulled, NUL characters
+    removed, ids cut to their columns' lengths."""
+    out: list[Any] = []
+    for i, value in enumerate(row):
+        if isinstance(value, int) and not isinstance(value, bool) and not -_INT64 <= value < _INT64:
+            value = None
+        elif isinstance(value, str):
+            value = value.replace("\x00", "")[: _LIMITS.get(i)]
+        out.append(value)
+    return tuple(out)
+
+
+def _why(exc: BaseException) -> str:
+    """The failure in one short line (a driver's message can quote the whole statement on the next lines)."""
+    cause = exc.__cause__ or exc
+    return f"{type(cause).__name__}: {str(cause).partition(chr(10))[0][:300]}"
+
+
 class Ledger:
     """Rows of `record`ed requests, written by `start`'s task; `ignored`: route templates that get no row
     (health, metrics), besides unmatched paths and `/admin/…`."""
@@ -221,31 +245,54 @@ class Ledger:
         while rows:
             size = min(len(rows), self.settings.max_batch)
             batch = list(itertools.islice(rows, size))
-            try:
-                from manifold.storage.writer import Write
-
-                writes = await self.store.writes()
-                await writes.submit(Write(apply=_insert(batch)))
-            except Exception as exc:  # noqa: BLE001 - the database is down or refused: keep the rows, retry later
+            failure = await self._write(batch)
+            if failure is not None and not self._database_gone(failure):
+                # The database refused the rows' data (a number out of range, a NUL in a text…), not the
+                # connection: once more with the values it cannot store nulled, else the batch is dropped, so
+                # that one bad row never stops the ledger.
+                cleaned = [_storable(row) for row in batch]
+                failure = await self._write(cleaned) if cleaned != batch else failure
+                if failure is not None and not self._database_gone(failure):
+                    for _ in range(size):
+                        rows.popleft()
+                    self.dropped += size
+                    LEDGER_DROPPED.inc(size)
+                    log.error("ledger: %d usage row(s) dropped: the database refused them (%s)", size, _why(failure))
+                    continue
+            if failure is not None:
                 self.failed_flushes += 1
-                self._report_failure(exc)
+                self._report_failure(failure)
                 return False
             for _ in range(size):
                 rows.popleft()
             self.written += size
         return True
 
+    async def _write(self, batch: list[Row]) -> Exception | None:
+        try:
+            from manifold.storage.writer import Write
+
+            writes = await self.store.writes()
+            await writes.submit(Write(apply=_insert(batch)))
+        except Exception as exc:  # noqa: BLE001 - told apart by the caller: database gone (retry) or data refused
+            return exc
+        return None
+
+    def _database_gone(self, exc: Exception) -> bool:
+        from manifold.storage.writer import database_gone
+
+        if not self.store.is_open:
+            return True
+        if isinstance(exc, ServiceUnavailableError):  # the writer's answer for any database failure
+            cause = exc.__cause__
+            return not isinstance(cause, Exception) or database_gone(cause)
+        return database_gone(exc)
+
     def _report_failure(self, exc: BaseException) -> None:
         now = time.monotonic()
         if now - self._failure_logged_at >= self.settings.flush_interval_s:
             self._failure_logged_at = now
-            cause = exc.__cause__ or exc
-            log.warning(
-                "ledger: cannot write usage rows (%s: %s); %d row(s) kept, retrying",
-                type(cause).__name__,
-                cause,
-                len(self._rows),
-            )
+            log.warning("ledger: cannot write usage rows (%s); %d row(s) kept, retrying", _why(exc), len(self._rows))
 
     def _report_drops(self) -> None:
         if self.dropped > self._dropped_logged:
