@@ -26,12 +26,13 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from manifold import _json
-from manifold.config import Config, parse_config
+from manifold.config import Config
 from manifold.observability import tracing
 from manifold.observability.logging import configure
 from manifold.providers.base import Call, Capability, Provider
 from manifold.routing.router import Router
 from manifold.server.app import ManifoldApp
+from manifold.validation import parse_config
 
 ANSWER = {
     "id": "chatcmpl-bench",

@@ -19,6 +19,20 @@ FORBIDDEN = {
     "responses": {"server", "cli"},
     # Access control (keys, limits, the usage ledger): the server calls into it, never the reverse.
     "access": {"server", "cli", "frontend"},
+    # Schema and loading only: the checks that need providers or routing live in `validation`, run after loading.
+    "config": {
+        "api",
+        "server",
+        "routing",
+        "providers",
+        "responses",
+        "storage",
+        "frontend",
+        "cli",
+        "validation",
+    },
+    # The validation step after loading: it may read providers and routing, nothing serves from it.
+    "validation": {"server", "responses", "storage", "frontend", "cli"},
     # A leaf: the server, the router and the providers call into it, never the reverse.
     "observability": {"api", "server", "routing", "providers", "responses", "storage", "frontend", "config", "cli"},
 }

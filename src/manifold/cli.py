@@ -12,8 +12,9 @@ from collections.abc import Iterator, Sequence
 
 import msgspec
 
-from manifold.config import Config, environment_problems, load_config, secrets_of, serves_embedded_default
+from manifold.config import Config, environment_problems, secrets_of, serves_embedded_default
 from manifold.errors import ConfigError
+from manifold.validation import load_config
 
 CONFIG_ENV = "MANIFOLD_CONFIG"
 # `serve --handler`: what each worker process serves (manifold.frontend, docs/frontend.md).

@@ -30,8 +30,8 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
-from manifold.config import Deployment, RouterSettings
-from manifold.errors import ConfigError, GatewayTimeoutError, ManifoldError, ModelNotFoundError, ServiceUnavailableError
+from manifold.config import DeploymentBase, RouterSettings
+from manifold.errors import GatewayTimeoutError, ManifoldError, ModelNotFoundError, ServiceUnavailableError
 from manifold.observability import metrics as m
 from manifold.observability.record import CURRENT, usage_details
 from manifold.observability.record import RequestRecord as RecordT
@@ -116,36 +116,39 @@ _OPERATION_NAMES: Final[dict[Callable[..., Any], str]] = {
 
 
 class Router:
+    """`deployments` are served by the providers `factory` makes of them, or by `providers` when given (one per
+    deployment, in order). One provider may serve several deployments (names): it is started, probed and
+    closed once."""
+
     def __init__(
         self,
-        deployments: list[Deployment],
-        factory: Callable[[Deployment], Provider] = create_provider,
+        deployments: Sequence[DeploymentBase],
+        factory: Callable[[DeploymentBase], Provider] = create_provider,
         settings: RouterSettings | None = None,
         rng: random.Random | None = None,
+        *,
+        providers: Sequence[Provider] | None = None,
     ) -> None:
         settings = settings if settings is not None else RouterSettings()
         self.settings = settings
         created = int(time.time())
+        if providers is None:
+            providers = [factory(dep) for dep in deployments]
+        elif len(providers) != len(deployments):
+            raise ValueError(f"{len(providers)} providers for {len(deployments)} deployments: give one for each")
         by_name: dict[str, list[Provider]] = {}
-        self.providers: list[Provider] = []
-        for dep in deployments:
-            provider = factory(dep)
-            self.providers.append(provider)
+        for dep, provider in zip(deployments, providers, strict=True):
             by_name.setdefault(dep.model_name, []).append(provider)
+        self.providers: list[Provider] = list({id(p): p for p in providers}.values())
         self.groups = {
             name: ModelGroup(name, ps, created, Policy(settings, settings.groups.get(name)), rng)
             for name, ps in by_name.items()
         }
         self.aliases = dict(settings.model_alias)
         self.table: NameTable[ModelGroup] = NameTable(self.groups, self.aliases)
-        problems: list[str] = []
         for group in self.groups.values():
-            group.fallbacks = self._chain(group, group.policy.fallbacks, "fallbacks", problems)
-            group.context_window_fallbacks = self._chain(
-                group, group.policy.context_window_fallbacks, "context_window_fallbacks", problems
-            )
-        if problems:
-            raise ConfigError(problems)
+            group.fallbacks = self._chain(group, group.policy.fallbacks)
+            group.context_window_fallbacks = self._chain(group, group.policy.context_window_fallbacks)
         self.tracing: Tracing | None = None
 
     def observe(self, metrics: bool, tracing: Tracing | None = None) -> None:
@@ -157,13 +160,13 @@ class Router:
                     dep = member.provider.deployment
                     member.attach(m.DeploymentMetrics(member.label, group.name, dep.provider, dep.upstream_model))
 
-    def _chain(self, group: ModelGroup, names: list[str], key: str, problems: list[str]) -> tuple[Target, ...]:
+    def _chain(self, group: ModelGroup, names: list[str]) -> tuple[Target, ...]:
+        """The fallback targets, in order, without the group itself and repeats. A name that resolves to nothing
+        is a config problem `manifold.validation.validate` reports (the router does not check it again)."""
         chain: list[Target] = []
-        for i, name in enumerate(names):
+        for name in names:
             target = self.table.resolve(name)
-            if target is None:
-                problems.append(f"router.groups.{group.name}.{key}[{i}]: {name!r} is not a model name")
-            elif target != (group, None) and target not in chain:
+            if target is not None and target != (group, None) and target not in chain:
                 chain.append(target)
         return tuple(chain)
 

@@ -1,8 +1,10 @@
 """The ASGI application: prefix mounts, dispatch, request ids, the error envelope, lifespan, disconnects.
 
-It is a plain ASGI callable (mountable in Starlette or FastAPI). Every API route is listed once in `API_ROUTES`
-and mounted under each configured prefix. Around the dispatch sit the request layers, composed in one place
-(`ManifoldApp.compose`): each is `layer(inner) -> ASGI app`, outermost first.
+It is a plain ASGI callable (mountable in Starlette or FastAPI). Its routes come from the one route table
+(`manifold.api.operations`, served by `manifold.server.handlers`); a handler takes `(services, request,
+**path_params)`, `services` holding exactly what endpoints use (`manifold.server.services`). Around the dispatch
+sit the request layers, composed in one place (`ManifoldApp.compose`): each is `layer(inner) -> ASGI app`,
+outermost first.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any
 
 from manifold.access.ledger import Ledger
 from manifold.access.principal import CURRENT_PRINCIPAL
+from manifold.api.operations import ROOT_OPERATIONS
 from manifold.config import Config, ServerSettings, secrets_of
 from manifold.errors import ManifoldError
 from manifold.observability import tracing as tracing_setup
@@ -25,84 +29,38 @@ from manifold.observability.redaction import add_secrets
 from manifold.responses.engine import ResponsesEngine
 from manifold.routing.router import Router
 from manifold.server.asgi import Message, Receive, Request, Scope, Send
-from manifold.server.endpoints import (
-    admin_usage,
-    chat,
-    completions,
-    embeddings,
-    health,
-    images,
-    kserve_urls,
-    metrics,
-    models,
-    responses_api,
-    stored_chat,
-)
+from manifold.server.endpoints import metrics
+from manifold.server.handlers import default_routes
 from manifold.server.middleware.observe import ObserveRequests
+from manifold.server.middleware.request_id import request_ids
 from manifold.server.routes import Handler, PathRouter, Route
+from manifold.server.services import Services
 from manifold.storage import Store
 
 log = logging.getLogger("manifold.server")
 
 ASGIApp = Callable[[Scope, Receive, Send], Any]
-# A request layer: wraps the app inside it (issue 11's request id, auth and limits are layers too).
+# A request layer: wraps the app inside it (a pure ASGI app around another; docs/library.md).
 Layer = Callable[[ASGIApp], ASGIApp]
-
-# The OpenAI API, mounted under every prefix. `cancellable`: the handler waits on an upstream.
-API_ROUTES = (
-    Route("POST", "/chat/completions", chat.create_chat_completion, cancellable=True),
-    Route("GET", "/models", models.list_models),
-    Route("GET", "/models/{model:path}", models.retrieve_model),
-    Route("GET", "/chat/completions", stored_chat.list_chat_completions),
-    Route("GET", "/chat/completions/{completion_id}", stored_chat.retrieve_chat_completion),
-    Route("POST", "/chat/completions/{completion_id}", stored_chat.update_chat_completion),
-    Route("DELETE", "/chat/completions/{completion_id}", stored_chat.delete_chat_completion),
-    Route("GET", "/chat/completions/{completion_id}/messages", stored_chat.list_chat_completion_messages),
-    Route("POST", "/completions", completions.create_completion, cancellable=True),
-    Route("POST", "/embeddings", embeddings.create_embeddings, cancellable=True),
-    Route("POST", "/images/generations", images.create_image, cancellable=True),
-    # The Responses API (docs/responses.md). A background response runs in its own task: a client that leaves
-    # cancels only its foreground work.
-    Route("POST", "/responses", responses_api.create_response, cancellable=True),
-    Route("POST", "/responses/input_tokens", responses_api.count_input_tokens, cancellable=True),
-    Route("POST", "/responses/compact", responses_api.compact_response, cancellable=True),
-    Route("GET", "/responses/{response_id}", responses_api.retrieve_response),
-    Route("DELETE", "/responses/{response_id}", responses_api.delete_response),
-    Route("POST", "/responses/{response_id}/cancel", responses_api.cancel_response),
-    Route("GET", "/responses/{response_id}/input_items", responses_api.list_input_items),
-)
-# Outside the prefixes.
-ROOT_ROUTES = (
-    Route("GET", "/health", health.alive),
-    Route("GET", "/health/ready", health.ready),
-)
-# KServe-style per-model URLs (Seldon Core 2's OpenAI scheme), outside the prefixes; `server.kserve_urls: false`
-# leaves them out.
-KSERVE_ROUTES = (
-    Route("POST", "/v2/models/{model:path}/infer/chat/completions", kserve_urls.chat_completions, cancellable=True),
-    Route(
-        "POST",
-        "/v2/models/{model:path}/infer_stream/chat/completions",
-        kserve_urls.stream_chat_completions,
-        cancellable=True,
-    ),
-    Route("POST", "/v2/models/{model:path}/infer/embeddings", kserve_urls.embeddings, cancellable=True),
-    Route("POST", "/v2/models/{model:path}/infer_stream/embeddings", kserve_urls.embeddings, cancellable=True),
-    Route("POST", "/v2/models/{model:path}/infer/images/generations", kserve_urls.images_generations, cancellable=True),
-    Route(
-        "POST",
-        "/v2/models/{model:path}/infer_stream/images/generations",
-        kserve_urls.images_generations,
-        cancellable=True,
-    ),
-)
 
 
 class ManifoldApp:
-    """`layers`: a library user's own request layers, inside Manifold's observing layer (so that their
-    refusals are counted and logged too)."""
+    """The gateway as an ASGI app.
 
-    def __init__(self, config: Config, router: Router | None = None, layers: Sequence[Layer] = ()) -> None:
+    `router`: the router to serve (default: one built from `config.model_list`). `routes`: the routes to mount
+    (default: those `config` asks for, `manifold.server.handlers.default_routes`); more can be mounted later with
+    `add_route`. `layers`: a library user's own request layers, inside Manifold's observing and request-id
+    layers (so that their refusals are counted, logged and carry the request's id); the first is outermost.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        router: Router | None = None,
+        layers: Sequence[Layer] = (),
+        *,
+        routes: Iterable[Route] | None = None,
+    ) -> None:
         self.config = config
         self.settings: ServerSettings = config.server
         self.router = router if router is not None else Router(config.model_list, settings=config.router)
@@ -111,7 +69,7 @@ class ManifoldApp:
         self.router.observe(config.metrics.enabled, self.tracing)
         self.store = Store(config.storage)
         # The usage ledger reads each request's record: with it on there is a record even with no other observer.
-        ignored = [route.path for route in ROOT_ROUTES] + [config.metrics.path]
+        ignored = [op.path for op in ROOT_OPERATIONS] + [config.metrics.path]
         self.ledger = Ledger(self.store, config.ledger, ignored) if config.ledger_on else None
         sinks = () if self.ledger is None else (self.ledger.record,)
         observing = config.metrics.enabled or self.settings.access_log or self.tracing is not None or bool(sinks)
@@ -119,31 +77,35 @@ class ManifoldApp:
             Observer(config.metrics.enabled, self.settings.access_log, self.tracing, sinks) if observing else None
         )
         self.responses = ResponsesEngine(self.router, self.store, config.responses)
-        self.paths = PathRouter()
-        for prefix in self.settings.prefixes:
-            p = "" if prefix == "/" else prefix
-            for route in API_ROUTES:
-                self.paths.add(route._replace(path=p + route.path))
-        for route in ROOT_ROUTES:
-            self.paths.add(route)
-        self.paths.add(Route("GET", "/admin/usage", admin_usage.usage))
-        if config.metrics.enabled and config.metrics.port is None:
-            self.paths.add(Route("GET", config.metrics.path, metrics.scrape))
-        if self.settings.kserve_urls:
-            for route in KSERVE_ROUTES:
-                self.paths.add(route)
+        self.services = Services(self.router, self.store, self.responses, self.settings, config)
+        self._paths = PathRouter()
+        self._routes: dict[tuple[str, str], Route] = {}
+        for route in default_routes(config) if routes is None else routes:
+            self.add_route(route)
         self._started = False
         self._flusher: asyncio.Task[None] | None = None
+        self.layers: tuple[Layer, ...] = ()
         self.handle: ASGIApp = self.compose(layers)
+
+    def add_route(self, route: Route) -> None:
+        """Mount `route`; one already at its method and path is replaced."""
+        self._routes[(route.method, route.path)] = route
+        self._paths.add(route)
+
+    @property
+    def routes(self) -> list[Route]:
+        """Every mounted route, in the order first mounted."""
+        return list(self._routes.values())
 
     def compose(self, extra: Sequence[Layer]) -> ASGIApp:
         """The request layers around the dispatch, outermost first: observing (metrics, access log, server
-        span), then `extra`."""
+        span), the request id, then `extra`. `self.layers` lists them."""
         layers: list[Layer] = []
-        observer = self.observer
-        if observer is not None:
-            layers.append(lambda inner: ObserveRequests(inner, observer))
+        if self.observer is not None:
+            layers.append(partial(ObserveRequests, observer=self.observer))
+        layers.append(request_ids)
         layers.extend(extra)
+        self.layers = tuple(layers)
         app: ASGIApp = self._http
         for layer in reversed(layers):
             app = layer(app)
@@ -208,7 +170,6 @@ class ManifoldApp:
             await self.startup()
         rec = CURRENT.get()
         if rec is not None:
-            rec.request_id = request.request_id
             principal = CURRENT_PRINCIPAL.get()  # set by the authentication layer, inside the observing one
             if principal is not None:
                 rec.key_id = principal.key_id
@@ -216,13 +177,13 @@ class ManifoldApp:
                 rec.team_id = principal.team_id
                 rec.user = principal.user
         try:
-            route, params = self.paths.match(request.method, request.path)
+            route, params = self._paths.match(request.method, request.path)
             if rec is not None:
                 rec.route = route.path
             if route.cancellable:
                 await self._cancel_on_disconnect(route.handler, request, params)
             else:
-                await route.handler(self, request, **params)
+                await route.handler(self.services, request, **params)
         except ManifoldError as exc:
             await request.send_error(exc)
         except asyncio.CancelledError:
@@ -258,7 +219,7 @@ class ManifoldApp:
         request.receive = receive_then_mark
         watcher = asyncio.get_running_loop().create_task(watch())
         try:
-            await handler(self, request, **params)
+            await handler(self.services, request, **params)
         except asyncio.CancelledError:
             if request.disconnected:
                 task.uncancel()
@@ -269,5 +230,7 @@ class ManifoldApp:
             watcher.cancel()
 
 
-def build_app(config: Config, router: Router | None = None, layers: Sequence[Layer] = ()) -> ManifoldApp:
-    return ManifoldApp(config, router, layers)
+def build_app(
+    config: Config, router: Router | None = None, layers: Sequence[Layer] = (), *, routes: Iterable[Route] | None = None
+) -> ManifoldApp:
+    return ManifoldApp(config, router, layers, routes=routes)

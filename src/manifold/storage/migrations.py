@@ -16,7 +16,6 @@ changing), then update `tables.py`. Never edit or renumber a migration that has 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -39,6 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from manifold.storage.engine import write_engine
+from manifold.storage.rows import now_ms
 from manifold.storage.tables import schema_migrations
 
 log = logging.getLogger("manifold.storage")
@@ -176,9 +176,7 @@ async def migrate(engine: AsyncEngine, migrations: Sequence[Migration] = MIGRATI
                 continue
             log.info("storage: applying migration %d (%s)", m.version, m.name)
             await conn.run_sync(m.upgrade)
-            await conn.execute(
-                insert(schema_migrations).values(version=m.version, name=m.name, applied_at=int(time.time() * 1000))
-            )
+            await conn.execute(insert(schema_migrations).values(version=m.version, name=m.name, applied_at=now_ms()))
             done.append(m.version)
     newest = max((m.version for m in ordered), default=0)
     if applied and max(applied) > newest:

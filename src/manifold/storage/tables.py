@@ -12,6 +12,17 @@ from sqlalchemy import BigInteger, Boolean, Column, ForeignKey, Index, Integer, 
 
 metadata = MetaData()
 
+
+def _owner_id(name: str, owner: str) -> Column[str]:
+    """The key part of a child row that names the row it belongs to (and goes with it when that is deleted)."""
+    return Column(name, String(128), ForeignKey(f"{owner}.id", ondelete="CASCADE"), primary_key=True)
+
+
+def _position() -> Column[int]:
+    """The key part of an ordered child row: 0, 1, … in order."""
+    return Column("position", Integer, primary_key=True, autoincrement=False)
+
+
 # SQLite only aliases the rowid (and so auto-increments) for a column declared exactly INTEGER PRIMARY KEY.
 Serial = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -45,13 +56,8 @@ chat_completions = Table(
 chat_completion_messages = Table(
     "chat_completion_messages",
     metadata,
-    Column(
-        "completion_id",
-        String(128),
-        ForeignKey("chat_completions.id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
-    Column("position", Integer, primary_key=True, autoincrement=False),
+    _owner_id("completion_id", "chat_completions"),
+    _position(),
     Column("message", Text, nullable=False),
 )
 
@@ -60,12 +66,7 @@ chat_completion_messages = Table(
 chat_completion_metadata = Table(
     "chat_completion_metadata",
     metadata,
-    Column(
-        "completion_id",
-        String(128),
-        ForeignKey("chat_completions.id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
+    _owner_id("completion_id", "chat_completions"),
     Column("key", String(64), primary_key=True),
     Column("value", String(512), nullable=False),
     Index("ix_chat_completion_metadata_key_value", "key", "value"),
@@ -101,13 +102,8 @@ responses = Table(
 response_input_items = Table(
     "response_input_items",
     metadata,
-    Column(
-        "response_id",
-        String(128),
-        ForeignKey("responses.id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
-    Column("position", Integer, primary_key=True, autoincrement=False),
+    _owner_id("response_id", "responses"),
+    _position(),
     Column("item_id", Text, nullable=False),
     Column("item", Text, nullable=False),
     Index("ix_response_input_items_item", "response_id", "item_id"),

@@ -11,12 +11,12 @@ from manifold.access.usage_report import parse_query, usage_page
 from manifold.errors import InvalidRequestError
 
 if TYPE_CHECKING:
-    from manifold.server.app import ManifoldApp
     from manifold.server.asgi import Request
+    from manifold.server.services import Services
 
 
-async def usage(app: ManifoldApp, request: Request) -> None:
-    require_admin(request, app.config.auth)
+async def usage(services: Services, request: Request) -> None:
+    require_admin(request, services.config.auth)
     try:
         pairs = parse_qsl(request.query_string.decode("latin-1"), keep_blank_values=True, strict_parsing=False)
     except ValueError:
@@ -26,5 +26,5 @@ async def usage(app: ManifoldApp, request: Request) -> None:
         repeated = next(name for name, _ in pairs if sum(1 for n, _ in pairs if n == name) > 1)
         raise InvalidRequestError(f"'{repeated}' is given more than once.", param=repeated)
     query = parse_query(params)
-    await app.store.open()
-    await request.send_json(200, _json.encode(await usage_page(app.store.engine, query)))
+    await services.store.open()
+    await request.send_json(200, _json.encode(await usage_page(services.store.engine, query)))

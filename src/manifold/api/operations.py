@@ -1,6 +1,11 @@
-"""The OpenAI operations a handler can serve: route, documented request fields, mandatory fields.
+"""Every route Manifold serves, declared once: the server mounts them (`manifold.server.handlers` names the
+function serving each), the handler frontend builds its routes from them, and docs/routes.md lists them
+(scripts/gen-route-docs).
 
-A handler object "implements" an operation by having a method of that name (`create_chat_completion`,
+`API_OPERATIONS` are mounted under each prefix (`server.prefixes`, the frontend's `prefix`); `ROOT_OPERATIONS`
+and `KSERVE_OPERATIONS` (per-model URLs, `server.kserve_urls`) outside them.
+
+A handler object "implements" an API operation by having a method of that name (`create_chat_completion`,
 `retrieve_chat_completion`, …; the names follow the official Python SDK's `client.chat.completions.retrieve`).
 The request fields are the spec's (tests/unit/test_frontend_operations.py checks them against openapi.yaml):
 each one present in a request arrives as a keyword argument of that name; fields outside the spec arrive only
@@ -11,25 +16,29 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-# Endpoint groups (`manifold.frontend.Endpoint` values).
+# Endpoint groups (`manifold.frontend.Endpoint` values), then the groups outside the prefixes.
 CHAT_COMPLETIONS = "chat_completions"
 RESPONSES = "responses"
 COMPLETIONS = "completions"
 EMBEDDINGS = "embeddings"
 IMAGES = "images"
 MODELS = "models"
+HEALTH = "health"
+KSERVE_URLS = "kserve_urls"
 
 
 class Operation(NamedTuple):
     name: str
     group: str
     method: str
-    path: str  # under the prefix
+    path: str  # API operations: under the prefix; the others: from the root
     fields: frozenset[str] = frozenset()  # documented request body fields
     mandatory: tuple[str, ...] = ()  # required by the spec: missing → 422 (or 400, as configured)
     has_body: bool = False
     # Served by the gateway through a backend (routing, storage, streaming): the provider calls the handler.
     through_backend: bool = False
+    # Waits on an upstream: a client that disconnects cancels it (and so the upstream request).
+    cancellable: bool = False
 
 
 _CHAT_CREATE_FIELDS = frozenset(
@@ -178,7 +187,7 @@ _IMAGE_CREATE_FIELDS = frozenset(
     }
 )
 
-OPERATIONS: tuple[Operation, ...] = (
+API_OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "create_chat_completion",
         CHAT_COMPLETIONS,
@@ -188,6 +197,7 @@ OPERATIONS: tuple[Operation, ...] = (
         ("model", "messages"),
         has_body=True,
         through_backend=True,
+        cancellable=True,
     ),
     Operation("list_chat_completions", CHAT_COMPLETIONS, "GET", "/chat/completions"),
     Operation("retrieve_chat_completion", CHAT_COMPLETIONS, "GET", "/chat/completions/{completion_id}"),
@@ -202,6 +212,8 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation("delete_chat_completion", CHAT_COMPLETIONS, "DELETE", "/chat/completions/{completion_id}"),
     Operation("list_chat_completion_messages", CHAT_COMPLETIONS, "GET", "/chat/completions/{completion_id}/messages"),
+    # The Responses API (docs/responses.md). A background response runs in its own task: a client that leaves
+    # cancels only its foreground work.
     Operation(
         "create_response",
         RESPONSES,
@@ -210,15 +222,31 @@ OPERATIONS: tuple[Operation, ...] = (
         _RESPONSE_CREATE_FIELDS,
         has_body=True,
         through_backend=True,
+        cancellable=True,
     ),
     Operation("retrieve_response", RESPONSES, "GET", "/responses/{response_id}"),
     Operation("delete_response", RESPONSES, "DELETE", "/responses/{response_id}"),
     Operation("list_response_input_items", RESPONSES, "GET", "/responses/{response_id}/input_items"),
     Operation(
-        "count_response_input_tokens", RESPONSES, "POST", "/responses/input_tokens", _INPUT_TOKENS_FIELDS, has_body=True
+        "count_response_input_tokens",
+        RESPONSES,
+        "POST",
+        "/responses/input_tokens",
+        _INPUT_TOKENS_FIELDS,
+        has_body=True,
+        cancellable=True,
     ),
     Operation("cancel_response", RESPONSES, "POST", "/responses/{response_id}/cancel"),
-    Operation("compact_response", RESPONSES, "POST", "/responses/compact", _COMPACT_FIELDS, ("model",), has_body=True),
+    Operation(
+        "compact_response",
+        RESPONSES,
+        "POST",
+        "/responses/compact",
+        _COMPACT_FIELDS,
+        ("model",),
+        has_body=True,
+        cancellable=True,
+    ),
     Operation(
         "create_completion",
         COMPLETIONS,
@@ -228,6 +256,7 @@ OPERATIONS: tuple[Operation, ...] = (
         ("model", "prompt"),
         has_body=True,
         through_backend=True,
+        cancellable=True,
     ),
     Operation(
         "create_embedding",
@@ -238,6 +267,7 @@ OPERATIONS: tuple[Operation, ...] = (
         ("model", "input"),
         has_body=True,
         through_backend=True,
+        cancellable=True,
     ),
     Operation(
         "create_image",
@@ -248,10 +278,31 @@ OPERATIONS: tuple[Operation, ...] = (
         ("prompt",),
         has_body=True,
         through_backend=True,
+        cancellable=True,
     ),
     Operation("list_models", MODELS, "GET", "/models"),
     Operation("retrieve_model", MODELS, "GET", "/models/{model:path}"),
 )
 
-BY_NAME: dict[str, Operation] = {op.name: op for op in OPERATIONS}
-GROUPS: tuple[str, ...] = (CHAT_COMPLETIONS, RESPONSES, COMPLETIONS, EMBEDDINGS, IMAGES, MODELS)
+# Outside the prefixes.
+ROOT_OPERATIONS: tuple[Operation, ...] = (
+    Operation("health", HEALTH, "GET", "/health"),
+    Operation("health_ready", HEALTH, "GET", "/health/ready"),
+)
+# KServe-style per-model URLs (Seldon Core 2's OpenAI scheme; docs/backends-kserve.md): the model is in the path.
+_V2 = "/v2/models/{model:path}"
+KSERVE_OPERATIONS: tuple[Operation, ...] = (
+    Operation("kserve_create_chat_completion", KSERVE_URLS, "POST", _V2 + "/infer/chat/completions", cancellable=True),
+    Operation(
+        "kserve_stream_chat_completion", KSERVE_URLS, "POST", _V2 + "/infer_stream/chat/completions", cancellable=True
+    ),
+    Operation("kserve_create_embedding", KSERVE_URLS, "POST", _V2 + "/infer/embeddings", cancellable=True),
+    Operation("kserve_stream_embedding", KSERVE_URLS, "POST", _V2 + "/infer_stream/embeddings", cancellable=True),
+    Operation("kserve_create_image", KSERVE_URLS, "POST", _V2 + "/infer/images/generations", cancellable=True),
+    Operation("kserve_stream_image", KSERVE_URLS, "POST", _V2 + "/infer_stream/images/generations", cancellable=True),
+)
+ALL_OPERATIONS: tuple[Operation, ...] = API_OPERATIONS + ROOT_OPERATIONS + KSERVE_OPERATIONS
+
+BY_NAME: dict[str, Operation] = {op.name: op for op in API_OPERATIONS}
+# The endpoint groups under the prefixes, in the table's order.
+GROUPS: tuple[str, ...] = tuple(dict.fromkeys(op.group for op in API_OPERATIONS))
