@@ -494,3 +494,23 @@ def test_database_stopped_and_restarted_under_load(fake: FakeUpstream, tmp_path:
             server.stop()
     finally:
         postgres.close()
+
+
+def test_responses_api_rows_have_tokens(fake: FakeUpstream, tmp_path: Path) -> None:
+    """The Responses API (translated onto chat here): its rows carry the tokens too, streamed or not."""
+    storage = {"data_dir": "data"}
+    server = serve(config(fake, storage), tmp_path)
+    try:
+        client = openai.OpenAI(base_url=server.base_url, api_key=MASTER, max_retries=0)
+        answer = client.responses.create(model="fake-details", input=PROMPT, store=False)
+        assert answer.usage is not None
+        events = list(client.responses.create(model="fake-details", input=PROMPT, stream=True, store=False))
+        assert events[-1].type == "response.completed"
+        wait_until("2 rows", lambda: len(ledger_rows(storage, tmp_path)) == 2)
+    finally:
+        server.stop()
+    rows = ledger_rows(storage, tmp_path)
+    assert [(r["endpoint"], r["stream"]) for r in rows] == [("/v1/responses", False), ("/v1/responses", True)]
+    for row in rows:
+        assert (row["input_tokens"], row["output_tokens"]) == (answer.usage.input_tokens, answer.usage.output_tokens)
+        assert (row["cached_input_tokens"], row["reasoning_tokens"]) == (2, 3)
