@@ -52,10 +52,19 @@ class MemoryBackend(Provider):
         return ANSWER
 
     async def open_chat_stream(self, call: Call) -> AsyncIterator[dict[str, Any]]:
-        return self._stream()
+        options = call.body.get("stream_options")
+        return self._stream(isinstance(options, dict) and options.get("include_usage") is True)
 
-    async def _stream(self) -> AsyncIterator[dict[str, Any]]:
-        base = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0, "model": "bench"}
+    async def _stream(self, include_usage: bool) -> AsyncIterator[dict[str, Any]]:
+        # Like OpenAI: asked for usage, every chunk has `usage` (null until the last one).
+        base: dict[str, Any] = {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": "bench",
+        }
+        if include_usage:
+            base["usage"] = None
         yield {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
         for i in range(self.chunks):
             yield {**base, "choices": [{"index": 0, "delta": {"content": f"w{i} "}}]}
