@@ -3,7 +3,7 @@
     python bench/overhead.py [--requests 3000] [--warmup 300] [--concurrency 16] [--latency-ms 0]
                              [--chunks 20] [--modes non-stream,stream] [--targets direct,manifold]
                              [--manifold-cmd "python -m manifold serve"] [--json PATH] [--timeout 300]
-                             [--observe off,on,trace] [--rounds 5]
+                             [--observe off,on,trace,ledger] [--rounds 5]
 
 Three processes besides this one, all on 127.0.0.1: the fake upstream (bench/fake_upstream.py), Manifold
 (``manifold serve``, one worker) and, for each run, the load generator (bench/loadgen.py). For every mode
@@ -13,11 +13,13 @@ requests, samples again, and prints a markdown table. It prints figures and asse
 
 `--observe` runs one Manifold per observability setting, side by side: `off` (no metrics, no access log),
 `on` (Prometheus metrics and the JSON access log at INFO, written to a file) and `trace` (`on` plus
-OpenTelemetry tracing with a sampler of 1.0, exporting over OTLP/HTTP to a sink in this process). All are
-started first and loaded in turn, `--rounds` times; the summary compares medians. `access` is `off` plus access
-control (docs/access.md): a static key with rpm, tpm, in-flight and budget limits counted in Redis
-(`BENCH_REDIS_URL`, default redis://127.0.0.1:6379/0; its keys are deleted afterwards) and a priced deployment;
-the Redis scripts each request ran (EVAL/EVALSHA calls, from INFO commandstats) are printed.
+OpenTelemetry tracing with a sampler of 1.0, exporting over OTLP/HTTP to a sink in this process), `access`
+(`off` plus access control, docs/access.md: a static key with rpm, tpm, in-flight and budget limits counted in
+Redis (`BENCH_REDIS_URL`, default redis://127.0.0.1:6379/0; its keys are deleted afterwards) and a priced
+deployment; the Redis scripts each request ran, from INFO commandstats, are printed), `ledger` (`off` plus the
+usage ledger: a row per request, written in batches to a SQLite file in the work directory) and `all` (`on`
+plus `access` plus `ledger`: everything a production gateway runs). All are started first and loaded in turn,
+`--rounds` times; the summary compares medians.
 
 The comparable figure is Manifold's CPU milliseconds per request: req/s and latency depend on the machine
 and on the three processes sharing its cores. See bench/README.md.
@@ -55,7 +57,7 @@ TARGETS = ("direct", "manifold")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 LITELLM_MS_PER_REQ = "~14-16"
 TARGET_MS_PER_REQ = 0.25
-OBSERVE = ("off", "on", "trace", "access")
+OBSERVE = ("off", "on", "trace", "access", "ledger", "all")
 # `--observe access`: `off` plus a static key with rpm, tpm, in-flight and budget limits counted in Redis (issue 12).
 ACCESS_KEY = "sk-bench-access-0123456789"
 ACCESS_LIMIT_MS = 0.15
@@ -246,9 +248,25 @@ def create_virtual_key(port: int) -> str:
         return str(json.loads(resp.read())["key"])
 
 
+def access_config() -> str:
+    """`--observe access` / `all`: a static key with limits and a budget, counted in Redis."""
+    return (
+        "auth:\n  keys:\n"
+        f"    - {{key: {ACCESS_KEY}, alias: bench, rpm: 100000000, tpm: 1000000000000, "
+        "max_parallel_requests: 100000, max_budget: 1000000, budget_duration: daily}\n"
+        f"redis:\n  url: {REDIS_URL}\n  key_prefix: '{REDIS_PREFIX}'\n  timeout_s: 5\n"
+    )
+
+
+def ledger_config(workdir: Path) -> str:
+    """`--observe ledger` / `all`: the usage ledger on, into a SQLite file of the run's own."""
+    return f"ledger:\n  enabled: true\nstorage:\n  data_dir: {workdir / 'ledger-data'}\n"
+
+
 def write_config(workdir: Path, upstream_port: int, observe: str | None = None, auth: str = "none") -> Path:
     """`observe` None: the defaults (metrics on, access log below the `warning` level); `off`: metrics and
-    access log off; `on` / `trace`: metrics on and the JSON access log written at `info`."""
+    access log off; `on` / `trace`: metrics on and the JSON access log written at `info`; `ledger`: `off` and the
+    usage ledger on (SQLite in the work directory)."""
     path = workdir / f"manifold-{observe or 'default'}.yaml"
     text = (
         "model_list:\n"
@@ -257,24 +275,23 @@ def write_config(workdir: Path, upstream_port: int, observe: str | None = None, 
         f"    api_base: http://{HOST}:{upstream_port}/v1\n"
         "    api_key: sk-bench\n"
     )
-    if observe == "access":  # priced, so that each request's end adds its cost to the budget
+    if observe in ("access", "all"):  # priced, so that each request's end adds its cost to the budget
         text += "    input_cost_per_million: 0.15\n    output_cost_per_million: 0.6\n"
     text += "server:\n"
     if observe is None:
         text += "  log_level: warning\n"
-    elif observe in ("off", "access"):
+    elif observe in ("off", "access", "ledger"):
         text += "  log_level: info\n  access_log: false\nmetrics:\n  enabled: false\n"
         if observe == "access":
-            text += (
-                "auth:\n  keys:\n"
-                f"    - {{key: {ACCESS_KEY}, alias: bench, rpm: 100000000, tpm: 1000000000000, "
-                "max_parallel_requests: 100000, max_budget: 1000000, budget_duration: daily}\n"
-                f"redis:\n  url: {REDIS_URL}\n  key_prefix: '{REDIS_PREFIX}'\n  timeout_s: 5\n"
-            )
+            text += access_config()
+        if observe == "ledger":
+            text += ledger_config(workdir)
     else:
         text += "  log_level: info\n  log_format: json\n  access_log: true\nmetrics:\n  enabled: true\n"
         if observe == "trace":
             text += "tracing:\n  enabled: true\n"
+        if observe == "all":
+            text += access_config() + ledger_config(workdir)
     if auth != "none":  # docs/access.md: every request authenticated (by the master key or a virtual key)
         text += f"auth:\n  master_key: {BENCH_MASTER_KEY}\nstorage:\n  data_dir: {workdir / 'data'}\n"
     path.write_text(text)
@@ -423,7 +440,7 @@ def run_load(
     ]
     if run.mode == "stream":
         argv.append("--stream")
-    access = run.target == "manifold (access)"
+    access = run.target in ("manifold (access)", "manifold (all)")
     if access:
         argv += ["--api-key", ACCESS_KEY]
     name = f"loadgen-{run.mode}-{run.target}"
@@ -566,11 +583,17 @@ def report(meta: dict[str, Any], runs: list[Run]) -> str:
                 f"- {mode}: access (static key, Redis-backed limits and budget) made "
                 f"{statistics.median(trips):.2f} Redis round trips per request; CPU target {ACCESS_LIMIT_MS} ms"
             )
-        for variant, limit in (("on", OBSERVE_ON_LIMIT_MS), ("trace", None), ("access", None)):
+        variants = (("on", OBSERVE_ON_LIMIT_MS), ("trace", None), ("access", None), ("ledger", None), ("all", None))
+        for variant, limit in variants:
             on = cpu.get(f"manifold ({variant})")
             if off is not None and on is not None:
                 bound = f" (budget {limit} ms)" if limit is not None else ""
-                out.append(f"- {mode}: observability `{variant}` costs {on - off:+.3f} ms of CPU per request{bound}")
+                what = {
+                    "ledger": "the usage ledger",
+                    "access": "access control",
+                    "all": "everything on (observability, access control, ledger)",
+                }.get(variant, f"observability `{variant}`")
+                out.append(f"- {mode}: {what} costs {on - off:+.3f} ms of CPU per request{bound}")
     out += [
         "",
         "Notes: CPU per request is the comparable figure: it is the CPU time (user + system, all threads) "
@@ -641,7 +664,7 @@ def run_all(
             children.procs.remove(manifold)
         for sink in sinks:
             sink.close()
-        if "access" in (args.observe or []):
+        if {"access", "all"} & set(args.observe or []):
             forget_redis_keys()
     return status
 

@@ -1,4 +1,4 @@
-"""`manifold serve | check | models | keys`."""
+"""`manifold serve | check | models | keys | usage`."""
 
 from __future__ import annotations
 
@@ -58,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     from manifold.access import commands as access_commands
 
     access_commands.add_parser(sub)
+    usage = sub.add_parser("usage", help="the usage ledger's spend and tokens, grouped (docs/access.md)")
+    usage.add_argument("--config", help="the server's config file (its storage: section names the database)")
+    usage.add_argument("--group-by", default="key", help="key (default), team, user, model, deployment or day")
+    usage.add_argument("--start", help="from this time (inclusive): unix seconds or an ISO date or date-time")
+    usage.add_argument("--end", help="until this time (exclusive): unix seconds or an ISO date or date-time")
+    usage.add_argument("--json", action="store_true", help="print the /admin/usage JSON answer instead of a table")
     return parser
 
 
@@ -96,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from manifold.access import commands as access_commands
 
         return access_commands.run(args, config)
+    if args.command == "usage":
+        from manifold.cli_usage import usage_command
+
+        return usage_command(args, config)
     return _serve(args, config)
 
 

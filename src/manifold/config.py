@@ -362,6 +362,19 @@ class RedisSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     key_prefix: Annotated[str, msgspec.Meta(max_length=64)] = "manifold:"
 
 
+class LedgerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The usage ledger (docs/access.md): one row per API request in the store's database (`storage:`).
+    `enabled` None (the default): on when `auth.master_key` or `auth.keys` is set, off otherwise. Rows are
+    buffered and written every `flush_interval_s` in batches of at most `max_batch` rows (one INSERT each); while
+    the database is down at most `max_buffered_rows` wait in memory, and rows beyond that are dropped (counted,
+    logged)."""
+
+    enabled: bool | None = None
+    flush_interval_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0
+    max_batch: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 500
+    max_buffered_rows: Annotated[int, msgspec.Meta(ge=1)] = 100_000
+
+
 McpApproval = Literal["always", "never"]
 
 
@@ -438,6 +451,16 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
     mcp_servers: dict[str, McpServerSettings] = msgspec.field(default_factory=dict)
     mcp: McpSettings = msgspec.field(default_factory=McpSettings)
+    ledger: LedgerSettings = msgspec.field(default_factory=LedgerSettings)
+
+    @property
+    def ledger_on(self) -> bool:
+        """Whether the usage ledger records requests (`ledger.enabled`, or by default a master key or static keys;
+        virtual keys need a master key to be created)."""
+        enabled = self.ledger.enabled
+        if enabled is None:
+            return self.auth.master_key is not None or bool(self.auth.keys)
+        return enabled
 
 
 def secrets_of(config: Config) -> list[str]:
@@ -696,6 +719,7 @@ def _decode(raw: dict[str, Any], problems: list[str]) -> Decoded:
         found["redis"].extend(_redis_problems(redis, server, limited))
     mcp_servers = _convert_mcp_servers(raw.get("mcp_servers", {}), found["mcp_servers"])
     mcp = _convert_part(raw.get("mcp", {}), McpSettings, "mcp", found["mcp"])
+    ledger = _convert_part(raw.get("ledger", {}), LedgerSettings, "ledger", found["ledger"])
     order = [k for k in raw if k in found] + [k for k in found if k not in raw]
     for name in order:
         problems.extend(found[name])
@@ -716,6 +740,7 @@ def _decode(raw: dict[str, Any], problems: list[str]) -> Decoded:
         or redis is None
         or mcp_servers is None
         or mcp is None
+        or ledger is None
     ):
         config = Config(
             model_list=list(deployments.values()),
@@ -729,6 +754,7 @@ def _decode(raw: dict[str, Any], problems: list[str]) -> Decoded:
             redis=redis,
             mcp_servers=mcp_servers,
             mcp=mcp,
+            ledger=ledger,
         )
     # Names are checked against the deployments only when all of them could be read.
     return Decoded(config, deployments, router if all_decoded else None, problems, _redactor(raw))

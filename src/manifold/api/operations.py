@@ -3,8 +3,8 @@ function serving each), the handler frontend builds its routes from them, and do
 (scripts/gen-route-docs).
 
 `API_OPERATIONS` are mounted under each prefix (`server.prefixes`, the frontend's `prefix`); `ROOT_OPERATIONS`,
-`KSERVE_OPERATIONS` (per-model URLs, `server.kserve_urls`) and `ADMIN_OPERATIONS` (keys and teams, the gateway
-only; docs/access.md) outside them.
+`KSERVE_OPERATIONS` (per-model URLs, `server.kserve_urls`) and `ADMIN_OPERATIONS` (keys, teams and usage, the
+gateway only; docs/access.md) outside them.
 
 A handler object "implements" an API operation by having a method of that name (`create_chat_completion`,
 `retrieve_chat_completion`, …; the names follow the official Python SDK's `client.chat.completions.retrieve`).
@@ -317,6 +317,7 @@ ADMIN_OPERATIONS: tuple[Operation, ...] = (
     Operation("update_team", ADMIN, "POST", "/admin/teams/{team_id}", has_body=True),
     Operation("delete_team", ADMIN, "DELETE", "/admin/teams/{team_id}"),
     Operation("admin_openapi", ADMIN, "GET", "/admin/openapi.json"),
+    Operation("usage", ADMIN, "GET", "/admin/usage"),
 )
 ALL_OPERATIONS: tuple[Operation, ...] = API_OPERATIONS + ROOT_OPERATIONS + KSERVE_OPERATIONS + ADMIN_OPERATIONS
 

@@ -17,6 +17,8 @@ from functools import partial
 from typing import Any
 
 from manifold.access.auth import Authenticator, AuthLayer
+from manifold.access.ledger import Ledger
+from manifold.access.principal import CURRENT_PRINCIPAL
 from manifold.access.wiring import build_admission
 from manifold.api.operations import ROOT_OPERATIONS
 from manifold.config import Config, ServerSettings, secrets_of
@@ -75,9 +77,15 @@ class ManifoldApp:
         add_secrets(secrets_of(config))  # error messages and logs never show them (observability.redaction)
         self.tracing = tracing_setup.setup(config.tracing.enabled, config.tracing.capture_content, secrets_of(config))
         self.router.observe(config.metrics.enabled, self.tracing)
-        observing = config.metrics.enabled or self.settings.access_log or self.tracing is not None
-        self.observer = Observer(config.metrics.enabled, self.settings.access_log, self.tracing) if observing else None
         self.store = Store(config.storage)
+        # The usage ledger reads each request's record: with it on there is a record even with no other observer.
+        ignored = [op.path for op in ROOT_OPERATIONS] + [config.metrics.path]
+        self.ledger = Ledger(self.store, config.ledger, ignored) if config.ledger_on else None
+        sinks = () if self.ledger is None else (self.ledger.record,)
+        observing = config.metrics.enabled or self.settings.access_log or self.tracing is not None or bool(sinks)
+        self.observer = (
+            Observer(config.metrics.enabled, self.settings.access_log, self.tracing, sinks) if observing else None
+        )
         self.mcp = McpManager(config.mcp_servers, config.mcp)
         self.mcp_gateway = McpGateway(self.mcp)
         self.responses = ResponsesEngine(self.router, self.store, config.responses, self.mcp)
@@ -136,6 +144,8 @@ class ManifoldApp:
             self._started = True
             self.store.start()  # in the background: nothing waits for it but what stores (and, once, auth)
             self.auth.start()
+            if self.ledger is not None:
+                self.ledger.start()
             await self.router.start()
             self.responses.start()
             self.mcp.start()  # in the background: the server is ready without its MCP servers
@@ -155,6 +165,8 @@ class ManifoldApp:
             await self.mcp.aclose()
             await self.router.aclose()
             await self.admission.aclose()
+            if self.ledger is not None:
+                await self.ledger.aclose()  # the buffered usage rows, before the store closes
             await self.store.aclose()
             if self._flusher is not None:
                 self._flusher.cancel()
@@ -191,6 +203,13 @@ class ManifoldApp:
             # Mounted without lifespan support (some hosts): start on first use.
             await self.startup()
         rec = CURRENT.get()
+        if rec is not None:
+            principal = CURRENT_PRINCIPAL.get()  # set by the authentication layer, inside the observing one
+            if principal is not None:
+                rec.key_id = principal.key_id
+                rec.key_alias = principal.key_alias
+                rec.team_id = principal.team_id
+                rec.user = principal.user
         try:
             route, params = self._paths.match(request.method, request.path)
             if rec is not None:

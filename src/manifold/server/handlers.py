@@ -11,6 +11,7 @@ from manifold.api.operations import ADMIN_OPERATIONS, API_OPERATIONS, KSERVE_OPE
 from manifold.config import Config
 from manifold.server.endpoints import (
     admin_keys,
+    admin_usage,
     chat,
     completions,
     embeddings,
@@ -66,6 +67,7 @@ HANDLERS: Mapping[str, Handler] = {
     "update_team": admin_keys.update_team,
     "delete_team": admin_keys.delete_team,
     "admin_openapi": admin_keys.openapi,
+    "usage": admin_usage.usage,
 }
 
 
@@ -95,7 +97,7 @@ def route(op: Operation, prefix: str = "") -> Route:
 def default_routes(config: Config) -> list[Route]:
     """The routes `manifold serve` mounts for `config`: the API under each prefix, health, the metrics scrape
     (when served on the API's port), the per-model URLs (unless `server.kserve_urls` is false), the admin API
-    for keys and teams, and with `mcp_servers` the MCP routes under each prefix."""
+    (keys, teams, usage), and with `mcp_servers` the MCP routes under each prefix."""
     check()
     routes: list[Route] = []
     for prefix in config.server.prefixes:

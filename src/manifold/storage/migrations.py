@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Connection,
     ForeignKey,
@@ -172,10 +173,45 @@ def _v3_keys_and_teams(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _v4_usage(conn: Connection) -> None:
+    md = MetaData()
+    serial = BigInteger().with_variant(Integer(), "sqlite")
+    Table(
+        "usage",
+        md,
+        Column("seq", serial, primary_key=True, autoincrement=True),
+        Column("request_id", String(128), nullable=True),
+        Column("created_at", BigInteger, nullable=False),
+        Column("key_id", String(64), nullable=True),
+        Column("key_alias", Text, nullable=True),
+        Column("team_id", String(64), nullable=True),
+        Column("user_id", Text, nullable=True),
+        Column("model", Text, nullable=True),
+        Column("deployment", Text, nullable=True),
+        Column("endpoint", Text, nullable=True),
+        Column("status", Integer, nullable=False),
+        Column("stream", Boolean, nullable=False),
+        Column("input_tokens", BigInteger, nullable=True),
+        Column("cached_input_tokens", BigInteger, nullable=True),
+        Column("output_tokens", BigInteger, nullable=True),
+        Column("reasoning_tokens", BigInteger, nullable=True),
+        Column("cost_micros", BigInteger, nullable=True),
+        Column("latency_ms", Integer, nullable=False),
+        Column("ttft_ms", Integer, nullable=True),
+        Column("attempts", Integer, nullable=False),
+        Index("ix_usage_created_at", "created_at"),
+        Index("ix_usage_key_created_at", "key_id", "created_at"),
+        Index("ix_usage_team_created_at", "team_id", "created_at"),
+        sqlite_autoincrement=True,
+    )
+    md.create_all(conn)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "chat completions, their messages and metadata", _v1_chat_completions),
     Migration(2, "responses and their input items", _v2_responses),
     Migration(3, "access keys and teams", _v3_keys_and_teams),
+    Migration(4, "the usage ledger", _v4_usage),
 )
 
 

@@ -8,7 +8,7 @@ migration that creates them.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Boolean, Column, ForeignKey, Index, Integer, MetaData, String, Table, Text
 
 metadata = MetaData()
 
@@ -160,5 +160,38 @@ access_keys = Table(
     *_limit_columns(),
     Index("ix_access_keys_previous_hash", "previous_hash"),
     Index("ix_access_keys_team", "team_id", "seq"),
+    sqlite_autoincrement=True,
+)
+
+# The usage ledger: one row per API request (access/ledger.py writes them in batches). `created_at` is when the
+# request arrived (unix milliseconds); `model` the group the client asked for, `deployment` the one that
+# answered last; tokens as the upstream reported them (None: not reported); `cost_micros` integer
+# micro-dollars (None: unknown). `key_id` None: the master key, or access control off.
+usage = Table(
+    "usage",
+    metadata,
+    Column("seq", Serial, primary_key=True, autoincrement=True),
+    Column("request_id", String(128), nullable=True),
+    Column("created_at", BigInteger, nullable=False),  # unix milliseconds
+    Column("key_id", String(64), nullable=True),
+    Column("key_alias", Text, nullable=True),
+    Column("team_id", String(64), nullable=True),
+    Column("user_id", Text, nullable=True),
+    Column("model", Text, nullable=True),
+    Column("deployment", Text, nullable=True),
+    Column("endpoint", Text, nullable=True),  # the route template
+    Column("status", Integer, nullable=False),
+    Column("stream", Boolean, nullable=False),
+    Column("input_tokens", BigInteger, nullable=True),
+    Column("cached_input_tokens", BigInteger, nullable=True),
+    Column("output_tokens", BigInteger, nullable=True),
+    Column("reasoning_tokens", BigInteger, nullable=True),
+    Column("cost_micros", BigInteger, nullable=True),
+    Column("latency_ms", Integer, nullable=False),
+    Column("ttft_ms", Integer, nullable=True),
+    Column("attempts", Integer, nullable=False),
+    Index("ix_usage_created_at", "created_at"),  # time ranges
+    Index("ix_usage_key_created_at", "key_id", "created_at"),  # a key's spend over a range
+    Index("ix_usage_team_created_at", "team_id", "created_at"),  # a team's
     sqlite_autoincrement=True,
 )

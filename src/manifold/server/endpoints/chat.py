@@ -46,6 +46,10 @@ async def create_chat_completion(services: Services, request: Request) -> None:
     call = Call(raw, req.model, request.request_id, bool(req.stream))
     if call.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        if services.config.ledger_on and not include_usage:
+            # The ledger's row needs the stream's tokens: asked of the upstream, held back from the client.
+            body = {**raw, "stream_options": {**(raw.get("stream_options") or {}), "include_usage": True}}
+            call = Call(body, req.model, request.request_id, True)
         await stream_chat(
             request,
             lambda: services.router.open_chat_stream(call, request.add_response_header),
