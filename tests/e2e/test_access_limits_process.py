@@ -220,3 +220,38 @@ def test_a_client_that_leaves_gives_its_slot_back(
             for key in client.scan_iter(match=prefix + "*"):
                 client.delete(key)
             client.close()
+
+
+def test_the_sdks_read_both_429s_as_their_typed_errors(upstream: CountingUpstream, serve: Any) -> None:
+    """`rate_limit_exceeded` and `insufficient_quota` reach the Python and the Node SDK as RateLimitError, with
+    the envelope's code (issue 12: the official SDKs read the 429 answers as their typed errors)."""
+    import openai
+
+    from tests.fakes.node_openai import node_missing, run_script
+
+    keys = [
+        {"key": "${KEY_A}", "alias": "limited", "rpm": 1},
+        # gpt-4o-mini at genai-prices' rates: one answer costs a few micro-dollars, so a budget of one
+        # micro-dollar is spent by the first request and refuses the second.
+        {"key": "${KEY_B}", "alias": "broke", "max_budget": 0.000001},
+    ]
+    proc = serve({"model_list": [_dep(upstream, "sdk429")], "auth": {"keys": keys}})
+    messages = [{"role": "user", "content": "hello there"}]
+    for key, code in ((KEY_A, "rate_limit_exceeded"), (KEY_B, "insufficient_quota")):
+        client = openai.OpenAI(base_url=proc.base_url, api_key=key, max_retries=0)
+        client.chat.completions.create(model="m", messages=messages, max_tokens=5)  # type: ignore[arg-type]
+        with pytest.raises(openai.RateLimitError) as refused:
+            client.chat.completions.create(model="m", messages=messages, max_tokens=5)  # type: ignore[arg-type]
+        assert refused.value.code == code
+        assert refused.value.status_code == 429
+    missing = node_missing()
+    if missing is not None:
+        pytest.skip(missing)
+    script = """
+        const messages = [{role: "user", content: "hello there"}];
+        return await caught(client.chat.completions.create({model: "m", messages, max_tokens: 5}));
+    """
+    for key, code in ((KEY_A, "rate_limit_exceeded"), (KEY_B, "insufficient_quota")):
+        err = run_script(script, proc.base_url, key)
+        assert err is not None and err["name"] == "RateLimitError" and err["isApiError"]
+        assert err["status"] == 429 and err["code"] == code

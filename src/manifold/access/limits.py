@@ -428,15 +428,20 @@ class Admission:
         return Ticket(self, scopes, budgets, tokens, v.second, request_id)
 
     def price(self, dep: DeploymentBase | None, usage: Any, upstream_model: str | None, report: Report | None) -> int:
-        """The answer's cost in micro-dollars: in `x-manifold-cost` (when `report`) and the request's record."""
+        """The answer's cost in micro-dollars: in `x-manifold-cost` (when `report`) and the request's record. A
+        deployment whose price is unknown costs 0 against budgets, and carries no cost (not a cost of 0)."""
         if dep is None or not isinstance(usage, dict):
             return 0
-        cost = prices_for(dep, upstream_model).cost(usage)
+        prices = prices_for(dep, upstream_model)
+        if prices.source == "unknown":
+            return 0  # no price known: no header, and the record (the ledger, the access line) says unknown
+        cost = prices.cost(usage)
         if report is not None:
             report(COST_HEADER, dollars(cost))
         rec = CURRENT.get()
         if rec is not None:
             rec.cost = cost / 1_000_000
+            rec.cost_micros = cost
         return cost
 
     async def finish(
