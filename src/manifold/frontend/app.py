@@ -23,7 +23,16 @@ import msgspec
 
 from manifold import _json
 from manifold.api.validation import BAD_JSON_MESSAGE, decode_json_object, nesting_error
-from manifold.config import Config, Deployment, ResponsesSettings, RouterSettings, ServerSettings, StorageSettings
+from manifold.config import (
+    Config,
+    Deployment,
+    MetricsSettings,
+    ResponsesSettings,
+    RouterSettings,
+    ServerSettings,
+    StorageSettings,
+    TracingSettings,
+)
 from manifold.errors import InvalidRequestError, NotFoundError
 from manifold.providers.python_handler import contracts
 from manifold.providers.python_handler.calling import describe, invoke, is_stream
@@ -36,6 +45,7 @@ from manifold.providers.python_handler.provider import PythonHandlerProvider
 from manifold.routing.router import Router
 from manifold.server.app import API_ROUTES, ROOT_ROUTES, ManifoldApp
 from manifold.server.asgi import Message, Receive, Request, Scope, Send
+from manifold.server.endpoints import metrics as metrics_endpoint
 from manifold.server.routes import PathRouter, Route
 
 log = logging.getLogger("manifold.frontend")
@@ -137,6 +147,8 @@ class OpenAIFrontend:
     `storage`: where stored completions and responses live (a `StorageSettings` or a database URL; default
     SQLite in ./data). `settings`: body limit, keep-alive interval (its `prefixes` are not used).
     `responses`: the Responses engine's settings (compaction key, background leases; docs/responses.md).
+    `metrics`, `tracing`: Prometheus metrics (`/metrics`, on by default) and OpenTelemetry traces, as the
+    gateway's (docs/observability.md).
     """
 
     def __init__(
@@ -151,6 +163,8 @@ class OpenAIFrontend:
         storage: StorageSettings | str | None = None,
         settings: ServerSettings | None = None,
         responses: ResponsesSettings | None = None,
+        metrics: MetricsSettings | None = None,
+        tracing: TracingSettings | None = None,
     ) -> None:
         first_prefix = check_prefix(prefix)
         if mandatory_status not in (400, 422):
@@ -168,6 +182,8 @@ class OpenAIFrontend:
             server=settings or ServerSettings(),
             storage=storage or StorageSettings(),
             responses=responses or ResponsesSettings(),
+            metrics=metrics or MetricsSettings(),
+            tracing=tracing or TracingSettings(),
         )
         self.router = _HandlerRouter(self.provider, names, accept_any=models is None)
         self.app = ManifoldApp(config, router=self.router)
@@ -176,6 +192,9 @@ class OpenAIFrontend:
         self._operations: dict[tuple[str, str], str] = {}
         for route in ROOT_ROUTES:
             self._routes[(route.method, route.path)] = route
+        scraped = config.metrics
+        if scraped.enabled and scraped.port is None:
+            self._routes[("GET", scraped.path)] = Route("GET", scraped.path, metrics_endpoint.scrape)
         self.prefix = first_prefix
         self.add_endpoints(endpoints)
 
