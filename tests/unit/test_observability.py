@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from manifold.observability import redaction
+from manifold.observability import metrics, redaction
 from manifold.observability.logging import ACCESS_LOGGER, AccessLog, JsonFormatter, TextFormatter, _AccessRecord
 from manifold.observability.metrics import render
 from manifold.observability.record import RequestRecord
@@ -223,3 +223,55 @@ async def test_stream_outcomes(how: str) -> None:
     expected = "client_left" if how == "closed_unread" else how
     assert stream_outcome(model, expected) == 1
     assert sum(stream_outcome(model, o) for o in ("completed", "upstream_cut", "client_left")) == 1
+
+
+# -- the access-control metrics (fed by access control: count_refusal, add_spend) -----------------------------
+
+
+def scraped(name: str, **labels: str) -> float:
+    text = render("", flush=True)[0].decode()
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def test_refusals_by_limit_and_scope() -> None:
+    before = scraped("manifold_rate_limit_refusals_total", limit="rpm", scope="key")
+    other = scraped("manifold_rate_limit_refusals_total", limit="other", scope="team")
+    metrics.count_refusal("rpm", "key")
+    metrics.count_refusal("rpm", "key")
+    metrics.count_refusal("tpm", "key_model")
+    metrics.count_refusal("a client's string", "team")  # not a known limit: bounded as `other`
+    assert scraped("manifold_rate_limit_refusals_total", limit="rpm", scope="key") == before + 2
+    assert scraped("manifold_rate_limit_refusals_total", limit="tpm", scope="key_model") >= 1
+    assert scraped("manifold_rate_limit_refusals_total", limit="other", scope="team") == other + 1
+    limits = {
+        s.labels["limit"]
+        for family in text_string_to_metric_families(render("")[0].decode())
+        for s in family.samples
+        if s.name == "manifold_rate_limit_refusals_total"
+    }
+    assert limits <= {*metrics.LIMITS, metrics.OTHER}
+
+
+def test_spend_in_dollars_by_alias_team_and_model() -> None:
+    access = metrics.AccessMetrics()
+    access.add_spend("ci-bot", "platform", "gpt-x", 1_500_000)
+    access.add_spend("ci-bot", "platform", "gpt-x", 250_000)
+    access.add_spend(None, None, None, 1_000_000)  # no alias, no team, no model group
+    access.add_spend("ci-bot", "platform", "gpt-x", 0)  # nothing spent: nothing counted
+    assert scraped("manifold_spend_usd_total", key_alias="ci-bot", team="platform", model="gpt-x") == 1.75
+    assert scraped("manifold_spend_usd_total", key_alias="", team="", model="unknown") >= 1.0
+
+
+def test_spend_aliases_are_capped() -> None:
+    access = metrics.AccessMetrics(max_aliases=2)
+    for alias in ("cap-a", "cap-b", "cap-c", "cap-d"):
+        access.add_spend(alias, "cap-team", "cap-model", 1_000_000)
+    assert scraped("manifold_spend_usd_total", key_alias="cap-a", model="cap-model") == 1.0
+    assert scraped("manifold_spend_usd_total", key_alias="cap-b", model="cap-model") == 1.0
+    assert scraped("manifold_spend_usd_total", key_alias="cap-c", model="cap-model") == 0.0
+    assert scraped("manifold_spend_usd_total", key_alias="other", team="cap-team", model="cap-model") == 2.0

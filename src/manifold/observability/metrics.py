@@ -28,7 +28,15 @@ from typing import Any, Final
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import exposition as _exposition
 
-__all__ = ["UNKNOWN", "DeploymentMetrics", "OperationMetrics", "RequestMetrics", "render"]
+__all__ = [
+    "UNKNOWN",
+    "DeploymentMetrics",
+    "OperationMetrics",
+    "RequestMetrics",
+    "add_spend",
+    "count_refusal",
+    "render",
+]
 
 UNKNOWN: Final = "unknown"
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
@@ -141,15 +149,17 @@ LEDGER_BACKLOG = Gauge(
     "Spend-ledger entries waiting to be written.",
     multiprocess_mode="livesum",
 )
-# Access control (issue 12) feeds these two; they are declared here so that every name lives in this file.
+# Access control (issue 12) feeds these two through `count_refusal` and `add_spend` (below); they are declared
+# here so that every name lives in this file.
 RATE_LIMIT_REFUSALS = Counter(
     "manifold_rate_limit_refusals",
-    "Requests refused by a rate limit, by key alias, team, model and limit.",
-    ("key_alias", "team", "model", "limit"),
+    "Requests refused by access control, by the limit (rpm, tpm, max_parallel_requests, budget) and the scope "
+    "whose limit it was (key, team, key_model: a key's limit for one model).",
+    ("limit", "scope"),
 )
 SPEND = Counter(
     "manifold_spend_usd",
-    "Spend in US dollars by key alias, team and model.",
+    "Spend in US dollars by key alias, team alias and model group (past the first 1000 aliases: `other`).",
     ("key_alias", "team", "model"),
 )
 
@@ -377,6 +387,78 @@ class RequestMetrics:
         if child is None:
             child = self._server[key] = BufferedHistogram(SERVER_REQUEST_DURATION.labels(operation, model, error_type))
         return child
+
+
+# -- access control (issue 12 feeds these) ------------------------------------------------------------------
+
+LIMITS: Final = ("rpm", "tpm", "max_parallel_requests", "budget")
+SCOPES: Final = ("key", "team", "key_model")
+OTHER: Final = "other"
+# Key and team aliases are set by an admin, not sent by clients, but a deployment may have many keys: past this
+# many distinct aliases of each kind a process shows the rest as `other` (so one process exports at most
+# (MAX_ALIASES + 1)^2 * models spend series; in practice: keys * their team * the models they use).
+MAX_ALIASES: Final = 1000
+
+
+class AccessMetrics:
+    """The children access control touches, cached by label tuple. `count_refusal` and `add_spend` call the
+    process's one instance (on the event loop's thread)."""
+
+    __slots__ = ("_keys", "_refusals", "_spend", "_teams", "max_aliases")
+
+    def __init__(self, max_aliases: int = MAX_ALIASES) -> None:
+        self.max_aliases = max_aliases
+        self._refusals: dict[tuple[str, str], Buffered] = {}
+        self._spend: dict[tuple[str, str, str], Buffered] = {}
+        self._keys: set[str] = set()
+        self._teams: set[str] = set()
+
+    def count_refusal(self, limit: str, scope: str) -> None:
+        key = (limit, scope)
+        child = self._refusals.get(key)
+        if child is None:
+            labels = (limit if limit in LIMITS else OTHER, scope if scope in SCOPES else OTHER)
+            child = self._refusals.get(labels)
+            if child is None:
+                child = self._refusals[labels] = Buffered(RATE_LIMIT_REFUSALS.labels(*labels))
+        child.inc()
+
+    def add_spend(self, key_alias: str | None, team: str | None, model: str | None, micros: int) -> None:
+        if micros <= 0:
+            return
+        key = (key_alias or "", team or "", model or "")
+        child = self._spend.get(key)
+        if child is None:
+            labels = (self._bounded(key[0], self._keys), self._bounded(key[1], self._teams), key[2] or UNKNOWN)
+            # Only label tuples are cached (an alias past the cap is looked up again, as `other`, each time).
+            child = self._spend.get(labels)
+            if child is None:
+                child = self._spend[labels] = Buffered(SPEND.labels(*labels))
+        child.inc(micros / 1_000_000)
+
+    def _bounded(self, alias: str, seen: set[str]) -> str:
+        if not alias or alias in seen:
+            return alias
+        if len(seen) >= self.max_aliases:
+            return OTHER
+        seen.add(alias)
+        return alias
+
+
+ACCESS: Final = AccessMetrics()
+
+
+def count_refusal(limit: str, scope: str) -> None:
+    """One request refused by access control: `limit` one of `LIMITS` (rpm, tpm, max_parallel_requests,
+    budget), `scope` one of `SCOPES` (key, team, key_model); anything else is counted as `other`."""
+    ACCESS.count_refusal(limit, scope)
+
+
+def add_spend(key_alias: str | None, team: str | None, model: str | None, micros: int) -> None:
+    """Spend of one request, in integer micro-dollars (the ledger's unit), shown in US dollars. `key_alias` and
+    `team` (alias) as the admin set them ("" when unset; past the first `MAX_ALIASES` distinct ones, `other`);
+    `model` the group name the router resolved (None: `unknown`), never the client's raw model string."""
+    ACCESS.add_spend(key_alias, team, model, micros)
 
 
 def multiprocess_dir() -> str | None:
