@@ -9,6 +9,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,35 @@ class OtlpReceiver:
 
     def close(self) -> None:
         self.server.shutdown()
+
+
+class GrpcOtlpReceiver(OtlpReceiver):
+    """An OTLP/gRPC collector (opentelemetry-proto's TraceService on grpcio) that keeps every span it is sent."""
+
+    def __init__(self) -> None:
+        import grpc
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+        self.spans = []
+        self.paths = []
+        receiver = self
+
+        class Service(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request: ExportTraceServiceRequest, context: Any) -> Any:
+                receiver.paths.append("grpc:Export")
+                for resource_spans in request.resource_spans:
+                    for scope_spans in resource_spans.scope_spans:
+                        receiver.spans.extend(scope_spans.spans)
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        self.grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), self.grpc_server)
+        port = self.grpc_server.add_insecure_port("127.0.0.1:0")
+        self.grpc_server.start()
+        self.url = f"http://127.0.0.1:{port}"
+
+    def close(self) -> None:
+        self.grpc_server.stop(grace=None)
 
 
 def attributes(span: Span) -> dict[str, Any]:
@@ -243,3 +273,32 @@ def test_serve_handler_is_traced(receiver: OtlpReceiver, tmp_path: Path) -> None
         assert access_line(proc, request_id)["trace_id"] == trace_id
     finally:
         proc.stop()
+
+
+def test_otlp_over_grpc(fake: FakeUpstream, tmp_path: Path) -> None:
+    """`OTEL_EXPORTER_OTLP_PROTOCOL=grpc`: the same spans, with their parent links, reach a gRPC collector."""
+    receiver = GrpcOtlpReceiver()
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_BSP_SCHEDULE_DELAY": "50",
+    }
+    proc = ManifoldProcess({"model_list": [deployment(fake, "tr-grpc", "echo@grpc")]}, tmp_path, env=env)
+    try:
+        trace_id = "9bf92f3577b34da6a3ce929d0e0e4741"
+        body = {"model": "tr-grpc", "messages": MESSAGES}
+        resp = httpx.post(proc.url + "/v1/chat/completions", json=body, headers=traceparent(trace_id))
+        assert resp.status_code == 200
+        spans = receiver.wait_for(trace_id, 2)
+        assert receiver.paths[0] == "grpc:Export"
+        server = next(s for s in spans if s.kind == Span.SPAN_KIND_SERVER)
+        client = next(s for s in spans if s.kind == Span.SPAN_KIND_CLIENT)
+        assert server.parent_span_id.hex() == CLIENT_SPAN and server.name == "POST /v1/chat/completions"
+        assert client.parent_span_id == server.span_id and client.name == "chat tr-grpc"
+        assert attributes(client)["manifold.deployment"] == "tr-grpc#0"
+        sent = next(r for r in reversed(fake.requests) if r.behavior == "echo@grpc")
+        assert sent.headers["traceparent"] == f"00-{trace_id}-{client.span_id.hex()}-01"
+    finally:
+        proc.stop()
+        receiver.close()
