@@ -12,7 +12,7 @@ that mounts Manifold shows them on its own `/metrics`). With `workers > 1`, `man
 Hot-path rules: a request never calls `.labels()` (a lock, a tuple, a dict lookup under the lock): the children
 a request touches are looked up once per deployment or per label tuple and cached (`DeploymentMetrics`,
 `RequestMetrics`). And a request does not take a lock per figure: counters and histograms are counted in plain
-attributes on the event loop (`Buffered`, `BufferedHistogram`: an add, a `bisect`) and moved into
+attributes on the event loop (`Buffered`: an add; `BufferedHistogram`: a `list.append`) and moved into
 prometheus-client's children by `flush_all`, before every scrape on the main port and once a second (so that
 the other workers' files and the `metrics.port` thread see them).
 """
@@ -23,6 +23,7 @@ import asyncio
 import os
 import threading
 from bisect import bisect_left
+from collections.abc import Callable
 from typing import Any, Final
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -194,36 +195,34 @@ class Buffered:
 
 
 class BufferedHistogram:
-    """A histogram child: observations are bucketed here (`bisect` over the same bounds) and added to the
-    child's buckets and sum by `flush`."""
+    """A histogram child: `observe` is the C method `list.append` of a list of raw values (no Python frame on
+    the request path); `flush` buckets them (`bisect` over the child's bounds) and adds them to the child's
+    buckets and sum. Between two flushes (a second apart) the list holds what the process observed meanwhile."""
 
-    __slots__ = ("bounds", "child", "counts", "dirty", "total")
+    __slots__ = ("bounds", "child", "observe", "values")
 
     def __init__(self, child: Any) -> None:
         self.child = child
         self.bounds: list[float] = list(child._upper_bounds)  # ends with +Inf
-        self.counts = [0] * len(self.bounds)
-        self.total = 0.0
-        self.dirty = False
+        self.values: list[float] = []
+        self.observe: Callable[[float], None] = self.values.append
         _BUFFERED.append(self)
 
-    def observe(self, amount: float) -> None:
-        self.counts[bisect_left(self.bounds, amount)] += 1
-        self.total += amount
-        self.dirty = True
-
     def flush(self) -> None:
-        if not self.dirty:
+        values = self.values
+        if not values:
             return
-        self.dirty = False
-        counts = self.counts
+        taken = values.copy()
+        values.clear()  # the same list: `observe` is its bound `append`
+        bounds = self.bounds
+        counts = [0] * len(bounds)
+        for value in taken:
+            counts[bisect_left(bounds, value)] += 1
         buckets = self.child._buckets
         for i, n in enumerate(counts):
             if n:
-                counts[i] = 0
                 buckets[i].inc(n)
-        total, self.total = self.total, 0.0
-        self.child._sum.inc(total)
+        self.child._sum.inc(sum(taken))
 
 
 def flush_all() -> None:
