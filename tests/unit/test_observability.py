@@ -21,6 +21,7 @@ from manifold.observability.logging import ACCESS_LOGGER, AccessLog, JsonFormatt
 from manifold.observability.metrics import render
 from manifold.observability.record import RequestRecord
 from manifold.observability.redaction import REDACTED, Redactor
+from manifold.observability.tracing import StreamCapture
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -275,3 +276,48 @@ def test_spend_aliases_are_capped() -> None:
     assert scraped("manifold_spend_usd_total", key_alias="cap-b", model="cap-model") == 1.0
     assert scraped("manifold_spend_usd_total", key_alias="cap-c", model="cap-model") == 0.0
     assert scraped("manifold_spend_usd_total", key_alias="other", team="cap-team", model="cap-model") == 2.0
+
+
+def test_stream_capture_puts_the_choices_back_together() -> None:
+    """What a streamed answer's client span gets as `gen_ai.output.messages` (tracing.capture_content)."""
+    capture = StreamCapture()
+    chunks: list[Any] = [
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+        {"choices": [{"index": 0, "delta": {"content": "Hel"}}, {"index": 1, "text": "leg"}]},
+        {"choices": [{"index": 0, "delta": {"content": "lo"}}, {"index": 1, "text": "acy", "finish_reason": "length"}]},
+        {
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {
+                        "tool_calls": [
+                            {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": ""}}
+                        ]
+                    },
+                }
+            ]
+        },
+        {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": '{"a":'}}]}}]},
+        {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}}]},
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+        {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2}},
+        "not a chunk",
+    ]
+    for chunk in chunks:
+        capture.add(chunk)
+    assert capture.result() == {
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": "Hello",
+                    "tool_calls": [
+                        {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}
+                    ],
+                },
+                "finish_reason": "tool_calls",
+            },
+            {"index": 1, "text": "legacy", "finish_reason": "length"},
+        ]
+    }
