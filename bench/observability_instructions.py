@@ -9,8 +9,9 @@ Re-runs itself under `valgrind --tool=callgrind --dump-before=getppid`: the chil
 requests per setting, calling `os.getppid()` (nothing else in the process does) at each phase's start and end, so
 that each phase's instructions land in a dump of their own (the cyclic garbage collector off, a collection run
 between phases). Prints instructions per request of each setting and the
-difference from `off`; at about 3 instructions per ns, 60 000 instructions are ~0.02 ms of CPU. Needs valgrind;
-slow (valgrind runs Python ~50x slower: a minute or two). Prints figures, asserts nothing.
+difference from `off`; the development machine runs 5-8 instructions a nanosecond here (bench/README.md), so
+120 000 instructions are about 0.02 ms of CPU. Needs valgrind; slow (valgrind runs Python ~50x slower: minutes).
+Prints figures, asserts nothing.
 """
 
 from __future__ import annotations
