@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from manifold.config import Deployment, RouterSettings
+from manifold.config import DeploymentBase, OpenAIDeployment, RouterSettings
 from manifold.providers.base import Call, Provider
 from manifold.routing.router import Router
 
@@ -24,7 +24,7 @@ COMPLETION: dict[str, Any] = {"id": "x", "object": "chat.completion", "choices":
 
 
 class Instant(Provider):
-    def __init__(self, deployment: Deployment, chunks: int) -> None:
+    def __init__(self, deployment: DeploymentBase, chunks: int) -> None:
         super().__init__(deployment)
         self.chunks = [{"n": i} for i in range(chunks)]
 
@@ -64,8 +64,7 @@ async def main() -> None:
     parser.add_argument("--deployments", type=int, default=1)
     args = parser.parse_args()
     deployments = [
-        Deployment(model_name="bench", provider="openai", api_base="http://127.0.0.1:1/v1")
-        for _ in range(args.deployments)
+        OpenAIDeployment(model_name="bench", api_base="http://127.0.0.1:1/v1") for _ in range(args.deployments)
     ]
     router = Router(deployments, lambda d: Instant(d, args.chunks), RouterSettings())
     provider = router.providers[0]

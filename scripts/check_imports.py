@@ -17,6 +17,22 @@ FORBIDDEN = {
     "_json": {"api", "server", "routing", "providers", "config", "errors", "cli"},
     "storage": {"api", "server", "routing", "providers", "cli"},
     "responses": {"server", "cli"},
+    # Authentication, limits, budgets, prices: the server wires it into the router; it imports neither.
+    "access": {"server", "cli", "frontend", "routing", "responses"},
+    # Schema and loading only: the checks that need providers or routing live in `validation`, run after loading.
+    "config": {
+        "api",
+        "server",
+        "routing",
+        "providers",
+        "responses",
+        "storage",
+        "frontend",
+        "cli",
+        "validation",
+    },
+    # The validation step after loading: it may read providers and routing, nothing serves from it.
+    "validation": {"server", "responses", "storage", "frontend", "cli"},
     # A leaf: the server, the router and the providers call into it, never the reverse.
     "observability": {"api", "server", "routing", "providers", "responses", "storage", "frontend", "config", "cli"},
 }

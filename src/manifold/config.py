@@ -1,7 +1,9 @@
 """Configuration: the file's types, loading (YAML or JSON), `${ENV}` references and env overrides.
 
-Every problem is reported with its location (`model_list[1].timeouts.connect`); unknown keys are errors, never
-silently ignored. Config keys equal constructor parameters.
+Schema and loading only: every problem of a value's shape is reported with its location
+(`model_list[1].timeouts.connect`); unknown keys are errors, never silently ignored. What needs the providers or
+the router to judge (an upstream's headers and TLS files, a handler that imports, fallback targets, groups) is
+checked after loading, once, by `manifold.validation.validate`. Config keys equal constructor parameters.
 """
 
 from __future__ import annotations
@@ -9,9 +11,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-from collections.abc import Mapping
+import typing
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, NamedTuple, TypeAlias, TypeVar
 
 import msgspec
 import yaml
@@ -21,6 +24,8 @@ from manifold.observability.redaction import Redactor
 
 _T = TypeVar("_T")
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+# A price: a number (or its text) of dollars, read exactly (as its decimal text, never a binary float sum).
+DollarAmount = float | str
 
 
 class Timeouts(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -55,44 +60,15 @@ class UpstreamLimits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_sse_line_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 16 * 1024 * 1024
 
 
-class Deployment(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """One backend serving a public model name. Several deployments may share a `model_name`."""
+class DeploymentBase(msgspec.Struct, tag_field="provider", forbid_unknown_fields=True, kw_only=True):
+    """What every deployment has: one backend serving a public model name (several may share a `model_name`).
+
+    A deployment is of one kind, named by its `provider` key (the tag of the `Deployment` union): each kind is
+    its own Struct below, so a key another kind reads is a decode error naming its path."""
 
     model_name: Annotated[str, msgspec.Meta(min_length=1)]
-    provider: str
     model: str | None = None
-    api_base: str | None = None
-    api_key: str | None = None
-    api_version: str | None = None
-    headers: dict[str, str] = msgspec.field(default_factory=dict)
-    timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
-    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 256
     owned_by: str | None = None
-    # upstream HTTP (docs/configuration.md): "builtin" (HTTP/1.1, the fastest) or "httpx" (HTTP/2; the extra
-    # `manifold[httpx]`); `proxy`: a URL, false for none, absent to follow HTTPS_PROXY/HTTP_PROXY/NO_PROXY
-    transport: Literal["builtin", "httpx"] = "builtin"
-    proxy: str | bool | None = None
-    tls: TLSOptions = msgspec.field(default_factory=TLSOptions)
-    limits: UpstreamLimits = msgspec.field(default_factory=UpstreamLimits)
-    # local provider
-    model_path: str | None = None
-    context_length: Annotated[int, msgspec.Meta(ge=128)] = 4096
-    threads: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    # local provider: llama.cpp's repeat penalty when the client sends none (None: 1.1, which keeps a small
-    # model from repeating one sentence until its context is full)
-    repeat_penalty: Annotated[float, msgspec.Meta(ge=0)] | None = None
-    # kserve_v2 provider (docs/backends-kserve.md)
-    mode: str | None = None
-    model_version: str | None = None
-    chat_template: str | None = None
-    generate_parameters_in: str | None = None
-    # anthropic and local providers: the output limit when the client sets neither max_tokens nor
-    # max_completion_tokens (the Messages API requires one; a small local model would otherwise run to the end
-    # of its context); None means the provider's own default (anthropic 4096, local 512)
-    default_max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    # legacy completions: "auto" tries the upstream's /completions and, on a 404 (or OpenAI's "chat model"
-    # answer), answers through chat from then on; False: always through chat; True: always native
-    supports_completions: bool | Literal["auto"] = "auto"
     # Responses API (docs/responses.md): "translate" serves POST /responses through chat completions (the
     # default); "native" forwards it to the upstream's own /responses (OpenAI-compatible upstreams only)
     responses: str | None = None
@@ -102,12 +78,118 @@ class Deployment(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_concurrency: Annotated[int, msgspec.Meta(ge=1)] | None = None
     max_queue: Annotated[int, msgspec.Meta(ge=0)] = 64
     queue_timeout: PositiveFloat = 30.0
-    # python provider: the handler, `package.module:function` (docs/frontend.md)
-    handler: str | None = None
+    # access (docs/access.md): this deployment's own quota (requests and tokens per minute: the router prefers
+    # deployments with room, 429 when none has), and its prices in dollars per million tokens (None: from the
+    # genai-prices dataset; local and python deployments cost 0 unless set)
+    rpm: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    tpm: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    input_cost_per_million: DollarAmount | None = None
+    output_cost_per_million: DollarAmount | None = None
+    cached_input_cost_per_million: DollarAmount | None = None
+
+    @property
+    def provider(self) -> str:
+        """The kind (`openai`, `local`, …): the `provider` key this deployment was decoded from."""
+        return str(type(self).__struct_config__.tag)
 
     @property
     def upstream_model(self) -> str:
         return self.model if self.model is not None else self.model_name
+
+
+class UpstreamDeployment(DeploymentBase):
+    """The keys of the kinds that call an upstream over HTTP (openai, azure, anthropic, kserve_v2)."""
+
+    api_base: str | None = None
+    api_key: str | None = None
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 256
+    # upstream HTTP (docs/configuration.md): "builtin" (HTTP/1.1, the fastest) or "httpx" (HTTP/2; the extra
+    # `manifold[httpx]`); `proxy`: a URL, false for none, absent to follow HTTPS_PROXY/HTTP_PROXY/NO_PROXY
+    transport: Literal["builtin", "httpx"] = "builtin"
+    proxy: str | bool | None = None
+    tls: TLSOptions = msgspec.field(default_factory=TLSOptions)
+    limits: UpstreamLimits = msgspec.field(default_factory=UpstreamLimits)
+
+
+class OpenAIDeployment(UpstreamDeployment, tag="openai"):
+    """`provider: openai`: any OpenAI-compatible upstream."""
+
+    # legacy completions: "auto" tries the upstream's /completions and, on a 404 (or OpenAI's "chat model"
+    # answer), answers through chat from then on; False: always through chat; True: always native
+    supports_completions: bool | Literal["auto"] = "auto"
+
+
+class AzureDeployment(OpenAIDeployment, tag="azure"):
+    """`provider: azure`: Azure OpenAI (`model` is the Azure deployment name)."""
+
+    # Azure's `api-version` query value (required)
+    api_version: str | None = None
+
+
+class AnthropicDeployment(UpstreamDeployment, tag="anthropic"):
+    """`provider: anthropic`: the Messages API."""
+
+    # Anthropic's `anthropic-version` header (None: 2023-06-01)
+    api_version: str | None = None
+    # the output limit when the client sets neither max_tokens nor max_completion_tokens (the Messages API
+    # requires one; None: 4096)
+    default_max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+
+class KServeV2Deployment(UpstreamDeployment, tag="kserve_v2"):
+    """`provider: kserve_v2`: an Open Inference Protocol server (docs/backends-kserve.md)."""
+
+    mode: str | None = None
+    model_version: str | None = None
+    chat_template: str | None = None
+    generate_parameters_in: str | None = None
+
+
+class LocalFilesDeployment(DeploymentBase):
+    """The keys of the in-process kinds (local, local_embedding)."""
+
+    model_path: str | None = None
+    threads: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+
+class LocalDeployment(LocalFilesDeployment, tag="local"):
+    """`provider: local`: a GGUF model run by llama.cpp in the gateway's process."""
+
+    context_length: Annotated[int, msgspec.Meta(ge=128)] = 4096
+    # llama.cpp's repeat penalty when the client sends none (None: 1.1, which keeps a small model from
+    # repeating one sentence until its context is full)
+    repeat_penalty: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    # the output limit when the client sets neither max_tokens nor max_completion_tokens (a small local model
+    # would otherwise run to the end of its context; None: 512)
+    default_max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+
+class LocalEmbeddingDeployment(LocalFilesDeployment, tag="local_embedding"):
+    """`provider: local_embedding`: a BERT-style ONNX embedding model run in the gateway's process."""
+
+
+class PythonDeployment(DeploymentBase, tag="python"):
+    """`provider: python`: a Python handler (docs/frontend.md)."""
+
+    # the handler, `package.module:function`
+    handler: str | None = None
+
+
+# A deployment as the config file holds it: the kind its `provider` key names.
+Deployment: TypeAlias = (
+    OpenAIDeployment
+    | AzureDeployment
+    | AnthropicDeployment
+    | KServeV2Deployment
+    | LocalDeployment
+    | LocalEmbeddingDeployment
+    | PythonDeployment
+)
+DEPLOYMENT_KINDS: dict[str, type[DeploymentBase]] = {
+    str(cls.__struct_config__.tag): cls for cls in typing.get_args(Deployment)
+}
 
 
 class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -220,6 +302,38 @@ class GroupSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, om
     latency_buffer: NonNegativeFloat | None = None
 
 
+class KeyModelLimits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    rpm: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    tpm: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_parallel_requests: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+
+class StaticTeam(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A team's limits and budget, shared by the static keys that name it."""
+
+    rpm: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    tpm: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_parallel_requests: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_budget: DollarAmount | None = None
+    budget_duration: Literal["daily", "weekly", "monthly"] | None = None
+
+
+class StaticKey(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A key declared in the config (`key` usually `${ENV}`): its limits and budget (dollars), its team."""
+
+    key: Annotated[str, msgspec.Meta(min_length=8)]
+    alias: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    user: str | None = None
+    team: str | None = None
+    models: list[str] | None = None
+    rpm: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    tpm: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_parallel_requests: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_budget: DollarAmount | None = None
+    budget_duration: Literal["daily", "weekly", "monthly"] | None = None
+    model_limits: dict[str, KeyModelLimits] = msgspec.field(default_factory=dict)
+
+
 class AuthSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Inbound authentication (docs/access.md). With a master key, or once any virtual key exists, every API
     route needs a key. `key_cache_ttl_s`: how long a replica trusts a key it looked up (a revoked key stops
@@ -227,6 +341,9 @@ class AuthSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     still works."""
 
     master_key: str | None = None
+    # Keys declared in the config (docs/access.md "static keys"): hashed at load, never logged.
+    keys: list[StaticKey] = msgspec.field(default_factory=list)
+    teams: dict[str, StaticTeam] = msgspec.field(default_factory=dict)
     key_cache_ttl_s: Annotated[float, msgspec.Meta(gt=0, le=5)] = 5.0
     rotation_grace_s: NonNegativeFloat = 3600.0
 
@@ -239,6 +356,23 @@ class RedisSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     url: str | None = None
     on_redis_error: Literal["open", "closed"] = "open"
     timeout_s: PositiveFloat = 0.5
+    # Without `url`, several workers are a config error unless this says that limits are per process.
+    limits_per_process: bool = False
+    # Prefix of every key Manifold writes in Redis (several gateways, or tests, may share one Redis).
+    key_prefix: Annotated[str, msgspec.Meta(max_length=64)] = "manifold:"
+
+
+class LedgerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The usage ledger (docs/access.md): one row per API request in the store's database (`storage:`).
+    `enabled` None (the default): on when `auth.master_key` or `auth.keys` is set, off otherwise. Rows are
+    buffered and written every `flush_interval_s` in batches of at most `max_batch` rows (one INSERT each); while
+    the database is down at most `max_buffered_rows` wait in memory, and rows beyond that are dropped (counted,
+    logged)."""
+
+    enabled: bool | None = None
+    flush_interval_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0
+    max_batch: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 500
+    max_buffered_rows: Annotated[int, msgspec.Meta(ge=1)] = 100_000
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -251,6 +385,16 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tracing: TracingSettings = msgspec.field(default_factory=TracingSettings)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
+    ledger: LedgerSettings = msgspec.field(default_factory=LedgerSettings)
+
+    @property
+    def ledger_on(self) -> bool:
+        """Whether the usage ledger records requests (`ledger.enabled`, or by default a master key or static keys;
+        virtual keys need a master key to be created)."""
+        enabled = self.ledger.enabled
+        if enabled is None:
+            return self.auth.master_key is not None or bool(self.auth.keys)
+        return enabled
 
 
 def secrets_of(config: Config) -> list[str]:
@@ -258,6 +402,8 @@ def secrets_of(config: Config) -> list[str]:
     compaction key, the master key, the storage and Redis URLs' passwords."""
     secrets: list[str] = []
     for dep in config.model_list:
+        if not isinstance(dep, UpstreamDeployment):
+            continue
         if dep.api_key:
             secrets.append(dep.api_key)
         secrets.extend(v for v in dep.headers.values() if v)
@@ -265,6 +411,7 @@ def secrets_of(config: Config) -> list[str]:
         secrets.append(config.responses.compaction_key)
     if config.auth.master_key:
         secrets.append(config.auth.master_key)
+    secrets.extend(k.key for k in config.auth.keys)
     for url in (config.storage.url, config.redis.url):
         if url and "@" in url and ":" in url.split("@", 1)[0].split("//", 1)[-1]:
             secrets.append(url.split("@", 1)[0].split("//", 1)[-1].split(":", 1)[1])
@@ -284,8 +431,8 @@ def default_config() -> Config:
 
 def embedded_deployments() -> list[Deployment]:
     return [
-        Deployment(model_name="smollm2", provider="local", owned_by="manifold"),
-        Deployment(model_name="minilm", provider="local_embedding", owned_by="manifold"),
+        LocalDeployment(model_name="smollm2", owned_by="manifold"),
+        LocalEmbeddingDeployment(model_name="minilm", owned_by="manifold"),
     ]
 
 
@@ -294,8 +441,40 @@ def serves_embedded_default(config: Config) -> bool:
     return config.model_list == embedded_deployments()
 
 
+class Decoded(NamedTuple):
+    """What decoding a config found. `config`: None when anything failed. `deployments`: the `model_list` entries
+    that decoded, by index, so that the validation step can judge them even when others failed (a user fixing
+    one problem must not discover the next only then); `router`: the router section when it and every deployment
+    decoded. `problems`: decoding's own, in the order of the file's sections; `redact` hides the file's secrets
+    (a key pasted into the wrong field must not be echoed, docs/observability.md)."""
+
+    config: Config | None
+    deployments: dict[int, Deployment]
+    router: RouterSettings | None
+    problems: list[str]
+    redact: Redactor
+
+    def result(self, more: Iterable[str] = ()) -> Config:
+        """The config, or a ConfigError with decoding's problems and `more` (the validation step's), redacted."""
+        problems = [*self.problems, *more]
+        if problems or self.config is None:
+            raise ConfigError([self.redact(p) for p in problems])
+        return self.config
+
+
 def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Config:
-    """Load, expand and validate a config file (None: the embedded default plus env overrides)."""
+    """Load, expand and decode a config file (None: the embedded default plus env overrides). What needs the
+    providers or the router is not checked here: `manifold.validation.load_config` does both."""
+    return decode_file(path, environ).result()
+
+
+def parse_config(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
+    """Decode an in-memory config mapping (`manifold.validation.parse_config` validates it too)."""
+    return decode_mapping(data, environ).result()
+
+
+def decode_file(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Decoded:
+    """`load_config` without raising: every decoding problem, and what decoded."""
     env = os.environ if environ is None else environ
     if path is None:
         raw: Any = msgspec.to_builtins(default_config())
@@ -306,15 +485,15 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] 
     problems: list[str] = []
     raw = _expand_env(raw, env, "", problems)
     _apply_env_overrides(raw, env, problems)
-    return _build(raw, problems)
+    return _decode(raw, problems)
 
 
-def parse_config(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
-    """Validate an in-memory config mapping (the library entry point)."""
+def decode_mapping(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Decoded:
+    """`parse_config` without raising: every decoding problem, and what decoded."""
     env = os.environ if environ is None else environ
     problems: list[str] = []
     raw = _expand_env(dict(data), env, "", problems)
-    return _build(raw, problems)
+    return _decode(raw, problems)
 
 
 def environment_problems(config: Config) -> list[str]:
@@ -429,7 +608,7 @@ def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str], problems: 
         node[keys[-1]] = value
 
 
-def _build(raw: dict[str, Any], problems: list[str]) -> Config:
+def _decode(raw: dict[str, Any], problems: list[str]) -> Decoded:
     """Convert section by section (and deployment by deployment) and check what converted, so every problem
     in the file is reported at once, not only the first, in the order of the file's sections."""
     found: dict[str, list[str]] = {name: [] for name in Config.__struct_fields__}
@@ -439,18 +618,19 @@ def _build(raw: dict[str, Any], problems: list[str]) -> Config:
     if server is not None:
         found["server"].extend(_server_problems(server))
     model_list_raw = raw.get("model_list", [])
-    deployments: list[Deployment] = []
-    all_converted = isinstance(model_list_raw, list)
+    deployments: dict[int, Deployment] = {}
+    all_decoded = isinstance(model_list_raw, list)
     if not isinstance(model_list_raw, list):
         found["model_list"].append("model_list: expected a list of deployments")
     else:
         for i, item in enumerate(model_list_raw):
-            dep = _convert_part(item, Deployment, f"model_list[{i}]", found["model_list"])
+            dep = _convert_deployment(item, f"model_list[{i}]", found["model_list"])
             if dep is not None:
-                found["model_list"].extend(_deployment_problems(dep, f"model_list[{i}]"))
-                deployments.append(dep)
+                deployments[i] = dep
+                for name in ("input_cost_per_million", "output_cost_per_million", "cached_input_cost_per_million"):
+                    found["model_list"].extend(_dollar_problems(getattr(dep, name), f"model_list[{i}].{name}"))
             else:
-                all_converted = False
+                all_decoded = False
     storage = _convert_part(raw.get("storage", {}), StorageSettings, "storage", found["storage"])
     if storage is not None:
         found["storage"].extend(_storage_problems(storage))
@@ -458,15 +638,22 @@ def _build(raw: dict[str, Any], problems: list[str]) -> Config:
     router = _convert_router(raw.get("router", {}), found["router"])
     metrics = _convert_part(raw.get("metrics", {}), MetricsSettings, "metrics", found["metrics"])
     tracing = _convert_part(raw.get("tracing", {}), TracingSettings, "tracing", found["tracing"])
+    auth = _convert_part(raw.get("auth", {}), AuthSettings, "auth", found["auth"])
+    if auth is not None:
+        found["auth"].extend(_auth_problems(auth))
+    redis = _convert_part(raw.get("redis", {}), RedisSettings, "redis", found["redis"])
+    if redis is not None and server is not None:
+        limited = auth is not None and (auth.master_key is not None or bool(auth.keys))
+        limited = limited or any(d.rpm is not None or d.tpm is not None for d in deployments.values())
+        found["redis"].extend(_redis_problems(redis, server, limited))
+    ledger = _convert_part(raw.get("ledger", {}), LedgerSettings, "ledger", found["ledger"])
     order = [k for k in raw if k in found] + [k for k in found if k not in raw]
     for name in order:
         problems.extend(found[name])
-    if router is not None and all_converted:
-        # Names are checked against the deployments only when all of them could be read.
-        problems.extend(_router_problems(router, deployments))
     if metrics is not None and server is not None and metrics.port is not None and metrics.port == server.port:
         problems.append(f"metrics.port: {metrics.port} is the server's own port (leave it out to serve it there)")
-    if (
+    config = None
+    if not (
         problems
         or server is None
         or storage is None
@@ -474,21 +661,76 @@ def _build(raw: dict[str, Any], problems: list[str]) -> Config:
         or router is None
         or metrics is None
         or tracing is None
+        or auth is None
+        or redis is None
+        or ledger is None
     ):
-        raise ConfigError(_without_secrets(raw, problems))
-    return Config(
-        model_list=deployments,
-        server=server,
-        storage=storage,
-        responses=responses,
-        router=router,
-        metrics=metrics,
-        tracing=tracing,
-    )
+        config = Config(
+            model_list=list(deployments.values()),
+            server=server,
+            storage=storage,
+            responses=responses,
+            router=router,
+            metrics=metrics,
+            tracing=tracing,
+            auth=auth,
+            redis=redis,
+            ledger=ledger,
+        )
+    # Names are checked against the deployments only when all of them could be read.
+    return Decoded(config, deployments, router if all_decoded else None, problems, _redactor(raw))
 
 
-def _without_secrets(raw: dict[str, Any], problems: list[str]) -> list[str]:
-    """Problems as printed: a key pasted into the wrong field must not be echoed (docs/observability.md)."""
+def _auth_problems(a: AuthSettings) -> list[str]:
+    out: list[str] = []
+    seen: set[str] = set()
+    for i, key in enumerate(a.keys):
+        where = f"auth.keys[{i}]"
+        if key.alias in seen:
+            out.append(f"{where}.alias: {key.alias!r} is used by another key")
+        seen.add(key.alias)
+        if key.team is not None and key.team not in a.teams:
+            out.append(f"{where}.team: {key.team!r} is not in auth.teams")
+        out.extend(_dollar_problems(key.max_budget, f"{where}.max_budget"))
+    for name, team in a.teams.items():
+        out.extend(_dollar_problems(team.max_budget, f"auth.teams.{name}.max_budget"))
+    if len({k.key for k in a.keys}) != len(a.keys):
+        out.append("auth.keys: two keys have the same secret")
+    return out
+
+
+def _dollar_problems(value: DollarAmount | None, where: str) -> list[str]:
+    from decimal import Decimal, InvalidOperation
+
+    if value is None:
+        return []
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        return [f"{where}: {value!r} is not a number of dollars"]
+    if not amount.is_finite() or amount < 0:
+        return [f"{where}: {value!r} must be a number of dollars, 0 or more"]
+    return []
+
+
+def _redis_problems(r: RedisSettings, server: ServerSettings, limited: bool) -> list[str]:
+    """`limited`: keys or deployment quotas exist, whose counts several workers would have to share."""
+    out: list[str] = []
+    if r.url is not None:
+        if not r.url.startswith(("redis://", "rediss://", "unix://")):
+            out.append("redis.url: expected redis://host:port/db, rediss://… or unix://…")
+        elif importlib.util.find_spec("hiredis") is None:
+            out.append("redis.url: needs the hiredis parser, which is not installed: pip install 'manifold[redis]'")
+    elif limited and server.workers > 1 and not r.limits_per_process:
+        out.append(
+            f"redis: server.workers is {server.workers} but redis.url is not set: rate limits, budgets and in-flight "
+            "counts would be per worker. Set redis.url, or redis.limits_per_process: true to accept per-worker limits"
+        )
+    return out
+
+
+def _redactor(raw: dict[str, Any]) -> Redactor:
+    """What problems must not show: the keys and header values the file holds, wherever they were written."""
     secrets: list[str] = []
     deployments = raw.get("model_list")
     for dep in deployments if isinstance(deployments, list) else []:
@@ -500,8 +742,14 @@ def _without_secrets(raw: dict[str, Any], problems: list[str]) -> list[str]:
     responses = raw.get("responses")
     if isinstance(responses, dict):
         secrets.append(str(responses.get("compaction_key") or ""))
-    redact = Redactor(secrets)
-    return [redact(p) for p in problems]
+    auth = raw.get("auth")
+    if isinstance(auth, dict):
+        secrets.append(str(auth.get("master_key") or ""))
+        keys = auth.get("keys")
+        for key in keys if isinstance(keys, list) else []:
+            if isinstance(key, dict):
+                secrets.append(str(key.get("key") or ""))
+    return Redactor(secrets)
 
 
 def _convert_part(data: Any, typ: type[_T], where: str, problems: list[str]) -> _T | None:
@@ -518,6 +766,32 @@ def _convert_part(data: Any, typ: type[_T], where: str, problems: list[str]) -> 
     except msgspec.ValidationError as exc:
         problems.append(_locate(str(exc), where))
         return None
+
+
+def _convert_deployment(data: Any, where: str, problems: list[str]) -> Deployment | None:
+    """One `model_list` entry, decoded as the kind its `provider` names. A key of another kind says which kinds
+    read it; every such key is reported, not only the first."""
+    kind = data.get("provider") if isinstance(data, dict) else None
+    if isinstance(kind, str):
+        cls = DEPLOYMENT_KINDS.get(kind)
+        if cls is None:
+            problems.append(f"{where}.provider: {kind!r} is not one of: {', '.join(sorted(DEPLOYMENT_KINDS))}")
+            return None
+        extra = [k for k in data if k != "provider" and k not in cls.__struct_fields__]
+        for k in extra:
+            readers = sorted(name for name, other in DEPLOYMENT_KINDS.items() if k in other.__struct_fields__)
+            if readers:
+                problems.append(f"{where}.{k}: only read by provider {' / '.join(readers)}, not {kind!r}")
+            else:
+                problems.append(f"{where}.{k}: unknown key")
+        if extra:
+            data = {k: v for k, v in data.items() if k not in extra}
+    try:
+        dep: Deployment = msgspec.convert(data, Deployment, strict=False)
+    except msgspec.ValidationError as exc:
+        problems.append(_locate(str(exc), where))
+        return None
+    return dep
 
 
 _AT = re.compile(r" - at `\$(.*)`$")
@@ -576,63 +850,6 @@ def _storage_problems(s: StorageSettings) -> list[str]:
     return []
 
 
-def _deployment_problems(dep: Deployment, where: str) -> list[str]:
-    from manifold.providers.registry import PROVIDERS, misplaced_fields
-
-    kind = PROVIDERS.get(dep.provider)
-    if kind is None:
-        return [f"{where}.provider: {dep.provider!r} is not one of: {', '.join(sorted(PROVIDERS))}"]
-    problems = [f"{where}.{problem}" for problem in misplaced_fields(dep) + kind.check(dep)]
-    problems.extend(_upstream_http_problems(dep, where))
-    if dep.responses is not None:
-        from manifold.providers.base import Capability
-
-        if dep.responses not in ("translate", "native"):
-            problems.append(f"{where}.responses: {dep.responses!r} is not one of: native, translate")
-        elif dep.responses == "native" and Capability.RESPONSES not in kind.load().capabilities:
-            problems.append(
-                f"{where}.responses: provider {dep.provider!r} has no native Responses API; "
-                "leave it out (translated through chat completions)"
-            )
-    return problems
-
-
-def _upstream_http_problems(dep: Deployment, where: str) -> list[str]:
-    """Headers that would break the request line (CR/LF: header injection), an unusable proxy or TLS files."""
-    from manifold.providers import proxy, transport
-
-    problems = []
-    for name, value in dep.headers.items():
-        why = transport.header_problem(name, value)
-        if why is not None:
-            problems.append(f"{where}.headers.{name}: {why}")
-    if dep.api_key is not None and transport.header_problem("authorization", dep.api_key) is not None:
-        # Never echo the key: say only what is wrong with it.
-        problems.append(f"{where}.api_key: {transport.header_problem('authorization', dep.api_key)}")
-    if dep.proxy is True:
-        problems.append(f"{where}.proxy: expected a proxy URL, or false for none")
-    elif isinstance(dep.proxy, str):
-        try:
-            proxy.Proxy.parse(dep.proxy)
-        except ValueError as exc:
-            problems.append(f"{where}.proxy: {exc}")
-    tls = dep.tls
-    if tls.key_file and not tls.cert_file:
-        problems.append(f"{where}.tls.key_file: needs tls.cert_file (the client certificate it belongs to)")
-    elif tls.ca_file or tls.cert_file:
-        try:
-            transport.tls_context(ca_file=tls.ca_file, cert_file=tls.cert_file, key_file=tls.key_file)
-        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-            problems.append(f"{where}.tls: cannot load the CA or client certificate: {exc}")
-    if dep.transport == "httpx":
-        try:
-            import h2  # noqa: F401
-            import httpx  # noqa: F401
-        except ImportError:
-            problems.append(f"{where}.transport: httpx needs the extra: pip install 'manifold[httpx]'")
-    return problems
-
-
 def _convert_router(data: Any, problems: list[str]) -> RouterSettings | None:
     # Each group on its own, so that problems name it (`router.groups.gpt-4o.num_retries`), not `groups[...]`.
     groups_raw = data.get("groups") if isinstance(data, dict) else None
@@ -651,9 +868,3 @@ def _convert_router(data: Any, problems: list[str]) -> RouterSettings | None:
         return None
     router.groups = groups
     return router
-
-
-def _router_problems(settings: RouterSettings, deployments: list[Deployment]) -> list[str]:
-    from manifold.routing.addressing import router_problems
-
-    return router_problems(settings, deployments)

@@ -130,3 +130,33 @@ def test_several_workers_serve(tmp_path: Path) -> None:
             assert httpx.get(proc.base_url + "/models").status_code == 200
     finally:
         proc.stop()
+
+
+def test_check_reports_a_wrong_kind_key_and_each_cross_check_once(tmp_path: Path) -> None:
+    path = tmp_path / "kinds.yaml"
+    path.write_text(
+        "model_list:\n"
+        "  - model_name: a\n"
+        "    provider: openai\n"
+        "    api_base: http://127.0.0.1:1/v1\n"
+        "    model_path: /models/a.gguf\n"
+        "  - model_name: b\n"
+        "    provider: azure\n"
+        "    api_base: https://example.openai.azure.com\n"
+        "    model: b\n"
+        "router:\n"
+        "  fallbacks: [nope]\n"
+        "  groups: {b: {fallbacks: [a, gone]}}\n"
+    )
+    result = manifold("check", "--config", str(path))
+    assert result.returncode == 1
+    lines = [line.strip() for line in result.stderr.splitlines()]
+    assert lines[0].endswith("4 problem(s)"), result.stderr
+    assert lines[1:] == [
+        # decoding: the key of another kind, with its path
+        "model_list[0].model_path: only read by provider local / local_embedding, not 'openai'",
+        # the validation step, once each
+        "model_list[1].api_version: required for azure (e.g. 2024-10-21)",
+        "router.fallbacks[0]: 'nope' is not a model name, alias or wildcard match",
+        "router.groups.b.fallbacks[1]: 'gone' is not a model name, alias or wildcard match",
+    ], result.stderr

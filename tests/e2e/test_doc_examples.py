@@ -40,8 +40,9 @@ import openai
 import pytest
 import yaml
 
-from manifold.config import Config, environment_problems, load_config
+from manifold.config import Config, environment_problems
 from manifold.errors import ConfigError
+from manifold.validation import load_config
 from tests.e2e.conftest import ManifoldProcess
 from tests.fakes.openai_upstream import FakeUpstream
 

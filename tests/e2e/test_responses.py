@@ -651,8 +651,8 @@ def test_native_deployment_is_passed_through(
 
 
 def test_native_is_checked_in_the_config() -> None:
-    from manifold.config import parse_config
     from manifold.errors import ConfigError
+    from manifold.validation import parse_config
 
     with pytest.raises(ConfigError) as err:
         parse_config(

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from manifold.config import parse_config
 from manifold.server.app import ManifoldApp, build_app
+from manifold.validation import parse_config
 from tests.e2e.asgi_server import serve
 from tests.fakes.openai_upstream import FakeUpstream
 

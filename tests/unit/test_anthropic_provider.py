@@ -7,11 +7,12 @@ from typing import Any
 import msgspec
 import pytest
 
-from manifold.config import Deployment, parse_config
+from manifold.config import Deployment
 from manifold.errors import ConfigError
 from manifold.providers.anthropic.provider import AnthropicProvider, endpoint
 from manifold.providers.base import Capability
 from manifold.providers.registry import PROVIDERS, create_provider
+from manifold.validation import parse_config
 
 
 def deployment(**fields: Any) -> Deployment:

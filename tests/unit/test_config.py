@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 import yaml
 
-from manifold.config import Config, Deployment, load_config, parse_config
+from manifold.config import Config, Deployment, UpstreamDeployment
 from manifold.errors import ConfigError
 from manifold.providers.registry import PROVIDERS
+from manifold.validation import load_config, parse_config
 
 VALID: dict[str, Any] = {
     "model_list": [
@@ -168,7 +169,7 @@ ONE_PROBLEM: list[Any] = [
     ("max-connections-zero", with_deployment(max_connections=0), "model_list[0].max_connections:", ">= 1"),
     (
         "context-length-small",
-        with_deployment(provider="local", context_length=64),
+        with_deployment(provider="local", api_base=None, context_length=64),
         "model_list[0].context_length:",
         ">= 128",
     ),
@@ -434,7 +435,7 @@ def test_default_config_without_path() -> None:
         ("smollm2", "local"),
         ("minilm", "local_embedding"),
     ]
-    assert all(d.api_base is None for d in config.model_list)
+    assert not any(isinstance(d, UpstreamDeployment) for d in config.model_list)  # no HTTP keys at all
     assert config.server.port == 8080
     assert config.server.prefixes == ["/v1"]
 

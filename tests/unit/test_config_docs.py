@@ -11,7 +11,7 @@ from types import ModuleType
 
 import msgspec
 
-from manifold.config import Config, ServerSettings
+from manifold.config import DEPLOYMENT_KINDS, Config, ServerSettings
 from manifold.providers.registry import PROVIDERS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,6 +41,11 @@ def test_every_key_and_provider_kind_is_in_the_reference() -> None:
     provider_row = next(line for line in page.splitlines() if line.startswith("| `provider` |"))
     for kind in PROVIDERS:
         assert f"`{kind}`" in provider_row, kind
+    # each kind's own keys have their table (issue 11: one Struct per kind)
+    for kind, cls in DEPLOYMENT_KINDS.items():
+        for field in msgspec.structs.fields(cls):
+            assert f"| `{field.name}` |" in page or f"| `{field.name}." in page, (kind, field.name)
+    assert "<!-- config-keys model_list.http -->" in page and "<!-- config-keys model_list.local -->" in page
 
 
 def test_a_new_field_gets_a_row_with_its_comment_and_a_new_section_gets_a_table(tmp_path: Path) -> None:

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
+from manifold.api.operations import BY_NAME
 from manifold.errors import InvalidRequestError
 from manifold.providers.python_handler.calling import Handler, invoke, is_stream, iterate
 from manifold.providers.python_handler.context import RequestInfo
 from manifold.providers.python_handler.errors import HandlerContractError, HandlerFailedError, HTTPError
-from manifold.providers.python_handler.operations import BY_NAME
 
 CHAT = BY_NAME["create_chat_completion"]
 RETRIEVE = BY_NAME["retrieve_chat_completion"]

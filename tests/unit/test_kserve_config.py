@@ -7,11 +7,12 @@ from typing import Any
 
 import pytest
 
-from manifold.config import Deployment, parse_config
+from manifold.config import KServeV2Deployment
 from manifold.errors import ConfigError
 from manifold.providers.base import Capability
 from manifold.providers.kserve_v2.provider import GenerateProvider, KServeV2Provider, TensorsProvider
 from manifold.providers.registry import create_provider
+from manifold.validation import parse_config
 
 
 def problems(**deployment: Any) -> list[str]:
@@ -63,8 +64,8 @@ def test_server_kserve_urls_setting() -> None:
 
 
 def test_mode_picks_the_class_and_its_capabilities() -> None:
-    tensors = create_provider(Deployment(model_name="m", provider="kserve_v2", api_base="http://h:1/"))
-    generate = create_provider(Deployment(model_name="m", provider="kserve_v2", api_base="http://h:1", mode="generate"))
+    tensors = create_provider(KServeV2Deployment(model_name="m", api_base="http://h:1/"))
+    generate = create_provider(KServeV2Deployment(model_name="m", api_base="http://h:1", mode="generate"))
     assert type(tensors) is TensorsProvider and isinstance(tensors, KServeV2Provider)
     assert type(generate) is GenerateProvider
     assert {Capability.CHAT, Capability.STREAM, Capability.TOOLS, Capability.VISION} <= tensors.capabilities
@@ -73,10 +74,8 @@ def test_mode_picks_the_class_and_its_capabilities() -> None:
 
 
 def test_urls() -> None:
-    plain = KServeV2Provider(Deployment(model_name="m", provider="kserve_v2", api_base="http://h:1/v2/", model="a b"))
+    plain = KServeV2Provider(KServeV2Deployment(model_name="m", api_base="http://h:1/v2/", model="a b"))
     assert plain.model_url == "http://h:1/v2/models/a%20b"
     assert plain.server_url == "http://h:1/v2"
-    versioned = KServeV2Provider(
-        Deployment(model_name="m", provider="kserve_v2", api_base="http://h:1", model_version="3")
-    )
+    versioned = KServeV2Provider(KServeV2Deployment(model_name="m", api_base="http://h:1", model_version="3"))
     assert versioned.model_url == "http://h:1/v2/models/m/versions/3"

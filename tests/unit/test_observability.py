@@ -200,16 +200,14 @@ def stream_outcome(model: str, outcome: str) -> float:
 
 @pytest.mark.parametrize("how", ["completed", "upstream_cut", "client_left", "closed_unread"])
 async def test_stream_outcomes(how: str) -> None:
-    from manifold.config import Deployment
+    from manifold.config import OpenAIDeployment
     from manifold.errors import BadGatewayError
     from manifold.providers.base import Call
     from manifold.routing.router import Router
 
     model = f"stream-outcome-{how}"
     backend = StreamingBackend(fail=how == "upstream_cut")
-    router = Router(
-        [Deployment(model_name=model, provider="openai", api_base="http://127.0.0.1:9/v1")], backend.provider
-    )
+    router = Router([OpenAIDeployment(model_name=model, api_base="http://127.0.0.1:9/v1")], backend.provider)
     router.observe(True)
     stream: Any = await router.open_chat_stream(Call({}, model, "req_1", True))
     if how == "closed_unread":

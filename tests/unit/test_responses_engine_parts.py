@@ -594,7 +594,8 @@ async def test_a_failure_before_the_first_event_keeps_its_status() -> None:
 
 
 def test_responses_settings() -> None:
-    from manifold.config import ConfigError, parse_config
+    from manifold.errors import ConfigError
+    from manifold.validation import parse_config
 
     config = parse_config({"responses": {"compaction_key": "${KEY}"}}, environ={"KEY": "s3cret"})
     assert config.responses.compaction_key == "s3cret" and config.responses.background_lease_s == 15.0

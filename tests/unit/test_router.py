@@ -8,12 +8,12 @@ import random
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import msgspec
 import pytest
 
-from manifold.config import Deployment, RouterSettings, parse_config
+from manifold.config import Deployment, GroupSettings, RouterSettings
 from manifold.errors import (
     BadGatewayError,
-    ConfigError,
     GatewayTimeoutError,
     InvalidRequestError,
     ManifoldError,
@@ -25,6 +25,7 @@ from manifold.providers.base import Call, Provider
 from manifold.providers.upstream_http import error_from_upstream
 from manifold.routing import router as router_module
 from manifold.routing.router import Router
+from manifold.validation import parse_config, validate
 
 Step = Any  # "ok", an exception, or for streams a list of chunks/exceptions
 
@@ -455,7 +456,13 @@ def test_router_settings_per_group() -> None:
     assert s.router.groups["b"].policy.retry_backoff == 0.01  # inherited
 
 
-def test_unresolvable_fallbacks_in_code_built_routers() -> None:
+def test_unresolvable_fallbacks_are_a_validation_problem_not_the_routers() -> None:
+    # Fallback targets are checked once, by the validation step; the router takes what it is given.
     config = parse_config({"model_list": [dep("a", "a")]}, environ={})
-    with pytest.raises(ConfigError):
-        Router(config.model_list, lambda d: Scripted(d, ["ok"], []), RouterSettings(fallbacks=["nope"]))
+    settings = RouterSettings(fallbacks=["nope"], groups={"a": GroupSettings(context_window_fallbacks=["gone"])})
+    assert validate(msgspec.structs.replace(config, router=settings)) == [
+        "router.fallbacks[0]: 'nope' is not a model name, alias or wildcard match",
+        "router.groups.a.context_window_fallbacks[0]: 'gone' is not a model name, alias or wildcard match",
+    ]
+    router = Router(config.model_list, lambda d: Scripted(d, ["ok"], []), settings)
+    assert (router.groups["a"].fallbacks, router.groups["a"].context_window_fallbacks) == ((), ())

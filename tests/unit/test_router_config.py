@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from manifold.config import RouterSettings, load_config, parse_config
+from manifold.config import RouterSettings
 from manifold.errors import ConfigError
 from manifold.routing.group import Policy
+from manifold.validation import load_config, parse_config
 
 BASE = "http://127.0.0.1:8000/v1"
 

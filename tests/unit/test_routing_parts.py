@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from manifold.config import Deployment, RouterSettings
+from manifold.config import OpenAIDeployment, RouterSettings
 from manifold.errors import (
     BadGatewayError,
     GatewayTimeoutError,
@@ -257,7 +257,7 @@ def members(*weights: float) -> list[Member]:
     policy = Policy(RouterSettings())
     out = []
     for i, w in enumerate(weights):
-        dep = Deployment(model_name="m", provider="openai", api_base="http://127.0.0.1:1/v1", weight=w)
+        dep = OpenAIDeployment(model_name="m", api_base="http://127.0.0.1:1/v1", weight=w)
         out.append(Member(_Provider(dep), f"m#{i}", policy))
     return out
 

@@ -16,8 +16,8 @@ from manifold.api.stored_chat import (
     parse_list_params,
     stored_message,
 )
-from manifold.config import parse_config
 from manifold.errors import ConfigError, InvalidRequestError
+from manifold.validation import parse_config
 from tests.conformance.schema import assert_valid
 
 # -- query parameters -------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from manifold.api.sse_decoder import SSEEvent
-from manifold.config import Deployment, Timeouts
+from manifold.config import OpenAIDeployment, Timeouts
 from manifold.errors import BadGatewayError, GatewayTimeoutError, UpstreamError
 from manifold.providers import transport
 from manifold.providers.transport import (
@@ -190,9 +190,8 @@ async def session_for() -> AsyncIterator[MakeSession]:
         total: float | None = None,
         max_connections: int = 2,
     ) -> UpstreamSession:
-        deployment = Deployment(
+        deployment = OpenAIDeployment(
             model_name="m",
-            provider="openai",
             api_base=f"{origin}/v1",
             timeouts=Timeouts(connect=connect, first_byte=first_byte, total=total),
             max_connections=max_connections,

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from manifold.config import Deployment, Timeouts, parse_config
+from manifold.config import Deployment, OpenAIDeployment, Timeouts
 from manifold.errors import BadGatewayError, ConfigError, InvalidRequestError, RateLimitError
 from manifold.providers.base import Call
 from manifold.providers.httpx_transport import HttpxTransport
@@ -29,6 +29,7 @@ from manifold.providers.transport import (
 )
 from manifold.providers.upstream_http import UpstreamSession
 from manifold.routing.router import ATTEMPTS_HEADER, Router
+from manifold.validation import parse_config
 from tests.fakes.certificates import GeneratedCA, make_test_ca
 from tests.fakes.connect_proxy import ConnectProxy
 from tests.fakes.memory_transport import MemoryTransport, Scripted
@@ -181,9 +182,7 @@ async def test_resend_counts_as_an_attempt_and_a_delivered_request_is_not_resent
             await conn.send(completion)
 
     server = await serve(handler)
-    deployment = Deployment(
-        model_name="m", provider="openai", api_base=f"{server.origin}/v1", timeouts=Timeouts(first_byte=5.0)
-    )
+    deployment = OpenAIDeployment(model_name="m", api_base=f"{server.origin}/v1", timeouts=Timeouts(first_byte=5.0))
     from manifold.config import RouterSettings
 
     router = Router([deployment], settings=RouterSettings(num_retries=0))
@@ -599,7 +598,7 @@ async def test_an_in_memory_transport_behind_the_session() -> None:
             Scripted(302, {"Location": "/elsewhere"}, [b"{}"]),
         ]
     )
-    deployment = Deployment(model_name="m", provider="openai", api_base="http://upstream.invalid/v1")
+    deployment = OpenAIDeployment(model_name="m", api_base="http://upstream.invalid/v1")
     session = UpstreamSession(deployment, transport=transport)
     assert await session.post_json("http://upstream.invalid/v1/x", b"{}", {"k": "v"}) == {"id": "x"}
     stream = session.sse(await session.request("POST", "http://upstream.invalid/v1/s", data=b"{}"))
@@ -614,10 +613,8 @@ async def test_an_in_memory_transport_behind_the_session() -> None:
 
 
 def test_transport_httpx_is_chosen_per_deployment() -> None:
-    builtin = UpstreamSession(Deployment(model_name="m", provider="openai", api_base="http://127.0.0.1:1/v1"))
-    chosen = UpstreamSession(
-        Deployment(model_name="m", provider="openai", api_base="http://127.0.0.1:1/v1", transport="httpx")
-    )
+    builtin = UpstreamSession(OpenAIDeployment(model_name="m", api_base="http://127.0.0.1:1/v1"))
+    chosen = UpstreamSession(OpenAIDeployment(model_name="m", api_base="http://127.0.0.1:1/v1", transport="httpx"))
     assert isinstance(builtin.transport, ConnectionPool)
     assert isinstance(chosen.transport, HttpxTransport)
 

@@ -40,7 +40,8 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """`key_id` None: the master key (admin, no limits). `models` None: every model."""
+    """`key_id` None: the master key (admin, no limits). `models` None: every model; `team_models` likewise for
+    the key's team (a request must be allowed by both)."""
 
     key_id: str | None
     key_alias: str | None = None
@@ -52,6 +53,7 @@ class Principal:
     key_limits: Limits = field(default_factory=Limits)
     team_limits: Limits | None = None
     created_at: int = 0  # the key's creation time (unix seconds): budget periods start from it
+    team_models: tuple[str, ...] | None = None
 
 
 CURRENT_PRINCIPAL: Final[contextvars.ContextVar[Principal | None]] = contextvars.ContextVar(

@@ -278,8 +278,9 @@ Stop = str | Annotated[list[str], Meta(min_length=1, max_length=4)]
 PositiveInt = Annotated[int, Meta(ge=1)]
 
 
-class ChatCompletionRequest(Struct, kw_only=True):
-    """`CreateChatCompletionRequest` (ModelResponseProperties + CreateModelResponseProperties + its own)."""
+class CreateModelResponseProperties(Struct, kw_only=True):
+    """The spec's `ModelResponseProperties` + `CreateModelResponseProperties`: the fields chat completions and
+    the Responses API share (first in both, as in the spec)."""
 
     # ModelResponseProperties
     metadata: Metadata | None = None
@@ -292,6 +293,11 @@ class ChatCompletionRequest(Struct, kw_only=True):
     prompt_cache_retention: Literal["in_memory", "24h"] | None = None
     # CreateModelResponseProperties
     prompt_cache_options: PromptCacheOptions | None = None
+
+
+class ChatCompletionRequest(CreateModelResponseProperties, kw_only=True):
+    """`CreateChatCompletionRequest` (ModelResponseProperties + CreateModelResponseProperties + its own)."""
+
     # CreateChatCompletionRequest
     messages: Annotated[list[Message], Meta(min_length=1)]
     model: NonEmptyStr

@@ -26,8 +26,10 @@ def new_completion_id() -> str:
     return "chatcmpl-" + os.urandom(12).hex()
 
 
-def _finish_reason(value: Any) -> str:
-    if value in FINISH_REASONS:
+def known_finish_reason(value: Any, known: frozenset[str] = FINISH_REASONS) -> str:
+    """`value` where the object's schema allows it (`known`), else "length" for the usual names of a token limit
+    and "stop" for anything else."""
+    if value in known:
         return str(value)
     return "length" if value in ("max_tokens", "max_length") else "stop"
 
@@ -53,6 +55,23 @@ def fix_usage(obj: dict[str, Any]) -> None:
     for key in ("prompt_tokens_details", "completion_tokens_details"):
         if key in usage and not isinstance(usage[key], dict):
             del usage[key]
+
+
+def final_usage_chunk(
+    chunk_id: str, object_type: str, created: int | None, public_model: str, usage: dict[str, Any]
+) -> dict[str, Any]:
+    """A stream's last chunk: `choices: []` and the usage (as `fix_usage` leaves it), for chat and legacy
+    completions alike."""
+    holder = {"usage": usage}
+    fix_usage(holder)
+    return {
+        "id": chunk_id,
+        "object": object_type,
+        "created": created or int(time.time()),
+        "model": public_model,
+        "choices": [],
+        "usage": holder.get("usage"),
+    }
 
 
 def normalize_completion(obj: dict[str, Any], public_model: str) -> dict[str, Any]:
@@ -88,7 +107,7 @@ def normalize_completion(obj: dict[str, Any], public_model: str) -> dict[str, An
             del message["audio"]
         if checked_message.annotations is None and "annotations" in message:
             del message["annotations"]
-        choice["finish_reason"] = _finish_reason(checked.finish_reason)
+        choice["finish_reason"] = known_finish_reason(checked.finish_reason)
         if checked.logprobs is None:
             choice["logprobs"] = None
         else:
@@ -213,7 +232,7 @@ class ChunkShaper:
         elif "tool_calls" in delta:
             del delta["tool_calls"]
         finish = checked.finish_reason
-        choice["finish_reason"] = None if finish is None else _finish_reason(finish)
+        choice["finish_reason"] = None if finish is None else known_finish_reason(finish)
         if checked.logprobs is not None:  # null (or absent) needs nothing: checked, it is nothing else
             _fix_logprobs(choice, checked.logprobs)
 
@@ -221,13 +240,6 @@ class ChunkShaper:
         """The final `choices: []` chunk, when the client asked for usage and the upstream reported it."""
         if not self._include_usage or self.usage is None:
             return None
-        holder = {"usage": self.usage}
-        fix_usage(holder)
-        return {
-            "id": self.id or new_completion_id(),
-            "object": "chat.completion.chunk",
-            "created": self.created or int(time.time()),
-            "model": self._public_model,
-            "choices": [],
-            "usage": holder.get("usage"),
-        }
+        return final_usage_chunk(
+            self.id or new_completion_id(), "chat.completion.chunk", self.created, self._public_model, self.usage
+        )

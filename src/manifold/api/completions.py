@@ -14,8 +14,8 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta, Struct
 
-from manifold.api import upstream
-from manifold.api.chat_response import fix_usage
+from manifold.api import text_or_tokens, upstream
+from manifold.api.chat_response import final_usage_chunk, fix_usage, known_finish_reason
 
 NonEmptyStr = Annotated[str, Meta(min_length=1)]
 Penalty = Annotated[float, Meta(ge=-2, le=2)]
@@ -52,10 +52,6 @@ class CompletionRequest(Struct, kw_only=True):
     user: str | None = None
 
 
-def _is_token(value: Any) -> bool:
-    return type(value) is int  # JSON true/false decode to bool, a subclass of int: not a token
-
-
 def prompt_problems(prompt: Any) -> tuple[str, str] | None:
     """(param, message) when `prompt` is none of: string, array of strings, array of tokens, array of token
     arrays (each array non-empty)."""
@@ -63,43 +59,13 @@ def prompt_problems(prompt: Any) -> tuple[str, str] | None:
         return None
     if not prompt:
         return "prompt", "Invalid 'prompt': empty array. Expected an array with at least one element."
-    first = prompt[0]
-    if isinstance(first, str):
-        for i, item in enumerate(prompt):
-            if not isinstance(item, str):
-                return f"prompt[{i}]", f"Invalid type for 'prompt[{i}]': expected a string (as 'prompt[0]' is)."
-        return None
-    if _is_token(first):
-        for i, item in enumerate(prompt):
-            if not _is_token(item):
-                return f"prompt[{i}]", f"Invalid type for 'prompt[{i}]': expected a token id (an integer)."
-        return None
-    if isinstance(first, list):
-        for i, item in enumerate(prompt):
-            if not isinstance(item, list):
-                return f"prompt[{i}]", f"Invalid type for 'prompt[{i}]': expected an array of token ids."
-            if not item:
-                return f"prompt[{i}]", f"Invalid 'prompt[{i}]': empty array. Expected at least one token id."
-            for j, token in enumerate(item):
-                if not _is_token(token):
-                    return f"prompt[{i}][{j}]", f"Invalid type for 'prompt[{i}][{j}]': expected a token id."
-        return None
-    return (
-        "prompt[0]",
-        "Invalid type for 'prompt[0]': expected a string, a token id or an array of token ids.",
-    )
+    return text_or_tokens.array_problems("prompt", prompt, non_empty_strings=False)
 
 
 def split_prompts(prompt: Any) -> list[str | list[int]]:
     """The prompts of a (valid) request: each is a string or a token array. A null prompt is the empty
     document (OpenAI's default `<|endoftext|>` is a separator, i.e. nothing to condition on)."""
-    if prompt is None:
-        return [""]
-    if isinstance(prompt, str):
-        return [prompt]
-    if _is_token(prompt[0]):
-        return [list(prompt)]
-    return list(prompt)
+    return [""] if prompt is None else text_or_tokens.split(prompt)
 
 
 def cross_field_problems(req: CompletionRequest) -> tuple[str, str] | None:
@@ -129,9 +95,7 @@ def new_completion_id() -> str:
 
 
 def finish_reason(value: Any) -> str:
-    if value in FINISH_REASONS:
-        return str(value)
-    return "length" if value in ("max_tokens", "max_length") else "stop"
+    return known_finish_reason(value, FINISH_REASONS)
 
 
 def _fix_choice(choice: dict[str, Any], checked: upstream.TextChoice, position: int) -> None:
@@ -206,16 +170,9 @@ class TextChunkShaper:
     def usage_chunk(self) -> dict[str, Any] | None:
         if not self._include_usage or self.usage is None:
             return None
-        holder = {"usage": self.usage}
-        fix_usage(holder)
-        return {
-            "id": self.id or new_completion_id(),
-            "object": "text_completion",
-            "created": self.created or int(time.time()),
-            "model": self._public_model,
-            "choices": [],
-            "usage": holder.get("usage"),
-        }
+        return final_usage_chunk(
+            self.id or new_completion_id(), "text_completion", self.created, self._public_model, self.usage
+        )
 
 
 request_decoder = msgspec.json.Decoder(CompletionRequest)

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from manifold.api import upstream
+from manifold.api import text_or_tokens, upstream
 
 MAX_INPUTS = 2048
 MAX_TOTAL_TOKENS = 300_000
@@ -32,10 +32,6 @@ class EmbeddingRequest(Struct, kw_only=True):
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: Annotated[int, Meta(ge=1)] | None = None
     user: str | None = None
-
-
-def _is_token(value: Any) -> bool:
-    return type(value) is int
 
 
 def input_problems(value: Any) -> tuple[str, str] | None:
@@ -53,46 +49,17 @@ def input_problems(value: Any) -> tuple[str, str] | None:
             f"Invalid 'input': array too long. Expected an array with maximum length {MAX_INPUTS}, "
             f"but got an array with length {len(value)} instead.",
         )
-    first = value[0]
-    if isinstance(first, str):
-        for i, item in enumerate(value):
-            if not isinstance(item, str):
-                return f"input[{i}]", f"Invalid type for 'input[{i}]': expected a string (as 'input[0]' is)."
-            if not item:
-                return f"input[{i}]", f"Invalid 'input[{i}]': string too short. Expected a non-empty string."
-        return None
-    if _is_token(first):
-        for i, item in enumerate(value):
-            if not _is_token(item):
-                return f"input[{i}]", f"Invalid type for 'input[{i}]': expected a token id (an integer)."
-        return None
-    if isinstance(first, list):
-        total = 0
-        for i, item in enumerate(value):
-            if not isinstance(item, list):
-                return f"input[{i}]", f"Invalid type for 'input[{i}]': expected an array of token ids."
-            if not item:
-                return f"input[{i}]", f"Invalid 'input[{i}]': empty array. Expected at least one token id."
-            for j, token in enumerate(item):
-                if not _is_token(token):
-                    return f"input[{i}][{j}]", f"Invalid type for 'input[{i}][{j}]': expected a token id."
-            total += len(item)
+    problem = text_or_tokens.array_problems("input", value, non_empty_strings=True)
+    if problem is None and isinstance(value[0], list):
+        total = sum(len(item) for item in value)
         if total > MAX_TOTAL_TOKENS:
-            return (
-                "input",
-                f"Invalid 'input': {total} tokens in all; the maximum is {MAX_TOTAL_TOKENS} per request.",
-            )
-        return None
-    return "input[0]", "Invalid type for 'input[0]': expected a string, a token id or an array of token ids."
+            return "input", f"Invalid 'input': {total} tokens in all; the maximum is {MAX_TOTAL_TOKENS} per request."
+    return problem
 
 
 def split_inputs(value: Any) -> list[str | list[int]]:
     """The inputs of a (valid) request, each a string or a token array."""
-    if isinstance(value, str):
-        return [value]
-    if _is_token(value[0]):
-        return [list(value)]
-    return list(value)
+    return text_or_tokens.split(value)
 
 
 # -- base64 vectors --------------------------------------------------------------------------------------------

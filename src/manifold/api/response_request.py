@@ -10,26 +10,21 @@ names its place (`input[2].content[0].image_url`) like any other parameter.
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 from msgspec import Meta, Struct
 
-from manifold.api.chat import FunctionName, Metadata, NonEmptyStr, PromptCacheOptions, Temperature, TopP
+from manifold.api.chat import (
+    CreateModelResponseProperties,
+    FunctionName,
+    NonEmptyStr,
+    PromptCacheOptions,
+)
 from manifold.api.validation import translate
 from manifold.errors import InvalidRequestError, UnsupportedError
 
 ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
-INCLUDE_VALUES = (
-    "file_search_call.results",
-    "web_search_call.results",
-    "web_search_call.action.sources",
-    "message.input_image.image_url",
-    "computer_call_output.output.image_url",
-    "code_interpreter_call.outputs",
-    "reasoning.encrypted_content",
-    "message.output_text.logprobs",
-)
 Include = Literal[
     "file_search_call.results",
     "web_search_call.results",
@@ -40,6 +35,7 @@ Include = Literal[
     "reasoning.encrypted_content",
     "message.output_text.logprobs",
 ]
+INCLUDE_VALUES: tuple[str, ...] = get_args(Include)
 
 
 # -- option objects ---------------------------------------------------------------------------------------------
@@ -105,20 +101,9 @@ Input = str | list[dict[str, Any]]
 # -- request bodies ---------------------------------------------------------------------------------------------
 
 
-class CreateResponseRequest(Struct, kw_only=True):
+class CreateResponseRequest(CreateModelResponseProperties, kw_only=True):
     """`CreateResponse` (CreateModelResponseProperties + ResponseProperties + its own), in the spec's order."""
 
-    # ModelResponseProperties
-    metadata: Metadata | None = None
-    top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
-    temperature: Temperature | None = None
-    top_p: TopP | None = None
-    user: str | None = None
-    safety_identifier: Annotated[str, Meta(max_length=64)] | None = None
-    prompt_cache_key: str | None = None
-    prompt_cache_retention: Literal["in_memory", "24h"] | None = None
-    # CreateModelResponseProperties
-    prompt_cache_options: PromptCacheOptions | None = None
     # ResponseProperties
     previous_response_id: str | None = None
     model: NonEmptyStr

@@ -1,4 +1,5 @@
-"""Stored chat completions on the wire: list query parameters, the update body, cursor pages, stored messages.
+"""Stored chat completions on the wire: list query parameters (the Responses API's lists use them too), the
+update body, cursor pages, stored messages.
 
 Query parameters arrive in the SDKs' bracket style (`metadata%5Bk1%5D=v1` is `metadata[k1]=v1`); a bad value
 answers 400 naming the parameter, as a bad body field does.
@@ -6,6 +7,7 @@ answers 400 naming the parameter, as a bad body field does.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 from urllib.parse import parse_qsl
 
@@ -35,11 +37,17 @@ class UpdateChatCompletionRequest(Struct, kw_only=True):
     metadata: Metadata | None
 
 
-def parse_list_params(query_string: bytes, *, filters: bool) -> ListParams:
-    """`after`, `limit` (1 to 100), `order` (asc|desc), and with `filters` also `model` and `metadata[key]`."""
+def parse_list_params(
+    query_string: bytes,
+    *,
+    filters: bool,
+    order: Order = "asc",
+    other: Callable[[str, str], None] | None = None,
+) -> ListParams:
+    """A cursor list's query: `after`, `limit` (1 to 100), `order` (asc|desc, `order` when absent), with `filters`
+    also `model` and `metadata[key]`; any other parameter goes to `other` (to check), else is ignored."""
     after: str | None = None
     limit = DEFAULT_LIMIT
-    order: Order = "asc"
     model: str | None = None
     metadata: dict[str, str] = {}
     pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True, encoding="utf-8", errors="replace")
@@ -65,6 +73,8 @@ def parse_list_params(query_string: bytes, *, filters: bool) -> ListParams:
                     "Invalid 'metadata': filter keys are sent as metadata[key]=value.", param="metadata"
                 )
             metadata[key] = value
+        elif other is not None:
+            other(name, value)
     return ListParams(after, limit, order, model, metadata)
 
 
@@ -159,8 +169,3 @@ def stored_message(completion_id: str, position: int, message: dict[str, Any]) -
         out["name"] = message["name"]
     out["content_parts"] = parts or None
     return out
-
-
-def parse_limit(value: str) -> int:
-    """A `limit` query parameter (1 to 100), or a 400 naming it."""
-    return _limit(value)

@@ -22,11 +22,12 @@ from urllib.parse import parse_qs
 import msgspec
 
 from manifold import _json
+from manifold.api.operations import API_OPERATIONS, GROUPS, ROOT_OPERATIONS, Operation
 from manifold.api.validation import BAD_JSON_MESSAGE, decode_json_object, nesting_error
 from manifold.config import (
     Config,
-    Deployment,
     MetricsSettings,
+    PythonDeployment,
     ResponsesSettings,
     RouterSettings,
     ServerSettings,
@@ -37,16 +38,17 @@ from manifold.errors import InvalidRequestError, NotFoundError
 from manifold.providers.python_handler import contracts
 from manifold.providers.python_handler.calling import describe, invoke, is_stream
 from manifold.providers.python_handler.context import CURRENT_REQUEST, RequestInfo
-from manifold.providers.python_handler.errors import HandlerReply, MissingFieldError, reply_parts
+from manifold.providers.python_handler.errors import MissingFieldError, reply_parts
 from manifold.providers.python_handler.loading import HandlerNotFound
 from manifold.providers.python_handler.loading import resolve as load_handler
-from manifold.providers.python_handler.operations import GROUPS, OPERATIONS, Operation
 from manifold.providers.python_handler.provider import PythonHandlerProvider
 from manifold.routing.router import Router
-from manifold.server.app import API_ROUTES, ROOT_ROUTES, ManifoldApp
+from manifold.server.app import Layer, ManifoldApp
 from manifold.server.asgi import Message, Receive, Request, Scope, Send
 from manifold.server.endpoints import metrics as metrics_endpoint
-from manifold.server.routes import PathRouter, Route
+from manifold.server.handlers import HANDLERS, route
+from manifold.server.routes import Handler, Route
+from manifold.server.services import Services
 
 log = logging.getLogger("manifold.frontend")
 
@@ -64,9 +66,9 @@ class Endpoint(enum.StrEnum):
     MODELS = "models"  # GET /models, GET /models/{model}
 
 
-assert tuple(e.value for e in Endpoint) == GROUPS
+if tuple(e.value for e in Endpoint) != GROUPS:  # the route table's groups (manifold.api.operations)
+    raise RuntimeError(f"Endpoint {[e.value for e in Endpoint]} differs from the route table's groups {GROUPS}")
 
-_FOUNDATION: dict[tuple[str, str], Route] = {(r.method, r.path): r for r in API_ROUTES}
 _METHODS = frozenset(m.value for m in HTTPMethod)
 _CUSTOM = Operation("custom", "", "", "")
 
@@ -109,8 +111,7 @@ class _HandlerRouter(Router):
         if accept_any:
             deployments.append(msgspec.structs.replace(provider.deployment, model_name="*"))
         settings = RouterSettings(num_retries=0, cooldown_time=0)
-        super().__init__(deployments, factory=lambda _: provider, settings=settings)
-        self.providers = [provider]
+        super().__init__(deployments, settings=settings, providers=[provider] * len(deployments))
         self.created = int(time.time())
 
 
@@ -147,6 +148,7 @@ class OpenAIFrontend:
     `storage`: where stored completions and responses live (a `StorageSettings` or a database URL; default
     SQLite in ./data). `settings`: body limit, keep-alive interval (its `prefixes` are not used).
     `responses`: the Responses engine's settings (compaction key, background leases; docs/responses.md).
+    `layers`: your own request layers, as `ManifoldApp` takes them (docs/library.md).
     `metrics`, `tracing`: Prometheus metrics (`/metrics`, on by default) and OpenTelemetry traces, as the
     gateway's (docs/observability.md).
     """
@@ -163,6 +165,7 @@ class OpenAIFrontend:
         storage: StorageSettings | str | None = None,
         settings: ServerSettings | None = None,
         responses: ResponsesSettings | None = None,
+        layers: Sequence[Layer] = (),
         metrics: MetricsSettings | None = None,
         tracing: TracingSettings | None = None,
     ) -> None:
@@ -173,7 +176,7 @@ class OpenAIFrontend:
             raise ValueError("models must be a non-empty list of model names (or None to serve any name)")
         self.mandatory_status = mandatory_status
         names = list(models) if models is not None else [_short_name(handler)]
-        deployment = Deployment(model_name=names[0], provider="python", owned_by="manifold")
+        deployment = PythonDeployment(model_name=names[0], owned_by="manifold")
         self.provider = PythonHandlerProvider(deployment, handler, include_url_info=include_url_info)
         self.handler = self.provider.handler
         if isinstance(storage, str):
@@ -186,15 +189,12 @@ class OpenAIFrontend:
             tracing=tracing or TracingSettings(),
         )
         self.router = _HandlerRouter(self.provider, names, accept_any=models is None)
-        self.app = ManifoldApp(config, router=self.router)
+        routes = [route(op) for op in ROOT_OPERATIONS]
+        if config.metrics.enabled and config.metrics.port is None:
+            routes.append(Route("GET", config.metrics.path, metrics_endpoint.scrape))
+        self.app = ManifoldApp(config, self.router, layers, routes=routes)
         self.settings = self.app.settings
-        self._routes: dict[tuple[str, str], Route] = {}
         self._operations: dict[tuple[str, str], str] = {}
-        for route in ROOT_ROUTES:
-            self._routes[(route.method, route.path)] = route
-        scraped = config.metrics
-        if scraped.enabled and scraped.port is None:
-            self._routes[("GET", scraped.path)] = Route("GET", scraped.path, metrics_endpoint.scrape)
         self.prefix = first_prefix
         self.add_endpoints(endpoints)
 
@@ -205,10 +205,9 @@ class OpenAIFrontend:
         frontend's own prefix; "/" for the root)."""
         p = self.prefix if prefix is None else check_prefix(prefix)
         groups = set(_groups(endpoints))
-        for op in OPERATIONS:
+        for op in API_OPERATIONS:
             if op.group in groups:
                 self._put(self._operation_route(op, p + op.path), op.name)
-        self._rebuild()
 
     def add_route(self, path: str, method: str | HTTPMethod, fn: Callable[..., Any]) -> None:
         """Serve `fn` at `path` (taken as it is: no prefix; `{name}` segments arrive as keyword arguments, as
@@ -222,26 +221,19 @@ class OpenAIFrontend:
         if not callable(fn):
             raise TypeError(f"route handler for {verb} {path} is not callable")
         self._put(Route(verb, path, self._custom_route(fn, describe(fn))), "custom")
-        self._rebuild()
 
     def _put(self, route: Route, operation: str) -> None:
         key = (route.method, route.path)
         held = self._operations.get(key)
         if held is not None and (held != operation or operation == "custom"):
             log.warning("%s %s was served by %s; now by %s", route.method, route.path, held, operation)
-        self._routes[key] = route
+        self.app.add_route(route)
         self._operations[key] = operation
-
-    def _rebuild(self) -> None:
-        paths = PathRouter()
-        for route in self._routes.values():
-            paths.add(route)
-        self.app.paths = paths
 
     @property
     def routes(self) -> list[tuple[str, str]]:
         """(method, path) of every mounted route."""
-        return list(self._routes)
+        return [(r.method, r.path) for r in self.app.routes]
 
     # -- ASGI ---------------------------------------------------------------------------------------------------
 
@@ -264,14 +256,21 @@ class OpenAIFrontend:
     # -- the routes ---------------------------------------------------------------------------------------------
 
     def _operation_route(self, op: Operation, path: str) -> Route:
-        default = _FOUNDATION.get((op.method, op.path))
+        default = HANDLERS.get(op.name)
 
-        async def serve(app: ManifoldApp, request: Request, **path_params: str) -> None:
-            await self._serve(op, default, request, path_params)
+        async def serve(services: Services, request: Request, **path_params: str) -> None:
+            await self._serve(op, default, services, request, path_params)
 
-        return Route(op.method, path, serve, cancellable=default.cancellable if default is not None else False)
+        return Route(op.method, path, serve, cancellable=op.cancellable)
 
-    async def _serve(self, op: Operation, default: Route | None, request: Request, path_params: dict[str, str]) -> None:
+    async def _serve(
+        self,
+        op: Operation,
+        default: Handler | None,
+        services: Services,
+        request: Request,
+        path_params: dict[str, str],
+    ) -> None:
         raw = b""
         body: dict[str, Any] | None = None
         if op.has_body:
@@ -299,26 +298,21 @@ class OpenAIFrontend:
                 )
             if op.has_body:
                 request.receive = _replay(raw, request.receive)
-            await default.handler(self.app, request, **path_params)
+            await default(services, request, **path_params)
         finally:
             CURRENT_REQUEST.reset(token)
 
     async def _send_direct(
         self, request: Request, op: Operation, result: Any, path_params: dict[str, str], what: str
     ) -> None:
-        parts = reply_parts(result)
-        if parts is not None:
-            status, reply_body, headers = parts
-            if not 200 <= status < 300:
-                raise HandlerReply(status, contracts.encoded_body(reply_body), headers)
-            result = contracts.decoded_body(reply_body)
+        result = contracts.unwrapped(result)
         if is_stream(result):
             raise contracts.contract_error(what, "is a stream; this route answers at once")
         body = contracts.direct(op.name, result, what, path_params, self.router.created)
         await request.send_json(200, _json.encode(body))
 
     def _custom_route(self, fn: Callable[..., Any], label: str) -> Callable[..., Any]:
-        async def serve(app: ManifoldApp, request: Request, **path_params: str) -> None:
+        async def serve(services: Services, request: Request, **path_params: str) -> None:
             raw = await request.body(self.settings.max_body_size)
             try:
                 body = _json.decode_request(raw) if raw.strip() else None

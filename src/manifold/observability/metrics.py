@@ -150,6 +150,10 @@ LEDGER_BACKLOG = Gauge(
     "Spend-ledger entries waiting to be written.",
     multiprocess_mode="livesum",
 )
+LEDGER_DROPPED = Counter(
+    "manifold_ledger_dropped_rows",
+    "Usage-ledger rows dropped: the buffer was full while the database was unreachable, or left at shutdown.",
+)
 # Access control (issue 12) feeds these two through `count_refusal` and `add_spend` (below); they are declared
 # here so that every name lives in this file.
 RATE_LIMIT_REFUSALS = Counter(

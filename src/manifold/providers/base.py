@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import AsyncIterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
-from manifold.config import Deployment
+from manifold.config import DeploymentBase
 from manifold.errors import UnsupportedError
 
 
@@ -43,6 +43,15 @@ class Call:
 
 
 ChunkStream = AsyncIterator[dict[str, Any]]
+_D = TypeVar("_D", bound=DeploymentBase)
+
+
+def of_kind(deployment: DeploymentBase, kind: type[_D]) -> _D:
+    """`deployment` as its kind's Struct: what a backend's `check` gets is any deployment, and the registry
+    hands each backend only its own kind, so anything else is a programming error."""
+    if not isinstance(deployment, kind):
+        raise TypeError(f"a {kind.__name__} was expected, not a {type(deployment).__name__}")
+    return deployment
 
 
 class Provider:
@@ -50,12 +59,15 @@ class Provider:
 
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
 
-    def __init__(self, deployment: Deployment) -> None:
+    # Each backend narrows this to its own kind's Struct (config.py: `OpenAIDeployment`, `LocalDeployment`, …).
+    deployment: DeploymentBase
+
+    def __init__(self, deployment: DeploymentBase) -> None:
         self.deployment = deployment
 
     @classmethod
-    def check(cls, deployment: Deployment) -> list[str]:
-        """Config problems of this deployment, as `field: problem` (no I/O)."""
+    def check(cls, deployment: DeploymentBase) -> list[str]:
+        """Config problems of this deployment, as `field: problem` (`manifold.validation` calls it)."""
         return []
 
     async def start(self) -> None:

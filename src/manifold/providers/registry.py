@@ -1,4 +1,5 @@
-"""The one place backend kinds are named. Each maps to its provider class, imported only when used."""
+"""The one place backend kinds are named. Each maps to its provider class, imported only when used; the keys each
+kind reads are its Struct in config.py (`DEPLOYMENT_KINDS`, the same names)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import importlib
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
-    from manifold.config import Deployment
+    from manifold.config import DeploymentBase
     from manifold.providers.base import Provider
 
 
@@ -18,7 +19,7 @@ class ProviderKind(NamedTuple):
         cls: type[Provider] = getattr(importlib.import_module(self.module), self.class_name)
         return cls
 
-    def check(self, deployment: Deployment) -> list[str]:
+    def check(self, deployment: DeploymentBase) -> list[str]:
         return self.load().check(deployment)
 
 
@@ -33,34 +34,5 @@ PROVIDERS: dict[str, ProviderKind] = {
 }
 
 
-# Deployment keys only some kinds read. Setting one on another kind is a config error, not a silent no-op.
-KIND_ONLY_FIELDS: dict[str, frozenset[str]] = {
-    "api_version": frozenset({"azure", "anthropic"}),
-    "model_path": frozenset({"local", "local_embedding"}),
-    "context_length": frozenset({"local"}),
-    "threads": frozenset({"local", "local_embedding"}),
-    "mode": frozenset({"kserve_v2"}),
-    "model_version": frozenset({"kserve_v2"}),
-    "chat_template": frozenset({"kserve_v2"}),
-    "generate_parameters_in": frozenset({"kserve_v2"}),
-    "default_max_tokens": frozenset({"anthropic", "local"}),
-    "repeat_penalty": frozenset({"local"}),
-    "supports_completions": frozenset({"openai", "azure"}),
-    "handler": frozenset({"python"}),
-}
-
-
-def misplaced_fields(deployment: Deployment) -> list[str]:
-    """`key: only for …` for each kind-specific key set on a deployment of another kind."""
-    import msgspec
-
-    defaults = {f.name: f.default for f in msgspec.structs.fields(type(deployment))}
-    out = []
-    for name, kinds in KIND_ONLY_FIELDS.items():
-        if deployment.provider not in kinds and getattr(deployment, name) != defaults.get(name):
-            out.append(f"{name}: only read by provider {' / '.join(sorted(kinds))}, not {deployment.provider!r}")
-    return out
-
-
-def create_provider(deployment: Deployment) -> Provider:
+def create_provider(deployment: DeploymentBase) -> Provider:
     return PROVIDERS[deployment.provider].load()(deployment)

@@ -30,7 +30,7 @@ import msgspec
 
 from manifold import _json
 from manifold.api.sse_decoder import SSEDecoder, SSEEvent, SSELineTooLong
-from manifold.config import Deployment
+from manifold.config import UpstreamDeployment
 from manifold.errors import (
     BadGatewayError,
     GatewayTimeoutError,
@@ -72,7 +72,7 @@ def take_resends() -> int:
     return n
 
 
-def open_transport(deployment: Deployment, base_url: str) -> Transport:
+def open_transport(deployment: UpstreamDeployment, base_url: str) -> Transport:
     """The transport a deployment asks for, with its timeouts, limits, proxy and TLS options."""
     t = deployment.timeouts
     limits = deployment.limits
@@ -106,7 +106,9 @@ _DEFAULT_TYPES = {401: "authentication_error", 403: "permission_error", 404: "no
 class UpstreamSession:
     """A keep-alive connection pool to one upstream (the origin of `api_base`), with the deployment's timeouts."""
 
-    def __init__(self, deployment: Deployment, base_url: str | None = None, transport: Transport | None = None) -> None:
+    def __init__(
+        self, deployment: UpstreamDeployment, base_url: str | None = None, transport: Transport | None = None
+    ) -> None:
         self.deployment = deployment
         t = deployment.timeouts
         base = base_url if base_url is not None else (deployment.api_base or "")

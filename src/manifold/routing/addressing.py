@@ -9,10 +9,10 @@ The longest matching prefix wins.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Generic, TypeVar
 
-from manifold.config import Deployment, GroupSettings, RouterSettings
+from manifold.config import DeploymentBase, GroupSettings, RouterSettings
 
 __all__ = ["NameTable", "is_wildcard", "router_problems", "wildcard_upstream"]
 
@@ -60,7 +60,7 @@ class NameTable(Generic[G]):
         return None
 
 
-def router_problems(settings: RouterSettings, deployments: list[Deployment]) -> list[str]:
+def router_problems(settings: RouterSettings, deployments: Sequence[DeploymentBase]) -> list[str]:
     """Names the router section refers to that no deployment serves, and inconsistent deployments."""
     problems: list[str] = []
     names = {d.model_name for d in deployments}

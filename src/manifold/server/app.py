@@ -1,8 +1,10 @@
 """The ASGI application: prefix mounts, dispatch, request ids, the error envelope, lifespan, disconnects.
 
-It is a plain ASGI callable (mountable in Starlette or FastAPI). Every API route is listed once in `API_ROUTES`
-and mounted under each configured prefix. Around the dispatch sit the request layers, composed in one place
-(`ManifoldApp.compose`): each is `layer(inner) -> ASGI app`, outermost first.
+It is a plain ASGI callable (mountable in Starlette or FastAPI). Its routes come from the one route table
+(`manifold.api.operations`, served by `manifold.server.handlers`); a handler takes `(services, request,
+**path_params)`, `services` holding exactly what endpoints use (`manifold.server.services`). Around the dispatch
+sit the request layers, composed in one place (`ManifoldApp.compose`): each is `layer(inner) -> ASGI app`,
+outermost first.
 """
 
 from __future__ import annotations
@@ -10,9 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any
 
+from manifold.access.auth import Authenticator, AuthLayer
+from manifold.access.ledger import Ledger
+from manifold.access.principal import CURRENT_PRINCIPAL
+from manifold.access.wiring import build_admission
+from manifold.api.operations import ROOT_OPERATIONS
 from manifold.config import Config, ServerSettings, secrets_of
 from manifold.errors import ManifoldError
 from manifold.observability import tracing as tracing_setup
@@ -23,117 +31,96 @@ from manifold.observability.redaction import add_secrets
 from manifold.responses.engine import ResponsesEngine
 from manifold.routing.router import Router
 from manifold.server.asgi import Message, Receive, Request, Scope, Send
-from manifold.server.endpoints import (
-    chat,
-    completions,
-    embeddings,
-    health,
-    images,
-    kserve_urls,
-    metrics,
-    models,
-    responses_api,
-    stored_chat,
-)
+from manifold.server.endpoints import metrics
+from manifold.server.handlers import default_routes
 from manifold.server.middleware.observe import ObserveRequests
+from manifold.server.middleware.request_id import request_ids
 from manifold.server.routes import Handler, PathRouter, Route
+from manifold.server.services import Services
 from manifold.storage import Store
 
 log = logging.getLogger("manifold.server")
 
 ASGIApp = Callable[[Scope, Receive, Send], Any]
-# A request layer: wraps the app inside it (issue 11's request id, auth and limits are layers too).
+# A request layer: wraps the app inside it (a pure ASGI app around another; docs/library.md).
 Layer = Callable[[ASGIApp], ASGIApp]
-
-# The OpenAI API, mounted under every prefix. `cancellable`: the handler waits on an upstream.
-API_ROUTES = (
-    Route("POST", "/chat/completions", chat.create_chat_completion, cancellable=True),
-    Route("GET", "/models", models.list_models),
-    Route("GET", "/models/{model:path}", models.retrieve_model),
-    Route("GET", "/chat/completions", stored_chat.list_chat_completions),
-    Route("GET", "/chat/completions/{completion_id}", stored_chat.retrieve_chat_completion),
-    Route("POST", "/chat/completions/{completion_id}", stored_chat.update_chat_completion),
-    Route("DELETE", "/chat/completions/{completion_id}", stored_chat.delete_chat_completion),
-    Route("GET", "/chat/completions/{completion_id}/messages", stored_chat.list_chat_completion_messages),
-    Route("POST", "/completions", completions.create_completion, cancellable=True),
-    Route("POST", "/embeddings", embeddings.create_embeddings, cancellable=True),
-    Route("POST", "/images/generations", images.create_image, cancellable=True),
-    # The Responses API (docs/responses.md). A background response runs in its own task: a client that leaves
-    # cancels only its foreground work.
-    Route("POST", "/responses", responses_api.create_response, cancellable=True),
-    Route("POST", "/responses/input_tokens", responses_api.count_input_tokens, cancellable=True),
-    Route("POST", "/responses/compact", responses_api.compact_response, cancellable=True),
-    Route("GET", "/responses/{response_id}", responses_api.retrieve_response),
-    Route("DELETE", "/responses/{response_id}", responses_api.delete_response),
-    Route("POST", "/responses/{response_id}/cancel", responses_api.cancel_response),
-    Route("GET", "/responses/{response_id}/input_items", responses_api.list_input_items),
-)
-# Outside the prefixes.
-ROOT_ROUTES = (
-    Route("GET", "/health", health.alive),
-    Route("GET", "/health/ready", health.ready),
-)
-# KServe-style per-model URLs (Seldon Core 2's OpenAI scheme), outside the prefixes; `server.kserve_urls: false`
-# leaves them out.
-KSERVE_ROUTES = (
-    Route("POST", "/v2/models/{model:path}/infer/chat/completions", kserve_urls.chat_completions, cancellable=True),
-    Route(
-        "POST",
-        "/v2/models/{model:path}/infer_stream/chat/completions",
-        kserve_urls.stream_chat_completions,
-        cancellable=True,
-    ),
-    Route("POST", "/v2/models/{model:path}/infer/embeddings", kserve_urls.embeddings, cancellable=True),
-    Route("POST", "/v2/models/{model:path}/infer_stream/embeddings", kserve_urls.embeddings, cancellable=True),
-    Route("POST", "/v2/models/{model:path}/infer/images/generations", kserve_urls.images_generations, cancellable=True),
-    Route(
-        "POST",
-        "/v2/models/{model:path}/infer_stream/images/generations",
-        kserve_urls.images_generations,
-        cancellable=True,
-    ),
-)
 
 
 class ManifoldApp:
-    """`layers`: a library user's own request layers, inside Manifold's observing layer (so that their
-    refusals are counted and logged too)."""
+    """The gateway as an ASGI app.
 
-    def __init__(self, config: Config, router: Router | None = None, layers: Sequence[Layer] = ()) -> None:
+    `router`: the router to serve (default: one built from `config.model_list`). `routes`: the routes to mount
+    (default: those `config` asks for, `manifold.server.handlers.default_routes`); more can be mounted later with
+    `add_route`. `layers`: a library user's own request layers, inside Manifold's observing and request-id
+    layers (so that their refusals are counted, logged and carry the request's id); the first is outermost.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        router: Router | None = None,
+        layers: Sequence[Layer] = (),
+        *,
+        routes: Iterable[Route] | None = None,
+    ) -> None:
         self.config = config
         self.settings: ServerSettings = config.server
-        self.router = router if router is not None else Router(config.model_list, settings=config.router)
+        # Limits, budgets and prices (docs/access.md): the router's admission hook.
+        self.admission = build_admission(config)
+        if router is None:
+            router = Router(config.model_list, settings=config.router, admission=self.admission)
+        elif router.admission is None:
+            router.admission = self.admission
+        self.router = router
         add_secrets(secrets_of(config))  # error messages and logs never show them (observability.redaction)
         self.tracing = tracing_setup.setup(config.tracing.enabled, config.tracing.capture_content, secrets_of(config))
         self.router.observe(config.metrics.enabled, self.tracing)
-        observing = config.metrics.enabled or self.settings.access_log or self.tracing is not None
-        self.observer = Observer(config.metrics.enabled, self.settings.access_log, self.tracing) if observing else None
         self.store = Store(config.storage)
+        # The usage ledger reads each request's record: with it on there is a record even with no other observer.
+        ignored = [op.path for op in ROOT_OPERATIONS] + [config.metrics.path]
+        self.ledger = Ledger(self.store, config.ledger, ignored) if config.ledger_on else None
+        sinks = () if self.ledger is None else (self.ledger.record,)
+        observing = config.metrics.enabled or self.settings.access_log or self.tracing is not None or bool(sinks)
+        self.observer = (
+            Observer(config.metrics.enabled, self.settings.access_log, self.tracing, sinks) if observing else None
+        )
         self.responses = ResponsesEngine(self.router, self.store, config.responses)
-        self.paths = PathRouter()
-        for prefix in self.settings.prefixes:
-            p = "" if prefix == "/" else prefix
-            for route in API_ROUTES:
-                self.paths.add(route._replace(path=p + route.path))
-        for route in ROOT_ROUTES:
-            self.paths.add(route)
+        self.auth = Authenticator(config.auth, self.store, config.redis, host=self.settings.host)
+        self.services = Services(self.router, self.store, self.responses, self.settings, config, self.auth)
+        # What needs no key (docs/access.md): health, and the metrics scrape when served on this port.
+        self.open_paths = [op.path for op in ROOT_OPERATIONS]
         if config.metrics.enabled and config.metrics.port is None:
-            self.paths.add(Route("GET", config.metrics.path, metrics.scrape))
-        if self.settings.kserve_urls:
-            for route in KSERVE_ROUTES:
-                self.paths.add(route)
+            self.open_paths.append(config.metrics.path)
+        self._paths = PathRouter()
+        self._routes: dict[tuple[str, str], Route] = {}
+        for route in default_routes(config) if routes is None else routes:
+            self.add_route(route)
         self._started = False
         self._flusher: asyncio.Task[None] | None = None
+        self.layers: tuple[Layer, ...] = ()
         self.handle: ASGIApp = self.compose(layers)
+
+    def add_route(self, route: Route) -> None:
+        """Mount `route`; one already at its method and path is replaced."""
+        self._routes[(route.method, route.path)] = route
+        self._paths.add(route)
+
+    @property
+    def routes(self) -> list[Route]:
+        """Every mounted route, in the order first mounted."""
+        return list(self._routes.values())
 
     def compose(self, extra: Sequence[Layer]) -> ASGIApp:
         """The request layers around the dispatch, outermost first: observing (metrics, access log, server
-        span), then `extra`."""
+        span), the request id, authentication (its refusals observed and carrying the id), then `extra`.
+        `self.layers` lists them."""
         layers: list[Layer] = []
-        observer = self.observer
-        if observer is not None:
-            layers.append(lambda inner: ObserveRequests(inner, observer))
+        if self.observer is not None:
+            layers.append(partial(ObserveRequests, observer=self.observer))
+        layers.append(request_ids)
+        layers.append(partial(AuthLayer, auth=self.auth, open_paths=self.open_paths))
         layers.extend(extra)
+        self.layers = tuple(layers)
         app: ASGIApp = self._http
         for layer in reversed(layers):
             app = layer(app)
@@ -142,7 +129,10 @@ class ManifoldApp:
     async def startup(self) -> None:
         if not self._started:
             self._started = True
-            self.store.start()  # in the background: nothing waits for it but what stores
+            self.store.start()  # in the background: nothing waits for it but what stores (and, once, auth)
+            self.auth.start()
+            if self.ledger is not None:
+                self.ledger.start()
             await self.router.start()
             self.responses.start()
             settings = self.config.metrics
@@ -156,7 +146,11 @@ class ManifoldApp:
         if self._started:
             self._started = False
             await self.responses.aclose()
+            await self.auth.aclose()
             await self.router.aclose()
+            await self.admission.aclose()
+            if self.ledger is not None:
+                await self.ledger.aclose()  # the buffered usage rows, before the store closes
             await self.store.aclose()
             if self._flusher is not None:
                 self._flusher.cancel()
@@ -194,15 +188,20 @@ class ManifoldApp:
             await self.startup()
         rec = CURRENT.get()
         if rec is not None:
-            rec.request_id = request.request_id
+            principal = CURRENT_PRINCIPAL.get()  # set by the authentication layer, inside the observing one
+            if principal is not None:
+                rec.key_id = principal.key_id
+                rec.key_alias = principal.key_alias
+                rec.team_id = principal.team_id
+                rec.user = principal.user
         try:
-            route, params = self.paths.match(request.method, request.path)
+            route, params = self._paths.match(request.method, request.path)
             if rec is not None:
                 rec.route = route.path
             if route.cancellable:
                 await self._cancel_on_disconnect(route.handler, request, params)
             else:
-                await route.handler(self, request, **params)
+                await route.handler(self.services, request, **params)
         except ManifoldError as exc:
             await request.send_error(exc)
         except asyncio.CancelledError:
@@ -238,7 +237,7 @@ class ManifoldApp:
         request.receive = receive_then_mark
         watcher = asyncio.get_running_loop().create_task(watch())
         try:
-            await handler(self, request, **params)
+            await handler(self.services, request, **params)
         except asyncio.CancelledError:
             if request.disconnected:
                 task.uncancel()
@@ -249,5 +248,7 @@ class ManifoldApp:
             watcher.cancel()
 
 
-def build_app(config: Config, router: Router | None = None, layers: Sequence[Layer] = ()) -> ManifoldApp:
-    return ManifoldApp(config, router, layers)
+def build_app(
+    config: Config, router: Router | None = None, layers: Sequence[Layer] = (), *, routes: Iterable[Route] | None = None
+) -> ManifoldApp:
+    return ManifoldApp(config, router, layers, routes=routes)

@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from manifold.errors import InvalidRequestError, ManifoldError, PayloadTooLargeError
+from manifold.server.middleware.request_id import request_id as _request_id
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-_SAFE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
-
 
 class Request:
     """The parts of an ASGI request the endpoints use. `request_id` is the client's `x-request-id` when it is
-    safe to echo, else a new one."""
+    safe to echo, else a new one (`manifold.server.middleware.request_id`)."""
 
     __slots__ = (
         "disconnected",
@@ -44,13 +41,8 @@ class Request:
         self.disconnected = False
         # Headers every response to this request carries (e.g. which deployment answered).
         self.response_headers: list[tuple[bytes, bytes]] | None = None
-        rid = None
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                if _SAFE_REQUEST_ID.match(value):
-                    rid = value.decode()
-                break
-        self.request_id: str = rid or "req_" + os.urandom(12).hex()
+        # Named by the request-id layer (server/middleware/request_id.py), or now when none ran.
+        self.request_id: str = scope.get("manifold.request_id") or _request_id(scope)
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.scope["headers"]:

@@ -8,9 +8,8 @@ sends; the tables keep them as JSON text.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, delete, exists, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -18,10 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from manifold import _json
 from manifold.errors import InvalidRequestError
 from manifold.storage.errors import storage_errors
+from manifold.storage.rows import Order, cursor_select, json_text, now_ms
 from manifold.storage.tables import chat_completion_messages, chat_completion_metadata, chat_completions
 from manifold.storage.writer import DurableWrites, Write
 
-Order = Literal["asc", "desc"]
 _cc = chat_completions
 _msg = chat_completion_messages
 _md = chat_completion_metadata
@@ -35,10 +34,6 @@ class Page(NamedTuple):
 class MessagePage(NamedTuple):
     items: list[tuple[int, dict[str, Any]]]  # (position, the request message as the client sent it)
     has_more: bool
-
-
-def _text(obj: Any) -> str:
-    return _json.encode(obj).decode()
 
 
 def _with_metadata(completion_json: str, metadata_json: str) -> dict[str, Any]:
@@ -67,13 +62,13 @@ class ChatCompletionStore:
             "id": completion_id,
             "model": str(completion["model"]),
             "created": int(completion["created"]),
-            "metadata_json": _text(meta),
+            "metadata_json": json_text(meta),
             "request_id": request_id,
-            "completion": _text(body),
-            "stored_at": int(time.time() * 1000),
+            "completion": json_text(body),
+            "stored_at": now_ms(),
         }
         messages_rows = [
-            {"completion_id": completion_id, "position": i, "message": _text(m)} for i, m in enumerate(messages)
+            {"completion_id": completion_id, "position": i, "message": json_text(m)} for i, m in enumerate(messages)
         ]
         await self._writes.submit(
             Write([(_cc, [row]), (_msg, messages_rows), (_md, _metadata_rows(completion_id, meta))])
@@ -101,17 +96,14 @@ class ChatCompletionStore:
         for key, value in (metadata or {}).items():
             stmt = stmt.where(exists().where(_md.c.completion_id == _cc.c.id, _md.c.key == key, _md.c.value == value))
         async with storage_errors(), self._engine.connect() as conn:
-            if after is not None:
-                seq = await conn.scalar(select(_cc.c.seq).where(_cc.c.id == after))
-                if seq is None:
-                    raise InvalidRequestError(
-                        f"Invalid 'after': no stored chat completion has the id '{after}'.",
-                        param="after",
-                        code="invalid_value",
-                    )
-                stmt = stmt.where(_cc.c.seq > seq if order == "asc" else _cc.c.seq < seq)
-            stmt = stmt.order_by(_cc.c.seq.asc() if order == "asc" else _cc.c.seq.desc()).limit(limit + 1)
-            rows = (await conn.execute(stmt)).all()
+            seq = None if after is None else await conn.scalar(select(_cc.c.seq).where(_cc.c.id == after))
+            if after is not None and seq is None:
+                raise InvalidRequestError(
+                    f"Invalid 'after': no stored chat completion has the id '{after}'.",
+                    param="after",
+                    code="invalid_value",
+                )
+            rows = (await conn.execute(cursor_select(stmt, _cc.c.seq, seq, order, limit))).all()
         items = [_with_metadata(r.completion, r.metadata_json) for r in rows[:limit]]
         return Page(items, len(rows) > limit)
 
@@ -120,7 +112,7 @@ class ChatCompletionStore:
         meta = dict(metadata or {})
 
         def apply(conn: Connection) -> str | None:
-            result = conn.execute(update(_cc).where(_cc.c.id == completion_id).values(metadata_json=_text(meta)))
+            result = conn.execute(update(_cc).where(_cc.c.id == completion_id).values(metadata_json=json_text(meta)))
             if result.rowcount == 0:
                 return None
             conn.execute(delete(_md).where(_md.c.completion_id == completion_id))
@@ -152,9 +144,7 @@ class ChatCompletionStore:
     ) -> MessagePage | None:
         """A page of the stored request messages (None when there is no such completion)."""
         stmt = select(_msg.c.position, _msg.c.message).where(_msg.c.completion_id == completion_id)
-        if after is not None:
-            stmt = stmt.where(_msg.c.position > after if order == "asc" else _msg.c.position < after)
-        stmt = stmt.order_by(_msg.c.position.asc() if order == "asc" else _msg.c.position.desc()).limit(limit + 1)
+        stmt = cursor_select(stmt, _msg.c.position, after, order, limit)
         async with storage_errors(), self._engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
             if not rows and not await conn.scalar(select(func.count()).where(_cc.c.id == completion_id)):

@@ -7,9 +7,8 @@ queue (`writer.py`: group commit) and is committed before the method returns.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -17,10 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from manifold import _json
 from manifold.errors import InvalidRequestError
 from manifold.storage.errors import storage_errors
+from manifold.storage.rows import Order, cursor_select, json_text
+from manifold.storage.rows import now_ms as _now_ms
 from manifold.storage.tables import response_input_items, responses
 from manifold.storage.writer import DurableWrites, Write
 
-Order = Literal["asc", "desc"]
 UNFINISHED = ("queued", "in_progress")
 _r = responses
 _items = response_input_items
@@ -35,14 +35,6 @@ class StoredResponse(NamedTuple):
     response: dict[str, Any]
     owner: str | None
     lease_until: int | None
-
-
-def _text(obj: Any) -> str:
-    return _json.encode(obj).decode()
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class ResponseStore:
@@ -70,14 +62,14 @@ class ResponseStore:
             "background": 1 if response.get("background") else 0,
             "previous_response_id": response.get("previous_response_id"),
             "request_id": request_id,
-            "response": _text(response),
+            "response": json_text(response),
             "stored_at": now,
             "updated_at": now,
             "owner": owner,
             "lease_until": lease_until,
         }
         item_rows = [
-            {"response_id": response_id, "position": i, "item_id": str(item["id"]), "item": _text(item)}
+            {"response_id": response_id, "position": i, "item_id": str(item["id"]), "item": json_text(item)}
             for i, item in enumerate(input_items)
         ]
         await self._writes.submit(Write([(_r, [row]), (_items, item_rows)]))
@@ -89,7 +81,7 @@ class ResponseStore:
         if only_if_unfinished:
             stmt = stmt.where(_r.c.status.in_(UNFINISHED))
         finished = response["status"] not in UNFINISHED
-        values: dict[str, Any] = {"status": str(response["status"]), "response": _text(response)}
+        values: dict[str, Any] = {"status": str(response["status"]), "response": json_text(response)}
         values["updated_at"] = _now_ms()
         if finished:
             values["owner"] = None
@@ -136,6 +128,7 @@ class ResponseStore:
             if not await conn.scalar(select(func.count()).where(_r.c.id == response_id)):
                 return None
             stmt = select(_items.c.item).where(_items.c.response_id == response_id)
+            position = None
             if after is not None:
                 position = await conn.scalar(
                     select(_items.c.position).where(_items.c.response_id == response_id, _items.c.item_id == after)
@@ -146,9 +139,7 @@ class ResponseStore:
                         param="after",
                         code="invalid_value",
                     )
-                stmt = stmt.where(_items.c.position > position if order == "asc" else _items.c.position < position)
-            stmt = stmt.order_by(_items.c.position.asc() if order == "asc" else _items.c.position.desc())
-            rows = (await conn.execute(stmt.limit(limit + 1))).all()
+            rows = (await conn.execute(cursor_select(stmt, _items.c.position, position, order, limit))).all()
         return ItemPage([_json.decode(r.item) for r in rows[:limit]], len(rows) > limit)
 
     async def renew_leases(self, owner: str, response_ids: Sequence[str], lease_until: int) -> set[str]:
@@ -189,7 +180,7 @@ class ResponseStore:
             )
             .values(
                 status=str(response["status"]),
-                response=_text(response),
+                response=json_text(response),
                 updated_at=now,
                 owner=None,
                 lease_until=None,

@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from manifold.config import Deployment
+from manifold.config import KServeV2Deployment
 from manifold.errors import BadGatewayError
 from manifold.providers.kserve_v2.provider import KServeV2Provider, TensorsProvider
 from tests.conformance.schema import assert_valid
@@ -303,7 +303,7 @@ def test_images(per_model: Callable[..., openai.OpenAI], http: httpx.Client) -> 
 
 def test_readiness_and_metadata(mlserver: MLServerProcess) -> None:
     async def probe(model: str, api_base: str = mlserver.url) -> tuple[bool, Any]:
-        provider = KServeV2Provider(Deployment(model_name=model, provider="kserve_v2", api_base=api_base))
+        provider = KServeV2Provider(KServeV2Deployment(model_name=model, api_base=api_base))
         assert isinstance(provider, TensorsProvider)
         await provider.start()
         try:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from manifold import _json
-from manifold.config import Deployment
+from manifold.config import AnthropicDeployment, DeploymentBase
 from manifold.errors import ManifoldError
 from manifold.providers.anthropic.stream import AnthropicStreamParser
 from manifold.providers.anthropic.translate import (
@@ -18,7 +18,7 @@ from manifold.providers.anthropic.translate import (
     to_anthropic,
 )
 from manifold.providers.anthropic.upstream_errors import anthropic_error, parse_error_body
-from manifold.providers.base import Call, Capability, ChunkStream, Provider
+from manifold.providers.base import Call, Capability, ChunkStream, Provider, of_kind
 from manifold.providers.upstream_http import SSEStream, UpstreamSession
 
 DEFAULT_API_BASE = "https://api.anthropic.com"
@@ -41,7 +41,9 @@ class AnthropicProvider(Provider):
         {Capability.CHAT, Capability.STREAM, Capability.TOOLS, Capability.VISION}
     )
 
-    def __init__(self, deployment: Deployment) -> None:
+    deployment: AnthropicDeployment
+
+    def __init__(self, deployment: AnthropicDeployment) -> None:
         super().__init__(deployment)
         api_base = deployment.api_base or DEFAULT_API_BASE
         self.http = AnthropicSession(deployment, base_url=api_base)
@@ -54,7 +56,8 @@ class AnthropicProvider(Provider):
         self._stream_headers = {**self.headers, "accept": "text/event-stream"}
 
     @classmethod
-    def check(cls, deployment: Deployment) -> list[str]:
+    def check(cls, deployment: DeploymentBase) -> list[str]:
+        deployment = of_kind(deployment, AnthropicDeployment)
         if deployment.api_base and not deployment.api_base.startswith(("http://", "https://")):
             return [f"api_base: {deployment.api_base!r} must start with http:// or https://"]
         return []

@@ -27,7 +27,7 @@ import msgspec
 
 from manifold import _json
 from manifold.api.chat_response import new_completion_id
-from manifold.config import Deployment
+from manifold.config import AnthropicDeployment
 from manifold.errors import InvalidRequestError, UnsupportedError
 from manifold.providers.anthropic import shapes
 
@@ -61,7 +61,7 @@ _FINISH = {
 # -- request ---------------------------------------------------------------------------------------------------
 
 
-def to_anthropic(body: dict[str, Any], deployment: Deployment, model: str | None = None) -> dict[str, Any]:
+def to_anthropic(body: dict[str, Any], deployment: AnthropicDeployment, model: str | None = None) -> dict[str, Any]:
     """The Messages API request for a validated chat completion request (`stream` included when asked);
     `model`: the upstream model when it is not the deployment's (a wildcard group's)."""
     public_model = str(body.get("model"))
@@ -90,7 +90,7 @@ def to_anthropic(body: dict[str, Any], deployment: Deployment, model: str | None
     return out
 
 
-def api_version(deployment: Deployment) -> str:
+def api_version(deployment: AnthropicDeployment) -> str:
     """The `anthropic-version` the deployment speaks (its `api_version`, else 2023-06-01)."""
     return deployment.api_version or ANTHROPIC_VERSION
 

@@ -17,9 +17,9 @@ from urllib.parse import quote
 from manifold import _json
 from manifold.api.sse_decoder import SSELineTooLong
 from manifold.api.upstream import UpstreamShapeError
-from manifold.config import Deployment
+from manifold.config import DeploymentBase, KServeV2Deployment
 from manifold.errors import BadGatewayError, ManifoldError, UnsupportedError
-from manifold.providers.base import Call, Capability, ChunkStream, Provider
+from manifold.providers.base import Call, Capability, ChunkStream, Provider, of_kind
 from manifold.providers.kserve_v2 import translate
 from manifold.providers.kserve_v2.chat_template import ChatTemplate, template_problem
 from manifold.providers.kserve_v2.stream import GenerateStreamParser, InferStreamParser
@@ -34,12 +34,14 @@ _AS_BAD_GATEWAY = (404, 424)
 class KServeV2Provider(Provider):
     """`kserve_v2` deployments; the instance is of the class for the deployment's `mode`."""
 
-    def __new__(cls, deployment: Deployment) -> KServeV2Provider:
+    deployment: KServeV2Deployment
+
+    def __new__(cls, deployment: KServeV2Deployment) -> KServeV2Provider:
         if cls is KServeV2Provider:
             cls = GenerateProvider if deployment.mode == "generate" else TensorsProvider
         return super().__new__(cls)
 
-    def __init__(self, deployment: Deployment) -> None:
+    def __init__(self, deployment: KServeV2Deployment) -> None:
         super().__init__(deployment)
         self.http = UpstreamSession(deployment)
         root = (deployment.api_base or "").rstrip("/")
@@ -53,7 +55,8 @@ class KServeV2Provider(Provider):
         self._stream_headers = {**self._json_headers, "accept": "text/event-stream"}
 
     @classmethod
-    def check(cls, deployment: Deployment) -> list[str]:
+    def check(cls, deployment: DeploymentBase) -> list[str]:
+        deployment = of_kind(deployment, KServeV2Deployment)
         out = []
         if not deployment.api_base:
             out.append("api_base: required for kserve_v2: the server's root URL (e.g. http://127.0.0.1:8080)")
@@ -219,7 +222,7 @@ class GenerateProvider(KServeV2Provider):
 
     capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.CHAT, Capability.STREAM})
 
-    def __init__(self, deployment: Deployment) -> None:
+    def __init__(self, deployment: KServeV2Deployment) -> None:
         super().__init__(deployment)
         self.template = ChatTemplate(deployment.chat_template) if deployment.chat_template else None
         self.parameters_in = deployment.generate_parameters_in or "parameters"

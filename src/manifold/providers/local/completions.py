@@ -20,22 +20,7 @@ from manifold.providers.local import generation
 
 LEGACY_DEFAULT_MAX_TOKENS = 16
 # Options llama.cpp's create_completion takes under OpenAI's name, or as a common backend extra.
-_PASSED = (
-    "echo",
-    "suffix",
-    "temperature",
-    "top_p",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-    "top_k",
-    "min_p",
-    "typical_p",
-    "repeat_penalty",
-    "mirostat_mode",
-    "mirostat_tau",
-    "mirostat_eta",
-)
+_PASSED = ("echo", "suffix", *generation.SAMPLING_OPTIONS)
 
 
 class Plan(NamedTuple):
@@ -137,15 +122,7 @@ def run_stream(
                 yield chunk
                 if cancelled.is_set():
                     return
-    completion_tokens = generated() - start
-    yield {
-        "choices": [],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
-    }
+    yield {"choices": [], "usage": generation.token_usage(prompt_tokens, generated() - start)}
 
 
 def _echoed(llama: Any, p: Plan, prompt: str | list[int]) -> str:
@@ -179,19 +156,10 @@ def _text_chunks(run: generation.Generation) -> Iterator[dict[str, Any]]:
 
 
 def _text_completion(run: generation.Generation) -> dict[str, Any]:
-    texts: list[str] = []
-    finish = "length"
-    for text, ended in run:
-        texts.append(text)
-        finish = ended or finish
-    prompt_tokens = len(run.plan.prompt)
+    text, finish = run.whole()
     return {
-        "choices": [{"text": "".join(texts), "index": 0, "logprobs": None, "finish_reason": finish}],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": run.generated,
-            "total_tokens": prompt_tokens + run.generated,
-        },
+        "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}],
+        "usage": generation.token_usage(len(run.plan.prompt), run.generated),
     }
 
 

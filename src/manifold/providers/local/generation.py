@@ -14,7 +14,7 @@ import codecs
 import json
 import random
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 # A 135M-parameter model drifts into repeating itself; these bound a newcomer's first stream (docs/backends.md).
 LOCAL_DEFAULT_MAX_TOKENS = 512
@@ -34,6 +34,10 @@ _SAMPLING_DEFAULTS: dict[str, Any] = {
     "mirostat_eta": 0.1,
 }
 
+
+# The sampling options llama.cpp takes under the same name as OpenAI or as a common backend extra (chat and
+# legacy completions alike).
+SAMPLING_OPTIONS = ("seed", *_SAMPLING_DEFAULTS)
 
 # create_completion's defaults, for legacy completions.
 _COMPLETION_DEFAULTS = {**_SAMPLING_DEFAULTS, "temperature": 0.8}
@@ -96,17 +100,9 @@ def plan(llama: Any, kw: dict[str, Any]) -> Plan | None:
     template = llama.metadata.get("tokenizer.chat_template")
     if "tools" in kw or kw.get("logprobs") or kw.get("top_logprobs") is not None or not template:
         return None
-    from llama_cpp import llama_chat_format, llama_grammar
+    from llama_cpp import llama_grammar
 
-    eos, bos = llama.token_eos(), llama.token_bos()
-    formatter = llama_chat_format.Jinja2ChatFormatter(
-        template=template,
-        eos_token=llama._model.token_get_text(eos) if eos != -1 else "",
-        bos_token=llama._model.token_get_text(bos) if bos != -1 else "",
-        stop_token_ids=[eos],
-    )
-    result = formatter(messages=kw["messages"])
-    prompt = llama.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
+    prompt, result = chat_prompt(llama, template, kw["messages"])
     stop = list(kw.get("stop") or [])
     if result.stop is not None:
         stop += [result.stop] if isinstance(result.stop, str) else list(result.stop)
@@ -120,6 +116,32 @@ def plan(llama: Any, kw: dict[str, Any]) -> Plan | None:
             else llama_grammar.LlamaGrammar.from_string(llama_grammar.JSON_GBNF, verbose=False)
         )
     return _plan(llama, prompt, kw, stop, grammar, _SAMPLING_DEFAULTS)
+
+
+def chat_prompt(llama: Any, template: str, messages: list[dict[str, Any]]) -> tuple[list[int], Any]:
+    """`messages` through the model's chat template (as `create_chat_completion` formats them), tokenized by its
+    own tokenizer; with the formatter's result (its `stop`)."""
+    from llama_cpp import llama_chat_format
+
+    eos, bos = llama.token_eos(), llama.token_bos()
+    formatter = llama_chat_format.Jinja2ChatFormatter(
+        template=template,
+        eos_token=llama._model.token_get_text(eos) if eos != -1 else "",
+        bos_token=llama._model.token_get_text(bos) if bos != -1 else "",
+        stop_token_ids=[eos],
+    )
+    result = formatter(messages=cast(Any, messages))
+    prompt = llama.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
+    return list(prompt), result
+
+
+def token_usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """An OpenAI `usage` object."""
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def completion_plan(llama: Any, prompt: str | list[int], kw: dict[str, Any]) -> Plan | None:
@@ -169,6 +191,15 @@ class Generation:
 
     def __iter__(self) -> Iterator[tuple[str, str | None]]:
         return _texts(self)
+
+    def whole(self) -> tuple[str, str]:
+        """All the text and the finish reason (the last piece always has one), for an answer not streamed."""
+        texts: list[str] = []
+        finish = "stop"
+        for text, ended in self:
+            texts.append(text)
+            finish = ended or finish
+        return "".join(texts), finish
 
 
 def _end_of_generation(llama: Any) -> Callable[[int], bool]:

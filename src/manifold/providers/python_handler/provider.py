@@ -13,13 +13,12 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from manifold.config import Deployment
-from manifold.providers.base import Call, Capability, ChunkStream, Provider, unsupported_model
+from manifold.api.operations import BY_NAME
+from manifold.config import DeploymentBase, PythonDeployment
+from manifold.providers.base import Call, Capability, ChunkStream, Provider, of_kind, unsupported_model
 from manifold.providers.python_handler import contracts, loading, streams
 from manifold.providers.python_handler.calling import CHAT, RESPONSE, Handler, is_stream, iterate
 from manifold.providers.python_handler.context import CURRENT_REQUEST
-from manifold.providers.python_handler.errors import HandlerReply, reply_parts
-from manifold.providers.python_handler.operations import BY_NAME
 
 _CAPABILITIES = {Capability.CHAT, Capability.STREAM, Capability.COMPLETIONS, Capability.EMBEDDINGS}
 
@@ -27,7 +26,9 @@ _CAPABILITIES = {Capability.CHAT, Capability.STREAM, Capability.COMPLETIONS, Cap
 class PythonHandlerProvider(Provider):
     capabilities: ClassVar[frozenset[Capability]] = frozenset({*_CAPABILITIES, Capability.IMAGES})
 
-    def __init__(self, deployment: Deployment, handler: Any = None, *, include_url_info: bool = False) -> None:
+    deployment: PythonDeployment
+
+    def __init__(self, deployment: PythonDeployment, handler: Any = None, *, include_url_info: bool = False) -> None:
         super().__init__(deployment)
         if handler is None:
             if deployment.handler is None:
@@ -36,7 +37,8 @@ class PythonHandlerProvider(Provider):
         self.handler = Handler(handler, include_url_info=include_url_info, label=deployment.handler)
 
     @classmethod
-    def check(cls, deployment: Deployment) -> list[str]:
+    def check(cls, deployment: DeploymentBase) -> list[str]:
+        deployment = of_kind(deployment, PythonDeployment)
         if not deployment.handler:
             return ["handler: required for provider 'python' (e.g. handler: my_package.serving:answer)"]
         try:
@@ -68,14 +70,7 @@ class PythonHandlerProvider(Provider):
         # `create_response` gets the client's Responses fields; every other operation the call's own body.
         body = info.body if operation == RESPONSE and info is not None else call.body
         kwargs = self.handler.arguments(BY_NAME[operation], body, info, extra)
-        result = await self.handler.call(operation, kwargs, self._what(operation, call))
-        parts = reply_parts(result)
-        if parts is not None:
-            status, reply_body, headers = parts
-            if not 200 <= status < 300:
-                raise HandlerReply(status, contracts.encoded_body(reply_body), headers)
-            result = contracts.decoded_body(reply_body)
-        return result
+        return contracts.unwrapped(await self.handler.call(operation, kwargs, self._what(operation, call)))
 
     # -- chat, and the Responses API through it -------------------------------------------------------------------
 
@@ -115,28 +110,33 @@ class PythonHandlerProvider(Provider):
 
     # -- legacy completions: the handler's own, else through its chat answer ---------------------------------------
 
-    async def completions(self, call: Call) -> dict[str, Any]:
+    async def _own_completion(self, call: Call) -> tuple[str, Any] | None:
+        """(what, answer) from the handler's own `create_completion`; None when it has none or declines."""
         operation = "create_completion"
-        if self.handler.implements(operation):
-            what = self._what(operation, call)
-            result = await self._answer(operation, call)
-            if result is not NotImplemented:
-                if is_stream(result):
-                    return await streams.collect_text(iterate(result, self.handler.label, what), what)
-                return contracts.text_completion(result, what)
+        if not self.handler.implements(operation):
+            return None
+        what = self._what(operation, call)
+        result = await self._answer(operation, call)
+        return None if result is NotImplemented else (what, result)
+
+    async def completions(self, call: Call) -> dict[str, Any]:
+        own = await self._own_completion(call)
+        if own is not None:
+            what, result = own
+            if is_stream(result):
+                return await streams.collect_text(iterate(result, self.handler.label, what), what)
+            return contracts.text_completion(result, what)
         if not self.handler.implements(CHAT):
             raise unsupported_model(call, "legacy completions")
         return await super().completions(call)
 
     async def open_completions_stream(self, call: Call) -> ChunkStream:
-        operation = "create_completion"
-        if self.handler.implements(operation):
-            what = self._what(operation, call)
-            result = await self._answer(operation, call)
-            if result is not NotImplemented:
-                if is_stream(result):
-                    return streams.text_chunks(iterate(result, self.handler.label, what), what)
-                return streams.text_as_chunks(contracts.text_completion(result, what))
+        own = await self._own_completion(call)
+        if own is not None:
+            what, result = own
+            if is_stream(result):
+                return streams.text_chunks(iterate(result, self.handler.label, what), what)
+            return streams.text_as_chunks(contracts.text_completion(result, what))
         if not self.handler.implements(CHAT):
             raise unsupported_model(call, "streamed legacy completions")
         return await super().open_completions_stream(call)

@@ -11,7 +11,7 @@ are assembled into one answer), and a plain answer serves a streamed one (sent a
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -41,17 +41,27 @@ def _chat_chunk(item: Any, what: str) -> dict[str, Any] | None:
     if isinstance(plain, dict) and "choices" not in plain and "usage" not in plain and plain.keys() & _DELTA_KEYS:
         delta = {k: v for k, v in plain.items() if k in _DELTA_KEYS}
         return {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
-    chunk = conform(plain, CHAT_CHUNK, what)
+    return _conformed(plain, CHAT_CHUNK, what)
+
+
+def _conformed(plain: Any, contract: Any, what: str) -> dict[str, Any]:
+    chunk = conform(plain, contract, what)
     if not isinstance(chunk.get("choices"), list):
         chunk["choices"] = []
     return chunk
 
 
-async def chat_chunks(items: AsyncGenerator[Any, None], what: str) -> AsyncIterator[dict[str, Any]]:
+async def _chunks(
+    items: AsyncGenerator[Any, None],
+    what: str,
+    to_chunk: Callable[[Any, str], dict[str, Any] | None],
+    finished: Callable[[int], dict[str, Any]],
+) -> AsyncIterator[dict[str, Any]]:
+    """The handler's items as chunks (`to_chunk`), then a `finished(index)` choice for each that never ended."""
     open_choices: set[int] = set()
     async with aclosing(items):  # a consumer that stops early closes the handler's generator now
         async for item in items:
-            chunk = _chat_chunk(item, what)
+            chunk = to_chunk(item, what)
             if chunk is None:
                 continue
             for choice in chunk["choices"]:
@@ -62,7 +72,11 @@ async def chat_chunks(items: AsyncGenerator[Any, None], what: str) -> AsyncItera
                     open_choices.discard(index)
             yield chunk
     for index in sorted(open_choices):
-        yield {"choices": [{"index": index, "delta": {}, "finish_reason": "stop"}]}
+        yield {"choices": [finished(index)]}
+
+
+def chat_chunks(items: AsyncGenerator[Any, None], what: str) -> AsyncIterator[dict[str, Any]]:
+    return _chunks(items, what, _chat_chunk, lambda index: {"index": index, "delta": {}, "finish_reason": "stop"})
 
 
 async def collect_chat(items: AsyncGenerator[Any, None], what: str) -> dict[str, Any]:
@@ -118,28 +132,13 @@ def _text_chunk(item: Any, what: str) -> dict[str, Any] | None:
         return None
     if isinstance(plain, str):
         return {"choices": [{"index": 0, "text": plain, "finish_reason": None, "logprobs": None}]}
-    chunk = conform(plain, TEXT_CHUNK, what)
-    if not isinstance(chunk.get("choices"), list):
-        chunk["choices"] = []
-    return chunk
+    return _conformed(plain, TEXT_CHUNK, what)
 
 
-async def text_chunks(items: AsyncGenerator[Any, None], what: str) -> AsyncIterator[dict[str, Any]]:
-    open_choices: set[int] = set()
-    async with aclosing(items):
-        async for item in items:
-            chunk = _text_chunk(item, what)
-            if chunk is None:
-                continue
-            for choice in chunk["choices"]:
-                index = choice.get("index", 0)
-                if choice.get("finish_reason") is None:
-                    open_choices.add(index)
-                else:
-                    open_choices.discard(index)
-            yield chunk
-    for index in sorted(open_choices):
-        yield {"choices": [{"index": index, "text": "", "finish_reason": "stop", "logprobs": None}]}
+def text_chunks(items: AsyncGenerator[Any, None], what: str) -> AsyncIterator[dict[str, Any]]:
+    return _chunks(
+        items, what, _text_chunk, lambda index: {"index": index, "text": "", "finish_reason": "stop", "logprobs": None}
+    )
 
 
 async def collect_text(items: AsyncGenerator[Any, None], what: str) -> dict[str, Any]:

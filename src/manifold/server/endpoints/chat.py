@@ -15,15 +15,15 @@ from manifold.server.endpoints.stored_chat import create_stored
 from manifold.server.sse_writer import stream_chat
 
 if TYPE_CHECKING:
-    from manifold.server.app import ManifoldApp
     from manifold.server.asgi import Request
+    from manifold.server.services import Services
 
 log = logging.getLogger("manifold.chat")
 _KNOWN_FIELDS = frozenset(ChatCompletionRequest.__struct_fields__)
 
 
-async def create_chat_completion(app: ManifoldApp, request: Request) -> None:
-    raw = decode_json_object(await request.body(app.settings.max_body_size))
+async def create_chat_completion(services: Services, request: Request) -> None:
+    raw = decode_json_object(await request.body(services.settings.max_body_size))
     req = convert(raw, ChatCompletionRequest)
     problem = cross_field_problems(req)
     if problem is not None:
@@ -33,17 +33,21 @@ async def create_chat_completion(app: ManifoldApp, request: Request) -> None:
         if extra:
             log.debug("request %s: forwarding non-OpenAI fields %s", request.request_id, extra)
     if req.store:
-        await create_stored(app, request, raw, req)
+        await create_stored(services, request, raw, req)
         return
     call = Call(raw, req.model, request.request_id, bool(req.stream))
     if call.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        if services.config.ledger_on and not include_usage:
+            # The ledger's row needs the stream's tokens: asked of the upstream, held back from the client.
+            body = {**raw, "stream_options": {**(raw.get("stream_options") or {}), "include_usage": True}}
+            call = Call(body, req.model, request.request_id, True)
         await stream_chat(
             request,
-            lambda: app.router.open_chat_stream(call, request.add_response_header),
+            lambda: services.router.open_chat_stream(call, request.add_response_header),
             ChunkShaper(req.model, include_usage),
-            app.settings.keepalive_interval,
+            services.settings.keepalive_interval,
         )
         return
-    completion = await app.router.chat(call, request.add_response_header)
+    completion = await services.router.chat(call, request.add_response_header)
     await request.send_json(200, _json.encode(normalize_completion(completion, req.model)))

@@ -12,18 +12,18 @@ from manifold.providers.base import Call
 from manifold.routing import router as operations
 
 if TYPE_CHECKING:
-    from manifold.server.app import ManifoldApp
     from manifold.server.asgi import Request
+    from manifold.server.services import Services
 
 
-async def create_embeddings(app: ManifoldApp, request: Request) -> None:
-    raw = decode_json_object(await request.body(app.settings.max_body_size))
+async def create_embeddings(services: Services, request: Request) -> None:
+    raw = decode_json_object(await request.body(services.settings.max_body_size))
     req = convert(raw, EmbeddingRequest)
     problem = input_problems(req.input)
     if problem is not None:
         raise InvalidRequestError(problem[1], param=problem[0], code="invalid_value")
     call = Call(raw, req.model, request.request_id, False)
-    answer = await app.router.execute(call, operations.embeddings, request.add_response_header)
+    answer = await services.router.execute(call, operations.embeddings, request.add_response_header)
     try:
         body = normalize_embeddings(answer, req.model, req.encoding_format or "float")
     except ValueError as exc:

@@ -11,24 +11,24 @@ from typing import TYPE_CHECKING, Any
 from manifold import _json
 
 if TYPE_CHECKING:
-    from manifold.server.app import ManifoldApp
     from manifold.server.asgi import Request
+    from manifold.server.services import Services
 
 _ALIVE = _json.encode({"status": "ok"})
 
 
-async def alive(app: ManifoldApp, request: Request) -> None:
+async def alive(services: Services, request: Request) -> None:
     await request.send_json(200, _ALIVE)
 
 
-async def ready(app: ManifoldApp, request: Request) -> None:
+async def ready(services: Services, request: Request) -> None:
     detail = b"detail=1" in request.query_string or b"detail=true" in request.query_string
-    results, storage_state = await asyncio.gather(app.router.readiness(), app.store.ready())
+    results, storage_state = await asyncio.gather(services.router.readiness(), services.store.ready())
     reachable = {id(p): ok for p, ok in results}
     deployments: list[dict[str, Any]] = []
     unservable: list[str] = []
     now = time.monotonic()
-    for name, group in app.router.groups.items():
+    for name, group in services.router.groups.items():
         can_serve = False
         for member in group.members:
             breaker = member.breaker

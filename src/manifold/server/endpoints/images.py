@@ -12,17 +12,17 @@ from manifold.providers.base import Call
 from manifold.routing import router as operations
 
 if TYPE_CHECKING:
-    from manifold.server.app import ManifoldApp
     from manifold.server.asgi import Request
+    from manifold.server.services import Services
 
 
-async def create_image(app: ManifoldApp, request: Request) -> None:
-    raw = decode_json_object(await request.body(app.settings.max_body_size))
+async def create_image(services: Services, request: Request) -> None:
+    raw = decode_json_object(await request.body(services.settings.max_body_size))
     req = convert(raw, ImageRequest)
     model = default_model(req)
     # The family rules follow the model the backend really runs (a public alias says nothing); the deployments
     # of one group are meant to run the same model, so the first one stands for all.
-    group, rest = app.router.resolve(model)
+    group, rest = services.router.resolve(model)
     first = group.providers[0].deployment.upstream_model
     problem = family_problems(req, first if rest is None else group.members[0].upstream_model(rest))
     if problem is not None:
@@ -31,7 +31,7 @@ async def create_image(app: ManifoldApp, request: Request) -> None:
         raise UnsupportedError("Streamed image generation is not supported by this gateway.", param="stream")
     body = raw if "model" in raw else {**raw, "model": model}
     call = Call(body, model, request.request_id, False)
-    answer = await app.router.execute(call, operations.images, request.add_response_header)
+    answer = await services.router.execute(call, operations.images, request.add_response_header)
     try:
         out = normalize_images(answer)
     except ValueError as exc:

@@ -25,8 +25,8 @@ from manifold.routing import router as operations
 from manifold.server.endpoints import chat
 
 if TYPE_CHECKING:
-    from manifold.server.app import ManifoldApp
     from manifold.server.asgi import Message, Receive, Request
+    from manifold.server.services import Services
 
 
 def _bind_model(raw: dict[str, Any], path_model: str) -> None:
@@ -55,40 +55,40 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-async def _read(app: ManifoldApp, request: Request, model: str) -> dict[str, Any]:
-    raw = decode_json_object(await request.body(app.settings.max_body_size))
+async def _read(services: Services, request: Request, model: str) -> dict[str, Any]:
+    raw = decode_json_object(await request.body(services.settings.max_body_size))
     _bind_model(raw, model)
     return raw
 
 
-async def _chat(app: ManifoldApp, request: Request, model: str, stream: bool) -> None:
-    raw = await _read(app, request, model)
+async def _chat(services: Services, request: Request, model: str, stream: bool) -> None:
+    raw = await _read(services, request, model)
     if stream:
         raw["stream"] = True
     request.receive = _replay(_json.encode(raw), request.receive)
-    await chat.create_chat_completion(app, request)
+    await chat.create_chat_completion(services, request)
 
 
-async def chat_completions(app: ManifoldApp, request: Request, model: str) -> None:
-    await _chat(app, request, model, stream=False)
+async def chat_completions(services: Services, request: Request, model: str) -> None:
+    await _chat(services, request, model, stream=False)
 
 
-async def stream_chat_completions(app: ManifoldApp, request: Request, model: str) -> None:
-    await _chat(app, request, model, stream=True)
+async def stream_chat_completions(services: Services, request: Request, model: str) -> None:
+    await _chat(services, request, model, stream=True)
 
 
-async def embeddings(app: ManifoldApp, request: Request, model: str) -> None:
-    raw = await _read(app, request, model)
+async def embeddings(services: Services, request: Request, model: str) -> None:
+    raw = await _read(services, request, model)
     req = convert(raw, EmbeddingsRequest)
     call = Call(raw, model, request.request_id, False)
-    result = await app.router.execute(call, operations.embeddings, request.add_response_header)
+    result = await services.router.execute(call, operations.embeddings, request.add_response_header)
     # The same checks and shaping as `POST /embeddings`: a wrong-shaped answer is a 502, never a crash.
     await request.send_json(200, _json.encode(normalize_embeddings(result, model, req.encoding_format or "float")))
 
 
-async def images_generations(app: ManifoldApp, request: Request, model: str) -> None:
-    raw = await _read(app, request, model)
+async def images_generations(services: Services, request: Request, model: str) -> None:
+    raw = await _read(services, request, model)
     convert(raw, ImageGenerationRequest)
     call = Call(raw, model, request.request_id, False)
-    result = await app.router.execute(call, operations.images, request.add_response_header)
+    result = await services.router.execute(call, operations.images, request.add_response_header)
     await request.send_json(200, _json.encode(normalize_images(result)))

@@ -9,15 +9,15 @@ from typing import TYPE_CHECKING
 from manifold.observability.metrics import render, serve_http
 
 if TYPE_CHECKING:
-    from manifold.server.app import ManifoldApp
     from manifold.server.asgi import Request
+    from manifold.server.services import Services
 
 log = logging.getLogger("manifold.metrics")
 _served_ports: set[int] = set()
 _lock = threading.Lock()
 
 
-async def scrape(app: ManifoldApp, request: Request) -> None:
+async def scrape(services: Services, request: Request) -> None:
     accept = request.header(b"accept")
     body, content_type = render(accept.decode("latin-1") if accept else "")
     headers = [

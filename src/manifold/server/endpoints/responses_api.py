@@ -16,28 +16,28 @@ from manifold.api.response_request import (
     TokenCountRequest,
     check_create,
 )
-from manifold.api.stored_chat import DEFAULT_LIMIT, cursor_page, parse_limit
+from manifold.api.stored_chat import cursor_page, parse_list_params
 from manifold.api.validation import convert, decode_json_object
 from manifold.errors import InvalidRequestError
 from manifold.server.sse_writer import stream_events
 
 if TYPE_CHECKING:
-    from manifold.server.app import ManifoldApp
     from manifold.server.asgi import Request
+    from manifold.server.services import Services
 
 
-async def create_response(app: ManifoldApp, request: Request) -> None:
-    raw = decode_json_object(await request.body(app.settings.max_body_size))
+async def create_response(services: Services, request: Request) -> None:
+    raw = decode_json_object(await request.body(services.settings.max_body_size))
     req = convert(raw, CreateResponseRequest)
     check_create(req)
-    engine = app.responses
+    engine = services.engine
     # Which deployment answered, after how many attempts (docs/routing.md); a background response is answered
     # (`queued`) before any deployment is tried, so its answer carries neither header.
     report = None if req.background else request.add_response_header
     if engine.native_provider(req.model) is not None:
         if req.stream:
             events = await engine.native_stream(raw, req, request.request_id, report)
-            await stream_events(request, events, app.settings.keepalive_interval)
+            await stream_events(request, events, services.settings.keepalive_interval)
         else:
             await request.send_json(
                 200, _json.encode(await engine.native_respond(raw, req, request.request_id, report))
@@ -47,12 +47,12 @@ async def create_response(app: ManifoldApp, request: Request) -> None:
     if req.background:
         job = await engine.start_background(prepared)
         if req.stream:
-            await stream_events(request, job.follow(-1), app.settings.keepalive_interval)
+            await stream_events(request, job.follow(-1), services.settings.keepalive_interval)
         else:
             await request.send_json(200, _json.encode(job.events[0]["response"]))
         return
     if req.stream:
-        await stream_events(request, await engine.open_stream(prepared), app.settings.keepalive_interval)
+        await stream_events(request, await engine.open_stream(prepared), services.settings.keepalive_interval)
         return
     await request.send_json(200, _json.encode(await engine.respond(prepared)))
 
@@ -80,7 +80,12 @@ def _include(value: str) -> None:
         )
 
 
-async def retrieve_response(app: ManifoldApp, request: Request, response_id: str) -> None:
+def _include_param(name: str, value: str) -> None:
+    if name in ("include", "include[]"):
+        _include(value)
+
+
+async def retrieve_response(services: Services, request: Request, response_id: str) -> None:
     stream = False
     starting_after = -1
     for name, value in _query(request):
@@ -98,54 +103,40 @@ async def retrieve_response(app: ManifoldApp, request: Request, response_id: str
         elif name in ("include", "include[]"):
             _include(value)
     if stream:
-        events = await app.responses.events(response_id, starting_after)
-        await stream_events(request, events, app.settings.keepalive_interval)
+        events = await services.engine.events(response_id, starting_after)
+        await stream_events(request, events, services.settings.keepalive_interval)
         return
-    await request.send_json(200, _json.encode(await app.responses.retrieve(response_id)))
+    await request.send_json(200, _json.encode(await services.engine.retrieve(response_id)))
 
 
-async def delete_response(app: ManifoldApp, request: Request, response_id: str) -> None:
-    await app.responses.delete(response_id)
+async def delete_response(services: Services, request: Request, response_id: str) -> None:
+    await services.engine.delete(response_id)
     await request.send_json(200, _json.encode({"id": response_id, "object": "response", "deleted": True}))
 
 
-async def cancel_response(app: ManifoldApp, request: Request, response_id: str) -> None:
-    await request.body(app.settings.max_body_size)  # the SDK sends none; whatever comes is not read
-    await request.send_json(200, _json.encode(await app.responses.cancel(response_id)))
+async def cancel_response(services: Services, request: Request, response_id: str) -> None:
+    await request.body(services.settings.max_body_size)  # the SDK sends none; whatever comes is not read
+    await request.send_json(200, _json.encode(await services.engine.cancel(response_id)))
 
 
-async def list_input_items(app: ManifoldApp, request: Request, response_id: str) -> None:
-    after: str | None = None
-    limit = DEFAULT_LIMIT
-    order = "desc"  # the spec's default here (stored chat lists default to asc)
-    for name, value in _query(request):
-        if name == "after":
-            after = value or None
-        elif name == "limit":
-            limit = parse_limit(value)
-        elif name == "order":
-            if value not in ("asc", "desc"):
-                raise InvalidRequestError(
-                    f"Invalid value for 'order': {value!r}. Supported values are: 'asc' and 'desc'.",
-                    param="order",
-                    code="invalid_value",
-                )
-            order = value
-        elif name in ("include", "include[]"):
-            _include(value)
-    page = await app.responses.input_item_page(response_id, after=after, limit=limit, order=order)
+async def list_input_items(services: Services, request: Request, response_id: str) -> None:
+    # The spec's default order here is desc (stored chat lists default to asc).
+    params = parse_list_params(request.query_string, filters=False, order="desc", other=_include_param)
+    page = await services.engine.input_item_page(
+        response_id, after=params.after, limit=params.limit, order=params.order
+    )
     await request.send_json(200, _json.encode(cursor_page(page.items, page.has_more)))
 
 
-async def count_input_tokens(app: ManifoldApp, request: Request) -> None:
-    raw = await request.body(app.settings.max_body_size)
+async def count_input_tokens(services: Services, request: Request) -> None:
+    raw = await request.body(services.settings.max_body_size)
     req = convert(decode_json_object(raw) if raw.strip() else {}, TokenCountRequest)
-    count = await app.responses.count_input_tokens(req, request.request_id)
+    count = await services.engine.count_input_tokens(req, request.request_id)
     body: dict[str, Any] = {"object": "response.input_tokens", "input_tokens": count}
     await request.send_json(200, _json.encode(body))
 
 
-async def compact_response(app: ManifoldApp, request: Request) -> None:
-    raw = decode_json_object(await request.body(app.settings.max_body_size))
+async def compact_response(services: Services, request: Request) -> None:
+    raw = decode_json_object(await request.body(services.settings.max_body_size))
     req = convert(raw, CompactRequest)
-    await request.send_json(200, _json.encode(await app.responses.compact(req, request.request_id)))
+    await request.send_json(200, _json.encode(await services.engine.compact(req, request.request_id)))

@@ -29,20 +29,20 @@ from manifold.providers.base import Call
 from manifold.server.sse_writer import stream_chat
 
 if TYPE_CHECKING:
-    from manifold.server.app import ManifoldApp
     from manifold.server.asgi import Request
+    from manifold.server.services import Services
 
 
 def _not_found(completion_id: str) -> NotFoundError:
     return NotFoundError(f"No chat completion found with id '{completion_id}'.", param="completion_id")
 
 
-async def create_stored(app: ManifoldApp, request: Request, raw: dict[str, Any], req: ChatCompletionRequest) -> None:
+async def create_stored(services: Services, request: Request, raw: dict[str, Any], req: ChatCompletionRequest) -> None:
     """`POST /chat/completions` with `store: true`. The gateway names the completion (its id is the key it is
     stored under, whatever id the upstream gave)."""
     # An unknown model is the client's 404, whatever state the database is in (issue 17: it answered 503).
-    app.router.resolve(req.model)
-    store = await app.store.chat_completions()
+    services.router.resolve(req.model)
+    store = await services.store.chat_completions()
     completion_id = new_completion_id()
     messages = raw["messages"]
     metadata = req.metadata
@@ -58,58 +58,58 @@ async def create_stored(app: ManifoldApp, request: Request, raw: dict[str, Any],
 
         await stream_chat(
             request,
-            lambda: app.router.open_chat_stream(call, request.add_response_header),
+            lambda: services.router.open_chat_stream(call, request.add_response_header),
             shaper,
-            app.settings.keepalive_interval,
+            services.settings.keepalive_interval,
             save,
         )
         return
     call = Call(raw, req.model, request.request_id, False)
-    completion = normalize_completion(await app.router.chat(call, request.add_response_header), req.model)
+    completion = normalize_completion(await services.router.chat(call, request.add_response_header), req.model)
     completion["id"] = completion_id
     await store.save(completion, messages, metadata, request.request_id)
     await request.send_json(200, _json.encode(completion))
 
 
-async def list_chat_completions(app: ManifoldApp, request: Request) -> None:
+async def list_chat_completions(services: Services, request: Request) -> None:
     params = parse_list_params(request.query_string, filters=True)
-    completions = await app.store.chat_completions()
+    completions = await services.store.chat_completions()
     page = await completions.list(
         after=params.after, limit=params.limit, order=params.order, model=params.model, metadata=params.metadata
     )
     await request.send_json(200, _json.encode(cursor_page(page.items, page.has_more)))
 
 
-async def retrieve_chat_completion(app: ManifoldApp, request: Request, completion_id: str) -> None:
-    completions = await app.store.chat_completions()
+async def retrieve_chat_completion(services: Services, request: Request, completion_id: str) -> None:
+    completions = await services.store.chat_completions()
     completion = await completions.get(completion_id)
     if completion is None:
         raise _not_found(completion_id)
     await request.send_json(200, _json.encode(completion))
 
 
-async def update_chat_completion(app: ManifoldApp, request: Request, completion_id: str) -> None:
-    raw = await request.body(app.settings.max_body_size)
+async def update_chat_completion(services: Services, request: Request, completion_id: str) -> None:
+    raw = await request.body(services.settings.max_body_size)
     # No body at all is a missing `metadata`, like `{}`.
     body = convert(decode_json_object(raw) if raw.strip() else {}, UpdateChatCompletionRequest)
-    completions = await app.store.chat_completions()
+    completions = await services.store.chat_completions()
     completion = await completions.update_metadata(completion_id, body.metadata)
     if completion is None:
         raise _not_found(completion_id)
     await request.send_json(200, _json.encode(completion))
 
 
-async def delete_chat_completion(app: ManifoldApp, request: Request, completion_id: str) -> None:
-    completions = await app.store.chat_completions()
+async def delete_chat_completion(services: Services, request: Request, completion_id: str) -> None:
+    completions = await services.store.chat_completions()
     if not await completions.delete(completion_id):
         raise _not_found(completion_id)
     await request.send_json(200, _json.encode(deleted(completion_id)))
 
 
-async def list_chat_completion_messages(app: ManifoldApp, request: Request, completion_id: str) -> None:
+async def list_chat_completion_messages(services: Services, request: Request, completion_id: str) -> None:
     params = parse_list_params(request.query_string, filters=False)
     after = message_position(completion_id, params.after) if params.after is not None else None
-    completions = await app.store.chat_completions()
+    completions = await services.store.chat_completions()
     page = await completions.messages(completion_id, after=after, limit=params.limit, order=params.order)
     if page is None:
         raise _not_found(completion_id)

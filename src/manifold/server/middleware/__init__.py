@@ -1,1 +1,3 @@
-"""Small pure-ASGI layers around the app (composed in `manifold.server.app.ManifoldApp.layers`)."""
+"""Small pure-ASGI layers around the dispatch, composed in one place (`ManifoldApp.compose`; `app.layers` lists
+them, outermost first): observing (observe.py), the request id (request_id.py), then a library user's own
+(docs/library.md)."""
