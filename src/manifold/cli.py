@@ -258,6 +258,8 @@ def _frontend_app(ref: str, config: Config) -> object:
         storage=config.storage,
         settings=config.server,
         responses=config.responses,
+        metrics=config.metrics,
+        tracing=config.tracing,
     )
     for prefix in prefixes[1:]:
         app.add_endpoints(endpoints, prefix)

@@ -867,6 +867,7 @@ class _ObservedRelay(_Relay):
 
     __slots__ = (
         "_breaker",
+        "_capture",
         "_done",
         "_first_at",
         "_metrics",
@@ -902,6 +903,7 @@ class _ObservedRelay(_Relay):
         self._upstream = member.provider.deployment.upstream_model
         self._breaker = member.breaker
         self._done = False
+        self._capture = tracing.capture_stream(span) if tracing is not None else None
         ttft = first_at - (rec.start if rec is not None else started)
         if rec is not None:
             rec.ttft = ttft
@@ -925,11 +927,21 @@ class _ObservedRelay(_Relay):
                 return
             count = 1
             last = first
-            yield first
-            async for item in self._stream:
-                count += 1
-                last = item
-                yield item
+            capture = self._capture
+            if capture is None:
+                yield first
+                async for item in self._stream:
+                    count += 1
+                    last = item
+                    yield item
+            else:  # content captured on the attempt's span (tracing.capture_content)
+                capture.add(first)
+                yield first
+                async for item in self._stream:
+                    count += 1
+                    last = item
+                    capture.add(item)
+                    yield item
             outcome = "completed"
         except ManifoldError as exc:
             outcome = "upstream_cut"
@@ -959,7 +971,9 @@ class _ObservedRelay(_Relay):
             rec.cached_tokens, rec.reasoning_tokens = usage_details(usage)
         if self._span is not None:
             assert self._tracing is not None
-            self._tracing.end_attempt(self._span, usage, error_type, self._upstream)
+            capture = self._capture
+            result = capture.result() if capture is not None else None
+            self._tracing.end_attempt(self._span, usage, error_type, self._upstream, result)
         mm = self._metrics
         ops = self._ops
         if mm is None or ops is None:
