@@ -70,6 +70,10 @@ def test_deployment_quotas_prefer_room_then_429(upstream: CountingUpstream, serv
     # 10 tokens in at $0.15/M and 5 out at $0.60/M = 4.5 micro-dollars, rounded up).
     assert answers[0].headers["x-manifold-cost"] == "0.000005"
     assert "x-ratelimit-limit-requests" not in answers[0].headers
+    from tests.e2e.test_observability import scrape
+
+    figures = scrape(proc.url)
+    assert figures.value("manifold_rate_limit_refusals_total", limit="quota", scope="deployment") == 1
 
 
 def test_tokens_are_reserved_then_reconciled(upstream: CountingUpstream, serve: Any) -> None:
@@ -255,3 +259,48 @@ def test_the_sdks_read_both_429s_as_their_typed_errors(upstream: CountingUpstrea
         err = run_script(script, proc.base_url, key)
         assert err is not None and err["name"] == "RateLimitError" and err["isApiError"]
         assert err["status"] == 429 and err["code"] == code
+
+
+def test_refusals_and_spend_reach_the_metrics(upstream: CountingUpstream, serve: Any) -> None:
+    """Issue 13 with access control: `manifold_rate_limit_refusals_total{limit,scope}` counts each refusal by the
+    limit that refused it, `manifold_spend_usd_total{key_alias,team,model}` adds every priced answer's cost
+    (non-streamed and streamed), scraped with prometheus-client's parser."""
+    from tests.e2e.test_observability import scrape
+
+    keys = [
+        {"key": "${KEY_A}", "alias": "alice", "team": "research", "rpm": 2},
+        {"key": "${KEY_B}", "alias": "bob", "model_limits": {"m": {"rpm": 1}}},
+    ]
+    dep = _dep(upstream, "metrics", input_cost_per_million=1000, output_cost_per_million=2000)
+    config = {
+        "model_list": [dep],
+        "auth": {"keys": keys, "teams": {"research": {"rpm": 100}}},
+        "metrics": {"enabled": True},
+    }
+    proc = serve(config)
+    first = _post(proc, KEY_A)
+    streamed = httpx.post(
+        proc.base_url + "/chat/completions",
+        json={**BODY, "stream": True},
+        headers={"authorization": f"Bearer {KEY_A}"},
+        timeout=30,
+    )
+    assert first.status_code == streamed.status_code == 200
+    assert streamed.text.rstrip().endswith("data: [DONE]")
+    assert _post(proc, KEY_A).status_code == 429  # alice's rpm: 2
+    assert _post(proc, KEY_B).status_code == 200
+    assert _post(proc, KEY_B).status_code == 429  # bob's rpm for model m: 1
+    cost_one = float(first.headers["x-manifold-cost"])
+    assert cost_one > 0
+    deadline = time.monotonic() + 5
+    while True:  # figures are flushed to the registry on scrape; the streamed answer's cost lands at its end
+        figures = scrape(proc.url)
+        alice = figures.value("manifold_spend_usd_total", key_alias="alice", team="research", model="m")
+        if alice >= 2 * cost_one - 1e-9 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert alice == pytest.approx(2 * cost_one)  # the same request twice: once whole, once streamed
+    assert figures.value("manifold_spend_usd_total", key_alias="bob", team="", model="m") == pytest.approx(cost_one)
+    assert figures.value("manifold_rate_limit_refusals_total", limit="rpm", scope="key") == 1
+    assert figures.value("manifold_rate_limit_refusals_total", limit="rpm", scope="key_model") == 1
+    assert figures.value("manifold_rate_limit_refusals_total", limit="budget") == 0

@@ -34,6 +34,7 @@ from manifold.access.pricing import dollars, prices_for
 from manifold.access.principal import CURRENT_PRINCIPAL, Limits, Principal
 from manifold.config import DeploymentBase
 from manifold.errors import ManifoldError, ServiceUnavailableError
+from manifold.observability.metrics import add_spend, count_refusal
 from manifold.observability.record import CURRENT
 
 __all__ = [
@@ -421,6 +422,7 @@ class Admission:
             return None
         headers = _headers(v)
         if v.refused is not None:
+            count_refusal(_LIMIT_LABELS.get(v.refused, v.refused), _scope_label(v.scope))
             raise _refusal(v, headers)
         if report is not None:
             for name, value in headers.items():
@@ -442,6 +444,12 @@ class Admission:
         if rec is not None:
             rec.cost = cost / 1_000_000
             rec.cost_micros = cost
+        p = CURRENT_PRINCIPAL.get()
+        group = None if rec is None else rec.model_label or None
+        if p is None:
+            add_spend(None, None, group, cost)
+        else:
+            add_spend(p.key_alias or p.key_id, p.team_alias or p.team_id, group, cost)
         return cost
 
     async def finish(
@@ -489,6 +497,17 @@ def _headers(v: Verdict) -> dict[str, str]:
         h["x-ratelimit-remaining-tokens"] = str(max(0, v.tok_remaining))
         h["x-ratelimit-reset-tokens"] = format_reset(v.tok_reset_s)
     return h
+
+
+# The refusal metric's labels (observability/metrics.py LIMITS, SCOPES).
+_LIMIT_LABELS: Final = {"requests": "rpm", "tokens": "tpm", "parallel": "max_parallel_requests", "budget": "budget"}
+
+
+def _scope_label(name: str) -> str:
+    """`key a` → key, `key a, model m` → key_model, `team t` → team."""
+    if name.startswith("team "):
+        return "team"
+    return "key_model" if ", model " in name else "key"
 
 
 _KINDS: Final = {"requests": "requests per minute", "tokens": "tokens per minute", "parallel": "requests in flight"}

@@ -394,8 +394,8 @@ class RequestMetrics:
 
 # -- access control (issue 12 feeds these) ------------------------------------------------------------------
 
-LIMITS: Final = ("rpm", "tpm", "max_parallel_requests", "budget")
-SCOPES: Final = ("key", "team", "key_model")
+LIMITS: Final = ("rpm", "tpm", "max_parallel_requests", "budget", "quota")
+SCOPES: Final = ("key", "team", "key_model", "deployment")
 OTHER: Final = "other"
 # Key and team aliases are set by an admin, not sent by clients, but a deployment may have many keys: past this
 # many distinct aliases of each kind a process shows the rest as `other` (so one process exports at most

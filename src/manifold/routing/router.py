@@ -641,6 +641,7 @@ def _within_quota(group: ModelGroup, candidates: Sequence[Member], now: float) -
     if roomy:
         return roomy
     wait = min(c.quota.room_in(now) for c in candidates if c.quota is not None)
+    m.count_refusal("quota", "deployment")  # a deployment's own rpm/tpm (model_list)
     raise RateLimitError(
         f"Rate limit reached for the model `{group.name}`: every deployment is at its requests or tokens per "
         f"minute quota. Please try again in {max(1, int(wait + 0.999))}s.",
