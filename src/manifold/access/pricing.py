@@ -17,6 +17,8 @@ from decimal import Decimal
 from typing import Any, Final
 
 from manifold.config import DeploymentBase
+from manifold.observability.metrics import usage_tokens
+from manifold.observability.record import usage_details
 
 __all__ = ["Prices", "cost_micros", "dollars", "micros", "prices_for"]
 
@@ -57,17 +59,10 @@ class Prices:
         API: input/output tokens), rounded up to the micro-dollar."""
         if not usage:
             return 0
-        given = usage.get("prompt_tokens")
-        if given is None:
-            given = usage.get("input_tokens")
-        made = usage.get("completion_tokens")
-        if made is None:
-            made = usage.get("output_tokens")
-        details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
-        cached = details.get("cached_tokens") if isinstance(details, dict) else None
-        given = given if isinstance(given, int) else 0
-        made = made if isinstance(made, int) else 0  # reasoning tokens are part of the output tokens
-        cached = min(cached, given) if isinstance(cached, int) and cached > 0 else 0
+        given, made = usage_tokens(usage)  # reasoning tokens are part of the output tokens
+        given, made = given or 0, made or 0
+        cached, _ = usage_details(usage)
+        cached = min(cached, given) if cached is not None and cached > 0 else 0
         pico = (given - cached) * self.input + cached * self.cached_input + made * self.output
         return -(-pico // 1_000_000)
 
