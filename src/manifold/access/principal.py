@@ -8,11 +8,11 @@ travelling through every signature. No principal: access control is off (no mast
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-__all__ = ["CURRENT_PRINCIPAL", "BudgetDuration", "Limits", "ModelLimits", "Principal"]
+__all__ = ["CURRENT_PRINCIPAL", "BudgetDuration", "Limits", "ModelLimits", "Principal", "both"]
 
 BudgetDuration = Literal["daily", "weekly", "monthly"]
 
@@ -41,7 +41,8 @@ class Limits:
 @dataclass(frozen=True, slots=True)
 class Principal:
     """`key_id` None: the master key (admin, no limits). `models` None: every model; `team_models` likewise for
-    the key's team (a request must be allowed by both)."""
+    the key's team (a request must be allowed by both). `mcp_servers`: the labels of the configured MCP servers
+    the key may use, its own list intersected with its team's (None: every server; empty: none)."""
 
     key_id: str | None
     key_alias: str | None = None
@@ -54,6 +55,14 @@ class Principal:
     team_limits: Limits | None = None
     created_at: int = 0  # the key's creation time (unix seconds): budget periods start from it
     team_models: tuple[str, ...] | None = None
+    mcp_servers: frozenset[str] | None = None
+
+
+def both(key: Iterable[str] | None, team: Iterable[str] | None) -> frozenset[str] | None:
+    """The MCP servers allowed by a key's list and its team's (None: a list that allows every server)."""
+    if key is None:
+        return None if team is None else frozenset(team)
+    return frozenset(key) if team is None else frozenset(key) & frozenset(team)
 
 
 CURRENT_PRINCIPAL: Final[contextvars.ContextVar[Principal | None]] = contextvars.ContextVar(

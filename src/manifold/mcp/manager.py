@@ -16,9 +16,10 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from manifold.access.principal import CURRENT_PRINCIPAL
 from manifold.config import McpHttpServer, McpServerSettings, McpSettings, McpSseServer, McpStdioServer
 
 if TYPE_CHECKING:
@@ -29,6 +30,14 @@ PING_INTERVAL_S = 5.0
 PING_TIMEOUT_S = 10.0
 TRUNCATION_MARKER = "\n[output truncated by Manifold: {shown} of {total} bytes shown]"
 NAMESPACE = "__"  # `server__tool`: a configured server's tool as chat completions and the /mcp endpoint name it
+
+
+def allowed_servers() -> frozenset[str] | None:
+    """The labels of the configured servers the request's key may use (`mcp_servers`, docs/mcp.md "security
+    model"); None: every one (the master key, a key without the field, or access control off). A server a key
+    may not use is treated everywhere exactly as one that is not configured."""
+    principal = CURRENT_PRINCIPAL.get()
+    return None if principal is None else principal.mcp_servers
 
 
 def function_name(server_label: str, tool: str) -> str:
@@ -331,8 +340,15 @@ class McpManager:
     async def aclose(self) -> None:
         await asyncio.gather(*(s.aclose() for s in self.servers.values()))
 
-    def get(self, label: str) -> McpServer | None:
+    def get(self, label: str, allowed: Collection[str] | None = None) -> McpServer | None:
+        """The server `label`; None when there is none or `allowed` (labels; None: all) leaves it out."""
+        if allowed is not None and label not in allowed:
+            return None
         return self.servers.get(label)
+
+    def labels(self, allowed: Collection[str] | None = None) -> list[str]:
+        """The configured servers' labels that `allowed` (None: all) leaves in."""
+        return [label for label in self.servers if allowed is None or label in allowed]
 
     def client_url_allowed(self, url: str) -> bool:
         return any(fnmatch.fnmatchcase(url, pattern) for pattern in self.settings.allow_client_servers)
@@ -340,12 +356,14 @@ class McpManager:
     def readiness(self) -> list[dict[str, Any]]:
         return [s.detail() for s in self.servers.values()]
 
-    def functions(self, labels: list[str] | None = None) -> dict[str, tuple[McpServer, ToolInfo]]:
-        """The tools of the servers named (None: all), by their namespaced function name; a server that is not
-        connected offers none."""
+    def functions(
+        self, labels: list[str] | None = None, allowed: Collection[str] | None = None
+    ) -> dict[str, tuple[McpServer, ToolInfo]]:
+        """The tools of the servers named (None: all) that `allowed` leaves in (None: all), by their namespaced
+        function name; a server that is not connected offers none."""
         out: dict[str, tuple[McpServer, ToolInfo]] = {}
         for label in self.servers if labels is None else labels:
-            server = self.servers.get(label)
+            server = self.get(label, allowed)
             if server is None or server.state != "ready":
                 continue
             for tool in server.tools:

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from manifold.api.response_request import FunctionTool, McpApprovalFilter, McpTool, McpToolFilter, new_id
 from manifold.errors import InvalidRequestError, UnsupportedError
-from manifold.mcp.manager import McpManager, McpServer, ToolInfo, client_server
+from manifold.mcp.manager import McpManager, McpServer, ToolInfo, allowed_servers, client_server
 from manifold.responses.events import ResponseBuilder, _copy
 from manifold.responses.translate import mcp_function_name
 
@@ -334,9 +334,11 @@ async def _server(run: McpRun, manager: McpManager | None, spec: McpTool, param:
         if spec.authorization:
             headers["Authorization"] = f"Bearer {spec.authorization}"
         return await run._stack.enter_async_context(client_server(label, spec.server_url, headers, manager.settings))
-    server = manager.get(label) if manager is not None else None
+    allowed = allowed_servers()  # a server the key may not use is answered exactly as an unknown one
+    server = manager.get(label, allowed) if manager is not None else None
     if server is None:
-        known = ", ".join(sorted(manager.servers)) if manager is not None and manager.servers else "none"
+        known = ", ".join(sorted(manager.labels(allowed))) if manager is not None else ""
+        known = known or "none"
         raise InvalidRequestError(
             f"Unknown MCP server label '{label}' (configured: {known}).",
             param=f"{param}.server_label",
