@@ -316,7 +316,8 @@ class StaticTeam(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_parallel_requests: Annotated[int, msgspec.Meta(ge=1)] | None = None
     max_budget: DollarAmount | None = None
     budget_duration: Literal["daily", "weekly", "monthly"] | None = None
-    mcp_servers: list[str] | None = None  # labels of `mcp.servers` its keys may use (None: all; []: none)
+    # the `mcp_servers` its keys may use: labels, or `label__tool` for one tool (None: all; []: none)
+    mcp_servers: list[str] | None = None
 
 
 class StaticKey(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -333,7 +334,8 @@ class StaticKey(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_budget: DollarAmount | None = None
     budget_duration: Literal["daily", "weekly", "monthly"] | None = None
     model_limits: dict[str, KeyModelLimits] = msgspec.field(default_factory=dict)
-    mcp_servers: list[str] | None = None  # labels of `mcp.servers` it may use (None: all; []: none)
+    # the `mcp_servers` it may use: labels, or `label__tool` for one tool (None: all; []: none)
+    mcp_servers: list[str] | None = None
 
 
 class AuthSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -783,7 +785,8 @@ def _auth_problems(a: AuthSettings) -> list[str]:
 
 
 def _auth_mcp_problems(a: AuthSettings, servers: Mapping[str, object]) -> list[str]:
-    """A static key's or team's `mcp_servers` names configured servers only (a typo would silently allow none)."""
+    """A static key's or team's `mcp_servers` names configured servers only (`label` or `label__tool`; a typo
+    would silently allow nothing)."""
     named = [(f"auth.keys[{i}].mcp_servers", k.mcp_servers) for i, k in enumerate(a.keys)]
     named += [(f"auth.teams.{n}.mcp_servers", t.mcp_servers) for n, t in a.teams.items()]
     known = ", ".join(servers) or "none"
@@ -791,7 +794,7 @@ def _auth_mcp_problems(a: AuthSettings, servers: Mapping[str, object]) -> list[s
         f"{where}[{i}]: unknown MCP server {label!r} (configured: {known})"
         for where, labels in named
         for i, label in enumerate(labels or ())
-        if label not in servers
+        if label.split("__", 1)[0] not in servers
     ]
 
 

@@ -182,6 +182,27 @@ def test_an_empty_list_allows_none_and_a_team_narrows_its_keys(gateway: Manifold
         assert "web__echo" in listed and not listed & TIME_TOOLS
 
 
+def test_an_entry_label__tool_allows_that_tool_only(gateway: ManifoldProcess) -> None:
+    secret = new_key(gateway, mcp_servers=["time", "web__echo"])
+    listed, (echoed, other) = through_mcp(gateway, secret, [("web__echo", {"text": "one"}), ("web__whoami", {})])
+    assert listed == TIME_TOOLS | {"web__echo"}
+    assert echoed.is_error is False and other.is_error is True
+    assert tools_call(gateway, secret, "web__whoami", {}).status_code == 404
+    assert chat_tools(gateway, secret) == TIME_TOOLS | {"web__echo"}
+    # Responses: the server's list shows the allowed tool only, and another of its tools is not offered.
+    ran = responses_mcp(gateway, secret, "web", 'CALL web__whoami {}\nCALL web__echo {"text": "two"}')
+    assert ran.status_code == 200, ran.text
+    assert_valid("Response", ran.json())
+    [listing] = [item for item in ran.json()["output"] if item["type"] == "mcp_list_tools"]
+    assert [t["name"] for t in listing["tools"]] == ["echo"]
+    assert not [item for item in ran.json()["output"] if item["type"] == "mcp_call"]
+    assert ran.json()["output"][-1]["content"][0]["text"].endswith("NOT OFFERED web__whoami")
+    # A team's whole server narrowed to one tool by its key; a key's whole server by its team's one tool.
+    team = httpx.post(gateway.url + "/admin/teams", json={"mcp_servers": ["web__echo"]}, headers=bearer(MASTER))
+    narrowed = new_key(gateway, team_id=team.json()["id"], mcp_servers=["web", "time"])
+    assert through_mcp(gateway, narrowed, [])[0] == {"web__echo"}
+
+
 def test_static_keys_and_their_teams(gateway: ManifoldProcess) -> None:
     listed, _ = through_mcp(gateway, STATIC_WEB, [])
     assert "web__echo" in listed and not listed & TIME_TOOLS

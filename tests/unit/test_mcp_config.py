@@ -100,7 +100,7 @@ mcp_servers:
   time: {command: mcp-server-time}
 auth:
   keys:
-    - {key: sk-static-0123456789, alias: a, team: t, mcp_servers: [time, tmie]}
+    - {key: sk-static-0123456789, alias: a, team: t, mcp_servers: [time, tmie, time__convert_time, tmie__x]}
   teams:
     t: {mcp_servers: [nope]}
 """,
@@ -109,6 +109,8 @@ auth:
         load_config(path, {})
     text = str(exc.value)
     assert "auth.keys[0].mcp_servers[1]: unknown MCP server 'tmie' (configured: time)" in text
+    assert "mcp_servers[2]" not in text
+    assert "auth.keys[0].mcp_servers[3]: unknown MCP server 'tmie__x' (configured: time)" in text
     assert "auth.teams.t.mcp_servers[0]: unknown MCP server 'nope' (configured: time)" in text
     assert "sk-static-0123456789" not in text
 
@@ -122,6 +124,9 @@ def test_a_key_gets_the_servers_its_list_and_its_team_both_allow() -> None:
     assert both(None, None) is None
     assert both(["a", "b"], None) == {"a", "b"} and both(None, ["a"]) == {"a"}
     assert both(["a", "b"], ["b", "c"]) == {"b"} and both([], None) == frozenset()
+    # single tools: `label__tool` narrows a whole server in the other list; two different tools allow neither
+    assert both(["a", "b__x"], ["a__y", "b"]) == {"a__y", "b__x"}
+    assert both(["a__x", "b__x"], ["a__x", "b__y"]) == {"a__x"}
     key = StaticKey(key="sk-static-0123456789", alias="k", team="t", mcp_servers=["a", "b"])
     assert principal_of(key, {"t": StaticTeam(mcp_servers=["b"])}).mcp_servers == {"b"}
     assert principal_of(key, {}).mcp_servers == {"a", "b"}

@@ -40,6 +40,17 @@ def allowed_servers() -> frozenset[str] | None:
     return None if principal is None else principal.mcp_servers
 
 
+def server_allowed(allowed: Collection[str] | None, label: str) -> bool:
+    """Whether `allowed` (`mcp_servers` entries: labels and `label__tool`; None: all) lets a key use any of the
+    server's tools."""
+    return allowed is None or label in allowed or any(e.startswith(label + NAMESPACE) for e in allowed)
+
+
+def tool_allowed(allowed: Collection[str] | None, label: str, tool: str) -> bool:
+    """Whether `allowed` lets a key use the tool `tool` of the server `label`."""
+    return allowed is None or label in allowed or function_name(label, tool) in allowed
+
+
 def function_name(server_label: str, tool: str) -> str:
     """The function name a model calls an MCP tool by: `label__tool`, with what a function name cannot hold
     replaced by `_`, at most 64 characters."""
@@ -341,14 +352,15 @@ class McpManager:
         await asyncio.gather(*(s.aclose() for s in self.servers.values()))
 
     def get(self, label: str, allowed: Collection[str] | None = None) -> McpServer | None:
-        """The server `label`; None when there is none or `allowed` (labels; None: all) leaves it out."""
-        if allowed is not None and label not in allowed:
+        """The server `label`; None when there is none or `allowed` (`mcp_servers` entries; None: all) leaves out
+        all its tools."""
+        if not server_allowed(allowed, label):
             return None
         return self.servers.get(label)
 
     def labels(self, allowed: Collection[str] | None = None) -> list[str]:
         """The configured servers' labels that `allowed` (None: all) leaves in."""
-        return [label for label in self.servers if allowed is None or label in allowed]
+        return [label for label in self.servers if server_allowed(allowed, label)]
 
     def client_url_allowed(self, url: str) -> bool:
         return any(fnmatch.fnmatchcase(url, pattern) for pattern in self.settings.allow_client_servers)
@@ -367,7 +379,8 @@ class McpManager:
             if server is None or server.state != "ready":
                 continue
             for tool in server.tools:
-                out[function_name(label, tool.name)] = (server, tool)
+                if tool_allowed(allowed, label, tool.name):
+                    out[function_name(label, tool.name)] = (server, tool)
         return out
 
 
