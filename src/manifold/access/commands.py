@@ -28,7 +28,8 @@ def _limit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--team", dest="team_id", help="the team's id")
     p.add_argument("--models", help="comma-separated names, wildcards (openai/*) or aliases; default: every model")
     p.add_argument(
-        "--mcp-servers", help="comma-separated labels of the MCP servers it may use ('' for none); default: every one"
+        "--mcp-servers",
+        help="comma-separated MCP servers it may use: labels, or label__tool for one tool ('' for none); default: all",
     )
     p.add_argument("--rpm", type=int, help="requests per minute")
     p.add_argument("--tpm", type=int, help="tokens per minute")

@@ -27,7 +27,8 @@ _LIMITS: dict[str, Any] = {
     "mcp_servers": {
         "type": ["array", "null"],
         "items": {"type": "string"},
-        "description": "labels of the configured MCP servers it may use (null: every server; []: none)",
+        "description": "the configured MCP servers it may use: labels, or label__tool for one tool (null: every "
+        "server; []: none)",
     },
     "metadata": {"type": "object"},
     "blocked": {"type": "boolean"},
