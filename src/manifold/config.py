@@ -316,6 +316,8 @@ class StaticTeam(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_parallel_requests: Annotated[int, msgspec.Meta(ge=1)] | None = None
     max_budget: DollarAmount | None = None
     budget_duration: Literal["daily", "weekly", "monthly"] | None = None
+    # the `mcp_servers` its keys may use: labels, or `label__tool` for one tool (None: all; []: none)
+    mcp_servers: list[str] | None = None
 
 
 class StaticKey(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -332,6 +334,8 @@ class StaticKey(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_budget: DollarAmount | None = None
     budget_duration: Literal["daily", "weekly", "monthly"] | None = None
     model_limits: dict[str, KeyModelLimits] = msgspec.field(default_factory=dict)
+    # the `mcp_servers` it may use: labels, or `label__tool` for one tool (None: all; []: none)
+    mcp_servers: list[str] | None = None
 
 
 class AuthSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -725,6 +729,8 @@ def _decode(raw: dict[str, Any], problems: list[str]) -> Decoded:
         problems.extend(found[name])
     if mcp is not None and mcp_servers is not None:
         problems.extend(_mcp_problems(mcp, mcp_servers))
+    if auth is not None and mcp_servers is not None:
+        problems.extend(_auth_mcp_problems(auth, mcp_servers))
     if metrics is not None and server is not None and metrics.port is not None and metrics.port == server.port:
         problems.append(f"metrics.port: {metrics.port} is the server's own port (leave it out to serve it there)")
     config = None
@@ -776,6 +782,20 @@ def _auth_problems(a: AuthSettings) -> list[str]:
     if len({k.key for k in a.keys}) != len(a.keys):
         out.append("auth.keys: two keys have the same secret")
     return out
+
+
+def _auth_mcp_problems(a: AuthSettings, servers: Mapping[str, object]) -> list[str]:
+    """A static key's or team's `mcp_servers` names configured servers only (`label` or `label__tool`; a typo
+    would silently allow nothing)."""
+    named = [(f"auth.keys[{i}].mcp_servers", k.mcp_servers) for i, k in enumerate(a.keys)]
+    named += [(f"auth.teams.{n}.mcp_servers", t.mcp_servers) for n, t in a.teams.items()]
+    known = ", ".join(servers) or "none"
+    return [
+        f"{where}[{i}]: unknown MCP server {label!r} (configured: {known})"
+        for where, labels in named
+        for i, label in enumerate(labels or ())
+        if label.split("__", 1)[0] not in servers
+    ]
 
 
 def _dollar_problems(value: DollarAmount | None, where: str) -> list[str]:

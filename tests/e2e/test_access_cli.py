@@ -66,6 +66,12 @@ def test_keys_from_the_command_line_protect_a_running_server(fake: FakeUpstream,
         listed = keys(config_path, "list", "--user", "bob")
         assert [k["id"] for k in listed["data"]] == [created["id"]]
         assert secret not in json.dumps(listed)
+        assert created["mcp_servers"] is None  # every configured MCP server
+        assert keys(config_path, "update", created["id"], "--mcp-servers", "time, web")["mcp_servers"] == [
+            "time",
+            "web",
+        ]
+        assert keys(config_path, "update", created["id"], "--mcp-servers", "")["mcp_servers"] == []
         assert keys(config_path, "update", created["id"], "--block")["blocked"] is True
         eventually(server, secret, 401)
         keys(config_path, "update", created["id"], "--unblock")

@@ -92,6 +92,51 @@ mcp:
     assert "mcp.models.smollm2.servers[2]: 'time' is listed twice" in text
 
 
+def test_static_keys_and_teams_name_configured_servers(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+mcp_servers:
+  time: {command: mcp-server-time}
+auth:
+  keys:
+    - {key: sk-static-0123456789, alias: a, team: t, mcp_servers: [time, tmie, time__convert_time, tmie__x]}
+  teams:
+    t: {mcp_servers: [nope]}
+""",
+    )
+    with pytest.raises(ConfigError) as exc:
+        load_config(path, {})
+    text = str(exc.value)
+    assert "auth.keys[0].mcp_servers[1]: unknown MCP server 'tmie' (configured: time)" in text
+    assert "mcp_servers[2]" not in text
+    assert "auth.keys[0].mcp_servers[3]: unknown MCP server 'tmie__x' (configured: time)" in text
+    assert "auth.teams.t.mcp_servers[0]: unknown MCP server 'nope' (configured: time)" in text
+    assert "sk-static-0123456789" not in text
+
+
+def test_a_key_gets_the_servers_its_list_and_its_team_both_allow() -> None:
+    from manifold.access import keys
+    from manifold.access.principal import both
+    from manifold.access.static_keys import principal_of
+    from manifold.config import StaticKey, StaticTeam
+
+    assert both(None, None) is None
+    assert both(["a", "b"], None) == {"a", "b"} and both(None, ["a"]) == {"a"}
+    assert both(["a", "b"], ["b", "c"]) == {"b"} and both([], None) == frozenset()
+    # single tools: `label__tool` narrows a whole server in the other list; two different tools allow neither
+    assert both(["a", "b__x"], ["a__y", "b"]) == {"a__y", "b__x"}
+    assert both(["a__x", "b__x"], ["a__x", "b__y"]) == {"a__x"}
+    key = StaticKey(key="sk-static-0123456789", alias="k", team="t", mcp_servers=["a", "b"])
+    assert principal_of(key, {"t": StaticTeam(mcp_servers=["b"])}).mcp_servers == {"b"}
+    assert principal_of(key, {}).mcp_servers == {"a", "b"}
+    row = keys.new_row("key", keys.row_values(keys.parse_body(b'{"mcp_servers": ["a"]}', keys.KeyCreate)), 0)
+    row.update(key_hash="", display="")
+    team = keys.new_row("team", {}, 0)
+    assert keys.principal_of(row, team).mcp_servers == {"a"}
+    assert keys.key_object(row)["mcp_servers"] == ["a"] and keys.team_object(team)["mcp_servers"] is None
+
+
 def test_function_names_and_truncation() -> None:
     assert function_name("git", "git_status") == "git__git_status"
     assert function_name("web", "pages.read/v2") == "web__pages_read_v2"

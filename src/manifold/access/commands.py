@@ -27,6 +27,10 @@ def _limit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--user")
     p.add_argument("--team", dest="team_id", help="the team's id")
     p.add_argument("--models", help="comma-separated names, wildcards (openai/*) or aliases; default: every model")
+    p.add_argument(
+        "--mcp-servers",
+        help="comma-separated MCP servers it may use: labels, or label__tool for one tool ('' for none); default: all",
+    )
     p.add_argument("--rpm", type=int, help="requests per minute")
     p.add_argument("--tpm", type=int, help="tokens per minute")
     p.add_argument("--max-parallel-requests", type=int)
@@ -86,6 +90,8 @@ def _body(args: argparse.Namespace, kind: type[keys.KeyCreate]) -> keys.KeyCreat
             fields[name] = value
     if args.models is not None:
         fields["models"] = [m.strip() for m in args.models.split(",") if m.strip()]
+    if args.mcp_servers is not None:
+        fields["mcp_servers"] = [m.strip() for m in args.mcp_servers.split(",") if m.strip()]
     if args.metadata is not None:
         try:
             fields["metadata"] = json.loads(args.metadata)

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Final, TypeVar
 import msgspec
 
 from manifold import _json
-from manifold.access.principal import BudgetDuration, Limits, ModelLimits, Principal
+from manifold.access.principal import BudgetDuration, Limits, ModelLimits, Principal, both
 from manifold.errors import InvalidRequestError
 
 __all__ = [
@@ -83,6 +83,7 @@ class _Common(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_def
     metadata: dict[str, Any] | msgspec.UnsetType | None = msgspec.UNSET
     blocked: bool | msgspec.UnsetType = msgspec.UNSET
     alias: Name | msgspec.UnsetType | None = msgspec.UNSET
+    mcp_servers: list[Name] | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class TeamCreate(_Common):
@@ -138,8 +139,8 @@ def row_values(body: msgspec.Struct) -> dict[str, Any]:
         value = getattr(body, field)
         if value is msgspec.UNSET:
             continue
-        if field == "models":
-            out["models_json"] = None if value is None else _json.encode(list(value)).decode()
+        if field in ("models", "mcp_servers"):
+            out[f"{field}_json"] = None if value is None else _json.encode(list(value)).decode()
         elif field == "model_limits":
             out["model_limits_json"] = None if value is None else msgspec.json.encode(value).decode()
         elif field == "metadata":
@@ -173,8 +174,8 @@ def next_reset(duration: str | None, now: int) -> int | None:
     return int(nxt.timestamp())
 
 
-def _models(row: Mapping[str, Any]) -> tuple[str, ...] | None:
-    raw = row.get("models_json")
+def _models(row: Mapping[str, Any], column: str = "models_json") -> tuple[str, ...] | None:
+    raw = row.get(column)
     return None if raw is None else tuple(_json.decode(raw))
 
 
@@ -210,6 +211,7 @@ def principal_of(key: Mapping[str, Any], team: Mapping[str, Any] | None) -> Prin
         key_limits=limits_of(key),
         team_limits=limits_of(team) if team is not None else None,
         created_at=int(key["created_at"]),
+        mcp_servers=both(_models(key, "mcp_servers_json"), None if team is None else _models(team, "mcp_servers_json")),
     )
 
 
@@ -225,6 +227,7 @@ def _common(row: Mapping[str, Any]) -> dict[str, Any]:
         "max_budget": None if budget is None else float(Decimal(budget) / MICROS),
         "budget_duration": row["budget_duration"],
         "budget_reset_at": row["budget_reset_at"],
+        "mcp_servers": None if row.get("mcp_servers_json") is None else _json.decode(row["mcp_servers_json"]),
         "metadata": _json.decode(row["metadata_json"]),
         "blocked": bool(row["blocked"]),
         "created_at": row["created_at"],
@@ -264,6 +267,7 @@ def new_row(kind: str, values: Mapping[str, Any], now: int) -> dict[str, Any]:
         "tpm": None,
         "max_parallel_requests": None,
         "model_limits_json": None,
+        "mcp_servers_json": None,
         "max_budget_micros": None,
         "budget_duration": None,
         "budget_reset_at": None,

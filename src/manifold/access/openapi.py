@@ -24,6 +24,12 @@ _LIMITS: dict[str, Any] = {
     "max_budget": {"type": ["number", "null"], "description": "US dollars"},
     "budget_duration": {"type": ["string", "null"], "enum": ["daily", "weekly", "monthly", None]},
     "budget_reset_at": _NULLABLE_INT,
+    "mcp_servers": {
+        "type": ["array", "null"],
+        "items": {"type": "string"},
+        "description": "the configured MCP servers it may use: labels, or label__tool for one tool (null: every "
+        "server; []: none)",
+    },
     "metadata": {"type": "object"},
     "blocked": {"type": "boolean"},
     "created_at": {"type": "integer"},

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from manifold.access.pricing import micros
-from manifold.access.principal import Limits, ModelLimits, Principal
+from manifold.access.principal import Limits, ModelLimits, Principal, both
 from manifold.config import AuthSettings, StaticKey, StaticTeam
 
 __all__ = ["StaticKeys"]
@@ -56,6 +56,7 @@ def principal_of(key: StaticKey, teams: dict[str, StaticTeam]) -> Principal:
             },
         ),
         team_limits=None if team is None else _team_limits(team),
+        mcp_servers=both(key.mcp_servers, None if team is None else team.mcp_servers),
     )
 
 

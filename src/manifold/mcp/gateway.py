@@ -10,9 +10,15 @@ import contextlib
 from typing import TYPE_CHECKING, Any
 
 from manifold.mcp.chat import run_call
+from manifold.mcp.manager import allowed_servers
 
 if TYPE_CHECKING:
-    from manifold.mcp.manager import McpManager
+    from manifold.mcp.manager import McpManager, McpServer, ToolInfo
+
+# Where `handle` leaves the caller's allowed servers in the request's ASGI scope: the SDK runs the handlers in
+# tasks of its own session manager, which see the request's scope (as `ctx.request`) but not its context.
+SCOPE_KEY = "manifold.mcp_servers"
+_ALL = "*"
 
 
 class McpGateway:
@@ -50,7 +56,15 @@ class McpGateway:
 
     async def handle(self, scope: Any, receive: Any, send: Any) -> None:
         await self.start()
+        allowed = allowed_servers()
+        scope = {**scope, SCOPE_KEY: _ALL if allowed is None else allowed}
         await self._sessions.handle_request(scope, receive, send)
+
+    def _functions(self, ctx: Any) -> dict[str, tuple[McpServer, ToolInfo]]:
+        """The tools the caller may see: those of its allowed servers (none when the scope does not say which)."""
+        request = getattr(ctx, "request", None)
+        allowed = getattr(request, "scope", {}).get(SCOPE_KEY, frozenset())
+        return self.manager.functions(allowed=None if allowed == _ALL else allowed)
 
     async def _list_tools(self, ctx: Any, params: Any) -> Any:
         from mcp.types import ListToolsResult, Tool
@@ -61,7 +75,7 @@ class McpGateway:
                 description=tool.description,
                 input_schema=tool.input_schema or {"type": "object", "properties": {}},
             )
-            for name, (_, tool) in self.manager.functions().items()
+            for name, (_, tool) in self._functions(ctx).items()
         ]
         return ListToolsResult(tools=tools)
 
@@ -70,7 +84,7 @@ class McpGateway:
 
         from mcp.types import CallToolResult, TextContent
 
-        functions = self.manager.functions()
+        functions = self._functions(ctx)
         found = functions.get(params.name)
         if found is None:
             text, ok = f"No tool named '{params.name}' is available.", False

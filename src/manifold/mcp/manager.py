@@ -16,9 +16,10 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from manifold.access.principal import CURRENT_PRINCIPAL
 from manifold.config import McpHttpServer, McpServerSettings, McpSettings, McpSseServer, McpStdioServer
 
 if TYPE_CHECKING:
@@ -29,6 +30,25 @@ PING_INTERVAL_S = 5.0
 PING_TIMEOUT_S = 10.0
 TRUNCATION_MARKER = "\n[output truncated by Manifold: {shown} of {total} bytes shown]"
 NAMESPACE = "__"  # `server__tool`: a configured server's tool as chat completions and the /mcp endpoint name it
+
+
+def allowed_servers() -> frozenset[str] | None:
+    """The labels of the configured servers the request's key may use (`mcp_servers`, docs/mcp.md "security
+    model"); None: every one (the master key, a key without the field, or access control off). A server a key
+    may not use is treated everywhere exactly as one that is not configured."""
+    principal = CURRENT_PRINCIPAL.get()
+    return None if principal is None else principal.mcp_servers
+
+
+def server_allowed(allowed: Collection[str] | None, label: str) -> bool:
+    """Whether `allowed` (`mcp_servers` entries: labels and `label__tool`; None: all) lets a key use any of the
+    server's tools."""
+    return allowed is None or label in allowed or any(e.startswith(label + NAMESPACE) for e in allowed)
+
+
+def tool_allowed(allowed: Collection[str] | None, label: str, tool: str) -> bool:
+    """Whether `allowed` lets a key use the tool `tool` of the server `label`."""
+    return allowed is None or label in allowed or function_name(label, tool) in allowed
 
 
 def function_name(server_label: str, tool: str) -> str:
@@ -331,8 +351,16 @@ class McpManager:
     async def aclose(self) -> None:
         await asyncio.gather(*(s.aclose() for s in self.servers.values()))
 
-    def get(self, label: str) -> McpServer | None:
+    def get(self, label: str, allowed: Collection[str] | None = None) -> McpServer | None:
+        """The server `label`; None when there is none or `allowed` (`mcp_servers` entries; None: all) leaves out
+        all its tools."""
+        if not server_allowed(allowed, label):
+            return None
         return self.servers.get(label)
+
+    def labels(self, allowed: Collection[str] | None = None) -> list[str]:
+        """The configured servers' labels that `allowed` (None: all) leaves in."""
+        return [label for label in self.servers if server_allowed(allowed, label)]
 
     def client_url_allowed(self, url: str) -> bool:
         return any(fnmatch.fnmatchcase(url, pattern) for pattern in self.settings.allow_client_servers)
@@ -340,16 +368,19 @@ class McpManager:
     def readiness(self) -> list[dict[str, Any]]:
         return [s.detail() for s in self.servers.values()]
 
-    def functions(self, labels: list[str] | None = None) -> dict[str, tuple[McpServer, ToolInfo]]:
-        """The tools of the servers named (None: all), by their namespaced function name; a server that is not
-        connected offers none."""
+    def functions(
+        self, labels: list[str] | None = None, allowed: Collection[str] | None = None
+    ) -> dict[str, tuple[McpServer, ToolInfo]]:
+        """The tools of the servers named (None: all) that `allowed` leaves in (None: all), by their namespaced
+        function name; a server that is not connected offers none."""
         out: dict[str, tuple[McpServer, ToolInfo]] = {}
         for label in self.servers if labels is None else labels:
-            server = self.servers.get(label)
+            server = self.get(label, allowed)
             if server is None or server.state != "ready":
                 continue
             for tool in server.tools:
-                out[function_name(label, tool.name)] = (server, tool)
+                if tool_allowed(allowed, label, tool.name):
+                    out[function_name(label, tool.name)] = (server, tool)
         return out
 
 

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from manifold.api.response_request import FunctionTool, McpApprovalFilter, McpTool, McpToolFilter, new_id
 from manifold.errors import InvalidRequestError, UnsupportedError
-from manifold.mcp.manager import McpManager, McpServer, ToolInfo, client_server
+from manifold.mcp.manager import McpManager, McpServer, ToolInfo, allowed_servers, client_server, tool_allowed
 from manifold.responses.events import ResponseBuilder, _copy
 from manifold.responses.translate import mcp_function_name
 
@@ -240,6 +240,7 @@ async def _resolve(
     approvals: list[tuple[int, dict[str, Any]]],
 ) -> None:
     labels: set[str] = set()
+    allowed = allowed_servers()  # the key's `mcp_servers`: a tool it may not use is neither listed nor offered
     for i, spec in specs:
         param = f"tools[{i}]"
         label = spec.server_label
@@ -269,6 +270,8 @@ async def _resolve(
                 run.echo.append(_echo(spec))
                 continue
             tools = list(server.tools)
+            if spec.server_url is None:
+                tools = [t for t in tools if tool_allowed(allowed, label, t.name)]
             run.list_items.append(
                 {
                     "type": "mcp_list_tools",
@@ -280,6 +283,8 @@ async def _resolve(
             )
         else:
             tools = [t for t in listed if server.allows(t.name)]
+            if spec.server_url is None:
+                tools = [t for t in tools if tool_allowed(allowed, label, t.name)]
         for tool in tools:
             if not _allowed(tool, spec.allowed_tools):
                 continue
@@ -334,9 +339,11 @@ async def _server(run: McpRun, manager: McpManager | None, spec: McpTool, param:
         if spec.authorization:
             headers["Authorization"] = f"Bearer {spec.authorization}"
         return await run._stack.enter_async_context(client_server(label, spec.server_url, headers, manager.settings))
-    server = manager.get(label) if manager is not None else None
+    allowed = allowed_servers()  # a server the key may not use is answered exactly as an unknown one
+    server = manager.get(label, allowed) if manager is not None else None
     if server is None:
-        known = ", ".join(sorted(manager.servers)) if manager is not None and manager.servers else "none"
+        known = ", ".join(sorted(manager.labels(allowed))) if manager is not None else ""
+        known = known or "none"
         raise InvalidRequestError(
             f"Unknown MCP server label '{label}' (configured: {known}).",
             param=f"{param}.server_label",

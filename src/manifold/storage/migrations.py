@@ -207,11 +207,18 @@ def _v4_usage(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _v5_mcp_servers(conn: Connection) -> None:
+    """The MCP servers a key or a team may use (a JSON list of labels; NULL: every server)."""
+    for table in ("access_teams", "access_keys"):
+        conn.execute(text(f"ALTER TABLE {table} ADD COLUMN mcp_servers_json TEXT"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "chat completions, their messages and metadata", _v1_chat_completions),
     Migration(2, "responses and their input items", _v2_responses),
     Migration(3, "access keys and teams", _v3_keys_and_teams),
     Migration(4, "the usage ledger", _v4_usage),
+    Migration(5, "the MCP servers of keys and teams", _v5_mcp_servers),
 )
 
 

@@ -126,6 +126,7 @@ def _limit_columns() -> list[Column[object]]:
         Column("blocked", Integer, nullable=False),  # 0/1
         Column("created_at", BigInteger, nullable=False),
         Column("updated_at", BigInteger, nullable=False),
+        Column("mcp_servers_json", Text, nullable=True),  # JSON list of MCP server labels; NULL: every server
     ]
 
 

@@ -16,6 +16,7 @@ from manifold.api.validation import decode_json_object
 from manifold.config import McpChatSettings
 from manifold.errors import InvalidRequestError, NotFoundError, UnsupportedError
 from manifold.mcp.chat import CALLS_HEADER, execute, run_call, with_tools
+from manifold.mcp.manager import allowed_servers
 from manifold.providers.base import Call
 from manifold.server.sse_writer import stream_chat
 
@@ -41,7 +42,7 @@ def chat_settings(services: Services, model: str) -> McpChatSettings | None:
 
 
 def add_tools(services: Services, raw: dict[str, Any], settings: McpChatSettings) -> dict[str, Any]:
-    return with_tools(raw, _manager(services).functions(settings.servers))
+    return with_tools(raw, _manager(services).functions(settings.servers, allowed_servers()))
 
 
 async def chat_execute(services: Services, request: Request, raw: dict[str, Any], req: ChatCompletionRequest) -> None:
@@ -55,7 +56,7 @@ async def chat_execute(services: Services, request: Request, raw: dict[str, Any]
             "stored; leave out 'store'.",
             param="store",
         )
-    functions = _manager(services).functions(settings.servers)
+    functions = _manager(services).functions(settings.servers, allowed_servers())
     with_tools(raw, functions)  # the client's own tool names checked
 
     async def chat(body: dict[str, Any]) -> dict[str, Any]:
@@ -120,7 +121,7 @@ async def call_tool(services: Services, request: Request) -> None:
             param="arguments",
             code="invalid_type",
         )
-    functions = _manager(services).functions()
+    functions = _manager(services).functions(allowed=allowed_servers())  # a tool the key may not use: unknown
     if name not in functions:
         raise NotFoundError(f"No MCP tool named '{name}' is available (name it 'server__tool').", param="name")
     server, tool = functions[name]
