@@ -12,7 +12,7 @@ import importlib.util
 import os
 import re
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple, TypeAlias, TypeVar
 
@@ -308,6 +308,15 @@ class KeyModelLimits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_parallel_requests: Annotated[int, msgspec.Meta(ge=1)] | None = None
 
 
+class McpChatSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The MCP servers whose tools are added to every chat request for one public model (`mcp.models.<name>`),
+    named `server__tool`. `mode: return`: the model's calls go back to the client (`POST /v1/mcp/tools/call`
+    runs one); `execute`: the gateway runs them and answers with the model's final message."""
+
+    servers: Annotated[list[str], msgspec.Meta(min_length=1)]
+    mode: Literal["return", "execute"] = "return"
+
+
 class StaticTeam(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """A team's limits and budget, shared by the static keys that name it."""
 
@@ -318,6 +327,8 @@ class StaticTeam(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     budget_duration: Literal["daily", "weekly", "monthly"] | None = None
     # the `mcp_servers` its keys may use: labels, or `label__tool` for one tool (None: all; []: none)
     mcp_servers: list[str] | None = None
+    # MCP servers whose tools its keys' chat requests get, for models without an `mcp.models` entry
+    mcp_chat: McpChatSettings | None = None
 
 
 class StaticKey(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -336,6 +347,8 @@ class StaticKey(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     model_limits: dict[str, KeyModelLimits] = msgspec.field(default_factory=dict)
     # the `mcp_servers` it may use: labels, or `label__tool` for one tool (None: all; []: none)
     mcp_servers: list[str] | None = None
+    # MCP servers whose tools its chat requests get, for models without an `mcp.models` entry (wins over its team's)
+    mcp_chat: McpChatSettings | None = None
 
 
 class AuthSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -419,15 +432,6 @@ class McpSseServer(McpServerCommon, tag_field="transport", tag="sse"):
 
 
 McpServerSettings = McpStdioServer | McpHttpServer | McpSseServer
-
-
-class McpChatSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """The MCP servers whose tools are added to every chat request for one public model (`mcp.models.<name>`),
-    named `server__tool`. `mode: return`: the model's calls go back to the client (`POST /v1/mcp/tools/call`
-    runs one); `execute`: the gateway runs them and answers with the model's final message."""
-
-    servers: Annotated[list[str], msgspec.Meta(min_length=1)]
-    mode: Literal["return", "execute"] = "return"
 
 
 class McpSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -790,12 +794,18 @@ def _auth_mcp_problems(a: AuthSettings, servers: Mapping[str, object]) -> list[s
     named = [(f"auth.keys[{i}].mcp_servers", k.mcp_servers) for i, k in enumerate(a.keys)]
     named += [(f"auth.teams.{n}.mcp_servers", t.mcp_servers) for n, t in a.teams.items()]
     known = ", ".join(servers) or "none"
-    return [
+    out = [
         f"{where}[{i}]: unknown MCP server {label!r} (configured: {known})"
         for where, labels in named
         for i, label in enumerate(labels or ())
         if label.split("__", 1)[0] not in servers
     ]
+    chats = [(f"auth.keys[{i}].mcp_chat", k.mcp_chat) for i, k in enumerate(a.keys)]
+    chats += [(f"auth.teams.{n}.mcp_chat", t.mcp_chat) for n, t in a.teams.items()]
+    for where, chat in chats:
+        if chat is not None:
+            out.extend(mcp_chat_problems(chat.servers, servers, f"{where}.servers"))
+    return out
 
 
 def _dollar_problems(value: DollarAmount | None, where: str) -> list[str]:
@@ -835,14 +845,22 @@ def _mcp_problems(mcp: McpSettings, servers: dict[str, McpServerSettings]) -> li
     if servers and importlib.util.find_spec("mcp") is None:
         out.append("mcp_servers: MCP needs the extra: pip install 'manifold[mcp]'")
     for model, chat in mcp.models.items():
-        seen: set[str] = set()
-        for i, label in enumerate(chat.servers):
-            if label not in servers:
-                known = ", ".join(servers) or "none"
-                out.append(f"mcp.models.{model}.servers[{i}]: unknown MCP server '{label}' (configured: {known})")
-            elif label in seen:
-                out.append(f"mcp.models.{model}.servers[{i}]: '{label}' is listed twice")
-            seen.add(label)
+        out.extend(mcp_chat_problems(chat.servers, servers, f"mcp.models.{model}.servers"))
+    return out
+
+
+def mcp_chat_problems(labels: list[str], servers: Collection[str], where: str) -> list[str]:
+    """An `mcp_chat` (or `mcp.models.<name>`) entry's `servers` name configured servers, each once (so that
+    `server__tool` names cannot collide: a label holds no `__`)."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for i, label in enumerate(labels):
+        if label not in servers:
+            known = ", ".join(servers) or "none"
+            out.append(f"{where}[{i}]: unknown MCP server '{label}' (configured: {known})")
+        elif label in seen:
+            out.append(f"{where}[{i}]: '{label}' is listed twice")
+        seen.add(label)
     return out
 
 

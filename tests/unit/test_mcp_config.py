@@ -155,3 +155,47 @@ def test_mcp_routes_are_mounted_under_each_prefix_with_servers_only() -> None:
     config = parse_config({"server": {"prefixes": ["/v1", "/x"]}, "mcp_servers": {"t": {"command": "t"}}}, {})
     mounted = {(r.method, r.path) for r in default_routes(config)}
     assert {(r.method, p + r.path) for p in ("/v1", "/x") for r in MCP_ROUTES} <= mounted
+
+
+def test_static_mcp_chat_names_configured_servers_once(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+mcp_servers:
+  time: {command: mcp-server-time}
+auth:
+  keys:
+    - {key: sk-static-0123456789, alias: a, team: t, mcp_chat: {servers: [time, tmie, time]}}
+  teams:
+    t: {mcp_chat: {servers: [nope], mode: execute}}
+""",
+    )
+    with pytest.raises(ConfigError) as exc:
+        load_config(path, {})
+    text = str(exc.value)
+    assert "auth.keys[0].mcp_chat.servers[1]: unknown MCP server 'tmie' (configured: time)" in text
+    assert "auth.keys[0].mcp_chat.servers[2]: 'time' is listed twice" in text
+    assert "auth.teams.t.mcp_chat.servers[0]: unknown MCP server 'nope' (configured: time)" in text
+    assert "sk-static-0123456789" not in text
+
+
+def test_a_keys_mcp_chat_wins_over_its_teams() -> None:
+    from manifold.access import keys
+    from manifold.access.static_keys import principal_of
+    from manifold.config import McpChatSettings, StaticKey, StaticTeam
+
+    team = StaticTeam(mcp_chat=McpChatSettings(servers=["b"], mode="execute"))
+    own = StaticKey(key="sk-static-0123456789", alias="k", team="t", mcp_chat=McpChatSettings(servers=["a"]))
+    bare = StaticKey(key="sk-static-9876543210", alias="j", team="t")
+    alone = StaticKey(key="sk-static-5555555555", alias="i")
+    assert principal_of(own, {"t": team}).mcp_chat == McpChatSettings(servers=["a"], mode="return")
+    assert principal_of(bare, {"t": team}).mcp_chat == McpChatSettings(servers=["b"], mode="execute")
+    assert principal_of(alone, {}).mcp_chat is None
+    # Virtual keys: the same from their rows' JSON column.
+    row = keys.new_row("key", keys.row_values(keys.parse_body(b'{"mcp_chat": {"servers": ["a"]}}', keys.KeyCreate)), 1)
+    team_row = keys.new_row("team", {"mcp_chat_json": '{"servers": ["b"], "mode": "execute"}'}, 1)
+    assert keys.principal_of(row, team_row).mcp_chat == McpChatSettings(servers=["a"], mode="return")
+    assert keys.principal_of({**row, "mcp_chat_json": None}, team_row).mcp_chat == McpChatSettings(
+        servers=["b"], mode="execute"
+    )
+    assert keys.key_object({**row, "display": "***"})["mcp_chat"] == {"servers": ["a"], "mode": "return"}

@@ -31,6 +31,11 @@ def _limit_options(p: argparse.ArgumentParser) -> None:
         "--mcp-servers",
         help="comma-separated MCP servers it may use: labels, or label__tool for one tool ('' for none); default: all",
     )
+    p.add_argument(
+        "--mcp-chat-servers",
+        help="comma-separated labels of MCP servers whose tools its chat requests get ('' for none: clears it)",
+    )
+    p.add_argument("--mcp-chat-mode", choices=["return", "execute"], help="with --mcp-chat-servers; default: return")
     p.add_argument("--rpm", type=int, help="requests per minute")
     p.add_argument("--tpm", type=int, help="tokens per minute")
     p.add_argument("--max-parallel-requests", type=int)
@@ -82,7 +87,7 @@ _FIELDS = (
 )
 
 
-def _body(args: argparse.Namespace, kind: type[keys.KeyCreate]) -> keys.KeyCreate:
+def _body(args: argparse.Namespace, kind: type[keys.KeyCreate], config: Config) -> keys.KeyCreate:
     fields: dict[str, Any] = {}
     for name in _FIELDS:
         value = getattr(args, name, None)
@@ -92,12 +97,19 @@ def _body(args: argparse.Namespace, kind: type[keys.KeyCreate]) -> keys.KeyCreat
         fields["models"] = [m.strip() for m in args.models.split(",") if m.strip()]
     if args.mcp_servers is not None:
         fields["mcp_servers"] = [m.strip() for m in args.mcp_servers.split(",") if m.strip()]
+    if args.mcp_chat_mode is not None and args.mcp_chat_servers is None:
+        raise SystemExit("--mcp-chat-mode: needs --mcp-chat-servers")
+    if args.mcp_chat_servers is not None:
+        servers = [m.strip() for m in args.mcp_chat_servers.split(",") if m.strip()]
+        fields["mcp_chat"] = {"servers": servers, "mode": args.mcp_chat_mode or "return"} if servers else None
     if args.metadata is not None:
         try:
             fields["metadata"] = json.loads(args.metadata)
         except ValueError as exc:
             raise SystemExit(f"--metadata: not JSON ({exc})") from None
-    return keys.parse_body(msgspec.json.encode(fields), kind)
+    body = keys.parse_body(msgspec.json.encode(fields), kind)
+    keys.check_mcp_chat(body, config.mcp_servers)
+    return body
 
 
 def _announce(config: Config) -> None:
@@ -125,7 +137,7 @@ async def _run(args: argparse.Namespace, config: Config) -> Any:
         admin = Admin(access, notify, config.auth.rotation_grace_s)
         action = args.action
         if action == "create":
-            result = await admin.create_key(_body(args, keys.KeyCreate))
+            result = await admin.create_key(_body(args, keys.KeyCreate, config))
         elif action == "list":
             query = {
                 name: str(value)
@@ -141,7 +153,7 @@ async def _run(args: argparse.Namespace, config: Config) -> Any:
             }
             result = await admin.list("key", query)
         elif action == "update":
-            result = await admin.update("key", args.key_id, _body(args, keys.KeyUpdate))
+            result = await admin.update("key", args.key_id, _body(args, keys.KeyUpdate, config))
         elif action == "rotate":
             result = await admin.rotate(args.key_id, args.grace_s)
         else:

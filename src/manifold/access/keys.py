@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Final, TypeVar
 
@@ -19,6 +19,7 @@ import msgspec
 
 from manifold import _json
 from manifold.access.principal import BudgetDuration, Limits, ModelLimits, Principal, both
+from manifold.config import McpChatSettings, mcp_chat_problems
 from manifold.errors import InvalidRequestError
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "RotateBody",
     "TeamCreate",
     "TeamUpdate",
+    "check_mcp_chat",
     "display_of",
     "hash_secret",
     "key_object",
@@ -84,6 +86,7 @@ class _Common(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_def
     blocked: bool | msgspec.UnsetType = msgspec.UNSET
     alias: Name | msgspec.UnsetType | None = msgspec.UNSET
     mcp_servers: list[Name] | msgspec.UnsetType | None = msgspec.UNSET
+    mcp_chat: McpChatSettings | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class TeamCreate(_Common):
@@ -141,8 +144,8 @@ def row_values(body: msgspec.Struct) -> dict[str, Any]:
             continue
         if field in ("models", "mcp_servers"):
             out[f"{field}_json"] = None if value is None else _json.encode(list(value)).decode()
-        elif field == "model_limits":
-            out["model_limits_json"] = None if value is None else msgspec.json.encode(value).decode()
+        elif field in ("model_limits", "mcp_chat"):
+            out[f"{field}_json"] = None if value is None else msgspec.json.encode(value).decode()
         elif field == "metadata":
             out["metadata_json"] = _json.encode(value or {}).decode()
         elif field == "max_budget":
@@ -184,6 +187,22 @@ def _model_limits(row: Mapping[str, Any]) -> dict[str, Any]:
     return {} if raw is None else dict(_json.decode(raw))
 
 
+def mcp_chat_of(row: Mapping[str, Any] | None) -> McpChatSettings | None:
+    raw = None if row is None else row.get("mcp_chat_json")
+    return None if raw is None else msgspec.json.decode(raw, type=McpChatSettings)
+
+
+def check_mcp_chat(body: _Common, servers: Collection[str]) -> None:
+    """A body's `mcp_chat.servers` name configured MCP servers, each once (a 400 naming the entry)."""
+    chat = body.mcp_chat
+    if chat is None or chat is msgspec.UNSET:
+        return
+    problems = mcp_chat_problems(chat.servers, servers, "mcp_chat.servers")
+    if problems:
+        param, message = problems[0].split(": ", 1)
+        raise InvalidRequestError(f"Invalid '{param}': {message}.", param=param, code="invalid_value")
+
+
 def limits_of(row: Mapping[str, Any]) -> Limits:
     return Limits(
         rpm=row["rpm"],
@@ -212,6 +231,7 @@ def principal_of(key: Mapping[str, Any], team: Mapping[str, Any] | None) -> Prin
         team_limits=limits_of(team) if team is not None else None,
         created_at=int(key["created_at"]),
         mcp_servers=both(_models(key, "mcp_servers_json"), None if team is None else _models(team, "mcp_servers_json")),
+        mcp_chat=mcp_chat_of(key) or mcp_chat_of(team),
     )
 
 
@@ -228,6 +248,7 @@ def _common(row: Mapping[str, Any]) -> dict[str, Any]:
         "budget_duration": row["budget_duration"],
         "budget_reset_at": row["budget_reset_at"],
         "mcp_servers": None if row.get("mcp_servers_json") is None else _json.decode(row["mcp_servers_json"]),
+        "mcp_chat": None if row.get("mcp_chat_json") is None else _json.decode(row["mcp_chat_json"]),
         "metadata": _json.decode(row["metadata_json"]),
         "blocked": bool(row["blocked"]),
         "created_at": row["created_at"],
@@ -268,6 +289,7 @@ def new_row(kind: str, values: Mapping[str, Any], now: int) -> dict[str, Any]:
         "max_parallel_requests": None,
         "model_limits_json": None,
         "mcp_servers_json": None,
+        "mcp_chat_json": None,
         "max_budget_micros": None,
         "budget_duration": None,
         "budget_reset_at": None,

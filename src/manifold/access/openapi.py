@@ -30,6 +30,11 @@ _LIMITS: dict[str, Any] = {
         "description": "the configured MCP servers it may use: labels, or label__tool for one tool (null: every "
         "server; []: none)",
     },
+    "mcp_chat": {
+        "oneOf": [{"$ref": "#/components/schemas/McpChatSettings"}, {"type": "null"}],
+        "description": "the MCP servers whose tools are added to its chat requests for models without an "
+        "mcp.models entry (within mcp_servers; a key's wins over its team's; null: none)",
+    },
     "metadata": {"type": "object"},
     "blocked": {"type": "boolean"},
     "created_at": {"type": "integer"},

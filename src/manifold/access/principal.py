@@ -10,7 +10,10 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
+
+if TYPE_CHECKING:
+    from manifold.config import McpChatSettings
 
 __all__ = ["CURRENT_PRINCIPAL", "BudgetDuration", "Limits", "ModelLimits", "Principal", "both"]
 
@@ -43,7 +46,8 @@ class Principal:
     """`key_id` None: the master key (admin, no limits). `models` None: every model; `team_models` likewise for
     the key's team (a request must be allowed by both). `mcp_servers`: the configured MCP servers (labels) and
     single tools (`label__tool`) the key may use, its own list intersected with its team's (None: every server;
-    empty: none)."""
+    empty: none). `mcp_chat`: the MCP servers whose tools its chat requests get when the model has no
+    `mcp.models` entry (the key's own, else its team's; None: none)."""
 
     key_id: str | None
     key_alias: str | None = None
@@ -57,6 +61,7 @@ class Principal:
     created_at: int = 0  # the key's creation time (unix seconds): budget periods start from it
     team_models: tuple[str, ...] | None = None
     mcp_servers: frozenset[str] | None = None
+    mcp_chat: McpChatSettings | None = None
 
 
 def both(key: Iterable[str] | None, team: Iterable[str] | None) -> frozenset[str] | None:

@@ -57,6 +57,7 @@ def principal_of(key: StaticKey, teams: dict[str, StaticTeam]) -> Principal:
         ),
         team_limits=None if team is None else _team_limits(team),
         mcp_servers=both(key.mcp_servers, None if team is None else team.mcp_servers),
+        mcp_chat=key.mcp_chat if key.mcp_chat is not None or team is None else team.mcp_chat,
     )
 
 

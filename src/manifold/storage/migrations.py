@@ -213,12 +213,20 @@ def _v5_mcp_servers(conn: Connection) -> None:
         conn.execute(text(f"ALTER TABLE {table} ADD COLUMN mcp_servers_json TEXT"))
 
 
+def _v6_mcp_chat(conn: Connection) -> None:
+    """The MCP servers whose tools a key's (or a team's keys') chat requests get (JSON `{servers, mode}`; NULL:
+    none)."""
+    for table in ("access_teams", "access_keys"):
+        conn.execute(text(f"ALTER TABLE {table} ADD COLUMN mcp_chat_json TEXT"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "chat completions, their messages and metadata", _v1_chat_completions),
     Migration(2, "responses and their input items", _v2_responses),
     Migration(3, "access keys and teams", _v3_keys_and_teams),
     Migration(4, "the usage ledger", _v4_usage),
     Migration(5, "the MCP servers of keys and teams", _v5_mcp_servers),
+    Migration(6, "the chat MCP tools of keys and teams", _v6_mcp_chat),
 )
 
 

@@ -127,6 +127,7 @@ def _limit_columns() -> list[Column[object]]:
         Column("created_at", BigInteger, nullable=False),
         Column("updated_at", BigInteger, nullable=False),
         Column("mcp_servers_json", Text, nullable=True),  # JSON list of MCP server labels; NULL: every server
+        Column("mcp_chat_json", Text, nullable=True),  # JSON {servers, mode}: chat MCP tools; NULL: none
     ]
 
 

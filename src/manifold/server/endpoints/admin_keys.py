@@ -44,6 +44,7 @@ async def _send(request: Request, obj: object, status: int = 200) -> None:
 
 async def create_key(services: Services, request: Request) -> None:
     body = keys.parse_body(await request.body(services.settings.max_body_size), keys.KeyCreate)
+    keys.check_mcp_chat(body, services.config.mcp_servers)
     await _send(request, await (await _admin(services)).create_key(body))
 
 
@@ -57,6 +58,7 @@ async def get_key(services: Services, request: Request, key_id: str) -> None:
 
 async def update_key(services: Services, request: Request, key_id: str) -> None:
     body = keys.parse_body(await request.body(services.settings.max_body_size), keys.KeyUpdate)
+    keys.check_mcp_chat(body, services.config.mcp_servers)
     await _send(request, await (await _admin(services)).update("key", key_id, body))
 
 
@@ -72,6 +74,7 @@ async def delete_key(services: Services, request: Request, key_id: str) -> None:
 
 async def create_team(services: Services, request: Request) -> None:
     body = keys.parse_body(await request.body(services.settings.max_body_size), keys.TeamCreate)
+    keys.check_mcp_chat(body, services.config.mcp_servers)
     await _send(request, await (await _admin(services)).create_team(body))
 
 
@@ -85,6 +88,7 @@ async def get_team(services: Services, request: Request, team_id: str) -> None:
 
 async def update_team(services: Services, request: Request, team_id: str) -> None:
     body = keys.parse_body(await request.body(services.settings.max_body_size), keys.TeamUpdate)
+    keys.check_mcp_chat(body, services.config.mcp_servers)
     await _send(request, await (await _admin(services)).update("team", team_id, body))
 
 

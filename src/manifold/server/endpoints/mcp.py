@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from manifold import _json
+from manifold.access.principal import CURRENT_PRINCIPAL
 from manifold.api.chat import ChatCompletionRequest
 from manifold.api.chat_response import ChunkShaper, normalize_completion
 from manifold.api.validation import decode_json_object
@@ -38,7 +39,13 @@ def _gateway(services: Services) -> McpGateway:
 
 
 def chat_settings(services: Services, model: str) -> McpChatSettings | None:
-    return services.config.mcp.models.get(model)
+    """The MCP tools a chat request gets: the model's `mcp.models` entry, else the caller's key's (or team's)
+    `mcp_chat` (whose servers the key's `mcp_servers` still filters, as for the model's)."""
+    found = services.config.mcp.models.get(model)
+    if found is not None:
+        return found
+    principal = CURRENT_PRINCIPAL.get()
+    return None if principal is None else principal.mcp_chat
 
 
 def add_tools(services: Services, raw: dict[str, Any], settings: McpChatSettings) -> dict[str, Any]:
@@ -52,8 +59,8 @@ async def chat_execute(services: Services, request: Request, raw: dict[str, Any]
     assert settings is not None
     if req.store:
         raise UnsupportedError(
-            f"The model '{req.model}' runs its MCP tools in the gateway ('execute'), whose completions are not "
-            "stored; leave out 'store'.",
+            f"The MCP tools of this request (model '{req.model}') run in the gateway ('execute'), whose completions "
+            "are not stored; leave out 'store'.",
             param="store",
         )
     functions = _manager(services).functions(settings.servers, allowed_servers())
