@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -220,3 +221,36 @@ def assert_valid_against(schemas: dict[str, Any], name: str, instance: Any) -> N
 
     document = {"components": {"schemas": schemas}, "$ref": f"#/components/schemas/{name}"}
     jsonschema.validate(instance, document, cls=jsonschema.Draft202012Validator)
+
+
+def test_the_command_line_sets_and_checks_the_field(tmp_path: Path) -> None:
+    from tests.e2e.test_cli import manifold
+
+    config_path = tmp_path / "config.yaml"
+    config = {
+        "storage": {"data_dir": str(tmp_path / "data")},
+        "mcp_servers": {
+            "time": {"command": "mcp-server-time"},
+            "web": {"transport": "sse", "url": "http://127.0.0.1:9/"},
+        },
+    }
+    config_path.write_text(json.dumps(config))  # JSON is YAML
+
+    def keys(*args: str) -> Any:
+        result = manifold("keys", "--config", str(config_path), *args)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    created = keys("create", "--mcp-chat-servers", "time, web", "--mcp-chat-mode", "execute")
+    assert created["mcp_chat"] == {"servers": ["time", "web"], "mode": "execute"}
+    assert keys("update", created["id"], "--alias", "kept")["mcp_chat"] == created["mcp_chat"]
+    assert keys("update", created["id"], "--mcp-chat-servers", "web")["mcp_chat"] == {
+        "servers": ["web"],
+        "mode": "return",
+    }
+    assert keys("update", created["id"], "--mcp-chat-servers", "")["mcp_chat"] is None
+    unknown = manifold("keys", "--config", str(config_path), "create", "--mcp-chat-servers", "time,tmie")
+    assert unknown.returncode == 1 and "mcp_chat.servers[1]" in unknown.stderr and "tmie" in unknown.stderr
+    alone = manifold("keys", "--config", str(config_path), "update", created["id"], "--mcp-chat-mode", "execute")
+    assert alone.returncode != 0 and "--mcp-chat-servers" in alone.stderr
+    assert keys("list")["data"][0]["mcp_chat"] is None
