@@ -116,6 +116,15 @@ def test_a_key_with_mcp_chat_gets_the_tools_and_its_calls_come_back(gateway: Man
         timeout=30,
     )
     assert ran.status_code == 200 and ran.json() == {"name": "web__echo", "output": "from the key", "is_error": False}
+    # A request's own function named like one of the key's MCP tools: a 400 naming it.
+    clash = {"type": "function", "function": {"name": "web__echo", "parameters": {"type": "object"}}}
+    with pytest.raises(openai.BadRequestError) as exc:
+        client(gateway, secret).chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "hi"}],
+            tools=[clash],  # type: ignore[list-item]
+        )
+    assert exc.value.status_code == 400 and exc.value.body["param"] == "tools[0].function.name"  # type: ignore[index]
     # Another key, and the master key, without `mcp_chat`: no tools.
     assert offered(gateway, new_key(gateway)) == set()
     assert offered(gateway, MASTER) == set()

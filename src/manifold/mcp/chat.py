@@ -42,7 +42,7 @@ def with_tools(raw: dict[str, Any], functions: Functions) -> dict[str, Any]:
         name = (tool.get("function") or {}).get("name") if isinstance(tool, dict) else None
         if name in functions:
             raise InvalidRequestError(
-                f"The tool name '{name}' is taken by a configured MCP tool of this model; rename yours.",
+                f"The tool name '{name}' is taken by a configured MCP tool added to this request; rename yours.",
                 param=f"tools[{i}].function.name",
                 code="invalid_value",
             )
