@@ -149,8 +149,9 @@ class OpenAIFrontend:
     SQLite in ./data). `settings`: body limit, keep-alive interval (its `prefixes` are not used).
     `responses`: the Responses engine's settings (compaction key, background leases; docs/responses.md).
     `layers`: your own request layers, as `ManifoldApp` takes them (docs/library.md).
-    `metrics`, `tracing`: Prometheus metrics (`/metrics`, on by default) and OpenTelemetry traces, as the
-    gateway's (docs/observability.md).
+    `metrics`, `tracing`: Prometheus metrics and OpenTelemetry traces, as the gateway's (docs/observability.md).
+    Without `metrics` the frontend mounts no `/metrics` (a host app may have its own) and counts nothing;
+    `manifold serve --handler` passes its config's `metrics:` section (on by default there).
     """
 
     def __init__(
@@ -185,7 +186,7 @@ class OpenAIFrontend:
             server=settings or ServerSettings(),
             storage=storage or StorageSettings(),
             responses=responses or ResponsesSettings(),
-            metrics=metrics or MetricsSettings(),
+            metrics=metrics or MetricsSettings(enabled=False),
             tracing=tracing or TracingSettings(),
         )
         self.router = _HandlerRouter(self.provider, names, accept_any=models is None)
