@@ -231,8 +231,11 @@ def test_the_sdks_read_both_429s_as_their_typed_errors(upstream: CountingUpstrea
     the envelope's code (issue 12: the official SDKs read the 429 answers as their typed errors)."""
     import openai
 
-    from tests.fakes.node_openai import node_missing, run_script
+    from tests.fakes.node_openai import ensure_installed, node_missing, run_script
 
+    node = node_missing() is None
+    if node:
+        ensure_installed()  # before the requests: a first npm install must not outlast the rpm window
     keys = [
         {"key": "${KEY_A}", "alias": "limited", "rpm": 1},
         # gpt-4o-mini at genai-prices' rates: one answer costs a few micro-dollars, so a budget of one
