@@ -198,7 +198,11 @@ class DurableWrites:
                     batch.append(pending)
                 self._in_flight = len(batch)
             if batch:
-                self._commit(batch)
+                try:
+                    self._commit(batch)
+                except BaseException as exc:  # noqa: BLE001 - the thread must live on: no caller may wait forever
+                    log_failure(f"the writer failed a batch of {len(batch)} write(s)", exc)
+                    self._answer(batch, [_Raised(unavailable())] * len(batch), time.monotonic())
             self._in_flight = 0
 
     def _commit(self, batch: list[_Pending]) -> None:
