@@ -219,7 +219,8 @@ def _freeze_startup_heap() -> None:
     about 100,000 from its imports alone, never garbage. Under the mixed load of `bench/stateful.py` a full pass
     ran every 1.5-2 s and took 70-140 ms on this shared machine, the event loop stopped meanwhile: every request in
     flight waited, and the stored routes, in flight longest, took most of the hits (0.5-1% of their requests:
-    their p99). The collector still runs; what is made later is collected as before. What the late freezes catch
+    their p99). Afterwards a full pass walks about 2,500 objects: about a millisecond. The collector still runs;
+    what is made later is collected as before. What the late freezes catch
     besides imports is at most the objects of the requests then in flight: if one of those later becomes cyclic
     garbage it is not reclaimed (freed objects without cycles are, frozen or not): a bounded, one-time cost."""
     global _frozen
