@@ -51,6 +51,7 @@ from manifold.storage.errors import log_failure, unavailable
 log = logging.getLogger("manifold.storage")
 T = TypeVar("T")
 MAX_BATCH = 256
+PING_AFTER_IDLE_S = 1.0  # PostgreSQL: a batch after this long without one checks its connection first
 Rows = list[dict[str, Any]]
 _Batch = Callable[[Connection, list["Write[Any]"]], list[Any]]
 
@@ -286,6 +287,7 @@ class _LoopThread:
 
         self._url = url
         self._engine: AsyncEngine | None = None
+        self._last_batch = 0.0
         self._loop = uvloop.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="manifold-writer", daemon=True)
         self._thread.start()
@@ -297,8 +299,22 @@ class _LoopThread:
     async def _batch(self, run: _Batch, writes: list[Write[Any]]) -> list[Any]:
         if self._engine is None:
             self._engine = postgres_write_engine(self._url)
+        if time.monotonic() - self._last_batch > PING_AFTER_IDLE_S:
+            await self._ping(self._engine)
         async with self._engine.begin() as conn:
-            return await conn.run_sync(run, writes)
+            results = await conn.run_sync(run, writes)
+        self._last_batch = time.monotonic()
+        return results
+
+    @staticmethod
+    async def _ping(engine: AsyncEngine) -> None:
+        """After an idle spell, check the connection (a restarted server leaves it dead): a dead one is
+        invalidated here, so the batch gets a new one. Back-to-back batches skip this round trip."""
+        try:
+            async with engine.connect() as conn:
+                await conn.exec_driver_sql("SELECT 1")
+        except SQLAlchemyError:
+            return  # invalidated if it was a disconnect; if the database is down, the batch says so
 
     async def aclose(self) -> None:
         if self._engine is not None:
