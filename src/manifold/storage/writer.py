@@ -45,7 +45,14 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlch
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from manifold.observability.metrics import STORAGE_WRITE_DURATION
-from manifold.storage.engine import WriteLock, is_sqlite, postgres_write_engine, sqlite_write_engine, write_lock
+from manifold.storage.engine import (
+    POLL_MAX_S,
+    WriteLock,
+    is_sqlite,
+    postgres_write_engine,
+    sqlite_write_engine,
+    write_lock,
+)
 from manifold.storage.errors import log_failure, unavailable
 
 log = logging.getLogger("manifold.storage")
@@ -247,14 +254,17 @@ class DurableWrites:
             return self._loop_thread.run(run, writes)
         if self._sync_engine is None:
             raise unavailable()
-        if self._lock is not None:
-            self._lock.acquire()
+        contended = self._lock is not None and self._lock.acquire()
         try:
             with self._sync_engine.begin() as conn:
                 return run(conn, writes)
         finally:
             if self._lock is not None:
                 self._lock.release()
+                if contended:
+                    # Another worker is writing too and polls for the lock: without a pause this thread, whose
+                    # next batch is often ready, would take the lock again at once, batch after batch.
+                    time.sleep(POLL_MAX_S * 1.25)
 
 
 class _Raised:
