@@ -127,6 +127,7 @@ class DurableWrites:
         self._queue: collections.deque[_Pending | None] = collections.deque()  # the thread's, under _ready
         self._ready = threading.Condition(threading.Lock())
         self._in_flight = 0
+        self._give_turn = False
         self._thread: threading.Thread | None = None
         self._closed = False
         self.batches = 0  # transactions committed or tried: a figure for tests and benchmarks
@@ -206,12 +207,18 @@ class DurableWrites:
                     batch.append(pending)
                 self._in_flight = len(batch)
             if batch:
+                self._give_turn = False
                 try:
                     self._commit(batch)
                 except BaseException as exc:  # noqa: BLE001 - the thread must live on: no caller may wait forever
                     log_failure(f"the writer failed a batch of {len(batch)} write(s)", exc)
                     self._answer(batch, [_Raised(unavailable())] * len(batch), time.monotonic())
             self._in_flight = 0
+            if self._give_turn:
+                # Another worker is writing to the file too and polls for its lock: without a pause this
+                # thread, whose next batch is often ready, would take the lock again at once, batch after
+                # batch. The pause comes after this batch's callers were answered.
+                time.sleep(POLL_MAX_S * 1.25)
 
     def _commit(self, batch: list[_Pending]) -> None:
         self.batches += 1
@@ -261,10 +268,7 @@ class DurableWrites:
         finally:
             if self._lock is not None:
                 self._lock.release()
-                if contended:
-                    # Another worker is writing too and polls for the lock: without a pause this thread, whose
-                    # next batch is often ready, would take the lock again at once, batch after batch.
-                    time.sleep(POLL_MAX_S * 1.25)
+                self._give_turn = contended
 
 
 class _Raised:
