@@ -14,7 +14,8 @@ in flight, going round the routes in turn:
 Every response is read to its end and checked (status 200; a JSON object; a Responses stream that reached
 `response.completed`). It prints, per route, p50/p99 latency and requests per second, then the stored writes
 per second (acknowledged `chat_store` + `responses*`) beside the plain requests per second, and the ratio of
-each stateful route's p99 to plain chat's p99. It asserts nothing.
+each stateful route's p99 to plain chat's p99, with the machine's load average before and after each setup
+(on a shared machine the figures move with it). It asserts nothing.
 
     .venv/bin/python bench/stateful.py                              # sqlite, postgres, sqlite --workers 2
     .venv/bin/python bench/stateful.py --setups sqlite --seconds 20
@@ -277,7 +278,9 @@ def run_setup(setup: str, args: argparse.Namespace) -> dict[str, Any]:
                     _wait_http(port, "/health", 60)
                     _wait_http(port, "/health/ready", 60)
                     routes = ROUTES + UNSTORED if args.with_unstored else ROUTES
+                    load_before = os.getloadavg()[0]
                     result = uvloop.run(drive(port, args.concurrency, args.seconds, args.warmup, routes))
+                    result["load_average"] = (load_before, os.getloadavg()[0])
                 log = (workdir / "manifold.log").read_text(errors="replace")
     result["setup"] = setup
     result["workers"] = workers
@@ -302,9 +305,13 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
                 f"| {r['setup']} | {route} | {f['p50_ms']:.1f} | {f['p99_ms']:.1f} | {f['rps']:.0f} | "
                 f"{f['errors']} | {'' if route == 'chat' else f'{ratio:.1f}x'} |"
             )
-    lines += ["", "| setup | stored writes/s | plain chat req/s |", "|---|---:|---:|"]
+    lines += ["", "| setup | stored writes/s | plain chat req/s | load average (1 min) before / after |"]
+    lines.append("|---|---:|---:|---:|")
     for r in results:
-        lines.append(f"| {r['setup']} | {r['stored_writes_per_s']:.0f} | {r['plain_rps']:.0f} |")
+        before, after = r["load_average"]
+        lines.append(
+            f"| {r['setup']} | {r['stored_writes_per_s']:.0f} | {r['plain_rps']:.0f} | {before:.2f} / {after:.2f} |"
+        )
     for r in results:
         if r["first_error"] or r["log_errors"]:
             lines.append(f"\n{r['setup']}: first error {r['first_error']}; server log: {r['log_errors']}")

@@ -341,3 +341,47 @@ async def test_a_database_that_goes_down_after_start_up(postgres_url: str, caplo
         assert await cc.count() == 2
     finally:
         await store.aclose()
+
+
+async def test_an_open_store_has_frozen_the_startup_heap(tmp_path: Path) -> None:
+    """Once a store is open, what the process imported sits in the collector's permanent generation (a full
+    collection no longer walks it: docs/performance.md), and objects made afterwards are still collected."""
+    import gc
+    import weakref
+
+    store = Store(StorageSettings(data_dir=str(tmp_path / "data")))
+    await store.open()
+    try:
+        assert gc.get_freeze_count() > 10_000  # SQLAlchemy alone is tens of thousands of objects
+
+        class Cyclic:
+            me: object = None
+
+        garbage = Cyclic()
+        garbage.me = garbage
+        collected = weakref.ref(garbage)
+        del garbage
+        gc.collect()
+        assert collected() is None
+    finally:
+        await store.aclose()
+
+
+async def test_a_write_after_the_writer_connection_was_killed_succeeds(postgres_url: str) -> None:
+    """The writer pings its PostgreSQL connection only after an idle spell (not before every batch): a
+    connection killed while idle (a restarted server) is found by that ping and replaced, so the next write
+    is stored, not answered 503."""
+    from manifold.storage.writer import PING_AFTER_IDLE_S
+
+    name = postgres_url.rsplit("/", 1)[1]
+    store = Store(StorageSettings(url=postgres_url))
+    try:
+        await store.open()
+        cc = await store.chat_completions()
+        await cc.save(completion(1), [], None)
+        await _admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+        await asyncio.sleep(PING_AFTER_IDLE_S + 0.2)
+        await cc.save(completion(2), [], None)
+        assert await cc.count() == 2
+    finally:
+        await store.aclose()

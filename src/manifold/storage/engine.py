@@ -90,14 +90,14 @@ def _server_engine(url: URL, settings: StorageSettings) -> AsyncEngine:
 
 def postgres_write_engine(url: URL) -> AsyncEngine:
     """The engine of the writer thread's own event loop on PostgreSQL (`writer.py`): one connection, checked
-    before use (a restarted server leaves it dead)."""
+    by the writer after an idle spell only (a restarted server leaves it dead), not before every batch: under
+    load that ping was one round trip of five per batch."""
     return create_async_engine(
         url,
         hide_parameters=True,
         connect_args={"timeout": CONNECT_TIMEOUT_S},
         pool_size=1,
         max_overflow=0,
-        pool_pre_ping=True,
         pool_timeout=BUSY_TIMEOUT_S,
     )
 
@@ -172,6 +172,9 @@ def write_engine(engine: AsyncEngine) -> AsyncEngine:
     return engine.execution_options(**{_WRITE: True})
 
 
+POLL_MAX_S = 0.002
+
+
 class WriteLock:
     """Several processes (`--workers N`) writing one SQLite file take turns through this lock, held by each
     writer thread for one batch's transaction (a few milliseconds). SQLite's own busy handler sleeps in steps
@@ -183,21 +186,24 @@ class WriteLock:
     def __init__(self, path: str) -> None:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
 
-    def acquire(self, timeout_s: float = BUSY_TIMEOUT_S) -> None:
-        """Wait until this process holds the lock (call from the writer thread)."""
+    def acquire(self, timeout_s: float = BUSY_TIMEOUT_S) -> bool:
+        """Wait until this process holds the lock (call from the writer thread); True if another process held
+        it first (it is writing too: the caller should give it a turn after its batch)."""
         deadline = time.monotonic() + timeout_s
         delay = 0.0002
+        contended = False
         while True:
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
+                return contended
             except BlockingIOError as busy:
                 if time.monotonic() >= deadline:
                     raise TimeoutError(
                         f"the database file stayed locked by another process for {timeout_s:g} s"
                     ) from busy
+                contended = True
                 time.sleep(delay)
-                delay = min(delay * 2, 0.002)
+                delay = min(delay * 2, POLL_MAX_S)
 
     def release(self) -> None:
         fcntl.flock(self._fd, fcntl.LOCK_UN)

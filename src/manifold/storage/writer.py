@@ -7,19 +7,22 @@ returns only once its own transaction is committed, so what a client was told ex
 
 - **No added wait.** The first write after a quiet spell commits at once; writes that arrive during a commit
   form the next batch (at most `max_batch` writes; the rest wait for the batch after).
-- **Its own thread.** A batch runs from BEGIN to COMMIT in the writer's thread, on the writer's own connection,
-  so the server's event loop hands it over once and gets the results once: on a busy loop each statement, the
-  BEGIN and the COMMIT would otherwise each wait for a turn of the loop. On SQLite the thread uses the stdlib
-  driver directly, and processes sharing the file take turns by an `flock` (`engine.WriteLock`), polled every
-  2 ms at most where SQLite's busy handler sleeps up to 100 ms. On PostgreSQL the thread runs its own event
-  loop with asyncpg.
+- **Its own thread.** The batching and each batch, from BEGIN to COMMIT, run in the writer's thread, on the
+  writer's own connection: the next batch starts as soon as the previous one committed, without waiting for a
+  turn of the server's event loop, and a batch's callers are answered in one hop back to the loop
+  (`call_soon_threadsafe`), each woken by its own future. On a busy loop every hop is a wait for a turn: a
+  task that batched and a shield around each caller's future cost four turns between the COMMIT and the
+  caller's wake-up where this costs two. On SQLite the thread uses the stdlib driver directly, and processes
+  sharing the file take turns by an `flock` (`engine.WriteLock`), polled every 2 ms at most where SQLite's
+  busy handler sleeps up to 100 ms. On PostgreSQL the thread hands each batch to an event loop of its own
+  (`_LoopThread`) with asyncpg, and waits for it.
 - **Merged inserts.** Rows a batch inserts into one table go in one multi-row statement (`executemany`), tables
   in foreign-key order: one round trip per table on PostgreSQL, not one per write.
 - **Failures stay in their batch.** A batch that fails fails its own writes and no others. When the failure was
   caused by one write's data (a duplicate id, a statement a write's callback got wrong) and not by the database
   being gone, the batch runs again with each write in its own savepoint, so only the faulty write fails.
 - **Cancellation.** A caller that is cancelled (a client that left) does not cancel its write: the writer
-  finishes it. `aclose()` lets pending writes finish before the engine closes.
+  finishes it (only the caller's future is cancelled). `aclose()` lets pending writes finish before the engine closes.
 
 A feature with something durable to write (stored objects, a usage ledger…) builds a `Write` and awaits
 `DurableWrites.submit`; it never opens its own write transaction. A `Write`'s `apply` is a plain function on a
@@ -30,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import logging
 import threading
 import time
@@ -43,12 +45,20 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlch
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from manifold.observability.metrics import STORAGE_WRITE_DURATION
-from manifold.storage.engine import WriteLock, is_sqlite, postgres_write_engine, sqlite_write_engine, write_lock
+from manifold.storage.engine import (
+    POLL_MAX_S,
+    WriteLock,
+    is_sqlite,
+    postgres_write_engine,
+    sqlite_write_engine,
+    write_lock,
+)
 from manifold.storage.errors import log_failure, unavailable
 
 log = logging.getLogger("manifold.storage")
 T = TypeVar("T")
 MAX_BATCH = 256
+PING_AFTER_IDLE_S = 1.0  # PostgreSQL: a batch after this long without one checks its connection first
 Rows = list[dict[str, Any]]
 _Batch = Callable[[Connection, list["Write[Any]"]], list[Any]]
 
@@ -90,23 +100,35 @@ def database_gone(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
+_STOP = None  # handed to the writer thread by `aclose`: finish what came before, then end
+
+
 class DurableWrites:
-    """The process's durable-write queue on one engine."""
+    """The process's durable-write queue on one engine.
+
+    The batching runs in the writer's thread, not in a task of the event loop: a batch starts as soon as the
+    previous one has committed (with the writes that came meanwhile), where a task would first wait for a turn
+    of a busy loop, and each batch's callers are answered in one hop back to the loop (`call_soon_threadsafe`),
+    each caller's task woken by its own future (no `asyncio.shield` in between: a cancelled caller cancels only
+    its future, never its write). The writes that one turn of the loop submits reach the thread together, so
+    they form one batch when the writer is idle."""
 
     def __init__(self, engine: AsyncEngine, *, max_batch: int = MAX_BATCH) -> None:
         self._max_batch = max_batch
         self._lock: WriteLock | None = None
         self._sync_engine: Engine | None = None
-        self._thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._loop_thread: _LoopThread | None = None
         if is_sqlite(engine.url):
             self._lock = write_lock(engine.url)
             self._sync_engine = sqlite_write_engine(engine.url)
-            self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="manifold-writer")
         else:
             self._loop_thread = _LoopThread(engine.url)
-        self._queue: collections.deque[_Pending] = collections.deque()
-        self._task: asyncio.Task[None] | None = None
+        self._submitted: list[_Pending] = []  # this turn of the loop's writes, handed over at its end
+        self._queue: collections.deque[_Pending | None] = collections.deque()  # the thread's, under _ready
+        self._ready = threading.Condition(threading.Lock())
+        self._in_flight = 0
+        self._give_turn = False
+        self._thread: threading.Thread | None = None
         self._closed = False
         self.batches = 0  # transactions committed or tried: a figure for tests and benchmarks
         self.writes = 0
@@ -116,33 +138,48 @@ class DurableWrites:
         failure, the write's own exception otherwise). Cancelling the caller does not cancel the write."""
         if self._closed:
             raise unavailable()
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
         future.add_done_callback(_retrieve)
-        self._queue.append(_Pending(write, future))
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
-        return await asyncio.shield(future)
+        if not self._submitted:
+            loop.call_soon(self._hand_over)
+        self._submitted.append(_Pending(write, future))
+        return await future
 
     @property
     def pending(self) -> int:
-        return len(self._queue)
+        return len(self._submitted) + len(self._queue) + self._in_flight
+
+    def _hand_over(self) -> None:
+        submitted, self._submitted = self._submitted, []
+        if not submitted:
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="manifold-writer", daemon=True)
+            self._thread.start()
+        with self._ready:
+            self._queue.extend(submitted)
+            self._ready.notify()
 
     async def aclose(self, wait_s: float = 10.0) -> None:
         """Let the queued writes finish (for up to `wait_s` seconds), then refuse new ones."""
         self._closed = True
-        task = self._task
-        if task is not None:
-            await asyncio.wait([task], timeout=wait_s)
-            if not task.done():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-        while self._queue:
-            pending = self._queue.popleft()
+        self._hand_over()
+        thread = self._thread
+        if thread is not None:
+            with self._ready:
+                self._queue.append(_STOP)
+                self._ready.notify()
+            await asyncio.to_thread(thread.join, wait_s)
+            await asyncio.sleep(0)  # the answers of the last batch, handed to the loop, are delivered
+        with self._ready:
+            left = [p for p in self._queue if p is not None]
+            self._queue.clear()
+        for pending in left:
             if not pending.future.done():
                 pending.future.set_exception(unavailable())
-        if self._thread is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._thread.shutdown)
-            self._thread = None
+        if thread is not None and thread.is_alive():
+            return  # stuck in a batch past `wait_s`: the daemon thread keeps its engine; the process is ending
         if self._loop_thread is not None:
             await self._loop_thread.aclose()
             self._loop_thread = None
@@ -153,82 +190,106 @@ class DurableWrites:
             self._lock.close()
             self._lock = None
 
-    async def _run(self) -> None:
-        try:
-            while self._queue:
-                batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))]
-                try:
-                    await self._commit(batch)
-                except asyncio.CancelledError:
-                    for pending in batch:
-                        if not pending.future.done():
-                            pending.future.set_exception(unavailable())
-                    raise
-        finally:
-            self._task = None
+    # -- the writer's thread ---------------------------------------------------------------------------------
 
-    async def _commit(self, batch: list[_Pending]) -> None:
+    def _work(self) -> None:
+        stopping = False
+        while not stopping:
+            with self._ready:
+                while not self._queue:
+                    self._ready.wait()
+                batch: list[_Pending] = []
+                while self._queue and len(batch) < self._max_batch:
+                    pending = self._queue.popleft()
+                    if pending is None:
+                        stopping = True
+                        break
+                    batch.append(pending)
+                self._in_flight = len(batch)
+            if batch:
+                self._give_turn = False
+                try:
+                    self._commit(batch)
+                except BaseException as exc:  # noqa: BLE001 - the thread must live on: no caller may wait forever
+                    log_failure(f"the writer failed a batch of {len(batch)} write(s)", exc)
+                    self._answer(batch, [_Raised(unavailable())] * len(batch), time.monotonic())
+            self._in_flight = 0
+            if self._give_turn:
+                # Another worker is writing to the file too and polls for its lock: without a pause this
+                # thread, whose next batch is often ready, would take the lock again at once, batch after
+                # batch. The pause comes after this batch's callers were answered.
+                time.sleep(POLL_MAX_S * 1.25)
+
+    def _commit(self, batch: list[_Pending]) -> None:
         self.batches += 1
         self.writes += len(batch)
+        started = time.monotonic()
+        writes = [pending.write for pending in batch]
+        outcomes: list[Any]
         try:
-            results = await self._transaction(batch, isolated=False)
+            outcomes = self._transaction(_merged, writes)
         except Exception as exc:  # noqa: BLE001 - whatever a write raised goes to its caller; the writer lives on
             if len(batch) > 1 and not database_gone(exc):
                 log.warning("storage: a batch of %d writes failed (%s); retrying each on its own", len(batch), exc)
-                await self._commit_isolated(batch)
-                return
-            self._fail(batch, exc)
-            return
-        for pending, result in zip(batch, results, strict=True):
-            if not pending.future.done():
-                pending.future.set_result(result)
-
-    async def _commit_isolated(self, batch: list[_Pending]) -> None:
-        self.batches += 1
-        try:
-            outcomes = await self._transaction(batch, isolated=True)
-        except Exception as exc:  # noqa: BLE001 - handed to the callers, as above
-            self._fail(batch, exc)
-            return
-        for pending, outcome in zip(batch, outcomes, strict=True):
-            if pending.future.done():
-                continue
-            if isinstance(outcome, _Failed):
-                pending.future.set_exception(_client_error(outcome.exc))
+                self.batches += 1
+                try:
+                    isolated = self._transaction(_isolated, writes)
+                    outcomes = [_Raised(_client_error(o.exc)) if isinstance(o, _Failed) else o for o in isolated]
+                except Exception as again:  # noqa: BLE001 - handed to the callers, as below
+                    outcomes = self._failed(batch, again)
             else:
-                pending.future.set_result(outcome)
+                outcomes = self._failed(batch, exc)
+        self._answer(batch, outcomes, started)
 
-    def _fail(self, batch: list[_Pending], exc: Exception) -> None:
+    def _failed(self, batch: list[_Pending], exc: Exception) -> list[Any]:
         log_failure(f"{len(batch)} write(s) failed", exc)
-        for pending in batch:
-            if not pending.future.done():
-                pending.future.set_exception(_client_error(exc))
+        error = _client_error(exc)
+        return [_Raised(error)] * len(batch)
 
-    async def _transaction(self, batch: list[_Pending], *, isolated: bool) -> list[Any]:
-        writes = [pending.write for pending in batch]
-        run = _isolated if isolated else _merged
-        started = time.monotonic()
-        if self._thread is not None:
-            results = await asyncio.get_running_loop().run_in_executor(self._thread, self._in_thread, run, writes)
-        elif self._loop_thread is None:
+    def _answer(self, batch: list[_Pending], outcomes: list[Any], started: float) -> None:
+        loops: dict[asyncio.AbstractEventLoop, list[tuple[_Pending, Any]]] = {}
+        for pending, outcome in zip(batch, outcomes, strict=True):
+            loops.setdefault(pending.future.get_loop(), []).append((pending, outcome))
+        for loop, answers in loops.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, answers, started)
+            except RuntimeError:  # that loop is closed: nobody is left to answer
+                pass
+
+    def _transaction(self, run: _Batch, writes: list[Write[Any]]) -> list[Any]:
+        if self._loop_thread is not None:
+            return self._loop_thread.run(run, writes)
+        if self._sync_engine is None:
             raise unavailable()
-        else:
-            results = await self._loop_thread.run(run, writes)
-        # manifold_storage_write_seconds: one observation per committed transaction, as its writers waited for it
-        # (the hop to the writer's thread included), counted here on the event loop.
-        STORAGE_WRITE_DURATION.observe(time.monotonic() - started)
-        return results
-
-    def _in_thread(self, run: _Batch, writes: list[Write[Any]]) -> list[Any]:
-        assert self._sync_engine is not None
-        if self._lock is not None:
-            self._lock.acquire()
+        contended = self._lock is not None and self._lock.acquire()
         try:
             with self._sync_engine.begin() as conn:
                 return run(conn, writes)
         finally:
             if self._lock is not None:
                 self._lock.release()
+                self._give_turn = contended
+
+
+class _Raised:
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+
+def _deliver(answers: list[tuple[_Pending, Any]], started: float) -> None:
+    """On the callers' loop: answer each write of a batch (a caller that left has a cancelled future)."""
+    # manifold_storage_write_seconds: one observation per committed transaction, as its writers waited for it
+    # (from BEGIN to the answer's arrival on the loop).
+    STORAGE_WRITE_DURATION.observe(time.monotonic() - started)
+    for pending, outcome in answers:
+        if pending.future.done():
+            continue
+        if isinstance(outcome, _Raised):
+            pending.future.set_exception(outcome.exc)
+        else:
+            pending.future.set_result(outcome)
 
 
 class _LoopThread:
@@ -240,18 +301,34 @@ class _LoopThread:
 
         self._url = url
         self._engine: AsyncEngine | None = None
+        self._last_batch = 0.0
         self._loop = uvloop.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="manifold-writer", daemon=True)
         self._thread.start()
 
-    async def run(self, run: _Batch, writes: list[Write[Any]]) -> list[Any]:
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._batch(run, writes), self._loop))
+    def run(self, run: _Batch, writes: list[Write[Any]]) -> list[Any]:
+        """From the writer's thread: one batch on this loop, waited for."""
+        return asyncio.run_coroutine_threadsafe(self._batch(run, writes), self._loop).result()
 
     async def _batch(self, run: _Batch, writes: list[Write[Any]]) -> list[Any]:
         if self._engine is None:
             self._engine = postgres_write_engine(self._url)
+        if time.monotonic() - self._last_batch > PING_AFTER_IDLE_S:
+            await self._ping(self._engine)
         async with self._engine.begin() as conn:
-            return await conn.run_sync(run, writes)
+            results = await conn.run_sync(run, writes)
+        self._last_batch = time.monotonic()
+        return results
+
+    @staticmethod
+    async def _ping(engine: AsyncEngine) -> None:
+        """After an idle spell, check the connection (a restarted server leaves it dead): a dead one is
+        invalidated here, so the batch gets a new one. Back-to-back batches skip this round trip."""
+        try:
+            async with engine.connect() as conn:
+                await conn.exec_driver_sql("SELECT 1")
+        except SQLAlchemyError:
+            return  # invalidated if it was a disconnect; if the database is down, the batch says so
 
     async def aclose(self) -> None:
         if self._engine is not None:
