@@ -1,0 +1,393 @@
+"""`provider: local` with `engine: openvino`: a GGUF (or OpenVINO IR folder) run by OpenVINO GenAI's
+`ContinuousBatchingPipeline` in the gateway's process, many requests at once (batching.py), with prefix caching.
+
+What the pipeline cannot do here is refused with a 400 naming the parameter (docs/local-models.md#engines):
+function tools (its structured output could constrain a call's arguments, but SmolLM2's ChatML function-calling
+format is not modelled yet), `logprobs`/`top_logprobs` (it reports the sampled token's log-probability only),
+`logit_bias`, `n` above 1 in chat, and legacy completions' `suffix` and `logprobs`. `response_format`
+(`json_object`, `json_schema`) is grammar-constrained by the pipeline's structured output.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple
+
+from manifold.api.completions import new_completion_id, split_prompts
+from manifold.config import LocalDeployment
+from manifold.errors import BadGatewayError, InvalidRequestError, ServiceUnavailableError, UnsupportedError
+from manifold.providers.base import Call, Capability, ChunkStream
+from manifold.providers.local import generation
+from manifold.providers.local.batching import BatchSequence, Engine, Event, Outbox
+from manifold.providers.local.completions import LEGACY_DEFAULT_MAX_TOKENS
+from manifold.providers.local.model_thread import ModelThreadProvider
+from manifold.providers.local.provider import _flatten_messages, embedded_model_path
+
+DEFAULT_MAX_BATCH = 16
+DEFAULT_KV_CACHE_GB = 1
+# llama.cpp's defaults (generation.py), so that both engines sample alike when a request leaves them out.
+_CHAT_DEFAULTS = {"temperature": 0.2, "top_p": 0.95, "top_k": 40, "min_p": 0.05}
+_COMPLETION_DEFAULTS = {**_CHAT_DEFAULTS, "temperature": 0.8}
+_REFUSED = ("tools", "functions", "logprobs", "top_logprobs", "logit_bias", "audio", "prediction", "web_search_options")
+_NEUTRAL = {"typical_p": 1.0, "mirostat_mode": 0}  # llama.cpp-only options, accepted at their no-op value
+
+
+class Model(NamedTuple):
+    pipeline: Any
+    tokenizer: Any
+    engine: Engine
+    eos: int
+    stop_ids: frozenset[int]
+
+
+class OpenVinoModelProvider(ModelThreadProvider[Model]):
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {Capability.CHAT, Capability.STREAM, Capability.COMPLETIONS}
+    )
+    # Loads and tokenizes; the pipeline's steps run on the engine's own thread.
+    thread_name = "manifold-openvino"
+    label = "local model"
+
+    kind = LocalDeployment
+    deployment: LocalDeployment
+
+    def packaged_model(self) -> Path:
+        return embedded_model_path()
+
+    def prepare(self, path: Path) -> None:
+        try:
+            import openvino_genai  # noqa: F401
+        except ImportError:
+            raise ServiceUnavailableError(
+                "The local provider's openvino engine needs OpenVINO GenAI: pip install 'manifold[openvino]'."
+            ) from None
+
+    def load(self, path: Path) -> Model:
+        import openvino_genai as ov
+
+        dep = self.deployment
+        scheduler = ov.SchedulerConfig()
+        scheduler.enable_prefix_caching = dep.prefix_caching
+        scheduler.cache_size = dep.kv_cache_gb or DEFAULT_KV_CACHE_GB
+        scheduler.max_num_seqs = self.max_batch
+        properties = {"INFERENCE_NUM_THREADS": dep.threads} if dep.threads else {}
+        pipeline = ov.ContinuousBatchingPipeline(str(path), scheduler, "CPU", properties)
+        tokenizer = pipeline.get_tokenizer()
+        base = pipeline.get_config()
+        eos = int(base.eos_token_id)
+        stop_ids = frozenset({eos, *(int(t) for t in base.stop_token_ids)} - {-1})
+        engine = Engine(pipeline, tokenizer.decode, stop_ids, f"{self.thread_name}-engine")
+        return Model(pipeline, tokenizer, engine, eos, stop_ids)
+
+    def closer(self, model: Model) -> Callable[[], None]:
+        return model.engine.close
+
+    @property
+    def max_batch(self) -> int:
+        return self.deployment.max_batch or DEFAULT_MAX_BATCH
+
+    @property
+    def concurrency_limit(self) -> int | None:
+        return self.deployment.max_concurrency or self.max_batch
+
+    @property
+    def context_window(self) -> int | None:
+        return self.deployment.context_length
+
+    # -- chat --------------------------------------------------------------------------------------------------
+
+    async def chat(self, call: Call) -> dict[str, Any]:
+        model, seq = await self._chat_sequence(call)
+        texts: list[str] = []
+        finish, generated = "stop", 0
+        async for kind, _, payload in self._events(model, [seq]):
+            if kind == "text":
+                texts.append(payload)
+            else:
+                finish, generated = payload
+        return {
+            "id": "chatcmpl-local",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": "",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "".join(texts)},
+                    "logprobs": None,
+                    "finish_reason": finish,
+                }
+            ],
+            "usage": generation.token_usage(seq.prompt_tokens, generated),
+        }
+
+    async def open_chat_stream(self, call: Call) -> ChunkStream:
+        model, seq = await self._chat_sequence(call)
+        return self._chat_chunks(model, seq)
+
+    async def _chat_chunks(self, model: Model, seq: BatchSequence) -> AsyncIterator[dict[str, Any]]:
+        head = {"id": "chatcmpl-local", "object": "chat.completion.chunk", "created": int(time.time()), "model": ""}
+        yield {
+            **head,
+            "choices": [{"index": 0, "delta": {"role": "assistant"}, "logprobs": None, "finish_reason": None}],
+        }
+        generated = 0
+        async for kind, _, payload in self._events(model, [seq]):
+            if kind == "text":
+                delta = {"content": payload}
+                yield {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]}
+            else:
+                finish, generated = payload
+                yield {**head, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}]}
+        yield {"choices": [], "usage": generation.token_usage(seq.prompt_tokens, generated)}
+
+    async def _chat_sequence(self, call: Call) -> tuple[Model, BatchSequence]:
+        model = await self.model()
+        body = call.body
+        name = call.public_model
+        for key in _REFUSED:
+            if body.get(key) and not (key == "tools" and body.get("tool_choice") == "none"):
+                raise UnsupportedError(
+                    f"The model '{name}' (local, engine openvino) does not support '{key}'; "
+                    "the llama_cpp engine does (docs/local-models.md#engines).",
+                    param=key,
+                )
+        if (body.get("n") or 1) != 1:
+            raise UnsupportedError(f"The model '{name}' (local) supports only n=1.", param="n")
+        messages = _flatten_messages(body["messages"])
+        prompt, count = await self.on_thread(lambda: _chat_prompt(model, messages))
+        max_tokens = self._max_tokens(body.get("max_completion_tokens") or body.get("max_tokens"), count, "messages")
+        schema = _schema(body.get("response_format"))
+        repeat = self.deployment.repeat_penalty or generation.LOCAL_DEFAULT_REPEAT_PENALTY
+        config = _config(model, body, _CHAT_DEFAULTS, repeat, max_tokens, schema)
+        seq = BatchSequence(prompt, config, _stops(body.get("stop")), max_tokens, 0, Outbox())
+        seq.prompt_tokens = count
+        return model, seq
+
+    def _max_tokens(self, asked: int | None, prompt_tokens: int, param: str) -> int:
+        n_ctx = self.deployment.context_length
+        if prompt_tokens >= n_ctx:
+            raise InvalidRequestError(
+                f"This model's maximum context length is {n_ctx} tokens. However, your {param} resulted in "
+                f"{prompt_tokens} tokens.",
+                param=param,
+                code="context_length_exceeded",
+            )
+        limit = asked or self.deployment.default_max_tokens or generation.LOCAL_DEFAULT_MAX_TOKENS
+        return min(int(limit), n_ctx - prompt_tokens)
+
+    async def count_chat_tokens(self, call: Call) -> int | None:
+        model = await self.model()
+        messages = _flatten_messages(call.body["messages"])
+        return (await self.on_thread(lambda: _chat_prompt(model, messages)))[1]
+
+    # -- legacy completions ----------------------------------------------------------------------------------------
+
+    async def completions(self, call: Call) -> dict[str, Any]:
+        model, seqs, echoes = await self._completion_sequences(call)
+        texts = {seq.index: [echoes[seq.index]] for seq in seqs}
+        finishes: dict[int, str] = {}
+        generated = 0
+        async for kind, index, payload in self._events(model, seqs):
+            if kind == "text":
+                texts[index].append(payload)
+            else:
+                finishes[index] = payload[0]
+                generated += payload[1]
+        choices = [
+            {"text": "".join(texts[i]), "index": i, "logprobs": None, "finish_reason": finishes.get(i, "stop")}
+            for i in sorted(texts)
+        ]
+        return {
+            "id": new_completion_id(),
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": call.public_model,
+            "choices": choices,
+            "usage": generation.token_usage(_prompt_tokens(seqs), generated),
+        }
+
+    async def open_completions_stream(self, call: Call) -> ChunkStream:
+        model, seqs, echoes = await self._completion_sequences(call)
+        return self._completion_chunks(model, seqs, echoes)
+
+    async def _completion_chunks(
+        self, model: Model, seqs: list[BatchSequence], echoes: dict[int, str]
+    ) -> AsyncIterator[dict[str, Any]]:
+        for index, echoed in sorted(echoes.items()):
+            if echoed:
+                yield {"choices": [{"text": echoed, "index": index, "logprobs": None, "finish_reason": None}]}
+        generated = 0
+        async for kind, index, payload in self._events(model, seqs):
+            if kind == "text":
+                yield {"choices": [{"text": payload, "index": index, "logprobs": None, "finish_reason": None}]}
+            else:
+                generated += payload[1]
+                yield {"choices": [{"text": "", "index": index, "logprobs": None, "finish_reason": payload[0]}]}
+        yield {"choices": [], "usage": generation.token_usage(_prompt_tokens(seqs), generated)}
+
+    async def _completion_sequences(self, call: Call) -> tuple[Model, list[BatchSequence], dict[int, str]]:
+        model = await self.model()
+        body = call.body
+        name = call.public_model
+        for key in ("logprobs", "suffix", "logit_bias"):
+            if body.get(key) is not None and body.get(key) != {}:
+                raise UnsupportedError(
+                    f"The model '{name}' (local, engine openvino) does not support '{key}' in legacy completions.",
+                    param=key,
+                )
+        n = body.get("n") or 1
+        best_of = body.get("best_of")
+        if isinstance(best_of, int) and best_of > n:
+            raise UnsupportedError(
+                f"The model '{name}' (local) cannot rank candidates: 'best_of' must not exceed 'n'.", param="best_of"
+            )
+        if body.get("max_tokens") == 0:
+            raise UnsupportedError(f"The model '{name}' (local) needs 'max_tokens' of at least 1.", param="max_tokens")
+        prompts = split_prompts(body.get("prompt"))
+        single = len(prompts) == 1 and body.get("prompt") == prompts[0]
+        encoded = await self.on_thread(lambda: [_completion_prompt(model, p) for p in prompts])
+        vocab = _vocab_size(model)
+        seqs: list[BatchSequence] = []
+        echoes: dict[int, str] = {}
+        outbox = Outbox()
+        for i, (prompt, (tensor, count)) in enumerate(zip(prompts, encoded, strict=True)):
+            param = "prompt" if single else f"prompt[{i}]"
+            bad = [t for t in prompt if not 0 <= t < vocab] if isinstance(prompt, list) else []
+            if bad:
+                raise InvalidRequestError(
+                    f"Invalid '{param}': token id {bad[0]} is outside the vocabulary of '{name}' (0 to {vocab - 1}).",
+                    param=param,
+                    code="invalid_value",
+                )
+            asked = body.get("max_tokens")
+            max_tokens = self._max_tokens(asked if asked is not None else LEGACY_DEFAULT_MAX_TOKENS, count, param)
+            echoed = ""
+            if body.get("echo"):
+                echoed = prompt if isinstance(prompt, str) else model.tokenizer.decode(prompt)
+            for j in range(n):
+                config = _config(model, body, _COMPLETION_DEFAULTS, 1.0, max_tokens, None)
+                seq = BatchSequence(tensor, config, _stops(body.get("stop")), max_tokens, i * n + j, outbox)
+                seq.prompt_tokens = count if j == 0 else 0
+                seqs.append(seq)
+                echoes[i * n + j] = echoed
+        return model, seqs, echoes
+
+    # -- the engine ------------------------------------------------------------------------------------------------
+
+    async def _events(self, model: Model, seqs: list[BatchSequence]) -> AsyncIterator[Event]:
+        """The sequences' events until each has ended; a consumer that stops early (a client that left) cancels
+        those still running, which frees their slots before the engine's next step."""
+        queue = seqs[0].outbox.queue
+        try:
+            model.engine.submit(seqs)
+        except RuntimeError as exc:
+            raise ServiceUnavailableError(f"The local model is unavailable: {exc}") from None
+        left = len(seqs)
+        try:
+            while left:
+                event = await queue.get()
+                if event[0] == "error":
+                    raise BadGatewayError(f"The local model failed: {event[2]}")
+                if event[0] == "end":
+                    left -= 1
+                yield event
+        finally:
+            if left:
+                model.engine.cancel(seqs)
+
+
+def _chat_prompt(model: Model, messages: list[dict[str, Any]]) -> tuple[Any, int]:
+    """The messages through the model's chat template, tokenized (on the provider's thread)."""
+    text = model.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    ids = model.tokenizer.encode(text, add_special_tokens=False).input_ids
+    return ids, int(ids.shape[1])
+
+
+def _completion_prompt(model: Model, prompt: str | list[int]) -> tuple[Any, int]:
+    import numpy as np
+    import openvino as ov
+
+    if isinstance(prompt, str):
+        ids = model.tokenizer.encode(prompt, add_special_tokens=True).input_ids
+        if int(ids.shape[1]) > 0:
+            return ids, int(ids.shape[1])
+        prompt = []
+    tokens = prompt or [int(model.tokenizer.get_bos_token_id())]  # as llama.cpp: an empty prompt starts at BOS
+    return ov.Tensor(np.array([tokens], dtype=np.int64)), len(tokens)
+
+
+def _vocab_size(model: Model) -> int:
+    return len(model.tokenizer.get_vocab())
+
+
+def _prompt_tokens(seqs: list[BatchSequence]) -> int:
+    return sum(seq.prompt_tokens for seq in seqs)
+
+
+def _stops(stop: str | list[str] | None) -> list[str]:
+    if stop is None:
+        return []
+    return [stop] if isinstance(stop, str) else list(stop)
+
+
+def _schema(fmt: Any) -> dict[str, Any] | None:
+    """The JSON schema that constrains the output (`json_object`: any object)."""
+    if not isinstance(fmt, dict):
+        return None
+    if fmt.get("type") == "json_object":
+        return {"type": "object"}
+    if fmt.get("type") == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        return schema if isinstance(schema, dict) and schema else {"type": "object"}
+    return None
+
+
+def _config(
+    model: Model,
+    body: dict[str, Any],
+    defaults: dict[str, float],
+    repeat_penalty: float,
+    max_tokens: int,
+    schema: dict[str, Any] | None,
+) -> Any:
+    """The pipeline's GenerationConfig for one sequence: the request's sampling options, llama.cpp's defaults."""
+    import openvino_genai as ov
+
+    for key, neutral in _NEUTRAL.items():
+        if body.get(key) is not None and body[key] != neutral:
+            raise UnsupportedError(f"The local engine openvino does not support '{key}'.", param=key)
+    config = ov.GenerationConfig()
+    config.set_eos_token_id(model.eos)
+    config.stop_token_ids = set(model.stop_ids)
+    config.max_new_tokens = max_tokens
+    temperature = _option(body, "temperature", defaults)
+    if temperature <= 0:
+        config.do_sample = False
+    else:
+        config.do_sample = True
+        config.temperature = temperature
+        config.top_p = _option(body, "top_p", defaults) or 1.0
+        top_k = int(_option(body, "top_k", defaults))
+        if top_k > 0:
+            config.top_k = top_k
+        config.min_p = _option(body, "min_p", defaults)
+    config.repetition_penalty = float(body.get("repeat_penalty") or repeat_penalty)
+    config.presence_penalty = float(body.get("presence_penalty") or 0.0)
+    config.frequency_penalty = float(body.get("frequency_penalty") or 0.0)
+    seed = body.get("seed")
+    config.rng_seed = int(seed) % 2**63 if seed is not None else random.randrange(2**32)
+    if schema is not None:
+        structured = ov.StructuredOutputConfig()
+        structured.json_schema = json.dumps(schema)
+        config.structured_output_config = structured
+    return config
+
+
+def _option(body: dict[str, Any], key: str, defaults: dict[str, float]) -> float:
+    value = body.get(key)
+    return float(defaults[key] if value is None else value)
