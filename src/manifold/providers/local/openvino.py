@@ -2,16 +2,17 @@
 `ContinuousBatchingPipeline` in the gateway's process, many requests at once (batching.py), with prefix caching.
 
 What the pipeline cannot do here is refused with a 400 naming the parameter (docs/local-models.md#engines):
-function tools (its structured output could constrain a call's arguments, but SmolLM2's ChatML function-calling
-format is not modelled yet), `logprobs`/`top_logprobs` (it reports the sampled token's log-probability only),
-`logit_bias`, `n` above 1 in chat, and legacy completions' `suffix` and `logprobs`. `response_format`
-(`json_object`, `json_schema`) is grammar-constrained by the pipeline's structured output.
+function tools unless `tool_choice` forces one function (its arguments are then constrained to the function's
+parameters by the pipeline's structured output), `logprobs`/`top_logprobs` (it reports the sampled token's
+log-probability only), `logit_bias`, `n` above 1 in chat, and legacy completions' `suffix` and `logprobs`.
+`response_format` (`json_object`, `json_schema`) is grammar-constrained by the pipeline's structured output.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -32,7 +33,7 @@ DEFAULT_KV_CACHE_GB = 1
 # llama.cpp's defaults (generation.py), so that both engines sample alike when a request leaves them out.
 _CHAT_DEFAULTS = {"temperature": 0.2, "top_p": 0.95, "top_k": 40, "min_p": 0.05}
 _COMPLETION_DEFAULTS = {**_CHAT_DEFAULTS, "temperature": 0.8}
-_REFUSED = ("tools", "functions", "logprobs", "top_logprobs", "logit_bias", "audio", "prediction", "web_search_options")
+_REFUSED = ("functions", "logprobs", "top_logprobs", "logit_bias", "audio", "prediction", "web_search_options")
 _NEUTRAL = {"typical_p": 1.0, "mirostat_mode": 0}  # llama.cpp-only options, accepted at their no-op value
 
 
@@ -101,7 +102,7 @@ class OpenVinoModelProvider(ModelThreadProvider[Model]):
     # -- chat --------------------------------------------------------------------------------------------------
 
     async def chat(self, call: Call) -> dict[str, Any]:
-        model, seq = await self._chat_sequence(call)
+        model, seq, tool = await self._chat_sequence(call)
         texts: list[str] = []
         finish, generated = "stop", 0
         async for kind, _, payload in self._events(model, [seq]):
@@ -109,6 +110,10 @@ class OpenVinoModelProvider(ModelThreadProvider[Model]):
                 texts.append(payload)
             else:
                 finish, generated = payload
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(texts)}
+        if tool is not None:
+            message = {"role": "assistant", "content": None, "tool_calls": [_tool_call(tool, message["content"])]}
+            finish = "tool_calls" if finish == "stop" else finish
         return {
             "id": "chatcmpl-local",
             "object": "chat.completion",
@@ -117,7 +122,7 @@ class OpenVinoModelProvider(ModelThreadProvider[Model]):
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": "".join(texts)},
+                    "message": message,
                     "logprobs": None,
                     "finish_reason": finish,
                 }
@@ -126,26 +131,30 @@ class OpenVinoModelProvider(ModelThreadProvider[Model]):
         }
 
     async def open_chat_stream(self, call: Call) -> ChunkStream:
-        model, seq = await self._chat_sequence(call)
-        return self._chat_chunks(model, seq)
+        model, seq, tool = await self._chat_sequence(call)
+        return self._chat_chunks(model, seq, tool)
 
-    async def _chat_chunks(self, model: Model, seq: BatchSequence) -> AsyncIterator[dict[str, Any]]:
+    async def _chat_chunks(self, model: Model, seq: BatchSequence, tool: str | None) -> AsyncIterator[dict[str, Any]]:
         head = {"id": "chatcmpl-local", "object": "chat.completion.chunk", "created": int(time.time()), "model": ""}
-        yield {
-            **head,
-            "choices": [{"index": 0, "delta": {"role": "assistant"}, "logprobs": None, "finish_reason": None}],
-        }
+        first: dict[str, Any] = {"role": "assistant"}
+        if tool is not None:
+            first = {"role": "assistant", "content": None, "tool_calls": [{"index": 0, **_tool_call(tool, "")}]}
+        yield {**head, "choices": [{"index": 0, "delta": first, "logprobs": None, "finish_reason": None}]}
         generated = 0
         async for kind, _, payload in self._events(model, [seq]):
             if kind == "text":
-                delta = {"content": payload}
+                delta: dict[str, Any] = {"content": payload}
+                if tool is not None:
+                    delta = {"tool_calls": [{"index": 0, "function": {"arguments": payload}}]}
                 yield {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]}
             else:
                 finish, generated = payload
+                finish = "tool_calls" if tool is not None and finish == "stop" else finish
                 yield {**head, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}]}
         yield {"choices": [], "usage": generation.token_usage(seq.prompt_tokens, generated)}
 
-    async def _chat_sequence(self, call: Call) -> tuple[Model, BatchSequence]:
+    async def _chat_sequence(self, call: Call) -> tuple[Model, BatchSequence, str | None]:
+        """The request's sequence, and the function it must call (None: a plain answer)."""
         model = await self.model()
         body = call.body
         name = call.public_model
@@ -159,14 +168,18 @@ class OpenVinoModelProvider(ModelThreadProvider[Model]):
         if (body.get("n") or 1) != 1:
             raise UnsupportedError(f"The model '{name}' (local) supports only n=1.", param="n")
         messages = _flatten_messages(body["messages"])
+        schema = _schema(body.get("response_format"))
+        tool = _forced_tool(body, name)
+        if tool is not None:
+            messages = [{"role": "system", "content": _tool_instruction(tool)}, *messages]
+            schema = tool.get("parameters") or {"type": "object"}
         prompt, count = await self.on_thread(lambda: _chat_prompt(model, messages))
         max_tokens = self._max_tokens(body.get("max_completion_tokens") or body.get("max_tokens"), count, "messages")
-        schema = _schema(body.get("response_format"))
         repeat = self.deployment.repeat_penalty or generation.LOCAL_DEFAULT_REPEAT_PENALTY
         config = _config(model, body, _CHAT_DEFAULTS, repeat, max_tokens, schema)
         seq = BatchSequence(prompt, config, _stops(body.get("stop")), max_tokens, 0, Outbox())
         seq.prompt_tokens = count
-        return model, seq
+        return model, seq, None if tool is None else str(tool["name"])
 
     def _max_tokens(self, asked: int | None, prompt_tokens: int, param: str) -> int:
         n_ctx = self.deployment.context_length
@@ -299,6 +312,49 @@ class OpenVinoModelProvider(ModelThreadProvider[Model]):
         finally:
             if left:
                 model.engine.cancel(seqs)
+
+
+def _forced_tool(body: dict[str, Any], model: str) -> dict[str, Any] | None:
+    """The function a request's `tool_choice` forces (its `function` object), None without tools or with
+    `tool_choice: none`. The engine constrains the answer to that function's parameters; choosing between an answer
+    and a call (`auto`) is not supported here."""
+    tools = body.get("tools") or None
+    choice = body.get("tool_choice")
+    if tools is None or choice == "none":
+        return None
+    if any(t.get("type") != "function" for t in tools):
+        raise UnsupportedError(f"The model '{model}' (local) supports function tools only.", param="tools")
+    if choice == "required" and len(tools) == 1:
+        return dict(tools[0]["function"])
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        wanted = (choice.get("function") or {}).get("name")
+        for t in tools:
+            if t["function"].get("name") == wanted:
+                return dict(t["function"])
+        raise InvalidRequestError(
+            f"Invalid 'tool_choice': no function named '{wanted}' in 'tools'.", param="tool_choice"
+        )
+    raise UnsupportedError(
+        f"The model '{model}' (local, engine openvino) calls tools only when 'tool_choice' names one function (or "
+        "is 'required' with one tool); the llama_cpp engine also chooses by itself (docs/local-models.md#engines).",
+        param="tool_choice",
+    )
+
+
+def _tool_instruction(function: dict[str, Any]) -> str:
+    described = f": {function['description']}" if function.get("description") else ""
+    return (
+        f"You call the function {function['name']}{described}. Answer with its arguments as one JSON object, "
+        f"following this JSON schema: {json.dumps(function.get('parameters') or {'type': 'object'})}"
+    )
+
+
+def _tool_call(name: str, arguments: str) -> dict[str, Any]:
+    return {
+        "id": f"call_{secrets.token_hex(12)}",
+        "type": "function",
+        "function": {"name": name, "arguments": arguments},
+    }
 
 
 def _chat_prompt(model: Model, messages: list[dict[str, Any]]) -> tuple[Any, int]:
