@@ -266,3 +266,26 @@ def test_forced_tool_calls_under_batching(sdk: openai.OpenAI) -> None:
     call = final.choices[0].message.tool_calls[0]  # type: ignore[index]
     assert final.choices[0].finish_reason == "tool_calls"
     jsonschema.validate(json.loads(call.function.arguments), WEATHER["function"]["parameters"])  # type: ignore[union-attr]
+
+
+def test_legacy_completion_stream_interleaves_its_choices(local: ManifoldProcess) -> None:
+    body = {"model": "ov", "prompt": ["Once upon a time", "1, 2, 3,"], "n": 2, "max_tokens": 6, "temperature": 0}
+    events = sse_events(httpx.post(local.base_url + "/completions", json={**body, "stream": True}, timeout=120).text)
+    assert events[-1] == "[DONE]"
+    texts: dict[int, str] = {}
+    for chunk in events[:-1]:
+        assert_valid("CreateCompletionResponse", chunk, relaxed={"text_completion_nulls"})
+        for choice in chunk["choices"]:
+            texts[choice["index"]] = texts.get(choice["index"], "") + choice["text"]
+    plain = httpx.post(local.base_url + "/completions", json=body, timeout=120).json()
+    assert texts == {c["index"]: c["text"] for c in plain["choices"]}
+
+
+def test_responses_api_on_the_batching_engine(sdk: openai.OpenAI) -> None:
+    first = sdk.responses.create(model="ov", input="What is the capital of France?", max_output_tokens=16)
+    assert first.status in ("completed", "incomplete") and first.output_text
+    second = sdk.responses.create(
+        model="ov", input="And of Italy?", previous_response_id=first.id, max_output_tokens=16, temperature=0
+    )
+    assert second.output_text and second.usage is not None
+    assert second.usage.input_tokens > first.usage.input_tokens  # type: ignore[union-attr]
