@@ -164,10 +164,8 @@ def test_legacy_completions_batch_their_choices(sdk: openai.OpenAI) -> None:
 
 
 def test_what_the_engine_lacks_is_a_400_naming_it(sdk: openai.OpenAI) -> None:
-    tool: Any = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
     messages: Any = [{"role": "user", "content": "hi"}]
     for extra, param in (
-        ({"tools": [tool]}, "tool_choice"),  # auto: choosing between an answer and a call
         ({"logprobs": True}, "logprobs"),
         ({"logit_bias": {"1": 5}}, "logit_bias"),
     ):
@@ -289,3 +287,52 @@ def test_responses_api_on_the_batching_engine(sdk: openai.OpenAI) -> None:
     )
     assert second.output_text and second.usage is not None
     assert second.usage.input_tokens > first.usage.input_tokens  # type: ignore[union-attr]
+
+
+TIME: Any = {
+    "type": "function",
+    "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}, "additionalProperties": False}},
+}
+
+
+def test_the_model_chooses_between_tools_and_a_message(sdk: openai.OpenAI) -> None:
+    def ask(question: str, choice: Any) -> Any:
+        return sdk.chat.completions.create(
+            model="ov",
+            messages=[{"role": "user", "content": question}],
+            tools=[WEATHER, TIME],
+            tool_choice=choice,
+            temperature=0,
+            max_tokens=40,
+        )
+
+    with ThreadPoolExecutor(3) as pool:
+        auto = pool.submit(ask, "What is the weather in Paris?", "auto")
+        required = pool.submit(ask, "Hello!", "required")
+        named = pool.submit(ask, "Hello!", {"type": "function", "function": {"name": "get_time"}})
+    for answer in (auto.result(), required.result(), named.result()):
+        choice = answer.choices[0]
+        if choice.message.tool_calls:
+            assert choice.finish_reason == "tool_calls" and choice.message.content is None
+            call = choice.message.tool_calls[0]
+            schema = {"get_weather": WEATHER, "get_time": TIME}[call.function.name]["function"]["parameters"]  # type: ignore[union-attr]
+            jsonschema.validate(json.loads(call.function.arguments), schema)  # type: ignore[union-attr]
+        else:
+            assert answer is auto.result() and choice.message.content and choice.finish_reason in ("stop", "length")
+    assert required.result().choices[0].message.tool_calls
+    assert named.result().choices[0].message.tool_calls[0].function.name == "get_time"  # type: ignore[index, union-attr]
+    # A conversation that goes on after the call: the result comes back as a `tool` message.
+    first = auto.result().choices[0].message
+    if first.tool_calls:
+        follow = sdk.chat.completions.create(
+            model="ov",
+            messages=[
+                {"role": "user", "content": "What is the weather in Paris?"},
+                first.model_dump(exclude_none=True),  # type: ignore[list-item]
+                {"role": "tool", "tool_call_id": first.tool_calls[0].id, "content": "Sunny, 21 C"},
+            ],
+            tools=[WEATHER, TIME],
+            tool_choice="none",
+            max_tokens=30,
+        )
+        assert follow.choices[0].message.content

@@ -2,16 +2,18 @@
 `ContinuousBatchingPipeline` in the gateway's process, many requests at once (batching.py), with prefix caching.
 
 What the pipeline cannot do here is refused with a 400 naming the parameter (docs/local-models.md#engines):
-function tools unless `tool_choice` forces one function (its arguments are then constrained to the function's
-parameters by the pipeline's structured output), `logprobs`/`top_logprobs` (it reports the sampled token's
+`logprobs`/`top_logprobs` (it reports the sampled token's
 log-probability only), `logit_bias`, `n` above 1 in chat, and legacy completions' `suffix` and `logprobs`.
-`response_format` (`json_object`, `json_schema`) is grammar-constrained by the pipeline's structured output.
+`response_format` (`json_object`, `json_schema`) is grammar-constrained by the pipeline's structured output, and so
+are function calls: the model first writes `message:` or `functions.<name>:` (constrained to those), then the
+call's arguments (constrained to the function's parameters), as llama.cpp's ChatML function calling does.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -169,17 +171,51 @@ class OpenVinoModelProvider(ModelThreadProvider[Model]):
             raise UnsupportedError(f"The model '{name}' (local) supports only n=1.", param="n")
         messages = _flatten_messages(body["messages"])
         schema = _schema(body.get("response_format"))
-        tool = _forced_tool(body, name)
-        if tool is not None:
-            messages = [{"role": "system", "content": _tool_instruction(tool)}, *messages]
-            schema = tool.get("parameters") or {"type": "object"}
-        prompt, count = await self.on_thread(lambda: _chat_prompt(model, messages))
+        tools = _tools(body, name)
+        tool: dict[str, Any] | None = None
+        suffix = ""
+        if tools:
+            messages = _with_tools(messages, tools)
+            tool = await self._choose_tool(model, body, messages, tools, name)
+            if tool is None:
+                suffix = "message:\n"
+            else:
+                suffix = f"functions.{tool['name']}:\n"
+                schema = tool.get("parameters") or {"type": "object"}
+        prompt, count = await self.on_thread(lambda: _chat_prompt(model, messages, suffix))
         max_tokens = self._max_tokens(body.get("max_completion_tokens") or body.get("max_tokens"), count, "messages")
         repeat = self.deployment.repeat_penalty or generation.LOCAL_DEFAULT_REPEAT_PENALTY
         config = _config(model, body, _CHAT_DEFAULTS, repeat, max_tokens, schema)
         seq = BatchSequence(prompt, config, _stops(body.get("stop")), max_tokens, 0, Outbox())
         seq.prompt_tokens = count
         return model, seq, None if tool is None else str(tool["name"])
+
+    async def _choose_tool(
+        self, model: Model, body: dict[str, Any], messages: list[dict[str, Any]], tools: list[Any], name: str
+    ) -> dict[str, Any] | None:
+        """The function to call (None: a message), as llama.cpp's ChatML function calling decides it: a named
+        `tool_choice` is that function; otherwise the model writes, greedily and constrained, `message:` (not
+        with `required`) or `functions.<name>:` — a short sequence batched like any other."""
+        functions = {str(t["function"]["name"]): dict(t["function"]) for t in tools}
+        choice = body.get("tool_choice") or "auto"
+        if isinstance(choice, dict):
+            wanted = str((choice.get("function") or {}).get("name"))
+            if wanted not in functions:
+                raise InvalidRequestError(
+                    f"Invalid 'tool_choice': no function named '{wanted}' in 'tools'.", param="tool_choice"
+                )
+            return functions[wanted]
+        if choice == "required" and len(functions) == 1:
+            return next(iter(functions.values()))
+        options = "|".join(re.escape(f"functions.{n}:") for n in functions)
+        pattern = options if choice == "required" else f"message:|{options}"
+        prompt, count = await self.on_thread(lambda: _chat_prompt(model, messages))
+        self._max_tokens(None, count, "messages")
+        config = _config(model, {"temperature": 0}, _CHAT_DEFAULTS, 1.0, 24, None, regex=pattern)
+        seq = BatchSequence(prompt, config, [], 24, 0, Outbox())
+        head = "".join([str(payload) async for kind, _, payload in self._events(model, [seq]) if kind == "text"])
+        picked = head.removeprefix("functions.").removesuffix(":")
+        return functions.get(picked) if head.startswith("functions.") else None
 
     def _max_tokens(self, asked: int | None, prompt_tokens: int, param: str) -> int:
         n_ctx = self.deployment.context_length
@@ -314,39 +350,48 @@ class OpenVinoModelProvider(ModelThreadProvider[Model]):
                 model.engine.cancel(seqs)
 
 
-def _forced_tool(body: dict[str, Any], model: str) -> dict[str, Any] | None:
-    """The function a request's `tool_choice` forces (its `function` object), None without tools or with
-    `tool_choice: none`. The engine constrains the answer to that function's parameters; choosing between an answer
-    and a call (`auto`) is not supported here."""
+def _tools(body: dict[str, Any], model: str) -> list[Any] | None:
+    """The request's function tools (None without, or with `tool_choice: none`)."""
     tools = body.get("tools") or None
-    choice = body.get("tool_choice")
-    if tools is None or choice == "none":
+    if tools is None or body.get("tool_choice") == "none":
         return None
     if any(t.get("type") != "function" for t in tools):
         raise UnsupportedError(f"The model '{model}' (local) supports function tools only.", param="tools")
-    if choice == "required" and len(tools) == 1:
-        return dict(tools[0]["function"])
-    if isinstance(choice, dict) and choice.get("type") == "function":
-        wanted = (choice.get("function") or {}).get("name")
-        for t in tools:
-            if t["function"].get("name") == wanted:
-                return dict(t["function"])
-        raise InvalidRequestError(
-            f"Invalid 'tool_choice': no function named '{wanted}' in 'tools'.", param="tool_choice"
-        )
-    raise UnsupportedError(
-        f"The model '{model}' (local, engine openvino) calls tools only when 'tool_choice' names one function (or "
-        "is 'required' with one tool); the llama_cpp engine also chooses by itself (docs/local-models.md#engines).",
-        param="tool_choice",
-    )
+    return list(tools)
 
 
-def _tool_instruction(function: dict[str, Any]) -> str:
-    described = f": {function['description']}" if function.get("description") else ""
-    return (
-        f"You call the function {function['name']}{described}. Answer with its arguments as one JSON object, "
-        f"following this JSON schema: {json.dumps(function.get('parameters') or {'type': 'object'})}"
+# llama-cpp-python's ChatML function-calling prompt (llama_chat_format.chatml_function_calling), which the
+# llama_cpp engine uses: both engines present tools to the model alike.
+_TOOLS_NOTE = (
+    "\n\nYou have access to the following functions:\n{listing}"
+    "\n\nYou can respond to users messages with either a single message or one or more function calls."
+    "\n\nTo respond with a message begin the message with 'message:', use the following format:"
+    "\n\nmessage:\n<message>"
+    "\n\nTo respond with one or more function calls begin the message with 'functions.<function_name>:', use the "
+    "following format:"
+    '\n\nfunctions.<function_name>:\n{{ "arg1": "value1", "arg2": "value2" }}'
+)
+
+
+def _with_tools(messages: list[dict[str, Any]], tools: list[Any]) -> list[dict[str, Any]]:
+    """The messages with the functions described in the system message, and earlier calls written as the model
+    writes them."""
+    listing = "".join(
+        f"\nfunctions.{t['function']['name']}:\n{json.dumps(t['function'].get('parameters') or {})}\n" for t in tools
     )
+    note = _TOOLS_NOTE.format(listing=listing)
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        calls = message.get("tool_calls")
+        if message.get("role") == "assistant" and calls:
+            written = "".join(f"functions.{c['function']['name']}:\n{c['function']['arguments']}\n" for c in calls)
+            message = {"role": "assistant", "content": written}
+        out.append({"role": message["role"], "content": message["content"]})
+    if out and out[0]["role"] == "system":
+        out[0] = {"role": "system", "content": out[0]["content"] + note}
+    else:
+        out.insert(0, {"role": "system", "content": note.lstrip()})
+    return out
 
 
 def _tool_call(name: str, arguments: str) -> dict[str, Any]:
@@ -357,9 +402,10 @@ def _tool_call(name: str, arguments: str) -> dict[str, Any]:
     }
 
 
-def _chat_prompt(model: Model, messages: list[dict[str, Any]]) -> tuple[Any, int]:
-    """The messages through the model's chat template, tokenized (on the provider's thread)."""
-    text = model.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+def _chat_prompt(model: Model, messages: list[dict[str, Any]], suffix: str = "") -> tuple[Any, int]:
+    """The messages through the model's chat template, then `suffix` (what the answer begins with), tokenized (on
+    the provider's thread)."""
+    text = model.tokenizer.apply_chat_template(messages, add_generation_prompt=True) + suffix
     ids = model.tokenizer.encode(text, add_special_tokens=False).input_ids
     return ids, int(ids.shape[1])
 
@@ -410,6 +456,7 @@ def _config(
     repeat_penalty: float,
     max_tokens: int,
     schema: dict[str, Any] | None,
+    regex: str | None = None,
 ) -> Any:
     """The pipeline's GenerationConfig for one sequence: the request's sampling options, llama.cpp's defaults."""
     import openvino_genai as ov
@@ -437,9 +484,12 @@ def _config(
     config.frequency_penalty = float(body.get("frequency_penalty") or 0.0)
     seed = body.get("seed")
     config.rng_seed = int(seed) % 2**63 if seed is not None else random.randrange(2**32)
-    if schema is not None:
+    if schema is not None or regex is not None:
         structured = ov.StructuredOutputConfig()
-        structured.json_schema = json.dumps(schema)
+        if schema is not None:
+            structured.json_schema = json.dumps(schema)
+        else:
+            structured.regex = regex
         config.structured_output_config = structured
     return config
 
