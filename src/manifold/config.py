@@ -156,7 +156,7 @@ class LocalDeployment(LocalFilesDeployment, tag="local"):
     default_max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
     # what runs the model (docs/local-models.md#engines): "llama_cpp" (llama-cpp-python, one request at a time;
     # every feature) or "openvino" (OpenVINO GenAI's continuous batching: many requests at once, prefix caching;
-    # the extra `manifold[openvino]`; no logprobs or logit_bias)
+    # the extra `manifold[openvino]`; no top_logprobs or logit_bias)
     engine: Literal["llama_cpp", "openvino"] = "llama_cpp"
     # openvino: the most sequences generated together; also the deployment's concurrency limit when
     # max_concurrency is not set (more requests wait in its queue of max_queue places, then 429) (None: 16)

@@ -166,7 +166,7 @@ def test_legacy_completions_batch_their_choices(sdk: openai.OpenAI) -> None:
 def test_what_the_engine_lacks_is_a_400_naming_it(sdk: openai.OpenAI) -> None:
     messages: Any = [{"role": "user", "content": "hi"}]
     for extra, param in (
-        ({"logprobs": True}, "logprobs"),
+        ({"logprobs": True, "top_logprobs": 2}, "top_logprobs"),
         ({"logit_bias": {"1": 5}}, "logit_bias"),
     ):
         with pytest.raises(openai.BadRequestError) as err:
@@ -336,3 +336,17 @@ def test_the_model_chooses_between_tools_and_a_message(sdk: openai.OpenAI) -> No
             max_tokens=30,
         )
         assert follow.choices[0].message.content
+
+
+def test_logprobs_of_the_chosen_tokens(sdk: openai.OpenAI, local: ManifoldProcess) -> None:
+    args: Any = {"model": "ov", "messages": [{"role": "user", "content": QUESTIONS[0]}], "max_tokens": 12}
+    plain = sdk.chat.completions.create(**args, temperature=0, logprobs=True)
+    content = plain.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert content is not None and plain.usage is not None and len(content) == plain.usage.completion_tokens
+    assert "".join(t.token for t in content) == plain.choices[0].message.content
+    assert all(t.logprob <= 0 and t.top_logprobs == [] and bytes(t.bytes or []).decode() == t.token for t in content)
+    stream = sdk.chat.completions.create(**args, temperature=0, logprobs=True, stream=True)
+    streamed = [t for c in stream if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content or []]
+    assert [(t.token, t.logprob) for t in streamed] == [(t.token, t.logprob) for t in content]
+    raw = httpx.post(local.base_url + "/chat/completions", json={**args, "logprobs": True}, timeout=120).json()
+    assert_valid("CreateChatCompletionResponse", raw)

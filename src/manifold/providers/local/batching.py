@@ -26,7 +26,8 @@ from manifold.providers.local.generation import StopText
 
 log = logging.getLogger("manifold.local")
 
-# (kind, index, payload): ("text", i, str) | ("end", i, (finish_reason, completion_tokens)) | ("error", i, exc)
+# (kind, index, payload): ("text", i, str) | ("end", i, (finish_reason, completion_tokens)) | ("error", i, exc) |
+# ("tokens", i, [(token id, logprob), ...]): with `logprobs`, the tokens of the next "text" event, just before it
 Event = tuple[str, int, Any]
 
 
@@ -80,12 +81,24 @@ class BatchSequence:
         "index",
         "max_tokens",
         "outbox",
+        "pending",
         "prompt",
         "prompt_tokens",
         "stops",
     )
 
-    def __init__(self, prompt: Any, config: Any, stop: list[str], max_tokens: int, index: int, outbox: Outbox) -> None:
+    def __init__(
+        self,
+        prompt: Any,
+        config: Any,
+        stop: list[str],
+        max_tokens: int,
+        index: int,
+        outbox: Outbox,
+        logprobs: bool = False,
+    ) -> None:
+        # with `logprobs`: the tokens (id, logprob) whose text has not been sent yet
+        self.pending: list[tuple[int, float]] | None = [] if logprobs else None
         self.prompt = prompt  # what add_request takes (an ov.Tensor of token ids)
         self.prompt_tokens = 0  # what the request's usage counts for it
         self.config = config  # its GenerationConfig
@@ -99,16 +112,18 @@ class BatchSequence:
         self.cancelled = False  # set from the event loop when the client leaves
         self.ended = False
 
-    def take(self, token: int, end_ids: frozenset[int]) -> None:
+    def take(self, token: int, logprob: float, end_ids: frozenset[int]) -> None:
         """One generated token (on the engine thread)."""
         assert self.detok is not None
         if token in end_ids:
             self.end("stop")
             return
         self.generated += 1
+        if self.pending is not None:
+            self.pending.append((token, logprob))
         text, stopped = self.stops.feed(self.detok.feed(token))
         if text:
-            self.outbox.put(("text", self.index, text))
+            self._text(text)
         if stopped:
             self.end("stop", stopped=True)
         elif self.generated >= self.max_tokens:
@@ -122,9 +137,15 @@ class BatchSequence:
             tail, stopped = self.stops.feed(self.detok.flush())
             tail += "" if stopped else self.stops.flush()
             if tail:
-                self.outbox.put(("text", self.index, tail))
+                self._text(tail)
             finish = "stop" if stopped else finish
         self.outbox.put(("end", self.index, (finish, self.generated)))
+
+    def _text(self, text: str) -> None:
+        if self.pending:
+            self.outbox.put(("tokens", self.index, self.pending))
+            self.pending = []
+        self.outbox.put(("text", self.index, text))
 
     def fail(self, exc: BaseException) -> None:
         if not self.ended:
@@ -223,8 +244,9 @@ class Engine:
         handle = seq.handle
         while handle.can_read() and not seq.ended:
             for output in handle.read().values():
-                for token in output.generated_ids:
-                    seq.take(int(token), self._end_ids)
+                logprobs = list(output.generated_log_probs) if seq.pending is not None else []
+                for i, token in enumerate(output.generated_ids):
+                    seq.take(int(token), float(logprobs[i]) if i < len(logprobs) else 0.0, self._end_ids)
                     if seq.ended:
                         break
         if not seq.ended:

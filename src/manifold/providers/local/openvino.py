@@ -2,8 +2,8 @@
 `ContinuousBatchingPipeline` in the gateway's process, many requests at once (batching.py), with prefix caching.
 
 What the pipeline cannot do here is refused with a 400 naming the parameter (docs/local-models.md#engines):
-`logprobs`/`top_logprobs` (it reports the sampled token's
-log-probability only), `logit_bias`, `n` above 1 in chat, and legacy completions' `suffix` and `logprobs`.
+`top_logprobs` above 0 (it reports the sampled token's log-probability only), `logit_bias`, `n` above 1 in chat,
+and legacy completions' `suffix` and `logprobs`.
 `response_format` (`json_object`, `json_schema`) is grammar-constrained by the pipeline's structured output, and so
 are function calls: the model first writes `message:` or `functions.<name>:` (constrained to those), then the
 call's arguments (constrained to the function's parameters), as llama.cpp's ChatML function calling does.
@@ -35,7 +35,7 @@ DEFAULT_KV_CACHE_GB = 1
 # llama.cpp's defaults (generation.py), so that both engines sample alike when a request leaves them out.
 _CHAT_DEFAULTS = {"temperature": 0.2, "top_p": 0.95, "top_k": 40, "min_p": 0.05}
 _COMPLETION_DEFAULTS = {**_CHAT_DEFAULTS, "temperature": 0.8}
-_REFUSED = ("functions", "logprobs", "top_logprobs", "logit_bias", "audio", "prediction", "web_search_options")
+_REFUSED = ("functions", "logit_bias", "audio", "prediction", "web_search_options")
 _NEUTRAL = {"typical_p": 1.0, "mirostat_mode": 0}  # llama.cpp-only options, accepted at their no-op value
 
 
@@ -45,6 +45,7 @@ class Model(NamedTuple):
     engine: Engine
     eos: int
     stop_ids: frozenset[int]
+    token_bytes: dict[int, bytes]  # for `logprobs`
 
 
 class OpenVinoModelProvider(ModelThreadProvider[Model]):
@@ -84,7 +85,8 @@ class OpenVinoModelProvider(ModelThreadProvider[Model]):
         eos = int(base.eos_token_id)
         stop_ids = frozenset({eos, *(int(t) for t in base.stop_token_ids)} - {-1})
         engine = Engine(pipeline, tokenizer.decode, stop_ids, f"{self.thread_name}-engine")
-        return Model(pipeline, tokenizer, engine, eos, stop_ids)
+        token_bytes = {int(i): bytes(b) for b, i in tokenizer.get_vocab().items()}
+        return Model(pipeline, tokenizer, engine, eos, stop_ids, token_bytes)
 
     def closer(self, model: Model) -> Callable[[], None]:
         return model.engine.close
@@ -106,13 +108,17 @@ class OpenVinoModelProvider(ModelThreadProvider[Model]):
     async def chat(self, call: Call) -> dict[str, Any]:
         model, seq, tool = await self._chat_sequence(call)
         texts: list[str] = []
+        tokens: list[dict[str, Any]] = []
         finish, generated = "stop", 0
         async for kind, _, payload in self._events(model, [seq]):
             if kind == "text":
                 texts.append(payload)
-            else:
+            elif kind == "tokens":
+                tokens.extend(_logprobs(model, payload))
+            elif kind == "end":
                 finish, generated = payload
         message: dict[str, Any] = {"role": "assistant", "content": "".join(texts)}
+        logprobs = {"content": tokens, "refusal": None} if seq.pending is not None and tool is None else None
         if tool is not None:
             message = {"role": "assistant", "content": None, "tool_calls": [_tool_call(tool, message["content"])]}
             finish = "tool_calls" if finish == "stop" else finish
@@ -125,7 +131,7 @@ class OpenVinoModelProvider(ModelThreadProvider[Model]):
                 {
                     "index": 0,
                     "message": message,
-                    "logprobs": None,
+                    "logprobs": logprobs,
                     "finish_reason": finish,
                 }
             ],
@@ -143,13 +149,19 @@ class OpenVinoModelProvider(ModelThreadProvider[Model]):
             first = {"role": "assistant", "content": None, "tool_calls": [{"index": 0, **_tool_call(tool, "")}]}
         yield {**head, "choices": [{"index": 0, "delta": first, "logprobs": None, "finish_reason": None}]}
         generated = 0
+        tokens: list[dict[str, Any]] = []
         async for kind, _, payload in self._events(model, [seq]):
-            if kind == "text":
+            if kind == "tokens":
+                tokens = _logprobs(model, payload)
+            elif kind == "text":
                 delta: dict[str, Any] = {"content": payload}
+                logprobs = None if seq.pending is None else {"content": tokens, "refusal": None}
                 if tool is not None:
                     delta = {"tool_calls": [{"index": 0, "function": {"arguments": payload}}]}
-                yield {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]}
-            else:
+                    logprobs = None
+                yield {**head, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": None}]}
+                tokens = []
+            elif kind == "end":
                 finish, generated = payload
                 finish = "tool_calls" if tool is not None and finish == "stop" else finish
                 yield {**head, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}]}
@@ -169,6 +181,12 @@ class OpenVinoModelProvider(ModelThreadProvider[Model]):
                 )
         if (body.get("n") or 1) != 1:
             raise UnsupportedError(f"The model '{name}' (local) supports only n=1.", param="n")
+        if body.get("top_logprobs"):
+            raise UnsupportedError(
+                f"The model '{name}' (local, engine openvino) reports the chosen token's logprob only: "
+                "'top_logprobs' must be 0; the llama_cpp engine has them (docs/local-models.md#engines).",
+                param="top_logprobs",
+            )
         messages = _flatten_messages(body["messages"])
         schema = _schema(body.get("response_format"))
         tools = _tools(body, name)
@@ -186,7 +204,10 @@ class OpenVinoModelProvider(ModelThreadProvider[Model]):
         max_tokens = self._max_tokens(body.get("max_completion_tokens") or body.get("max_tokens"), count, "messages")
         repeat = self.deployment.repeat_penalty or generation.LOCAL_DEFAULT_REPEAT_PENALTY
         config = _config(model, body, _CHAT_DEFAULTS, repeat, max_tokens, schema)
-        seq = BatchSequence(prompt, config, _stops(body.get("stop")), max_tokens, 0, Outbox())
+        wants = bool(body.get("logprobs"))
+        if wants:
+            config.logprobs = 1
+        seq = BatchSequence(prompt, config, _stops(body.get("stop")), max_tokens, 0, Outbox(), logprobs=wants)
         seq.prompt_tokens = count
         return model, seq, None if tool is None else str(tool["name"])
 
@@ -244,7 +265,7 @@ class OpenVinoModelProvider(ModelThreadProvider[Model]):
         async for kind, index, payload in self._events(model, seqs):
             if kind == "text":
                 texts[index].append(payload)
-            else:
+            elif kind == "end":
                 finishes[index] = payload[0]
                 generated += payload[1]
         choices = [
@@ -274,7 +295,7 @@ class OpenVinoModelProvider(ModelThreadProvider[Model]):
         async for kind, index, payload in self._events(model, seqs):
             if kind == "text":
                 yield {"choices": [{"text": payload, "index": index, "logprobs": None, "finish_reason": None}]}
-            else:
+            elif kind == "end":
                 generated += payload[1]
                 yield {"choices": [{"text": "", "index": index, "logprobs": None, "finish_reason": payload[0]}]}
         yield {"choices": [], "usage": generation.token_usage(_prompt_tokens(seqs), generated)}
@@ -424,7 +445,19 @@ def _completion_prompt(model: Model, prompt: str | list[int]) -> tuple[Any, int]
 
 
 def _vocab_size(model: Model) -> int:
-    return len(model.tokenizer.get_vocab())
+    return len(model.token_bytes)
+
+
+def _logprobs(model: Model, tokens: list[tuple[int, float]]) -> list[dict[str, Any]]:
+    """OpenAI's `logprobs.content` entries: the pipeline gives the chosen token's log-probability (from the
+    distribution it was sampled from), no alternatives."""
+    out = []
+    for token, logprob in tokens:
+        raw = model.token_bytes.get(token, b"")
+        out.append(
+            {"token": raw.decode("utf-8", "replace"), "logprob": logprob, "bytes": list(raw), "top_logprobs": []}
+        )
+    return out
 
 
 def _prompt_tokens(seqs: list[BatchSequence]) -> int:
