@@ -4,11 +4,15 @@ points: characters split across tokens, stop sequences spanning tokens, and the 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from manifold.config import LocalDeployment
 from manifold.providers.local.batching import BatchSequence, Detokenizer, Event, Outbox
+from manifold.providers.registry import create_provider
+from manifold.validation import deployment_problems
 
 # Token id → bytes: a character split across tokens (é = c3 a9, 😀 = f0 9f 98 80), and plain words.
 VOCAB = {1: b"H", 2: b"\xc3", 3: b"\xa9llo", 4: b" \xf0\x9f", 5: b"\x98", 6: b"\x80", 7: b" wor", 8: b"ld", 9: b"!"}
@@ -80,3 +84,22 @@ async def test_logprobs_travel_with_the_text_they_produced() -> None:
         ("tokens", [(5, -0.5), (6, -0.5)]),
         ("text", "😀"),
     ]
+
+
+def test_the_engine_picks_the_provider_and_its_model_path_may_be_an_ir_folder(tmp_path: Path) -> None:
+    ov = LocalDeployment(model_name="m", engine="openvino", model_path=str(tmp_path))
+    assert type(create_provider(ov)).__name__ == "OpenVinoModelProvider"
+    assert type(create_provider(LocalDeployment(model_name="m"))).__name__ == "LocalModelProvider"
+    assert deployment_problems(ov, "x") == [
+        f"x.model_path: {str(tmp_path)!r} is neither a GGUF file nor an OpenVINO IR folder (with openvino_model.xml)"
+    ]
+    (tmp_path / "openvino_model.xml").write_text("<net/>")
+    assert deployment_problems(ov, "x") == []
+    llama = LocalDeployment(model_name="m", model_path=str(tmp_path))
+    assert deployment_problems(llama, "x") == [f"x.model_path: {str(tmp_path)!r} is not a file"]
+    # The batch size is the router's concurrency limit unless max_concurrency says otherwise.
+    assert create_provider(ov).concurrency_limit == 16
+    assert create_provider(LocalDeployment(model_name="m", engine="openvino", max_batch=4)).concurrency_limit == 4
+    limited = LocalDeployment(model_name="m", engine="openvino", max_batch=4, max_concurrency=2)
+    assert create_provider(limited).concurrency_limit == 2
+    assert create_provider(LocalDeployment(model_name="m")).concurrency_limit is None

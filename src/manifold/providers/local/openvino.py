@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 from manifold.api.completions import new_completion_id, split_prompts
-from manifold.config import LocalDeployment
+from manifold.config import DeploymentBase, LocalDeployment
 from manifold.errors import BadGatewayError, InvalidRequestError, ServiceUnavailableError, UnsupportedError
-from manifold.providers.base import Call, Capability, ChunkStream
+from manifold.providers.base import Call, Capability, ChunkStream, of_kind
 from manifold.providers.local import generation
 from manifold.providers.local.batching import BatchSequence, Engine, Event, Outbox
 from manifold.providers.local.completions import LEGACY_DEFAULT_MAX_TOKENS
@@ -58,6 +58,14 @@ class OpenVinoModelProvider(ModelThreadProvider[Model]):
 
     kind = LocalDeployment
     deployment: LocalDeployment
+
+    @classmethod
+    def check(cls, deployment: DeploymentBase) -> list[str]:
+        deployment = of_kind(deployment, cls.kind)
+        path = deployment.model_path
+        if path and not (Path(path).is_file() or (Path(path) / "openvino_model.xml").is_file()):
+            return [f"model_path: {path!r} is neither a GGUF file nor an OpenVINO IR folder (with openvino_model.xml)"]
+        return []
 
     def packaged_model(self) -> Path:
         return embedded_model_path()
