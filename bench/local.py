@@ -111,10 +111,12 @@ async def measure(base: str, pid: int, models: list[str], tokens: int) -> None:
         print(f"\n## {tokens}-token streams, aggregate output tokens/s and TTFT (s)\n")
         print("| engine | users | tokens/s | x lone | TTFT mean | TTFT p95 | p95 / lone TTFT |")
         print("|---|---:|---:|---:|---:|---:|---:|")
+        got: dict[tuple[str, int], dict[str, float]] = {}
         for model in models:
             lone = await concurrent(client, model, 1, tokens)
             for users in (1, 8, 16):
                 r = lone if users == 1 else await concurrent(client, model, users, tokens)
+                got[model, users] = r
                 print(
                     f"| {model} | {users} | {r['tps']:.1f} | {r['tps'] / lone['tps']:.2f} | {r['ttft_mean']:.2f} "
                     f"| {r['ttft_p95']:.2f} | {r['ttft_p95'] / lone['ttft_mean']:.1f} |",
@@ -128,7 +130,24 @@ async def measure(base: str, pid: int, models: list[str], tokens: int) -> None:
             await stream(client, model, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Hi"}], 4)
             await concurrent(client, model, 8, tokens, SYSTEM)
             r = await concurrent(client, model, 8, tokens, SYSTEM)
+            got[model, -8] = r
             print(f"| {model} | {r['ttft_mean']:.2f} | {r['ttft_p95']:.2f} | {r['tps']:.1f} |", flush=True)
+        if {"llama_cpp", "openvino"} <= set(models):
+            ov, lc = "openvino", "llama_cpp"
+            print("\n## Targets (issue 15), openvino\n")
+            print(f"- 8 users: {got[ov, 8]['tps'] / got[ov, 1]['tps']:.2f}x a lone request's tokens/s (target 3)")
+            print(f"- 16 users: {got[ov, 16]['tps'] / got[ov, 1]['tps']:.2f}x (target 5)")
+            print(
+                f"- 8 users: p95 TTFT {got[ov, 8]['ttft_p95'] / got[ov, 1]['ttft_mean']:.1f}x a lone one's "
+                "(target <= 3)"
+            )
+            cached, uncached = got[ov, -8]["ttft_mean"], got["openvino-no-prefix-cache", -8]["ttft_mean"]
+            print(f"- shared system prompt: mean TTFT {uncached / cached:.1f}x lower with prefix caching (target 3)")
+            print(
+                f"- a lone request: {got[ov, 1]['tps']:.1f} tokens/s, TTFT {got[ov, 1]['ttft_mean']:.2f} s; serialized "
+                f"llama_cpp: {got[lc, 1]['tps']:.1f} tokens/s, TTFT {got[lc, 1]['ttft_mean']:.2f} s (target: no slower)"
+            )
+            print(f"- 8 users vs serialized llama_cpp at 8: {got[ov, 8]['tps'] / got[lc, 8]['tps']:.1f}x tokens/s")
         if "openvino" in models:
             print("\n## 64 requests at once on openvino (16 run, 48 queue): server memory\n")
             before = rss_kib(pid)
@@ -153,7 +172,8 @@ def main() -> int:
     args = parser.parse_args()
     models = args.only.split(",")
     local = {"provider": "local", "threads": args.threads}
-    ov = {**local, "engine": "openvino", "max_batch": 16}
+    # queue_timeout: 64 requests at once wait longer than the default 30 s for a place in the batch on a small machine
+    ov = {**local, "engine": "openvino", "max_batch": 16, "queue_timeout": 600}
     config = {
         "model_list": [
             {"model_name": "llama_cpp", **local},
