@@ -97,6 +97,13 @@ async def concurrent(
     return {"tps": total / wall, "ttft_mean": statistics.mean(ttfts), "ttft_p95": p95(ttfts), "tokens": total}
 
 
+async def greedy(client: httpx.AsyncClient, model: str, question: str) -> str:
+    body = {"model": model, "messages": [{"role": "user", "content": question}], "max_tokens": 64, "temperature": 0}
+    response = await client.post("/v1/chat/completions", json=body)
+    response.raise_for_status()
+    return str(response.json()["choices"][0]["message"]["content"])
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -149,6 +156,10 @@ async def measure(base: str, pid: int, models: list[str], tokens: int) -> None:
             )
             print(f"- 8 users vs serialized llama_cpp at 8: {got[ov, 8]['tps'] / got[lc, 8]['tps']:.1f}x tokens/s")
         if "openvino" in models:
+            solo = [await greedy(client, "openvino", q) for q in QUESTIONS]
+            together = await asyncio.gather(*(greedy(client, "openvino", q) for q in QUESTIONS))
+            same = sum(a == b for a, b in zip(solo, together, strict=True))
+            print(f"\n## Greedy output of 8 batched streams equal to their solo runs (openvino): {same}/8")
             print("\n## 64 requests at once on openvino (16 run, 48 queue): server memory\n")
             before = rss_kib(pid)
             peak = before
