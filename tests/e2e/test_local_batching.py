@@ -195,7 +195,10 @@ def test_full_queue_is_429_and_a_client_that_leaves_frees_its_slot(sdk: openai.O
     got: dict[str, Any] = {}
 
     def queued_request() -> None:
-        got["b"] = sdk.chat.completions.create(model="ov-one", messages=messages, max_tokens=4, temperature=0)
+        # Bounded: were A's sequence left running in the engine (one sequence at a time), B would start only
+        # when A's 3500 tokens were done, minutes later.
+        bounded = sdk.with_options(timeout=45)
+        got["b"] = bounded.chat.completions.create(model="ov-one", messages=messages, max_tokens=4, temperature=0)
 
     waiter = threading.Thread(target=queued_request)
     waiter.start()
@@ -205,8 +208,7 @@ def test_full_queue_is_429_and_a_client_that_leaves_frees_its_slot(sdk: openai.O
     raw = httpx.post(local.base_url + "/chat/completions", json={"model": "ov-one", "messages": messages}, timeout=60)
     assert raw.status_code == 429 and int(raw.headers["retry-after"]) >= 1
     assert raw.json()["error"]["code"] == "concurrency_limit_exceeded"
-    # A leaves: its sequence is cancelled before the engine's next step, and the queued B starts and finishes
-    # (were A still running, B's wait would end in a 429 after 30 s).
+    # A leaves: its sequence is cancelled before the engine's next step, and the queued B starts and finishes.
     first.close()
     waiter.join(timeout=300)
     assert not waiter.is_alive()

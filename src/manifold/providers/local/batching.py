@@ -8,14 +8,16 @@ sequence's new tokens to it: detokenized incrementally, cut at a stop sequence (
 to the event loop with `call_soon_threadsafe`. A sequence that ends (end of sequence, a stop sequence,
 `max_tokens`) is cancelled in the pipeline at once, so its slot is free for the next step.
 
-How many run at once is bounded before the engine, by the router: the deployment's concurrency limit is the batch
-size, and its bounded queue answers 429 with Retry-After when full (routing/health.py), so a client that leaves
-passes its slot to the next waiting request.
+At most `max_batch` sequences are in the pipeline at once (its own `max_num_seqs` does not bound them); more wait
+in the engine. Requests are bounded before the engine too, by the router: the deployment's concurrency limit is the
+batch size, and its bounded queue answers 429 with Retry-After when full (routing/health.py), so a client that
+leaves passes its slot to the next waiting request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import threading
@@ -156,8 +158,12 @@ class BatchSequence:
 class Engine:
     """The engine thread and what crosses to it."""
 
-    def __init__(self, pipeline: Any, decode: Callable[[list[int]], str], end_ids: frozenset[int], name: str) -> None:
+    def __init__(
+        self, pipeline: Any, decode: Callable[[list[int]], str], end_ids: frozenset[int], max_batch: int, name: str
+    ) -> None:
         self.pipeline = pipeline
+        self.max_batch = max_batch  # sequences in the pipeline at once (its own max_num_seqs does not bound them)
+        self._waiting: collections.deque[BatchSequence] = collections.deque()
         self._decode = decode
         self._end_ids = end_ids
         self._cond = threading.Condition()
@@ -205,9 +211,10 @@ class Engine:
             with self._cond:
                 self._closing = True
                 pending, self._inbox = self._inbox, []
-            for seq in [*pending, *self._active.values()]:
+            for seq in [*pending, *self._waiting, *self._active.values()]:
                 seq.fail(exc)
             self._active.clear()
+            self._waiting.clear()
         finally:
             self._drain()
 
@@ -215,7 +222,7 @@ class Engine:
         pipeline = self.pipeline
         while True:
             with self._cond:
-                while not (self._inbox or self._active or self._closing or self._wake):
+                while not (self._inbox or self._active or self._waiting or self._closing or self._wake):
                     self._cond.wait()
                 if self._closing:
                     return
@@ -223,7 +230,9 @@ class Engine:
                 self._wake = False
             for seq in [s for s in self._active.values() if s.cancelled]:
                 self._retire(seq)
-            for seq in new:
+            self._waiting.extend(new)
+            while self._waiting and len(self._active) < self.max_batch:
+                seq = self._waiting.popleft()
                 if seq.cancelled:
                     continue
                 seq.detok = Detokenizer(self._decode)
@@ -270,8 +279,9 @@ class Engine:
         every KV block before it is destroyed)."""
         with self._cond:
             pending, self._inbox = self._inbox, []
-        for seq in pending:
+        for seq in [*self._waiting, *pending]:
             seq.fail(RuntimeError("the server is shutting down"))
+        self._waiting.clear()
         for seq in list(self._active.values()):
             if seq.handle is not None and seq.handle.get_status().name == "RUNNING":
                 seq.handle.cancel()

@@ -92,7 +92,7 @@ class OpenVinoModelProvider(ModelThreadProvider[Model]):
         base = pipeline.get_config()
         eos = int(base.eos_token_id)
         stop_ids = frozenset({eos, *(int(t) for t in base.stop_token_ids)} - {-1})
-        engine = Engine(pipeline, tokenizer.decode, stop_ids, f"{self.thread_name}-engine")
+        engine = Engine(pipeline, tokenizer.decode, stop_ids, self.max_batch, f"{self.thread_name}-engine")
         token_bytes = {int(i): bytes(b) for b, i in tokenizer.get_vocab().items()}
         return Model(pipeline, tokenizer, engine, eos, stop_ids, token_bytes)
 
