@@ -1,14 +1,15 @@
 """What metrics, the JSON access log and tracing add per request, measured in one process without sockets.
 
-    python bench/observability_cost.py [--requests 2000] [--rounds 15] [--chunks 20]
+    python bench/observability_cost.py [--requests 2000] [--rounds 15] [--chunks 20] [--settings off,on,trace]
 
 `bench/overhead.py --observe off,on,trace` measures the same through real sockets, but there a 20 µs
 difference drowns in the noise of three processes sharing the CPUs. Here the same Manifold app (every layer,
 the router, the endpoint) runs against an in-memory backend, driven by ASGI calls: each setting (`off`,
 `on` = metrics + JSON access log, `trace` = `on` + OpenTelemetry with a sampler of 1.0 exporting to a
-do-nothing exporter) serves `--requests` requests per round, the settings take turns for `--rounds` rounds,
-and the fastest round of each is printed (CPU time of this process, in µs per request: on a busy machine the
-least disturbed round is the best estimate of the work itself). Prints figures, asserts nothing.
+do-nothing exporter; `ledger` = `off` + the usage ledger, its rows written to a SQLite file in a temporary
+directory within the measured time) serves `--requests` requests per round, the settings take turns for
+`--rounds` rounds, and the fastest round of each is printed (CPU time of this process, in µs per request: on a
+busy machine the least disturbed round is the best estimate of the work itself). Prints figures, asserts nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import logging
 import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -50,10 +52,19 @@ class MemoryBackend(Provider):
         return ANSWER
 
     async def open_chat_stream(self, call: Call) -> AsyncIterator[dict[str, Any]]:
-        return self._stream()
+        options = call.body.get("stream_options")
+        return self._stream(isinstance(options, dict) and options.get("include_usage") is True)
 
-    async def _stream(self) -> AsyncIterator[dict[str, Any]]:
-        base = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0, "model": "bench"}
+    async def _stream(self, include_usage: bool) -> AsyncIterator[dict[str, Any]]:
+        # Like OpenAI: asked for usage, every chunk has `usage` (null until the last one).
+        base: dict[str, Any] = {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": "bench",
+        }
+        if include_usage:
+            base["usage"] = None
         yield {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
         for i in range(self.chunks):
             yield {**base, "choices": [{"index": 0, "delta": {"content": f"w{i} "}}]}
@@ -75,6 +86,11 @@ def config(setting: str) -> Config:
         raw["metrics"] = {"enabled": False}
     if setting == "trace":
         raw["tracing"] = {"enabled": True}
+    if setting == "ledger":  # `off` + the usage ledger
+        raw["server"]["access_log"] = False
+        raw["metrics"] = {"enabled": False}
+        raw["ledger"] = {"enabled": True}
+        raw["storage"] = {"data_dir": tempfile.mkdtemp(prefix="manifold-bench-ledger-")}
     return parse_config(raw)
 
 
@@ -113,6 +129,17 @@ async def serve(app: ManifoldApp, body: bytes, n: int) -> None:
         await app(scope_for(body), receive, send)
 
 
+async def written(app: ManifoldApp) -> None:
+    """With the ledger: until the round's rows are committed (their writes are part of the cost; the writer
+    thread's CPU counts in this process's time)."""
+    ledger = app.ledger
+    if ledger is None:
+        return
+    await app.store.open()
+    if not await ledger.flush():
+        raise RuntimeError("the ledger could not write its rows")
+
+
 def _install_memory_tracing() -> None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
@@ -147,6 +174,7 @@ async def main(args: argparse.Namespace) -> None:
             for s in settings:
                 started = time.process_time()
                 await serve(apps[s], body, args.requests)
+                await written(apps[s])
                 rounds[s].append((time.process_time() - started) / args.requests * 1e6)
         mode = "stream" if stream else "non-stream"
         base = min(rounds["off"]) if "off" in rounds else None

@@ -3,7 +3,7 @@
     python bench/overhead.py [--requests 3000] [--warmup 300] [--concurrency 16] [--latency-ms 0]
                              [--chunks 20] [--modes non-stream,stream] [--targets direct,manifold]
                              [--manifold-cmd "python -m manifold serve"] [--json PATH] [--timeout 300]
-                             [--observe off,on,trace] [--rounds 5]
+                             [--observe off,on,trace,ledger] [--rounds 5]
 
 Three processes besides this one, all on 127.0.0.1: the fake upstream (bench/fake_upstream.py), Manifold
 (``manifold serve``, one worker) and, for each run, the load generator (bench/loadgen.py). For every mode
@@ -13,8 +13,13 @@ requests, samples again, and prints a markdown table. It prints figures and asse
 
 `--observe` runs one Manifold per observability setting, side by side: `off` (no metrics, no access log),
 `on` (Prometheus metrics and the JSON access log at INFO, written to a file) and `trace` (`on` plus
-OpenTelemetry tracing with a sampler of 1.0, exporting over OTLP/HTTP to a sink in this process). All are
-started first and loaded in turn, `--rounds` times; the summary compares medians.
+OpenTelemetry tracing with a sampler of 1.0, exporting over OTLP/HTTP to a sink in this process), `access`
+(`off` plus access control, docs/access.md: a static key with rpm, tpm, in-flight and budget limits counted in
+Redis (`BENCH_REDIS_URL`, default redis://127.0.0.1:6379/0; its keys are deleted afterwards) and a priced
+deployment; the Redis scripts each request ran, from INFO commandstats, are printed), `ledger` (`off` plus the
+usage ledger: a row per request, written in batches to a SQLite file in the work directory) and `all` (`on`
+plus `access` plus `ledger`: everything a production gateway runs). All are started first and loaded in turn,
+`--rounds` times; the summary compares medians.
 
 The comparable figure is Manifold's CPU milliseconds per request: req/s and latency depend on the machine
 and on the three processes sharing its cores. See bench/README.md.
@@ -52,7 +57,12 @@ TARGETS = ("direct", "manifold")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 LITELLM_MS_PER_REQ = "~14-16"
 TARGET_MS_PER_REQ = 0.25
-OBSERVE = ("off", "on", "trace")
+OBSERVE = ("off", "on", "trace", "access", "ledger", "all")
+# `--observe access`: `off` plus a static key with rpm, tpm, in-flight and budget limits counted in Redis (issue 12).
+ACCESS_KEY = "sk-bench-access-0123456789"
+ACCESS_LIMIT_MS = 0.15
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_PREFIX = f"manifold-bench-{os.getpid()}:"
 OBSERVE_ON_LIMIT_MS = 0.02  # metrics + JSON access log (issue 13)
 
 
@@ -223,9 +233,40 @@ def start_upstream(children: Children, args: argparse.Namespace) -> tuple[subpro
     return proc, int(line.split()[1])
 
 
-def write_config(workdir: Path, upstream_port: int, observe: str | None = None) -> Path:
+BENCH_MASTER_KEY = "sk-bench-master-0123456789abcdef"
+
+
+def create_virtual_key(port: int) -> str:
+    """`--auth virtual`: a virtual key made through the admin API (the master key's own request)."""
+    request = urllib.request.Request(
+        f"http://{HOST}:{port}/admin/keys",
+        data=b'{"alias": "bench"}',
+        headers={"authorization": f"Bearer {BENCH_MASTER_KEY}", "content-type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return str(json.loads(resp.read())["key"])
+
+
+def access_config() -> str:
+    """`--observe access` / `all`: a static key with limits and a budget, counted in Redis."""
+    return (
+        "auth:\n  keys:\n"
+        f"    - {{key: {ACCESS_KEY}, alias: bench, rpm: 100000000, tpm: 1000000000000, "
+        "max_parallel_requests: 100000, max_budget: 1000000, budget_duration: daily}\n"
+        f"redis:\n  url: {REDIS_URL}\n  key_prefix: '{REDIS_PREFIX}'\n  timeout_s: 5\n"
+    )
+
+
+def ledger_config(workdir: Path) -> str:
+    """`--observe ledger` / `all`: the usage ledger on, into a SQLite file of the run's own."""
+    return f"ledger:\n  enabled: true\nstorage:\n  data_dir: {workdir / 'ledger-data'}\n"
+
+
+def write_config(workdir: Path, upstream_port: int, observe: str | None = None, auth: str = "none") -> Path:
     """`observe` None: the defaults (metrics on, access log below the `warning` level); `off`: metrics and
-    access log off; `on` / `trace`: metrics on and the JSON access log written at `info`."""
+    access log off; `on` / `trace`: metrics on and the JSON access log written at `info`; `ledger`: `off` and the
+    usage ledger on (SQLite in the work directory)."""
     path = workdir / f"manifold-{observe or 'default'}.yaml"
     text = (
         "model_list:\n"
@@ -233,16 +274,26 @@ def write_config(workdir: Path, upstream_port: int, observe: str | None = None) 
         "    provider: openai\n"
         f"    api_base: http://{HOST}:{upstream_port}/v1\n"
         "    api_key: sk-bench\n"
-        "server:\n"
     )
+    if observe in ("access", "all"):  # priced, so that each request's end adds its cost to the budget
+        text += "    input_cost_per_million: 0.15\n    output_cost_per_million: 0.6\n"
+    text += "server:\n"
     if observe is None:
         text += "  log_level: warning\n"
-    elif observe == "off":
+    elif observe in ("off", "access", "ledger"):
         text += "  log_level: info\n  access_log: false\nmetrics:\n  enabled: false\n"
+        if observe == "access":
+            text += access_config()
+        if observe == "ledger":
+            text += ledger_config(workdir)
     else:
         text += "  log_level: info\n  log_format: json\n  access_log: true\nmetrics:\n  enabled: true\n"
         if observe == "trace":
             text += "tracing:\n  enabled: true\n"
+        if observe == "all":
+            text += access_config() + ledger_config(workdir)
+    if auth != "none":  # docs/access.md: every request authenticated (by the master key or a virtual key)
+        text += f"auth:\n  master_key: {BENCH_MASTER_KEY}\nstorage:\n  data_dir: {workdir / 'data'}\n"
     path.write_text(text)
     return path
 
@@ -330,7 +381,32 @@ class Run:
     manifold_rss_mb_after: float | None = None
     first_error: str | None = None
     manifold_cpu_cores: float | None = None  # Manifold's CPU seconds per wall second in the measured phase
+    redis_calls_per_req: float | None = None  # Redis commands (round trips) per request, `--observe access`
     failed: str | None = None
+
+
+def redis_calls() -> int:
+    """Scripts the Redis server has run so far (INFO commandstats: EVAL, EVALSHA, SCRIPT): Manifold's round
+    trips (the commands a script runs inside are counted apart, and INFO's own call is not among these)."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return sum(int(v["calls"]) for k, v in stats.items() if k.startswith(("cmdstat_eval", "cmdstat_script")))
+
+
+def forget_redis_keys() -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        for key in client.scan_iter(match=REDIS_PREFIX + "*"):
+            client.delete(key)
+    finally:
+        client.close()
 
 
 def run_load(
@@ -359,9 +435,14 @@ def run_load(
         str(args.requests),
         "--timeout",
         f"{budget:.1f}",
+        "--api-key",
+        args.client_keys.get(port, "sk-bench"),
     ]
     if run.mode == "stream":
         argv.append("--stream")
+    access = run.target in ("manifold (access)", "manifold (all)")
+    if access:
+        argv += ["--api-key", ACCESS_KEY]
     name = f"loadgen-{run.mode}-{run.target}"
     proc = children.start(name, argv, stdin=True)
     try:
@@ -375,11 +456,14 @@ def run_load(
         if manifold_pid is not None:
             run.manifold_rss_mb_before = rss_mb(manifold_pid)
             mf_cpu0 = cpu_seconds(manifold_pid)
+        calls0 = redis_calls() if access else 0
         assert proc.stdin is not None
         proc.stdin.write(b"go\n")
         proc.stdin.flush()
 
         done = json.loads(read_line(proc.stdout, "the load generator"))
+        if access:
+            run.redis_calls_per_req = (redis_calls() - calls0) / args.requests
         up_cpu1 = cpu_seconds(upstream_pid)
         if manifold_pid is not None:
             mf_cpu1 = cpu_seconds(manifold_pid)
@@ -493,11 +577,23 @@ def report(meta: dict[str, Any], runs: list[Run]) -> str:
                 f"(target {TARGET_MS_PER_REQ} ms; LiteLLM for reference {LITELLM_MS_PER_REQ} ms)"
             )
         off = cpu.get("manifold (off)")
-        for variant, limit in (("on", OBSERVE_ON_LIMIT_MS), ("trace", None)):
+        trips = [r.redis_calls_per_req for r in runs if r.mode == mode and r.redis_calls_per_req is not None]
+        if trips:
+            out.append(
+                f"- {mode}: access (static key, Redis-backed limits and budget) made "
+                f"{statistics.median(trips):.2f} Redis round trips per request; CPU target {ACCESS_LIMIT_MS} ms"
+            )
+        variants = (("on", OBSERVE_ON_LIMIT_MS), ("trace", None), ("access", None), ("ledger", None), ("all", None))
+        for variant, limit in variants:
             on = cpu.get(f"manifold ({variant})")
             if off is not None and on is not None:
                 bound = f" (budget {limit} ms)" if limit is not None else ""
-                out.append(f"- {mode}: observability `{variant}` costs {on - off:+.3f} ms of CPU per request{bound}")
+                what = {
+                    "ledger": "the usage ledger",
+                    "access": "access control",
+                    "all": "everything on (observability, access control, ledger)",
+                }.get(variant, f"observability `{variant}`")
+                out.append(f"- {mode}: {what} costs {on - off:+.3f} ms of CPU per request{bound}")
     out += [
         "",
         "Notes: CPU per request is the comparable figure: it is the CPU time (user + system, all threads) "
@@ -541,8 +637,12 @@ def run_all(
                 env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{HOST}:{sink.port}", "OTEL_TRACES_SAMPLER": "always_on"}
             try:
                 manifold, port, startup = start_manifold(
-                    children, args, write_config(children.workdir, upstream_port, variant), env, variant
+                    children, args, write_config(children.workdir, upstream_port, variant, args.auth), env, variant
                 )
+                if args.auth == "master":
+                    args.client_keys[port] = BENCH_MASTER_KEY
+                elif args.auth == "virtual":
+                    args.client_keys[port] = create_virtual_key(port)
             except BenchError as exc:
                 print(f"!! {target}: {exc}", file=sys.stderr)
                 for mode in args.modes:
@@ -564,6 +664,8 @@ def run_all(
             children.procs.remove(manifold)
         for sink in sinks:
             sink.close()
+        if {"access", "all"} & set(args.observe or []):
+            forget_redis_keys()
     return status
 
 
@@ -603,6 +705,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(default: this Python's '-m manifold serve')",
     )
     p.add_argument(
+        "--auth",
+        choices=["none", "master", "virtual"],
+        default="none",
+        help="authenticate every request to Manifold: none (default), with the master key, or with a virtual "
+        "key made through the admin API (docs/access.md)",
+    )
+    p.add_argument(
         "--observe",
         default="",
         help="comma-separated, of: off, on, trace: run Manifold once per observability setting, side by side "
@@ -620,6 +729,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    args.client_keys = {}
     args.observe = [o.strip() for o in args.observe.split(",") if o.strip()]
     if any(o not in OBSERVE for o in args.observe):
         p.error(f"--observe: choose from {', '.join(OBSERVE)}")
@@ -674,6 +784,7 @@ def main(argv: list[str] | None = None) -> int:
         "chunks": args.chunks,
         "manifold_cmd": args.manifold_cmd,
         "observe": args.observe,
+        "auth": args.auth,
         "manifold_startup_s": None,
         "manifold_rss_mb_idle": None,
     }

@@ -17,6 +17,9 @@ FORBIDDEN = {
     "_json": {"api", "server", "routing", "providers", "config", "errors", "cli"},
     "storage": {"api", "server", "routing", "providers", "cli"},
     "responses": {"server", "cli"},
+    "mcp": {"server", "cli", "frontend", "responses", "routing", "providers"},
+    # Authentication, limits, budgets, prices: the server wires it into the router; it imports neither.
+    "access": {"server", "cli", "frontend", "routing", "responses"},
     # Schema and loading only: the checks that need providers or routing live in `validation`, run after loading.
     "config": {
         "api",

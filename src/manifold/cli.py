@@ -1,4 +1,4 @@
-"""`manifold serve | check | models`."""
+"""`manifold serve | check | models | keys | usage`."""
 
 from __future__ import annotations
 
@@ -22,6 +22,9 @@ HANDLER_ENV = "MANIFOLD_HANDLER"
 HANDLER_ENDPOINTS_ENV = "MANIFOLD_HANDLER_ENDPOINTS"
 HANDLER_URL_INFO_ENV = "MANIFOLD_HANDLER_URL_INFO"
 LOG_LEVEL_ENV = "MANIFOLD_LOG_LEVEL"
+# The address `serve` binds (`--host` or server.host): each worker's app warns when it is not a loopback one and
+# no key protects it (access/auth.py).
+BIND_HOST_ENV = "MANIFOLD_BIND_HOST"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -52,6 +55,15 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--config", required=True)
     models = sub.add_parser("models", help="list the public model names of a config")
     models.add_argument("--config")
+    from manifold.access import commands as access_commands
+
+    access_commands.add_parser(sub)
+    usage = sub.add_parser("usage", help="the usage ledger's spend and tokens, grouped (docs/access.md)")
+    usage.add_argument("--config", help="the server's config file (its storage: section names the database)")
+    usage.add_argument("--group-by", default="key", help="key (default), team, user, model, deployment or day")
+    usage.add_argument("--start", help="from this time (inclusive): unix seconds or an ISO date or date-time")
+    usage.add_argument("--end", help="until this time (exclusive): unix seconds or an ISO date or date-time")
+    usage.add_argument("--json", action="store_true", help="print the /admin/usage JSON answer instead of a table")
     return parser
 
 
@@ -86,6 +98,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for alias, target in sorted(config.router.model_alias.items()):
             print(f"{alias} -> {target}")
         return 0
+    if args.command == "keys":
+        from manifold.access import commands as access_commands
+
+        return access_commands.run(args, config)
+    if args.command == "usage":
+        from manifold.cli_usage import usage_command
+
+        return usage_command(args, config)
     return _serve(args, config)
 
 
@@ -119,6 +139,7 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
 
     configure_logging(level, settings.log_format, secrets_of(config))
     os.environ[LOG_LEVEL_ENV] = level
+    os.environ[BIND_HOST_ENV] = host
     if args.config:
         os.environ[CONFIG_ENV] = os.path.abspath(args.config)
     else:
@@ -216,6 +237,9 @@ def app_factory() -> object:
         return _frontend_app(handler, config)
     from manifold.server.app import build_app
 
+    host = os.environ.get(BIND_HOST_ENV)
+    if host is not None and host != config.server.host:
+        config = msgspec.structs.replace(config, server=msgspec.structs.replace(config.server, host=host))
     return build_app(config)
 
 
@@ -234,6 +258,8 @@ def _frontend_app(ref: str, config: Config) -> object:
         storage=config.storage,
         settings=config.server,
         responses=config.responses,
+        metrics=config.metrics,
+        tracing=config.tracing,
     )
     for prefix in prefixes[1:]:
         app.add_endpoints(endpoints, prefix)

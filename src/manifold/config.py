@@ -24,6 +24,8 @@ from manifold.observability.redaction import Redactor
 
 _T = TypeVar("_T")
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+# A price: a number (or its text) of dollars, read exactly (as its decimal text, never a binary float sum).
+DollarAmount = float | str
 
 
 class Timeouts(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -76,6 +78,14 @@ class DeploymentBase(msgspec.Struct, tag_field="provider", forbid_unknown_fields
     max_concurrency: Annotated[int, msgspec.Meta(ge=1)] | None = None
     max_queue: Annotated[int, msgspec.Meta(ge=0)] = 64
     queue_timeout: PositiveFloat = 30.0
+    # access (docs/access.md): this deployment's own quota (requests and tokens per minute: the router prefers
+    # deployments with room, 429 when none has), and its prices in dollars per million tokens (None: from the
+    # genai-prices dataset; local and python deployments cost 0 unless set)
+    rpm: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    tpm: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    input_cost_per_million: DollarAmount | None = None
+    output_cost_per_million: DollarAmount | None = None
+    cached_input_cost_per_million: DollarAmount | None = None
 
     @property
     def provider(self) -> str:
@@ -303,6 +313,42 @@ class GroupSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, om
     latency_buffer: NonNegativeFloat | None = None
 
 
+class KeyModelLimits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    rpm: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    tpm: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_parallel_requests: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+
+class StaticTeam(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A team's limits and budget, shared by the static keys that name it."""
+
+    rpm: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    tpm: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_parallel_requests: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_budget: DollarAmount | None = None
+    budget_duration: Literal["daily", "weekly", "monthly"] | None = None
+    # the `mcp_servers` its keys may use: labels, or `label__tool` for one tool (None: all; []: none)
+    mcp_servers: list[str] | None = None
+
+
+class StaticKey(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A key declared in the config (`key` usually `${ENV}`): its limits and budget (dollars), its team."""
+
+    key: Annotated[str, msgspec.Meta(min_length=8)]
+    alias: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    user: str | None = None
+    team: str | None = None
+    models: list[str] | None = None
+    rpm: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    tpm: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_parallel_requests: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_budget: DollarAmount | None = None
+    budget_duration: Literal["daily", "weekly", "monthly"] | None = None
+    model_limits: dict[str, KeyModelLimits] = msgspec.field(default_factory=dict)
+    # the `mcp_servers` it may use: labels, or `label__tool` for one tool (None: all; []: none)
+    mcp_servers: list[str] | None = None
+
+
 class AuthSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Inbound authentication (docs/access.md). With a master key, or once any virtual key exists, every API
     route needs a key. `key_cache_ttl_s`: how long a replica trusts a key it looked up (a revoked key stops
@@ -310,6 +356,9 @@ class AuthSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     still works."""
 
     master_key: str | None = None
+    # Keys declared in the config (docs/access.md "static keys"): hashed at load, never logged.
+    keys: list[StaticKey] = msgspec.field(default_factory=list)
+    teams: dict[str, StaticTeam] = msgspec.field(default_factory=dict)
     key_cache_ttl_s: Annotated[float, msgspec.Meta(gt=0, le=5)] = 5.0
     rotation_grace_s: NonNegativeFloat = 3600.0
 
@@ -322,6 +371,87 @@ class RedisSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     url: str | None = None
     on_redis_error: Literal["open", "closed"] = "open"
     timeout_s: PositiveFloat = 0.5
+    # Without `url`, several workers are a config error unless this says that limits are per process.
+    limits_per_process: bool = False
+    # Prefix of every key Manifold writes in Redis (several gateways, or tests, may share one Redis).
+    key_prefix: Annotated[str, msgspec.Meta(max_length=64)] = "manifold:"
+
+
+class LedgerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The usage ledger (docs/access.md): one row per API request in the store's database (`storage:`).
+    `enabled` None (the default): on when `auth.master_key` or `auth.keys` is set, off otherwise. Rows are
+    buffered and written every `flush_interval_s` in batches of at most `max_batch` rows (one INSERT each); while
+    the database is down at most `max_buffered_rows` wait in memory, and rows beyond that are dropped (counted,
+    logged)."""
+
+    enabled: bool | None = None
+    flush_interval_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0
+    max_batch: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 500
+    max_buffered_rows: Annotated[int, msgspec.Meta(ge=1)] = 100_000
+
+
+McpApproval = Literal["always", "never"]
+
+
+class McpServerCommon(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """What every MCP server has, whatever its transport (docs/mcp.md). `allowed_tools` None: all of its tools.
+    `require_approval`: `always`, `never`, or per tool (`{tool: always|never}`, the rest `never`).
+    `call_timeout_s` bounds one tool call; `max_output_bytes` truncates a longer output (with a marker);
+    `connect_timeout_s` bounds connecting and listing its tools."""
+
+    allowed_tools: list[str] | None = None
+    require_approval: McpApproval | dict[str, McpApproval] = "never"
+    call_timeout_s: PositiveFloat = 60.0
+    connect_timeout_s: PositiveFloat = 30.0
+    max_output_bytes: Annotated[int, msgspec.Meta(ge=64)] = 100_000
+
+
+class McpStdioServer(McpServerCommon, tag_field="transport", tag="stdio"):
+    """A server run as a child process speaking MCP on its stdin/stdout (restarted when it dies)."""
+
+    command: str
+    args: list[str] = msgspec.field(default_factory=list)
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    cwd: str | None = None
+
+
+class McpHttpServer(McpServerCommon, tag_field="transport", tag="streamable_http"):
+    """A server at a streamable HTTP URL; `headers` (with `${ENV}` secrets) go with every request."""
+
+    url: str
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class McpSseServer(McpServerCommon, tag_field="transport", tag="sse"):
+    """A server speaking the legacy HTTP+SSE transport."""
+
+    url: str
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+McpServerSettings = McpStdioServer | McpHttpServer | McpSseServer
+
+
+class McpChatSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The MCP servers whose tools are added to every chat request for one public model (`mcp.models.<name>`),
+    named `server__tool`. `mode: return`: the model's calls go back to the client (`POST /v1/mcp/tools/call`
+    runs one); `execute`: the gateway runs them and answers with the model's final message."""
+
+    servers: Annotated[list[str], msgspec.Meta(min_length=1)]
+    mode: Literal["return", "execute"] = "return"
+
+
+class McpSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The gateway's MCP behaviour (docs/mcp.md). `allow_client_servers`: URL patterns (fnmatch, `*` any text)
+    a request's `mcp` tool may name in `server_url`; empty (the default): none, only configured labels.
+    `max_tool_rounds`: model turns with tool calls one response may take before it ends `incomplete`.
+    `reconnect_backoff_s`/`reconnect_backoff_max_s`: the wait before reconnecting a server, doubled each try."""
+
+    allow_client_servers: list[str] = msgspec.field(default_factory=list)
+    max_tool_rounds: Annotated[int, msgspec.Meta(ge=1)] = 8
+    reconnect_backoff_s: PositiveFloat = 1.0
+    reconnect_backoff_max_s: PositiveFloat = 30.0
+    models: dict[str, McpChatSettings] = msgspec.field(default_factory=dict)
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -334,6 +464,18 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tracing: TracingSettings = msgspec.field(default_factory=TracingSettings)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
+    mcp_servers: dict[str, McpServerSettings] = msgspec.field(default_factory=dict)
+    mcp: McpSettings = msgspec.field(default_factory=McpSettings)
+    ledger: LedgerSettings = msgspec.field(default_factory=LedgerSettings)
+
+    @property
+    def ledger_on(self) -> bool:
+        """Whether the usage ledger records requests (`ledger.enabled`, or by default a master key or static keys;
+        virtual keys need a master key to be created)."""
+        enabled = self.ledger.enabled
+        if enabled is None:
+            return self.auth.master_key is not None or bool(self.auth.keys)
+        return enabled
 
 
 def secrets_of(config: Config) -> list[str]:
@@ -350,6 +492,12 @@ def secrets_of(config: Config) -> list[str]:
         secrets.append(config.responses.compaction_key)
     if config.auth.master_key:
         secrets.append(config.auth.master_key)
+    for server in config.mcp_servers.values():
+        if isinstance(server, McpStdioServer):
+            secrets.extend(v for v in server.env.values() if v)
+        else:
+            secrets.extend(v for v in server.headers.values() if v)
+    secrets.extend(k.key for k in config.auth.keys)
     for url in (config.storage.url, config.redis.url):
         if url and "@" in url and ":" in url.split("@", 1)[0].split("//", 1)[-1]:
             secrets.append(url.split("@", 1)[0].split("//", 1)[-1].split(":", 1)[1])
@@ -565,6 +713,8 @@ def _decode(raw: dict[str, Any], problems: list[str]) -> Decoded:
             dep = _convert_deployment(item, f"model_list[{i}]", found["model_list"])
             if dep is not None:
                 deployments[i] = dep
+                for name in ("input_cost_per_million", "output_cost_per_million", "cached_input_cost_per_million"):
+                    found["model_list"].extend(_dollar_problems(getattr(dep, name), f"model_list[{i}].{name}"))
             else:
                 all_decoded = False
     storage = _convert_part(raw.get("storage", {}), StorageSettings, "storage", found["storage"])
@@ -574,9 +724,24 @@ def _decode(raw: dict[str, Any], problems: list[str]) -> Decoded:
     router = _convert_router(raw.get("router", {}), found["router"])
     metrics = _convert_part(raw.get("metrics", {}), MetricsSettings, "metrics", found["metrics"])
     tracing = _convert_part(raw.get("tracing", {}), TracingSettings, "tracing", found["tracing"])
+    auth = _convert_part(raw.get("auth", {}), AuthSettings, "auth", found["auth"])
+    if auth is not None:
+        found["auth"].extend(_auth_problems(auth))
+    redis = _convert_part(raw.get("redis", {}), RedisSettings, "redis", found["redis"])
+    if redis is not None and server is not None:
+        limited = auth is not None and (auth.master_key is not None or bool(auth.keys))
+        limited = limited or any(d.rpm is not None or d.tpm is not None for d in deployments.values())
+        found["redis"].extend(_redis_problems(redis, server, limited))
+    mcp_servers = _convert_mcp_servers(raw.get("mcp_servers", {}), found["mcp_servers"])
+    mcp = _convert_part(raw.get("mcp", {}), McpSettings, "mcp", found["mcp"])
+    ledger = _convert_part(raw.get("ledger", {}), LedgerSettings, "ledger", found["ledger"])
     order = [k for k in raw if k in found] + [k for k in found if k not in raw]
     for name in order:
         problems.extend(found[name])
+    if mcp is not None and mcp_servers is not None:
+        problems.extend(_mcp_problems(mcp, mcp_servers))
+    if auth is not None and mcp_servers is not None:
+        problems.extend(_auth_mcp_problems(auth, mcp_servers))
     if metrics is not None and server is not None and metrics.port is not None and metrics.port == server.port:
         problems.append(f"metrics.port: {metrics.port} is the server's own port (leave it out to serve it there)")
     config = None
@@ -588,6 +753,11 @@ def _decode(raw: dict[str, Any], problems: list[str]) -> Decoded:
         or router is None
         or metrics is None
         or tracing is None
+        or auth is None
+        or redis is None
+        or mcp_servers is None
+        or mcp is None
+        or ledger is None
     ):
         config = Config(
             model_list=list(deployments.values()),
@@ -597,9 +767,130 @@ def _decode(raw: dict[str, Any], problems: list[str]) -> Decoded:
             router=router,
             metrics=metrics,
             tracing=tracing,
+            auth=auth,
+            redis=redis,
+            mcp_servers=mcp_servers,
+            mcp=mcp,
+            ledger=ledger,
         )
     # Names are checked against the deployments only when all of them could be read.
     return Decoded(config, deployments, router if all_decoded else None, problems, _redactor(raw))
+
+
+def _auth_problems(a: AuthSettings) -> list[str]:
+    out: list[str] = []
+    seen: set[str] = set()
+    for i, key in enumerate(a.keys):
+        where = f"auth.keys[{i}]"
+        if key.alias in seen:
+            out.append(f"{where}.alias: {key.alias!r} is used by another key")
+        seen.add(key.alias)
+        if key.team is not None and key.team not in a.teams:
+            out.append(f"{where}.team: {key.team!r} is not in auth.teams")
+        out.extend(_dollar_problems(key.max_budget, f"{where}.max_budget"))
+    for name, team in a.teams.items():
+        out.extend(_dollar_problems(team.max_budget, f"auth.teams.{name}.max_budget"))
+    if len({k.key for k in a.keys}) != len(a.keys):
+        out.append("auth.keys: two keys have the same secret")
+    return out
+
+
+def _auth_mcp_problems(a: AuthSettings, servers: Mapping[str, object]) -> list[str]:
+    """A static key's or team's `mcp_servers` names configured servers only (`label` or `label__tool`; a typo
+    would silently allow nothing)."""
+    named = [(f"auth.keys[{i}].mcp_servers", k.mcp_servers) for i, k in enumerate(a.keys)]
+    named += [(f"auth.teams.{n}.mcp_servers", t.mcp_servers) for n, t in a.teams.items()]
+    known = ", ".join(servers) or "none"
+    return [
+        f"{where}[{i}]: unknown MCP server {label!r} (configured: {known})"
+        for where, labels in named
+        for i, label in enumerate(labels or ())
+        if label.split("__", 1)[0] not in servers
+    ]
+
+
+def _dollar_problems(value: DollarAmount | None, where: str) -> list[str]:
+    from decimal import Decimal, InvalidOperation
+
+    if value is None:
+        return []
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        return [f"{where}: {value!r} is not a number of dollars"]
+    if not amount.is_finite() or amount < 0:
+        return [f"{where}: {value!r} must be a number of dollars, 0 or more"]
+    return []
+
+
+def _redis_problems(r: RedisSettings, server: ServerSettings, limited: bool) -> list[str]:
+    """`limited`: keys or deployment quotas exist, whose counts several workers would have to share."""
+    out: list[str] = []
+    if r.url is not None:
+        if not r.url.startswith(("redis://", "rediss://", "unix://")):
+            out.append("redis.url: expected redis://host:port/db, rediss://… or unix://…")
+        elif importlib.util.find_spec("hiredis") is None:
+            out.append("redis.url: needs the hiredis parser, which is not installed: pip install 'manifold[redis]'")
+    elif limited and server.workers > 1 and not r.limits_per_process:
+        out.append(
+            f"redis: server.workers is {server.workers} but redis.url is not set: rate limits, budgets and in-flight "
+            "counts would be per worker. Set redis.url, or redis.limits_per_process: true to accept per-worker limits"
+        )
+    return out
+
+
+def _mcp_problems(mcp: McpSettings, servers: dict[str, McpServerSettings]) -> list[str]:
+    """`mcp.models.<name>.servers` name configured servers, each once (so that `server__tool` names of one
+    model cannot collide: a label holds no `__`)."""
+    out: list[str] = []
+    if servers and importlib.util.find_spec("mcp") is None:
+        out.append("mcp_servers: MCP needs the extra: pip install 'manifold[mcp]'")
+    for model, chat in mcp.models.items():
+        seen: set[str] = set()
+        for i, label in enumerate(chat.servers):
+            if label not in servers:
+                known = ", ".join(servers) or "none"
+                out.append(f"mcp.models.{model}.servers[{i}]: unknown MCP server '{label}' (configured: {known})")
+            elif label in seen:
+                out.append(f"mcp.models.{model}.servers[{i}]: '{label}' is listed twice")
+            seen.add(label)
+    return out
+
+
+def _convert_mcp_servers(data: Any, problems: list[str]) -> dict[str, McpServerSettings] | None:
+    """Each server on its own, so that problems name it (`mcp_servers.git.command: required`)."""
+    if not isinstance(data, dict):
+        problems.append("mcp_servers: expected a mapping of server labels to servers")
+        return None
+    out: dict[str, McpServerSettings] = {}
+    failed = False
+    kinds: dict[str, type[McpServerSettings]] = {
+        "stdio": McpStdioServer,
+        "streamable_http": McpHttpServer,
+        "sse": McpSseServer,
+    }
+    for label, item in data.items():
+        where = f"mcp_servers.{label}"
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", str(label)) or "__" in str(label):
+            problems.append(f"{where}: a label is 1-40 letters, digits, '_' or '-' (no '__', the namespace mark)")
+            failed = True
+            continue
+        kind = item.get("transport", "stdio" if "command" in item else None) if isinstance(item, dict) else None
+        typ = kinds.get(kind) if isinstance(kind, str) else None
+        if typ is None:
+            problems.append(f"{where}.transport: expected one of: stdio, streamable_http, sse")
+            failed = True
+            continue
+        fields = {k: v for k, v in item.items() if k != "transport"}  # the tag is not a field
+        server: McpServerSettings | None = _convert_part(fields, typ, where, problems)
+        if server is None:
+            failed = True
+            continue
+        if not isinstance(server, McpStdioServer) and not server.url.startswith(("http://", "https://")):
+            problems.append(f"{where}.url: expected an http:// or https:// URL")
+            failed = True
+        out[str(label)] = server
+    return None if failed else out
 
 
 def _redactor(raw: dict[str, Any]) -> Redactor:
@@ -612,9 +903,22 @@ def _redactor(raw: dict[str, Any]) -> Redactor:
             headers = dep.get("headers")
             if isinstance(headers, dict):
                 secrets.extend(str(v) for v in headers.values())
+    servers = raw.get("mcp_servers")
+    for server in servers.values() if isinstance(servers, dict) else []:
+        for key in ("env", "headers"):
+            values = server.get(key) if isinstance(server, dict) else None
+            if isinstance(values, dict):
+                secrets.extend(str(v) for v in values.values())
     responses = raw.get("responses")
     if isinstance(responses, dict):
         secrets.append(str(responses.get("compaction_key") or ""))
+    auth = raw.get("auth")
+    if isinstance(auth, dict):
+        secrets.append(str(auth.get("master_key") or ""))
+        keys = auth.get("keys")
+        for key in keys if isinstance(keys, list) else []:
+            if isinstance(key, dict):
+                secrets.append(str(key.get("key") or ""))
     return Redactor(secrets)
 
 

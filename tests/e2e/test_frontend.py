@@ -23,9 +23,11 @@ from tests.conftest import ROOT
 from tests.e2e.conftest import ManifoldProcess
 from tests.e2e.responses_helpers import TEXT_STREAM, check_response, collapsed, post_stream
 from tests.e2e.test_chat import sse_events
+from tests.e2e.test_observability import CHAT, access_line, scrape
 from tests.fakes.openai_upstream import FakeUpstream
 
-ENV = {"PYTHONPATH": str(ROOT)}
+# The examples are imported from the checkout; so is manifold itself (src/ before any installed copy).
+ENV = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
 USER = [{"role": "user", "content": "hello there"}]
 MESSAGE_PAGE_RELAXED = {"stored_message_roles", "empty_page_null_ids"}
 
@@ -293,3 +295,35 @@ def test_check_reports_python_provider_problems(tmp_path: Path) -> None:
     assert "model_list[3].handler: 'tests.e2e.frontend_handlers:not_a_handler' is neither callable" in err
     assert "model_list[4].handler: only read by provider python, not 'openai'" in err
     assert "model_list[5]" not in err
+
+
+# -- observability: the handler's server has the gateway's /metrics, access log and traces ------------------------
+
+
+def test_serve_handler_is_observed(tmp_path: Path) -> None:
+    """`/metrics` (exact counts, by prometheus-client's parser) and the JSON access line of `serve --handler`;
+    its traces are tested in test_tracing.py."""
+    config = {"server": {"log_format": "json", "log_level": "info"}, "metrics": {"path": "/observed"}}
+    proc = ManifoldProcess(config, tmp_path, env=ENV, extra_args=("--handler", "examples.echo_handler:answer"))
+    try:
+        client = sdk(proc.base_url)
+        raw = client.chat.completions.with_raw_response.create(model="echo-1", messages=USER)
+        assert raw.status_code == 200
+        chunks = list(client.chat.completions.create(model="echo-1", messages=USER, stream=True))
+        assert chunks[-1].choices[0].finish_reason == "stop"
+        assert httpx.post(proc.base_url + "/chat/completions", json={"model": "echo-1"}).status_code == 422
+        assert httpx.get(proc.url + "/metrics").status_code == 404  # the path is the configured one
+        page = scrape(proc.url, "/observed")
+        # The handler serves every name: its wildcard group `*` is the model label (bounded by the config).
+        assert page.value("manifold_requests_total", route=CHAT, status="200", model="*") == 2
+        assert page.value("manifold_requests_total", route=CHAT, status="422") == 1
+        assert page.value("manifold_upstream_attempts_total", outcome="ok", model="*") == 2
+        assert page.value("manifold_stream_outcomes_total", outcome="completed", model="*") == 1
+        assert page.value("gen_ai_server_time_to_first_token_seconds_count", gen_ai_provider_name="python") == 1
+        # The 422 never reached the handler: no GenAI operation.
+        assert page.value("gen_ai_server_request_duration_seconds_count", gen_ai_operation_name="chat") == 2
+        line = access_line(proc, raw.headers["x-request-id"])
+        assert line["route"] == CHAT and line["model"] == "echo-1" and line["status"] == 200
+        assert line["stream"] is False and line["attempts"] == 1
+    finally:
+        proc.stop()

@@ -40,7 +40,9 @@ def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[t
 
 def test_the_users_layer_sits_inside_the_request_id_layer(gateway: tuple[types.ModuleType, str]) -> None:
     module, _ = gateway
-    assert module.app.layers[-2:] == (request_ids, module.RequireTeam)
+    layers = module.app.layers
+    assert layers[-1] is module.RequireTeam  # the innermost: inside request ids and authentication
+    assert request_ids in layers[:-1]
 
 
 def test_a_refusal_is_openai_shaped_and_carries_the_request_id(gateway: tuple[types.ModuleType, str]) -> None:

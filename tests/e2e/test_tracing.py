@@ -5,9 +5,11 @@ GenAI client span under it, and the fake upstream received the attempt's `tracep
 from __future__ import annotations
 
 import http.server
+import json
 import threading
 import time
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from tests.e2e.conftest import UPSTREAM_KEY, ManifoldProcess
+from tests.e2e.test_frontend import ENV as HANDLER_ENV
 from tests.e2e.test_observability import MESSAGES, access_line, deployment
 from tests.fakes.openai_upstream import FakeUpstream
 
@@ -64,6 +67,35 @@ class OtlpReceiver:
 
     def close(self) -> None:
         self.server.shutdown()
+
+
+class GrpcOtlpReceiver(OtlpReceiver):
+    """An OTLP/gRPC collector (opentelemetry-proto's TraceService on grpcio) that keeps every span it is sent."""
+
+    def __init__(self) -> None:
+        import grpc
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+        self.spans = []
+        self.paths = []
+        receiver = self
+
+        class Service(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request: ExportTraceServiceRequest, context: Any) -> Any:
+                receiver.paths.append("grpc:Export")
+                for resource_spans in request.resource_spans:
+                    for scope_spans in resource_spans.scope_spans:
+                        receiver.spans.extend(scope_spans.spans)
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        self.grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), self.grpc_server)
+        port = self.grpc_server.add_insecure_port("127.0.0.1:0")
+        self.grpc_server.start()
+        self.url = f"http://127.0.0.1:{port}"
+
+    def close(self) -> None:
+        self.grpc_server.stop(grace=None)
 
 
 def attributes(span: Span) -> dict[str, Any]:
@@ -157,14 +189,41 @@ def test_a_retry_is_a_second_client_span(traced: ManifoldProcess, receiver: Otlp
 
 
 def test_a_stream_span_ends_with_the_stream(traced: ManifoldProcess, receiver: OtlpReceiver) -> None:
+    """The streamed answer's content is captured too (put back together from its chunks), the secrets that it
+    and the prompt carry redacted."""
     trace_id = "6bf92f3577b34da6a3ce929d0e0e4738"
-    body = {"model": "tr-echo", "messages": MESSAGES, "stream": True, "stream_options": {"include_usage": True}}
+    messages = [{"role": "user", "content": f"one {UPSTREAM_KEY} three"}]
+    body = {"model": "tr-echo", "messages": messages, "stream": True, "stream_options": {"include_usage": True}}
     with httpx.stream("POST", traced.url + "/v1/chat/completions", json=body, headers=traceparent(trace_id)) as r:
         assert r.status_code == 200
         r.read()
     spans = receiver.wait_for(trace_id, 2)
     client = next(s for s in spans if s.kind == Span.SPAN_KIND_CLIENT)
-    assert attributes(client)["gen_ai.usage.output_tokens"] == 4
+    attrs = attributes(client)
+    assert attrs["gen_ai.usage.output_tokens"] == 4
+    assert UPSTREAM_KEY not in attrs["gen_ai.input.messages"] and "[REDACTED]" in attrs["gen_ai.input.messages"]
+    output = json.loads(attrs["gen_ai.output.messages"])
+    assert output == [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "echo: one [REDACTED] three"},
+            "finish_reason": "stop",
+        }
+    ]
+    assert UPSTREAM_KEY not in attrs["gen_ai.output.messages"]
+
+
+def test_a_non_streamed_answer_is_captured(traced: ManifoldProcess, receiver: OtlpReceiver) -> None:
+    trace_id = "7bf92f3577b34da6a3ce929d0e0e4739"
+    resp = httpx.post(
+        traced.url + "/v1/chat/completions",
+        json={"model": "tr-echo", "messages": MESSAGES},
+        headers=traceparent(trace_id),
+    )
+    assert resp.status_code == 200
+    client = next(s for s in receiver.wait_for(trace_id, 2) if s.kind == Span.SPAN_KIND_CLIENT)
+    output = json.loads(attributes(client)["gen_ai.output.messages"])
+    assert output[0]["message"]["content"] == "echo: one two three" and output[0]["finish_reason"] == "stop"
 
 
 def test_without_traceparent_a_new_trace(traced: ManifoldProcess, receiver: OtlpReceiver) -> None:
@@ -189,3 +248,57 @@ def test_tracing_off_sends_no_traceparent(fake: FakeUpstream, tmp_path: Path) ->
         assert "traceparent" not in sent.headers
     finally:
         proc.stop()
+
+
+def test_serve_handler_is_traced(receiver: OtlpReceiver, tmp_path: Path) -> None:
+    """`manifold serve --handler`: the same server span, and a client span for the call of the handler."""
+    env = {**HANDLER_ENV, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "50"}
+    proc = ManifoldProcess(
+        {"server": {"log_format": "json"}}, tmp_path, env=env, extra_args=("--handler", "examples.echo_handler:answer")
+    )
+    try:
+        trace_id = "8bf92f3577b34da6a3ce929d0e0e4740"
+        body = {"model": "echo-1", "messages": MESSAGES, "stream": True}
+        with httpx.stream("POST", proc.url + "/v1/chat/completions", json=body, headers=traceparent(trace_id)) as r:
+            assert r.status_code == 200
+            r.read()
+            request_id = r.headers["x-request-id"]
+        spans = receiver.wait_for(trace_id, 2)
+        server = next(s for s in spans if s.kind == Span.SPAN_KIND_SERVER)
+        client = next(s for s in spans if s.kind == Span.SPAN_KIND_CLIENT)
+        assert server.parent_span_id.hex() == CLIENT_SPAN and server.name == "POST /v1/chat/completions"
+        assert client.parent_span_id == server.span_id and client.name == "chat echo-1"
+        assert attributes(client)["gen_ai.provider.name"] == "python"
+        assert "gen_ai.output.messages" not in attributes(client)  # content capture is off
+        assert access_line(proc, request_id)["trace_id"] == trace_id
+    finally:
+        proc.stop()
+
+
+def test_otlp_over_grpc(fake: FakeUpstream, tmp_path: Path) -> None:
+    """`OTEL_EXPORTER_OTLP_PROTOCOL=grpc`: the same spans, with their parent links, reach a gRPC collector."""
+    receiver = GrpcOtlpReceiver()
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_BSP_SCHEDULE_DELAY": "50",
+    }
+    proc = ManifoldProcess({"model_list": [deployment(fake, "tr-grpc", "echo@grpc")]}, tmp_path, env=env)
+    try:
+        trace_id = "9bf92f3577b34da6a3ce929d0e0e4741"
+        body = {"model": "tr-grpc", "messages": MESSAGES}
+        resp = httpx.post(proc.url + "/v1/chat/completions", json=body, headers=traceparent(trace_id))
+        assert resp.status_code == 200
+        spans = receiver.wait_for(trace_id, 2)
+        assert receiver.paths[0] == "grpc:Export"
+        server = next(s for s in spans if s.kind == Span.SPAN_KIND_SERVER)
+        client = next(s for s in spans if s.kind == Span.SPAN_KIND_CLIENT)
+        assert server.parent_span_id.hex() == CLIENT_SPAN and server.name == "POST /v1/chat/completions"
+        assert client.parent_span_id == server.span_id and client.name == "chat tr-grpc"
+        assert attributes(client)["manifold.deployment"] == "tr-grpc#0"
+        sent = next(r for r in reversed(fake.requests) if r.behavior == "echo@grpc")
+        assert sent.headers["traceparent"] == f"00-{trace_id}-{client.span_id.hex()}-01"
+    finally:
+        proc.stop()
+        receiver.close()

@@ -43,6 +43,9 @@ Behaviors (``stream: true`` in the body gives SSE ``text/event-stream`` frames
     Like echo, but every stream chunk repeats ``role: "assistant"`` and carries a non-null
     ``usage`` (running totals) and ``system_fingerprint: null``.  Non-stream:
     ``system_fingerprint: null`` and ``usage.prompt_tokens_details: null``.
+``details:C,R``
+    Like echo, with ``usage.prompt_tokens_details.cached_tokens`` C and
+    ``usage.completion_tokens_details.reasoning_tokens`` R (default 2,3).
 ``tools``
     A function call for the first of the request's ``tools`` (``fake_tool`` if none): id
     ``call_fake_1``, arguments ``{"city": "Paris"}``, ``content: null``, ``finish_reason``
@@ -388,7 +391,9 @@ def _path_behavior(raw_path: str) -> str:
 # --- behaviors ---------------------------------------------------------------------------------
 
 
-def _completion(ex: _Exchange, content: str, *, sloppy: bool = False) -> dict[str, Any]:
+def _completion(
+    ex: _Exchange, content: str, *, sloppy: bool = False, usage_extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     choices = [
         {
             "index": i,
@@ -398,7 +403,7 @@ def _completion(ex: _Exchange, content: str, *, sloppy: bool = False) -> dict[st
         }
         for i in range(ex.n)
     ]
-    extra: dict[str, Any] = {"prompt_tokens_details": None} if sloppy else {}
+    extra: dict[str, Any] = {"prompt_tokens_details": None} if sloppy else dict(usage_extra or {})
     out: dict[str, Any] = {
         "id": ex.id,
         "object": "chat.completion",
@@ -420,11 +425,12 @@ async def _answer_text(
     first_delay: float = 0.0,
     chunk_delay: float = 0.0,
     force_json: bool = False,
+    usage_extra: dict[str, Any] | None = None,
 ) -> web.StreamResponse:
     if not ex.wants_stream or force_json:
         if chunk_delay > 0:
             await asyncio.sleep(chunk_delay)
-        return web.json_response(_completion(ex, content, sloppy=sloppy))
+        return web.json_response(_completion(ex, content, sloppy=sloppy, usage_extra=usage_extra))
 
     await ex.open_sse()
     if first_delay > 0:
@@ -448,7 +454,7 @@ async def _answer_text(
             await ex.send(frame({"content": piece}, index=index), chunk_delay)
         await ex.send(frame({}, "stop", index=index), chunk_delay)
     if ex.include_usage:
-        await ex.send(frame(None) | {"usage": _usage(prompt, completion)}, chunk_delay)
+        await ex.send(frame(None) | {"usage": _usage(prompt, completion, **(usage_extra or {}))}, chunk_delay)
     return await ex.done()
 
 
@@ -584,6 +590,13 @@ async def _run_behavior(ex: _Exchange, flaky_seen: int = 0) -> web.StreamRespons
         return await _answer_text(ex, echo)
     if name == "sloppy":
         return await _answer_text(ex, echo, sloppy=True)
+    if name == "details":  # echo, with cached input and reasoning tokens in `usage` (details:CACHED,REASONING)
+        cached, _, reasoning = (arg or "2,3").partition(",")
+        details = {
+            "prompt_tokens_details": {"cached_tokens": int(cached)},
+            "completion_tokens_details": {"reasoning_tokens": int(reasoning)},
+        }
+        return await _answer_text(ex, echo, usage_extra=details)
     if name == "big":
         return await _answer_text(ex, BIG_CONTENT)
     if name == "length":

@@ -16,11 +16,12 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from manifold.observability import redaction
+from manifold.observability import metrics, redaction
 from manifold.observability.logging import ACCESS_LOGGER, AccessLog, JsonFormatter, TextFormatter, _AccessRecord
 from manifold.observability.metrics import render
 from manifold.observability.record import RequestRecord
 from manifold.observability.redaction import REDACTED, Redactor
+from manifold.observability.tracing import StreamCapture
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -221,3 +222,100 @@ async def test_stream_outcomes(how: str) -> None:
     expected = "client_left" if how == "closed_unread" else how
     assert stream_outcome(model, expected) == 1
     assert sum(stream_outcome(model, o) for o in ("completed", "upstream_cut", "client_left")) == 1
+
+
+# -- the access-control metrics (fed by access control: count_refusal, add_spend) -----------------------------
+
+
+def scraped(name: str, **labels: str) -> float:
+    text = render("", flush=True)[0].decode()
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def test_refusals_by_limit_and_scope() -> None:
+    before = scraped("manifold_rate_limit_refusals_total", limit="rpm", scope="key")
+    other = scraped("manifold_rate_limit_refusals_total", limit="other", scope="team")
+    metrics.count_refusal("rpm", "key")
+    metrics.count_refusal("rpm", "key")
+    metrics.count_refusal("tpm", "key_model")
+    metrics.count_refusal("a client's string", "team")  # not a known limit: bounded as `other`
+    assert scraped("manifold_rate_limit_refusals_total", limit="rpm", scope="key") == before + 2
+    assert scraped("manifold_rate_limit_refusals_total", limit="tpm", scope="key_model") >= 1
+    assert scraped("manifold_rate_limit_refusals_total", limit="other", scope="team") == other + 1
+    limits = {
+        s.labels["limit"]
+        for family in text_string_to_metric_families(render("")[0].decode())
+        for s in family.samples
+        if s.name == "manifold_rate_limit_refusals_total"
+    }
+    assert limits <= {*metrics.LIMITS, metrics.OTHER}
+
+
+def test_spend_in_dollars_by_alias_team_and_model() -> None:
+    access = metrics.AccessMetrics()
+    access.add_spend("ci-bot", "platform", "gpt-x", 1_500_000)
+    access.add_spend("ci-bot", "platform", "gpt-x", 250_000)
+    access.add_spend(None, None, None, 1_000_000)  # no alias, no team, no model group
+    access.add_spend("ci-bot", "platform", "gpt-x", 0)  # nothing spent: nothing counted
+    assert scraped("manifold_spend_usd_total", key_alias="ci-bot", team="platform", model="gpt-x") == 1.75
+    assert scraped("manifold_spend_usd_total", key_alias="", team="", model="unknown") >= 1.0
+
+
+def test_spend_aliases_are_capped() -> None:
+    access = metrics.AccessMetrics(max_aliases=2)
+    for alias in ("cap-a", "cap-b", "cap-c", "cap-d"):
+        access.add_spend(alias, "cap-team", "cap-model", 1_000_000)
+    assert scraped("manifold_spend_usd_total", key_alias="cap-a", model="cap-model") == 1.0
+    assert scraped("manifold_spend_usd_total", key_alias="cap-b", model="cap-model") == 1.0
+    assert scraped("manifold_spend_usd_total", key_alias="cap-c", model="cap-model") == 0.0
+    assert scraped("manifold_spend_usd_total", key_alias="other", team="cap-team", model="cap-model") == 2.0
+
+
+def test_stream_capture_puts_the_choices_back_together() -> None:
+    """What a streamed answer's client span gets as `gen_ai.output.messages` (tracing.capture_content)."""
+    capture = StreamCapture()
+    chunks: list[Any] = [
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+        {"choices": [{"index": 0, "delta": {"content": "Hel"}}, {"index": 1, "text": "leg"}]},
+        {"choices": [{"index": 0, "delta": {"content": "lo"}}, {"index": 1, "text": "acy", "finish_reason": "length"}]},
+        {
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {
+                        "tool_calls": [
+                            {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": ""}}
+                        ]
+                    },
+                }
+            ]
+        },
+        {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": '{"a":'}}]}}]},
+        {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}}]},
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+        {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2}},
+        "not a chunk",
+    ]
+    for chunk in chunks:
+        capture.add(chunk)
+    assert capture.result() == {
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": "Hello",
+                    "tool_calls": [
+                        {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}
+                    ],
+                },
+                "finish_reason": "tool_calls",
+            },
+            {"index": 1, "text": "legacy", "finish_reason": "length"},
+        ]
+    }

@@ -12,6 +12,7 @@ import pytest
 
 import manifold
 from manifold.api.operations import (
+    ADMIN_OPERATIONS,
     ALL_OPERATIONS,
     API_OPERATIONS,
     GROUPS,
@@ -55,7 +56,7 @@ def test_a_missing_or_extra_handler_is_an_error() -> None:
 def test_the_gateway_mounts_the_table_under_each_prefix() -> None:
     app = build(server={"prefixes": ["/v1", "/openai/v1"]}, metrics={"enabled": False})
     expected = {(op.method, p + op.path) for p in ("/v1", "/openai/v1") for op in API_OPERATIONS}
-    expected |= {(op.method, op.path) for op in ROOT_OPERATIONS + KSERVE_OPERATIONS}
+    expected |= {(op.method, op.path) for op in ROOT_OPERATIONS + KSERVE_OPERATIONS + ADMIN_OPERATIONS}
     assert mounted(app) == expected
     by_key = {(r.method, r.path): r for r in app.routes}
     for op in API_OPERATIONS:

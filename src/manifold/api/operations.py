@@ -2,8 +2,9 @@
 function serving each), the handler frontend builds its routes from them, and docs/routes.md lists them
 (scripts/gen-route-docs).
 
-`API_OPERATIONS` are mounted under each prefix (`server.prefixes`, the frontend's `prefix`); `ROOT_OPERATIONS`
-and `KSERVE_OPERATIONS` (per-model URLs, `server.kserve_urls`) outside them.
+`API_OPERATIONS` are mounted under each prefix (`server.prefixes`, the frontend's `prefix`); `ROOT_OPERATIONS`,
+`KSERVE_OPERATIONS` (per-model URLs, `server.kserve_urls`) and `ADMIN_OPERATIONS` (keys, teams and usage, the
+gateway only; docs/access.md) outside them.
 
 A handler object "implements" an API operation by having a method of that name (`create_chat_completion`,
 `retrieve_chat_completion`, …; the names follow the official Python SDK's `client.chat.completions.retrieve`).
@@ -25,6 +26,7 @@ IMAGES = "images"
 MODELS = "models"
 HEALTH = "health"
 KSERVE_URLS = "kserve_urls"
+ADMIN = "admin"
 
 
 class Operation(NamedTuple):
@@ -301,7 +303,23 @@ KSERVE_OPERATIONS: tuple[Operation, ...] = (
     Operation("kserve_create_image", KSERVE_URLS, "POST", _V2 + "/infer/images/generations", cancellable=True),
     Operation("kserve_stream_image", KSERVE_URLS, "POST", _V2 + "/infer_stream/images/generations", cancellable=True),
 )
-ALL_OPERATIONS: tuple[Operation, ...] = API_OPERATIONS + ROOT_OPERATIONS + KSERVE_OPERATIONS
+# The admin API for keys and teams (docs/access.md): the master key or an admin key only.
+ADMIN_OPERATIONS: tuple[Operation, ...] = (
+    Operation("create_key", ADMIN, "POST", "/admin/keys", has_body=True),
+    Operation("list_keys", ADMIN, "GET", "/admin/keys"),
+    Operation("retrieve_key", ADMIN, "GET", "/admin/keys/{key_id}"),
+    Operation("update_key", ADMIN, "POST", "/admin/keys/{key_id}", has_body=True),
+    Operation("delete_key", ADMIN, "DELETE", "/admin/keys/{key_id}"),
+    Operation("rotate_key", ADMIN, "POST", "/admin/keys/{key_id}/rotate", has_body=True),
+    Operation("create_team", ADMIN, "POST", "/admin/teams", has_body=True),
+    Operation("list_teams", ADMIN, "GET", "/admin/teams"),
+    Operation("retrieve_team", ADMIN, "GET", "/admin/teams/{team_id}"),
+    Operation("update_team", ADMIN, "POST", "/admin/teams/{team_id}", has_body=True),
+    Operation("delete_team", ADMIN, "DELETE", "/admin/teams/{team_id}"),
+    Operation("admin_openapi", ADMIN, "GET", "/admin/openapi.json"),
+    Operation("usage", ADMIN, "GET", "/admin/usage"),
+)
+ALL_OPERATIONS: tuple[Operation, ...] = API_OPERATIONS + ROOT_OPERATIONS + KSERVE_OPERATIONS + ADMIN_OPERATIONS
 
 BY_NAME: dict[str, Operation] = {op.name: op for op in API_OPERATIONS}
 # The endpoint groups under the prefixes, in the table's order.

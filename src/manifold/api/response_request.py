@@ -85,6 +85,32 @@ class FunctionTool(Struct, tag_field="type", tag="function", kw_only=True):
     description: str | None = None
 
 
+class McpToolFilter(Struct, kw_only=True, forbid_unknown_fields=True):
+    tool_names: list[str] | None = None
+    read_only: bool | None = None
+
+
+class McpApprovalFilter(Struct, kw_only=True, forbid_unknown_fields=True):
+    always: McpToolFilter | None = None
+    never: McpToolFilter | None = None
+
+
+class McpTool(Struct, tag_field="type", tag="mcp", kw_only=True):
+    """`MCPTool`: a Model Context Protocol server whose tools the engine runs for the model (docs/mcp.md)."""
+
+    server_label: NonEmptyStr
+    server_url: str | None = None
+    connector_id: str | None = None
+    tunnel_id: str | None = None
+    authorization: str | None = None
+    server_description: str | None = None
+    headers: dict[str, str] | None = None
+    allowed_tools: list[str] | McpToolFilter | None = None
+    allowed_callers: list[Any] | None = None
+    require_approval: Literal["always", "never"] | McpApprovalFilter | None = None
+    defer_loading: bool | None = None
+
+
 class ToolChoiceFunction(Struct, tag_field="type", tag="function"):
     name: str
 
@@ -211,12 +237,23 @@ def function_tools(tools: list[dict[str, Any]] | None, where: str = "tools") -> 
                 f"Invalid type for '{where}[{i}]': expected an object.", param=f"{where}[{i}]", code="invalid_type"
             )
         kind = tool.get("type")
+        if kind == "mcp":
+            continue  # `mcp_tools`
         if kind != "function":
             raise UnsupportedError(
-                f"Tool type '{kind}' is not supported by this server; only 'function' tools are.",
+                f"Tool type '{kind}' is not supported by this server; only 'function' and 'mcp' tools are.",
                 param=f"{where}[{i}].type",
             )
         out.append(_convert(tool, FunctionTool, f"{where}[{i}]"))
+    return out
+
+
+def mcp_tools(tools: list[dict[str, Any]] | None, where: str = "tools") -> list[tuple[int, McpTool]]:
+    """The request's `mcp` tools, each with its index in `tools` (for errors naming it)."""
+    out: list[tuple[int, McpTool]] = []
+    for i, tool in enumerate(tools or ()):
+        if isinstance(tool, dict) and tool.get("type") == "mcp":
+            out.append((i, _convert(tool, McpTool, f"{where}[{i}]")))
     return out
 
 
@@ -294,6 +331,15 @@ class ReasoningItem(Struct, kw_only=True):
     status: Literal["in_progress", "completed", "incomplete"] | None = None
 
 
+class McpApprovalResponseItem(Struct, kw_only=True):
+    type: Literal["mcp_approval_response"]
+    approval_request_id: NonEmptyStr
+    approve: bool
+    id: str | None = None
+    reason: str | None = None
+    request_id: str | None = None
+
+
 class CompactionItem(Struct, kw_only=True):
     type: Literal["compaction"]
     encrypted_content: Annotated[str, Meta(max_length=20_971_520)]
@@ -307,6 +353,7 @@ _ITEM_TYPES: dict[str, type[Struct]] = {
     "function_call_output": FunctionCallOutputItem,
     "reasoning": ReasoningItem,
     "compaction": CompactionItem,
+    "mcp_approval_response": McpApprovalResponseItem,
 }
 _ID_PREFIXES = {
     "message": "msg_",
@@ -314,6 +361,7 @@ _ID_PREFIXES = {
     "function_call_output": "fco_",
     "reasoning": "rs_",
     "compaction": "cmp_",
+    "mcp_approval_response": "mcpa_",
 }
 
 

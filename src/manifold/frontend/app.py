@@ -24,7 +24,16 @@ import msgspec
 from manifold import _json
 from manifold.api.operations import API_OPERATIONS, GROUPS, ROOT_OPERATIONS, Operation
 from manifold.api.validation import BAD_JSON_MESSAGE, decode_json_object, nesting_error
-from manifold.config import Config, PythonDeployment, ResponsesSettings, RouterSettings, ServerSettings, StorageSettings
+from manifold.config import (
+    Config,
+    MetricsSettings,
+    PythonDeployment,
+    ResponsesSettings,
+    RouterSettings,
+    ServerSettings,
+    StorageSettings,
+    TracingSettings,
+)
 from manifold.errors import InvalidRequestError, NotFoundError
 from manifold.providers.python_handler import contracts
 from manifold.providers.python_handler.calling import describe, invoke, is_stream
@@ -36,6 +45,7 @@ from manifold.providers.python_handler.provider import PythonHandlerProvider
 from manifold.routing.router import Router
 from manifold.server.app import Layer, ManifoldApp
 from manifold.server.asgi import Message, Receive, Request, Scope, Send
+from manifold.server.endpoints import metrics as metrics_endpoint
 from manifold.server.handlers import HANDLERS, route
 from manifold.server.routes import Handler, Route
 from manifold.server.services import Services
@@ -139,6 +149,8 @@ class OpenAIFrontend:
     SQLite in ./data). `settings`: body limit, keep-alive interval (its `prefixes` are not used).
     `responses`: the Responses engine's settings (compaction key, background leases; docs/responses.md).
     `layers`: your own request layers, as `ManifoldApp` takes them (docs/library.md).
+    `metrics`, `tracing`: Prometheus metrics (`/metrics`, on by default) and OpenTelemetry traces, as the
+    gateway's (docs/observability.md).
     """
 
     def __init__(
@@ -154,6 +166,8 @@ class OpenAIFrontend:
         settings: ServerSettings | None = None,
         responses: ResponsesSettings | None = None,
         layers: Sequence[Layer] = (),
+        metrics: MetricsSettings | None = None,
+        tracing: TracingSettings | None = None,
     ) -> None:
         first_prefix = check_prefix(prefix)
         if mandatory_status not in (400, 422):
@@ -171,9 +185,14 @@ class OpenAIFrontend:
             server=settings or ServerSettings(),
             storage=storage or StorageSettings(),
             responses=responses or ResponsesSettings(),
+            metrics=metrics or MetricsSettings(),
+            tracing=tracing or TracingSettings(),
         )
         self.router = _HandlerRouter(self.provider, names, accept_any=models is None)
-        self.app = ManifoldApp(config, self.router, layers, routes=[route(op) for op in ROOT_OPERATIONS])
+        routes = [route(op) for op in ROOT_OPERATIONS]
+        if config.metrics.enabled and config.metrics.port is None:
+            routes.append(Route("GET", config.metrics.path, metrics_endpoint.scrape))
+        self.app = ManifoldApp(config, self.router, layers, routes=routes)
         self.settings = self.app.settings
         self._operations: dict[tuple[str, str], str] = {}
         self.prefix = first_prefix

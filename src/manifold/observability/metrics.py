@@ -12,7 +12,7 @@ that mounts Manifold shows them on its own `/metrics`). With `workers > 1`, `man
 Hot-path rules: a request never calls `.labels()` (a lock, a tuple, a dict lookup under the lock): the children
 a request touches are looked up once per deployment or per label tuple and cached (`DeploymentMetrics`,
 `RequestMetrics`). And a request does not take a lock per figure: counters and histograms are counted in plain
-attributes on the event loop (`Buffered`, `BufferedHistogram`: an add, a `bisect`) and moved into
+attributes on the event loop (`Buffered`: an add; `BufferedHistogram`: a `list.append`) and moved into
 prometheus-client's children by `flush_all`, before every scrape on the main port and once a second (so that
 the other workers' files and the `metrics.port` thread see them).
 """
@@ -23,12 +23,21 @@ import asyncio
 import os
 import threading
 from bisect import bisect_left
+from collections.abc import Callable
 from typing import Any, Final
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import exposition as _exposition
 
-__all__ = ["UNKNOWN", "DeploymentMetrics", "OperationMetrics", "RequestMetrics", "render"]
+__all__ = [
+    "UNKNOWN",
+    "DeploymentMetrics",
+    "OperationMetrics",
+    "RequestMetrics",
+    "add_spend",
+    "count_refusal",
+    "render",
+]
 
 UNKNOWN: Final = "unknown"
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
@@ -141,15 +150,21 @@ LEDGER_BACKLOG = Gauge(
     "Spend-ledger entries waiting to be written.",
     multiprocess_mode="livesum",
 )
-# Access control (issue 12) feeds these two; they are declared here so that every name lives in this file.
+LEDGER_DROPPED = Counter(
+    "manifold_ledger_dropped_rows",
+    "Usage-ledger rows dropped: the buffer was full while the database was unreachable, or left at shutdown.",
+)
+# Access control (issue 12) feeds these two through `count_refusal` and `add_spend` (below); they are declared
+# here so that every name lives in this file.
 RATE_LIMIT_REFUSALS = Counter(
     "manifold_rate_limit_refusals",
-    "Requests refused by a rate limit, by key alias, team, model and limit.",
-    ("key_alias", "team", "model", "limit"),
+    "Requests refused by access control, by the limit (rpm, tpm, max_parallel_requests, budget) and the scope "
+    "whose limit it was (key, team, key_model: a key's limit for one model).",
+    ("limit", "scope"),
 )
 SPEND = Counter(
     "manifold_spend_usd",
-    "Spend in US dollars by key alias, team and model.",
+    "Spend in US dollars by key alias, team alias and model group (past the first 1000 aliases: `other`).",
     ("key_alias", "team", "model"),
 )
 
@@ -184,36 +199,34 @@ class Buffered:
 
 
 class BufferedHistogram:
-    """A histogram child: observations are bucketed here (`bisect` over the same bounds) and added to the
-    child's buckets and sum by `flush`."""
+    """A histogram child: `observe` is the C method `list.append` of a list of raw values (no Python frame on
+    the request path); `flush` buckets them (`bisect` over the child's bounds) and adds them to the child's
+    buckets and sum. Between two flushes (a second apart) the list holds what the process observed meanwhile."""
 
-    __slots__ = ("bounds", "child", "counts", "dirty", "total")
+    __slots__ = ("bounds", "child", "observe", "values")
 
     def __init__(self, child: Any) -> None:
         self.child = child
         self.bounds: list[float] = list(child._upper_bounds)  # ends with +Inf
-        self.counts = [0] * len(self.bounds)
-        self.total = 0.0
-        self.dirty = False
+        self.values: list[float] = []
+        self.observe: Callable[[float], None] = self.values.append
         _BUFFERED.append(self)
 
-    def observe(self, amount: float) -> None:
-        self.counts[bisect_left(self.bounds, amount)] += 1
-        self.total += amount
-        self.dirty = True
-
     def flush(self) -> None:
-        if not self.dirty:
+        values = self.values
+        if not values:
             return
-        self.dirty = False
-        counts = self.counts
+        taken = values.copy()
+        values.clear()  # the same list: `observe` is its bound `append`
+        bounds = self.bounds
+        counts = [0] * len(bounds)
+        for value in taken:
+            counts[bisect_left(bounds, value)] += 1
         buckets = self.child._buckets
         for i, n in enumerate(counts):
             if n:
-                counts[i] = 0
                 buckets[i].inc(n)
-        total, self.total = self.total, 0.0
-        self.child._sum.inc(total)
+        self.child._sum.inc(sum(taken))
 
 
 def flush_all() -> None:
@@ -377,6 +390,78 @@ class RequestMetrics:
         if child is None:
             child = self._server[key] = BufferedHistogram(SERVER_REQUEST_DURATION.labels(operation, model, error_type))
         return child
+
+
+# -- access control (issue 12 feeds these) ------------------------------------------------------------------
+
+LIMITS: Final = ("rpm", "tpm", "max_parallel_requests", "budget", "quota")
+SCOPES: Final = ("key", "team", "key_model", "deployment")
+OTHER: Final = "other"
+# Key and team aliases are set by an admin, not sent by clients, but a deployment may have many keys: past this
+# many distinct aliases of each kind a process shows the rest as `other` (so one process exports at most
+# (MAX_ALIASES + 1)^2 * models spend series; in practice: keys * their team * the models they use).
+MAX_ALIASES: Final = 1000
+
+
+class AccessMetrics:
+    """The children access control touches, cached by label tuple. `count_refusal` and `add_spend` call the
+    process's one instance (on the event loop's thread)."""
+
+    __slots__ = ("_keys", "_refusals", "_spend", "_teams", "max_aliases")
+
+    def __init__(self, max_aliases: int = MAX_ALIASES) -> None:
+        self.max_aliases = max_aliases
+        self._refusals: dict[tuple[str, str], Buffered] = {}
+        self._spend: dict[tuple[str, str, str], Buffered] = {}
+        self._keys: set[str] = set()
+        self._teams: set[str] = set()
+
+    def count_refusal(self, limit: str, scope: str) -> None:
+        key = (limit, scope)
+        child = self._refusals.get(key)
+        if child is None:
+            labels = (limit if limit in LIMITS else OTHER, scope if scope in SCOPES else OTHER)
+            child = self._refusals.get(labels)
+            if child is None:
+                child = self._refusals[labels] = Buffered(RATE_LIMIT_REFUSALS.labels(*labels))
+        child.inc()
+
+    def add_spend(self, key_alias: str | None, team: str | None, model: str | None, micros: int) -> None:
+        if micros <= 0:
+            return
+        key = (key_alias or "", team or "", model or "")
+        child = self._spend.get(key)
+        if child is None:
+            labels = (self._bounded(key[0], self._keys), self._bounded(key[1], self._teams), key[2] or UNKNOWN)
+            # Only label tuples are cached (an alias past the cap is looked up again, as `other`, each time).
+            child = self._spend.get(labels)
+            if child is None:
+                child = self._spend[labels] = Buffered(SPEND.labels(*labels))
+        child.inc(micros / 1_000_000)
+
+    def _bounded(self, alias: str, seen: set[str]) -> str:
+        if not alias or alias in seen:
+            return alias
+        if len(seen) >= self.max_aliases:
+            return OTHER
+        seen.add(alias)
+        return alias
+
+
+ACCESS: Final = AccessMetrics()
+
+
+def count_refusal(limit: str, scope: str) -> None:
+    """One request refused by access control: `limit` one of `LIMITS` (rpm, tpm, max_parallel_requests,
+    budget), `scope` one of `SCOPES` (key, team, key_model); anything else is counted as `other`."""
+    ACCESS.count_refusal(limit, scope)
+
+
+def add_spend(key_alias: str | None, team: str | None, model: str | None, micros: int) -> None:
+    """Spend of one request, in integer micro-dollars (the ledger's unit), shown in US dollars. `key_alias` and
+    `team` (alias) as the admin set them ("" when unset; past the first `MAX_ALIASES` distinct ones, `other`);
+    `model` the group name the router resolved (None: `unknown`), never the client's raw model string."""
+    ACCESS.add_spend(key_alias, team, model, micros)
 
 
 def multiprocess_dir() -> str | None:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from manifold.observability.logging import AccessLog
 from manifold.observability.metrics import UNKNOWN, RequestMetrics
 from manifold.observability.record import RequestRecord
@@ -14,12 +16,21 @@ UNMATCHED = "unmatched"  # the route of a path no route matched (404): raw paths
 
 
 class Observer:
-    __slots__ = ("access_log", "metrics", "tracing")
+    """`sinks`: further readers of each finished record (the usage ledger), called last."""
 
-    def __init__(self, metrics: bool, access_log: bool, tracing: Tracing | None) -> None:
+    __slots__ = ("access_log", "metrics", "sinks", "tracing")
+
+    def __init__(
+        self,
+        metrics: bool,
+        access_log: bool,
+        tracing: Tracing | None,
+        sinks: Sequence[Callable[[RequestRecord], None]] = (),
+    ) -> None:
         self.metrics = RequestMetrics() if metrics else None
         self.access_log = AccessLog() if access_log else None
         self.tracing = tracing
+        self.sinks = tuple(sinks)
 
     def finish(self, rec: RequestRecord) -> None:
         metrics = self.metrics
@@ -42,3 +53,5 @@ class Observer:
             self.tracing.end_server_span(rec)
         if self.access_log is not None:
             self.access_log.write(rec)
+        for sink in self.sinks:
+            sink(rec)

@@ -11,24 +11,28 @@ import contextvars
 import time
 from typing import Final
 
-__all__ = ["CURRENT", "RequestRecord"]
+__all__ = ["CURRENT", "RequestRecord", "usage_details"]
 
 
 class RequestRecord:
     __slots__ = (
         "attempts",
+        "cached_tokens",
         "client",
         "cost",
+        "cost_micros",
         "deployment",
         "end",
         "error_type",
         "input_tokens",
         "key_alias",
+        "key_id",
         "method",
         "model",
         "model_label",
         "operation",
         "output_tokens",
+        "reasoning_tokens",
         "request_id",
         "route",
         "span",
@@ -36,13 +40,17 @@ class RequestRecord:
         "start",
         "status",
         "stream",
+        "team_id",
         "trace_id",
         "ttft",
         "upstream_seconds",
+        "user",
+        "wall_start",
     )
 
     def __init__(self, method: str, client: str | None) -> None:
         self.start = time.monotonic()
+        self.wall_start = time.time()  # unix seconds (the usage ledger's time)
         self.end = 0.0
         self.method = method
         self.client = client
@@ -57,11 +65,17 @@ class RequestRecord:
         self.stream = False
         self.input_tokens: int | None = None
         self.output_tokens: int | None = None
+        self.cached_tokens: int | None = None  # of the input: prompt_tokens_details.cached_tokens
+        self.reasoning_tokens: int | None = None  # of the output: completion_tokens_details.reasoning_tokens
         self.ttft: float | None = None  # seconds from `start`
         self.upstream_seconds = 0.0  # time spent waiting on upstream attempts
         self.error_type: str | None = None
         self.cost: float | None = None
+        self.cost_micros: int | None = None  # the same cost in integer micro-dollars (what the ledger stores)
+        self.key_id: str | None = None  # the caller (access.principal), copied in at dispatch
         self.key_alias: str | None = None
+        self.team_id: str | None = None
+        self.user: str | None = None
         self.trace_id: str | None = None
         self.span: object | None = None  # the server span, when tracing
         self.span_token: object | None = None
@@ -70,3 +84,23 @@ class RequestRecord:
 CURRENT: Final[contextvars.ContextVar[RequestRecord | None]] = contextvars.ContextVar(
     "manifold_request_record", default=None
 )
+
+
+def usage_details(usage: object) -> tuple[int | None, int | None]:
+    """(cached input, reasoning output) tokens of an OpenAI `usage` object: `prompt_tokens_details.cached_tokens`
+    and `completion_tokens_details.reasoning_tokens`, or the Responses spelling (`input_tokens_details`,
+    `output_tokens_details`). None where the upstream did not say."""
+    if not isinstance(usage, dict):
+        return None, None
+    given = usage.get("prompt_tokens_details")
+    if given is None:
+        given = usage.get("input_tokens_details")
+    made = usage.get("completion_tokens_details")
+    if made is None:
+        made = usage.get("output_tokens_details")
+    cached = given.get("cached_tokens") if isinstance(given, dict) else None
+    reasoning = made.get("reasoning_tokens") if isinstance(made, dict) else None
+    return (
+        cached if isinstance(cached, int) and not isinstance(cached, bool) else None,
+        reasoning if isinstance(reasoning, int) and not isinstance(reasoning, bool) else None,
+    )

@@ -24,7 +24,7 @@ from manifold import _json
 from manifold.observability.record import RequestRecord
 from manifold.observability.redaction import Redactor, add_secrets
 
-__all__ = ["PROPAGATE", "Tracing", "inject", "requested_by_env", "setup"]
+__all__ = ["PROPAGATE", "StreamCapture", "Tracing", "inject", "requested_by_env", "setup"]
 
 log = logging.getLogger("manifold.tracing")
 
@@ -153,6 +153,10 @@ class Tracing:
             span.set_attribute("error.type", error_type)
         span.end()
 
+    def capture_stream(self, span: Any) -> StreamCapture | None:
+        """A collector of a streamed answer's content for `end_attempt`, when content is captured."""
+        return StreamCapture() if self.capture_content and span is not None else None
+
     def inject(self, headers: Mapping[str, str]) -> Mapping[str, str]:
         carrier = dict(headers)
         self._propagate.inject(carrier)
@@ -160,6 +164,67 @@ class Tracing:
 
     def shutdown(self) -> None:
         self.provider.shutdown()
+
+
+class StreamCapture:
+    """A streamed answer's content, put back together from its chunks (only while content capture is on): the
+    choices as a non-streamed answer has them, so that a streamed attempt's `gen_ai.output.messages` reads as a
+    non-streamed one's. Chat chunks (`delta`: content, refusal, tool calls) and legacy completion chunks (`text`)."""
+
+    __slots__ = ("_choices",)
+
+    def __init__(self) -> None:
+        self._choices: dict[int, dict[str, Any]] = {}
+
+    def add(self, chunk: Any) -> None:
+        choices = chunk.get("choices") if isinstance(chunk, dict) else None
+        if not isinstance(choices, list):
+            return
+        for part in choices:
+            if not isinstance(part, dict):
+                continue
+            index = part.get("index", 0)
+            choice = self._choices.get(index)
+            if choice is None:
+                choice = self._choices[index] = {"index": index}
+            reason = part.get("finish_reason")
+            if reason is not None:
+                choice["finish_reason"] = reason
+            text = part.get("text")
+            if isinstance(text, str):
+                choice["text"] = choice.get("text", "") + text
+            delta = part.get("delta")
+            if isinstance(delta, dict):
+                self._add_delta(choice.setdefault("message", {}), delta)
+
+    @staticmethod
+    def _add_delta(message: dict[str, Any], delta: dict[str, Any]) -> None:
+        for name, value in delta.items():
+            if name == "tool_calls" and isinstance(value, list):
+                calls: list[dict[str, Any]] = message.setdefault("tool_calls", [])
+                for piece in value:
+                    if not isinstance(piece, dict):
+                        continue
+                    at = piece.get("index", len(calls))
+                    while len(calls) <= at:
+                        calls.append({"function": {"name": "", "arguments": ""}})
+                    call = calls[at]
+                    for key in ("id", "type"):
+                        if piece.get(key) is not None:
+                            call[key] = piece[key]
+                    function = piece.get("function")
+                    if isinstance(function, dict):
+                        for key in ("name", "arguments"):
+                            if isinstance(function.get(key), str):
+                                call["function"][key] += function[key]
+            elif isinstance(value, str) and name != "role":
+                message[name] = message.get(name, "") + value
+            elif value is not None:
+                message[name] = value
+
+    def result(self) -> dict[str, Any]:
+        """The answer as `end_attempt` reads it: `{"choices": [...]}`."""
+        return {"choices": [self._choices[i] for i in sorted(self._choices)]}
 
 
 def _sdk_provider() -> Any:

@@ -28,20 +28,26 @@ from manifold.api.response_request import (
     check_translatable,
     function_tools,
     input_items,
+    mcp_tools,
     new_id,
 )
 from manifold.config import ResponsesSettings
 from manifold.errors import InvalidRequestError, ManifoldError, NotFoundError, RateLimitError, UnsupportedError
+from manifold.mcp.chat import add_usage
 from manifold.providers.base import Call, Provider
 from manifold.providers.token_estimate import estimate_chat_tokens
 from manifold.responses import translate
 from manifold.responses.events import TERMINAL_EVENTS, ResponseBuilder, completion_chunks, replay
 from manifold.responses.jobs import Job, Jobs
+from manifold.responses.mcp_run import McpRun, McpSplit, resolve
 from manifold.responses.objects import now, skeleton
 from manifold.routing.router import Report, Router
 from manifold.storage import Store
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from manifold.mcp.manager import McpManager
     from manifold.responses.compaction import CompactionSeal
     from manifold.storage.stored_responses import ResponseStore
 
@@ -63,6 +69,7 @@ class Prepared(NamedTuple):
     request_id: str
     report: Report | None = None  # gets the headers naming the deployment that answered (not for background)
     route: str = "POST /responses"  # the client's, for errors from a backend that answers it through chat
+    mcp: McpRun | None = None  # the request's `mcp` tools (or approvals), run by the engine's tool loop
 
 
 def _error_code(exc: ManifoldError) -> str:
@@ -70,8 +77,11 @@ def _error_code(exc: ManifoldError) -> str:
 
 
 class ResponsesEngine:
-    def __init__(self, router: Router, store: Store, settings: ResponsesSettings) -> None:
+    def __init__(
+        self, router: Router, store: Store, settings: ResponsesSettings, mcp: McpManager | None = None
+    ) -> None:
         self.router = router
+        self.mcp = mcp
         self.store = store
         self.settings = settings
         self._seal: CompactionSeal | None = None
@@ -162,7 +172,14 @@ class ResponsesEngine:
         own = input_items(req.input)
         history = await self.chain(req.previous_response_id)
         context = translate.context_after_compaction([*history, *own])
-        return Prepared(req, provider, own, context, tools, request_id, report, route)
+        run = await resolve(self.mcp, mcp_tools(req.tools), history, own, {t.name for t in tools})
+        return Prepared(req, provider, own, context, tools, request_id, report, route, run)
+
+    def _skeleton(self, p: Prepared, status: str) -> dict[str, Any]:
+        response = skeleton(p.req, p.tools, status)
+        if p.mcp is not None:
+            response["tools"].extend(p.mcp.echo)
+        return response
 
     async def chain(self, previous_response_id: str | None) -> list[dict[str, Any]]:
         """The items of a chain of stored responses, oldest first: each response's input items, then its output."""
@@ -206,7 +223,13 @@ class ResponsesEngine:
 
     async def respond(self, p: Prepared) -> dict[str, Any]:
         """A non-streamed, non-background response."""
-        builder = ResponseBuilder(skeleton(p.req, p.tools, "in_progress"))
+        builder = ResponseBuilder(self._skeleton(p, "in_progress"))
+        if p.mcp is not None:
+            async for event in self._mcp_events(p, builder, stream=False):
+                if event["type"] in TERMINAL_EVENTS and p.req.store is not False:
+                    store = await self.store.responses()
+                    await store.save(builder.response, p.items, p.request_id)
+            return builder.response
         compaction, messages = await self._compact_if_needed(p)
         chunks = await self._open(p, messages, stream=False)
         async for _ in self._run(p, builder, compaction, chunks):
@@ -216,15 +239,128 @@ class ResponsesEngine:
     async def open_stream(self, p: Prepared) -> AsyncIterator[dict[str, Any]]:
         """A streamed, non-background response: the upstream is opened before this returns (its errors become
         HTTP errors); the iterator yields the events."""
-        builder = ResponseBuilder(skeleton(p.req, p.tools, "in_progress"))
-        compaction, messages = await self._compact_if_needed(p)
-        chunks = await self._open(p, messages, stream=True)
+        builder = ResponseBuilder(self._skeleton(p, "in_progress"))
 
         async def save() -> None:
             store = await self.store.responses()
             await store.save(builder.response, p.items, p.request_id)
 
+        if p.mcp is not None:
+            return _GeneratedEvents(
+                builder, self._mcp_events(p, builder, stream=True), save if p.req.store is not False else None
+            )
+        compaction, messages = await self._compact_if_needed(p)
+        chunks = await self._open(p, messages, stream=True)
         return _ResponseEvents(builder, compaction, chunks, save if p.req.store is not False else None)
+
+    async def _mcp_events(
+        self, p: Prepared, builder: ResponseBuilder, *, stream: bool
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The events of a response with `mcp` tools (after `response.in_progress`): the tool lists, then turns of
+        the model, each running the MCP calls it made, until it answers (or asks for an approval, or calls a
+        function of the client's). At most `mcp.max_tool_rounds` turns are offered the MCP tools; the one after
+        them is not, so that a model that keeps calling tools still answers."""
+        run = p.mcp
+        assert run is not None
+        max_rounds = self.mcp.settings.max_tool_rounds if self.mcp is not None else 8
+        usage: dict[str, Any] | None = None
+        try:
+            compaction, messages = await self._compact_if_needed(p)
+            if compaction is not None:
+                for event in builder.add_item(compaction):
+                    yield event
+            for item in run.list_items:
+                for event in run.list_events(builder, item):
+                    yield event
+            for request, answer in run.approvals:
+                function = run.functions[translate.mcp_function_name(request["server_label"], request["name"])]
+                call = {"id": request["id"], "type": "function"}
+                call["function"] = {
+                    "name": translate.mcp_function_name(request["server_label"], request["name"]),
+                    "arguments": request["arguments"],
+                }
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+                if answer["approve"]:
+                    item = run.call_item(function, request["arguments"], approval_request_id=request["id"])
+                    for event in run.call_started(builder, item):
+                        yield event
+                    result = await run.run_call(function, item)
+                    for event in run.call_finished(builder, item):
+                        yield event
+                else:
+                    reason = answer.get("reason")
+                    result = "The user did not approve this tool call" + (f": {reason}" if reason else ".")
+                messages.append({"role": "tool", "tool_call_id": request["id"], "content": result})
+            limit = p.req.max_tool_calls  # MCP calls this response may run (None: no limit but the rounds')
+            made = len([a for a in run.approvals if a[1]["approve"]])
+            for round_ in range(max_rounds + 1):
+                room = limit is None or made < limit
+                offered = run.function_tools() if round_ < max_rounds and room else []
+                chunks = await self._open(p, messages, stream=stream, tools=[*p.tools, *offered])
+                split = McpSplit(run.functions, run.labels)
+                try:
+                    async for chunk in chunks:
+                        rest = split.take(chunk)
+                        if rest is not None:
+                            for event in builder.feed(rest):
+                                yield event
+                finally:
+                    await _aclose(chunks)
+                usage = add_usage(usage, split.usage)
+                calls = split.mcp_calls()
+                if not calls:
+                    break
+                for event in builder.settle():
+                    yield event
+                messages.append(split.assistant_message())
+                waiting = split.client_calls()
+                for call in calls:
+                    offered_function = run.functions.get(call["name"])
+                    if offered_function is None:  # a tool of the request's servers that was not offered
+                        refused = run.refused_item(call["name"], call["arguments"])
+                        for event in run.call_started(builder, refused):
+                            yield event
+                        for event in run.call_finished(builder, refused):
+                            yield event
+                        text = "Error: " + refused["error"]["message"]
+                        messages.append({"role": "tool", "tool_call_id": call["id"], "content": text})
+                        continue
+                    function = offered_function
+                    if function.approval:
+                        request = {
+                            "type": "mcp_approval_request",
+                            "id": new_id("mcpr_"),
+                            "server_label": function.server.label,
+                            "name": function.tool.name,
+                            "arguments": call["arguments"],
+                        }
+                        for event in builder.add_item(request):
+                            yield event
+                        waiting = True
+                        continue
+                    if limit is not None and made >= limit:
+                        result = f"Error: not run: this response may make at most {limit} tool calls (max_tool_calls)."
+                        messages.append({"role": "tool", "tool_call_id": call["id"], "content": result})
+                        continue
+                    made += 1
+                    item = run.call_item(function, call["arguments"])
+                    for event in run.call_started(builder, item):
+                        yield event
+                    result = await run.run_call(function, item)
+                    for event in run.call_finished(builder, item):
+                        yield event
+                    messages.append({"role": "tool", "tool_call_id": call["id"], "content": result})
+                if waiting:
+                    break
+            builder.usage = usage
+            final = builder.finish()
+        except ManifoldError as exc:
+            log.warning("response %s failed: %s", builder.response["id"], exc.message)
+            final = builder.fail(_error_code(exc), exc.message)
+        finally:
+            await run.aclose()
+        for event in final:
+            yield event
 
     async def _run(
         self,
@@ -266,9 +402,14 @@ class ResponsesEngine:
             yield event
 
     async def _open(
-        self, p: Prepared, messages: list[dict[str, Any]], *, stream: bool
+        self,
+        p: Prepared,
+        messages: list[dict[str, Any]],
+        *,
+        stream: bool,
+        tools: Sequence[FunctionTool] | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
-        body = translate.to_chat_body(p.req, messages, p.tools, stream=stream)
+        body = translate.to_chat_body(p.req, messages, p.tools if tools is None else tools, stream=stream)
         call = Call(body, p.req.model, p.request_id, stream)
         call.route = p.route
         if not stream:
@@ -278,6 +419,15 @@ class ResponsesEngine:
         return _Shaped(upstream, ChunkShaper(p.req.model, include_usage=True))
 
     # -- native pass-through (deployment `responses: native`) ---------------------------------------------------
+
+    def runs_mcp(self, req: CreateResponseRequest) -> bool:
+        """Whether the engine runs the request's `mcp` tools itself (a configured label, or an approval to
+        answer), even for a model an upstream's own Responses API serves: that upstream cannot reach them."""
+        for tool in req.tools or ():
+            if isinstance(tool, dict) and tool.get("type") == "mcp" and "server_url" not in tool:
+                return True
+        items = req.input if isinstance(req.input, list) else ()
+        return any(isinstance(i, dict) and i.get("type") == "mcp_approval_response" for i in items)
 
     def native_provider(self, model: str) -> Provider | None:
         provider = self.router.pick(model)
@@ -332,7 +482,7 @@ class ResponsesEngine:
 
     async def start_background(self, p: Prepared) -> Job:
         """Store the response as `queued` and run it in a task; the job's first event is `response.created`."""
-        queued = skeleton(p.req, p.tools, "queued")
+        queued = self._skeleton(p, "queued")
         store = await self.store.responses()
         await store.save(queued, p.items, p.request_id, owner=self.owner, lease_until=self._lease_until())
         job = self.jobs.new(queued["id"])
@@ -348,6 +498,11 @@ class ResponsesEngine:
             # cancel from another process is seen at the next lease renewal or by the final only-if-unfinished write.
             builder.response["status"] = "in_progress"
             job.extend([builder.lifecycle("response.in_progress")])
+            if p.mcp is not None:
+                async for event in self._mcp_events(p, builder, stream=True):
+                    job.extend([event])
+                await store.update(builder.response, only_if_unfinished=True)
+                return
             try:
                 compaction, messages = await self._compact_if_needed(p)
                 chunks = await self._open(p, messages, stream=True)
@@ -725,6 +880,43 @@ class _ResponseEvents:
         self._ready.clear()
         self._done = True
         await _aclose(self._chunks)
+
+
+class _GeneratedEvents:
+    """The events of a streamed response with `mcp` tools: `response.created`, `response.in_progress`, then
+    what `ResponsesEngine._mcp_events` yields, the response stored before its terminal event is released."""
+
+    __slots__ = ("_events", "_ready", "_save")
+
+    def __init__(
+        self,
+        builder: ResponseBuilder,
+        events: AsyncIterator[dict[str, Any]],
+        save: Callable[[], Awaitable[None]] | None,
+    ) -> None:
+        self._events = events
+        self._save = save
+        self._ready = collections.deque(
+            (builder.lifecycle("response.created"), builder.lifecycle("response.in_progress"))
+        )
+
+    def __aiter__(self) -> _GeneratedEvents:
+        return self
+
+    def buffered(self) -> bool:
+        return bool(self._ready)
+
+    async def __anext__(self) -> dict[str, Any]:
+        if self._ready:
+            return self._ready.popleft()
+        event = await anext(self._events)
+        if event["type"] in TERMINAL_EVENTS and self._save is not None:
+            await self._save()
+        return event
+
+    async def aclose(self) -> None:
+        self._ready.clear()
+        await _aclose(self._events)
 
 
 async def _aclose(iterator: Any) -> None:

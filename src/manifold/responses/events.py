@@ -244,6 +244,13 @@ class ResponseBuilder:
         self.response["error"] = {"code": code, "message": message}
         return [self.event("response.failed", response=self._snapshot())]
 
+    def settle(self) -> list[dict[str, Any]]:
+        """Close the open message and function call: a turn of the engine's tool loop ended, more items follow
+        (the next turn's tool calls count from index 0 again)."""
+        events = [*self._close_message("completed"), *self._close_call("completed")]
+        self._calls.clear()
+        return events
+
     def add_item(self, item: dict[str, Any]) -> list[dict[str, Any]]:
         """A whole item at once (a compaction item): added and done."""
         index = len(self.output)

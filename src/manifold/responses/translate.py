@@ -21,6 +21,9 @@ from manifold.api.response_request import (
     ToolChoiceFunction,
 )
 from manifold.errors import UnsupportedError
+from manifold.mcp.manager import function_name
+
+mcp_function_name = function_name  # the engine's name for it
 
 # Expands a compaction item's `encrypted_content` (at `param`) to the summary it holds.
 Expand = Callable[[str, str], str]
@@ -62,11 +65,37 @@ def items_to_messages(
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif kind == "function_call_output":
             messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": _tool_output(item, param)})
+        elif kind == "mcp_call":
+            # A tool the engine ran on an MCP server: the model sees it as its function call and the result.
+            call = {
+                "id": item["id"],
+                "type": "function",
+                "function": {
+                    "name": mcp_function_name(item["server_label"], item["name"]),
+                    "arguments": item["arguments"],
+                },
+            }
+            messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+            messages.append({"role": "tool", "tool_call_id": item["id"], "content": mcp_call_result(item)})
         elif kind == "compaction":
             summary = expand(item["encrypted_content"], f"{param}.encrypted_content")
             messages.append({"role": "system", "content": COMPACTION_PREFACE + summary})
-        # reasoning items: chat completions have no way to pass them back
+        # reasoning items: chat completions have no way to pass them back; mcp_list_tools, mcp_approval_request
+        # and mcp_approval_response items are the engine's, not the model's
     return messages
+
+
+def mcp_call_result(item: dict[str, Any]) -> str:
+    """An `mcp_call` item's outcome as the model reads it: its output, or its error."""
+    if item.get("output") is not None:
+        return str(item["output"])
+    error = item.get("error")
+    if isinstance(error, dict):
+        content = error.get("content")
+        if isinstance(content, list):
+            return "Error: " + "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+        return "Error: " + str(error.get("message") or content or "the tool call failed")
+    return "Error: " + str(error or "the tool call failed")
 
 
 def _message(item: dict[str, Any], param: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from manifold.observability.metrics import DeploymentMetrics
 from manifold.providers.base import Provider
 from manifold.routing.addressing import is_wildcard, wildcard_upstream
 from manifold.routing.health import CircuitBreaker, ConcurrencyLimit
+from manifold.routing.quota import Quota
 from manifold.routing.strategies import STRATEGIES, LowestLatency
 from manifold.routing.strategies import Strategy as StrategyImpl
 
@@ -62,7 +63,18 @@ class Policy:
 class Member:
     """One deployment as the router sees it: its provider, breaker, in-flight count and recent latencies."""
 
-    __slots__ = ("breaker", "label", "latency", "limit", "metrics", "model_pattern", "provider", "ttft", "weight")
+    __slots__ = (
+        "breaker",
+        "label",
+        "latency",
+        "limit",
+        "metrics",
+        "model_pattern",
+        "provider",
+        "quota",
+        "ttft",
+        "weight",
+    )
 
     def __init__(self, provider: Provider, label: str, policy: Policy) -> None:
         dep = provider.deployment
@@ -75,6 +87,8 @@ class Member:
         self.latency: float | None = None  # moving averages, seconds
         self.ttft: float | None = None
         self.metrics: DeploymentMetrics | None = None  # set by Router.observe
+        # The upstream's own rpm/tpm (routing/quota.py); None: none set.
+        self.quota = None if dep.rpm is None and dep.tpm is None else Quota(dep.rpm, dep.tpm)
 
     def attach(self, metrics: DeploymentMetrics) -> None:
         self.metrics = metrics
@@ -115,6 +129,7 @@ class ModelGroup:
         "owned_by",
         "policy",
         "providers",
+        "quotas",
         "strategy",
     )
 
@@ -130,6 +145,7 @@ class ModelGroup:
         self.owned_by = first.owned_by or first.provider
         self.members = [Member(p, p.deployment.id or f"{name}#{i}", policy) for i, p in enumerate(providers)]
         self.limited = any(m.limit.limit is not None for m in self.members)
+        self.quotas = any(m.quota is not None for m in self.members)
         self.strategy: StrategyImpl
         if policy.strategy == "lowest_latency":
             self.strategy = LowestLatency(self.members, rng, policy.latency_buffer)

@@ -24,16 +24,25 @@ so every endpoint shares the same machinery; `chat` and `open_chat_stream` are t
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
+from manifold.access import model_access
+from manifold.access.principal import CURRENT_PRINCIPAL, Principal
 from manifold.config import DeploymentBase, RouterSettings
-from manifold.errors import GatewayTimeoutError, ManifoldError, ModelNotFoundError, ServiceUnavailableError
+from manifold.errors import (
+    GatewayTimeoutError,
+    ManifoldError,
+    ModelNotFoundError,
+    RateLimitError,
+    ServiceUnavailableError,
+)
 from manifold.observability import metrics as m
-from manifold.observability.record import CURRENT
+from manifold.observability.record import CURRENT, usage_details
 from manifold.observability.record import RequestRecord as RecordT
 from manifold.observability.tracing import Tracing
 from manifold.providers.base import Call, ChunkStream, Provider
@@ -46,6 +55,7 @@ from manifold.routing.health import QueueFullError
 from manifold.routing.retry import Verdict, backoff_delay, classify
 
 __all__ = [
+    "Admission",
     "Attempt",
     "ModelGroup",
     "Report",
@@ -70,6 +80,67 @@ ATTEMPTS_HEADER: Final = "x-manifold-attempts"
 _ATTEMPTS = tuple(str(i) for i in range(64))
 _STATUS_NAMES = {status: str(status) for status in range(400, 600)}
 _sleep = asyncio.sleep  # the tests replace it to see the waits
+# The deployment that answered a non-streamed request (for its price), set only when there is an admission.
+_ANSWERED: Final[contextvars.ContextVar[Member | None]] = contextvars.ContextVar("manifold_answered", default=None)
+_background: set[asyncio.Task[None]] = set()
+
+
+def _in_background(done: Awaitable[None]) -> None:
+    task = asyncio.ensure_future(done)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+def _with_stream_usage(call: Call) -> Call:
+    """An admitted stream asks its upstream for the usage chunk (its tokens and cost are counted); the endpoint's
+    shaper drops that chunk when the client did not ask for it."""
+    body = call.body
+    if "messages" not in body and "prompt" not in body:
+        return call
+    options = body.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return call
+    copy = Call(
+        {**body, "stream_options": {**(options if isinstance(options, dict) else {}), "include_usage": True}},
+        call.public_model,
+        call.request_id,
+        call.stream,
+    )
+    copy.route = call.route
+    return copy
+
+
+def _stream_end(
+    admission: Admission, ticket: Any, member: Member, upstream_model: str | None
+) -> Callable[[Any], Awaitable[None] | None]:
+    dep = member.provider.deployment
+
+    def ended(usage: Any) -> Awaitable[None] | None:
+        if ticket is None:  # nothing to release: only the cost, for the record
+            admission.price(dep, usage, upstream_model, None)
+            return None
+        return admission.finish(ticket, dep, usage, upstream_model, None)
+
+    return ended
+
+
+class Admission(Protocol):
+    """The router's admission hook (implemented by access/limits.py, wired by the app): `admit` checks and counts
+    the request's limits once its model group is known (raises the 429; returns a ticket, or None when nothing
+    is counted); `finish` is awaited once when it ends, with the deployment that answered and the usage (None
+    when it failed), to price it and release what `admit` took."""
+
+    def admit(
+        self, group: str, body: dict[str, Any], request_id: str, streaming: bool, report: Report | None
+    ) -> Awaitable[Any]: ...
+
+    def finish(
+        self, ticket: Any, dep: DeploymentBase | None, usage: Any, upstream_model: str | None, report: Report | None
+    ) -> Awaitable[None]: ...
+
+    def price(self, dep: DeploymentBase | None, usage: Any, upstream_model: str | None, report: Report | None) -> int:
+        """Only the cost (header, record) of a request `admit` counted nothing for."""
+        ...
 
 
 class _Nothing:
@@ -128,8 +199,10 @@ class Router:
         rng: random.Random | None = None,
         *,
         providers: Sequence[Provider] | None = None,
+        admission: Admission | None = None,
     ) -> None:
         settings = settings if settings is not None else RouterSettings()
+        self.admission = admission
         self.settings = settings
         created = int(time.time())
         if providers is None:
@@ -173,11 +246,32 @@ class Router:
     # -- names ---------------------------------------------------------------------------------------------------
 
     def resolve(self, model: str) -> Target:
+        """The group (and wildcard rest) for `model`; 404 model_not_found when no group serves it or when the
+        request's key may not use it (the same answer: nothing revealed, docs/access.md)."""
         found = self.table.resolve(model)
         if found is None:
-            raise ModelNotFoundError(
-                f"The model `{model}` does not exist or you do not have access to it.", param="model"
-            )
+            raise _model_not_found(model)
+        principal = CURRENT_PRINCIPAL.get()
+        if principal is not None and not self.allows(principal, model, found[0].name):
+            raise _model_not_found(model)
+        return found
+
+    def allows(self, principal: Principal, model: str, group: str) -> bool:
+        """Whether `principal` may use the name `model` (of the group named `group`)."""
+        if principal.models is None and principal.team_models is None:
+            return True
+        return model_access.allowed(principal, model, group, self._exact_group)
+
+    def _exact_group(self, name: str) -> str | None:
+        found = self.table.resolve(name)
+        return found[0].name if found is not None and found[1] is None else None
+
+    def _resolve_allowed(self, model: str) -> Target | None:
+        """`table.resolve` for names a client sends besides `model` (client fallbacks): None when not allowed."""
+        found = self.table.resolve(model)
+        principal = CURRENT_PRINCIPAL.get()
+        if found is not None and principal is not None and not self.allows(principal, model, found[0].name):
+            return None
         return found
 
     def group(self, model: str) -> ModelGroup:
@@ -191,6 +285,9 @@ class Router:
             target = self.table.resolve(alias)
             if target is not None:
                 out.append((alias, target[0]))
+        principal = CURRENT_PRINCIPAL.get()
+        if principal is not None:  # a key lists only the models it may use
+            out = [(name, g) for name, g in out if self.allows(principal, name, g.name)]
         return out
 
     def pick(self, model: str) -> Provider:
@@ -233,12 +330,50 @@ class Router:
         group, rest = self.resolve(call.public_model)
         if rec is not None:
             rec.model_label = group.name  # the group asked for, even when a fallback answers
+        chain = group.fallbacks
+        if CLIENT_FALLBACKS_FIELD in call.body and group.policy.allow_client_fallbacks:
+            chain, call = client_fallbacks(call, self._resolve_allowed)
+        admission = self.admission
+        if admission is None:
+            return await self._attempts(call, operation, report, streaming, group, rest, rec, chain, None)
+        ticket = await admission.admit(group.name, call.body, call.request_id, streaming, report)
+        if ticket is not None and streaming:
+            call = _with_stream_usage(call)
+        try:
+            result = await self._attempts(call, operation, report, streaming, group, rest, rec, chain, ticket)
+        except BaseException as exc:
+            if ticket is not None:
+                done = admission.finish(ticket, None, None, None, None)
+                if isinstance(exc, asyncio.CancelledError):
+                    _in_background(done)
+                else:
+                    await done
+            raise
+        if not streaming:
+            member = _ANSWERED.get()
+            dep = None if member is None else member.provider.deployment
+            usage = result.get("usage") if isinstance(result, dict) else None
+            if ticket is None:
+                admission.price(dep, usage, call.upstream_model, report)
+            else:
+                await admission.finish(ticket, dep, usage, call.upstream_model, report)
+        return result
+
+    async def _attempts(
+        self,
+        call: Call,
+        operation: Callable[..., Any],
+        report: Report | None,
+        streaming: bool,
+        group: ModelGroup,
+        rest: str | None,
+        rec: RecordT | None,
+        chain: tuple[Target, ...],
+        ticket: Any,
+    ) -> Any:
         observed = rec is not None or self.tracing is not None or group.members[0].metrics is not None
         op_name = _OPERATION_NAMES.get(operation, m.CHAT) if observed else m.CHAT
         failed: m.DeploymentMetrics | None = None  # the last failed attempt's, until we know what came next
-        chain = group.fallbacks
-        if CLIENT_FALLBACKS_FIELD in call.body and group.policy.allow_client_fallbacks:
-            chain, call = client_fallbacks(call, self.table.resolve)
         attempts = 0
         error: ManifoldError | None = None  # the last failure
         last: Member | None = None  # the last deployment tried
@@ -275,6 +410,8 @@ class Router:
                                 error = exc
                             break
                         now = time.monotonic()
+                    if member.quota is not None:
+                        member.quota.take(now)
                     breaker = member.breaker
                     probe = breaker.begin(now) if breaker.open_until else False
                     call.upstream_model = None if rest is None else member.upstream_model(rest)
@@ -331,13 +468,22 @@ class Router:
                     if report is not None:
                         _report(report, member, attempts)
                     if streaming:
+                        relay: _Relay
                         if observed:
                             if span is not None:
                                 self.tracing.detach(span_token)  # type: ignore[union-attr]
-                            return _ObservedRelay(
+                            relay = _ObservedRelay(
                                 result[0], result[1], member, call.request_id, op_name, now, rec, span, self.tracing
                             )
-                        return _Relay(result[0], result[1], member, call.request_id)
+                        else:
+                            relay = _Relay(result[0], result[1], member, call.request_id)
+                        if self.admission is not None:
+                            relay.on_end = _stream_end(self.admission, ticket, member, call.upstream_model)
+                        return relay
+                    if self.admission is not None:
+                        _ANSWERED.set(member)
+                    if member.quota is not None and isinstance(result, dict):
+                        member.quota.add_tokens(time.monotonic(), _usage_total(result.get("usage")))
                     if observed:
                         _attempt_answered(member, op_name, now, result, rec, span, self.tracing)
                         if span is not None:
@@ -445,6 +591,8 @@ def _choose(group: ModelGroup, retries: _Retries | None, now: float, streaming: 
     candidates = group.candidates(now, ()) if retries is None else retries.candidates(group, now)
     if not candidates:
         return None
+    if group.quotas:
+        candidates = _within_quota(group, candidates, now)
     if group.limited:
         candidates = _with_room(candidates)
     if retries is not None and candidates[0] in retries.tried:
@@ -482,6 +630,25 @@ def _succeeded(member: Member, policy: Policy, request_id: str, attempts: int, s
         log.debug("request %s: %s answered (%.1f ms)", request_id, member.label, elapsed * 1000)
 
 
+def _usage_total(usage: Any) -> int:
+    given, made = m.usage_tokens(usage)
+    return (given or 0) + (made or 0)
+
+
+def _within_quota(group: ModelGroup, candidates: Sequence[Member], now: float) -> Sequence[Member]:
+    """The deployments under their own rpm/tpm; when none is, the 429 (with the wait until one has room)."""
+    roomy = [c for c in candidates if c.quota is None or c.quota.has_room(now)]
+    if roomy:
+        return roomy
+    wait = min(c.quota.room_in(now) for c in candidates if c.quota is not None)
+    m.count_refusal("quota", "deployment")  # a deployment's own rpm/tpm (model_list)
+    raise RateLimitError(
+        f"Rate limit reached for the model `{group.name}`: every deployment is at its requests or tokens per "
+        f"minute quota. Please try again in {max(1, int(wait + 0.999))}s.",
+        headers={"retry-after": str(max(1, int(wait + 0.999)))},
+    )
+
+
 def _with_room(candidates: Sequence[Member]) -> Sequence[Member]:
     """Deployments under their concurrency limit; else those whose queue has a place (else all: the pick's
     acquire answers 429)."""
@@ -490,6 +657,10 @@ def _with_room(candidates: Sequence[Member]) -> Sequence[Member]:
         return candidates if len(roomy) == len(candidates) else roomy
     queued = [m for m in candidates if m.limit.can_queue()]
     return queued or candidates
+
+
+def _model_not_found(model: str) -> ModelNotFoundError:
+    return ModelNotFoundError(f"The model `{model}` does not exist or you do not have access to it.", param="model")
 
 
 def _cooling_down(group: ModelGroup, now: float) -> ServiceUnavailableError:
@@ -605,6 +776,7 @@ def _attempt_answered(
         rec.upstream_seconds += elapsed
         rec.input_tokens = given
         rec.output_tokens = made
+        rec.cached_tokens, rec.reasoning_tokens = usage_details(usage)
 
 
 class _Relay:
@@ -615,12 +787,16 @@ class _Relay:
     Iterating it iterates an async generator (`aiter(relay)`), whose per-item step is native code; `buffered`
     is the inner stream's own method. `aclose()` releases the slot even if iteration never began."""
 
-    __slots__ = ("_items", "_member", "_request_id", "_stream", "buffered")
+    __slots__ = ("_items", "_member", "_quota", "_request_id", "_stream", "buffered", "on_end")
 
     def __init__(self, stream: Any, first: Any, member: Member, request_id: str) -> None:
         self._stream = stream
         self._member: Member | None = member
         self._request_id = request_id
+        self._quota = member.quota
+        # Awaited once with the last item's usage (None without one) when the stream ends: the admission's end
+        # (before the stream's end reaches the client, so that its next request sees this one's spend).
+        self.on_end: Callable[[Any], Awaitable[None] | None] | None = None
         # Whether the next item has arrived already (the server then batches its writes).
         self.buffered: Callable[[], bool] | None = getattr(stream, "buffered", None)
         self._items = self._relay(first)
@@ -632,17 +808,37 @@ class _Relay:
         return self._items.__anext__()
 
     async def _relay(self, first: Any) -> AsyncGenerator[Any, None]:
+        last: Any = None
         try:
             if first is _NOTHING:
                 return
+            last = first
             yield first
             async for item in self._stream:
+                last = item
                 yield item
         except ManifoldError as exc:
             self._failed(exc)
             raise
         finally:
             self._finish()
+            await self._end(last)
+
+    async def _end(self, last: Any) -> None:
+        quota = self._quota
+        if quota is not None and isinstance(last, dict):
+            self._quota = None
+            quota.add_tokens(time.monotonic(), _usage_total(last.get("usage")))
+        on_end = self.on_end
+        if on_end is not None:
+            self.on_end = None
+            done = on_end(last.get("usage") if isinstance(last, dict) else None)
+            if done is None:
+                return
+            task = asyncio.ensure_future(done)
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+            await asyncio.shield(task)  # a client that leaves meanwhile does not stop the release
 
     def _failed(self, exc: ManifoldError) -> None:
         member = self._member
@@ -663,6 +859,7 @@ class _Relay:
         self._finish()
         await self._items.aclose()
         await _aclose(self._stream)
+        await self._end(None)  # closed before it was iterated
 
 
 class _ObservedRelay(_Relay):
@@ -671,6 +868,7 @@ class _ObservedRelay(_Relay):
 
     __slots__ = (
         "_breaker",
+        "_capture",
         "_done",
         "_first_at",
         "_metrics",
@@ -706,6 +904,7 @@ class _ObservedRelay(_Relay):
         self._upstream = member.provider.deployment.upstream_model
         self._breaker = member.breaker
         self._done = False
+        self._capture = tracing.capture_stream(span) if tracing is not None else None
         ttft = first_at - (rec.start if rec is not None else started)
         if rec is not None:
             rec.ttft = ttft
@@ -729,11 +928,21 @@ class _ObservedRelay(_Relay):
                 return
             count = 1
             last = first
-            yield first
-            async for item in self._stream:
-                count += 1
-                last = item
-                yield item
+            capture = self._capture
+            if capture is None:
+                yield first
+                async for item in self._stream:
+                    count += 1
+                    last = item
+                    yield item
+            else:  # content captured on the attempt's span (tracing.capture_content)
+                capture.add(first)
+                yield first
+                async for item in self._stream:
+                    count += 1
+                    last = item
+                    capture.add(item)
+                    yield item
             outcome = "completed"
         except ManifoldError as exc:
             outcome = "upstream_cut"
@@ -743,6 +952,7 @@ class _ObservedRelay(_Relay):
         finally:
             self._finish()
             self._ended(outcome, error_type, count, last)
+            await self._end(last)
 
     async def aclose(self) -> None:
         await super().aclose()
@@ -759,9 +969,12 @@ class _ObservedRelay(_Relay):
             rec.upstream_seconds += end - self._started
             rec.input_tokens = given
             rec.output_tokens = made
+            rec.cached_tokens, rec.reasoning_tokens = usage_details(usage)
         if self._span is not None:
             assert self._tracing is not None
-            self._tracing.end_attempt(self._span, usage, error_type, self._upstream)
+            capture = self._capture
+            result = capture.result() if capture is not None else None
+            self._tracing.end_attempt(self._span, usage, error_type, self._upstream, result)
         mm = self._metrics
         ops = self._ops
         if mm is None or ops is None:

@@ -16,8 +16,15 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
 
+from manifold.access.auth import Authenticator, AuthLayer
+from manifold.access.ledger import Ledger
+from manifold.access.principal import CURRENT_PRINCIPAL
+from manifold.access.wiring import build_admission
+from manifold.api.operations import ROOT_OPERATIONS
 from manifold.config import Config, ServerSettings, secrets_of
 from manifold.errors import ManifoldError
+from manifold.mcp.gateway import McpGateway
+from manifold.mcp.manager import McpManager
 from manifold.observability import tracing as tracing_setup
 from manifold.observability.metrics import flush_periodically, multiprocess_dir
 from manifold.observability.observer import Observer
@@ -60,15 +67,43 @@ class ManifoldApp:
     ) -> None:
         self.config = config
         self.settings: ServerSettings = config.server
-        self.router = router if router is not None else Router(config.model_list, settings=config.router)
+        # Limits, budgets and prices (docs/access.md): the router's admission hook.
+        self.admission = build_admission(config)
+        if router is None:
+            router = Router(config.model_list, settings=config.router, admission=self.admission)
+        elif router.admission is None:
+            router.admission = self.admission
+        self.router = router
         add_secrets(secrets_of(config))  # error messages and logs never show them (observability.redaction)
         self.tracing = tracing_setup.setup(config.tracing.enabled, config.tracing.capture_content, secrets_of(config))
         self.router.observe(config.metrics.enabled, self.tracing)
-        observing = config.metrics.enabled or self.settings.access_log or self.tracing is not None
-        self.observer = Observer(config.metrics.enabled, self.settings.access_log, self.tracing) if observing else None
         self.store = Store(config.storage)
-        self.responses = ResponsesEngine(self.router, self.store, config.responses)
-        self.services = Services(self.router, self.store, self.responses, self.settings, config)
+        # The usage ledger reads each request's record: with it on there is a record even with no other observer.
+        ignored = [op.path for op in ROOT_OPERATIONS] + [config.metrics.path]
+        self.ledger = Ledger(self.store, config.ledger, ignored) if config.ledger_on else None
+        sinks = () if self.ledger is None else (self.ledger.record,)
+        observing = config.metrics.enabled or self.settings.access_log or self.tracing is not None or bool(sinks)
+        self.observer = (
+            Observer(config.metrics.enabled, self.settings.access_log, self.tracing, sinks) if observing else None
+        )
+        self.mcp = McpManager(config.mcp_servers, config.mcp)
+        self.mcp_gateway = McpGateway(self.mcp)
+        self.responses = ResponsesEngine(self.router, self.store, config.responses, self.mcp)
+        self.auth = Authenticator(config.auth, self.store, config.redis, host=self.settings.host)
+        self.services = Services(
+            self.router,
+            self.store,
+            self.responses,
+            self.settings,
+            config,
+            self.auth,
+            mcp=self.mcp,
+            mcp_gateway=self.mcp_gateway,
+        )
+        # What needs no key (docs/access.md): health, and the metrics scrape when served on this port.
+        self.open_paths = [op.path for op in ROOT_OPERATIONS]
+        if config.metrics.enabled and config.metrics.port is None:
+            self.open_paths.append(config.metrics.path)
         self._paths = PathRouter()
         self._routes: dict[tuple[str, str], Route] = {}
         for route in default_routes(config) if routes is None else routes:
@@ -90,11 +125,13 @@ class ManifoldApp:
 
     def compose(self, extra: Sequence[Layer]) -> ASGIApp:
         """The request layers around the dispatch, outermost first: observing (metrics, access log, server
-        span), the request id, then `extra`. `self.layers` lists them."""
+        span), the request id, authentication (its refusals observed and carrying the id), then `extra`.
+        `self.layers` lists them."""
         layers: list[Layer] = []
         if self.observer is not None:
             layers.append(partial(ObserveRequests, observer=self.observer))
         layers.append(request_ids)
+        layers.append(partial(AuthLayer, auth=self.auth, open_paths=self.open_paths))
         layers.extend(extra)
         self.layers = tuple(layers)
         app: ASGIApp = self._http
@@ -105,9 +142,13 @@ class ManifoldApp:
     async def startup(self) -> None:
         if not self._started:
             self._started = True
-            self.store.start()  # in the background: nothing waits for it but what stores
+            self.store.start()  # in the background: nothing waits for it but what stores (and, once, auth)
+            self.auth.start()
+            if self.ledger is not None:
+                self.ledger.start()
             await self.router.start()
             self.responses.start()
+            self.mcp.start()  # in the background: the server is ready without its MCP servers
             settings = self.config.metrics
             if settings.enabled:
                 self._flusher = asyncio.get_running_loop().create_task(flush_periodically())
@@ -119,7 +160,13 @@ class ManifoldApp:
         if self._started:
             self._started = False
             await self.responses.aclose()
+            await self.auth.aclose()
+            await self.mcp_gateway.aclose()
+            await self.mcp.aclose()
             await self.router.aclose()
+            await self.admission.aclose()
+            if self.ledger is not None:
+                await self.ledger.aclose()  # the buffered usage rows, before the store closes
             await self.store.aclose()
             if self._flusher is not None:
                 self._flusher.cancel()
@@ -156,6 +203,13 @@ class ManifoldApp:
             # Mounted without lifespan support (some hosts): start on first use.
             await self.startup()
         rec = CURRENT.get()
+        if rec is not None:
+            principal = CURRENT_PRINCIPAL.get()  # set by the authentication layer, inside the observing one
+            if principal is not None:
+                rec.key_id = principal.key_id
+                rec.key_alias = principal.key_alias
+                rec.team_id = principal.team_id
+                rec.user = principal.user
         try:
             route, params = self._paths.match(request.method, request.path)
             if rec is not None:

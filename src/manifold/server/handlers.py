@@ -7,15 +7,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from manifold.api.operations import API_OPERATIONS, KSERVE_OPERATIONS, ROOT_OPERATIONS, Operation
+from manifold.api.operations import ADMIN_OPERATIONS, API_OPERATIONS, KSERVE_OPERATIONS, ROOT_OPERATIONS, Operation
 from manifold.config import Config
 from manifold.server.endpoints import (
+    admin_keys,
+    admin_usage,
     chat,
     completions,
     embeddings,
     health,
     images,
     kserve_urls,
+    mcp,
     metrics,
     models,
     responses_api,
@@ -23,7 +26,7 @@ from manifold.server.endpoints import (
 )
 from manifold.server.routes import Handler, Route
 
-__all__ = ["HANDLERS", "check", "default_routes", "route"]
+__all__ = ["HANDLERS", "MCP_ROUTES", "check", "default_routes", "route"]
 
 HANDLERS: Mapping[str, Handler] = {
     "create_chat_completion": chat.create_chat_completion,
@@ -52,12 +55,35 @@ HANDLERS: Mapping[str, Handler] = {
     "kserve_stream_embedding": kserve_urls.embeddings,
     "kserve_create_image": kserve_urls.images_generations,
     "kserve_stream_image": kserve_urls.images_generations,
+    "create_key": admin_keys.create_key,
+    "list_keys": admin_keys.list_keys,
+    "retrieve_key": admin_keys.get_key,
+    "update_key": admin_keys.update_key,
+    "delete_key": admin_keys.delete_key,
+    "rotate_key": admin_keys.rotate_key,
+    "create_team": admin_keys.create_team,
+    "list_teams": admin_keys.list_teams,
+    "retrieve_team": admin_keys.get_team,
+    "update_team": admin_keys.update_team,
+    "delete_team": admin_keys.delete_team,
+    "admin_openapi": admin_keys.openapi,
+    "usage": admin_usage.usage,
 }
+
+
+# MCP (docs/mcp.md), under each prefix but not OpenAI operations: run one configured tool for a client, and the
+# gateway as one MCP server (streamable HTTP) serving the union of the configured servers' tools.
+MCP_ROUTES = (
+    Route("POST", "/mcp/tools/call", mcp.call_tool, cancellable=True),
+    Route("POST", "/mcp", mcp.serve_mcp),
+    Route("GET", "/mcp", mcp.serve_mcp),
+    Route("DELETE", "/mcp", mcp.serve_mcp),
+)
 
 
 def check(handlers: Mapping[str, Handler] = HANDLERS) -> None:
     """Every operation of the table has a function, and every function an operation."""
-    names = {op.name for op in API_OPERATIONS + ROOT_OPERATIONS + KSERVE_OPERATIONS}
+    names = {op.name for op in API_OPERATIONS + ROOT_OPERATIONS + KSERVE_OPERATIONS + ADMIN_OPERATIONS}
     missing, extra = sorted(names - handlers.keys()), sorted(handlers.keys() - names)
     if missing or extra:
         raise RuntimeError(f"route table and handlers disagree: no handler for {missing}; no operation for {extra}")
@@ -70,15 +96,19 @@ def route(op: Operation, prefix: str = "") -> Route:
 
 def default_routes(config: Config) -> list[Route]:
     """The routes `manifold serve` mounts for `config`: the API under each prefix, health, the metrics scrape
-    (when served on the API's port) and the per-model URLs (unless `server.kserve_urls` is false)."""
+    (when served on the API's port), the per-model URLs (unless `server.kserve_urls` is false), the admin API
+    (keys, teams, usage), and with `mcp_servers` the MCP routes under each prefix."""
     check()
     routes: list[Route] = []
     for prefix in config.server.prefixes:
         p = "" if prefix == "/" else prefix
         routes.extend(route(op, p) for op in API_OPERATIONS)
+        if config.mcp_servers:  # docs/mcp.md
+            routes.extend(r._replace(path=p + r.path) for r in MCP_ROUTES)
     routes.extend(route(op) for op in ROOT_OPERATIONS)
     if config.metrics.enabled and config.metrics.port is None:
         routes.append(Route("GET", config.metrics.path, metrics.scrape))
     if config.server.kserve_urls:
         routes.extend(route(op) for op in KSERVE_OPERATIONS)
+    routes.extend(route(op) for op in ADMIN_OPERATIONS)  # docs/access.md
     return routes

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Connection,
     ForeignKey,
@@ -121,9 +122,103 @@ def _v2_responses(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _v3_keys_and_teams(conn: Connection) -> None:
+    md = MetaData()
+    serial = BigInteger().with_variant(Integer(), "sqlite")
+
+    def limits() -> list[Column[Any]]:
+        return [
+            Column("models_json", Text, nullable=True),
+            Column("rpm", BigInteger, nullable=True),
+            Column("tpm", BigInteger, nullable=True),
+            Column("max_parallel_requests", BigInteger, nullable=True),
+            Column("model_limits_json", Text, nullable=True),
+            Column("max_budget_micros", BigInteger, nullable=True),
+            Column("budget_duration", String(16), nullable=True),
+            Column("budget_reset_at", BigInteger, nullable=True),
+            Column("metadata_json", Text, nullable=False),
+            Column("blocked", Integer, nullable=False),
+            Column("created_at", BigInteger, nullable=False),
+            Column("updated_at", BigInteger, nullable=False),
+        ]
+
+    Table(
+        "access_teams",
+        md,
+        Column("seq", serial, primary_key=True, autoincrement=True),
+        Column("id", String(64), nullable=False, unique=True),
+        Column("alias", Text, nullable=True),
+        *limits(),
+        sqlite_autoincrement=True,
+    )
+    Table(
+        "access_keys",
+        md,
+        Column("seq", serial, primary_key=True, autoincrement=True),
+        Column("id", String(64), nullable=False, unique=True),
+        Column("key_hash", String(64), nullable=False, unique=True),
+        Column("display", String(32), nullable=False),
+        Column("alias", Text, nullable=True),
+        Column("user_id", Text, nullable=True),
+        Column("team_id", String(64), nullable=True),
+        Column("admin", Integer, nullable=False),
+        Column("expires_at", BigInteger, nullable=True),
+        Column("previous_hash", String(64), nullable=True),
+        Column("previous_expires_at", BigInteger, nullable=True),
+        *limits(),
+        Index("ix_access_keys_previous_hash", "previous_hash"),
+        Index("ix_access_keys_team", "team_id", "seq"),
+        sqlite_autoincrement=True,
+    )
+    md.create_all(conn)
+
+
+def _v4_usage(conn: Connection) -> None:
+    md = MetaData()
+    serial = BigInteger().with_variant(Integer(), "sqlite")
+    Table(
+        "usage",
+        md,
+        Column("seq", serial, primary_key=True, autoincrement=True),
+        Column("request_id", String(128), nullable=True),
+        Column("created_at", BigInteger, nullable=False),
+        Column("key_id", String(64), nullable=True),
+        Column("key_alias", Text, nullable=True),
+        Column("team_id", String(64), nullable=True),
+        Column("user_id", Text, nullable=True),
+        Column("model", Text, nullable=True),
+        Column("deployment", Text, nullable=True),
+        Column("endpoint", Text, nullable=True),
+        Column("status", Integer, nullable=False),
+        Column("stream", Boolean, nullable=False),
+        Column("input_tokens", BigInteger, nullable=True),
+        Column("cached_input_tokens", BigInteger, nullable=True),
+        Column("output_tokens", BigInteger, nullable=True),
+        Column("reasoning_tokens", BigInteger, nullable=True),
+        Column("cost_micros", BigInteger, nullable=True),
+        Column("latency_ms", Integer, nullable=False),
+        Column("ttft_ms", Integer, nullable=True),
+        Column("attempts", Integer, nullable=False),
+        Index("ix_usage_created_at", "created_at"),
+        Index("ix_usage_key_created_at", "key_id", "created_at"),
+        Index("ix_usage_team_created_at", "team_id", "created_at"),
+        sqlite_autoincrement=True,
+    )
+    md.create_all(conn)
+
+
+def _v5_mcp_servers(conn: Connection) -> None:
+    """The MCP servers a key or a team may use (a JSON list of labels; NULL: every server)."""
+    for table in ("access_teams", "access_keys"):
+        conn.execute(text(f"ALTER TABLE {table} ADD COLUMN mcp_servers_json TEXT"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "chat completions, their messages and metadata", _v1_chat_completions),
     Migration(2, "responses and their input items", _v2_responses),
+    Migration(3, "access keys and teams", _v3_keys_and_teams),
+    Migration(4, "the usage ledger", _v4_usage),
+    Migration(5, "the MCP servers of keys and teams", _v5_mcp_servers),
 )
 
 

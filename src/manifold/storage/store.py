@@ -23,6 +23,7 @@ from manifold.errors import ServiceUnavailableError
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from manifold.storage.access_keys import AccessStore
     from manifold.storage.chat_completions import ChatCompletionStore
     from manifold.storage.stored_responses import ResponseStore
     from manifold.storage.writer import DurableWrites
@@ -33,9 +34,9 @@ _SHUTDOWN_WAIT_S = 10.0
 
 def _load() -> Any:
     """The storage modules (and with them SQLAlchemy and the drivers), imported off the event loop."""
-    from manifold.storage import chat_completions, engine, errors, migrations, stored_responses, writer
+    from manifold.storage import access_keys, chat_completions, engine, errors, migrations, stored_responses, writer
 
-    return chat_completions, engine, errors, migrations, stored_responses, writer
+    return access_keys, chat_completions, engine, errors, migrations, stored_responses, writer
 
 
 class Store:
@@ -49,6 +50,7 @@ class Store:
         self._writes: DurableWrites | None = None
         self._chat_completions: ChatCompletionStore | None = None
         self._responses: ResponseStore | None = None
+        self._access: AccessStore | None = None
         self._opening: asyncio.Task[None] | None = None
         self._attempted: asyncio.Event | None = None  # set once the first attempt to open ended
         self._error: BaseException | None = None
@@ -83,6 +85,13 @@ class Store:
             await self.open()
         assert self._responses is not None
         return self._responses
+
+    async def access(self) -> AccessStore:
+        """Virtual keys and teams (docs/access.md)."""
+        if self._access is None:
+            await self.open()
+        assert self._access is not None
+        return self._access
 
     async def writes(self) -> DurableWrites:
         """The process's durable-write queue (for a feature with its own tables, e.g. a usage ledger)."""
@@ -156,7 +165,8 @@ class Store:
             await asyncio.sleep(self.settings.retry_interval_s)
 
     async def _open(self) -> None:
-        chat_completions, engine_module, errors, migrations, stored_responses, writer = await asyncio.to_thread(_load)
+        loaded = await asyncio.to_thread(_load)
+        access_keys, chat_completions, engine_module, errors, migrations, stored_responses, writer = loaded
         url = engine_module.database_url(self.settings)
         self.description = url.render_as_string(hide_password=True)
         async with errors.storage_errors():
@@ -177,6 +187,7 @@ class Store:
         self._engine = engine
         self._chat_completions = chat_completions.ChatCompletionStore(engine, self._writes)
         self._responses = stored_responses.ResponseStore(engine, self._writes)
+        self._access = access_keys.AccessStore(engine, self._writes)
 
     async def aclose(self) -> None:
         """Let pending writes finish (those of clients that left, too), then close the engine."""
@@ -187,7 +198,7 @@ class Store:
         if self._writes is not None:
             await self._writes.aclose(_SHUTDOWN_WAIT_S)
         engine, self._engine, self._chat_completions = self._engine, None, None
-        self._responses = self._writes = None
+        self._responses = self._writes = self._access = None
         if engine is not None:
             await engine.dispose()
 

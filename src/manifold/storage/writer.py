@@ -82,7 +82,7 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-def _database_gone(exc: BaseException) -> bool:
+def database_gone(exc: BaseException) -> bool:
     """A failure of the connection or the server, not of one write's data: running the batch again, write by
     write, would only fail each of them again, slowly."""
     if isinstance(exc, OperationalError | InterfaceError | OSError | TimeoutError):
@@ -173,7 +173,7 @@ class DurableWrites:
         try:
             results = await self._transaction(batch, isolated=False)
         except Exception as exc:  # noqa: BLE001 - whatever a write raised goes to its caller; the writer lives on
-            if len(batch) > 1 and not _database_gone(exc):
+            if len(batch) > 1 and not database_gone(exc):
                 log.warning("storage: a batch of %d writes failed (%s); retrying each on its own", len(batch), exc)
                 await self._commit_isolated(batch)
                 return
@@ -322,7 +322,7 @@ def _isolated(conn: Connection, writes: list[Write[Any]]) -> list[Any]:
                         conn.execute(insert(table), table_rows)
                 outcomes.append(None if write.apply is None else write.apply(conn))
         except Exception as exc:
-            if _database_gone(exc):
+            if database_gone(exc):
                 raise
             outcomes.append(_Failed(exc))
     return outcomes

@@ -11,6 +11,7 @@ from manifold.api.chat_response import ChunkShaper, normalize_completion
 from manifold.api.validation import convert, decode_json_object
 from manifold.errors import InvalidRequestError
 from manifold.providers.base import Call
+from manifold.server.endpoints import mcp
 from manifold.server.endpoints.stored_chat import create_stored
 from manifold.server.sse_writer import stream_chat
 
@@ -32,12 +33,23 @@ async def create_chat_completion(services: Services, request: Request) -> None:
         extra = sorted(set(raw) - _KNOWN_FIELDS)
         if extra:
             log.debug("request %s: forwarding non-OpenAI fields %s", request.request_id, extra)
+    mcp_settings = mcp.chat_settings(services, req.model)
+    if mcp_settings is not None:  # the model's configured MCP tools (docs/mcp.md)
+        if mcp_settings.mode == "execute":
+            await mcp.chat_execute(services, request, raw, req)
+            return
+        raw = mcp.add_tools(services, raw, mcp_settings)
+        req = convert(raw, ChatCompletionRequest)
     if req.store:
         await create_stored(services, request, raw, req)
         return
     call = Call(raw, req.model, request.request_id, bool(req.stream))
     if call.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        if services.config.ledger_on and not include_usage:
+            # The ledger's row needs the stream's tokens: asked of the upstream, held back from the client.
+            body = {**raw, "stream_options": {**(raw.get("stream_options") or {}), "include_usage": True}}
+            call = Call(body, req.model, request.request_id, True)
         await stream_chat(
             request,
             lambda: services.router.open_chat_stream(call, request.add_response_header),

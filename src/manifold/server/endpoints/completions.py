@@ -30,6 +30,10 @@ async def create_completion(services: Services, request: Request) -> None:
     router = services.router
     if call.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        if services.config.ledger_on and not include_usage:
+            # The ledger's row needs the stream's tokens: asked of the upstream, held back from the client.
+            body = {**raw, "stream_options": {**(raw.get("stream_options") or {}), "include_usage": True}}
+            call = Call(body, req.model, request.request_id, True)
         await stream_chat(
             request,
             lambda: services.router.execute_stream(

@@ -58,4 +58,6 @@ async def ready(services: Services, request: Request) -> None:
     }
     if unservable:
         body["unavailable_models"] = unservable
+    if detail and services.mcp is not None and services.mcp.servers:
+        body["mcp_servers"] = services.mcp.readiness()  # informative: the gateway serves without them
     await request.send_json(200 if all_ready else 503, _json.encode(body))

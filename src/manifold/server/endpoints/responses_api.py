@@ -34,7 +34,7 @@ async def create_response(services: Services, request: Request) -> None:
     # Which deployment answered, after how many attempts (docs/routing.md); a background response is answered
     # (`queued`) before any deployment is tried, so its answer carries neither header.
     report = None if req.background else request.add_response_header
-    if engine.native_provider(req.model) is not None:
+    if engine.native_provider(req.model) is not None and not engine.runs_mcp(req):
         if req.stream:
             events = await engine.native_stream(raw, req, request.request_id, report)
             await stream_events(request, events, services.settings.keepalive_interval)

@@ -1,0 +1,1 @@
+"""MCP: connections to the configured Model Context Protocol servers (docs/mcp.md)."""
