@@ -204,6 +204,10 @@ def test_full_queue_is_429_and_a_client_that_leaves_frees_its_slot(sdk: openai.O
     waiter.start()
     while _queued(local, "ov-one") < 1:
         time.sleep(0.05)
+    # The engine's batch and queue, where every deployment's are.
+    health = httpx.get(local.url + "/health/ready?detail=1", timeout=10).json()
+    (one,) = [d for d in health["deployments"] if d["model"] == "ov-one"]
+    assert (one["ready"], one["in_flight"], one["queued"], one["max_concurrency"]) == (True, 1, 1, 1)
     # Slot taken, queue full: 429 with Retry-After, OpenAI-shaped.
     raw = httpx.post(local.base_url + "/chat/completions", json={"model": "ov-one", "messages": messages}, timeout=60)
     assert raw.status_code == 429 and int(raw.headers["retry-after"]) >= 1
