@@ -181,7 +181,7 @@ class OpenVinoModelProvider(ModelThreadProvider[Model]):
         body = call.body
         name = call.public_model
         for key in _REFUSED:
-            if body.get(key) and not (key == "tools" and body.get("tool_choice") == "none"):
+            if body.get(key):
                 raise UnsupportedError(
                     f"The model '{name}' (local, engine openvino) does not support '{key}'; "
                     "the llama_cpp engine does (docs/local-models.md#engines).",
@@ -240,8 +240,9 @@ class OpenVinoModelProvider(ModelThreadProvider[Model]):
         pattern = options if choice == "required" else f"message:|{options}"
         prompt, count = await self.on_thread(lambda: _chat_prompt(model, messages))
         self._max_tokens(None, count, "messages")
-        config = _config(model, {"temperature": 0}, _CHAT_DEFAULTS, 1.0, 24, None, regex=pattern)
-        seq = BatchSequence(prompt, config, [], 24, 0, Outbox())
+        limit = 64  # the regex ends the sequence itself, after "functions.<longest name>:"
+        config = _config(model, {"temperature": 0}, _CHAT_DEFAULTS, 1.0, limit, None, regex=pattern)
+        seq = BatchSequence(prompt, config, [], limit, 0, Outbox())
         head = "".join([str(payload) async for kind, _, payload in self._events(model, [seq]) if kind == "text"])
         picked = head.removeprefix("functions.").removesuffix(":")
         return functions.get(picked) if head.startswith("functions.") else None
