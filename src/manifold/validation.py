@@ -19,7 +19,7 @@ from manifold.errors import ConfigError
 from manifold.observability.redaction import Redactor
 from manifold.providers import proxy, transport
 from manifold.providers.base import Capability
-from manifold.providers.registry import PROVIDERS
+from manifold.providers.registry import provider_kind
 from manifold.routing.addressing import router_problems
 
 __all__ = ["checked", "load_config", "parse_config", "validate", "validated"]
@@ -66,7 +66,7 @@ def checked(decoded: Decoded) -> Config:
 
 def deployment_problems(dep: DeploymentBase, where: str) -> list[str]:
     """Its kind's own rules (`Provider.check`), its upstream HTTP options, and `responses`."""
-    kind = PROVIDERS[dep.provider]
+    kind = provider_kind(dep)
     problems = [f"{where}.{problem}" for problem in kind.check(dep)]
     if isinstance(dep, UpstreamDeployment):
         problems.extend(_upstream_http_problems(dep, where))

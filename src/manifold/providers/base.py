@@ -125,6 +125,12 @@ class Provider:
         return None
 
     @property
+    def concurrency_limit(self) -> int | None:
+        """The most requests the router lets in at once (more wait in the deployment's queue, then 429): the
+        deployment's `max_concurrency`, or a backend's own bound (a batching engine's batch size)."""
+        return self.deployment.max_concurrency
+
+    @property
     def native_responses(self) -> bool:
         """Whether `POST /responses` goes to the upstream's own Responses API (deployment `responses: native`)."""
         return self.deployment.responses == "native" and Capability.RESPONSES in self.capabilities

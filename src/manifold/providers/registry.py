@@ -34,5 +34,19 @@ PROVIDERS: dict[str, ProviderKind] = {
 }
 
 
+# Kinds with more than one engine (`engine:` on the deployment): (kind, engine) → its provider, when the engine
+# is not the kind's default.
+ENGINES: dict[tuple[str, str], ProviderKind] = {
+    ("local", "openvino"): ProviderKind("manifold.providers.local.openvino", "OpenVinoModelProvider"),
+}
+
+
+def provider_kind(deployment: DeploymentBase) -> ProviderKind:
+    engine = getattr(deployment, "engine", None)
+    if isinstance(engine, str) and (deployment.provider, engine) in ENGINES:
+        return ENGINES[deployment.provider, engine]
+    return PROVIDERS[deployment.provider]
+
+
 def create_provider(deployment: DeploymentBase) -> Provider:
-    return PROVIDERS[deployment.provider].load()(deployment)
+    return provider_kind(deployment).load()(deployment)

@@ -83,7 +83,7 @@ class Member:
         self.weight = dep.weight
         self.model_pattern = dep.model
         self.breaker = CircuitBreaker(policy.allowed_fails, policy.fail_window, policy.cooldown_time)
-        self.limit = ConcurrencyLimit(repr(label), dep.max_concurrency, dep.max_queue, dep.queue_timeout)
+        self.limit = ConcurrencyLimit(repr(label), provider.concurrency_limit, dep.max_queue, dep.queue_timeout)
         self.latency: float | None = None  # moving averages, seconds
         self.ttft: float | None = None
         self.metrics: DeploymentMetrics | None = None  # set by Router.observe

@@ -1,0 +1,224 @@
+"""The embedded model under concurrent users: the serialized llama.cpp engine beside the batching openvino engine,
+through a real `manifold serve` (issue 15). Prints, per engine, aggregate output tokens/s and time to first token
+(mean, p95) for 1, 8 and 16 concurrent streams, and the ratios to a lone request; then 8 streams sharing a
+~200-token system prompt with and without prefix caching; then the server's peak memory with 64 requests queued.
+
+    .venv/bin/python bench/local.py [--threads 2] [--tokens 128] [--only llama_cpp,openvino]
+
+Each engine is its own deployment of one server (the others idle while one is measured). The answers are chat
+streams with `max_tokens` (default 128) at temperature 0.7; a stream that ends early counts the tokens it had.
+On a machine shared with other work the absolute figures swing; compare within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.e2e.conftest import free_port
+
+QUESTIONS = [
+    "Tell me about the history of Paris.",
+    "Explain how bees make honey.",
+    "Describe a walk along the sea.",
+    "Why is the sky blue?",
+    "Write a short story about a cat.",
+    "How do plants grow?",
+    "What makes a good friend?",
+    "Describe the planet Jupiter.",
+]
+SYSTEM = (
+    "You are Manifold's helpful assistant for a small bakery in Lyon. The bakery opens at seven in the morning and "
+    "closes at seven in the evening, every day but Monday. It sells croissants, pains au chocolat, baguettes, "
+    "brioches, tarts with seasonal fruit, and a rye loaf baked on Thursdays only. Orders for cakes need two days' "
+    "notice and a deposit of ten euros. The bakery does not deliver, but customers may collect orders from the "
+    "side door until eight. Payment is by card or cash; there is no minimum. Gluten-free bread is baked on "
+    "Saturdays. Answer briefly and politely, in the customer's language, and never invent products or prices "
+    "that are not listed here. If you do not know, say so and suggest calling the shop."
+)
+
+
+def p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, round(0.95 * len(ordered)) - 1)]
+
+
+async def stream(
+    client: httpx.AsyncClient, model: str, messages: list[dict[str, str]], tokens: int
+) -> tuple[float, int]:
+    """(seconds to the first content token, completion tokens) of one chat stream."""
+    body = {
+        "model": model,
+        "messages": messages,
+        "max_tokens": tokens,
+        "temperature": 0.7,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    started = time.perf_counter()
+    first: float | None = None
+    used = 0
+    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if first is None and chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
+                first = time.perf_counter() - started
+            if chunk.get("usage"):
+                used = int(chunk["usage"]["completion_tokens"])
+    return (first if first is not None else time.perf_counter() - started), used
+
+
+async def concurrent(
+    client: httpx.AsyncClient, model: str, users: int, tokens: int, system: str | None = None
+) -> dict[str, float]:
+    def messages(i: int) -> list[dict[str, str]]:
+        user = {"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}
+        return [{"role": "system", "content": system}, user] if system else [user]
+
+    started = time.perf_counter()
+    results = await asyncio.gather(*(stream(client, model, messages(i), tokens) for i in range(users)))
+    wall = time.perf_counter() - started
+    ttfts = [r[0] for r in results]
+    total = sum(r[1] for r in results)
+    return {"tps": total / wall, "ttft_mean": statistics.mean(ttfts), "ttft_p95": p95(ttfts), "tokens": total}
+
+
+async def greedy(client: httpx.AsyncClient, model: str, question: str) -> str:
+    body = {"model": model, "messages": [{"role": "user", "content": question}], "max_tokens": 64, "temperature": 0}
+    response = await client.post("/v1/chat/completions", json=body)
+    response.raise_for_status()
+    return str(response.json()["choices"][0]["message"]["content"])
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def measure(base: str, pid: int, models: list[str], tokens: int) -> None:
+    async with httpx.AsyncClient(base_url=base, timeout=900) as client:
+        for model in models:
+            await stream(client, model, [{"role": "user", "content": "Hi"}], 8)  # warm up
+        print(f"\n## {tokens}-token streams, aggregate output tokens/s and TTFT (s)\n")
+        print("| engine | users | tokens/s | x lone | TTFT mean | TTFT p95 | p95 / lone TTFT |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        got: dict[tuple[str, int], dict[str, float]] = {}
+        for model in models:
+            lone = await concurrent(client, model, 1, tokens)
+            for users in (1, 8, 16):
+                r = lone if users == 1 else await concurrent(client, model, users, tokens)
+                got[model, users] = r
+                print(
+                    f"| {model} | {users} | {r['tps']:.1f} | {r['tps'] / lone['tps']:.2f} | {r['ttft_mean']:.2f} "
+                    f"| {r['ttft_p95']:.2f} | {r['ttft_p95'] / lone['ttft_mean']:.1f} |",
+                    flush=True,
+                )
+        print("\n## 8 users sharing a system prompt: TTFT mean (s)\n")
+        print("| engine | TTFT mean | TTFT p95 | tokens/s |")
+        print("|---|---:|---:|---:|")
+        for model in [m for m in models if m != "llama_cpp"] + ["openvino-no-prefix-cache"] * ("openvino" in models):
+            # Twice: the first round fills the prefix cache; the second is the figure.
+            await stream(client, model, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Hi"}], 4)
+            await concurrent(client, model, 8, tokens, SYSTEM)
+            r = await concurrent(client, model, 8, tokens, SYSTEM)
+            got[model, -8] = r
+            print(f"| {model} | {r['ttft_mean']:.2f} | {r['ttft_p95']:.2f} | {r['tps']:.1f} |", flush=True)
+        if {"llama_cpp", "openvino"} <= set(models):
+            ov, lc = "openvino", "llama_cpp"
+            print("\n## Targets (issue 15), openvino\n")
+            print(f"- 8 users: {got[ov, 8]['tps'] / got[ov, 1]['tps']:.2f}x a lone request's tokens/s (target 3)")
+            print(f"- 16 users: {got[ov, 16]['tps'] / got[ov, 1]['tps']:.2f}x (target 5)")
+            print(
+                f"- 8 users: p95 TTFT {got[ov, 8]['ttft_p95'] / got[ov, 1]['ttft_mean']:.1f}x a lone one's "
+                "(target <= 3)"
+            )
+            cached, uncached = got[ov, -8]["ttft_mean"], got["openvino-no-prefix-cache", -8]["ttft_mean"]
+            print(f"- shared system prompt: mean TTFT {uncached / cached:.1f}x lower with prefix caching (target 3)")
+            print(
+                f"- a lone request: {got[ov, 1]['tps']:.1f} tokens/s, TTFT {got[ov, 1]['ttft_mean']:.2f} s; serialized "
+                f"llama_cpp: {got[lc, 1]['tps']:.1f} tokens/s, TTFT {got[lc, 1]['ttft_mean']:.2f} s (target: no slower)"
+            )
+            print(f"- 8 users vs serialized llama_cpp at 8: {got[ov, 8]['tps'] / got[lc, 8]['tps']:.1f}x tokens/s")
+        if "openvino" in models:
+            solo = [await greedy(client, "openvino", q) for q in QUESTIONS]
+            together = await asyncio.gather(*(greedy(client, "openvino", q) for q in QUESTIONS))
+            same = sum(a == b for a, b in zip(solo, together, strict=True))
+            print(f"\n## Greedy output of 8 batched streams equal to their solo runs (openvino): {same}/8")
+            print("\n## 64 requests at once on openvino (16 run, 48 queue): server memory\n")
+            before = rss_kib(pid)
+            peak = before
+            task = asyncio.ensure_future(concurrent(client, "openvino", 64, 32))
+            while not task.done():
+                peak = max(peak, rss_kib(pid))
+                await asyncio.sleep(0.2)
+            r = task.result()
+            print(
+                f"RSS before {before / 1024:.0f} MiB, peak {peak / 1024:.0f} MiB (KV budget kv_cache_gb: 1); "
+                f"{r['tokens']:.0f} tokens at {r['tps']:.1f}/s, TTFT p95 {r['ttft_p95']:.1f} s",
+                flush=True,
+            )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--only", default="llama_cpp,openvino")
+    args = parser.parse_args()
+    models = args.only.split(",")
+    local = {"provider": "local", "threads": args.threads}
+    # queue_timeout: 64 requests at once wait longer than the default 30 s for a place in the batch on a small machine
+    ov = {**local, "engine": "openvino", "max_batch": 16, "queue_timeout": 600}
+    config = {
+        "model_list": [
+            {"model_name": "llama_cpp", **local},
+            {"model_name": "openvino", **ov},
+            {"model_name": "openvino-no-prefix-cache", **ov, "prefix_caching": False},
+        ],
+        "router": {"num_retries": 0},
+    }
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        server = subprocess.Popen(
+            [sys.executable, "-m", "manifold", "serve", "--port", str(port), "--config", str(path)],
+            cwd=tmp,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            for _ in range(600):
+                try:
+                    if httpx.get(base + "/health/ready", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.1)
+            print(f"threads {args.threads}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+            asyncio.run(measure(base, server.pid, models, args.tokens))
+        finally:
+            server.terminate()
+            server.wait(30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,293 @@
+"""Continuous batching for an in-process model: one engine thread owns the pipeline (OpenVINO GenAI's
+`ContinuousBatchingPipeline`) and runs its steps; requests from the event loop join and leave between steps.
+
+Each turn of the engine thread: admit the sequences submitted since the last turn (`add_request`: the pipeline
+prefills them, chunked, alongside the others' decoding), cancel those whose client left (`GenerationHandle.cancel`:
+their KV blocks are freed by the next step), run one step (one token for every running sequence), and hand each
+sequence's new tokens to it: detokenized incrementally, cut at a stop sequence (which may span tokens), streamed
+to the event loop with `call_soon_threadsafe`. A sequence that ends (end of sequence, a stop sequence,
+`max_tokens`) is cancelled in the pipeline at once, so its slot is free for the next step.
+
+At most `max_batch` sequences are in the pipeline at once (its own `max_num_seqs` does not bound them); more wait
+in the engine. Requests are bounded before the engine too, by the router: the deployment's concurrency limit is the
+batch size, and its bounded queue answers 429 with Retry-After when full (routing/health.py), so a client that
+leaves passes its slot to the next waiting request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from manifold.providers.local.generation import StopText
+
+log = logging.getLogger("manifold.local")
+
+# (kind, index, payload): ("text", i, str) | ("end", i, (finish_reason, completion_tokens)) | ("error", i, exc) |
+# ("tokens", i, [(token id, logprob), ...]): with `logprobs`, the tokens of the next "text" event, just before it
+Event = tuple[str, int, Any]
+
+
+class Outbox:
+    """The event loop's end of one request: events of its sequences, put from the engine thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+
+    def put(self, event: Event) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+
+
+class Detokenizer:
+    """Token ids in, text out, as it becomes certain: the last tokens are decoded together with a few before
+    them, and nothing is emitted while they end inside a character (the tokenizer drops an incomplete one)."""
+
+    __slots__ = ("_decode", "_ids", "_prefix", "_read")
+
+    def __init__(self, decode: Callable[[list[int]], str]) -> None:
+        self._decode = decode
+        self._ids: list[int] = []
+        self._prefix = 0  # where the decoded window starts
+        self._read = 0  # what of it was already emitted
+
+    def feed(self, token: int) -> str:
+        self._ids.append(token)
+        before = self._decode(self._ids[self._prefix : self._read])
+        after = self._decode(self._ids[self._prefix :])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self._prefix, self._read = self._read, len(self._ids)
+            return after[len(before) :]
+        return ""
+
+    def flush(self) -> str:
+        before = self._decode(self._ids[self._prefix : self._read])
+        return self._decode(self._ids[self._prefix :])[len(before) :]
+
+
+class BatchSequence:
+    """One generated sequence, from its submission to its end."""
+
+    __slots__ = (
+        "cancelled",
+        "config",
+        "detok",
+        "ended",
+        "generated",
+        "handle",
+        "index",
+        "max_tokens",
+        "outbox",
+        "pending",
+        "prompt",
+        "prompt_tokens",
+        "stops",
+    )
+
+    def __init__(
+        self,
+        prompt: Any,
+        config: Any,
+        stop: list[str],
+        max_tokens: int,
+        index: int,
+        outbox: Outbox,
+        logprobs: bool = False,
+    ) -> None:
+        # with `logprobs`: the tokens (id, logprob) whose text has not been sent yet
+        self.pending: list[tuple[int, float]] | None = [] if logprobs else None
+        self.prompt = prompt  # what add_request takes (an ov.Tensor of token ids)
+        self.prompt_tokens = 0  # what the request's usage counts for it
+        self.config = config  # its GenerationConfig
+        self.stops = StopText(stop)
+        self.max_tokens = max_tokens
+        self.index = index
+        self.outbox = outbox
+        self.detok: Detokenizer | None = None
+        self.handle: Any = None
+        self.generated = 0
+        self.cancelled = False  # set from the event loop when the client leaves
+        self.ended = False
+
+    def take(self, token: int, logprob: float, end_ids: frozenset[int]) -> None:
+        """One generated token (on the engine thread)."""
+        assert self.detok is not None
+        if token in end_ids:
+            self.end("stop")
+            return
+        self.generated += 1
+        if self.pending is not None:
+            self.pending.append((token, logprob))
+        text, stopped = self.stops.feed(self.detok.feed(token))
+        if text:
+            self._text(text)
+        if stopped:
+            self.end("stop", stopped=True)
+        elif self.generated >= self.max_tokens:
+            self.end("length")
+
+    def end(self, finish: str, stopped: bool = False) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        if not stopped and self.detok is not None:
+            tail, stopped = self.stops.feed(self.detok.flush())
+            tail += "" if stopped else self.stops.flush()
+            if tail:
+                self._text(tail)
+            finish = "stop" if stopped else finish
+        self.outbox.put(("end", self.index, (finish, self.generated)))
+
+    def _text(self, text: str) -> None:
+        if self.pending:
+            self.outbox.put(("tokens", self.index, self.pending))
+            self.pending = []
+        self.outbox.put(("text", self.index, text))
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.ended:
+            self.ended = True
+            self.outbox.put(("error", self.index, exc))
+
+
+class Engine:
+    """The engine thread and what crosses to it."""
+
+    def __init__(
+        self, pipeline: Any, decode: Callable[[list[int]], str], end_ids: frozenset[int], max_batch: int, name: str
+    ) -> None:
+        self.pipeline = pipeline
+        self.max_batch = max_batch  # sequences in the pipeline at once (its own max_num_seqs does not bound them)
+        self._waiting: collections.deque[BatchSequence] = collections.deque()
+        self._decode = decode
+        self._end_ids = end_ids
+        self._cond = threading.Condition()
+        self._inbox: list[BatchSequence] = []
+        self._active: dict[int, BatchSequence] = {}
+        self._closing = False
+        self._wake = False
+        self._ids = itertools.count()
+        self.steps = 0  # engine steps run (for tests and the benchmark)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def running(self) -> int:
+        return len(self._active)
+
+    def submit(self, seqs: Sequence[BatchSequence]) -> None:
+        with self._cond:
+            if self._closing:
+                raise RuntimeError("the engine is closed")
+            self._inbox.extend(seqs)
+            self._cond.notify()
+
+    def cancel(self, seqs: Sequence[BatchSequence]) -> None:
+        """From the event loop: these sequences' client left; the engine frees them before its next step."""
+        with self._cond:
+            for seq in seqs:
+                seq.cancelled = True
+            self._wake = True
+            self._cond.notify()
+
+    def close(self, timeout: float = 30.0) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    # -- the engine thread ----------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as exc:
+            log.exception("the batching engine failed")
+            with self._cond:
+                self._closing = True
+                pending, self._inbox = self._inbox, []
+            for seq in [*pending, *self._waiting, *self._active.values()]:
+                seq.fail(exc)
+            self._active.clear()
+            self._waiting.clear()
+        finally:
+            self._drain()
+
+    def _loop(self) -> None:
+        pipeline = self.pipeline
+        while True:
+            with self._cond:
+                while not (self._inbox or self._active or self._waiting or self._closing or self._wake):
+                    self._cond.wait()
+                if self._closing:
+                    return
+                new, self._inbox = self._inbox, []
+                self._wake = False
+            for seq in [s for s in self._active.values() if s.cancelled]:
+                self._retire(seq)
+            self._waiting.extend(new)
+            while self._waiting and len(self._active) < self.max_batch:
+                seq = self._waiting.popleft()
+                if seq.cancelled:
+                    continue
+                seq.detok = Detokenizer(self._decode)
+                try:
+                    seq.handle = pipeline.add_request(next(self._ids), seq.prompt, seq.config)
+                except (RuntimeError, ValueError) as exc:
+                    seq.fail(exc)
+                    continue
+                self._active[id(seq)] = seq
+            if not pipeline.has_non_finished_requests():
+                continue
+            pipeline.step()
+            self.steps += 1
+            for seq in list(self._active.values()):
+                self._read(seq)
+
+    def _read(self, seq: BatchSequence) -> None:
+        handle = seq.handle
+        while handle.can_read() and not seq.ended:
+            for output in handle.read().values():
+                logprobs = list(output.generated_log_probs) if seq.pending is not None else []
+                for i, token in enumerate(output.generated_ids):
+                    seq.take(int(token), float(logprobs[i]) if i < len(logprobs) else 0.0, self._end_ids)
+                    if seq.ended:
+                        break
+        if not seq.ended:
+            status = handle.get_status().name
+            if status == "FINISHED":
+                seq.end("length" if seq.generated >= seq.max_tokens else "stop")
+            elif status != "RUNNING":
+                seq.fail(RuntimeError(f"the pipeline ended the sequence ({status.lower()})"))
+        if seq.ended:
+            self._retire(seq)
+
+    def _retire(self, seq: BatchSequence) -> None:
+        """Out of the batch: cancelled in the pipeline (which frees its KV blocks at the next step)."""
+        self._active.pop(id(seq), None)
+        if seq.handle is not None and seq.handle.get_status().name == "RUNNING":
+            seq.handle.cancel()
+        seq.end("stop")  # a client that left reads nothing more; the others already ended
+
+    def _drain(self) -> None:
+        """At close: every sequence cancelled and the pipeline stepped until it holds none (so that it releases
+        every KV block before it is destroyed)."""
+        with self._cond:
+            pending, self._inbox = self._inbox, []
+        for seq in [*self._waiting, *pending]:
+            seq.fail(RuntimeError("the server is shutting down"))
+        self._waiting.clear()
+        for seq in list(self._active.values()):
+            if seq.handle is not None and seq.handle.get_status().name == "RUNNING":
+                seq.handle.cancel()
+            seq.fail(RuntimeError("the server is shutting down"))
+        self._active.clear()
+        for _ in range(1000):
+            if not self.pipeline.has_non_finished_requests():
+                break
+            self.pipeline.step()
