@@ -1,5 +1,7 @@
-"""The official Node `openai` SDK for tests: installed with npm into `.cache/node-openai` on first use (under a
-file lock, reused after), and a runner for small scripts against a real server.
+"""The official Node `openai` SDK for tests: installed with npm into `.cache/node-openai` (under a file lock,
+reused after) by `python -m tests.fakes.node_openai install`, which scripts/test runs before pytest (so the tests
+themselves talk to 127.0.0.1 only; a test run without it installs on first use), and a runner for small scripts
+against a real server.
 
 `run_script(body, base_url, api_key)` runs `body` inside an async function where `client` is an `OpenAI` client
 (no retries) and `OpenAI` the module; the script returns a JSON-able value and the runner returns it. A call that
@@ -88,3 +90,12 @@ def run_script(body: str, base_url: str, api_key: str) -> Any:
     if result.returncode != 0:
         raise RuntimeError(f"node failed ({result.returncode}):\n{result.stderr}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["install"]:
+        sys.exit("usage: python -m tests.fakes.node_openai install")
+    why = node_missing()
+    print(f"node-openai: not installed ({why})" if why else ensure_installed())
