@@ -6,6 +6,7 @@ items cross to the event loop through a queue.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import importlib.util
 import logging
@@ -39,7 +40,7 @@ def packaged_file(package: str, pattern: str, missing: str) -> Path:
     raise ServiceUnavailableError(f"The {package.replace('_', '-')} package holds no {pattern} file.")
 
 
-class ModelThreadProvider(Provider, Generic[M]):
+class ModelThreadProvider(Provider, Generic[M], abc.ABC):
     """A provider whose model `M` lives on one thread. Subclasses name the thread and say how the model file is
     found (`packaged_model`), checked (`prepare`), loaded (`load`) and closed (`closer`)."""
 
@@ -63,15 +64,16 @@ class ModelThreadProvider(Provider, Generic[M]):
 
     # -- what a subclass provides (all but `closer` run on the model's thread) -------------------------------------
 
+    @abc.abstractmethod
     def packaged_model(self) -> Path:
         """The model file used when the deployment names no `model_path`."""
-        raise NotImplementedError
 
     def prepare(self, path: Path) -> None:
         """Checks before the load (its libraries importable, the file loadable); a ManifoldError when not."""
 
+    @abc.abstractmethod
     def load(self, path: Path) -> M:
-        raise NotImplementedError
+        """The model, loaded from `path` (on the model's thread)."""
 
     def closer(self, model: M) -> Callable[[], None] | None:
         """What releases the model on its thread at shutdown (None: nothing to release)."""
