@@ -20,8 +20,8 @@ from manifold.config import StorageSettings
 from manifold.errors import InvalidRequestError, ServiceUnavailableError
 from manifold.storage import Store, tables
 from manifold.storage.chat_completions import ChatCompletionStore
-from manifold.storage.engine import create_engine, database_url
-from manifold.storage.migrations import MIGRATIONS, Migration, applied_versions, migrate
+from manifold.storage.engine import create_engine, database_url, write_engine
+from manifold.storage.migrations import MIGRATIONS, Migration, _lock, applied_versions, migrate
 from manifold.storage.tables import schema_migrations
 from manifold.storage.writer import DurableWrites
 from tests.databases import BACKENDS, _admin, fresh_postgres_database, storage_settings
@@ -87,6 +87,21 @@ async def test_concurrent_migrations_apply_each_version_once(settings: StorageSe
         results = await asyncio.gather(*(migrate(e) for e in engines))
         assert sorted(results) == [[], [], [], [], [], ALL_VERSIONS]
         assert await applied_versions(engines[0]) == ALL_VERSIONS
+    finally:
+        await asyncio.gather(*(e.dispose() for e in engines))
+
+
+async def test_an_up_to_date_database_is_not_locked_to_find_so(settings: StorageSettings) -> None:
+    """A worker starting while another one writes: the database is at the newest version, which a plain read
+    shows, so the start does not queue for the write lock (held here for the whole check) behind the writers."""
+    engines = [create_engine(settings) for _ in range(2)]
+    try:
+        await migrate(engines[0])
+        async with write_engine(engines[0]).begin() as writing:
+            await _lock(writing)  # PostgreSQL: the migrations' advisory lock; SQLite: BEGIN IMMEDIATE holds it
+            await writing.execute(text("UPDATE manifold_schema_migrations SET name = name"))
+            async with asyncio.timeout(5):
+                assert await migrate(engines[1]) == []
     finally:
         await asyncio.gather(*(e.dispose() for e in engines))
 

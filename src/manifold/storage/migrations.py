@@ -5,8 +5,11 @@ on the async engine, with no ini file or script directory to ship; a runner this
 
 Running it is idempotent and safe when several workers or replicas start at once: the whole run is one
 transaction that first takes a lock every other runner waits on (PostgreSQL: a transaction-scoped advisory lock;
-SQLite: `BEGIN IMMEDIATE`, the database's write lock), then reads which versions are applied. DDL is
-transactional on both, so a failed migration leaves nothing behind.
+SQLite: the writers' turn lock, `engine.WriteLock`, then `BEGIN IMMEDIATE`, the database's write lock), then
+reads which versions are applied. DDL is transactional on both, so a failed migration leaves nothing behind.
+A database already at the newest version is seen by a plain read first, and no lock is taken: a worker that
+starts (or restarts) while the others write does not queue for the write lock behind them, which on SQLite,
+whose busy handler sleeps up to 100 ms between tries, could take longer than any client waits.
 
 To change the schema: append a `Migration` with the next version whose `upgrade` runs against a sync
 `Connection` (use frozen table copies or `op`-style DDL, never the live definitions in `tables.py`, which keep
@@ -15,6 +18,7 @@ changing), then update `tables.py`. Never edit or renumber a migration that has 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -32,12 +36,13 @@ from sqlalchemy import (
     Table,
     Text,
     insert,
+    inspect,
     select,
     text,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from manifold.storage.engine import write_engine
+from manifold.storage.engine import write_engine, write_lock
 from manifold.storage.rows import now_ms
 from manifold.storage.tables import schema_migrations
 
@@ -233,6 +238,31 @@ MIGRATIONS: tuple[Migration, ...] = (
 async def migrate(engine: AsyncEngine, migrations: Sequence[Migration] = MIGRATIONS) -> list[int]:
     """Apply the migrations not yet recorded; return the versions this call applied."""
     ordered = sorted(migrations, key=lambda m: m.version)
+    applied = set(await _applied_if_any(engine))
+    if {m.version for m in ordered} <= applied:
+        _warn_if_newer(applied, ordered)
+        return []
+    lock = write_lock(engine.url)
+    if lock is None:
+        return await _migrate_locked(engine, ordered)
+    try:
+        await asyncio.to_thread(lock.acquire)
+        try:
+            return await _migrate_locked(engine, ordered)
+        finally:
+            lock.release()
+    finally:
+        lock.close()
+
+
+async def _applied_if_any(engine: AsyncEngine) -> list[int]:
+    """The versions recorded, read without a lock ([] when there is no record yet)."""
+    async with engine.connect() as conn:
+        exists = await conn.run_sync(lambda c: inspect(c).has_table(schema_migrations.name))
+        return list(await conn.scalars(select(schema_migrations.c.version))) if exists else []
+
+
+async def _migrate_locked(engine: AsyncEngine, ordered: Sequence[Migration]) -> list[int]:
     done: list[int] = []
     async with write_engine(engine).begin() as conn:
         await _lock(conn)
@@ -245,12 +275,16 @@ async def migrate(engine: AsyncEngine, migrations: Sequence[Migration] = MIGRATI
             await conn.run_sync(m.upgrade)
             await conn.execute(insert(schema_migrations).values(version=m.version, name=m.name, applied_at=now_ms()))
             done.append(m.version)
+    _warn_if_newer(applied, ordered)
+    return done
+
+
+def _warn_if_newer(applied: set[int], ordered: Sequence[Migration]) -> None:
     newest = max((m.version for m in ordered), default=0)
     if applied and max(applied) > newest:
         log.warning(
             "storage: the database is at schema version %d, newer than this Manifold knows (%d)", max(applied), newest
         )
-    return done
 
 
 async def applied_versions(engine: AsyncEngine) -> list[int]:
