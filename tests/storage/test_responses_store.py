@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from manifold.config import StorageSettings
 from manifold.errors import InvalidRequestError
@@ -116,3 +117,35 @@ async def test_a_queued_response_with_a_live_lease_reads_as_in_progress(store: S
     assert not await responses.update(response(6, "completed", background=True), only_if_unfinished=True)
     stored = await responses.get("resp_6")
     assert stored is not None and stored.response["status"] == "cancelled"
+
+
+async def test_a_chain_reads_back_in_two_statements(store: Store) -> None:
+    """`chain` walks `previous_response_id` in the database: newest first, each link with its input items, in
+    two statements whatever the length; the walk ends at a deleted link and at the limit."""
+    responses = await store.responses()
+    previous = None
+    for n in range(1, 9):
+        own = [{"type": "message", "id": f"msg_{n}_{i}", "role": "user", "content": []} for i in range(n % 3)]
+        await responses.save(response(n, previous_response_id=previous), own, f"req_{n}")
+        previous = f"resp_{n}"
+    statements: list[str] = []
+    event.listen(store.engine.sync_engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    links = await responses.chain("resp_8", 100)
+    assert len([s for s in statements if s != "BEGIN"]) == 2  # SQLite: SQLAlchemy's own BEGIN besides
+    assert [link.stored.response["id"] for link in links] == [f"resp_{n}" for n in range(8, 0, -1)]
+    assert [[i["id"] for i in link.input_items] for link in links] == [
+        [f"msg_{n}_{i}" for i in range(n % 3)] for n in range(8, 0, -1)
+    ]
+    assert [link.stored.response["id"] for link in await responses.chain("resp_8", 3)] == ["resp_8", "resp_7", "resp_6"]
+    assert await responses.delete("resp_5")
+    assert [link.stored.response["id"] for link in await responses.chain("resp_8", 100)] == [
+        "resp_8",
+        "resp_7",
+        "resp_6",
+    ]
+    assert [link.stored.response["id"] for link in await responses.chain("resp_3", 100)] == [
+        "resp_3",
+        "resp_2",
+        "resp_1",
+    ]
+    assert await responses.chain("resp_5", 100) == []

@@ -186,27 +186,21 @@ class ResponsesEngine:
         if previous_response_id is None:
             return []
         store = await self.store.responses()
-        parts: list[list[dict[str, Any]]] = []
-        response_id: str | None = previous_response_id
-        while response_id is not None and len(parts) < MAX_CHAIN:
-            stored = await store.get(response_id)
-            if stored is None:
-                if not parts:
-                    raise NotFoundError(
-                        f"Previous response with id '{response_id}' not found.", param="previous_response_id"
-                    )
-                break  # an older link was deleted: the chain starts after it
-            response = stored.response
-            if not parts and response.get("status") in UNFINISHED:
-                raise InvalidRequestError(
-                    f"Previous response with id '{response_id}' is still {response['status']}; wait for it to finish.",
-                    param="previous_response_id",
-                    code="invalid_value",
-                )
-            items = await store.input_items(response_id) or []
-            parts.append([*items, *(response.get("output") or [])])
-            previous = response.get("previous_response_id")
-            response_id = previous if isinstance(previous, str) else None
+        links = await store.chain(previous_response_id, MAX_CHAIN)
+        if not links:
+            raise NotFoundError(
+                f"Previous response with id '{previous_response_id}' not found.", param="previous_response_id"
+            )
+        newest = links[0].stored.response
+        if newest.get("status") in UNFINISHED:
+            raise InvalidRequestError(
+                f"Previous response with id '{previous_response_id}' is still {newest['status']}; "
+                "wait for it to finish.",
+                param="previous_response_id",
+                code="invalid_value",
+            )
+        # An older link that was deleted ends the walk: the chain starts after it.
+        parts = [[*link.input_items, *(link.stored.response.get("output") or [])] for link in links]
         return [item for part in reversed(parts) for item in part]
 
     def messages(self, instructions: str | None, context: list[dict[str, Any]], own_count: int) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, and_, delete, func, or_, select, update
+from sqlalchemy import Connection, Integer, and_, delete, func, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from manifold import _json
@@ -35,6 +35,11 @@ class StoredResponse(NamedTuple):
     response: dict[str, Any]
     owner: str | None
     lease_until: int | None
+
+
+class ChainLink(NamedTuple):
+    stored: StoredResponse
+    input_items: list[dict[str, Any]]
 
 
 class ResponseStore:
@@ -93,14 +98,39 @@ class ResponseStore:
             row = (
                 await conn.execute(select(_r.c.response, _r.c.owner, _r.c.lease_until).where(_r.c.id == response_id))
             ).first()
-        if row is None:
-            return None
-        response = _json.decode(row.response)
-        if response.get("status") == "queued" and row.lease_until is not None and row.lease_until >= _now_ms():
-            # The process that stored it queued starts it at once and does not write `in_progress` (a write per
-            # background response saved): a live lease on a queued response means it is running.
-            response["status"] = "in_progress"
-        return StoredResponse(response, row.owner, row.lease_until)
+        return None if row is None else _stored(row)
+
+    async def chain(self, response_id: str, limit: int) -> list[ChainLink]:
+        """The response and those before it (`previous_response_id`, up to `limit` in all), newest first, each
+        with its input items: two statements on one connection, whatever the chain's length (a recursive query
+        walks the links in the database). The walk ends at the first link that is not stored (deleted)."""
+        walk = (
+            select(_r.c.id, _r.c.previous_response_id, literal(0, Integer).label("depth"))
+            .where(_r.c.id == response_id)
+            .cte("chain", recursive=True)
+        )
+        walk = walk.union_all(
+            select(_r.c.id, _r.c.previous_response_id, walk.c.depth + 1).where(
+                _r.c.id == walk.c.previous_response_id, walk.c.depth < limit - 1
+            )
+        )
+        links = (
+            select(_r.c.id, _r.c.response, _r.c.owner, _r.c.lease_until)
+            .join_from(walk, _r, _r.c.id == walk.c.id)
+            .order_by(walk.c.depth)
+        )
+        items = (
+            select(_items.c.response_id, _items.c.item)
+            .where(_items.c.response_id.in_(select(walk.c.id)))
+            .order_by(_items.c.response_id, _items.c.position)
+        )
+        async with storage_errors(), self._engine.connect() as conn:
+            rows = (await conn.execute(links)).all()
+            by_response: dict[str, list[dict[str, Any]]] = {}
+            if rows:
+                for item in await conn.execute(items):
+                    by_response.setdefault(item.response_id, []).append(_json.decode(item.item))
+        return [ChainLink(_stored(row), by_response.get(row.id, [])) for row in rows]
 
     async def delete(self, response_id: str) -> bool:
         def apply(conn: Connection) -> bool:
@@ -187,6 +217,15 @@ class ResponseStore:
             )
         )
         return await self._writes.submit(Write(apply=_rowcount(stmt)))
+
+
+def _stored(row: Any) -> StoredResponse:
+    response = _json.decode(row.response)
+    if response.get("status") == "queued" and row.lease_until is not None and row.lease_until >= _now_ms():
+        # The process that stored it queued starts it at once and does not write `in_progress` (a write per
+        # background response saved): a live lease on a queued response means it is running.
+        response["status"] = "in_progress"
+    return StoredResponse(response, row.owner, row.lease_until)
 
 
 def _rowcount(stmt: Any) -> Any:
