@@ -7,7 +7,9 @@ difference drowns in the noise of three processes sharing the CPUs. Here the sam
 the router, the endpoint) runs against an in-memory backend, driven by ASGI calls: each setting (`off`,
 `on` = metrics + JSON access log, `trace` = `on` + OpenTelemetry with a sampler of 1.0 exporting to a
 do-nothing exporter; `ledger` = `off` + the usage ledger, its rows written to a SQLite file in a temporary
-directory within the measured time) serves `--requests` requests per round, the settings take turns for
+directory within the measured time; `limits` = `off` + a static key with rpm, tpm, in-flight and budget limits
+(counted in process memory) and a priced deployment; `limits-redis` = the same counted in the local Redis,
+`BENCH_REDIS_URL`) serves `--requests` requests per round, the settings take turns for
 `--rounds` rounds, and the fastest round of each is printed (CPU time of this process, in µs per request: on a
 busy machine the least disturbed round is the best estimate of the work itself). Prints figures, asserts nothing.
 """
@@ -72,6 +74,19 @@ class MemoryBackend(Provider):
         yield {**base, "choices": [], "usage": ANSWER["usage"]}
 
 
+KEY = "sk-bench-limits-0123456789"
+LIMITED_KEY = {
+    "key": KEY,
+    "alias": "bench",
+    "rpm": 100_000_000,
+    "tpm": 1_000_000_000_000,
+    "max_parallel_requests": 100_000,
+    "max_budget": 1_000_000,
+    "budget_duration": "daily",
+}
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
 def config(setting: str) -> Config:
     raw: dict[str, Any] = {
         "model_list": [{"model_name": "bench", "provider": "openai", "api_base": "http://127.0.0.1:9/v1"}],
@@ -86,6 +101,13 @@ def config(setting: str) -> Config:
         raw["metrics"] = {"enabled": False}
     if setting == "trace":
         raw["tracing"] = {"enabled": True}
+    if setting in ("limits", "limits-redis"):  # `off` + a static key with limits and a budget, a priced deployment
+        raw["server"]["access_log"] = False
+        raw["metrics"] = {"enabled": False}
+        raw["model_list"][0].update(input_cost_per_million=0.15, output_cost_per_million=0.6)
+        raw["auth"] = {"keys": [LIMITED_KEY]}
+        if setting == "limits-redis":  # the counters in the local Redis, under a prefix of the run's own
+            raw["redis"] = {"url": REDIS_URL, "key_prefix": f"manifold-bench-{os.getpid()}:", "timeout_s": 5}
     if setting == "ledger":  # `off` + the usage ledger
         raw["server"]["access_log"] = False
         raw["metrics"] = {"enabled": False}
@@ -106,7 +128,11 @@ def scope_for(body: bytes) -> dict[str, Any]:
         "method": "POST",
         "path": "/v1/chat/completions",
         "query_string": b"",
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"authorization", b"Bearer " + KEY.encode()),
+        ],
         "client": ("127.0.0.1", 50000),
     }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -196,3 +197,27 @@ def test_budget_admits_exactly_ten_requests(upstream: CountingUpstream, replicas
                 assert exc.body["type"] == "insufficient_quota"  # type: ignore[index]
     assert accepted == 10
     assert upstream.count(name) == 10
+
+
+def test_a_budget_that_never_resets_is_kept(upstream: CountingUpstream, replicas: Any, prefix: str) -> None:
+    """A `max_budget` without `budget_duration`: its spend is kept for good (the counter in Redis does not
+    expire for a century), so the budget refuses on every replica, also after a while. Before: it was counted in
+    a period that had ended in 1980, its counter expired a second after each request, and it never refused."""
+    name = f"forever-{prefix}"
+    per_request = PROMPT_TOKENS * 1 + COMPLETION_TOKENS * 2
+    group = replicas(_config(upstream, name, {"max_budget": f"{per_request * 2 / 1_000_000:.6f}"}, prefix))
+    message = [{"role": "user", "content": "hi"}]
+    with (
+        openai.OpenAI(base_url=group.procs[0].base_url, api_key=KEY, max_retries=0) as one,
+        openai.OpenAI(base_url=group.procs[1].base_url, api_key=KEY, max_retries=0) as two,
+    ):
+        one.chat.completions.create(model="m", messages=message)  # type: ignore[arg-type]
+        two.chat.completions.create(model="m", messages=message)  # type: ignore[arg-type]
+        time.sleep(1.5)
+        for client in (one, two):
+            with pytest.raises(openai.RateLimitError) as refused:
+                client.chat.completions.create(model="m", messages=message)  # type: ignore[arg-type]
+            assert refused.value.code == "insufficient_quota"
+    (counter,) = redis.Redis.from_url(REDIS_URL).keys(f"{prefix}budget:*")
+    assert redis.Redis.from_url(REDIS_URL).ttl(counter) > 100 * 365 * 86400
+    assert upstream.count(name) == 2

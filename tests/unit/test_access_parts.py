@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from manifold.access.limits import WINDOW_S, MemoryCounters, Scope, format_reset, period_start
+from manifold.access.limits import WINDOW_S, Admission, MemoryCounters, Scope, format_reset, period_start
 from manifold.access.pricing import dollars, micros, prices_for
+from manifold.access.principal import Limits, Principal
 from manifold.config import LocalDeployment, OpenAIDeployment
 
 
@@ -64,8 +65,21 @@ def test_budget_periods() -> None:
     assert datetime.fromtimestamp(start, UTC) == datetime(2026, 2, 28, 12, tzinfo=UTC)  # clamped to February
     start, length = period_start("daily", 0, now)
     assert (start, length) == (int(now), 86400)
-    start, _ = period_start(None, created, now)
-    assert start == 0
+    start, length = period_start(None, created, now)
+    assert start == 0 and start + length > now + 100 * 365 * 86400  # one period, for ever
+
+
+def test_a_budget_without_a_duration_keeps_its_spend() -> None:
+    """Seen in review: a budget that never resets was counted in a period that had ended in 1980, so its spend
+    expired a second after each request and the budget was never reached."""
+    admission = Admission(MemoryCounters())
+    key = Principal(key_id="k", key_alias="a", key_limits=Limits(max_budget_micros=10), created_at=1_700_000_000)
+    now = 1_800_000_000.0
+    (budget,) = admission.plan(key, "m", now).budgets
+    assert budget.ttl_s(now) > 100 * 365 * 86400
+    counters = MemoryCounters()
+    counters.release([], int(now), 0, [budget], 10, "r1")
+    assert counters.admit_now([], 0, [budget], "r2", now + 3600).refused == "budget"
 
 
 def test_memory_window_is_sliding() -> None:
@@ -79,3 +93,25 @@ def test_memory_window_is_sliding() -> None:
     assert refused.retry_after_s == WINDOW_S - 59  # when the first one leaves the window
     assert counters.admit_now(scope, 0, [], "d", t + WINDOW_S).refused is None  # the first has left
     assert counters.admit_now(scope, 0, [], "e", t + WINDOW_S).refused == "requests"
+
+
+def test_a_plan_is_kept_per_principal_and_model_while_its_budget_period_lasts() -> None:
+    """The scopes and budgets of a request are built once per principal and model group and reused; a new
+    principal object (a changed key) or the end of the budget period builds them again, with the new period's
+    counter id."""
+    admission = Admission(MemoryCounters())
+    limits = Limits(rpm=10, max_budget_micros=5_000_000, budget_duration="daily")
+    key = Principal(key_id="k1", key_alias="a", key_limits=limits, created_at=0)
+    day = 86400
+    now = 20 * day + 100.0
+    first = admission.plan(key, "m", now)
+    assert [s.name for s in first.scopes] == ["key a"] and not first.counts_tokens
+    assert [(b.id, b.keep_until) for b in first.budgets] == [(f"k:k1:{20 * day}", 21 * day + 60)]
+    assert admission.plan(key, "m", now + 3600) is first
+    assert admission.plan(key, "other", now) is not first
+    changed = Principal(key_id="k1", key_alias="a", key_limits=Limits(rpm=5, tpm=100), created_at=0)
+    again = admission.plan(changed, "m", now)
+    assert [(s.rpm, s.tpm) for s in again.scopes] == [(5, 100)] and again.counts_tokens and again.budgets == []
+    next_day = admission.plan(key, "m", 21 * day + 1.0)
+    assert next_day is not first and [b.id for b in next_day.budgets] == [f"k:k1:{21 * day}"]
+    assert next_day.budgets[0].ttl_s(21 * day + 1.0) == day + 59

@@ -28,7 +28,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 from manifold.access.pricing import dollars, prices_for
 from manifold.access.principal import CURRENT_PRINCIPAL, Limits, Principal
@@ -52,6 +52,7 @@ log = logging.getLogger("manifold.access")
 
 WINDOW_S: Final = 60
 DEFAULT_COMPLETION_RESERVE: Final = 1024  # tokens reserved for the answer when a request sets no max_tokens
+NEVER_ENDS: Final = 1 << 36  # seconds: a budget without a duration (its period starts at 0 and ends in 4147)
 IN_FLIGHT_TTL_S: Final = 3600  # a slot not released by then (its replica died) is freed
 COST_HEADER: Final = "x-manifold-cost"
 Report = Callable[[str, str], None]
@@ -95,7 +96,10 @@ class Budget:
     name: str
     id: str  # includes the period: a new period starts from 0
     max_micros: int
-    ttl_s: int  # how long the period's counter must be kept
+    keep_until: int  # unix seconds: how long the period's counter must be kept (its end, plus a minute)
+
+    def ttl_s(self, now: float) -> int:
+        return max(1, int(self.keep_until - now))
 
 
 @dataclass(slots=True)
@@ -127,7 +131,8 @@ class Counters(Protocol):
 
     def release(
         self, scopes: list[Scope], second: int, token_delta: int, budgets: list[Budget], cost: int, request_id: str
-    ) -> Awaitable[None]: ...
+    ) -> Awaitable[None] | None:
+        """None when it is done already (nothing to wait for)."""
 
     async def aclose(self) -> None: ...
 
@@ -263,7 +268,7 @@ class MemoryCounters:
             return 0
         return found[0]
 
-    async def release(
+    def release(
         self, scopes: list[Scope], second: int, token_delta: int, budgets: list[Budget], cost: int, request_id: str
     ) -> None:
         now = time.time()
@@ -279,7 +284,7 @@ class MemoryCounters:
         if cost:
             for budget in budgets:
                 spent = self._spent(budget.id, now)
-                self._spend[budget.id] = (spent + cost, now + budget.ttl_s)
+                self._spend[budget.id] = (spent + cost, float(budget.keep_until))
 
     async def aclose(self) -> None:
         return None
@@ -287,8 +292,8 @@ class MemoryCounters:
 
 def period_start(duration: str | None, created_at: int, now: float) -> tuple[int, int]:
     """The current budget period's start (unix seconds) and length, counted from the key's creation."""
-    if duration is None:
-        return 0, 10 * 365 * 86400
+    if duration is None:  # one period, for ever (its end beyond any clock this runs on)
+        return 0, NEVER_ENDS
     if duration in ("daily", "weekly"):
         length = 86400 if duration == "daily" else 7 * 86400
         start = created_at + (int(now) - created_at) // length * length
@@ -304,6 +309,17 @@ def period_start(duration: str | None, created_at: int, now: float) -> tuple[int
             break
         year, month = (year, month - 1) if month > 1 else (year - 1, 12)
     return int(start_dt.timestamp()), 31 * 86400
+
+
+_PLANS_KEPT: Final = 4096  # principal and model pairs whose plans are kept (the cache starts over past it)
+
+
+class _Plan(NamedTuple):
+    principal: Principal
+    scopes: list[Scope]
+    budgets: list[Budget]
+    valid_until: float  # the first budget period's end
+    counts_tokens: bool  # a scope has a tpm
 
 
 class Ticket:
@@ -363,6 +379,7 @@ class Admission:
         self.counters = counters
         self.on_error = on_error
         self.errors = 0  # Redis failures met (served or refused by on_error)
+        self._plans: dict[tuple[int, str], _Plan] = {}
 
     def scopes(self, p: Principal, group: str) -> list[Scope]:
         out: list[Scope] = []
@@ -385,8 +402,25 @@ class Admission:
             if lim is None or lim.max_budget_micros is None:
                 continue
             start, length = period_start(lim.budget_duration, p.created_at, now)
-            out.append(Budget(name, f"{sid}:{start}", lim.max_budget_micros, max(1, int(start + length - now) + 60)))
+            out.append(Budget(name, f"{sid}:{start}", lim.max_budget_micros, start + length + 60))
         return out
+
+    def plan(self, p: Principal, group: str, now: float) -> _Plan:
+        """The scopes and budgets of a principal's request to a model group, made once and kept while the
+        principal is the same object (a key's cache entry; a changed key is a new one) and its budget periods
+        last: names and ids are strings built per key, and a monthly period's start takes calendar arithmetic."""
+        cache = self._plans
+        found = cache.get((id(p), group))
+        if found is not None and found.principal is p and now < found.valid_until:
+            return found
+        scopes = self.scopes(p, group)
+        budgets = self.budgets(p, now)
+        valid_until = min((b.keep_until - 60 for b in budgets), default=float("inf"))
+        made = _Plan(p, scopes, budgets, valid_until, any(s.tpm is not None for s in scopes))
+        if len(cache) >= _PLANS_KEPT:
+            cache.clear()
+        cache[(id(p), group)] = made
+        return made
 
     async def admit(self, group: str, body: dict[str, Any], request_id: str, streaming: bool, report: Report | None):  # type: ignore[no-untyped-def]
         """None: nothing to count (no principal, or the master key). Else the ticket to finish; raises the 429."""
@@ -396,11 +430,11 @@ class Admission:
         rec = CURRENT.get()
         if rec is not None and p.key_alias:
             rec.key_alias = p.key_alias
-        scopes = self.scopes(p, group)
-        budgets = self.budgets(p, time.time())
+        plan = self.plan(p, group, time.time())
+        scopes, budgets = plan.scopes, plan.budgets
         if not scopes and not budgets:
             return None
-        tokens = _estimate(body) if any(s.tpm is not None for s in scopes) else 0
+        tokens = _estimate(body) if plan.counts_tokens else 0
         try:
             v = await self.counters.admit(scopes, tokens, budgets, request_id)
         except self.counters.failures as exc:  # Redis unreachable or failing
@@ -452,25 +486,40 @@ class Admission:
             add_spend(p.key_alias or p.key_id, p.team_alias or p.team_id, group, cost)
         return cost
 
-    async def finish(
+    def finish(
         self,
         ticket: Ticket | None,
         dep: DeploymentBase | None,
         usage: Any,
         upstream_model: str | None,
         report: Report | None,
-    ) -> None:
-        """The request ended: its cost (header when `report`, record), then release and reconcile."""
+    ) -> Awaitable[None] | None:
+        """The request ended: its cost (header when `report`, record), then release and reconcile. Returns what
+        is left to await (the counters' round trip), or None when all is done (counters in process memory, or
+        nothing to release): the caller then needs no task and no turn of the event loop."""
         cost = self.price(dep, usage, upstream_model, report)
         if ticket is None or ticket.done:
-            return
+            return None
         ticket.done = True
         delta = (_total_tokens(usage) if isinstance(usage, dict) else 0) - ticket.reserved
         try:
-            await self.counters.release(ticket.scopes, ticket.second, delta, ticket.budgets, cost, ticket.request_id)
+            pending = self.counters.release(
+                ticket.scopes, ticket.second, delta, ticket.budgets, cost, ticket.request_id
+            )
         except self.counters.failures as exc:
-            self.errors += 1
-            log.error("request %s: releasing its limits failed (%s)", ticket.request_id, type(exc).__name__)
+            self._release_failed(ticket, exc)
+            return None
+        return None if pending is None else self._released(pending, ticket)
+
+    async def _released(self, pending: Awaitable[None], ticket: Ticket) -> None:
+        try:
+            await pending
+        except self.counters.failures as exc:
+            self._release_failed(ticket, exc)
+
+    def _release_failed(self, ticket: Ticket, exc: BaseException) -> None:
+        self.errors += 1
+        log.error("request %s: releasing its limits failed (%s)", ticket.request_id, type(exc).__name__)
 
     async def aclose(self) -> None:
         await self.counters.aclose()

@@ -13,6 +13,8 @@ turn of the event loop are written together; each is still its own atomic script
 from __future__ import annotations
 
 import hashlib
+import time
+from collections.abc import Awaitable
 from typing import Any, Final
 
 import hiredis
@@ -189,21 +191,22 @@ class RedisCounters:
             v.tok_limit, v.tok_remaining, v.tok_reset_s = int(out[9]), max(0, int(out[10])), int(out[11]) / 1000
         return v
 
-    async def release(
+    def release(
         self, scopes: list[Scope], second: int, token_delta: int, budgets: list[Budget], cost: int, request_id: str
-    ) -> None:
+    ) -> Awaitable[Any] | None:
         if not cost and not any(s.parallel is not None or (s.tpm is not None and token_delta) for s in scopes):
-            return  # nothing to release: no round trip
+            return None  # nothing to release: no round trip
         p = self.prefix
         keys: list[str] = []
         args: list[Any] = [len(scopes), second, token_delta, request_id, cost]
         for s in scopes:
             keys += (f"{p}rl:{s.id}:t", f"{p}rl:{s.id}:p")
             args += ("1" if s.tpm is not None else "0", "1" if s.parallel is not None else "0")
+        now = time.time()
         for b in budgets:
             keys.append(f"{p}budget:{b.id}")
-            args.append(b.ttl_s)
-        await self._script(_RELEASE_SHA, keys, args)
+            args.append(b.ttl_s(now))
+        return self._script(_RELEASE_SHA, keys, args)
 
     async def aclose(self) -> None:
         await self.connection.aclose()

@@ -127,8 +127,9 @@ def _stream_end(
 class Admission(Protocol):
     """The router's admission hook (implemented by access/limits.py, wired by the app): `admit` checks and counts
     the request's limits once its model group is known (raises the 429; returns a ticket, or None when nothing
-    is counted); `finish` is awaited once when it ends, with the deployment that answered and the usage (None
-    when it failed), to price it and release what `admit` took."""
+    is counted); `finish` is called once when it ends, with the deployment that answered and the usage (None
+    when it failed), to price it and release what `admit` took; what it returns, when not None, is awaited
+    (None: it is done already, nothing to wait for)."""
 
     def admit(
         self, group: str, body: dict[str, Any], request_id: str, streaming: bool, report: Report | None
@@ -136,7 +137,7 @@ class Admission(Protocol):
 
     def finish(
         self, ticket: Any, dep: DeploymentBase | None, usage: Any, upstream_model: str | None, report: Report | None
-    ) -> Awaitable[None]: ...
+    ) -> Awaitable[None] | None: ...
 
     def price(self, dep: DeploymentBase | None, usage: Any, upstream_model: str | None, report: Report | None) -> int:
         """Only the cost (header, record) of a request `admit` counted nothing for."""
@@ -344,7 +345,9 @@ class Router:
         except BaseException as exc:
             if ticket is not None:
                 done = admission.finish(ticket, None, None, None, None)
-                if isinstance(exc, asyncio.CancelledError):
+                if done is None:
+                    pass
+                elif isinstance(exc, asyncio.CancelledError):
                     _in_background(done)
                 else:
                     await done
@@ -356,7 +359,9 @@ class Router:
             if ticket is None:
                 admission.price(dep, usage, call.upstream_model, report)
             else:
-                await admission.finish(ticket, dep, usage, call.upstream_model, report)
+                done = admission.finish(ticket, dep, usage, call.upstream_model, report)
+                if done is not None:
+                    await done
         return result
 
     async def _attempts(
