@@ -30,9 +30,18 @@ class RespError(Exception):
 def _pack(args: tuple[Any, ...]) -> bytes:
     out = [b"*%d\r\n" % len(args)]
     for a in args:
-        b = a if isinstance(a, bytes) else str(a).encode()
-        out.append(b"$%d\r\n%b\r\n" % (len(b), b))
+        out.append(bulk(a))
     return b"".join(out)
+
+
+def bulk(value: Any) -> bytes:
+    """One argument of a command, as RESP writes it (a caller may build a command's frame from these)."""
+    b = value if isinstance(value, bytes) else str(value).encode()
+    return b"$%d\r\n%b\r\n" % (len(b), b)
+
+
+def array_header(count: int) -> bytes:
+    return b"*%d\r\n" % count
 
 
 class _Protocol(asyncio.Protocol):
@@ -78,12 +87,15 @@ class _Protocol(asyncio.Protocol):
             self.transport.abort()
 
     def send(self, args: tuple[Any, ...]) -> asyncio.Future[Any]:
+        return self.send_frame(_pack(args))
+
+    def send_frame(self, frame: bytes) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self.waiting.append(future)
         if not self.buffer:
             loop.call_soon(self._flush)
-        self.buffer.append(_pack(args))
+        self.buffer.append(frame)
         return future
 
     def _flush(self) -> None:
@@ -136,11 +148,15 @@ class RespConnection:
             return protocol
 
     async def call(self, *args: Any) -> Any:
+        return await self.call_frame(_pack(args))
+
+    async def call_frame(self, frame: bytes) -> Any:
+        """A command already packed (`array_header` and `bulk` pieces): what `call` sends, without packing."""
         protocol = self._protocol
         if protocol is None or protocol.lost:
             protocol = await self._connect()
         async with asyncio.timeout(self.timeout):
-            return await protocol.send(args)
+            return await protocol.send_frame(frame)
 
     async def aclose(self) -> None:
         protocol = self._protocol
