@@ -77,21 +77,28 @@ def _time_writes(engine: AsyncEngine) -> None:
 
 
 def _server_engine(url: URL, settings: StorageSettings) -> AsyncEngine:
+    """The reads' pool on PostgreSQL (writes go through the writer's own connection): `pool_size` connections,
+    no overflow. A read holds its connection for one or two statements, so `pool_size` reads in flight at once
+    serve many more concurrent requests, and a burst beyond that waits its turn for a connection instead of
+    opening one (a TCP connect, authentication and a server process) that is closed again when returned: a
+    worker holds at most `pool_size` + 1 connections, the figure to set PostgreSQL's `max_connections` by."""
     return create_async_engine(
         url,
         hide_parameters=True,
         connect_args={"timeout": CONNECT_TIMEOUT_S},
         pool_size=settings.pool_size,
-        max_overflow=settings.pool_size,
+        max_overflow=0,
         pool_pre_ping=True,  # a replica restarted behind us leaves dead connections in the pool
         pool_timeout=BUSY_TIMEOUT_S,
     )
 
 
 def postgres_write_engine(url: URL) -> AsyncEngine:
-    """The engine of the writer thread's own event loop on PostgreSQL (`writer.py`): one connection, checked
-    by the writer after an idle spell only (a restarted server leaves it dead), not before every batch: under
-    load that ping was one round trip of five per batch."""
+    """The engine of the writer thread's own event loop on PostgreSQL (`writer.py`): exactly one connection (the
+    writer runs one batch at a time: a second would never be used), checked by the writer after an idle spell
+    only (a restarted server leaves it dead), not before every batch: under load that ping was one round trip of
+    five per batch. It caches the statements it prepares (SQLAlchemy's asyncpg cache, 100 by default), which
+    makes a batch of inserts, once its statement is prepared, one round trip (`unnest_insert.py`)."""
     return create_async_engine(
         url,
         hide_parameters=True,

@@ -17,10 +17,13 @@ returns only once its own transaction is committed, so what a client was told ex
   busy handler sleeps up to 100 ms. On PostgreSQL the thread hands each batch to an event loop of its own
   (`_LoopThread`) with asyncpg, and waits for it.
 - **Merged inserts.** Rows a batch inserts into one table go in one multi-row statement (`executemany`), tables
-  in foreign-key order: one round trip per table on PostgreSQL, not one per write.
+  in foreign-key order. On PostgreSQL a batch made only of inserts is one statement in autocommit instead, for
+  all its tables (`unnest_insert.py`): one round trip, where `BEGIN`, one per table and `COMMIT` were three or
+  more.
 - **Failures stay in their batch.** A batch that fails fails its own writes and no others. When the failure was
   caused by one write's data (a duplicate id, a statement a write's callback got wrong) and not by the database
-  being gone, the batch runs again with each write in its own savepoint, so only the faulty write fails.
+  being gone, the batch runs again, as a transaction, with each write in its own savepoint, so only the faulty
+  write fails.
 - **Cancellation.** A caller that is cancelled (a client that left) does not cancel its write: the writer
   finishes it (only the caller's future is cancelled). `aclose()` lets pending writes finish before the engine closes.
 
@@ -45,6 +48,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlch
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from manifold.observability.metrics import STORAGE_WRITE_DURATION
+from manifold.storage import unnest_insert
 from manifold.storage.engine import (
     POLL_MAX_S,
     WriteLock,
@@ -227,7 +231,7 @@ class DurableWrites:
         writes = [pending.write for pending in batch]
         outcomes: list[Any]
         try:
-            outcomes = self._transaction(_merged, writes)
+            outcomes = self._run(writes)
         except Exception as exc:  # noqa: BLE001 - whatever a write raised goes to its caller; the writer lives on
             if len(batch) > 1 and not database_gone(exc):
                 log.warning("storage: a batch of %d writes failed (%s); retrying each on its own", len(batch), exc)
@@ -240,6 +244,19 @@ class DurableWrites:
             else:
                 outcomes = self._failed(batch, exc)
         self._answer(batch, outcomes, started)
+
+    def _run(self, writes: list[Write[Any]]) -> list[Any]:
+        """On PostgreSQL a batch of plain inserts is one statement in autocommit (`unnest_insert.py`): one round
+        trip. Anything else, and every batch on SQLite, is one transaction of merged inserts and statements."""
+        if self._loop_thread is not None:
+            inserts = _plain_inserts(writes)
+            if inserts is not None:
+                if inserts:
+                    tables = list(inserts)
+                    sql = unnest_insert.statement(tables)
+                    self._loop_thread.run_statement(sql, unnest_insert.parameters(tables, inserts))
+                return [None] * len(writes)
+        return self._transaction(_merged, writes)
 
     def _failed(self, batch: list[_Pending], exc: Exception) -> list[Any]:
         log_failure(f"{len(batch)} write(s) failed", exc)
@@ -310,15 +327,32 @@ class _LoopThread:
         """From the writer's thread: one batch on this loop, waited for."""
         return asyncio.run_coroutine_threadsafe(self._batch(run, writes), self._loop).result()
 
+    def run_statement(self, sql: str, parameters: tuple[Any, ...]) -> None:
+        """From the writer's thread: one statement in autocommit (no BEGIN, no COMMIT), waited for."""
+        asyncio.run_coroutine_threadsafe(self._statement(sql, parameters), self._loop).result()
+
     async def _batch(self, run: _Batch, writes: list[Write[Any]]) -> list[Any]:
+        engine = await self._checked_engine()
+        async with engine.begin() as conn:
+            results = await conn.run_sync(run, writes)
+        self._last_batch = time.monotonic()
+        return results
+
+    async def _statement(self, sql: str, parameters: tuple[Any, ...]) -> None:
+        engine = await self._checked_engine()
+        async with engine.connect() as conn:
+            # asyncpg in autocommit sends the statement alone: acknowledged means committed (and synced, with
+            # PostgreSQL's default synchronous_commit), as a COMMIT's acknowledgement did.
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.exec_driver_sql(sql, parameters)
+        self._last_batch = time.monotonic()
+
+    async def _checked_engine(self) -> AsyncEngine:
         if self._engine is None:
             self._engine = postgres_write_engine(self._url)
         if time.monotonic() - self._last_batch > PING_AFTER_IDLE_S:
             await self._ping(self._engine)
-        async with self._engine.begin() as conn:
-            results = await conn.run_sync(run, writes)
-        self._last_batch = time.monotonic()
-        return results
+        return self._engine
 
     @staticmethod
     async def _ping(engine: AsyncEngine) -> None:
@@ -326,6 +360,7 @@ class _LoopThread:
         invalidated here, so the batch gets a new one. Back-to-back batches skip this round trip."""
         try:
             async with engine.connect() as conn:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")  # no BEGIN and ROLLBACK around it
                 await conn.exec_driver_sql("SELECT 1")
         except SQLAlchemyError:
             return  # invalidated if it was a disconnect; if the database is down, the batch says so
@@ -368,6 +403,20 @@ def _merged(conn: Connection, writes: list[Write[Any]]) -> list[Any]:
             results.append(None)
     _flush(conn, rows)
     return results
+
+
+def _plain_inserts(writes: list[Write[Any]]) -> dict[Table, Rows] | None:
+    """The rows of a batch made only of inserts, merged per table, parents first (None: a write has statements
+    of its own, or a row that the one-statement insert does not carry)."""
+    rows: dict[Table, Rows] = {}
+    for write in writes:
+        if write.apply is not None:
+            return None
+        for table, table_rows in write.inserts:
+            if table_rows:
+                rows.setdefault(table, []).extend(table_rows)
+    ordered = {table: rows[table] for table in sorted(rows, key=_dependency_rank)}
+    return ordered if unnest_insert.fits(list(ordered), ordered) else None
 
 
 def _flush(conn: Connection, rows: dict[Table, Rows]) -> None:
