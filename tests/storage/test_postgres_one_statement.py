@@ -321,3 +321,22 @@ async def test_a_worker_holds_pool_size_plus_one_connections(
         assert proxy.most_connected == 3
     finally:
         await store.aclose()
+
+
+async def test_a_ledger_batch_is_one_round_trip(store: Store, wire: tuple[WireCount, str]) -> None:
+    """The usage ledger's rows go through the writer as plain inserts: a flush of 50 rows is one statement."""
+    from manifold.access.ledger import Ledger
+    from manifold.config import LedgerSettings
+    from tests.storage.test_ledger import T0, record
+
+    proxy, _ = wire
+    ledger = Ledger(store, LedgerSettings(enabled=True, flush_interval_s=3600, max_batch=500))
+    ledger.record(record(0, key="k", team="t", model="m", at=T0, cost_micros=1))
+    assert await ledger.flush()  # the first batch prepares the statement
+    for n in range(1, 51):
+        ledger.record(record(n, key="k", team=None, model="m", at=T0 + n, cost_micros=None, stream=n % 2 == 0))
+    trips, (flushed,) = await counted(proxy, ledger.flush())
+    assert flushed is True and trips == 1 and ledger.written == 51
+    async with store.engine.connect() as conn:
+        ids = (await conn.scalars(select(tables.usage.c.request_id).order_by(tables.usage.c.seq))).all()
+    assert ids == [f"req-{n}" for n in range(51)]

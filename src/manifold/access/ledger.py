@@ -273,7 +273,14 @@ class Ledger:
             from manifold.storage.writer import Write
 
             writes = await self.store.writes()
-            await writes.submit(Write(apply=_insert(batch)))
+            if self.store.engine.dialect.name == "postgresql":
+                # Plain rows: the writer sends them as one statement in autocommit (storage/unnest_insert.py), one
+                # round trip where BEGIN, this statement and COMMIT were three.
+                from manifold.storage.tables import usage
+
+                await writes.submit(Write(inserts=[(usage, [dict(zip(COLUMNS, row, strict=True)) for row in batch])]))
+            else:  # SQLite: one multi-row statement built here (cheaper than the writer's executemany)
+                await writes.submit(Write(apply=_insert(batch)))
         except Exception as exc:  # noqa: BLE001 - told apart by the caller: database gone (retry) or data refused
             return exc
         return None
