@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from manifold.access.limits import WINDOW_S, Admission, MemoryCounters, Scope, format_reset, period_start
+from manifold.access.limits import WINDOW_S, Admission, Budget, MemoryCounters, Scope, format_reset, period_start
 from manifold.access.pricing import dollars, micros, prices_for
 from manifold.access.principal import Limits, Principal
+from manifold.access.resp import bulk
 from manifold.config import LocalDeployment, OpenAIDeployment
 
 
@@ -115,3 +116,23 @@ def test_a_plan_is_kept_per_principal_and_model_while_its_budget_period_lasts() 
     next_day = admission.plan(key, "m", 21 * day + 1.0)
     assert next_day is not first and [b.id for b in next_day.budgets] == [f"k:k1:{21 * day}"]
     assert next_day.budgets[0].ttl_s(21 * day + 1.0) == day + 59
+
+
+def test_the_redis_scripts_prepacked_commands_are_what_packing_each_argument_gives() -> None:
+    """RedisCounters packs the scripts' commands once per plan but for the per-request arguments: the bytes
+    must be those of EVALSHA sha numkeys KEYS… ARGV… packed one argument at a time."""
+    from manifold.access.redis_counters import _ADMIT_SHA, _RELEASE_SHA, RedisCounters
+    from manifold.access.resp import _pack
+
+    counters = RedisCounters("redis://127.0.0.1:1/0", 1.0, "p:")
+    scopes = [Scope("key a", "k:1", 10, None, 3), Scope("key a, model m", "k:1:m:m", None, 500, None)]
+    budgets = [Budget("key a", "k:1:0", 9_000_000, 4_000_000_000)]
+    f = counters._frames(scopes, budgets)
+    assert counters._frames(scopes, budgets) is f  # kept for the same plan's lists
+    keys = ["p:rl:k:1:r", "p:rl:k:1:t", "p:rl:k:1:p", "p:rl:k:1:m:m:r", "p:rl:k:1:m:m:t", "p:rl:k:1:m:m:p"]
+    admit = ["EVALSHA", _ADMIT_SHA, 7, *keys, "p:budget:k:1:0", 2, 812, "req_1", 3600, 10, -1, 3, -1, 500, -1]
+    assert b"".join((f.admit_head, bulk(812), bulk("req_1"), f.admit_tail)) == _pack((*admit, 9_000_000))
+    keys = ["p:rl:k:1:t", "p:rl:k:1:p", "p:rl:k:1:m:m:t", "p:rl:k:1:m:m:p", "p:budget:k:1:0"]
+    release = ["EVALSHA", _RELEASE_SHA, 5, *keys, 2, 1_700_000_000, -12, "req_1", 44, "0", "1", "1", "0"]
+    frame = b"".join((f.release_head, bulk(1_700_000_000), bulk(-12), bulk("req_1"), bulk(44), f.release_tail))
+    assert frame == _pack((*release, 4_000_000_000))
