@@ -171,10 +171,17 @@ def configure(level: str, log_format: str, secrets: Iterable[str] = ()) -> None:
     handler.addFilter(RequestContext())
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if level.lower() == "trace" else level.upper())
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+    for name in ("uvicorn", "uvicorn.error"):
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+    # uvicorn's own access line: Manifold writes its own (`manifold.access`, `server.access_log`), with the
+    # request's model, tokens and key alias. uvicorn's HTTP protocol decides whether to log each request by
+    # `hasHandlers()` alone (not by `access_log=False`), so the logger gets no handler and does not propagate:
+    # no second line, and none of its cost (a record formatted and written per request).
+    uvicorn_access = logging.getLogger("uvicorn.access")
+    uvicorn_access.handlers.clear()
+    uvicorn_access.propagate = False
     # Third-party debug chatter that could print a request with its headers: not at debug.
     for name in ("urllib3", "httpx", "httpcore", "hpack"):
         logging.getLogger(name).setLevel(max(logging.INFO, root.level))
