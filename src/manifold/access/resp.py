@@ -13,6 +13,7 @@ URLs: `redis://[[user]:password@]host[:port][/db]`, `rediss://…` (TLS) and `un
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 from collections import deque
 from typing import Any
@@ -45,9 +46,17 @@ def array_header(count: int) -> bytes:
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self) -> None:
+    """Replies come back in order, so the oldest command waiting is the one late first: one timer per
+    connection (armed for the oldest command's deadline) bounds every wait, where a timeout around each call
+    cost a timer handle armed and cancelled per command. A command that outlives `timeout_s` fails the
+    connection: every waiter gets `TimeoutError`, and the next command connects again."""
+
+    def __init__(self, timeout_s: float) -> None:
         self.reader = hiredis.Reader()
         self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.deadlines: deque[float] = deque()  # loop time by which each waiting command must be answered
+        self.timeout_s = timeout_s
+        self.watchdog: asyncio.TimerHandle | None = None
         self.transport: Any = None  # an asyncio or uvloop transport (uvloop's are not asyncio.Transport)
         self.buffer: list[bytes] = []
         self.lost = False
@@ -67,6 +76,7 @@ class _Protocol(asyncio.Protocol):
                 self._fail(ConnectionError("Redis sent an unexpected reply"))
                 return
             future = waiting.popleft()
+            self.deadlines.popleft()
             if future.done():
                 continue
             if isinstance(reply, hiredis.ReplyError):
@@ -79,6 +89,10 @@ class _Protocol(asyncio.Protocol):
 
     def _fail(self, exc: Exception) -> None:
         self.lost = True
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
+        self.deadlines.clear()
         while self.waiting:
             future = self.waiting.popleft()
             if not future.done():
@@ -92,11 +106,29 @@ class _Protocol(asyncio.Protocol):
     def send_frame(self, frame: bytes) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
+        if self.lost:
+            future.set_exception(ConnectionError("the connection to Redis was lost"))
+            return future
+        deadline = loop.time() + self.timeout_s
         self.waiting.append(future)
+        self.deadlines.append(deadline)
+        if self.watchdog is None:
+            self.watchdog = loop.call_at(deadline, self._check)
         if not self.buffer:
             loop.call_soon(self._flush)
         self.buffer.append(frame)
         return future
+
+    def _check(self) -> None:
+        self.watchdog = None
+        if not self.deadlines:
+            return
+        loop = asyncio.get_running_loop()
+        oldest = self.deadlines[0]
+        if oldest <= loop.time():
+            self._fail(TimeoutError(f"Redis did not answer within {self.timeout_s:g} s"))
+        else:
+            self.watchdog = loop.call_at(oldest, self._check)
 
     def _flush(self) -> None:
         data = b"".join(self.buffer)
@@ -131,11 +163,12 @@ class RespConnection:
                 return protocol
             loop = asyncio.get_running_loop()
             async with asyncio.timeout(self.timeout):
+                make = functools.partial(_Protocol, self.timeout)
                 if self.path is not None:
-                    _, protocol = await loop.create_unix_connection(_Protocol, self.path)
+                    _, protocol = await loop.create_unix_connection(make, self.path)
                 else:
                     context = ssl.create_default_context() if self.tls else None
-                    _, protocol = await loop.create_connection(_Protocol, self.host, self.port, ssl=context)
+                    _, protocol = await loop.create_connection(make, self.host, self.port, ssl=context)
                 setup: list[asyncio.Future[Any]] = []
                 if self.password is not None:
                     auth = ("AUTH", self.user, self.password) if self.user else ("AUTH", self.password)
@@ -151,12 +184,12 @@ class RespConnection:
         return await self.call_frame(_pack(args))
 
     async def call_frame(self, frame: bytes) -> Any:
-        """A command already packed (`array_header` and `bulk` pieces): what `call` sends, without packing."""
+        """A command already packed (`array_header` and `bulk` pieces): what `call` sends, without packing.
+        Bounded by the connection's timer (`_Protocol`): `TimeoutError` after `timeout_s`."""
         protocol = self._protocol
         if protocol is None or protocol.lost:
             protocol = await self._connect()
-        async with asyncio.timeout(self.timeout):
-            return await protocol.send_frame(frame)
+        return await protocol.send_frame(frame)
 
     async def aclose(self) -> None:
         protocol = self._protocol
