@@ -27,6 +27,7 @@ from manifold.providers.base import Call, Capability, ChunkStream, of_kind
 from manifold.providers.local import generation
 from manifold.providers.local.batching import BatchSequence, Engine, Event, Outbox
 from manifold.providers.local.completions import LEGACY_DEFAULT_MAX_TOKENS
+from manifold.providers.local.json_grammar import schema_grammar
 from manifold.providers.local.model_thread import ModelThreadProvider
 from manifold.providers.local.provider import _flatten_messages, embedded_model_path
 
@@ -529,7 +530,14 @@ def _config(
     if schema is not None or regex is not None:
         structured = ov.StructuredOutputConfig()
         if schema is not None:
-            structured.json_schema = json.dumps(schema)
+            # Our own grammar of the schema, whose whitespace is bounded (json_grammar.py: the pipeline's own JSON
+            # grammar lets a sampling model write whitespace until max_tokens); the schema itself where the
+            # conversion does not know a keyword.
+            grammar = schema_grammar(schema)
+            if grammar is not None:
+                structured.grammar = grammar
+            else:
+                structured.json_schema = json.dumps(schema)
         else:
             structured.regex = regex
         config.structured_output_config = structured
