@@ -42,7 +42,7 @@ from manifold.errors import (
     ServiceUnavailableError,
 )
 from manifold.observability import metrics as m
-from manifold.observability.record import CURRENT, usage_details
+from manifold.observability.record import CURRENT
 from manifold.observability.record import RequestRecord as RecordT
 from manifold.observability.tracing import Tracing
 from manifold.providers.base import Call, ChunkStream, Provider
@@ -776,7 +776,7 @@ def _attempt_answered(
         rec.upstream_seconds += elapsed
         rec.input_tokens = given
         rec.output_tokens = made
-        rec.cached_tokens, rec.reasoning_tokens = usage_details(usage)
+        rec.usage = usage
 
 
 class _Relay:
@@ -969,7 +969,7 @@ class _ObservedRelay(_Relay):
             rec.upstream_seconds += end - self._started
             rec.input_tokens = given
             rec.output_tokens = made
-            rec.cached_tokens, rec.reasoning_tokens = usage_details(usage)
+            rec.usage = usage
         if self._span is not None:
             assert self._tracing is not None
             capture = self._capture
