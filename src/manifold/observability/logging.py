@@ -17,6 +17,8 @@ import time
 from collections.abc import Iterable
 from typing import Any, Final
 
+import msgspec
+
 from manifold import _json
 from manifold.observability.record import CURRENT, RequestRecord
 from manifold.observability.redaction import Redactor, add_secrets, redact
@@ -252,6 +254,29 @@ def _direct_handler(logger: logging.Logger) -> BlockBufferedHandler | None:
     return handler
 
 
+class _AccessLine(msgspec.Struct):
+    """The access line's fields, in their order (docs/observability.md). Encoded as a struct, not a dict: msgspec
+    writes a struct's keys from names it encoded once."""
+
+    time: str | None
+    request_id: str | None
+    trace_id: str | None
+    method: str
+    route: str | None
+    model: str | None
+    deployment: str | None
+    status: int
+    stream: bool
+    attempts: int
+    input_tokens: int | None
+    output_tokens: int | None
+    cost: float | None
+    latency_ms: float
+    ttft_ms: float | None
+    key_alias: str | None
+    client: str | None
+
+
 class AccessLog:
     """Writes the one access line per request at INFO on `manifold.access` (a record made here: `Logger.info`
     would look up the caller's frame, which nobody reads in an access line). When the only thing logging would
@@ -271,32 +296,31 @@ class AccessLog:
         model = rec.model
         if model is not None and model != rec.model_label:
             model = redact(model)  # an alias, a wildcard's name, or whatever the client typed
-        fields = {
-            "time": None,  # the record's own time, formatted by the formatter
-            "request_id": rec.request_id,
-            "trace_id": rec.trace_id,
-            "method": rec.method,
-            "route": rec.route,
-            "model": model,
-            "deployment": rec.deployment,
-            "status": rec.status,
-            "stream": rec.stream,
-            "attempts": rec.attempts,
-            "input_tokens": rec.input_tokens,
-            "output_tokens": rec.output_tokens,
-            "cost": rec.cost,
-            "latency_ms": int((rec.end - rec.start) * 1e6) / 1000,  # to the microsecond; cheaper than round()
-            "ttft_ms": None if ttft is None else int(ttft * 1e6) / 1000,
-            "key_alias": rec.key_alias,
-            "client": rec.client,
-        }
         handler = _direct_handler(logger)
+        line = _AccessLine(
+            None if handler is None else _iso(time.time()),  # else the record's own time, set by the formatter
+            rec.request_id,
+            rec.trace_id,
+            rec.method,
+            rec.route,
+            model,
+            rec.deployment,
+            rec.status,
+            rec.stream,
+            rec.attempts,
+            rec.input_tokens,
+            rec.output_tokens,
+            rec.cost,
+            int((rec.end - rec.start) * 1e6) / 1000,  # to the microsecond; cheaper than round()
+            None if ttft is None else int(ttft * 1e6) / 1000,
+            rec.key_alias,
+            rec.client,
+        )
         if handler is None:
-            logger.handle(_AccessRecord(fields))
+            logger.handle(_AccessRecord(msgspec.structs.asdict(line)))
             return
-        fields["time"] = _iso(time.time())
         try:
             # One write of the binary stream: it takes its own lock (the flush thread's flush takes it too).
-            handler.stream.write(_json.encode(fields) + b"\n")
+            handler.stream.write(_json.encode(line) + b"\n")
         except Exception:  # noqa: BLE001 (as BlockBufferedHandler.emit: report, never raise)
-            handler.handleError(_AccessRecord(fields))
+            handler.handleError(_AccessRecord(msgspec.structs.asdict(line)))
