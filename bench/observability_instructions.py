@@ -8,7 +8,13 @@ Re-runs itself under `valgrind --tool=callgrind --dump-before=getppid`: the chil
 (as observability_cost.py does), warms each up, then serves `--requests` non-streamed and `--requests` streamed
 requests per setting, calling `os.getppid()` (nothing else in the process does) at each phase's start and end, so
 that each phase's instructions land in a dump of their own (the cyclic garbage collector off, a collection run
-between phases). Prints instructions per request of each setting and the
+between phases). Only the event loop's thread is counted (`--separate-threads=yes`: a dump holds the thread that
+called `getppid`): other threads work by the clock, not per request (the log's flush thread every 0.2 s, the
+store's start-up thread importing SQLAlchemy), and under valgrind's slowness their work would land in whichever
+phase it overlapped (tens of thousands of instructions per request, a different phase each run); for the same
+reason the event loop's periodic tasks are cancelled once the apps have started (the metrics' once-a-second flush
+is done at each phase's end instead). Prints
+instructions per request of each setting and the
 difference from `off`; the development machine runs 5-8 instructions a nanosecond here (bench/README.md), so
 120 000 instructions are about 0.02 ms of CPU. Needs valgrind; slow (valgrind runs Python ~50x slower: minutes).
 Prints figures, asserts nothing.
@@ -50,6 +56,14 @@ async def phases(args: argparse.Namespace) -> list[str]:
         await apps[setting].startup()
         # The store opens in the background (SQLAlchemy imported in a thread): done before any phase counts.
         await apps[setting].store.ready(timeout_s=120, opening_s=120)
+    # What runs by the clock stops here: the once-a-second move of buffered metrics into prometheus-client (left
+    # to `settle`, at each phase's end), the key watcher's and the Responses engine's periodic store queries.
+    # Under valgrind a second is ~50 times fewer requests than at full speed, and these would land in whichever
+    # phase they fell in (tens of thousands of instructions per request, a different phase each run).
+    await asyncio.sleep(0.1)  # the watchers' first turn (the key watcher's first look) done
+    for task in asyncio.all_tasks():
+        if task is not asyncio.current_task():
+            task.cancel()
     oc.MemoryBackend.chunks = args.chunks
     names = []
     for stream in (False, True):
@@ -102,6 +116,7 @@ def parent(args: argparse.Namespace) -> None:
             "valgrind",
             "--tool=callgrind",
             "--dump-before=getppid",
+            "--separate-threads=yes",
             f"--callgrind-out-file={out}",
             sys.executable,
             os.path.abspath(__file__),
@@ -113,7 +128,9 @@ def parent(args: argparse.Namespace) -> None:
             sys.exit(f"valgrind failed ({done.returncode}):\n{done.stderr[-3000:]}")
         names = done.stdout.split("\n")[: -1 or None]
         names = [n for n in names if n]
-        dumps = sorted(glob.glob(out + ".*"), key=lambda p: int(p.rsplit(".", 1)[1]))
+        # The main thread's dumps: cg.out.<n>-01 (the thread that calls getppid; other threads' counts go to the
+        # final cg.out-<thread>, read by nothing).
+        dumps = sorted(glob.glob(out + ".*-01"), key=lambda p: int(p.rsplit(".", 1)[1].split("-")[0]))
         # Dumps alternate: what comes before a phase (start-up, a garbage collection), then the phase.
         per_phase = [totals(p) for p in dumps[1 : 2 * len(names) : 2]]
     by_name = dict(zip(names, per_phase, strict=True))

@@ -319,3 +319,133 @@ def test_stream_capture_puts_the_choices_back_together() -> None:
             {"index": 1, "text": "legacy", "finish_reason": "length"},
         ]
     }
+
+
+@pytest.fixture
+def server_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """`configure` as `manifold serve` runs it (stderr a file, not a terminal: the block-buffered JSON handler),
+    undone afterwards."""
+    from manifold.observability import logging as manifold_logging
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
+    monkeypatch.setattr(manifold_logging, "_direct", None)
+    path = tmp_path / "stderr"
+    with path.open("w") as err:
+        monkeypatch.setattr(sys, "stderr", err)
+        manifold_logging.configure("info", "json", [])
+        handler = root.handlers[-1]
+        assert isinstance(handler, manifold_logging.BlockBufferedHandler)
+
+        class Log:
+            @staticmethod
+            def alone() -> None:
+                """Only the server's handler on the root logger (pytest adds its own for each test's call)."""
+                root.handlers = [handler]
+                assert manifold_logging._direct_handler(logging.getLogger(ACCESS_LOGGER)) is handler
+
+            @staticmethod
+            def lines() -> list[str]:
+                handler.flush()
+                return path.read_text().splitlines()
+
+        try:
+            yield Log
+        finally:
+            root.removeHandler(handler)
+            handler.close()
+
+
+def finished_record() -> RequestRecord:
+    rec = RequestRecord("POST", "127.0.0.1")
+    rec.request_id, rec.route, rec.status, rec.stream, rec.attempts = "req_1", "/v1/chat/completions", 200, True, 1
+    rec.model = rec.model_label = rec.deployment = "m"
+    rec.input_tokens, rec.output_tokens, rec.ttft, rec.start, rec.end = 9, 12, 0.0004, 10.0, 10.5
+    return rec
+
+
+def test_the_access_line_written_directly_is_the_one_logging_writes(server_log: Any) -> None:
+    """With only the server's handler listening the line skips `Logger.handle`; with another handler on
+    `manifold.access` it goes through logging (that handler gets it too): the same line both ways, but the
+    time."""
+    server_log.alone()
+    AccessLog().write(finished_record())
+    listener = io.StringIO()
+    extra = logging.StreamHandler(listener)
+    extra.setFormatter(JsonFormatter(Redactor()))
+    logger = logging.getLogger(ACCESS_LOGGER)
+    logger.addHandler(extra)
+    try:
+        AccessLog().write(finished_record())
+    finally:
+        logger.removeHandler(extra)
+    direct, through_logging = server_log.lines()
+    assert json.loads(listener.getvalue()) == json.loads(through_logging)
+
+    def without_time(line: str) -> str:
+        head, rest = line.split('"time":"', 1)
+        return head + rest.split('"', 1)[1]
+
+    assert without_time(direct) == without_time(through_logging)
+    fields = json.loads(direct)
+    assert list(fields) == [
+        "time", "request_id", "trace_id", "method", "route", "model", "deployment", "status", "stream",
+        "attempts", "input_tokens", "output_tokens", "cost", "latency_ms", "ttft_ms", "key_alias", "client",
+    ]  # fmt: skip
+    assert fields["latency_ms"] == 500.0 and fields["ttft_ms"] == 0.4 and fields["time"].endswith("Z")
+
+
+def test_an_ordinary_line_keeps_its_place_among_access_lines(server_log: Any) -> None:
+    server_log.alone()
+    AccessLog().write(finished_record())
+    logging.getLogger("manifold.test").warning("between")
+    AccessLog().write(finished_record())
+    lines = server_log.lines()
+    assert [json.loads(line).get("message") for line in lines] == [None, "between", None]
+
+
+async def test_stream_bodies_skip_the_observing_wrapper_unless_a_layer_inside_wraps_send() -> None:
+    """The observing layer notes the status from `http.response.start`; a stream's body messages go straight to
+    the server's `send` (asgi.body_send), unless a layer inside the observing one wrapped `send`: that layer
+    sees every message."""
+    from manifold.observability.observer import Observer
+    from manifold.server.asgi import Request
+    from manifold.server.middleware.observe import ObserveRequests
+    from manifold.server.sse_writer import EventStream
+
+    records: list[RequestRecord] = []
+    observer = Observer(False, False, None, [records.append])
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        out = EventStream(Request(scope, receive, send))
+        await out.commit()
+        await out.write(b"data: 1\n\n")
+        await out.end(b"data: [DONE]\n\n")
+
+    def layer(inner: Any, seen: list[str]) -> Any:
+        async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+            async def counting(message: Any) -> None:
+                seen.append(message["type"])
+                await send(message)
+
+            await inner(scope, receive, counting)
+
+        return wrapped
+
+    for inner_layer in (False, True):
+        seen: list[str] = []
+        sent: list[str] = []
+
+        async def server_send(message: Any, sent: list[str] = sent) -> None:
+            sent.append(message["type"])
+
+        async def receive() -> Any:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        scope = {"type": "http", "method": "GET", "path": "/s", "headers": [], "manifold.request_id": "req_1"}
+        served = ObserveRequests(layer(app, seen) if inner_layer else app, observer)
+        await served(scope, receive, server_send)
+        assert sent == ["http.response.start", "http.response.body", "http.response.body"]
+        assert seen == (sent if inner_layer else [])
+        assert records[-1].status == 200

@@ -17,6 +17,8 @@ import time
 from collections.abc import Iterable
 from typing import Any, Final
 
+import msgspec
+
 from manifold import _json
 from manifold.observability.record import CURRENT, RequestRecord
 from manifold.observability.redaction import Redactor, add_secrets, redact
@@ -101,27 +103,31 @@ class JsonFormatter(logging.Formatter):
 
 
 _second: list[Any] = [-1, ""]  # the last whole second formatted, and its text
+_MILLIS: Final = tuple(f".{ms:03d}Z" for ms in range(1000))
 
 
 def _iso(created: float) -> str:
-    """RFC 3339 UTC with milliseconds; strftime runs once a second, not once a line."""
+    """RFC 3339 UTC with milliseconds; strftime runs once a second, not once a line (and the milliseconds are
+    looked up, not formatted)."""
     whole = int(created)
     cached = _second
     if cached[0] != whole:
         cached[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
         cached[0] = whole
-    return f"{cached[1]}.{int((created - whole) * 1000):03d}Z"
+    return cached[1] + _MILLIS[int((created - whole) * 1000)]  # type: ignore[no-any-return]
 
 
 class BlockBufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """stderr with the access lines written in blocks, at most `interval` seconds late; every other line is
     written at once (with the access lines before it). A write per access line would cost more than everything
-    else the log does (a system call each, tens of microseconds on some filesystems)."""
+    else the log does (a system call each, tens of microseconds on some filesystems).
+
+    The stream is binary (a `BufferedWriter`, which serialises its own writes): lines are encoded here, and
+    `AccessLog` writes its JSON bytes as msgspec made them, without a decode and an encode back."""
 
     def __init__(self, fd: int, interval: float = 0.2) -> None:
-        stream = open(  # noqa: SIM115 (kept open for the process's life; closefd=False leaves fd 2 alone)
-            fd, "w", buffering=1 << 16, encoding="utf-8", errors="backslashreplace", closefd=False
-        )
+        # Kept open for the process's life; closefd=False leaves fd 2 alone.
+        stream = open(fd, "wb", buffering=1 << 16, closefd=False)  # noqa: SIM115
         super().__init__(stream)
         self._stop = threading.Event()
         self._interval = interval
@@ -129,7 +135,7 @@ class BlockBufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.stream.write(self.format(record) + "\n")
+            self.stream.write((self.format(record) + "\n").encode("utf-8", "backslashreplace"))
             if type(record) is not _AccessRecord:
                 self.stream.flush()
         except Exception:  # noqa: BLE001 (logging's own contract: report, never raise)
@@ -169,6 +175,12 @@ def configure(level: str, log_format: str, secrets: Iterable[str] = ()) -> None:
     setattr(handler, _HANDLER_MARK, True)
     handler.setFormatter(formatter)
     handler.addFilter(RequestContext())
+    global _direct
+    _direct = (
+        (handler, formatter)
+        if isinstance(handler, BlockBufferedHandler) and isinstance(formatter, JsonFormatter)
+        else None
+    )
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if level.lower() == "trace" else level.upper())
     for name in ("uvicorn", "uvicorn.error"):
@@ -216,9 +228,67 @@ class _AccessRecord(logging.LogRecord):
         self.access = fields
 
 
+# `configure`'s handler and formatter when it installed a block-buffered JSON handler (what a server runs): an
+# access line that only they would see is written by `AccessLog` itself (`_direct_handler`).
+_direct: tuple[BlockBufferedHandler, JsonFormatter] | None = None
+
+
+def _direct_handler(logger: logging.Logger) -> BlockBufferedHandler | None:
+    """The handler an access line goes to when all logging would do with it is `configure`'s block-buffered
+    JSON handler writing it: that handler alone on the root logger, no handler on `manifold.access` or on a
+    logger between, its level passing INFO, its formatter and its one filter (which skips access lines) the ones
+    `configure` gave it, and no filter on `manifold.access`. Else None (a handler a library user or a test
+    added, the text format...), and the line goes through `Logger.handle`. Checked per line (handlers come and
+    go): a few attribute reads."""
+    direct = _direct
+    if direct is None or logger.handlers or logger.filters or not logger.propagate:
+        return None
+    parent = logger.parent
+    while parent is not None and not parent.handlers and parent.propagate:  # loggers between (`manifold`)
+        parent = parent.parent
+    handler = direct[0]
+    if parent is None or parent.parent is not None:  # not the root logger
+        return None
+    handlers = parent.handlers
+    if (
+        len(handlers) != 1
+        or handlers[0] is not handler
+        or handler.level > logging.INFO
+        or handler.formatter is not direct[1]
+        or len(handler.filters) != 1
+    ):
+        return None
+    return handler
+
+
+class _AccessLine(msgspec.Struct):
+    """The access line's fields, in their order (docs/observability.md). Encoded as a struct, not a dict: msgspec
+    writes a struct's keys from names it encoded once."""
+
+    time: str | None
+    request_id: str | None
+    trace_id: str | None
+    method: str
+    route: str | None
+    model: str | None
+    deployment: str | None
+    status: int
+    stream: bool
+    attempts: int
+    input_tokens: int | None
+    output_tokens: int | None
+    cost: float | None
+    latency_ms: float
+    ttft_ms: float | None
+    key_alias: str | None
+    client: str | None
+
+
 class AccessLog:
     """Writes the one access line per request at INFO on `manifold.access` (a record made here: `Logger.info`
-    would look up the caller's frame, which nobody reads in an access line)."""
+    would look up the caller's frame, which nobody reads in an access line). When the only thing logging would
+    do with the line is `configure`'s JSON handler writing it (`_direct_handler`), the line is written to that
+    handler's stream here, the same bytes without a `LogRecord` or the walk through `Logger.handle`."""
 
     __slots__ = ("logger",)
 
@@ -233,23 +303,31 @@ class AccessLog:
         model = rec.model
         if model is not None and model != rec.model_label:
             model = redact(model)  # an alias, a wildcard's name, or whatever the client typed
-        fields = {
-            "time": None,  # the record's own time, formatted by the formatter
-            "request_id": rec.request_id,
-            "trace_id": rec.trace_id,
-            "method": rec.method,
-            "route": rec.route,
-            "model": model,
-            "deployment": rec.deployment,
-            "status": rec.status,
-            "stream": rec.stream,
-            "attempts": rec.attempts,
-            "input_tokens": rec.input_tokens,
-            "output_tokens": rec.output_tokens,
-            "cost": rec.cost,
-            "latency_ms": int((rec.end - rec.start) * 1e6) / 1000,  # to the microsecond; cheaper than round()
-            "ttft_ms": None if ttft is None else int(ttft * 1e6) / 1000,
-            "key_alias": rec.key_alias,
-            "client": rec.client,
-        }
-        logger.handle(_AccessRecord(fields))
+        handler = _direct_handler(logger)
+        line = _AccessLine(
+            None if handler is None else _iso(time.time()),  # else the record's own time, set by the formatter
+            rec.request_id,
+            rec.trace_id,
+            rec.method,
+            rec.route,
+            model,
+            rec.deployment,
+            rec.status,
+            rec.stream,
+            rec.attempts,
+            rec.input_tokens,
+            rec.output_tokens,
+            rec.cost,
+            int((rec.end - rec.start) * 1e6) / 1000,  # to the microsecond; cheaper than round()
+            None if ttft is None else int(ttft * 1e6) / 1000,
+            rec.key_alias,
+            rec.client,
+        )
+        if handler is None:
+            logger.handle(_AccessRecord(msgspec.structs.asdict(line)))
+            return
+        try:
+            # One write of the binary stream: it takes its own lock (the flush thread's flush takes it too).
+            handler.stream.write(_json.encode(line) + b"\n")
+        except Exception:  # noqa: BLE001 (as BlockBufferedHandler.emit: report, never raise)
+            handler.handleError(_AccessRecord(msgspec.structs.asdict(line)))

@@ -24,10 +24,13 @@ import os
 import threading
 from bisect import bisect_left
 from collections.abc import Callable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import exposition as _exposition
+
+if TYPE_CHECKING:
+    from manifold.observability.record import RequestRecord
 
 __all__ = [
     "UNKNOWN",
@@ -40,6 +43,7 @@ __all__ = [
 ]
 
 UNKNOWN: Final = "unknown"
+UNMATCHED: Final = "unmatched"  # the route of a path no route matched (404): raw paths would be unbounded
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 
 # gen_ai.operation.name values (OTel GenAI); the router names each of its operations with one of these.
@@ -361,35 +365,70 @@ class DeploymentMetrics:
 
 
 class RequestMetrics:
-    """The per-request children, cached by label tuple: routes are templates and models are group names, so
-    the caches stay as small as the config."""
+    """The per-request children, cached by what decides them (the route template, the status, the model group,
+    the operation, the error type): routes are templates and models are group names, so the cache stays as
+    small as the config. `finished` is one dict lookup and three appends per request."""
 
-    __slots__ = ("_gateway", "_requests", "_server")
+    __slots__ = ("_children",)
 
     def __init__(self) -> None:
-        self._requests: dict[tuple[str, int, str], Buffered] = {}
-        self._gateway: dict[str, BufferedHistogram] = {}
-        self._server: dict[tuple[str, str, str], BufferedHistogram] = {}
+        self._children: dict[tuple[Any, ...], tuple[Buffered, Callable[[float], None], Any]] = {}
+
+    def finished(self, rec: RequestRecord) -> None:
+        """Count a finished request: `manifold_requests`, `manifold_gateway_time_seconds`, and for a GenAI
+        operation `gen_ai_server_request_duration_seconds`."""
+        key = (rec.route, rec.status, rec.model_label, rec.model is None, rec.operation, rec.error_type)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = self._make(*key)
+        requests, gateway, server = children
+        requests.n += 1.0  # Buffered.inc without the call
+        elapsed = rec.end - rec.start
+        own = elapsed - rec.upstream_seconds
+        gateway(own if own > 0.0 else 0.0)
+        if server is not None:
+            server(elapsed)
+
+    def _make(
+        self, route: str | None, status: int, label: str, no_model: bool, operation: str | None, error: str | None
+    ) -> tuple[Buffered, Callable[[float], None], Any]:
+        route = route or UNMATCHED
+        model = UNKNOWN if not label and not no_model else label  # named a model the config does not have
+        requests = self.request(route, status, model)
+        gateway = self.gateway_time(route).observe
+        server = None
+        if operation is not None:
+            if error is None and status >= 400:
+                error = str(status)
+            server = self.server_duration(operation, model, error or "").observe
+        return requests, gateway, server
+
+    # One child per label tuple, however many keys of `finished` lead to it.
 
     def request(self, route: str, status: int, model: str) -> Buffered:
-        key = (route, status, model)
-        child = self._requests.get(key)
-        if child is None:
-            child = self._requests[key] = Buffered(REQUESTS.labels(route, str(status), model))
-        return child
+        return _child(REQUESTS, (route, str(status), model), Buffered)
 
     def gateway_time(self, route: str) -> BufferedHistogram:
-        child = self._gateway.get(route)
-        if child is None:
-            child = self._gateway[route] = BufferedHistogram(GATEWAY_TIME.labels(route))
-        return child
+        return _child(GATEWAY_TIME, (route,), BufferedHistogram)
 
     def server_duration(self, operation: str, model: str, error_type: str) -> BufferedHistogram:
-        key = (operation, model, error_type)
-        child = self._server.get(key)
-        if child is None:
-            child = self._server[key] = BufferedHistogram(SERVER_REQUEST_DURATION.labels(operation, model, error_type))
-        return child
+        return _child(SERVER_REQUEST_DURATION, (operation, model, error_type), BufferedHistogram)
+
+
+_CHILDREN: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+
+_B = TypeVar("_B", "Buffered", "BufferedHistogram")
+
+
+def _child(metric: Any, labels: tuple[str, ...], kind: type[_B]) -> _B:
+    """The buffered child of `metric` for `labels`, made once per process (prometheus-client's own child is
+    one per label tuple too; two buffers of one child would both flush into it, which is also right)."""
+    key = (metric, labels)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = kind(metric.labels(*labels))
+    return child
 
 
 # -- access control (issue 12 feeds these) ------------------------------------------------------------------

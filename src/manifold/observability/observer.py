@@ -6,13 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from manifold.observability.logging import AccessLog
-from manifold.observability.metrics import UNKNOWN, RequestMetrics
+from manifold.observability.metrics import UNMATCHED, RequestMetrics
 from manifold.observability.record import RequestRecord
 from manifold.observability.tracing import Tracing
 
-__all__ = ["Observer"]
-
-UNMATCHED = "unmatched"  # the route of a path no route matched (404): raw paths would be unbounded
+__all__ = ["UNMATCHED", "Observer"]
 
 
 class Observer:
@@ -35,20 +33,7 @@ class Observer:
     def finish(self, rec: RequestRecord) -> None:
         metrics = self.metrics
         if metrics is not None:
-            route = rec.route or UNMATCHED
-            model = rec.model_label
-            if rec.model is not None and not model:
-                model = UNKNOWN  # named a model the config does not have
-            metrics.request(route, rec.status, model).inc()
-            elapsed = rec.end - rec.start
-            own = elapsed - rec.upstream_seconds
-            metrics.gateway_time(route).observe(own if own > 0.0 else 0.0)
-            operation = rec.operation
-            if operation is not None:
-                error = rec.error_type
-                if error is None and rec.status >= 400:
-                    error = str(rec.status)
-                metrics.server_duration(operation, model, error or "").observe(elapsed)
+            metrics.finished(rec)
         if self.tracing is not None and rec.span is not None:
             self.tracing.end_server_span(rec)
         if self.access_log is not None:

@@ -16,8 +16,8 @@ __all__ = ["CURRENT", "RequestRecord", "usage_details"]
 
 class RequestRecord:
     __slots__ = (
+        "_details",
         "attempts",
-        "cached_tokens",
         "client",
         "cost",
         "cost_micros",
@@ -32,7 +32,6 @@ class RequestRecord:
         "model_label",
         "operation",
         "output_tokens",
-        "reasoning_tokens",
         "request_id",
         "route",
         "span",
@@ -44,6 +43,7 @@ class RequestRecord:
         "trace_id",
         "ttft",
         "upstream_seconds",
+        "usage",
         "user",
         "wall_start",
     )
@@ -65,8 +65,8 @@ class RequestRecord:
         self.stream = False
         self.input_tokens: int | None = None
         self.output_tokens: int | None = None
-        self.cached_tokens: int | None = None  # of the input: prompt_tokens_details.cached_tokens
-        self.reasoning_tokens: int | None = None  # of the output: completion_tokens_details.reasoning_tokens
+        self.usage: object = None  # the answer's `usage`, as the upstream sent it (`cached_tokens` reads it)
+        self._details: tuple[int | None, int | None] | None = None  # (cached, reasoning), once read or set
         self.ttft: float | None = None  # seconds from `start`
         self.upstream_seconds = 0.0  # time spent waiting on upstream attempts
         self.error_type: str | None = None
@@ -79,6 +79,33 @@ class RequestRecord:
         self.trace_id: str | None = None
         self.span: object | None = None  # the server span, when tracing
         self.span_token: object | None = None
+
+    # Read by the usage ledger only, once the request is done: worked out from `usage` when first read, not on
+    # every request.
+
+    @property
+    def cached_tokens(self) -> int | None:
+        """Of the input: `prompt_tokens_details.cached_tokens` (or the Responses spelling)."""
+        details = self._details
+        if details is None:
+            details = self._details = usage_details(self.usage)
+        return details[0]
+
+    @cached_tokens.setter
+    def cached_tokens(self, value: int | None) -> None:
+        self._details = (value, self.reasoning_tokens)
+
+    @property
+    def reasoning_tokens(self) -> int | None:
+        """Of the output: `completion_tokens_details.reasoning_tokens` (or the Responses spelling)."""
+        details = self._details
+        if details is None:
+            details = self._details = usage_details(self.usage)
+        return details[1]
+
+    @reasoning_tokens.setter
+    def reasoning_tokens(self, value: int | None) -> None:
+        self._details = (self.cached_tokens, value)
 
 
 CURRENT: Final[contextvars.ContextVar[RequestRecord | None]] = contextvars.ContextVar(

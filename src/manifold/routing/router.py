@@ -42,7 +42,7 @@ from manifold.errors import (
     ServiceUnavailableError,
 )
 from manifold.observability import metrics as m
-from manifold.observability.record import CURRENT, usage_details
+from manifold.observability.record import CURRENT
 from manifold.observability.record import RequestRecord as RecordT
 from manifold.observability.tracing import Tracing
 from manifold.providers.base import Call, ChunkStream, Provider
@@ -781,7 +781,7 @@ def _attempt_answered(
         rec.upstream_seconds += elapsed
         rec.input_tokens = given
         rec.output_tokens = made
-        rec.cached_tokens, rec.reasoning_tokens = usage_details(usage)
+        rec.usage = usage
 
 
 class _Relay:
@@ -869,22 +869,10 @@ class _Relay:
 
 class _ObservedRelay(_Relay):
     """A `_Relay` that also measures the stream: time to first token (at construction: the first item is
-    here), then at its end the outcome, time per output token, tokens per second and the attempt's span."""
+    here), then at its end the outcome, time per output token, tokens per second and the attempt's span. Per
+    chunk it only counts (tokens, when the stream sends no usage); the rest is done once, at the end."""
 
-    __slots__ = (
-        "_breaker",
-        "_capture",
-        "_done",
-        "_first_at",
-        "_metrics",
-        "_operation",
-        "_ops",
-        "_rec",
-        "_span",
-        "_started",
-        "_tracing",
-        "_upstream",
-    )
+    __slots__ = ("_capture", "_done", "_first_at", "_observed", "_ops", "_rec", "_span", "_started", "_tracing")
 
     def __init__(
         self,
@@ -899,28 +887,27 @@ class _ObservedRelay(_Relay):
         tracing: Tracing | None,
     ) -> None:
         first_at = time.monotonic()
+        ttft = first_at - (rec.start if rec is not None else started)
+        if rec is not None:
+            rec.ttft = ttft
         self._first_at = first_at
-        self._metrics = mm = member.metrics
-        self._operation = operation
         self._started = started
         self._rec = rec
         self._span = span
         self._tracing = tracing
-        self._upstream = member.provider.deployment.upstream_model
-        self._breaker = member.breaker
         self._done = False
-        self._capture = tracing.capture_stream(span) if tracing is not None else None
-        ttft = first_at - (rec.start if rec is not None else started)
-        if rec is not None:
-            rec.ttft = ttft
-        self._ops: m.OperationMetrics | None = None
-        if mm is not None:
+        self._capture = None if tracing is None else tracing.capture_stream(span)
+        self._observed = member  # `_finish` forgets `_member`; its metrics and breaker are read at the end
+        mm = member.metrics
+        if mm is None:
+            self._ops: m.OperationMetrics | None = None
+        else:
             mm.ok.inc()
             self._ops = ops = mm.operation(operation)
             ops.ttft.observe(ttft)
             if mm.breaker_state:
                 mm.sync_breaker(member.breaker)
-        super().__init__(stream, first, member, request_id)
+        _Relay.__init__(self, stream, first, member, request_id)
 
     async def _relay(self, first: Any) -> AsyncGenerator[Any, None]:
         outcome = "client_left"
@@ -960,7 +947,11 @@ class _ObservedRelay(_Relay):
             await self._end(last)
 
     async def aclose(self) -> None:
-        await super().aclose()
+        # `_Relay.aclose`'s steps, not a call of it: no second coroutine per stream.
+        self._finish()
+        await self._items.aclose()
+        await _aclose(self._stream)
+        await self._end(None)
         if not self._done:  # closed before it was iterated: the generator's `finally` never ran
             self._ended("client_left", None, 0, None)
 
@@ -968,26 +959,30 @@ class _ObservedRelay(_Relay):
         self._done = True
         end = time.monotonic()
         usage = last.get("usage") if isinstance(last, dict) else None
-        given, made = m.usage_tokens(usage)
+        given, made = (None, None) if usage is None else m.usage_tokens(usage)
+        took = end - self._started
         rec = self._rec
         if rec is not None:
-            rec.upstream_seconds += end - self._started
+            rec.upstream_seconds += took
             rec.input_tokens = given
             rec.output_tokens = made
-            rec.cached_tokens, rec.reasoning_tokens = usage_details(usage)
+            rec.usage = usage
+        member = self._observed
         if self._span is not None:
             assert self._tracing is not None
             capture = self._capture
             result = capture.result() if capture is not None else None
-            self._tracing.end_attempt(self._span, usage, error_type, self._upstream, result)
-        mm = self._metrics
+            upstream = member.provider.deployment.upstream_model
+            self._tracing.end_attempt(self._span, usage, error_type, upstream, result)
         ops = self._ops
-        if mm is None or ops is None:
+        if ops is None:
             return
+        mm = member.metrics
+        assert mm is not None
         if error_type is None:
-            ops.duration.observe(end - self._started)
+            ops.duration.observe(took)
         else:
-            ops.failed(error_type, end - self._started)
+            ops.failed(error_type, took)
         if given is not None:
             ops.input_tokens.observe(given)
         if made is not None:
@@ -1002,6 +997,6 @@ class _ObservedRelay(_Relay):
                 mm.tokens_per_second.observe((produced - 1) / streamed)
         elif outcome == "upstream_cut":
             mm.stream_upstream_cut.inc()
-            mm.sync_breaker(self._breaker)
+            mm.sync_breaker(member.breaker)
         else:
             mm.stream_client_left.inc()

@@ -14,6 +14,21 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
+# Put in the scope by the observing layer (middleware/observe.py): (the `send` it hands inward, which notes the
+# status of `http.response.start`, the `send` it was given). `body_send` reads it.
+OBSERVED_SEND = "manifold.observed_send"
+
+
+def body_send(request: Request) -> Send:
+    """The `send` for the body messages of a response already started: the one the observing layer was given
+    when the request's own `send` is the observing layer's, unwrapped since (it reads nothing in a body
+    message, and a stream sends one per chunk); else the request's own (a layer inside may read them)."""
+    pair = request.scope.get(OBSERVED_SEND)
+    send = request.send
+    if pair is not None and pair[0] is send:
+        return pair[1]  # type: ignore[no-any-return]
+    return send
+
 
 class Request:
     """The parts of an ASGI request the endpoints use. `request_id` is the client's `x-request-id` when it is

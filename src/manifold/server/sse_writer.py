@@ -15,7 +15,7 @@ from typing import Any, Protocol, TypeVar
 
 from manifold import _json
 from manifold.errors import ManifoldError
-from manifold.server.asgi import Request
+from manifold.server.asgi import Request, body_send
 
 log = logging.getLogger("manifold.stream")
 
@@ -43,11 +43,12 @@ def frame(obj: Any) -> bytes:
 class EventStream:
     """The response side of one SSE stream: commits headers once and writes frames."""
 
-    __slots__ = ("committed", "request")
+    __slots__ = ("committed", "request", "send_body")
 
     def __init__(self, request: Request) -> None:
         self.request = request
         self.committed = False
+        self.send_body = request.send  # until the response has started (`commit`)
 
     async def commit(self) -> None:
         if not self.committed:
@@ -56,12 +57,13 @@ class EventStream:
             headers.append((b"cache-control", b"no-cache"))
             headers.append((b"x-accel-buffering", b"no"))
             await self.request.send({"type": "http.response.start", "status": 200, "headers": headers})
+            self.send_body = body_send(self.request)
 
     async def write(self, data: bytes) -> None:
-        await self.request.send({"type": "http.response.body", "body": data, "more_body": True})
+        await self.send_body({"type": "http.response.body", "body": data, "more_body": True})
 
     async def end(self, data: bytes = b"") -> None:
-        await self.request.send({"type": "http.response.body", "body": data, "more_body": False})
+        await self.send_body({"type": "http.response.body", "body": data, "more_body": False})
 
 
 async def _await_with_keepalive(out: EventStream, awaitable: Awaitable[Any], interval: float) -> Any:

@@ -8,7 +8,7 @@ from collections.abc import Awaitable
 
 from manifold.observability.observer import Observer
 from manifold.observability.record import CURRENT, RequestRecord
-from manifold.server.asgi import Message, Receive, Scope, Send
+from manifold.server.asgi import OBSERVED_SEND, Message, Receive, Scope, Send
 
 __all__ = ["ObserveRequests"]
 
@@ -39,6 +39,8 @@ class ObserveRequests:
             if message["type"] == "http.response.start":
                 rec.status = message["status"]
             return send(message)
+
+        scope[OBSERVED_SEND] = (send_status, send)  # body messages may skip send_status (asgi.body_send)
 
         try:
             await self.app(scope, receive, send_status)  # type: ignore[operator]
