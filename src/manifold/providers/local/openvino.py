@@ -92,8 +92,9 @@ class OpenVinoModelProvider(ModelThreadProvider[Model]):
         base = pipeline.get_config()
         eos = int(base.eos_token_id)
         stop_ids = frozenset({eos, *(int(t) for t in base.stop_token_ids)} - {-1})
-        engine = Engine(pipeline, tokenizer.decode, stop_ids, self.max_batch, f"{self.thread_name}-engine")
         token_bytes = {int(i): bytes(b) for b, i in tokenizer.get_vocab().items()}
+        pieces = _pieces(tokenizer, token_bytes)
+        engine = Engine(pipeline, pieces, stop_ids, self.max_batch, f"{self.thread_name}-engine")
         return Model(pipeline, tokenizer, engine, eos, stop_ids, token_bytes)
 
     def closer(self, model: Model) -> Callable[[], None]:
@@ -451,6 +452,26 @@ def _completion_prompt(model: Model, prompt: str | list[int]) -> tuple[Any, int]
         prompt = []
     tokens = prompt or [int(model.tokenizer.get_bos_token_id())]  # as llama.cpp: an empty prompt starts at BOS
     return ov.Tensor(np.array([tokens], dtype=np.int64)), len(tokens)
+
+
+def _pieces(tokenizer: Any, token_bytes: dict[int, bytes]) -> list[bytes]:
+    """Each token id's bytes as the tokenizer's `decode` writes them: empty for the special tokens it skips (those
+    whose own text is valid UTF-8 but decode to nothing; found with one batched `decode` of the whole vocabulary)."""
+    size = max(token_bytes, default=-1) + 1
+    pieces = [token_bytes.get(i, b"") for i in range(size)]
+    texts = tokenizer.decode([[i] for i in range(size)])
+    for i, (raw, text) in enumerate(zip(pieces, texts, strict=True)):
+        if raw and not text and _is_utf8(raw):
+            pieces[i] = b""
+    return pieces
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _vocab_size(model: Model) -> int:
