@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from manifold.config import LocalDeployment
-from manifold.providers.local.batching import BatchSequence, Detokenizer, Event, Outbox
+from manifold.providers.local.batching import BatchSequence, Detokenizer, Event, Outbox, WindowDetokenizer
+from manifold.providers.local.openvino import _pieces
 from manifold.providers.registry import create_provider
 from manifold.validation import deployment_problems
 
@@ -27,8 +28,9 @@ def decode(ids: list[int]) -> str:
     return b"".join(VOCAB[i] for i in ids).decode("utf-8", "ignore")
 
 
-def test_detokenizer_waits_for_a_characters_last_byte() -> None:
-    detok = Detokenizer(PIECES)
+@pytest.mark.parametrize("make", [lambda: Detokenizer(PIECES), lambda: WindowDetokenizer(decode)])
+def test_detokenizer_waits_for_a_characters_last_byte(make: Any) -> None:
+    detok = make()
     pieces = [detok.feed(t) for t in (1, 2, 3, 4, 5, 6, 7, 8)]
     assert pieces == ["H", "", "éllo", " ", "", "😀", " wor", "ld"]
     assert detok.flush() == ""
@@ -47,6 +49,25 @@ def test_detokenized_pieces_join_to_what_the_tokenizer_decodes(tokens: list[int]
     detok = Detokenizer(PIECES)
     text = "".join(detok.feed(t) for t in tokens) + detok.flush()
     assert text == decode([t for t in tokens if t in VOCAB])
+
+
+class FakeTokenizer:
+    """`decode` of a batch of token lists, as openvino_genai.Tokenizer's."""
+
+    def __init__(self, texts: dict[int, str]) -> None:
+        self.texts = texts
+
+    def decode(self, batch: list[list[int]]) -> list[str]:
+        return ["".join(self.texts[i] for i in ids) for ids in batch]
+
+
+def test_the_byte_table_skips_special_tokens_and_is_refused_where_decode_is_not_the_bytes() -> None:
+    byte_level = {0: b"<|end|>", 1: b"H", 2: b"\xc3", 3: b" w"}
+    texts = {0: "", 1: "H", 2: "", 3: " w"}  # the special token decodes to nothing; a lone byte too
+    assert _pieces(FakeTokenizer(texts), byte_level) == [b"", b"H", b"\xc3", b" w"]
+    # SentencePiece: "▁" stands for a space and <0x0A> for a byte; decode writes neither as such
+    sentencepiece = {0: b"</s>", 1: "▁the".encode(), 2: b"<0x0A>"}
+    assert _pieces(FakeTokenizer({0: "", 1: " the", 2: "\n"}), sentencepiece) is None
 
 
 async def run(tokens: list[int], stop: list[str], max_tokens: int = 100, logprobs: bool = False) -> list[Event]:
@@ -131,7 +152,6 @@ def test_the_embedded_models_pieces_detokenize_as_its_tokenizer_decodes() -> Non
     import random
 
     genai = pytest.importorskip("openvino_genai", reason="the openvino engine needs: pip install 'manifold[openvino]'")
-    from manifold.providers.local.openvino import _pieces
     from manifold.providers.local.provider import embedded_model_path
 
     scheduler = genai.SchedulerConfig()
@@ -139,6 +159,7 @@ def test_the_embedded_models_pieces_detokenize_as_its_tokenizer_decodes() -> Non
     tokenizer = genai.ContinuousBatchingPipeline(str(embedded_model_path()), scheduler, "CPU").get_tokenizer()
     token_bytes = {int(i): bytes(b) for b, i in tokenizer.get_vocab().items()}
     pieces = _pieces(tokenizer, token_bytes)
+    assert pieces is not None  # byte-level BPE: the engine detokenizes with the table, not decode
     assert pieces[tokenizer.get_eos_token_id()] == b""  # a special token: decode skips it
     text = "<|im_start|>Héllo wörld, 😀 日本語<|im_end|>\n\n  the end"
     ids = [int(t) for t in tokenizer.encode(text, add_special_tokens=False).input_ids.data[0]]

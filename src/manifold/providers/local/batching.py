@@ -22,7 +22,7 @@ import collections
 import itertools
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from manifold.providers.local.generation import StopText
@@ -49,8 +49,8 @@ class Detokenizer:
     """Token ids in, text out, as it becomes certain: each token's bytes through an incremental UTF-8 decoder, which
     holds the bytes of a character split across tokens until its last one. `pieces[id]` is a token's bytes (empty
     for a special token, which decoding skips); invalid bytes are dropped, as the tokenizer's `decode` drops them.
-    Calling the tokenizer instead (twice a token, to diff two windows) ran the detokenizer model each time: about
-    0.2 ms a call, a few percent of a lone sequence's step."""
+    For tokenizers whose `decode` is the concatenation of their tokens' bytes (byte-level BPE; openvino._pieces
+    checks); calling `decode` instead (WindowDetokenizer) runs the detokenizer model twice a token, about 0.2 ms."""
 
     __slots__ = ("_pieces", "_utf8")
 
@@ -63,6 +63,33 @@ class Detokenizer:
 
     def flush(self) -> str:
         return self._utf8.decode(b"", final=True)
+
+
+class WindowDetokenizer:
+    """Token ids in, text out, through the tokenizer's own `decode`, for tokenizers whose text is not their tokens'
+    bytes end to end (SentencePiece's "▁" and <0x..> byte tokens): the last tokens are decoded together with a few
+    before them, and nothing is emitted while they end inside a character (the tokenizer drops an incomplete one)."""
+
+    __slots__ = ("_decode", "_ids", "_prefix", "_read")
+
+    def __init__(self, decode: Callable[[list[int]], str]) -> None:
+        self._decode = decode
+        self._ids: list[int] = []
+        self._prefix = 0  # where the decoded window starts
+        self._read = 0  # what of it was already emitted
+
+    def feed(self, token: int) -> str:
+        self._ids.append(token)
+        before = self._decode(self._ids[self._prefix : self._read])
+        after = self._decode(self._ids[self._prefix :])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self._prefix, self._read = self._read, len(self._ids)
+            return after[len(before) :]
+        return ""
+
+    def flush(self) -> str:
+        before = self._decode(self._ids[self._prefix : self._read])
+        return self._decode(self._ids[self._prefix :])[len(before) :]
 
 
 class BatchSequence:
@@ -103,7 +130,7 @@ class BatchSequence:
         self.max_tokens = max_tokens
         self.index = index
         self.outbox = outbox
-        self.detok: Detokenizer | None = None
+        self.detok: Detokenizer | WindowDetokenizer | None = None
         self.handle: Any = None
         self.generated = 0
         self.cancelled = False  # set from the event loop when the client leaves
@@ -154,12 +181,17 @@ class Engine:
     """The engine thread and what crosses to it."""
 
     def __init__(
-        self, pipeline: Any, pieces: Sequence[bytes], end_ids: frozenset[int], max_batch: int, name: str
+        self,
+        pipeline: Any,
+        detokenizer: Callable[[], Detokenizer | WindowDetokenizer],
+        end_ids: frozenset[int],
+        max_batch: int,
+        name: str,
     ) -> None:
         self.pipeline = pipeline
         self.max_batch = max_batch  # sequences in the pipeline at once (its own max_num_seqs does not bound them)
         self._waiting: collections.deque[BatchSequence] = collections.deque()
-        self._pieces = pieces  # each token's bytes, for the detokenizer
+        self._detokenizer = detokenizer  # a new one for each sequence
         self._end_ids = end_ids
         self._cond = threading.Condition()
         self._inbox: list[BatchSequence] = []
@@ -230,7 +262,7 @@ class Engine:
                 seq = self._waiting.popleft()
                 if seq.cancelled:
                     continue
-                seq.detok = Detokenizer(self._pieces)
+                seq.detok = self._detokenizer()
                 try:
                     seq.handle = pipeline.add_request(next(self._ids), seq.prompt, seq.config)
                 except (RuntimeError, ValueError) as exc:
