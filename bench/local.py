@@ -3,7 +3,12 @@ through a real `manifold serve` (issue 15). Prints, per engine, aggregate output
 (mean, p95) for 1, 8 and 16 concurrent streams, and the ratios to a lone request; then 8 streams sharing a
 ~200-token system prompt with and without prefix caching; then the server's peak memory with 64 requests queued.
 
-    .venv/bin/python bench/local.py [--threads 2] [--tokens 128] [--only llama_cpp,openvino]
+    .venv/bin/python bench/local.py [--threads 2] [--tokens 128] [--only llama_cpp,openvino] [--lone-rounds 6]
+
+With `--lone-rounds N`, first N rounds of one lone stream per engine, the engines alternating, each with its
+tokens/s, TTFT and the server's CPU time per generated token (utime + stime of the server process, which serves
+nothing else meanwhile): on a shared machine, alternating keeps the engines under the same load, and CPU time
+swings less than wall time.
 
 Each engine is its own deployment of one server (the others idle while one is measured). The answers are chat
 streams with `max_tokens` (default 128) at temperature 0.7; a stream that ends early counts the tokens it had.
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -104,6 +110,30 @@ async def greedy(client: httpx.AsyncClient, model: str, question: str) -> str:
     return str(response.json()["choices"][0]["message"]["content"])
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def lone_rounds(client: httpx.AsyncClient, pid: int, models: list[str], tokens: int, rounds: int) -> None:
+    print(f"\n## A lone {tokens}-token stream, engines alternating ({rounds} rounds)\n")
+    print("| round | engine | tokens/s | TTFT (s) | server CPU ms / token | load (1 min) |")
+    print("|---:|---|---:|---:|---:|---:|")
+    got: dict[str, list[float]] = {m: [] for m in models}
+    for i in range(rounds):
+        for model in models:
+            before = cpu_seconds(pid)
+            r = await concurrent(client, model, 1, tokens)
+            per_token = (cpu_seconds(pid) - before) / max(1.0, r["tokens"]) * 1e3
+            got[model].append(r["tps"])
+            print(
+                f"| {i + 1} | {model} | {r['tps']:.1f} | {r['ttft_mean']:.2f} | {per_token:.1f} "
+                f"| {os.getloadavg()[0]:.2f} |",
+                flush=True,
+            )
+    print("\nmedian tokens/s: " + ", ".join(f"{m} {statistics.median(v):.1f}" for m, v in got.items()))
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -111,10 +141,12 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-async def measure(base: str, pid: int, models: list[str], tokens: int) -> None:
+async def measure(base: str, pid: int, models: list[str], tokens: int, rounds: int) -> None:
     async with httpx.AsyncClient(base_url=base, timeout=900) as client:
         for model in models:
             await stream(client, model, [{"role": "user", "content": "Hi"}], 8)  # warm up
+        if rounds:
+            await lone_rounds(client, pid, models, tokens, rounds)
         print(f"\n## {tokens}-token streams, aggregate output tokens/s and TTFT (s)\n")
         print("| engine | users | tokens/s | x lone | TTFT mean | TTFT p95 | p95 / lone TTFT |")
         print("|---|---:|---:|---:|---:|---:|---:|")
@@ -180,6 +212,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--only", default="llama_cpp,openvino")
+    parser.add_argument("--lone-rounds", type=int, default=0, help="alternating lone streams first (0: none)")
     args = parser.parse_args()
     models = args.only.split(",")
     local = {"provider": "local", "threads": args.threads}
@@ -213,7 +246,7 @@ def main() -> int:
                     pass
                 time.sleep(0.1)
             print(f"threads {args.threads}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-            asyncio.run(measure(base, server.pid, models, args.tokens))
+            asyncio.run(measure(base, server.pid, models, args.tokens, args.lone_rounds))
         finally:
             server.terminate()
             server.wait(30)

@@ -10,31 +10,70 @@ from typing import Any
 import pytest
 
 from manifold.config import LocalDeployment
-from manifold.providers.local.batching import BatchSequence, Detokenizer, Event, Outbox
+from manifold.providers.local.batching import BatchSequence, Detokenizer, Event, Outbox, WindowDetokenizer
+from manifold.providers.local.openvino import _pieces
 from manifold.providers.registry import create_provider
 from manifold.validation import deployment_problems
 
-# Token id → bytes: a character split across tokens (é = c3 a9, 😀 = f0 9f 98 80), and plain words.
+# Token id → bytes: a character split across tokens (é = c3 a9, 😀 = f0 9f 98 80), plain words, a byte that
+# begins a character no later token completes (10), and a special token that decoding skips (11: empty bytes).
 VOCAB = {1: b"H", 2: b"\xc3", 3: b"\xa9llo", 4: b" \xf0\x9f", 5: b"\x98", 6: b"\x80", 7: b" wor", 8: b"ld", 9: b"!"}
+VOCAB |= {10: b" \xe6", 11: b""}
 END = 0
+PIECES = [VOCAB.get(i, b"") for i in range(12)]
 
 
 def decode(ids: list[int]) -> str:
-    """As OpenVINO's tokenizer decodes: bytes that do not (yet) form a character are left out."""
+    """As OpenVINO's tokenizer decodes: bytes that do not form a character are left out."""
     return b"".join(VOCAB[i] for i in ids).decode("utf-8", "ignore")
 
 
-def test_detokenizer_waits_for_a_characters_last_byte() -> None:
-    detok = Detokenizer(decode)
+@pytest.mark.parametrize("make", [lambda: Detokenizer(PIECES), lambda: WindowDetokenizer(decode)])
+def test_detokenizer_waits_for_a_characters_last_byte(make: Any) -> None:
+    detok = make()
     pieces = [detok.feed(t) for t in (1, 2, 3, 4, 5, 6, 7, 8)]
     assert pieces == ["H", "", "éllo", " ", "", "😀", " wor", "ld"]
     assert detok.flush() == ""
 
 
+@pytest.mark.parametrize(
+    "tokens",
+    [
+        [1, 10, 7, 8],  # a character's first byte, then a word: the byte is dropped
+        [1, 2, 11, 3],  # a special token between a character's two bytes
+        [7, 4, 5],  # ends inside a character: flush drops its bytes
+        [10, 10, 2, 2, 3, 4, 4, 5, 6, 12, 9],  # and a token id beyond the vocabulary: no text
+    ],
+)
+def test_detokenized_pieces_join_to_what_the_tokenizer_decodes(tokens: list[int]) -> None:
+    detok = Detokenizer(PIECES)
+    text = "".join(detok.feed(t) for t in tokens) + detok.flush()
+    assert text == decode([t for t in tokens if t in VOCAB])
+
+
+class FakeTokenizer:
+    """`decode` of a batch of token lists, as openvino_genai.Tokenizer's."""
+
+    def __init__(self, texts: dict[int, str]) -> None:
+        self.texts = texts
+
+    def decode(self, batch: list[list[int]]) -> list[str]:
+        return ["".join(self.texts[i] for i in ids) for ids in batch]
+
+
+def test_the_byte_table_skips_special_tokens_and_is_refused_where_decode_is_not_the_bytes() -> None:
+    byte_level = {0: b"<|end|>", 1: b"H", 2: b"\xc3", 3: b" w"}
+    texts = {0: "", 1: "H", 2: "", 3: " w"}  # the special token decodes to nothing; a lone byte too
+    assert _pieces(FakeTokenizer(texts), byte_level) == [b"", b"H", b"\xc3", b" w"]
+    # SentencePiece: "▁" stands for a space and <0x0A> for a byte; decode writes neither as such
+    sentencepiece = {0: b"</s>", 1: "▁the".encode(), 2: b"<0x0A>"}
+    assert _pieces(FakeTokenizer({0: "", 1: " the", 2: "\n"}), sentencepiece) is None
+
+
 async def run(tokens: list[int], stop: list[str], max_tokens: int = 100, logprobs: bool = False) -> list[Event]:
     outbox = Outbox()
     seq = BatchSequence(None, None, stop, max_tokens, 3, outbox, logprobs=logprobs)
-    seq.detok = Detokenizer(decode)
+    seq.detok = Detokenizer(PIECES)
     for token in tokens:
         seq.take(token, -0.5, frozenset({END}))
         if seq.ended:
@@ -103,3 +142,38 @@ def test_the_engine_picks_the_provider_and_its_model_path_may_be_an_ir_folder(tm
     limited = LocalDeployment(model_name="m", engine="openvino", max_batch=4, max_concurrency=2)
     assert create_provider(limited).concurrency_limit == 2
     assert create_provider(LocalDeployment(model_name="m")).concurrency_limit is None
+
+
+@pytest.mark.local_model
+def test_the_embedded_models_pieces_detokenize_as_its_tokenizer_decodes() -> None:
+    """The byte table the engine detokenizes with (openvino._pieces) against the tokenizer's own `decode`, on the
+    embedded model: text with split characters and special tokens, and random token ids from the whole vocabulary
+    (bytes that form no character, specials anywhere)."""
+    import random
+
+    genai = pytest.importorskip("openvino_genai", reason="the openvino engine needs: pip install 'manifold[openvino]'")
+    from manifold.providers.local.provider import embedded_model_path
+
+    scheduler = genai.SchedulerConfig()
+    scheduler.cache_size = 1
+    tokenizer = genai.ContinuousBatchingPipeline(str(embedded_model_path()), scheduler, "CPU").get_tokenizer()
+    token_bytes = {int(i): bytes(b) for b, i in tokenizer.get_vocab().items()}
+    pieces = _pieces(tokenizer, token_bytes)
+    assert pieces is not None  # byte-level BPE: the engine detokenizes with the table, not decode
+    assert pieces[tokenizer.get_eos_token_id()] == b""  # a special token: decode skips it
+    text = "<|im_start|>Héllo wörld, 😀 日本語<|im_end|>\n\n  the end"
+    ids = [int(t) for t in tokenizer.encode(text, add_special_tokens=False).input_ids.data[0]]
+    assert any(not (b := token_bytes[t]) or not _utf8(b) for t in ids)  # the text has split characters
+    rng = random.Random(15)
+    samples = [ids] + [[rng.randrange(len(pieces)) for _ in range(rng.randrange(1, 40))] for _ in range(300)]
+    for sample in samples:
+        detok = Detokenizer(pieces)
+        assert "".join(detok.feed(t) for t in sample) + detok.flush() == tokenizer.decode(sample), sample
+
+
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

@@ -17,6 +17,7 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
@@ -25,7 +26,7 @@ from manifold.config import DeploymentBase, LocalDeployment
 from manifold.errors import BadGatewayError, InvalidRequestError, ServiceUnavailableError, UnsupportedError
 from manifold.providers.base import Call, Capability, ChunkStream, of_kind
 from manifold.providers.local import generation
-from manifold.providers.local.batching import BatchSequence, Engine, Event, Outbox
+from manifold.providers.local.batching import BatchSequence, Detokenizer, Engine, Event, Outbox, WindowDetokenizer
 from manifold.providers.local.completions import LEGACY_DEFAULT_MAX_TOKENS
 from manifold.providers.local.json_grammar import schema_grammar
 from manifold.providers.local.model_thread import ModelThreadProvider
@@ -93,8 +94,10 @@ class OpenVinoModelProvider(ModelThreadProvider[Model]):
         base = pipeline.get_config()
         eos = int(base.eos_token_id)
         stop_ids = frozenset({eos, *(int(t) for t in base.stop_token_ids)} - {-1})
-        engine = Engine(pipeline, tokenizer.decode, stop_ids, self.max_batch, f"{self.thread_name}-engine")
         token_bytes = {int(i): bytes(b) for b, i in tokenizer.get_vocab().items()}
+        pieces = _pieces(tokenizer, token_bytes)
+        detokenizer = partial(WindowDetokenizer, tokenizer.decode) if pieces is None else partial(Detokenizer, pieces)
+        engine = Engine(pipeline, detokenizer, stop_ids, self.max_batch, f"{self.thread_name}-engine")
         return Model(pipeline, tokenizer, engine, eos, stop_ids, token_bytes)
 
     def closer(self, model: Model) -> Callable[[], None]:
@@ -452,6 +455,30 @@ def _completion_prompt(model: Model, prompt: str | list[int]) -> tuple[Any, int]
         prompt = []
     tokens = prompt or [int(model.tokenizer.get_bos_token_id())]  # as llama.cpp: an empty prompt starts at BOS
     return ov.Tensor(np.array([tokens], dtype=np.int64)), len(tokens)
+
+
+def _pieces(tokenizer: Any, token_bytes: dict[int, bytes]) -> list[bytes] | None:
+    """Each token id's bytes as the tokenizer's `decode` writes them: empty for the special tokens it skips (those
+    whose own text is valid UTF-8 but decode to nothing), found with one batched `decode` of the whole vocabulary.
+    None where a token decodes to other text than its bytes (SentencePiece's "▁", <0x..> byte tokens): that
+    tokenizer's text is not its tokens' bytes joined, so the engine detokenizes with `decode` itself."""
+    size = max(token_bytes, default=-1) + 1
+    pieces = [token_bytes.get(i, b"") for i in range(size)]
+    texts = tokenizer.decode([[i] for i in range(size)])
+    for i, (raw, text) in enumerate(zip(pieces, texts, strict=True)):
+        if raw and not text and _is_utf8(raw):
+            pieces[i] = b""
+        elif text != raw.decode("utf-8", "ignore"):
+            return None
+    return pieces
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _vocab_size(model: Model) -> int:
