@@ -19,8 +19,6 @@ class Scripted:
     def __init__(self, answer: Callable[[int], bytes]) -> None:
         self.answer = answer
         self.silent = False
-        self.delay = 0.0
-        self.received: list[int] = []  # the command numbers, as they arrived
         self.connections = 0
         self.commands = 0
         self.server: asyncio.Server | None = None
@@ -39,9 +37,6 @@ class Scripted:
                     size = int((await reader.readline())[1:])
                     await reader.readexactly(size + 2)
                 self.commands += 1
-                self.received.append(self.commands)
-                if self.delay:
-                    await asyncio.sleep(self.delay)
                 if not self.silent:
                     writer.write(self.answer(self.commands))
                     await writer.drain()
@@ -104,19 +99,3 @@ async def test_a_late_reply_within_the_timeout_is_not_cut(server: Scripted) -> N
         assert server.connections == 1
     finally:
         await conn.aclose()
-
-
-async def test_a_command_sent_now_is_written_before_the_caller_goes_on(server: Scripted) -> None:
-    """`send_now` (the release at a request's end): written at once, ahead of commands buffered later, its reply
-    not waited for by the caller; `aclose` waits for the replies still due."""
-    conn = RespConnection(f"redis://127.0.0.1:{await server.start()}/0", timeout_s=5)
-    assert conn.send_now(b"*1\r\n$4\r\nPING\r\n") is None  # not connected yet: the caller awaits call_frame
-    assert await conn.call("PING") == 1
-    server.delay = 0.2
-    later = asyncio.ensure_future(conn.call("GET", "a"))  # buffered, for the next turn of the loop
-    await asyncio.sleep(0)
-    sent = conn.send_now(b"*1\r\n$4\r\nPING\r\n")
-    assert sent is not None and not sent.done()
-    await conn.aclose()  # waits for both replies
-    assert sent.done() and sent.result() == 3 and await later == 2  # in the order they were sent
-    assert server.received == [1, 2, 3]

@@ -2,9 +2,7 @@
 
 One Lua script per request on the hot path (EVALSHA: checks every limit and budget, then counts, atomically;
 Redis's own clock, so replicas' clocks do not matter), one at the request's end (releases the in-flight slot,
-corrects the token reservation to the real usage, adds the cost to the budgets), written before the answer goes
-out and not waited for: the connection keeps commands in order, so Redis runs it before this process's next
-admission, and before another replica's that follows the client's next request. Same windows as
+corrects the token reservation to the real usage, adds the cost to the budgets). Same windows as
 `MemoryCounters` (access/limits.py): 60 one-second buckets in a hash per counter, in-flight request ids in a
 sorted set scored by their deadline, a budget period's spend in one integer key that expires after the period.
 
@@ -14,9 +12,7 @@ turn of the event loop are written together; each is still its own atomic script
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import logging
 from collections.abc import Awaitable
 from typing import Any, Final, NamedTuple
 
@@ -150,8 +146,6 @@ _SCRIPTS: Final = {_ADMIT_SHA: _ADMIT, _RELEASE_SHA: _RELEASE}
 
 
 _FRAMES_KEPT: Final = 4096
-_pending: set[asyncio.Task[Any]] = set()  # releases sent again after NOSCRIPT (kept until done)
-log = logging.getLogger("manifold.access")
 
 
 class _Frames(NamedTuple):
@@ -170,7 +164,6 @@ class RedisCounters:
         self.round_trips = 0  # scripts sent (those of one event-loop turn share one write)
         self.failures: tuple[type[BaseException], ...] = (RespError, OSError, TimeoutError, hiredis.HiredisError)
         self._packed: dict[int, _Frames] = {}
-        self.release_errors = 0  # releases sent without waiting that failed (logged)
 
     def _frames(self, scopes: list[Scope], budgets: list[Budget]) -> _Frames:
         """The two scripts' commands for these scopes and budgets, packed but for the arguments that change per
@@ -255,35 +248,7 @@ class RedisCounters:
         frame = b"".join(
             (f.release_head, bulk(second), bulk(token_delta), bulk(request_id), bulk(cost), f.release_tail)
         )
-        sent = self.connection.send_now(frame)
-        if sent is None:  # no connection up: connect, send and wait
-            return self._script(_RELEASE_SHA, frame)
-        # Written now, before the request's answer (or its stream's end) goes out, and not waited for: Redis
-        # runs it before anything this process sends later on the connection, and before what another replica
-        # sends once the client has the answer. The request's one round trip on its hot path is its admission.
-        self.round_trips += 1
-        sent.add_done_callback(lambda done: self._released(done, frame, request_id))
-        return None
-
-    def _released(self, done: asyncio.Future[Any], frame: bytes, request_id: str) -> None:
-        if done.cancelled():
-            return
-        exc = done.exception()
-        if exc is None:
-            return
-        if isinstance(exc, RespError) and str(exc).startswith("NOSCRIPT"):  # Redis restarted: load and run again
-            task = asyncio.ensure_future(self._script(_RELEASE_SHA, frame))
-            _pending.add(task)
-            task.add_done_callback(lambda t: self._retried(t, request_id))
-            return
-        self.release_errors += 1
-        log.error("request %s: releasing its limits failed (%s)", request_id, type(exc).__name__)
-
-    def _retried(self, task: asyncio.Task[Any], request_id: str) -> None:
-        _pending.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self.release_errors += 1
-            log.error("request %s: releasing its limits failed (%s)", request_id, type(task.exception()).__name__)
+        return self._script(_RELEASE_SHA, frame)
 
     async def aclose(self) -> None:
         await self.connection.aclose()

@@ -119,14 +119,6 @@ class _Protocol(asyncio.Protocol):
         self.buffer.append(frame)
         return future
 
-    def send_now(self, frame: bytes) -> asyncio.Future[Any]:
-        """`send_frame`, written at once (after the commands buffered before it): once this returns, the command
-        is in the kernel's hands, ahead of anything the caller does next (an HTTP answer, say)."""
-        future = self.send_frame(frame)
-        if not future.done():
-            self._flush()
-        return future
-
     def _check(self) -> None:
         self.watchdog = None
         if not self.deadlines:
@@ -139,8 +131,6 @@ class _Protocol(asyncio.Protocol):
             self.watchdog = loop.call_at(oldest, self._check)
 
     def _flush(self) -> None:
-        if not self.buffer:
-            return  # written already (`send_now`)
         data = b"".join(self.buffer)
         self.buffer = []
         if self.transport is not None and not self.lost:
@@ -201,21 +191,8 @@ class RespConnection:
             protocol = await self._connect()
         return await protocol.send_frame(frame)
 
-    def send_now(self, frame: bytes) -> asyncio.Future[Any] | None:
-        """Write a packed command at once, on a connection that is up, and return its reply's future without
-        waiting for it (None when there is no connection up: use `call_frame`)."""
-        protocol = self._protocol
-        if protocol is None or protocol.lost:
-            return None
-        return protocol.send_now(frame)
-
     async def aclose(self) -> None:
-        """Wait for the replies still due (commands sent without waiting, bounded by the timeout), then close."""
         protocol = self._protocol
         self._protocol = None
-        if protocol is None:
-            return
-        if protocol.waiting and not protocol.lost:
-            await asyncio.wait([asyncio.ensure_future(f) for f in list(protocol.waiting)], timeout=self.timeout)
-        if protocol.transport is not None:
+        if protocol is not None and protocol.transport is not None:
             protocol.transport.close()
