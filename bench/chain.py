@@ -14,10 +14,8 @@ chain. It asserts nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,41 +25,18 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stateful import ROOT, _free_port, _process, _storage, _wait_http
+from stateful import manifold_on
 
 
 def run_setup(backend: str, turns: int) -> list[float]:
-    with tempfile.TemporaryDirectory(prefix="manifold-chain-") as tmp:
-        workdir = Path(tmp)
-        up_argv = [sys.executable, str(ROOT / "bench" / "fake_upstream.py"), "--port", "0", "--chunks", "5"]
-        with _process(up_argv, workdir / "upstream.log", stdout=subprocess.PIPE) as upstream:
-            assert upstream.stdout is not None
-            line = upstream.stdout.readline().decode().strip()
-            if not line.startswith("READY "):
-                raise RuntimeError(f"fake upstream did not start: {line!r}")
-            up_port = int(line.split()[1])
-            with _storage(backend, workdir) as storage:
-                config: dict[str, Any] = {
-                    "model_list": [
-                        {
-                            "model_name": "bench",
-                            "provider": "openai",
-                            "model": "gpt-4o-mini",
-                            "api_base": f"http://127.0.0.1:{up_port}/v1",
-                            "api_key": "sk-fake",
-                        }
-                    ],
-                    "server": {"log_level": "warning"},
-                    "storage": storage,
-                }
-                (workdir / "config.json").write_text(json.dumps(config))
-                port = _free_port()
-                argv = [sys.executable, "-m", "manifold", "serve", "--config", str(workdir / "config.json")]
-                argv += ["--port", str(port)]
-                env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH") or str(ROOT / "src")}
-                with _process(argv, workdir / "manifold.log", env=env, cwd=workdir):
-                    _wait_http(port, "/health/ready", 60)
-                    return _converse(port, turns)
+    with (
+        tempfile.TemporaryDirectory(prefix="manifold-chain-") as tmp,
+        manifold_on(backend, Path(tmp), chunks=5) as (
+            port,
+            _,
+        ),
+    ):
+        return _converse(port, turns)
 
 
 def _converse(port: int, turns: int) -> list[float]:

@@ -243,45 +243,53 @@ def _wait_http(port: int, path: str, timeout: float) -> None:
     raise RuntimeError(f"127.0.0.1:{port}{path} did not answer 200 within {timeout:g} s")
 
 
+@contextlib.contextmanager
+def manifold_on(backend: str, workdir: Path, workers: int = 1, chunks: int = 20) -> Iterator[tuple[int, Path]]:
+    """`bench/fake_upstream.py` and `manifold serve` on a fresh store (`sqlite` in `workdir`, or a new PostgreSQL
+    database, dropped afterwards), model `bench`: Manifold's port once `/health/ready` answers, and its log."""
+    up_argv = [sys.executable, str(ROOT / "bench" / "fake_upstream.py"), "--port", "0", "--chunks", str(chunks)]
+    with _process(up_argv, workdir / "upstream.log", stdout=subprocess.PIPE) as upstream:
+        assert upstream.stdout is not None
+        line = upstream.stdout.readline().decode().strip()
+        if not line.startswith("READY "):
+            raise RuntimeError(f"fake upstream did not start: {line!r}")
+        up_port = int(line.split()[1])
+        with _storage(backend, workdir) as storage:
+            config = {
+                "model_list": [
+                    {
+                        "model_name": "bench",
+                        "provider": "openai",
+                        "model": "gpt-4o-mini",
+                        "api_base": f"http://127.0.0.1:{up_port}/v1",
+                        "api_key": "sk-fake",
+                    }
+                ],
+                "server": {"log_level": "warning"},
+                "storage": storage,
+            }
+            (workdir / "config.json").write_text(json.dumps(config))
+            port = _free_port()
+            argv = [sys.executable, "-m", "manifold", "serve", "--config", str(workdir / "config.json")]
+            argv += ["--port", str(port), "--workers", str(workers)]
+            env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH") or str(ROOT / "src")}
+            log = workdir / "manifold.log"
+            with _process(argv, log, env=env, cwd=workdir):
+                _wait_http(port, "/health", 60)
+                _wait_http(port, "/health/ready", 60)
+                yield port, log
+
+
 def run_setup(setup: str, args: argparse.Namespace) -> dict[str, Any]:
     backend, _, workers_part = setup.partition("-w")
     workers = int(workers_part or "1")
     with tempfile.TemporaryDirectory(prefix="manifold-stateful-") as tmp:
-        workdir = Path(tmp)
-        up_argv = [sys.executable, str(ROOT / "bench" / "fake_upstream.py"), "--port", "0", "--chunks", "20"]
-        with _process(up_argv, workdir / "upstream.log", stdout=subprocess.PIPE) as upstream:
-            assert upstream.stdout is not None
-            line = upstream.stdout.readline().decode().strip()
-            if not line.startswith("READY "):
-                raise RuntimeError(f"fake upstream did not start: {line!r}")
-            up_port = int(line.split()[1])
-            with _storage(backend, workdir) as storage:
-                config = {
-                    "model_list": [
-                        {
-                            "model_name": "bench",
-                            "provider": "openai",
-                            "model": "gpt-4o-mini",
-                            "api_base": f"http://127.0.0.1:{up_port}/v1",
-                            "api_key": "sk-fake",
-                        }
-                    ],
-                    "server": {"log_level": "warning"},
-                    "storage": storage,
-                }
-                (workdir / "config.json").write_text(json.dumps(config))
-                port = _free_port()
-                argv = [sys.executable, "-m", "manifold", "serve", "--config", str(workdir / "config.json")]
-                argv += ["--port", str(port), "--workers", str(workers)]
-                env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-                with _process(argv, workdir / "manifold.log", env=env, cwd=workdir):
-                    _wait_http(port, "/health", 60)
-                    _wait_http(port, "/health/ready", 60)
-                    routes = ROUTES + UNSTORED if args.with_unstored else ROUTES
-                    load_before = os.getloadavg()[0]
-                    result = uvloop.run(drive(port, args.concurrency, args.seconds, args.warmup, routes))
-                    result["load_average"] = (load_before, os.getloadavg()[0])
-                log = (workdir / "manifold.log").read_text(errors="replace")
+        with manifold_on(backend, Path(tmp), workers) as (port, log_path):
+            routes = ROUTES + UNSTORED if args.with_unstored else ROUTES
+            load_before = os.getloadavg()[0]
+            result = uvloop.run(drive(port, args.concurrency, args.seconds, args.warmup, routes))
+            result["load_average"] = (load_before, os.getloadavg()[0])
+        log = log_path.read_text(errors="replace")
     result["setup"] = setup
     result["workers"] = workers
     result["log_errors"] = [ln for ln in log.splitlines() if " ERROR " in ln][:5]
