@@ -83,13 +83,16 @@ class RequestRecord:
     # Read by the usage ledger only, once the request is done: worked out from `usage` when first read, not on
     # every request.
 
-    @property
-    def cached_tokens(self) -> int | None:
-        """Of the input: `prompt_tokens_details.cached_tokens` (or the Responses spelling)."""
+    def _usage_details(self) -> tuple[int | None, int | None]:
         details = self._details
         if details is None:
             details = self._details = usage_details(self.usage)
-        return details[0]
+        return details
+
+    @property
+    def cached_tokens(self) -> int | None:
+        """Of the input: `prompt_tokens_details.cached_tokens` (or the Responses spelling)."""
+        return self._usage_details()[0]
 
     @cached_tokens.setter
     def cached_tokens(self, value: int | None) -> None:
@@ -98,10 +101,7 @@ class RequestRecord:
     @property
     def reasoning_tokens(self) -> int | None:
         """Of the output: `completion_tokens_details.reasoning_tokens` (or the Responses spelling)."""
-        details = self._details
-        if details is None:
-            details = self._details = usage_details(self.usage)
-        return details[1]
+        return self._usage_details()[1]
 
     @reasoning_tokens.setter
     def reasoning_tokens(self, value: int | None) -> None:
