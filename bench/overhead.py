@@ -12,7 +12,8 @@ the servers' CPU time (/proc/PID/stat utime+stime) and RSS (/proc/PID/status VmR
 requests, samples again, and prints a markdown table. It prints figures and asserts nothing.
 
 `--observe` runs one Manifold per observability setting, side by side: `off` (no metrics, no access log),
-`on` (Prometheus metrics and the JSON access log at INFO, written to a file) and `trace` (`on` plus
+`on` (Prometheus metrics and the JSON access log at INFO, written to a file; `metrics` and `log` are its two
+halves alone) and `trace` (`on` plus
 OpenTelemetry tracing with a sampler of 1.0, exporting over OTLP/HTTP to a sink in this process), `access`
 (`off` plus access control, docs/access.md: a static key with rpm, tpm, in-flight and budget limits counted in
 Redis (`BENCH_REDIS_URL`, default redis://127.0.0.1:6379/0; its keys are deleted afterwards) and a priced
@@ -57,7 +58,7 @@ TARGETS = ("direct", "manifold")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 LITELLM_MS_PER_REQ = "~14-16"
 TARGET_MS_PER_REQ = 0.25
-OBSERVE = ("off", "on", "trace", "access", "ledger", "all")
+OBSERVE = ("off", "on", "metrics", "log", "trace", "access", "ledger", "all")
 # `--observe access`: `off` plus a static key with rpm, tpm, in-flight and budget limits counted in Redis (issue 12).
 ACCESS_KEY = "sk-bench-access-0123456789"
 ACCESS_LIMIT_MS = 0.15
@@ -286,6 +287,10 @@ def write_config(workdir: Path, upstream_port: int, observe: str | None = None, 
             text += access_config()
         if observe == "ledger":
             text += ledger_config(workdir)
+    elif observe == "metrics":  # `on`'s two halves, each alone
+        text += "  log_level: info\n  access_log: false\nmetrics:\n  enabled: true\n"
+    elif observe == "log":
+        text += "  log_level: info\n  log_format: json\n  access_log: true\nmetrics:\n  enabled: false\n"
     else:
         text += "  log_level: info\n  log_format: json\n  access_log: true\nmetrics:\n  enabled: true\n"
         if observe == "trace":
@@ -583,13 +588,23 @@ def report(meta: dict[str, Any], runs: list[Run]) -> str:
                 f"- {mode}: access (static key, Redis-backed limits and budget) made "
                 f"{statistics.median(trips):.2f} Redis round trips per request; CPU target {ACCESS_LIMIT_MS} ms"
             )
-        variants = (("on", OBSERVE_ON_LIMIT_MS), ("trace", None), ("access", None), ("ledger", None), ("all", None))
+        variants = (
+            ("on", OBSERVE_ON_LIMIT_MS),
+            ("metrics", None),
+            ("log", None),
+            ("trace", None),
+            ("access", None),
+            ("ledger", None),
+            ("all", None),
+        )
         for variant, limit in variants:
             on = cpu.get(f"manifold ({variant})")
             if off is not None and on is not None:
                 bound = f" (budget {limit} ms)" if limit is not None else ""
                 what = {
                     "ledger": "the usage ledger",
+                    "metrics": "metrics alone",
+                    "log": "the JSON access log alone",
                     "access": "access control",
                     "all": "everything on (observability, access control, ledger)",
                 }.get(variant, f"observability `{variant}`")

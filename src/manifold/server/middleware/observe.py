@@ -49,6 +49,9 @@ class ObserveRequests:
                 rec.status = 500
             raise
         finally:
+            # The pair holds the server's `send`, whose cycle object holds this scope: a reference cycle that
+            # would keep the whole request alive until the cyclic collector ran.
+            scope.pop(OBSERVED_SEND, None)
             CURRENT.reset(token)
             if not rec.status:
                 rec.status = CLIENT_CLOSED
