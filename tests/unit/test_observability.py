@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from manifold.observability import metrics, redaction
@@ -449,3 +451,37 @@ async def test_stream_bodies_skip_the_observing_wrapper_unless_a_layer_inside_wr
         assert sent == ["http.response.start", "http.response.body", "http.response.body"]
         assert seen == (sent if inner_layer else [])
         assert records[-1].status == 200
+
+
+_VALUES = st.lists(
+    st.one_of(
+        st.floats(min_value=0.0, max_value=1e9, allow_nan=False),
+        st.sampled_from([0.0, 0.01, 0.02, 1.28, 81.92, 1e9, float("inf")]),  # on the bounds themselves
+    ),
+    max_size=300,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(first=_VALUES, second=_VALUES)
+def test_a_buffered_histogram_buckets_as_prometheus_client_does(first: list[float], second: list[float]) -> None:
+    """`BufferedHistogram.flush` (sorted values, a bisection per bucket) ends with the same buckets and sum as
+    prometheus-client's own `observe` of each value, over two flushes."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    registry = CollectorRegistry()
+    buckets = (0.01, 0.02, 0.04, 1.28, 81.92)
+    ours = Histogram("ours", "", ("l",), buckets=buckets, registry=registry).labels("x")
+    theirs = Histogram("theirs", "", ("l",), buckets=buckets, registry=registry).labels("x")
+    buffered = metrics.BufferedHistogram(ours)
+    try:
+        for batch in (first, second):
+            for value in batch:
+                buffered.observe(value)
+                theirs.observe(value)
+            buffered.flush()
+            assert len(buffered.values) == 0
+            assert [b.get() for b in ours._buckets] == [b.get() for b in theirs._buckets]
+            assert ours._sum.get() == pytest.approx(theirs._sum.get(), rel=1e-9)
+    finally:
+        metrics._BUFFERED.remove(buffered)

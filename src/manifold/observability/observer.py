@@ -30,6 +30,23 @@ class Observer:
         self.tracing = tracing
         self.sinks = tuple(sinks)
 
+    def readers(self) -> tuple[Callable[[RequestRecord], None], ...]:
+        """What reads each finished record, in `finish`'s order, as a tuple to call each of (the observing
+        layer's way: no checks per request)."""
+        out: list[Callable[[RequestRecord], None]] = []
+        if self.metrics is not None:
+            out.append(self.metrics.finished)
+        if self.tracing is not None:
+            out.append(self._end_span)
+        if self.access_log is not None:
+            out.append(self.access_log.write)
+        return (*out, *self.sinks)
+
+    def _end_span(self, rec: RequestRecord) -> None:
+        if rec.span is not None:
+            assert self.tracing is not None
+            self.tracing.end_server_span(rec)
+
     def finish(self, rec: RequestRecord) -> None:
         metrics = self.metrics
         if metrics is not None:

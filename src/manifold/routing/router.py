@@ -766,17 +766,18 @@ def _attempt_answered(
     if span is not None:
         assert tracing is not None
         tracing.end_attempt(span, usage, None, member.provider.deployment.upstream_model, result)
+    given, made = m.usage_tokens(usage)
     mm = member.metrics
-    given = made = None
     if mm is not None:
-        mm.ok.inc()
-        ops = mm.operation(operation)
+        mm.ok.n += 1.0  # Buffered.inc without the call
+        ops = mm.ops.get(operation) or mm.operation(operation)
         ops.duration.observe(elapsed)
-        given, made = ops.tokens(usage)
+        if given is not None:
+            ops.input_tokens.observe(given)
+        if made is not None:
+            ops.output_tokens.observe(made)
         if mm.breaker_state:
             mm.sync_breaker(member.breaker)
-    elif isinstance(usage, dict):
-        given, made = m.usage_tokens(usage)
     if rec is not None:
         rec.upstream_seconds += elapsed
         rec.input_tokens = given
