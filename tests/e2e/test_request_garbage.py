@@ -106,3 +106,90 @@ def test_an_observed_request_leaves_no_cycle(
             gc.garbage.clear()
             gc.enable()
     assert found == [], f"requests kept alive by reference cycles: {sorted(set(found))} ({len(found)} objects)"
+
+
+TIGHT_KEY = "sk-garbage-tight-0123456789"
+
+
+def _error_app(upstream: CountingUpstream, tmp_path: Path) -> Any:
+    return build_app(
+        parse_config(
+            {
+                "model_list": [
+                    {"model_name": "m", "provider": "openai", "api_base": upstream.base("m"), "api_key": "sk-up"},
+                    # Nothing listens on port 9: the attempt fails to connect (a 502 after the router's tries).
+                    {"model_name": "down", "provider": "openai", "api_base": "http://127.0.0.1:9/v1", "api_key": "x"},
+                    {  # answers after 2 s, waited on for 0.05 s: a 504
+                        "model_name": "slow",
+                        "provider": "openai",
+                        "api_base": upstream.base("slow@2"),
+                        "api_key": "x",
+                        "timeouts": {"first_byte": 0.05},
+                    },
+                    {  # a path the upstream does not serve: its 404 page, not an OpenAI answer
+                        "model_name": "lost",
+                        "provider": "openai",
+                        "api_base": upstream.url + "/nowhere/v1",
+                        "api_key": "x",
+                    },
+                ],
+                "router": {"num_retries": 0, "allowed_fails": 1000},  # no cooldown: every request tries
+                "server": {"log_format": "json", "access_log": True},
+                "metrics": {"enabled": True},
+                "storage": {"data_dir": str(tmp_path)},
+                "auth": {
+                    "keys": [
+                        {"key": KEY, "alias": "garbage", "rpm": 1_000_000},
+                        {"key": TIGHT_KEY, "alias": "tight", "rpm": 1},  # its first request spends the minute
+                    ]
+                },
+            }
+        )
+    )
+
+
+_ERRORS: dict[str, tuple[int | None, str | None, dict[str, Any]]] = {
+    # what is wrong: (status, key, body)
+    "no key": (401, None, {"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
+    "unknown model": (404, KEY, {"model": "nope", "messages": [{"role": "user", "content": "hi"}]}),
+    "bad body": (400, KEY, {"model": "m", "messages": "not a list"}),
+    "rate limited": (429, TIGHT_KEY, {"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
+    "upstream down": (502, KEY, {"model": "down", "messages": [{"role": "user", "content": "hi"}]}),
+    "upstream down, streamed": (
+        502,
+        KEY,
+        {"model": "down", "messages": [{"role": "user", "content": "hi"}], "stream": True},
+    ),
+    "upstream too slow": (504, KEY, {"model": "slow", "messages": [{"role": "user", "content": "hi"}]}),
+    "upstream 404": (None, KEY, {"model": "lost", "messages": [{"role": "user", "content": "hi"}]}),
+}
+
+
+@pytest.mark.parametrize("error", list(_ERRORS))
+def test_a_refused_or_failed_request_leaves_no_cycle(upstream: CountingUpstream, error: str, tmp_path: Path) -> None:
+    """The error paths (a refusal, bad input, an upstream that fails) are as common as answers under load (a
+    rate-limited client retries in a loop): they too are freed by reference counting alone."""
+    status, key, body = _ERRORS[error]
+    headers = {} if key is None else {"Authorization": f"Bearer {key}"}
+    app = _error_app(upstream, tmp_path)
+    with serve(app) as running, httpx.Client(base_url=running.url, headers=headers) as client:
+        for _ in range(3):  # warm (and, rate limited, the one request of the minute spent)
+            client.post("/v1/chat/completions", json=body)
+        gc.collect()
+        gc.disable()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for _ in range(20):
+                resp = client.post("/v1/chat/completions", json=body)
+                if status is None:  # whichever error the gateway makes of it
+                    assert resp.status_code >= 400, resp.text
+                else:
+                    assert resp.status_code == status, resp.text
+                assert "error" in resp.json()
+            gc.collect()
+            found = _cycle_members(gc.garbage)
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+    assert found == [], f"requests kept alive by reference cycles: {sorted(set(found))} ({len(found)} objects)"

@@ -514,6 +514,11 @@ class Router:
             if report is not None:
                 _report(report, last, attempts)
             raise
+        finally:
+            # The failure raised carries a traceback through this frame, whose `error` would hold it back: a
+            # reference cycle keeping the whole request (its scope, the server's connection state) alive until
+            # the cyclic collector ran.
+            error = None
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
 

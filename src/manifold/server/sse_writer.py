@@ -67,20 +67,27 @@ class EventStream:
 
 
 async def _await_with_keepalive(out: EventStream, awaitable: Awaitable[Any], interval: float) -> Any:
-    task = asyncio.ensure_future(awaitable)
+    task: asyncio.Future[Any] | None = asyncio.ensure_future(awaitable)
+    assert task is not None
     try:
         while True:
             done, _ = await asyncio.wait((task,), timeout=interval)
             if done:
-                return task.result()
+                break
             await out.commit()
             await out.write(KEEPALIVE)
+        done = set()
+        return task.result()
     finally:
         if not task.done():
             # Let the step unwind before the caller closes the stream it iterates (closing a running async
             # generator fails, and would leave the upstream open).
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        # A failure raised here carries a traceback through this frame; the task holds that failure: a
+        # reference cycle (frame -> task -> failure -> traceback -> frame) that would keep the whole request
+        # alive until the cyclic collector ran.
+        task = None
 
 
 async def stream_chat(
