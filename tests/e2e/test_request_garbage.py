@@ -48,10 +48,11 @@ def _cycle_members(garbage: list[object]) -> list[str]:
 KEY = "sk-garbage-test-0123456789"
 
 
+@pytest.mark.parametrize("api", ["chat", "responses"])
 @pytest.mark.parametrize("access", [False, True], ids=["observed", "observed+access+ledger"])
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 def test_an_observed_request_leaves_no_cycle(
-    upstream: CountingUpstream, stream: bool, access: bool, tmp_path: Path
+    upstream: CountingUpstream, stream: bool, access: bool, api: str, tmp_path: Path
 ) -> None:
     raw: dict[str, Any] = {
         "model_list": [
@@ -85,20 +86,24 @@ def test_an_observed_request_leaves_no_cycle(
         raw["ledger"] = {"enabled": True}
     app = build_app(parse_config(raw))
     assert app.observer is not None and app.observer.metrics is not None and app.observer.access_log is not None
-    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+    if api == "chat":
+        path, body = "/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    else:  # the Responses API (stored, so that the store's writes are part of the request too)
+        path, body = "/v1/responses", {"model": "m", "input": "hi"}
+    body["stream"] = stream
     headers = {"Authorization": f"Bearer {KEY}"} if access else {}
     with serve(app) as running, httpx.Client(base_url=running.url, headers=headers) as client:
         for _ in range(3):  # warm: whatever is made once per process is made now
-            assert client.post("/v1/chat/completions", json=body).status_code == 200
+            assert client.post(path, json=body).status_code == 200
         gc.collect()
         gc.disable()
         gc.set_debug(gc.DEBUG_SAVEALL)  # what the collector finds unreachable stays in gc.garbage to be read
         try:
             for _ in range(20):
-                resp = client.post("/v1/chat/completions", json=body)
+                resp = client.post(path, json=body)
                 assert resp.status_code == 200
                 if not stream:
-                    assert json.loads(resp.content)["object"] == "chat.completion"
+                    assert json.loads(resp.content)["object"] == ("chat.completion" if api == "chat" else "response")
             gc.collect()
             found = _cycle_members(gc.garbage)
         finally:

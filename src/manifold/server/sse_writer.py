@@ -66,30 +66,6 @@ class EventStream:
         await self.send_body({"type": "http.response.body", "body": data, "more_body": False})
 
 
-async def _await_with_keepalive(out: EventStream, awaitable: Awaitable[Any], interval: float) -> Any:
-    task: asyncio.Future[Any] | None = asyncio.ensure_future(awaitable)
-    assert task is not None
-    try:
-        while True:
-            done, _ = await asyncio.wait((task,), timeout=interval)
-            if done:
-                break
-            await out.commit()
-            await out.write(KEEPALIVE)
-        done = set()
-        return task.result()
-    finally:
-        if not task.done():
-            # Let the step unwind before the caller closes the stream it iterates (closing a running async
-            # generator fails, and would leave the upstream open).
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        # A failure raised here carries a traceback through this frame; the task holds that failure: a
-        # reference cycle (frame -> task -> failure -> traceback -> frame) that would keep the whole request
-        # alive until the cyclic collector ran.
-        task = None
-
-
 async def stream_chat(
     request: Request,
     open_stream: Callable[[], Awaitable[AsyncIterator[dict[str, Any]]]],
@@ -104,10 +80,10 @@ async def stream_chat(
     stream: AsyncIterator[dict[str, Any]] | None = None
     pending: list[bytes] = []  # frames held back to be written together; still sent if the stream then fails
     try:
-        stream = await _await_with_keepalive(out, open_stream(), keepalive_interval)
+        stream = await _next_with_keepalive(out, open_stream(), keepalive_interval)
         assert stream is not None
         iterator = aiter(stream)
-        first = await _await_with_keepalive(out, anext(iterator, None), keepalive_interval)
+        first = await _next_with_keepalive(out, anext(iterator, None), keepalive_interval)
         await out.commit()
         if first is not None:
             # Chunks that arrived together (one upstream read) go out in one write.
@@ -149,36 +125,51 @@ def event_frame(event: dict[str, Any]) -> bytes:
     return b"event: " + str(event["type"]).encode() + b"\ndata: " + _json.encode(event) + b"\n\n"
 
 
+class _Keepalive:
+    """A `:` comment every `interval` seconds from a timer until `cancel`. An object, not closures: a timer
+    callback naming itself makes a closure cell that holds its own function, a reference cycle that would keep
+    the stream (and through it the whole request) alive until the cyclic collector ran."""
+
+    __slots__ = ("handle", "interval", "loop", "out", "writes")
+
+    def __init__(self, out: EventStream, interval: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.out = out
+        self.interval = interval
+        self.writes: list[asyncio.Task[None]] = []
+        self.handle = self.loop.call_later(interval, self.fire)
+
+    def fire(self) -> None:
+        writes = self.writes
+        if not writes or writes[-1].done():
+            writes.append(self.loop.create_task(self.write()))
+        self.handle = self.loop.call_later(self.interval, self.fire)
+
+    async def write(self) -> None:
+        await self.out.commit()
+        await self.out.write(KEEPALIVE)
+
+    async def drop_writes(self) -> None:
+        # A comment still waiting for its turn is dropped, so that it cannot follow the next frame or the end.
+        for write in self.writes:
+            write.cancel()
+        await asyncio.gather(*self.writes, return_exceptions=True)
+        self.writes.clear()
+
+
 async def _next_with_keepalive(out: EventStream, step: Awaitable[T], interval: float) -> T:
     """`await step`, with a `:` comment every `interval` seconds meanwhile. The comments come from a timer, not
     from a task wrapped around the step: the step runs in the caller's task, so when it is done the caller
     goes on at once (a task and `asyncio.wait` cost three turns of the event loop where a plain await costs
     one, and on a busy loop each turn is waited for); a client that leaves cancels the caller, and with it
     the step."""
-    loop = asyncio.get_running_loop()
-    writes: list[asyncio.Task[None]] = []
-    handle: asyncio.TimerHandle
-
-    async def keepalive() -> None:
-        await out.commit()
-        await out.write(KEEPALIVE)
-
-    def fire() -> None:
-        nonlocal handle
-        if not writes or writes[-1].done():
-            writes.append(loop.create_task(keepalive()))
-        handle = loop.call_later(interval, fire)
-
-    handle = loop.call_later(interval, fire)
+    keepalive = _Keepalive(out, interval)
     try:
         return await step
     finally:
-        handle.cancel()
-        if writes:
-            # A comment still waiting for its turn is dropped, so that it cannot follow the next frame or the end.
-            for write in writes:
-                write.cancel()
-            await asyncio.gather(*writes, return_exceptions=True)
+        keepalive.handle.cancel()
+        if keepalive.writes:
+            await keepalive.drop_writes()
 
 
 async def stream_events(request: Request, events: AsyncIterator[dict[str, Any]], keepalive_interval: float) -> None:
