@@ -198,3 +198,45 @@ def test_a_refused_or_failed_request_leaves_no_cycle(upstream: CountingUpstream,
             gc.garbage.clear()
             gc.enable()
     assert found == [], f"requests kept alive by reference cycles: {sorted(set(found))} ({len(found)} objects)"
+
+
+def test_the_read_routes_leave_no_cycle(upstream: CountingUpstream, tmp_path: Path) -> None:
+    """The models list, a stored chat completion and its messages, a stored response and its input items, a
+    response's input token count: each read answered, none of them kept alive by a cycle."""
+    app = _error_app(upstream, tmp_path)
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with serve(app) as running, httpx.Client(base_url=running.url, headers=headers) as client:
+        chat = client.post(
+            "/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}], "store": True}
+        ).json()
+        response = client.post("/v1/responses", json={"model": "m", "input": "hi"}).json()
+        reads = [
+            ("GET", "/v1/models", None),
+            ("GET", "/v1/models/m", None),
+            ("GET", f"/v1/chat/completions/{chat['id']}", None),
+            ("GET", f"/v1/chat/completions/{chat['id']}/messages", None),
+            ("GET", "/v1/chat/completions?model=m", None),
+            ("GET", f"/v1/responses/{response['id']}", None),
+            ("GET", f"/v1/responses/{response['id']}/input_items", None),
+            ("POST", "/v1/responses/input_tokens", {"model": "m", "input": "hello there"}),
+            ("GET", "/v1/responses/resp_missing", None),  # a 404 on the way
+        ]
+
+        def read_all() -> list[int]:
+            return [client.request(method, path, json=body).status_code for method, path, body in reads]
+
+        assert read_all()[:-1] == [200] * (len(reads) - 1)  # warm
+        gc.collect()
+        gc.disable()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for _ in range(5):
+                statuses = read_all()
+                assert statuses == [200] * (len(reads) - 1) + [404], statuses
+            gc.collect()
+            found = _cycle_members(gc.garbage)
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+    assert found == [], f"requests kept alive by reference cycles: {sorted(set(found))} ({len(found)} objects)"
