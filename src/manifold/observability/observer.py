@@ -1,5 +1,5 @@
 """What happens when a request ends: its metrics, its access line, its server span. The server's
-`ObserveRequests` layer makes the record and calls `finish`."""
+`ObserveRequests` layer makes the record and calls each of `readers` with it."""
 
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ class Observer:
         self.sinks = tuple(sinks)
 
     def readers(self) -> tuple[Callable[[RequestRecord], None], ...]:
-        """What reads each finished record, in `finish`'s order, as a tuple to call each of (the observing
-        layer's way: no checks per request)."""
+        """What reads each finished record, in order (metrics, the server span, the access line, the sinks),
+        as a tuple the observing layer calls each of: no checks per request."""
         out: list[Callable[[RequestRecord], None]] = []
         if self.metrics is not None:
             out.append(self.metrics.finished)
@@ -46,14 +46,3 @@ class Observer:
         if rec.span is not None:
             assert self.tracing is not None
             self.tracing.end_server_span(rec)
-
-    def finish(self, rec: RequestRecord) -> None:
-        metrics = self.metrics
-        if metrics is not None:
-            metrics.finished(rec)
-        if self.tracing is not None and rec.span is not None:
-            self.tracing.end_server_span(rec)
-        if self.access_log is not None:
-            self.access_log.write(rec)
-        for sink in self.sinks:
-            sink(rec)

@@ -1,5 +1,5 @@
 """The observing layer: a `RequestRecord` per request for the layers inside to fill in, then, when the response
-is done, the request's metrics, its access line and its server span (`Observer.finish`)."""
+is done, the request's metrics, its access line and its server span (`Observer.readers`)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ class ObserveRequests:
     def __init__(self, app: object, observer: Observer) -> None:
         self.app = app
         self.observer = observer
-        self.readers = observer.readers()  # what `Observer.finish` calls, without its call and its checks
+        self.readers = observer.readers()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
