@@ -116,10 +116,12 @@ def test_an_observed_request_leaves_no_cycle(
 TIGHT_KEY = "sk-garbage-tight-0123456789"
 
 
-def _error_app(upstream: CountingUpstream, tmp_path: Path) -> Any:
+def _error_app(upstream: CountingUpstream, tmp_path: Path, observed: bool = True) -> Any:
     return build_app(
         parse_config(
             {
+                # Unobserved: no observing layer at all (the router and the SSE writer are the same).
+                **({} if observed else {"ledger": {"enabled": False}}),
                 "model_list": [
                     {"model_name": "m", "provider": "openai", "api_base": upstream.base("m"), "api_key": "sk-up"},
                     # Nothing listens on port 9: the attempt fails to connect (a 502 after the router's tries).
@@ -139,8 +141,8 @@ def _error_app(upstream: CountingUpstream, tmp_path: Path) -> Any:
                     },
                 ],
                 "router": {"num_retries": 0, "allowed_fails": 1000},  # no cooldown: every request tries
-                "server": {"log_format": "json", "access_log": True},
-                "metrics": {"enabled": True},
+                "server": {"log_format": "json", "access_log": observed},
+                "metrics": {"enabled": observed},
                 "storage": {"data_dir": str(tmp_path)},
                 "auth": {
                     "keys": [
@@ -170,13 +172,17 @@ _ERRORS: dict[str, tuple[int | None, str | None, dict[str, Any]]] = {
 }
 
 
+@pytest.mark.parametrize("observed", [True, False], ids=["observed", "unobserved"])
 @pytest.mark.parametrize("error", list(_ERRORS))
-def test_a_refused_or_failed_request_leaves_no_cycle(upstream: CountingUpstream, error: str, tmp_path: Path) -> None:
+def test_a_refused_or_failed_request_leaves_no_cycle(
+    upstream: CountingUpstream, error: str, observed: bool, tmp_path: Path
+) -> None:
     """The error paths (a refusal, bad input, an upstream that fails) are as common as answers under load (a
     rate-limited client retries in a loop): they too are freed by reference counting alone."""
     status, key, body = _ERRORS[error]
     headers = {} if key is None else {"Authorization": f"Bearer {key}"}
-    app = _error_app(upstream, tmp_path)
+    app = _error_app(upstream, tmp_path, observed)
+    assert (app.observer is not None) is observed
     with serve(app) as running, httpx.Client(base_url=running.url, headers=headers) as client:
         for _ in range(3):  # warm (and, rate limited, the one request of the minute spent)
             client.post("/v1/chat/completions", json=body)
