@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import gc
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,23 @@ def _cycle_members(garbage: list[object]) -> list[str]:
         elif kind is dict and "manifold.request_id" in obj:  # type: ignore[operator]
             found.append("scope")
     return found
+
+
+def assert_no_cycle(requests: Callable[[], None]) -> None:
+    """Run `requests` with the cyclic collector off, then collect: nothing of a request may be among what the
+    collector finds unreachable (`gc.DEBUG_SAVEALL` keeps it in `gc.garbage` to be read)."""
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        requests()
+        gc.collect()
+        found = _cycle_members(gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert found == [], f"requests kept alive by reference cycles: {sorted(set(found))} ({len(found)} objects)"
 
 
 KEY = "sk-garbage-test-0123456789"
@@ -95,22 +112,15 @@ def test_an_observed_request_leaves_no_cycle(
     with serve(app) as running, httpx.Client(base_url=running.url, headers=headers) as client:
         for _ in range(3):  # warm: whatever is made once per process is made now
             assert client.post(path, json=body).status_code == 200
-        gc.collect()
-        gc.disable()
-        gc.set_debug(gc.DEBUG_SAVEALL)  # what the collector finds unreachable stays in gc.garbage to be read
-        try:
+
+        def requests() -> None:
             for _ in range(20):
                 resp = client.post(path, json=body)
                 assert resp.status_code == 200
                 if not stream:
                     assert json.loads(resp.content)["object"] == ("chat.completion" if api == "chat" else "response")
-            gc.collect()
-            found = _cycle_members(gc.garbage)
-        finally:
-            gc.set_debug(0)
-            gc.garbage.clear()
-            gc.enable()
-    assert found == [], f"requests kept alive by reference cycles: {sorted(set(found))} ({len(found)} objects)"
+
+        assert_no_cycle(requests)
 
 
 TIGHT_KEY = "sk-garbage-tight-0123456789"
@@ -186,10 +196,8 @@ def test_a_refused_or_failed_request_leaves_no_cycle(
     with serve(app) as running, httpx.Client(base_url=running.url, headers=headers) as client:
         for _ in range(3):  # warm (and, rate limited, the one request of the minute spent)
             client.post("/v1/chat/completions", json=body)
-        gc.collect()
-        gc.disable()
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        try:
+
+        def requests() -> None:
             for _ in range(20):
                 resp = client.post("/v1/chat/completions", json=body)
                 if status is None:  # whichever error the gateway makes of it
@@ -197,13 +205,8 @@ def test_a_refused_or_failed_request_leaves_no_cycle(
                 else:
                     assert resp.status_code == status, resp.text
                 assert "error" in resp.json()
-            gc.collect()
-            found = _cycle_members(gc.garbage)
-        finally:
-            gc.set_debug(0)
-            gc.garbage.clear()
-            gc.enable()
-    assert found == [], f"requests kept alive by reference cycles: {sorted(set(found))} ({len(found)} objects)"
+
+        assert_no_cycle(requests)
 
 
 def test_the_read_routes_leave_no_cycle(upstream: CountingUpstream, tmp_path: Path) -> None:
@@ -232,17 +235,10 @@ def test_the_read_routes_leave_no_cycle(upstream: CountingUpstream, tmp_path: Pa
             return [client.request(method, path, json=body).status_code for method, path, body in reads]
 
         assert read_all()[:-1] == [200] * (len(reads) - 1)  # warm
-        gc.collect()
-        gc.disable()
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        try:
+
+        def requests() -> None:
             for _ in range(5):
                 statuses = read_all()
                 assert statuses == [200] * (len(reads) - 1) + [404], statuses
-            gc.collect()
-            found = _cycle_members(gc.garbage)
-        finally:
-            gc.set_debug(0)
-            gc.garbage.clear()
-            gc.enable()
-    assert found == [], f"requests kept alive by reference cycles: {sorted(set(found))} ({len(found)} objects)"
+
+        assert_no_cycle(requests)
