@@ -118,6 +118,11 @@ def measure(setting: str, modes: list[str], args: argparse.Namespace) -> dict[st
                             f"{sorted(p.name for p in dumps.iterdir())}\n{(work / 'server.log').read_text()[-2000:]}"
                         )
                     out[mode] = counted / args.requests
+                    if args.keep_dumps:
+                        kept = Path(args.keep_dumps) / f"{setting}-{mode}"
+                        kept.mkdir(parents=True, exist_ok=True)
+                        for dump in dumps.glob("callgrind.out*"):
+                            shutil.copy(dump, kept / dump.name)
                 return out
             finally:
                 server.terminate()
@@ -140,6 +145,9 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--chunks", type=int, default=20)
+    parser.add_argument(
+        "--keep-dumps", metavar="DIR", help="copy each setting's callgrind dumps to DIR/SETTING-MODE (callgrind_annotate)"
+    )
     args = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("needs valgrind (callgrind and callgrind_control)", file=sys.stderr)

@@ -398,6 +398,42 @@ def test_the_access_line_written_directly_is_the_one_logging_writes(server_log: 
     assert fields["latency_ms"] == 500.0 and fields["ttft_ms"] == 0.4 and fields["time"].endswith("Z")
 
 
+def test_the_access_logs_route_is_worked_out_once_a_second(server_log: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One `AccessLog` decides whether its lines may skip logging once per whole second (with the second's
+    text): a handler added on `manifold.access` gets the lines from the next second on, and a level that
+    silences the logger silences it from then on too."""
+    from manifold.observability import logging as manifold_logging
+
+    clock = [1_800_000_000.25]
+    monkeypatch.setattr(manifold_logging, "_now", lambda: clock[0])
+    server_log.alone()
+    access = AccessLog()
+    access.write(finished_record())
+    listener = io.StringIO()
+    extra = logging.StreamHandler(listener)
+    extra.setFormatter(JsonFormatter(Redactor()))
+    logger = logging.getLogger(ACCESS_LOGGER)
+    logger.addHandler(extra)
+    try:
+        clock[0] += 0.5  # the same second: still written directly
+        access.write(finished_record())
+        assert listener.getvalue() == ""
+        clock[0] += 0.5  # the next second: through logging, so the added handler sees it
+        access.write(finished_record())
+        assert json.loads(listener.getvalue())["request_id"] == "req_1"
+    finally:
+        logger.removeHandler(extra)
+    logger.setLevel(logging.WARNING)  # clears logging's cache of levels, as a user's call would
+    try:
+        clock[0] += 1
+        access.write(finished_record())
+    finally:
+        logger.setLevel(logging.NOTSET)
+    times = [json.loads(line)["time"] for line in server_log.lines()]
+    assert times[:2] == ["2027-01-15T08:00:00.250Z", "2027-01-15T08:00:00.750Z"]
+    assert len(times) == 3  # the third went through logging (to the server's handler too); the fourth nowhere
+
+
 def test_an_ordinary_line_keeps_its_place_among_access_lines(server_log: Any) -> None:
     server_log.alone()
     AccessLog().write(finished_record())

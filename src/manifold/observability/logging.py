@@ -284,28 +284,48 @@ class _AccessLine(msgspec.Struct):
     client: str | None
 
 
+_now = time.time  # the access line's clock (a test moves it)
+
+
 class AccessLog:
     """Writes the one access line per request at INFO on `manifold.access` (a record made here: `Logger.info`
     would look up the caller's frame, which nobody reads in an access line). When the only thing logging would
     do with the line is `configure`'s JSON handler writing it (`_direct_handler`), the line is written to that
-    handler's stream here, the same bytes without a `LogRecord` or the walk through `Logger.handle`."""
+    handler's stream here, the same bytes without a `LogRecord` or the walk through `Logger.handle`.
 
-    __slots__ = ("logger",)
+    Whether that holds (and the logger's level) is worked out once a second, with the second's RFC 3339 text,
+    not once a line: a handler, filter or level set on the way to the root logger while a server runs is
+    followed from the next whole second on. Lines that go through logging check the level on each line."""
+
+    __slots__ = ("_direct", "_second", "_stamp", "logger")
 
     def __init__(self) -> None:
         self.logger = logging.getLogger(ACCESS_LOGGER)
+        self._second = -1  # the whole second `_direct` and `_stamp` were worked out in
+        self._direct: BlockBufferedHandler | None = None
+        self._stamp = ""
+
+    def _refresh(self, whole: int) -> None:
+        logger = self.logger
+        self._second = whole
+        self._direct = _direct_handler(logger) if logger.isEnabledFor(logging.INFO) else None
+        self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
 
     def write(self, rec: RequestRecord) -> None:
-        logger = self.logger
-        if not logger.isEnabledFor(logging.INFO):
+        now = _now()
+        whole = int(now)
+        if whole != self._second:
+            self._refresh(whole)
+        handler = self._direct
+        if handler is None and not self.logger.isEnabledFor(logging.INFO):
             return
         ttft = rec.ttft
         model = rec.model
         if model is not None and model != rec.model_label:
             model = redact(model)  # an alias, a wildcard's name, or whatever the client typed
-        handler = _direct_handler(logger)
         line = _AccessLine(
-            None if handler is None else _iso(time.time()),  # else the record's own time, set by the formatter
+            # Else the record's own time, set by the formatter.
+            None if handler is None else self._stamp + _MILLIS[int((now - whole) * 1000)],
             rec.request_id,
             rec.trace_id,
             rec.method,
@@ -324,7 +344,7 @@ class AccessLog:
             rec.client,
         )
         if handler is None:
-            logger.handle(_AccessRecord(msgspec.structs.asdict(line)))
+            self.logger.handle(_AccessRecord(msgspec.structs.asdict(line)))
             return
         try:
             # One write of the binary stream: it takes its own lock (the flush thread's flush takes it too).
