@@ -402,7 +402,7 @@ class Run:
     manifold_rss_mb_after: float | None = None
     first_error: str | None = None
     manifold_cpu_cores: float | None = None  # Manifold's CPU seconds per wall second in the measured phase
-    redis_calls_per_req: float | None = None  # Redis commands (round trips) per request, `--observe access`
+    redis_calls_per_req: float | None = None  # Redis scripts per request, `--observe access`
     failed: str | None = None
 
 
@@ -606,7 +606,8 @@ def report(meta: dict[str, Any], runs: list[Run]) -> str:
         if trips:
             out.append(
                 f"- {mode}: access (static key, Redis-backed limits and budget) made "
-                f"{statistics.median(trips):.2f} Redis round trips per request; CPU target {ACCESS_LIMIT_MS} ms"
+                f"{statistics.median(trips):.2f} Redis scripts per request (the admission, waited on; the release, "
+                f"written at the request's end and not waited for); CPU target {ACCESS_LIMIT_MS} ms"
             )
         variants = (
             ("on", OBSERVE_ON_LIMIT_MS),

@@ -146,7 +146,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--chunks", type=int, default=20)
     parser.add_argument(
-        "--keep-dumps", metavar="DIR", help="copy each setting's callgrind dumps to DIR/SETTING-MODE (callgrind_annotate)"
+        "--keep-dumps", metavar="DIR", help="copy the callgrind dumps to DIR/SETTING-MODE (for callgrind_annotate)"
     )
     args = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:

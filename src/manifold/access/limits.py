@@ -15,7 +15,8 @@ added at each request's end; a request is admitted while the spend is under the 
 that moment may take it past: the next one is refused).
 
 State lives in process memory (`MemoryCounters`) or, with `redis.url`, in Redis (`access.redis_counters`): one
-script (EVALSHA) per request to check and count everything atomically, one at its end to release and reconcile.
+script (EVALSHA) per request to check and count everything atomically (waited for), one at its end to release
+and reconcile (written before the answer's end goes out, not waited for).
 The `limits` library's windows cannot correct a past reservation (tokens are known only after the answer), hence
 these counters.
 """
@@ -380,6 +381,8 @@ class Admission:
         self.on_error = on_error
         self.errors = 0  # Redis failures met (served or refused by on_error)
         self._plans: dict[tuple[int, str], _Plan] = {}
+        if hasattr(counters, "on_release_failed"):  # Redis: releases are written and not waited for
+            counters.on_release_failed = self._release_failed
 
     def scopes(self, p: Principal, group: str) -> list[Scope]:
         out: list[Scope] = []
@@ -495,7 +498,8 @@ class Admission:
         report: Report | None,
     ) -> Awaitable[None] | None:
         """The request ended: its cost (header when `report`, record), then release and reconcile. Returns what
-        is left to await (the counters' round trip), or None when all is done (counters in process memory, or
+        is left to await (the counters' round trip, when Redis had to be connected to first), or None when all
+        is done or written (counters in process memory, a release written to Redis, or
         nothing to release): the caller then needs no task and no turn of the event loop."""
         cost = self.price(dep, usage, upstream_model, report)
         if ticket is None or ticket.done:
@@ -507,19 +511,19 @@ class Admission:
                 ticket.scopes, ticket.second, delta, ticket.budgets, cost, ticket.request_id
             )
         except self.counters.failures as exc:
-            self._release_failed(ticket, exc)
+            self._release_failed(ticket.request_id, exc)
             return None
-        return None if pending is None else self._released(pending, ticket)
+        return None if pending is None else self._released(pending, ticket.request_id)
 
-    async def _released(self, pending: Awaitable[None], ticket: Ticket) -> None:
+    async def _released(self, pending: Awaitable[None], request_id: str) -> None:
         try:
             await pending
         except self.counters.failures as exc:
-            self._release_failed(ticket, exc)
+            self._release_failed(request_id, exc)
 
-    def _release_failed(self, ticket: Ticket, exc: BaseException) -> None:
+    def _release_failed(self, request_id: str, exc: BaseException) -> None:
         self.errors += 1
-        log.error("request %s: releasing its limits failed (%s)", ticket.request_id, type(exc).__name__)
+        log.error("request %s: releasing its limits failed (%s)", request_id, type(exc).__name__)
 
     async def aclose(self) -> None:
         await self.counters.aclose()

@@ -1,19 +1,24 @@
 """The admission counters in Redis (`redis.url`): shared by every worker and replica, exact across them.
 
 One Lua script per request on the hot path (EVALSHA: checks every limit and budget, then counts, atomically;
-Redis's own clock, so replicas' clocks do not matter), one at the request's end (releases the in-flight slot,
-corrects the token reservation to the real usage, adds the cost to the budgets). Same windows as
+Redis's own clock, so replicas' clocks do not matter), waited for; one at the request's end (releases the
+in-flight slot, corrects the token reservation to the real usage, adds the cost to the budgets), written to
+Redis's socket at once and not waited for (`release`). Same windows as
 `MemoryCounters` (access/limits.py): 60 one-second buckets in a hash per counter, in-flight request ids in a
 sorted set scored by their deadline, a budget period's spend in one integer key that expires after the period.
 
-The scripts go over one pipelined connection (access/resp.py): those of the requests that arrive in the same
-turn of the event loop are written together; each is still its own atomic script.
+The scripts go over one pipelined connection (access/resp.py): the admissions of the requests that arrive in
+the same turn of the event loop are written together; each is still its own atomic script.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import hashlib
-from collections.abc import Awaitable
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, Final, NamedTuple
 
 import hiredis
@@ -132,6 +137,13 @@ return 1
 """
 
 
+log = logging.getLogger("manifold.access")
+
+
+def _log_release_failure(request_id: str, exc: BaseException) -> None:
+    log.error("request %s: releasing its limits failed (%s)", request_id, type(exc).__name__)
+
+
 def _limit(value: int | None) -> int:
     return -1 if value is None else value
 
@@ -164,6 +176,10 @@ class RedisCounters:
         self.round_trips = 0  # scripts sent (those of one event-loop turn share one write)
         self.failures: tuple[type[BaseException], ...] = (RespError, OSError, TimeoutError, hiredis.HiredisError)
         self._packed: dict[int, _Frames] = {}
+        self.unanswered = 0  # releases written whose reply has not come yet
+        self._retries: set[asyncio.Task[None]] = set()
+        # Told of a release that failed after it was written (set by `Admission`: it counts and logs it).
+        self.on_release_failed: Callable[[str, BaseException], None] = _log_release_failure
 
     def _frames(self, scopes: list[Scope], budgets: list[Budget]) -> _Frames:
         """The two scripts' commands for these scopes and budgets, packed but for the arguments that change per
@@ -216,9 +232,13 @@ class RedisCounters:
         except RespError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
-        # First use on this Redis (or it restarted): load the script, then run it.
-        await self.connection.call("SCRIPT", "LOAD", _SCRIPTS[sha])
+        # First use on this Redis (or it restarted): load the scripts, then run this one.
+        await self._load_scripts()
         return await self.connection.call_frame(frame)
+
+    async def _load_scripts(self) -> None:
+        for script in _SCRIPTS.values():  # both: a release follows each admission without waiting for it
+            await self.connection.call("SCRIPT", "LOAD", script)
 
     async def admit(self, scopes: list[Scope], tokens: int, budgets: list[Budget], request_id: str) -> Verdict:
         f = self._frames(scopes, budgets)
@@ -242,13 +262,51 @@ class RedisCounters:
     def release(
         self, scopes: list[Scope], second: int, token_delta: int, budgets: list[Budget], cost: int, request_id: str
     ) -> Awaitable[Any] | None:
+        """Written to Redis at once and not waited for (None) when the connection is up: Redis runs it before
+        any command sent after it, by this process or (sent after this request's answer reached its client)
+        by another replica. Its reply is read when it comes; a failure is reported to `on_release_failed`."""
         if not cost and not any(s.parallel is not None or (s.tpm is not None and token_delta) for s in scopes):
             return None  # nothing to release: no round trip
         f = self._frames(scopes, budgets)
         frame = b"".join(
             (f.release_head, bulk(second), bulk(token_delta), bulk(request_id), bulk(cost), f.release_tail)
         )
-        return self._script(_RELEASE_SHA, frame)
+        protocol = self.connection.ready()
+        if protocol is None:  # not connected (Redis was down): connect and wait, as an admission does
+            return self._script(_RELEASE_SHA, frame)
+        self.round_trips += 1
+        self.unanswered += 1
+        future = protocol.send_frame(frame, at_once=True)
+        future.add_done_callback(functools.partial(self._released, frame, request_id))
+        return None
+
+    def _released(self, frame: bytes, request_id: str, future: asyncio.Future[Any]) -> None:
+        self.unanswered -= 1
+        exc = future.exception() if not future.cancelled() else asyncio.CancelledError()
+        if exc is None:
+            return
+        if isinstance(exc, RespError) and str(exc).startswith("NOSCRIPT"):  # Redis restarted since the admission
+            task = asyncio.get_running_loop().create_task(self._retry_release(frame, request_id))
+            self._retries.add(task)
+            task.add_done_callback(self._retries.discard)
+            return
+        self.on_release_failed(request_id, exc)
+
+    async def _retry_release(self, frame: bytes, request_id: str) -> None:
+        try:
+            await self._load_scripts()
+            await self.connection.call_frame(frame)
+        except self.failures as exc:
+            self.on_release_failed(request_id, exc)
 
     async def aclose(self) -> None:
+        """Close once the releases written have been answered (bounded by the connection's timeout): at a
+        graceful shutdown every request's release reaches Redis."""
+        protocol = self.connection.ready()
+        if protocol is not None and protocol.waiting:
+            with contextlib.suppress(*self.failures, asyncio.CancelledError):
+                await asyncio.wait([protocol.waiting[-1]], timeout=self.connection.timeout)
+        for task in list(self._retries):
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(task, self.connection.timeout)
         await self.connection.aclose()

@@ -103,7 +103,9 @@ class _Protocol(asyncio.Protocol):
     def send(self, args: tuple[Any, ...]) -> asyncio.Future[Any]:
         return self.send_frame(_pack(args))
 
-    def send_frame(self, frame: bytes) -> asyncio.Future[Any]:
+    def send_frame(self, frame: bytes, at_once: bool = False) -> asyncio.Future[Any]:
+        """Queue a command (written with the others of this turn of the event loop), or with `at_once` write
+        it now, after those queued before it: it is in Redis's socket before the caller writes anything else."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if self.lost:
@@ -114,6 +116,13 @@ class _Protocol(asyncio.Protocol):
         self.deadlines.append(deadline)
         if self.watchdog is None:
             self.watchdog = loop.call_at(deadline, self._check)
+        if at_once:
+            if self.buffer:
+                self.buffer.append(frame)
+                self._flush()
+            else:
+                self.transport.write(frame)
+            return future
         if not self.buffer:
             loop.call_soon(self._flush)
         self.buffer.append(frame)
@@ -131,6 +140,8 @@ class _Protocol(asyncio.Protocol):
             self.watchdog = loop.call_at(oldest, self._check)
 
     def _flush(self) -> None:
+        if not self.buffer:  # written already by an `at_once` command
+            return
         data = b"".join(self.buffer)
         self.buffer = []
         if self.transport is not None and not self.lost:
@@ -179,6 +190,11 @@ class RespConnection:
                     await future
             self._protocol = protocol
             return protocol
+
+    def ready(self) -> _Protocol | None:
+        """The connection when it is up (a command can be sent without awaiting a connect), else None."""
+        protocol = self._protocol
+        return None if protocol is None or protocol.lost else protocol
 
     async def call(self, *args: Any) -> Any:
         return await self.call_frame(_pack(args))
