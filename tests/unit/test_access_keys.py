@@ -71,6 +71,10 @@ def test_the_key_comes_from_the_headers_the_sdks_use() -> None:
     assert secret_of([(b"x-api-key", b"sk-3")]) == "sk-3"
     assert secret_of([(b"authorization", b"Basic abc")]) == ""
     assert secret_of([(b"host", b"x")]) is None
+    # Authorization first, then api-key, then x-api-key, whatever the headers' order; a repeated header: the last.
+    assert secret_of([(b"x-api-key", b"sk-3"), (b"api-key", b"sk-2"), (b"authorization", b"Bearer sk-1")]) == "sk-1"
+    assert secret_of([(b"x-api-key", b"sk-3"), (b"api-key", b"sk-2")]) == "sk-2"
+    assert secret_of([(b"api-key", b"sk-a"), (b"api-key", b"sk-b")]) == "sk-b"
 
 
 def test_loopback_hosts() -> None:

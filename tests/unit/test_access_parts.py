@@ -121,7 +121,7 @@ def test_a_plan_is_kept_per_principal_and_model_while_its_budget_period_lasts() 
 def test_the_redis_scripts_prepacked_commands_are_what_packing_each_argument_gives() -> None:
     """RedisCounters packs the scripts' commands once per plan but for the per-request arguments: the bytes
     must be those of EVALSHA sha numkeys KEYS… ARGV… packed one argument at a time."""
-    from manifold.access.redis_counters import _ADMIT_SHA, _RELEASE_SHA, RedisCounters
+    from manifold.access.redis_counters import _ADMIT_SHA, _RELEASE_SHA, RedisCounters, admit_frame, release_frame
     from manifold.access.resp import _pack
 
     counters = RedisCounters("redis://127.0.0.1:1/0", 1.0, "p:")
@@ -132,7 +132,10 @@ def test_the_redis_scripts_prepacked_commands_are_what_packing_each_argument_giv
     keys = ["p:rl:k:1:r", "p:rl:k:1:t", "p:rl:k:1:p", "p:rl:k:1:m:m:r", "p:rl:k:1:m:m:t", "p:rl:k:1:m:m:p"]
     admit = ["EVALSHA", _ADMIT_SHA, 7, *keys, "p:budget:k:1:0", 2, 812, "req_1", 3600, 10, -1, 3, -1, 500, -1]
     assert b"".join((f.admit_head, bulk(812), bulk("req_1"), f.admit_tail)) == _pack((*admit, 9_000_000))
+    assert admit_frame(f, 812, "req_1") == _pack((*admit, 9_000_000))
+    assert admit_frame(f, 0, "réq") == _pack((*admit[:-9], 0, "réq", *admit[-7:], 9_000_000))  # bytes, not chars
     keys = ["p:rl:k:1:t", "p:rl:k:1:p", "p:rl:k:1:m:m:t", "p:rl:k:1:m:m:p", "p:budget:k:1:0"]
     release = ["EVALSHA", _RELEASE_SHA, 5, *keys, 2, 1_700_000_000, -12, "req_1", 44, "0", "1", "1", "0"]
     frame = b"".join((f.release_head, bulk(1_700_000_000), bulk(-12), bulk("req_1"), bulk(44), f.release_tail))
     assert frame == _pack((*release, 4_000_000_000))
+    assert release_frame(f, 1_700_000_000, -12, "req_1", 44) == frame

@@ -267,15 +267,21 @@ def is_loopback(host: str) -> bool:
 
 
 def secret_of(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
-    """The key a request carries: `Authorization: Bearer`, `api-key` or `x-api-key` (the first present)."""
-    for name, value in headers:
-        if name == b"authorization":
-            if value[:7].lower() == b"bearer ":
-                return value[7:].strip().decode("latin-1")
-            return ""  # another scheme: no key we know
-        if name == b"api-key" or name == b"x-api-key":
-            return value.strip().decode("latin-1")
-    return None
+    """The key a request carries: `Authorization: Bearer`, else `api-key`, else `x-api-key` (in that order
+    whatever their order in the request; of a header sent twice, the last). A dict made in C and three lookups,
+    where a loop in Python over a client's dozen headers cost ~90 bytecodes a request."""
+    found = dict(headers)
+    value = found.get(b"authorization")
+    if value is not None:
+        if value[:7].lower() == b"bearer ":
+            return value[7:].strip().decode("latin-1")
+        return ""  # another scheme: no key we know
+    value = found.get(b"api-key")
+    if value is None:
+        value = found.get(b"x-api-key")
+        if value is None:
+            return None
+    return value.strip().decode("latin-1")
 
 
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]

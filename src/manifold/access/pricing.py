@@ -60,8 +60,11 @@ class Prices:
         if not usage:
             return 0
         given, made = usage_tokens(usage)  # reasoning tokens are part of the output tokens
-        given, made = given or 0, made or 0
-        cached, _ = usage_details(usage)
+        return self.cost_of(given or 0, made or 0, usage_details(usage)[0])
+
+    def cost_of(self, given: int, made: int, cached: int | None) -> int:
+        """Micro-dollars for `given` input tokens (of which `cached` read from the provider's cache) and `made`
+        output tokens, rounded up."""
         cached = min(cached, given) if cached is not None and cached > 0 else 0
         pico = (given - cached) * self.input + cached * self.cached_input + made * self.output
         return -(-pico // 1_000_000)

@@ -85,18 +85,23 @@ CURRENT: Final[contextvars.ContextVar[RequestRecord | None]] = contextvars.Conte
 )
 
 
+_NO_DETAILS: Final = (None, None)
+
+
 def usage_details(usage: object) -> tuple[int | None, int | None]:
     """(cached input, reasoning output) tokens of an OpenAI `usage` object: `prompt_tokens_details.cached_tokens`
     and `completion_tokens_details.reasoning_tokens`, or the Responses spelling (`input_tokens_details`,
     `output_tokens_details`). None where the upstream did not say."""
     if not isinstance(usage, dict):
-        return None, None
+        return _NO_DETAILS
     given = usage.get("prompt_tokens_details")
     if given is None:
         given = usage.get("input_tokens_details")
     made = usage.get("completion_tokens_details")
     if made is None:
         made = usage.get("output_tokens_details")
+        if made is None and given is None:
+            return _NO_DETAILS
     cached = given.get("cached_tokens") if isinstance(given, dict) else None
     reasoning = made.get("reasoning_tokens") if isinstance(made, dict) else None
     return (
