@@ -180,6 +180,26 @@ async def test_multi_row_batches(store: Store) -> None:
     assert writes.writes - before == 3  # 4 + 4 + 2 rows
 
 
+async def test_rows_that_arrive_during_a_flush_wait_for_the_next(store: Store) -> None:
+    """A flush writes the rows buffered when it began; those recorded while it waits on the database wait for
+    the next flush (before: it drained the buffer until empty, so a busy server wrote a stream of small batches,
+    one per write's duration, ~20 rows each, instead of one batch per `flush_interval_s`). Closing writes them."""
+    ledger = Ledger(store, LedgerSettings(enabled=True, flush_interval_s=30, max_batch=100))
+    writes = await store.writes()
+    before = writes.writes
+    for n in range(10):
+        ledger.record(record(n, key="k", team=None, model="m", at=T0))
+    flushing = asyncio.create_task(ledger.flush())
+    await asyncio.sleep(0)  # the flush has taken its ten rows and waits on the writer
+    for n in range(10, 15):
+        ledger.record(record(n, key="k", team=None, model="m", at=T0))
+    assert await flushing
+    assert (ledger.written, ledger.pending, writes.writes - before) == (10, 5, 1)
+    ledger.start()
+    await ledger.aclose()
+    assert (ledger.written, ledger.pending, ledger.dropped, writes.writes - before) == (15, 0, 0, 2)
+
+
 async def test_rows_the_database_refuses_never_stop_the_ledger(store: Store) -> None:
     """A hostile upstream's token count beyond 64 bits, a NUL in a model name: the batch is written with those
     values made storable (nulled, removed); the rows around it are written as they were."""

@@ -226,8 +226,8 @@ class Ledger:
             ok = await self._flush()
             LEDGER_BACKLOG.set(len(self._rows))
             self._report_drops()
-            if self._closing and (ok or not self._rows):
-                return
+            if self._closing and not self._rows:
+                return  # else what came in during the last flush, at once (closing does not wait on `_wake`)
             if ok:
                 delay = interval
             else:
@@ -242,8 +242,13 @@ class Ledger:
 
     async def _flush_batches(self) -> bool:
         rows = self._rows
-        while rows:
-            size = min(len(rows), self.settings.max_batch)
+        # The rows buffered now; those that arrive meanwhile wait for the next flush. Draining until the buffer
+        # was empty made a busy server write a stream of small batches (what arrived during each write: ~20
+        # rows, 50 transactions a second at 1,000 requests a second) instead of one batch a `flush_interval_s`.
+        left = len(rows)
+        while left > 0 and rows:
+            size = min(left, len(rows), self.settings.max_batch)
+            left -= size
             batch = list(itertools.islice(rows, size))
             failure = await self._write(batch)
             if failure is not None and not self._database_gone(failure):
