@@ -139,3 +139,25 @@ def test_the_redis_scripts_prepacked_commands_are_what_packing_each_argument_giv
     frame = b"".join((f.release_head, bulk(1_700_000_000), bulk(-12), bulk("req_1"), bulk(44), f.release_tail))
     assert frame == _pack((*release, 4_000_000_000))
     assert release_frame(f, 1_700_000_000, -12, "req_1", 44) == frame
+
+
+async def test_a_redis_write_that_raises_fails_its_waiters_cleanly() -> None:
+    """A transport that raises on write (closing under the connection): the command written at once and the
+    one queued before it both fail with ConnectionError, nothing raises into the request, the connection is
+    marked lost (the next command connects again)."""
+    from manifold.access.resp import _Protocol
+
+    class Closing:
+        def write(self, data: bytes) -> None:
+            raise RuntimeError("the transport is closing")
+
+        def abort(self) -> None:
+            pass
+
+    protocol = _Protocol(5.0)
+    protocol.connection_made(Closing())  # type: ignore[arg-type]
+    queued = protocol.send_frame(b"*1\r\n$4\r\nPING\r\n")
+    at_once = protocol.send_frame(b"*1\r\n$4\r\nPING\r\n", at_once=True)
+    for future in (queued, at_once):
+        assert isinstance(future.exception(), ConnectionError)
+    assert protocol.lost and not protocol.waiting

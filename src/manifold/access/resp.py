@@ -117,11 +117,8 @@ class _Protocol(asyncio.Protocol):
         if self.watchdog is None:
             self.watchdog = loop.call_at(deadline, self._check)
         if at_once:
-            if self.buffer:
-                self.buffer.append(frame)
-                self._flush()
-            else:
-                self.transport.write(frame)
+            self.buffer.append(frame)
+            self._flush()
             return future
         if not self.buffer:
             loop.call_soon(self._flush)
@@ -145,7 +142,10 @@ class _Protocol(asyncio.Protocol):
         data = b"".join(self.buffer)
         self.buffer = []
         if self.transport is not None and not self.lost:
-            self.transport.write(data)
+            try:
+                self.transport.write(data)
+            except Exception as exc:  # noqa: BLE001 - a transport closing under us: every waiter fails cleanly
+                self._fail(ConnectionError(f"writing to Redis failed ({type(exc).__name__})"))
 
 
 class RespConnection:
