@@ -200,6 +200,27 @@ async def test_rows_that_arrive_during_a_flush_wait_for_the_next(store: Store) -
     assert (ledger.written, ledger.pending, ledger.dropped, writes.writes - before) == (15, 0, 0, 2)
 
 
+async def test_a_flush_woken_by_size_writes_whole_batches(store: Store) -> None:
+    """`max_batch` rows waiting wake the writer before the interval; it then writes whole batches only (the
+    few rows past the last one wait for the next flush), so a busy server's batches are full ones."""
+    ledger = Ledger(store, LedgerSettings(enabled=True, flush_interval_s=30, max_batch=4))
+    writes = await store.writes()
+    before = writes.writes
+    for n in range(10):
+        ledger.record(record(n, key="k", team=None, model="m", at=T0))
+    ledger.start()
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if ledger.written == 8:
+            break
+    await asyncio.sleep(0.05)  # nothing more comes before the interval
+    assert (ledger.written, ledger.pending, writes.writes - before) == (8, 2, 2)
+    await ledger.aclose()
+    assert (ledger.written, ledger.pending, writes.writes - before) == (10, 0, 3)
+    ledger.record(record(11, key="k", team=None, model="m", at=T0))  # closed: counted as dropped
+    assert (ledger.pending, ledger.dropped) == (0, 1)
+
+
 async def test_rows_the_database_refuses_never_stop_the_ledger(store: Store) -> None:
     """A hostile upstream's token count beyond 64 bits, a NUL in a model name: the batch is written with those
     values made storable (nulled, removed); the rows around it are written as they were."""
@@ -276,4 +297,8 @@ def test_usage_details_spellings() -> None:
     assert usage_details(responses) == (1, 0)
     assert usage_details({"prompt_tokens_details": None}) == (None, None)
     assert usage_details({"prompt_tokens_details": {"cached_tokens": True}}) == (None, None)
+    assert usage_details({"prompt_tokens_details": {}, "completion_tokens_details": {"reasoning_tokens": 2.0}}) == (
+        None,
+        None,
+    )
     assert usage_details(None) == (None, None)

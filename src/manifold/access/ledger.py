@@ -51,6 +51,7 @@ def row_of(rec: RequestRecord) -> Row:
     if cost is None and rec.cost is not None:
         cost = round(rec.cost * 1_000_000)
     ttft = rec.ttft
+    cached, reasoning = rec._usage_details()  # one read of `usage` for both
     return (
         rec.request_id,
         round(rec.wall_start * 1000),
@@ -64,9 +65,9 @@ def row_of(rec: RequestRecord) -> Row:
         rec.status,
         rec.stream,
         rec.input_tokens,
-        rec.cached_tokens,
+        cached,
         rec.output_tokens,
-        rec.reasoning_tokens,
+        reasoning,
         cost,
         round((rec.end - rec.start) * 1000),
         None if ttft is None else round(ttft * 1000),
@@ -160,6 +161,9 @@ class Ledger:
         self.settings = settings
         self._ignored = frozenset(ignored)
         self._rows: collections.deque[Row] = collections.deque()
+        self._routes: dict[str | None, bool] = {}  # route template → whether it gets a row (templates: bounded)
+        self._max_batch = settings.max_batch
+        self._max_rows = settings.max_buffered_rows  # 0 once closed for good (`aclose` without a task)
         self._wake = asyncio.Event()
         self._flushing = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -177,14 +181,20 @@ class Ledger:
     def record(self, rec: RequestRecord) -> None:
         """Buffer the row of a finished request (an observer sink: called once per request, on the loop)."""
         route = rec.route
-        if route is None or route in self._ignored or route.startswith("/admin"):
+        recorded = self._routes.get(route)  # type: ignore[arg-type]
+        if recorded is None:
+            recorded = self._routes[route] = not (  # type: ignore[index]
+                route is None or route in self._ignored or route.startswith("/admin")
+            )
+        if not recorded:
             return
-        if len(self._rows) >= self.settings.max_buffered_rows or (self._closing and self._task is None):
+        rows = self._rows
+        if len(rows) >= self._max_rows:
             self.dropped += 1
             LEDGER_DROPPED.inc()
             return
-        self._rows.append(row_of(rec))
-        if len(self._rows) >= self.settings.max_batch:
+        rows.append(row_of(rec))
+        if len(rows) >= self._max_batch:
             self._wake.set()
 
     async def flush(self) -> bool:
@@ -207,6 +217,7 @@ class Ledger:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             self._task = None
+        self._max_rows = 0  # nothing writes any more: later rows are counted as dropped
         if self._rows:
             self.dropped += len(self._rows)
             LEDGER_DROPPED.inc(len(self._rows))
@@ -218,12 +229,14 @@ class Ledger:
         interval = self.settings.flush_interval_s
         delay = interval
         while True:
+            by_size = False
             if not self._closing:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._wake.wait()
+                        by_size = not self._closing
             self._wake.clear()
-            ok = await self._flush()
+            ok = await self._flush(whole_batches=by_size)
             LEDGER_BACKLOG.set(len(self._rows))
             self._report_drops()
             if self._closing and not self._rows:
@@ -235,19 +248,24 @@ class Ledger:
                 if self._closing:
                     await asyncio.sleep(min(delay, 1.0))
 
-    async def _flush(self) -> bool:
-        """Write the buffered rows, a batch at a time; False when the database refused (the rows stay)."""
+    async def _flush(self, whole_batches: bool = False) -> bool:
+        """Write the buffered rows, a batch at a time; False when the database refused (the rows stay). With
+        `whole_batches` (woken because `max_batch` rows wait) only full batches: the rest waits for the next."""
         async with self._flushing:  # one flush at a time: a batch leaves the buffer only once committed
-            return await self._flush_batches()
+            return await self._flush_batches(whole_batches)
 
-    async def _flush_batches(self) -> bool:
+    async def _flush_batches(self, whole_batches: bool = False) -> bool:
         rows = self._rows
         # The rows buffered now; those that arrive meanwhile wait for the next flush. Draining until the buffer
         # was empty made a busy server write a stream of small batches (what arrived during each write: ~20
         # rows, 50 transactions a second at 1,000 requests a second) instead of one batch a `flush_interval_s`.
+        # Woken by size, a flush leaves the tail that came with the last row for the next one, so that a busy
+        # server writes full batches, not a full one and a few rows each time.
         left = len(rows)
+        if whole_batches:
+            left -= left % self._max_batch
         while left > 0 and rows:
-            size = min(left, len(rows), self.settings.max_batch)
+            size = min(left, len(rows), self._max_batch)
             left -= size
             batch = list(itertools.islice(rows, size))
             failure = await self._write(batch)

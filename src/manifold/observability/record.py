@@ -91,20 +91,12 @@ _NO_DETAILS: Final = (None, None)
 def usage_details(usage: object) -> tuple[int | None, int | None]:
     """(cached input, reasoning output) tokens of an OpenAI `usage` object: `prompt_tokens_details.cached_tokens`
     and `completion_tokens_details.reasoning_tokens`, or the Responses spelling (`input_tokens_details`,
-    `output_tokens_details`). None where the upstream did not say."""
-    if not isinstance(usage, dict):
+    `output_tokens_details`). None where the upstream did not say (or sent something else than an integer)."""
+    if type(usage) is not dict:
         return _NO_DETAILS
-    given = usage.get("prompt_tokens_details")
-    if given is None:
-        given = usage.get("input_tokens_details")
-    made = usage.get("completion_tokens_details")
-    if made is None:
-        made = usage.get("output_tokens_details")
-        if made is None and given is None:
-            return _NO_DETAILS
-    cached = given.get("cached_tokens") if isinstance(given, dict) else None
-    reasoning = made.get("reasoning_tokens") if isinstance(made, dict) else None
-    return (
-        cached if isinstance(cached, int) and not isinstance(cached, bool) else None,
-        reasoning if isinstance(reasoning, int) and not isinstance(reasoning, bool) else None,
-    )
+    given = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
+    made = usage.get("completion_tokens_details") or usage.get("output_tokens_details")
+    cached = given.get("cached_tokens") if type(given) is dict else None
+    reasoning = made.get("reasoning_tokens") if type(made) is dict else None
+    # `type(...) is int`: an integer, not a bool (a subclass of int).
+    return (cached if type(cached) is int else None), (reasoning if type(reasoning) is int else None)
