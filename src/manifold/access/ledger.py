@@ -181,9 +181,9 @@ class Ledger:
     def record(self, rec: RequestRecord) -> None:
         """Buffer the row of a finished request (an observer sink: called once per request, on the loop)."""
         route = rec.route
-        recorded = self._routes.get(route)  # type: ignore[arg-type]
+        recorded = self._routes.get(route)
         if recorded is None:
-            recorded = self._routes[route] = not (  # type: ignore[index]
+            recorded = self._routes[route] = not (
                 route is None or route in self._ignored or route.startswith("/admin")
             )
         if not recorded:
