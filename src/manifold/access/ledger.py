@@ -183,9 +183,7 @@ class Ledger:
         route = rec.route
         recorded = self._routes.get(route)
         if recorded is None:
-            recorded = self._routes[route] = not (
-                route is None or route in self._ignored or route.startswith("/admin")
-            )
+            recorded = self._routes[route] = not (route is None or route in self._ignored or route.startswith("/admin"))
         if not recorded:
             return
         rows = self._rows
