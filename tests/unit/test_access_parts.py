@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from manifold.access.limits import WINDOW_S, Admission, Budget, MemoryCounters, Scope, format_reset, period_start
 from manifold.access.pricing import dollars, micros, prices_for
 from manifold.access.principal import Limits, Principal
@@ -161,3 +164,63 @@ async def test_a_redis_write_that_raises_fails_its_waiters_cleanly() -> None:
     for future in (queued, at_once):
         assert isinstance(future.exception(), ConnectionError)
     assert protocol.lost and not protocol.waiting
+
+
+_INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+_REQUEST_IDS = st.text(min_size=1, max_size=80)
+
+
+@settings(max_examples=200, deadline=None)
+@given(tokens=_INT64, rid=_REQUEST_IDS, second=_INT64, delta=_INT64, cost=_INT64)
+def test_the_redis_frames_are_resp_for_any_arguments(tokens: int, rid: str, second: int, delta: int, cost: int) -> None:
+    """The two frames built in one `%` format each are, for any integers and any request id (non-ASCII too:
+    lengths in bytes), the bytes that packing each argument gives; and hiredis reads them back as the command."""
+    import hiredis
+
+    from manifold.access.redis_counters import RedisCounters, admit_frame, release_frame
+    from manifold.access.resp import _pack
+
+    counters = RedisCounters("redis://127.0.0.1:1/0", 1.0, "p:")
+    f = counters._frames([Scope("key a", "k:1", 10, 100, 3)], [Budget("key a", "k:1:0", 9, 4_000_000_000)])
+    admit = admit_frame(f, tokens, rid)
+    assert admit == b"".join((f.admit_head, bulk(tokens), bulk(rid), f.admit_tail))
+    release = release_frame(f, second, delta, rid, cost)
+    assert release == b"".join((f.release_head, bulk(second), bulk(delta), bulk(rid), bulk(cost), f.release_tail))
+    reader = hiredis.Reader()
+    reader.feed(admit + release)
+    read_admit, read_release = reader.gets(), reader.gets()
+    assert read_admit[0] == b"EVALSHA" and read_admit[8:10] == [str(tokens).encode(), rid.encode()]
+    assert read_release[0] == b"EVALSHA" and read_release[7:11] == [
+        b"%d" % second,
+        b"%d" % delta,
+        rid.encode(),
+        b"%d" % cost,
+    ]
+    assert _pack(tuple(read_release)) == release  # nothing left over, nothing cut
+
+
+_HEADER_NAMES = st.sampled_from([b"authorization", b"api-key", b"x-api-key", b"host", b"user-agent", b"x-request-id"])
+_HEADER_VALUES = st.binary(max_size=40).filter(lambda v: b"\r" not in v and b"\n" not in v)
+
+
+@settings(max_examples=300, deadline=None)
+@given(headers=st.lists(st.tuples(_HEADER_NAMES, _HEADER_VALUES), max_size=12))
+def test_the_key_a_request_carries_follows_the_documented_order(headers: list[tuple[bytes, bytes]]) -> None:
+    """`secret_of` against the rule as docs/access.md states it, written the slow way: Authorization (Bearer,
+    else no key), else api-key, else x-api-key; of a header sent twice, the last."""
+    from manifold.access.auth import secret_of
+
+    def last(name: bytes) -> bytes | None:
+        values = [v for n, v in headers if n == name]
+        return values[-1] if values else None
+
+    authorization = last(b"authorization")
+    expected: str | None
+    if authorization is not None:
+        expected = authorization[7:].strip().decode("latin-1") if authorization[:7].lower() == b"bearer " else ""
+    else:
+        other = last(b"api-key")
+        if other is None:
+            other = last(b"x-api-key")
+        expected = None if other is None else other.strip().decode("latin-1")
+    assert secret_of(headers) == expected
