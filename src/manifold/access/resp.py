@@ -60,6 +60,8 @@ class _Protocol(asyncio.Protocol):
         self.transport: Any = None  # an asyncio or uvloop transport (uvloop's are not asyncio.Transport)
         self.buffer: list[bytes] = []
         self.lost = False
+        # The loop it was made in (`asyncio.get_running_loop()` per command is a getpid system call on 3.11).
+        self.loop = asyncio.get_running_loop()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -106,7 +108,7 @@ class _Protocol(asyncio.Protocol):
     def send_frame(self, frame: bytes, at_once: bool = False) -> asyncio.Future[Any]:
         """Queue a command (written with the others of this turn of the event loop), or with `at_once` write
         it now, after those queued before it: it is in Redis's socket before the caller writes anything else."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         future: asyncio.Future[Any] = loop.create_future()
         if self.lost:
             future.set_exception(ConnectionError("the connection to Redis was lost"))
@@ -129,7 +131,7 @@ class _Protocol(asyncio.Protocol):
         self.watchdog = None
         if not self.deadlines:
             return
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         oldest = self.deadlines[0]
         if oldest <= loop.time():
             self._fail(TimeoutError(f"Redis did not answer within {self.timeout_s:g} s"))

@@ -275,7 +275,9 @@ class SSEStream:
         self._error: BadGatewayError | None = None
         self._idle = session.stream_idle
         total = session.total_timeout
-        self._deadline = None if total is None else asyncio.get_running_loop().time() + total
+        # time.monotonic, not the loop's clock: `asyncio.get_running_loop()` is a getpid system call on
+        # CPython 3.11, and this is checked after every chunk.
+        self._deadline = None if total is None else time.monotonic() + total
 
     def __aiter__(self) -> SSEStream:
         return self
@@ -314,7 +316,7 @@ class SSEStream:
                 events.extend(exc.events)
                 self._error = error
                 self._finished = True
-            if self._deadline is not None and asyncio.get_running_loop().time() > self._deadline:
+            if self._deadline is not None and time.monotonic() > self._deadline:
                 self.close()
                 raise GatewayTimeoutError(f"The upstream for {self._session.label} did not finish in time.")
         return events.popleft()

@@ -232,17 +232,20 @@ class ManifoldApp:
         """Run the handler; if the client disconnects first, cancel it (which cancels the upstream request)."""
         task = asyncio.current_task()
         assert task is not None
-        body_read = asyncio.Event()
+        # The task's loop and a bare future, not `get_running_loop()` and an `asyncio.Event`: on CPython 3.11
+        # each of those looks the running loop up again, a getpid system call.
+        loop = task.get_loop()
+        body_read: asyncio.Future[None] = loop.create_future()
         original_receive = request.receive
 
         async def receive_then_mark() -> Message:
             message = await original_receive()
-            if not message.get("more_body", False):
-                body_read.set()
+            if not message.get("more_body", False) and not body_read.done():
+                body_read.set_result(None)
             return message
 
         async def watch() -> None:
-            await body_read.wait()
+            await body_read
             while True:
                 message = await original_receive()
                 if message["type"] == "http.disconnect":
@@ -251,7 +254,7 @@ class ManifoldApp:
                     return
 
         request.receive = receive_then_mark
-        watcher = asyncio.get_running_loop().create_task(watch())
+        watcher = loop.create_task(watch())
         try:
             await handler(self.services, request, **params)
         except asyncio.CancelledError:
