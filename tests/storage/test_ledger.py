@@ -167,13 +167,20 @@ async def test_rows_and_groups_exact(store: Store) -> None:
     assert {d["group"]: d["cost_micros"] for d in unknown} == {"gpt": 123, "claude": None}
 
 
-async def test_multi_row_batches(store: Store) -> None:
-    """A flush writes at most `max_batch` rows per statement, each statement one write of the group commit."""
-    ledger = Ledger(store, LedgerSettings(enabled=True, flush_interval_s=30, max_batch=4))
+async def _ledger_with_rows(store: Store, max_batch: int, rows: int) -> tuple[Ledger, Any, int]:
+    """A ledger (flushed by size or by hand: its interval is 30 s) holding `rows` rows, the store's writer, and
+    its count of writes so far."""
+    ledger = Ledger(store, LedgerSettings(enabled=True, flush_interval_s=30, max_batch=max_batch))
     writes = await store.writes()
     before = writes.writes
-    for n in range(10):
+    for n in range(rows):
         ledger.record(record(n, key="k", team=None, model="m", at=T0))
+    return ledger, writes, before
+
+
+async def test_multi_row_batches(store: Store) -> None:
+    """A flush writes at most `max_batch` rows per statement, each statement one write of the group commit."""
+    ledger, writes, before = await _ledger_with_rows(store, max_batch=4, rows=10)
     ledger.start()
     await ledger.aclose()
     assert ledger.written == 10
@@ -184,11 +191,7 @@ async def test_rows_that_arrive_during_a_flush_wait_for_the_next(store: Store) -
     """A flush writes the rows buffered when it began; those recorded while it waits on the database wait for
     the next flush (before: it drained the buffer until empty, so a busy server wrote a stream of small batches,
     one per write's duration, ~20 rows each, instead of one batch per `flush_interval_s`). Closing writes them."""
-    ledger = Ledger(store, LedgerSettings(enabled=True, flush_interval_s=30, max_batch=100))
-    writes = await store.writes()
-    before = writes.writes
-    for n in range(10):
-        ledger.record(record(n, key="k", team=None, model="m", at=T0))
+    ledger, writes, before = await _ledger_with_rows(store, max_batch=100, rows=10)
     flushing = asyncio.create_task(ledger.flush())
     await asyncio.sleep(0)  # the flush has taken its ten rows and waits on the writer
     for n in range(10, 15):
@@ -203,11 +206,7 @@ async def test_rows_that_arrive_during_a_flush_wait_for_the_next(store: Store) -
 async def test_a_flush_woken_by_size_writes_whole_batches(store: Store) -> None:
     """`max_batch` rows waiting wake the writer before the interval; it then writes whole batches only (the
     few rows past the last one wait for the next flush), so a busy server's batches are full ones."""
-    ledger = Ledger(store, LedgerSettings(enabled=True, flush_interval_s=30, max_batch=4))
-    writes = await store.writes()
-    before = writes.writes
-    for n in range(10):
-        ledger.record(record(n, key="k", team=None, model="m", at=T0))
+    ledger, writes, before = await _ledger_with_rows(store, max_batch=4, rows=10)
     ledger.start()
     for _ in range(200):
         await asyncio.sleep(0.01)

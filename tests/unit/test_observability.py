@@ -10,6 +10,7 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -367,21 +368,28 @@ def finished_record() -> RequestRecord:
     return rec
 
 
-def test_the_access_line_written_directly_is_the_one_logging_writes(server_log: Any) -> None:
-    """With only the server's handler listening the line skips `Logger.handle`; with another handler on
-    `manifold.access` it goes through logging (that handler gets it too): the same line both ways, but the
-    time."""
-    server_log.alone()
-    AccessLog().write(finished_record())
+@contextlib.contextmanager
+def _listening() -> Iterator[io.StringIO]:
+    """A JSON handler of the test's own on `manifold.access` while the block runs: what it got."""
     listener = io.StringIO()
     extra = logging.StreamHandler(listener)
     extra.setFormatter(JsonFormatter(Redactor()))
     logger = logging.getLogger(ACCESS_LOGGER)
     logger.addHandler(extra)
     try:
-        AccessLog().write(finished_record())
+        yield listener
     finally:
         logger.removeHandler(extra)
+
+
+def test_the_access_line_written_directly_is_the_one_logging_writes(server_log: Any) -> None:
+    """With only the server's handler listening the line skips `Logger.handle`; with another handler on
+    `manifold.access` it goes through logging (that handler gets it too): the same line both ways, but the
+    time."""
+    server_log.alone()
+    AccessLog().write(finished_record())
+    with _listening() as listener:
+        AccessLog().write(finished_record())
     direct, through_logging = server_log.lines()
     assert json.loads(listener.getvalue()) == json.loads(through_logging)
 
@@ -409,20 +417,14 @@ def test_the_access_logs_route_is_worked_out_once_a_second(server_log: Any, monk
     server_log.alone()
     access = AccessLog()
     access.write(finished_record())
-    listener = io.StringIO()
-    extra = logging.StreamHandler(listener)
-    extra.setFormatter(JsonFormatter(Redactor()))
-    logger = logging.getLogger(ACCESS_LOGGER)
-    logger.addHandler(extra)
-    try:
+    with _listening() as listener:
         clock[0] += 0.5  # the same second: still written directly
         access.write(finished_record())
         assert listener.getvalue() == ""
         clock[0] += 0.5  # the next second: through logging, so the added handler sees it
         access.write(finished_record())
         assert json.loads(listener.getvalue())["request_id"] == "req_1"
-    finally:
-        logger.removeHandler(extra)
+    logger = logging.getLogger(ACCESS_LOGGER)
     logger.setLevel(logging.WARNING)  # clears logging's cache of levels, as a user's call would
     try:
         clock[0] += 1

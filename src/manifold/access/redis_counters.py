@@ -202,7 +202,6 @@ class RedisCounters:
         self.round_trips = 0  # scripts sent (those of one event-loop turn share one write)
         self.failures: tuple[type[BaseException], ...] = (RespError, OSError, TimeoutError, hiredis.HiredisError)
         self._packed: dict[int, _Frames] = {}
-        self.unanswered = 0  # releases written whose reply has not come yet
         self._retries: set[asyncio.Task[None]] = set()
         # Told of a release that failed after it was written (set by `Admission`: it counts and logs it).
         self.on_release_failed: Callable[[str, BaseException], None] = _log_release_failure
@@ -311,13 +310,11 @@ class RedisCounters:
         if protocol is None:  # not connected (Redis was down): connect and wait, as an admission does
             return self._script(_RELEASE_SHA, frame)
         self.round_trips += 1
-        self.unanswered += 1
         future = protocol.send_frame(frame, at_once=True)
         future.add_done_callback(functools.partial(self._released, frame, request_id))
         return None
 
     def _released(self, frame: bytes, request_id: str, future: asyncio.Future[Any]) -> None:
-        self.unanswered -= 1
         exc = future.exception() if not future.cancelled() else asyncio.CancelledError()
         if exc is None:
             return
