@@ -1,9 +1,11 @@
-"""The embedded model under concurrent users: the serialized llama.cpp engine beside the batching openvino engine,
-through a real `manifold serve` (issue 15). Prints, per engine, aggregate output tokens/s and time to first token
-(mean, p95) for 1, 8 and 16 concurrent streams, and the ratios to a lone request; then 8 streams sharing a
-~200-token system prompt with and without prefix caching; then the server's peak memory with 64 requests queued.
+"""The embedded model under concurrent users: the serialized llama.cpp engine beside the batching engines (openvino,
+llama_cpp_batched), through a real `manifold serve` (issue 15). Prints, per engine, aggregate output tokens/s and
+time to first token (mean, p95) for 1, 8 and 16 concurrent streams, and the ratios to a lone request; then 8
+streams sharing a ~200-token system prompt with and without prefix caching; then, per batching engine, greedy
+agreement of 8 batched streams with their solo runs and the server's peak memory with 64 requests queued.
 
-    .venv/bin/python bench/local.py [--threads 2] [--tokens 128] [--only llama_cpp,openvino] [--lone-rounds 6]
+    .venv/bin/python bench/local.py [--threads 2] [--tokens 128] [--only llama_cpp,openvino,llama_cpp_batched]
+        [--lone-rounds 6]
 
 With `--lone-rounds N`, first N rounds of one lone stream per engine, the engines alternating, each with its
 tokens/s, TTFT and the server's CPU time per generated token (utime + stime of the server process, which serves
@@ -53,6 +55,14 @@ SYSTEM = (
     "Saturdays. Answer briefly and politely, in the customer's language, and never invent products or prices "
     "that are not listed here. If you do not know, say so and suggest calling the shop."
 )
+
+
+BATCHING = ("openvino", "llama_cpp_batched")
+# What bounds each batching engine's memory in this benchmark's config.
+BUDGET = {
+    "openvino": "KV budget kv_cache_gb: 1",
+    "llama_cpp_batched": "KV cache of 16 sequences x 2048 tokens, allocated at load",
+}
 
 
 def p95(values: list[float]) -> float:
@@ -164,44 +174,45 @@ async def measure(base: str, pid: int, models: list[str], tokens: int, rounds: i
         print("\n## 8 users sharing a system prompt: TTFT mean (s)\n")
         print("| engine | TTFT mean | TTFT p95 | tokens/s |")
         print("|---|---:|---:|---:|")
-        for model in [m for m in models if m != "llama_cpp"] + ["openvino-no-prefix-cache"] * ("openvino" in models):
+        batching = [m for m in models if m in BATCHING]
+        for model in [*batching, *(f"{m}-no-prefix-cache" for m in batching)]:
             # Twice: the first round fills the prefix cache; the second is the figure.
             await stream(client, model, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Hi"}], 4)
             await concurrent(client, model, 8, tokens, SYSTEM)
             r = await concurrent(client, model, 8, tokens, SYSTEM)
             got[model, -8] = r
             print(f"| {model} | {r['ttft_mean']:.2f} | {r['ttft_p95']:.2f} | {r['tps']:.1f} |", flush=True)
-        if {"llama_cpp", "openvino"} <= set(models):
-            ov, lc = "openvino", "llama_cpp"
-            print("\n## Targets (issue 15), openvino\n")
+        for ov in batching if "llama_cpp" in models else []:
+            lc = "llama_cpp"
+            print(f"\n## Targets (issue 15), {ov}\n")
             print(f"- 8 users: {got[ov, 8]['tps'] / got[ov, 1]['tps']:.2f}x a lone request's tokens/s (target 3)")
             print(f"- 16 users: {got[ov, 16]['tps'] / got[ov, 1]['tps']:.2f}x (target 5)")
             print(
                 f"- 8 users: p95 TTFT {got[ov, 8]['ttft_p95'] / got[ov, 1]['ttft_mean']:.1f}x a lone one's "
                 "(target <= 3)"
             )
-            cached, uncached = got[ov, -8]["ttft_mean"], got["openvino-no-prefix-cache", -8]["ttft_mean"]
+            cached, uncached = got[ov, -8]["ttft_mean"], got[f"{ov}-no-prefix-cache", -8]["ttft_mean"]
             print(f"- shared system prompt: mean TTFT {uncached / cached:.1f}x lower with prefix caching (target 3)")
             print(
                 f"- a lone request: {got[ov, 1]['tps']:.1f} tokens/s, TTFT {got[ov, 1]['ttft_mean']:.2f} s; serialized "
                 f"llama_cpp: {got[lc, 1]['tps']:.1f} tokens/s, TTFT {got[lc, 1]['ttft_mean']:.2f} s (target: no slower)"
             )
             print(f"- 8 users vs serialized llama_cpp at 8: {got[ov, 8]['tps'] / got[lc, 8]['tps']:.1f}x tokens/s")
-        if "openvino" in models:
-            solo = [await greedy(client, "openvino", q) for q in QUESTIONS]
-            together = await asyncio.gather(*(greedy(client, "openvino", q) for q in QUESTIONS))
+        for engine in batching:
+            solo = [await greedy(client, engine, q) for q in QUESTIONS]
+            together = await asyncio.gather(*(greedy(client, engine, q) for q in QUESTIONS))
             same = sum(a == b for a, b in zip(solo, together, strict=True))
-            print(f"\n## Greedy output of 8 batched streams equal to their solo runs (openvino): {same}/8")
-            print("\n## 64 requests at once on openvino (16 run, 48 queue): server memory\n")
+            print(f"\n## Greedy output of 8 batched streams equal to their solo runs ({engine}): {same}/8")
+            print(f"\n## 64 requests at once on {engine} (16 run, 48 queue): server memory\n")
             before = rss_kib(pid)
             peak = before
-            task = asyncio.ensure_future(concurrent(client, "openvino", 64, 32))
+            task = asyncio.ensure_future(concurrent(client, engine, 64, 32))
             while not task.done():
                 peak = max(peak, rss_kib(pid))
                 await asyncio.sleep(0.2)
             r = task.result()
             print(
-                f"RSS before {before / 1024:.0f} MiB, peak {peak / 1024:.0f} MiB (KV budget kv_cache_gb: 1); "
+                f"RSS before {before / 1024:.0f} MiB, peak {peak / 1024:.0f} MiB ({BUDGET[engine]}); "
                 f"{r['tokens']:.0f} tokens at {r['tps']:.1f}/s, TTFT p95 {r['ttft_p95']:.1f} s",
                 flush=True,
             )
@@ -211,18 +222,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--only", default="llama_cpp,openvino")
+    parser.add_argument("--only", default="llama_cpp,openvino,llama_cpp_batched")
     parser.add_argument("--lone-rounds", type=int, default=0, help="alternating lone streams first (0: none)")
     args = parser.parse_args()
     models = args.only.split(",")
     local = {"provider": "local", "threads": args.threads}
     # queue_timeout: 64 requests at once wait longer than the default 30 s for a place in the batch on a small machine
     ov = {**local, "engine": "openvino", "max_batch": 16, "queue_timeout": 600}
+    lb = {**local, "engine": "llama_cpp_batched", "max_batch": 16, "context_length": 2048, "queue_timeout": 600}
     config = {
         "model_list": [
             {"model_name": "llama_cpp", **local},
             {"model_name": "openvino", **ov},
             {"model_name": "openvino-no-prefix-cache", **ov, "prefix_caching": False},
+            {"model_name": "llama_cpp_batched", **lb},
+            {"model_name": "llama_cpp_batched-no-prefix-cache", **lb, "prefix_caching": False},
         ],
         "router": {"num_retries": 0},
     }

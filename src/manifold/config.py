@@ -165,15 +165,18 @@ class LocalDeployment(LocalFilesDeployment, tag="local"):
     # would otherwise run to the end of its context; None: 512)
     default_max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
     # what runs the model (docs/local-models.md#engines): "llama_cpp" (llama-cpp-python, one request at a time;
-    # every feature) or "openvino" (OpenVINO GenAI's continuous batching: many requests at once, prefix caching;
-    # the extra `manifold[openvino]`; no top_logprobs or logit_bias)
-    engine: Literal["llama_cpp", "openvino"] = "llama_cpp"
-    # openvino: the most sequences generated together; also the deployment's concurrency limit when
-    # max_concurrency is not set (more requests wait in its queue of max_queue places, then 429) (None: 16)
+    # every feature), "llama_cpp_batched" (llama.cpp decoding many requests together, per-slot prefix caching) or
+    # "openvino" (OpenVINO GenAI's continuous batching: many requests at once, prefix caching; the extra
+    # `manifold[openvino]`; no top_logprobs or logit_bias)
+    engine: Literal["llama_cpp", "llama_cpp_batched", "openvino"] = "llama_cpp"
+    # openvino, llama_cpp_batched: the most sequences generated together; also the deployment's concurrency limit
+    # when max_concurrency is not set (more requests wait in its queue of max_queue places, then 429) (None: 16 on
+    # openvino; 8 on llama_cpp_batched, whose KV cache is max_batch x context_length tokens, allocated at load)
     max_batch: Annotated[int, msgspec.Meta(ge=1)] | None = None
     # openvino: the KV cache's size in whole GB, shared by every sequence: the memory budget (None: 1)
     kv_cache_gb: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    # openvino: reuse the KV cache of a prompt prefix that an earlier request computed (a shared system prompt)
+    # openvino, llama_cpp_batched: reuse the KV cache of a prompt prefix that an earlier request computed (a shared
+    # system prompt, a conversation's history)
     prefix_caching: bool = True
 
 

@@ -38,6 +38,7 @@ PROVIDERS: dict[str, ProviderKind] = {
 # is not the kind's default.
 ENGINES: dict[tuple[str, str], ProviderKind] = {
     ("local", "openvino"): ProviderKind("manifold.providers.local.openvino", "OpenVinoModelProvider"),
+    ("local", "llama_cpp_batched"): ProviderKind("manifold.providers.local.llama_batched", "LlamaBatchedModelProvider"),
 }
 
 

@@ -122,7 +122,7 @@ class BatchSequence:
         logprobs: bool = False,
     ) -> None:
         # with `logprobs`: the tokens (id, logprob) whose text has not been sent yet
-        self.pending: list[tuple[int, float]] | None = [] if logprobs else None
+        self.pending: list[tuple[int, Any]] | None = [] if logprobs else None
         self.prompt = prompt  # what add_request takes (an ov.Tensor of token ids)
         self.prompt_tokens = 0  # what the request's usage counts for it
         self.config = config  # its GenerationConfig
@@ -136,7 +136,7 @@ class BatchSequence:
         self.cancelled = False  # set from the event loop when the client leaves
         self.ended = False
 
-    def take(self, token: int, logprob: float, end_ids: frozenset[int]) -> None:
+    def take(self, token: int, logprob: Any, end_ids: frozenset[int]) -> None:
         """One generated token (on the engine thread)."""
         assert self.detok is not None
         if token in end_ids:
@@ -222,11 +222,13 @@ class Engine:
             self._wake = True
             self._cond.notify()
 
-    def close(self, timeout: float = 30.0) -> None:
+    def close(self, timeout: float = 30.0) -> bool:
+        """Stop the engine thread; whether it ended within `timeout` (only then may the pipeline be freed)."""
         with self._cond:
             self._closing = True
             self._cond.notify()
         self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     # -- the engine thread ----------------------------------------------------------------------------------------
 
@@ -280,9 +282,10 @@ class Engine:
         handle = seq.handle
         while handle.can_read() and not seq.ended:
             for output in handle.read().values():
+                # a float per token (openvino, llama_cpp_batched), or (float, alternatives) (llama_cpp_batched)
                 logprobs = list(output.generated_log_probs) if seq.pending is not None else []
                 for i, token in enumerate(output.generated_ids):
-                    seq.take(int(token), float(logprobs[i]) if i < len(logprobs) else 0.0, self._end_ids)
+                    seq.take(int(token), logprobs[i] if i < len(logprobs) else 0.0, self._end_ids)
                     if seq.ended:
                         break
         if not seq.ended:

@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from manifold.errors import ServiceUnavailableError
+
 log = logging.getLogger("manifold.local")
 
 # The prompt must be a batch of tokens: a native build on a host that disables AMX tiles answers a one-token
@@ -24,6 +26,21 @@ from llama_cpp import Llama
 llama = Llama(model_path=sys.argv[1], n_ctx=256, verbose=False)
 llama("The quick brown fox jumps over the lazy dog. " * 4, max_tokens=1, temperature=0.0)
 """
+
+
+def refuse_if_it_crashes(model_path: Path, model_name: str) -> None:
+    """Before llama.cpp loads `model_path` into the server: llama-cpp-python importable, and one token generated
+    in a child; a 503 for this deployment (logged once) when either fails."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        raise ServiceUnavailableError(
+            "The local provider needs llama-cpp-python: pip install 'manifold[local]'."
+        ) from None
+    crash = crash_in_child(model_path)
+    if crash is not None:
+        log.error("model %r is unavailable: %s", model_name, crash)
+        raise ServiceUnavailableError(f"The model '{model_name}' is unavailable: {crash}")
 
 
 def crash_in_child(model_path: Path, timeout: float = 120.0) -> str | None:

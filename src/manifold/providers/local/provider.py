@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any, ClassVar, cast
 
 from manifold.config import LocalDeployment
-from manifold.errors import BadGatewayError, ManifoldError, ServiceUnavailableError, UnsupportedError
+from manifold.errors import BadGatewayError, ManifoldError, UnsupportedError
 from manifold.providers.base import Call, Capability, ChunkStream
 from manifold.providers.local import completions as local_completions
 from manifold.providers.local import generation
-from manifold.providers.local.crash_check import crash_in_child
+from manifold.providers.local.crash_check import refuse_if_it_crashes
 from manifold.providers.local.model_thread import ModelThreadProvider, packaged_file
 
 log = logging.getLogger("manifold.local")
@@ -72,17 +72,10 @@ class LocalModelProvider(ModelThreadProvider[Any]):
         return embedded_model_path()
 
     def prepare(self, path: Path) -> None:
-        try:
-            from llama_cpp import LogitsProcessorList
-        except ImportError:
-            raise ServiceUnavailableError(
-                "The local provider needs llama-cpp-python: pip install 'manifold[local]'."
-            ) from None
+        refuse_if_it_crashes(path, self.deployment.model_name)
+        from llama_cpp import LogitsProcessorList
+
         self._processors = LogitsProcessorList
-        crash = crash_in_child(path)
-        if crash is not None:
-            log.error("model %r is unavailable: %s", self.deployment.model_name, crash)
-            raise ServiceUnavailableError(f"The model '{self.deployment.model_name}' is unavailable: {crash}")
 
     def load(self, path: Path) -> Any:
         from llama_cpp import Llama

@@ -1,0 +1,205 @@
+"""`provider: local` with `engine: llama_cpp_batched`: a GGUF run by llama.cpp (llama-cpp-python's low-level API)
+as a continuous-batching pipeline (llama_batch.py) under the same engine thread and request path as the openvino
+engine (batching.py, batched_provider.py): many requests decoded together, each with its own sampling, per-slot
+prefix caching, and everything the serialized engine samples with — `logit_bias`, `top_logprobs`, grammars.
+
+What it cannot do is refused with a 400 naming the parameter: `n` above 1 in chat, `mirostat_mode`, legacy
+completions' `suffix` and `logprobs`. A function call is one per answer (as on openvino).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import random
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from manifold.errors import InvalidRequestError, UnsupportedError
+from manifold.providers.local.batched_provider import Ask, BatchingModelProvider, sampling_option
+from manifold.providers.local.batching import Detokenizer, Engine
+from manifold.providers.local.crash_check import refuse_if_it_crashes
+from manifold.providers.local.llama_batch import LlamaBatchPipeline, Sampling
+
+DEFAULT_MAX_BATCH = 8
+# A GGUF without a chat template: ChatML, as llama.cpp's own default.
+_CHATML = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+class Model(NamedTuple):
+    pipeline: LlamaBatchPipeline
+    engine: Engine
+    pieces: list[bytes]  # each token's bytes (empty for control tokens)
+    template: str
+    eos_text: str
+    bos_text: str
+
+
+class LlamaBatchedModelProvider(BatchingModelProvider):
+    # Loads and tokenizes; the decoding steps run on the engine's own thread.
+    thread_name = "manifold-llama-batched"
+    engine_name = "llama_cpp_batched"
+
+    @property
+    def max_batch(self) -> int:
+        return self.deployment.max_batch or DEFAULT_MAX_BATCH
+
+    def closer(self, model: Model) -> Callable[[], None]:
+        def close() -> None:
+            if model.engine.close():  # the engine thread no longer uses the context
+                model.pipeline.close()
+
+        return close
+
+    def prepare(self, path: Path) -> None:
+        refuse_if_it_crashes(path, self.deployment.model_name)
+
+    def load(self, path: Path) -> Model:
+        dep = self.deployment
+        pipeline = LlamaBatchPipeline(
+            str(path), self.max_batch, dep.context_length, dep.threads, prefix_caching=dep.prefix_caching
+        )
+        pieces = _pieces(pipeline)
+        engine = Engine(
+            pipeline, partial(Detokenizer, pieces), pipeline.eog, self.max_batch, f"{self.thread_name}-engine"
+        )
+        meta = pipeline.model.metadata()
+        model = pipeline.model
+        eos, bos = model.token_eos(), model.token_bos()
+        return Model(
+            pipeline,
+            engine,
+            pieces,
+            meta.get("tokenizer.chat_template") or _CHATML,
+            model.token_get_text(eos) if eos != -1 else "",
+            model.token_get_text(bos) if bos != -1 else "",
+        )
+
+    # -- the engine's part of the request path (batched_provider.py) ---------------------------------------------
+
+    def check_chat(self, body: dict[str, Any], name: str) -> None:
+        top = body.get("top_logprobs")
+        if top and not body.get("logprobs"):
+            raise InvalidRequestError(
+                "Invalid 'top_logprobs': it needs 'logprobs' set to true.", param="top_logprobs", code="invalid_value"
+            )
+
+    def chat_prompt(self, model: Model, messages: list[dict[str, Any]], suffix: str = "") -> tuple[Any, int]:
+        from llama_cpp import llama_chat_format
+
+        formatter = llama_chat_format.Jinja2ChatFormatter(
+            template=model.template, eos_token=model.eos_text, bos_token=model.bos_text
+        )
+        result = formatter(messages=messages)  # type: ignore[arg-type]
+        ids = model.pipeline.tokenize(result.prompt + suffix, add_bos=not result.added_special)
+        return ids, len(ids)
+
+    def completion_prompt(self, model: Model, prompt: str | list[int]) -> tuple[Any, int]:
+        ids = model.pipeline.tokenize(prompt, add_bos=True) if isinstance(prompt, str) else list(prompt)
+        if not ids:
+            ids = [model.pipeline.model.token_bos()]  # as llama.cpp: an empty prompt starts at BOS
+        return ids, len(ids)
+
+    def config(self, model: Model, body: dict[str, Any], ask: Ask) -> Sampling:
+        if body.get("mirostat_mode"):
+            raise UnsupportedError(
+                "The local engine llama_cpp_batched does not support 'mirostat_mode'.", param="mirostat_mode"
+            )
+        grammar = None
+        if ask.choices is not None:
+            grammar = "root ::= " + " | ".join(json.dumps(c) for c in ask.choices)
+        elif ask.schema is not None:
+            grammar = _schema_grammar(ask.schema)
+        defaults = ask.defaults
+        if grammar is not None and not model.pipeline.grammar_ok(grammar):
+            raise UnsupportedError(
+                "The local engine llama_cpp_batched cannot constrain its output to this schema.",
+                param="response_format",
+            )
+        seed = body.get("seed")
+        return Sampling(
+            temperature=sampling_option(body, "temperature", defaults),
+            top_p=sampling_option(body, "top_p", defaults),
+            top_k=int(sampling_option(body, "top_k", defaults)),
+            min_p=sampling_option(body, "min_p", defaults),
+            typical_p=float(body.get("typical_p") or 1.0),
+            repeat_penalty=float(body.get("repeat_penalty") or ask.repeat_penalty),
+            frequency_penalty=float(body.get("frequency_penalty") or 0.0),
+            presence_penalty=float(body.get("presence_penalty") or 0.0),
+            seed=int(seed) if seed is not None else random.randrange(2**32),
+            logit_bias=_logit_bias(body.get("logit_bias"), len(model.pieces)),
+            grammar=grammar,
+            top_logprobs=ask.top_logprobs,
+        )
+
+    def token_logprobs(self, model: Model, tokens: list[tuple[int, Any]]) -> list[dict[str, Any]]:
+        """Log-probabilities from the model's raw distribution (before penalties and temperature), as the
+        serialized engine reports them; with `top_logprobs`, the likeliest tokens at each place."""
+        out = []
+        for token, given in tokens:
+            logprob, top = given if isinstance(given, tuple) else (given, [])
+            out.append({**_entry(model, token, logprob), "top_logprobs": [_entry(model, t, lp) for t, lp in top]})
+        return out
+
+    def vocab_size(self, model: Model) -> int:
+        return len(model.pieces)
+
+    def decode(self, model: Model, tokens: list[int]) -> str:
+        return b"".join(model.pieces[t] for t in tokens).decode("utf-8", "replace")
+
+
+def _entry(model: Model, token: int, logprob: float) -> dict[str, Any]:
+    raw = model.pieces[token] if 0 <= token < len(model.pieces) else b""
+    return {"token": raw.decode("utf-8", "replace"), "logprob": logprob, "bytes": list(raw)}
+
+
+def _pieces(pipeline: LlamaBatchPipeline) -> list[bytes]:
+    """Each token's bytes as output text shows them (control tokens: empty)."""
+    import llama_cpp as lib
+
+    buf = ctypes.create_string_buffer(256)
+    out = []
+    for token in range(pipeline.n_vocab):
+        n = lib.llama_token_to_piece(pipeline.vocab, token, buf, len(buf), 0, False)
+        out.append(buf.raw[:n] if n > 0 else b"")
+    return out
+
+
+def _schema_grammar(schema: dict[str, Any]) -> str:
+    """GBNF for a JSON schema, from llama-cpp-python's converter (the serialized engine's): whitespace between
+    tokens is bounded; `{"type": "object"}` (json_object) is any JSON object."""
+    from llama_cpp import llama_grammar
+
+    if schema == {"type": "object"}:
+        return str(llama_grammar.JSON_GBNF)
+    try:
+        return str(llama_grammar.json_schema_to_gbnf(json.dumps(schema)))
+    except Exception as exc:  # noqa: BLE001 (the converter raises what it likes for what it does not know)
+        raise UnsupportedError(
+            f"The local engine llama_cpp_batched cannot constrain its output to this schema: {exc}",
+            param="response_format",
+        ) from None
+
+
+def _logit_bias(bias: Any, vocab: int) -> dict[int, float]:
+    if not bias:
+        return {}
+    out: dict[int, float] = {}
+    for key, value in dict(bias).items():
+        try:
+            token = int(key)
+        except (TypeError, ValueError):
+            token = -1
+        if not 0 <= token < vocab:
+            raise InvalidRequestError(
+                f"Invalid 'logit_bias': token id {key!r} is outside the vocabulary (0 to {vocab - 1}).",
+                param="logit_bias",
+                code="invalid_value",
+            )
+        out[token] = float(value)
+    return out

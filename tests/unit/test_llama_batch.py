@@ -1,0 +1,152 @@
+"""The llama.cpp batching pipeline (providers/local/llama_batch.py) on the embedded model, in process: sequences
+decoded together give their lone outputs, prefixes are reused from a slot's own cache or copied from another
+slot's, a grammar is applied only to the tokens it rejects, and per-sequence sampling holds in a batch."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from manifold.providers.local.llama_batch import Handle, LlamaBatchPipeline, Sampling, Status
+
+pytest.importorskip("llama_cpp", reason="the llama.cpp engines need: pip install 'manifold[local]'")
+pytestmark = pytest.mark.local_model
+
+GREEDY = Sampling(temperature=0)
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> Iterator[LlamaBatchPipeline]:
+    from manifold.providers.local.provider import embedded_model_path
+
+    p = LlamaBatchPipeline(str(embedded_model_path()), n_seq=4, n_ctx_seq=512, threads=1)
+    yield p
+    p.close()
+
+
+def chat(p: LlamaBatchPipeline, question: str) -> list[int]:
+    text = f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+    return p.tokenize(text, add_bos=False)
+
+
+def run(p: LlamaBatchPipeline, prompts: list[list[int]], sampling: Sampling = GREEDY, n: int = 24) -> list[list[int]]:
+    """Each prompt's first `n` tokens (fewer where it ended), the prompts decoded together."""
+    handles = [p.add_request(i, prompt, sampling) for i, prompt in enumerate(prompts)]
+    return drain(p, handles, n)
+
+
+def drain(p: LlamaBatchPipeline, handles: list[Handle], n: int) -> list[list[int]]:
+    out: list[list[int]] = [[] for _ in handles]
+    while p.has_non_finished_requests():
+        p.step()
+        for i, h in enumerate(handles):
+            if h.can_read():
+                out[i] += h.read()[0].generated_ids
+            if h.get_status() is Status.RUNNING and len(out[i]) >= n:
+                h.cancel()
+    return [o[:n] for o in out]
+
+
+def text(p: LlamaBatchPipeline, tokens: list[int]) -> str:
+    return p.model.detokenize(tokens).decode("utf-8", "replace")  # type: ignore[no-any-return, no-untyped-call]
+
+
+def test_batched_greedy_equals_lone(pipeline: LlamaBatchPipeline) -> None:
+    prompts = [chat(pipeline, q) for q in ("What is 2 + 2?", "Name a color.", "Say hi in French.", "What is ice?")]
+    alone = [run(pipeline, [p])[0] for p in prompts]
+    together = run(pipeline, prompts)
+    assert together == alone
+    assert all(len(t) > 0 for t in together)
+
+
+def test_a_finished_prompt_is_reused_by_the_next_one(pipeline: LlamaBatchPipeline) -> None:
+    prompt = chat(pipeline, f"Tell me about tea. [{time.time()}]")
+    first = run(pipeline, [prompt])[0]
+    handle = pipeline.add_request(0, prompt, GREEDY)
+    assert handle.reused == len(prompt) - 1  # all but the last token, decoded again for its logits
+    assert drain(pipeline, [handle], 24)[0] == first
+
+
+def test_a_longer_prefix_is_copied_from_another_slot(pipeline: LlamaBatchPipeline) -> None:
+    system = (
+        "<|im_start|>system\n" + "You answer about the sea, briefly and kindly. " * 6 + f"{time.time()}<|im_end|>\n"
+    )
+    ask = [system + f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n" for q in ("Why is it salty?", "Hi!")]
+    first, second = (pipeline.tokenize(a, add_bos=False) for a in ask)
+    shared = next(i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b)
+
+    def clear() -> None:
+        for slot in pipeline._slots:
+            pipeline._lib.llama_memory_seq_rm(pipeline.memory, slot.index, 0, -1)
+            slot.tokens.clear()
+
+    # The reference: `second` continuing from the shared prefix as `first` computed it, in `first`'s own slot (a
+    # prefix computed inside another prompt's batch may differ in its last bits from one computed cold).
+    clear()
+    done = pipeline.add_request(0, first, GREEDY)
+    drain(pipeline, [done], 1)
+    copied = pipeline.copied
+    own = pipeline.add_request(1, second, GREEDY)
+    assert own.slot is done.slot and own.reused == shared and pipeline.copied == copied
+    reference = drain(pipeline, [own], 24)[0]
+    # Now `first` is still running in its slot: `second` gets another slot, with the prefix copied into it.
+    clear()
+    running = pipeline.add_request(0, first, GREEDY)
+    while running.next_token < 0:
+        pipeline.step()
+    handle = pipeline.add_request(1, second, GREEDY)
+    assert pipeline.copied == copied + 1 and handle.slot is not running.slot and handle.reused == shared
+    assert drain(pipeline, [running, handle], 24)[1] == reference
+
+
+def test_a_grammar_is_applied_only_to_tokens_it_rejects(pipeline: LlamaBatchPipeline) -> None:
+    grammar = 'root ::= "{" ws "\\"answer\\":" ws ("\\"yes\\"" | "\\"no\\"") ws "}"\nws ::= [ ]?'
+    assert pipeline.grammar_ok(grammar) and not pipeline.grammar_ok("root ::= (")
+    tests, redraws = pipeline.grammar_tests, pipeline.redraws
+    sampled = Sampling(temperature=0.8, seed=7, grammar=grammar)
+    prompt = chat(pipeline, "Is the sea salty? Answer in JSON.")
+    out = run(pipeline, [prompt, chat(pipeline, "What is 2 + 2?")], sampled, n=40)
+    answer = json.loads(text(pipeline, out[0]))
+    assert answer["answer"] in ("yes", "no")
+    judged, rejected = pipeline.grammar_tests - tests, pipeline.redraws - redraws
+    assert judged == len(out[0]) + len(out[1])  # every token, the end of sequence included
+    assert 0 < rejected < judged  # some were drawn again; not every one was
+
+
+def test_seeded_sampling_repeats_inside_a_batch(pipeline: LlamaBatchPipeline) -> None:
+    prompts = [chat(pipeline, "Write a line about rain."), chat(pipeline, "Write a line about snow.")]
+    seeded = Sampling(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=1234)
+    alone = run(pipeline, [prompts[0]], seeded)[0]
+    beside = run(pipeline, prompts, seeded)[0]
+    assert beside == alone
+    other = run(pipeline, [prompts[0]], Sampling(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=99))[0]
+    assert other != alone
+
+
+def test_logit_bias_and_top_logprobs(pipeline: LlamaBatchPipeline) -> None:
+    comma = pipeline.tokenize(",", add_bos=False)[0]
+    handle = pipeline.add_request(0, chat(pipeline, "Hi"), Sampling(temperature=0, logit_bias={comma: 100.0}))
+    assert drain(pipeline, [handle], 5)[0] == [comma] * 5
+    handle = pipeline.add_request(0, chat(pipeline, "Hi"), Sampling(temperature=0, top_logprobs=3))
+    pipeline.step()
+    out = handle.read()[0]
+    (chosen, top), token = out.generated_log_probs[0], out.generated_ids[0]
+    assert top[0][0] == token and top[0][1] == chosen <= 0
+    assert [lp for _, lp in top] == sorted((lp for _, lp in top), reverse=True)
+    handle.cancel()
+
+
+def test_a_cancelled_sequence_frees_its_slot_at_once(pipeline: LlamaBatchPipeline) -> None:
+    handles = [pipeline.add_request(i, chat(pipeline, f"Count to {i + 3}."), GREEDY) for i in range(4)]
+    with pytest.raises(RuntimeError):
+        pipeline.add_request(9, chat(pipeline, "One more?"), GREEDY)
+    pipeline.step()
+    handles[2].cancel()
+    assert handles[2].get_status() is Status.CANCELLED
+    extra = pipeline.add_request(9, chat(pipeline, "One more?"), GREEDY)
+    assert extra.slot is handles[2].slot
+    drain(pipeline, [*handles[:2], handles[3], extra], 4)
+    assert not pipeline.has_non_finished_requests()
