@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import statistics
@@ -58,6 +59,7 @@ SYSTEM = (
 
 
 BATCHING = ("openvino", "llama_cpp_batched")
+_RUNS = itertools.count(1)
 # What bounds each batching engine's memory in this benchmark's config.
 BUDGET = {
     "openvino": "KV budget kv_cache_gb: 1",
@@ -101,8 +103,12 @@ async def stream(
 async def concurrent(
     client: httpx.AsyncClient, model: str, users: int, tokens: int, system: str | None = None
 ) -> dict[str, float]:
+    # Every stream's question is new to the engines (a tag numbers it), so no run finds its whole prompt in a prefix
+    # cache from an earlier one; what they share is the chat template's system prompt (or `system`), as real traffic.
+    run = next(_RUNS)
+
     def messages(i: int) -> list[dict[str, str]]:
-        user = {"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}
+        user = {"role": "user", "content": f"{QUESTIONS[i % len(QUESTIONS)]} (#{run}.{i})"}
         return [{"role": "system", "content": system}, user] if system else [user]
 
     started = time.perf_counter()

@@ -9,8 +9,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from manifold.providers.local.llama_batch import Handle, LlamaBatchPipeline, Sampling, Status
+from manifold.providers.local.llama_batch import Handle, LlamaBatchPipeline, Sampling, Status, _common
 
 pytest.importorskip("llama_cpp", reason="the llama.cpp engines need: pip install 'manifold[local]'")
 pytestmark = pytest.mark.local_model
@@ -150,3 +152,12 @@ def test_a_cancelled_sequence_frees_its_slot_at_once(pipeline: LlamaBatchPipelin
     assert extra.slot is handles[2].slot
     drain(pipeline, [*handles[:2], handles[3], extra], 4)
     assert not pipeline.has_non_finished_requests()
+
+
+@given(st.lists(st.integers(0, 3), max_size=40), st.lists(st.integers(0, 3), max_size=40))
+def test_common_prefix_length(a: list[int], b: list[int]) -> None:
+    expected = 0
+    while expected < min(len(a), len(b)) and a[expected] == b[expected]:
+        expected += 1
+    assert _common(a, b) == expected
+    assert _common(a, a + b) == len(a)

@@ -35,9 +35,7 @@ class Model(NamedTuple):
     pipeline: LlamaBatchPipeline
     engine: Engine
     pieces: list[bytes]  # each token's bytes (empty for control tokens)
-    template: str
-    eos_text: str
-    bos_text: str
+    formatter: Any  # the GGUF's chat template (llama-cpp-python's Jinja2ChatFormatter), compiled once
 
 
 class LlamaBatchedModelProvider(BatchingModelProvider):
@@ -68,17 +66,16 @@ class LlamaBatchedModelProvider(BatchingModelProvider):
         engine = Engine(
             pipeline, partial(Detokenizer, pieces), pipeline.eog, self.max_batch, f"{self.thread_name}-engine"
         )
-        meta = pipeline.model.metadata()
+        from llama_cpp import llama_chat_format
+
         model = pipeline.model
         eos, bos = model.token_eos(), model.token_bos()
-        return Model(
-            pipeline,
-            engine,
-            pieces,
-            meta.get("tokenizer.chat_template") or _CHATML,
-            model.token_get_text(eos) if eos != -1 else "",
-            model.token_get_text(bos) if bos != -1 else "",
+        formatter = llama_chat_format.Jinja2ChatFormatter(
+            template=model.metadata().get("tokenizer.chat_template") or _CHATML,
+            eos_token=model.token_get_text(eos) if eos != -1 else "",
+            bos_token=model.token_get_text(bos) if bos != -1 else "",
         )
+        return Model(pipeline, engine, pieces, formatter)
 
     # -- the engine's part of the request path (batched_provider.py) ---------------------------------------------
 
@@ -90,12 +87,7 @@ class LlamaBatchedModelProvider(BatchingModelProvider):
             )
 
     def chat_prompt(self, model: Model, messages: list[dict[str, Any]], suffix: str = "") -> tuple[Any, int]:
-        from llama_cpp import llama_chat_format
-
-        formatter = llama_chat_format.Jinja2ChatFormatter(
-            template=model.template, eos_token=model.eos_text, bos_token=model.bos_text
-        )
-        result = formatter(messages=messages)  # type: ignore[arg-type]
+        result = model.formatter(messages=messages)
         ids = model.pipeline.tokenize(result.prompt + suffix, add_bos=not result.added_special)
         return ids, len(ids)
 
