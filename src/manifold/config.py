@@ -165,7 +165,7 @@ class LocalDeployment(LocalFilesDeployment, tag="local"):
     # would otherwise run to the end of its context; None: 512)
     default_max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
     # what runs the model (docs/local-models.md#engines): "llama_cpp" (llama-cpp-python, one request at a time;
-    # every feature), "llama_cpp_batched" (llama.cpp decoding many requests together, per-slot prefix caching) or
+    # every feature), "llama_cpp_batched" (llama.cpp decoding many requests together, prefix caching) or
     # "openvino" (OpenVINO GenAI's continuous batching: many requests at once, prefix caching; the extra
     # `manifold[openvino]`; no top_logprobs or logit_bias)
     engine: Literal["llama_cpp", "llama_cpp_batched", "openvino"] = "llama_cpp"

@@ -188,7 +188,7 @@ def test_legacy_completions_batch_their_choices(sdk: openai.OpenAI) -> None:
 
 LACKS: dict[str, Any] = {
     "openvino": (({"logprobs": True, "top_logprobs": 2}, "top_logprobs"), ({"logit_bias": {"1": 5}}, "logit_bias")),
-    "llama_cpp_batched": (({"extra_body": {"mirostat_mode": 2}}, "mirostat_mode"),),
+    "llama_cpp_batched": (({"extra_body": {"mirostat_mode": 3}}, "mirostat_mode"),),  # 0, 1 or 2
 }
 
 
@@ -351,10 +351,14 @@ def test_the_model_chooses_between_tools_and_a_message(sdk: openai.OpenAI) -> No
     for answer in (auto.result(), required.result(), named.result()):
         choice = answer.choices[0]
         if choice.message.tool_calls:
-            assert choice.finish_reason == "tool_calls" and choice.message.content is None
-            call = choice.message.tool_calls[0]
-            schema = {"get_weather": WEATHER, "get_time": TIME}[call.function.name]["function"]["parameters"]  # type: ignore[union-attr]
-            jsonschema.validate(json.loads(call.function.arguments), schema)  # type: ignore[union-attr]
+            assert choice.message.content is None
+            # llama_cpp_batched lets the model go on with further calls: max_tokens may cut the last one short
+            # (finish_reason "length", as OpenAI's); every call before it is whole.
+            calls = choice.message.tool_calls
+            assert choice.finish_reason == "tool_calls" or (choice.finish_reason == "length" and len(calls) > 1)
+            for call in calls if choice.finish_reason == "tool_calls" else calls[:-1]:
+                schema = {"get_weather": WEATHER, "get_time": TIME}[call.function.name]["function"]["parameters"]  # type: ignore[union-attr]
+                jsonschema.validate(json.loads(call.function.arguments), schema)  # type: ignore[union-attr]
         else:
             assert answer is auto.result() and choice.message.content and choice.finish_reason in ("stop", "length")
     assert required.result().choices[0].message.tool_calls
@@ -415,3 +419,47 @@ def test_top_logprobs_and_logit_bias_on_llama_cpp_batched(sdk: openai.OpenAI, en
     with pytest.raises(openai.BadRequestError) as err:
         sdk.chat.completions.create(model="batched", messages=messages, max_tokens=4, logit_bias={"999999": 5})
     assert err.value.body["param"] == "logit_bias"  # type: ignore[index]
+
+
+def test_several_tool_calls_in_one_answer_on_llama_cpp_batched(sdk: openai.OpenAI, engine: str) -> None:
+    if engine != "llama_cpp_batched":
+        pytest.skip("openvino writes one call per answer (docs/local-models.md#engines)")
+    args: Any = {
+        "model": "batched",
+        "messages": [{"role": "user", "content": "Call get_weather for Paris, Rome and Berlin."}],
+        "tools": [WEATHER, TIME],
+        "temperature": 0,
+        "max_tokens": 120,
+    }
+    schemas = {"get_weather": WEATHER, "get_time": TIME}
+    plain = sdk.chat.completions.create(**args)
+    calls = plain.choices[0].message.tool_calls or []
+    assert plain.choices[0].finish_reason == "tool_calls" and len(calls) >= 2
+    assert len({c.id for c in calls}) == len(calls)
+    for c in calls:
+        arguments = json.loads(c.function.arguments)  # type: ignore[union-attr]
+        jsonschema.validate(arguments, schemas[c.function.name]["function"]["parameters"])  # type: ignore[union-attr]
+    # Streamed: each call opens with its index, id and name; the SDK's helper assembles the same calls.
+    with sdk.chat.completions.stream(**args) as stream:
+        final = stream.get_final_completion()
+    streamed = final.choices[0].message.tool_calls or []
+    assert [(c.function.name, c.function.arguments) for c in streamed] == [
+        (c.function.name, c.function.arguments)  # type: ignore[union-attr]
+        for c in calls
+    ]
+    # `max_tokens` bounds every call's arguments together.
+    short = sdk.chat.completions.create(**{**args, "max_tokens": 10})
+    assert short.usage is not None and short.usage.completion_tokens <= 10
+
+
+def test_seeded_mirostat_repeats_on_llama_cpp_batched(sdk: openai.OpenAI, engine: str) -> None:
+    if engine != "llama_cpp_batched":
+        pytest.skip("openvino refuses mirostat_mode")
+    args: Any = {"model": "batched", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 16}
+    extra = {"mirostat_mode": 2, "mirostat_tau": 3.0}
+    first, again, other = (
+        sdk.chat.completions.create(**args, temperature=0.9, seed=seed, extra_body=extra).choices[0].message.content
+        for seed in (5, 5, 6)
+    )
+    assert first and first == again
+    print(f"mirostat 2, seeds 5 and 6: {first!r} / {other!r}")

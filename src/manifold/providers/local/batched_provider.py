@@ -45,6 +45,49 @@ class Ask(NamedTuple):
     top_logprobs: int | None = None  # not None: the chosen tokens' log-probabilities, and this many alternatives
 
 
+MAX_TOOL_CALLS = 8  # in one answer
+
+
+class _Answer:
+    """One chat answer on its way: its first sequence, and what further tool calls need."""
+
+    __slots__ = (
+        "body",
+        "calls",
+        "functions",
+        "max_tokens",
+        "messages",
+        "model",
+        "more",
+        "repeat",
+        "seq",
+        "tool",
+        "written",
+    )
+
+    def __init__(
+        self,
+        model: Any,
+        seq: BatchSequence,
+        body: dict[str, Any],
+        messages: list[dict[str, Any]],
+        written: str,
+        max_tokens: int,
+        repeat: float,
+    ) -> None:
+        self.model = model
+        self.seq = seq
+        self.body = body
+        self.messages = messages  # with the functions described, when there are tools
+        self.written = written  # what the answer has written so far, after the chat template's generation prompt
+        self.max_tokens = max_tokens  # for the whole answer, every call's arguments together
+        self.repeat = repeat
+        self.tool: str | None = None  # the function the first sequence writes the arguments of
+        self.functions: dict[str, dict[str, Any]] = {}
+        self.more = False  # whether further calls may follow
+        self.calls = 1
+
+
 class BatchingModelProvider(ModelThreadProvider[Any], abc.ABC):
     """A model run by a batching.Engine (`model.engine`); loads and tokenizes on the provider's thread."""
 
@@ -53,6 +96,8 @@ class BatchingModelProvider(ModelThreadProvider[Any], abc.ABC):
     )
     label = "local model"
     engine_name: ClassVar[str]
+    # Several tool calls in one answer: the engine can end a constrained choice at once (choices include "").
+    multiple_tool_calls: ClassVar[bool] = False
     refused: ClassVar[tuple[str, ...]] = ("functions", "audio", "prediction", "web_search_options")
 
     kind = LocalDeployment
@@ -107,21 +152,33 @@ class BatchingModelProvider(ModelThreadProvider[Any], abc.ABC):
     # -- chat --------------------------------------------------------------------------------------------------
 
     async def chat(self, call: Call) -> dict[str, Any]:
-        model, seq, tool = await self._chat_sequence(call)
-        texts: list[str] = []
+        answer = await self._chat_sequence(call)
+        model, seq, tool = answer.model, answer.seq, answer.tool
+        calls: list[dict[str, Any]] = []
         tokens: list[dict[str, Any]] = []
-        finish, generated = "stop", 0
-        async for kind, _, payload in self._events(model, [seq]):
-            if kind == "text":
-                texts.append(payload)
-            elif kind == "tokens":
-                tokens.extend(self.token_logprobs(model, payload))
-            elif kind == "end":
-                finish, generated = payload
+        generated = 0
+        while True:
+            texts: list[str] = []
+            finish = "stop"
+            async for kind, _, payload in self._events(model, [seq]):
+                if kind == "text":
+                    texts.append(payload)
+                elif kind == "tokens":
+                    tokens.extend(self.token_logprobs(model, payload))
+                elif kind == "end":
+                    finish, made = payload
+                    generated += made
+            if tool is None:
+                break
+            calls.append(_tool_call(tool, "".join(texts)))
+            following = await self._next_call(answer, "".join(texts), finish, generated)
+            if following is None:
+                break
+            tool, seq = following
         message: dict[str, Any] = {"role": "assistant", "content": "".join(texts)}
-        logprobs = {"content": tokens, "refusal": None} if seq.pending is not None and tool is None else None
-        if tool is not None:
-            message = {"role": "assistant", "content": None, "tool_calls": [_tool_call(tool, message["content"])]}
+        logprobs = {"content": tokens, "refusal": None} if seq.pending is not None and not calls else None
+        if calls:
+            message = {"role": "assistant", "content": None, "tool_calls": calls}
             finish = "tool_calls" if finish == "stop" else finish
         return {
             "id": "chatcmpl-local",
@@ -136,40 +193,88 @@ class BatchingModelProvider(ModelThreadProvider[Any], abc.ABC):
                     "finish_reason": finish,
                 }
             ],
-            "usage": generation.token_usage(seq.prompt_tokens, generated),
+            "usage": generation.token_usage(answer.seq.prompt_tokens, generated),
         }
 
     async def open_chat_stream(self, call: Call) -> ChunkStream:
-        model, seq, tool = await self._chat_sequence(call)
-        return self._chat_chunks(model, seq, tool)
+        return self._chat_chunks(await self._chat_sequence(call))
 
-    async def _chat_chunks(self, model: Any, seq: BatchSequence, tool: str | None) -> AsyncIterator[dict[str, Any]]:
+    async def _chat_chunks(self, answer: _Answer) -> AsyncIterator[dict[str, Any]]:
+        model, seq, tool = answer.model, answer.seq, answer.tool
         head = {"id": "chatcmpl-local", "object": "chat.completion.chunk", "created": int(time.time()), "model": ""}
         first: dict[str, Any] = {"role": "assistant"}
         if tool is not None:
             first = {"role": "assistant", "content": None, "tool_calls": [{"index": 0, **_tool_call(tool, "")}]}
         yield {**head, "choices": [{"index": 0, "delta": first, "logprobs": None, "finish_reason": None}]}
         generated = 0
+        index = 0  # of the tool call being written
         tokens: list[dict[str, Any]] = []
-        async for kind, _, payload in self._events(model, [seq]):
-            if kind == "tokens":
-                tokens = self.token_logprobs(model, payload)
-            elif kind == "text":
-                delta: dict[str, Any] = {"content": payload}
-                logprobs = None if seq.pending is None else {"content": tokens, "refusal": None}
-                if tool is not None:
-                    delta = {"tool_calls": [{"index": 0, "function": {"arguments": payload}}]}
-                    logprobs = None
-                yield {**head, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": None}]}
-                tokens = []
-            elif kind == "end":
-                finish, generated = payload
-                finish = "tool_calls" if tool is not None and finish == "stop" else finish
-                yield {**head, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}]}
-        yield {"choices": [], "usage": generation.token_usage(seq.prompt_tokens, generated)}
+        while True:
+            texts: list[str] = []
+            finish = "stop"
+            async for kind, _, payload in self._events(model, [seq]):
+                if kind == "tokens":
+                    tokens = self.token_logprobs(model, payload)
+                elif kind == "text":
+                    delta: dict[str, Any] = {"content": payload}
+                    logprobs = None if seq.pending is None else {"content": tokens, "refusal": None}
+                    if tool is not None:
+                        texts.append(payload)
+                        delta = {"tool_calls": [{"index": index, "function": {"arguments": payload}}]}
+                        logprobs = None
+                    chunk = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": None}
+                    yield {**head, "choices": [chunk]}
+                    tokens = []
+                elif kind == "end":
+                    finish, made = payload
+                    generated += made
+            following = None if tool is None else await self._next_call(answer, "".join(texts), finish, generated)
+            if following is None:
+                break
+            tool, seq = following
+            index += 1
+            delta = {"tool_calls": [{"index": index, **_tool_call(tool, "")}]}
+            yield {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]}
+        finish = "tool_calls" if tool is not None and finish == "stop" else finish
+        yield {**head, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}]}
+        yield {"choices": [], "usage": generation.token_usage(answer.seq.prompt_tokens, generated)}
 
-    async def _chat_sequence(self, call: Call) -> tuple[Any, BatchSequence, str | None]:
-        """The request's sequence, and the function it must call (None: a plain answer)."""
+    async def _next_call(
+        self, answer: _Answer, arguments: str, finish: str, generated: int
+    ) -> tuple[str, BatchSequence] | None:
+        """After a call's arguments: whether the model calls another function, and that call's sequence. As
+        llama.cpp's ChatML function calling does it: the model writes, greedily and constrained, another
+        `functions.<name>:` or nothing (the end of its answer). Not on an engine that cannot end a constrained
+        choice (`multiple_tool_calls`), not with a named `tool_choice`, and not once `max_tokens` is spent."""
+        if not answer.more or finish != "stop" or generated >= answer.max_tokens or answer.calls >= MAX_TOOL_CALLS:
+            return None
+        model, functions = answer.model, answer.functions
+        answer.written += arguments + "\n"
+        heads = [f"functions.{n}:" for n in functions]
+        try:
+            prompt, count = await self.on_thread(lambda: self.chat_prompt(model, answer.messages, answer.written))
+            self._max_tokens(None, count, "messages")
+        except InvalidRequestError:
+            return None  # the context is full: the answer ends with the calls it has
+        limit = 64  # the constraint ends the sequence itself, after "functions.<longest name>:" or at once
+        config = self.config(model, {"temperature": 0}, Ask(CHAT_DEFAULTS, 1.0, limit, choices=[*heads, ""]))
+        seq = BatchSequence(prompt, config, [], limit, 0, Outbox())
+        head = "".join([str(payload) async for kind, _, payload in self._events(model, [seq]) if kind == "text"])
+        tool = (
+            functions.get(head.removeprefix("functions.").removesuffix(":")) if head.startswith("functions.") else None
+        )
+        if tool is None:
+            return None
+        answer.calls += 1
+        answer.written += f"functions.{tool['name']}:\n"
+        prompt, count = await self.on_thread(lambda: self.chat_prompt(model, answer.messages, answer.written))
+        max_tokens = min(answer.max_tokens - generated, self._max_tokens(None, count, "messages"))
+        schema = tool.get("parameters") or {"type": "object"}
+        config = self.config(model, answer.body, Ask(CHAT_DEFAULTS, answer.repeat, max_tokens, schema))
+        return str(tool["name"]), BatchSequence(prompt, config, [], max_tokens, 0, Outbox())
+
+    async def _chat_sequence(self, call: Call) -> _Answer:
+        """The request's first sequence, and the function it must call (None: a plain answer)."""
         model = await self.model()
         body = call.body
         name = call.public_model
@@ -204,7 +309,12 @@ class BatchingModelProvider(ModelThreadProvider[Any], abc.ABC):
         config = self.config(model, body, Ask(CHAT_DEFAULTS, repeat, max_tokens, schema, top_logprobs=top))
         seq = BatchSequence(prompt, config, _stops(body.get("stop")), max_tokens, 0, Outbox(), logprobs=wants)
         seq.prompt_tokens = count
-        return model, seq, None if tool is None else str(tool["name"])
+        answer = _Answer(model, seq, body, messages, suffix, max_tokens, repeat)
+        if tool is not None:
+            answer.tool = str(tool["name"])
+            answer.functions = {str(t["function"]["name"]): dict(t["function"]) for t in tools or ()}
+            answer.more = self.multiple_tool_calls and not isinstance(body.get("tool_choice"), dict)
+        return answer
 
     async def _choose_tool(
         self, model: Any, body: dict[str, Any], messages: list[dict[str, Any]], tools: list[Any], name: str

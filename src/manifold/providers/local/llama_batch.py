@@ -18,9 +18,9 @@ copied into the new sequence's first (`llama_memory_seq_cp`: llama.cpp copies wh
 about a millisecond per 100 cells of context here, where computing a token of prompt costs several).
 
 Sampling is per sequence: its own sampler chain (logit bias, repetition/frequency/presence penalties, top-k,
-typical, top-p, min-p, temperature, then a seeded draw, or greedy), in the order the serialized engine's
-llama-cpp-python chain has them. A grammar (structured output, tool arguments) is not applied to every candidate:
-the token is drawn from the unconstrained chain and tested against the grammar alone; only when the grammar
+typical, top-p, min-p, temperature, then a seeded draw; or Mirostat; or greedy), in the order the serialized
+engine's llama-cpp-python chain has them. A grammar (structured output, tool arguments) is not applied to every
+candidate: the token is drawn from the unconstrained chain and tested against the grammar alone; only when the grammar
 rejects it is the draw made again over the candidates the grammar allows (llama.cpp's `common_sampler` does the
 same; applying a grammar to all 49k candidates costs milliseconds a token).
 """
@@ -62,6 +62,9 @@ class Sampling:
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     seed: int = 0
+    mirostat_mode: int = 0  # 1 or 2: Mirostat (v1, v2) in place of top-k, typical, top-p, min-p and temperature
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
     logit_bias: dict[int, float] = field(default_factory=dict)
     grammar: str | None = None  # GBNF; its rule `root`
     top_logprobs: int | None = None  # None: no logprobs; 0: the chosen token's; n: with the n likeliest
@@ -315,12 +318,19 @@ class LlamaBatchPipeline:
         if s.temperature <= 0:
             add(chain, lib.llama_sampler_init_greedy())
             return chain
+        seed = s.seed & 0xFFFFFFFF
+        if s.mirostat_mode == 1:
+            add(chain, lib.llama_sampler_init_mirostat(self.n_vocab, seed, s.mirostat_tau, s.mirostat_eta, 100))
+            return chain
+        if s.mirostat_mode == 2:
+            add(chain, lib.llama_sampler_init_mirostat_v2(seed, s.mirostat_tau, s.mirostat_eta))
+            return chain
         add(chain, lib.llama_sampler_init_top_k(s.top_k))
         add(chain, lib.llama_sampler_init_typical(s.typical_p, 1))
         add(chain, lib.llama_sampler_init_top_p(s.top_p, 1))
         add(chain, lib.llama_sampler_init_min_p(s.min_p, 1))
         add(chain, lib.llama_sampler_init_temp(s.temperature))
-        add(chain, lib.llama_sampler_init_dist(s.seed & 0xFFFFFFFF))
+        add(chain, lib.llama_sampler_init_dist(seed))
         return chain
 
     def _sample(self, h: Handle, index: int) -> None:

@@ -3,8 +3,8 @@ as a continuous-batching pipeline (llama_batch.py) under the same engine thread 
 engine (batching.py, batched_provider.py): many requests decoded together, each with its own sampling, per-slot
 prefix caching, and everything the serialized engine samples with — `logit_bias`, `top_logprobs`, grammars.
 
-What it cannot do is refused with a 400 naming the parameter: `n` above 1 in chat, `mirostat_mode`, legacy
-completions' `suffix` and `logprobs`. A function call is one per answer (as on openvino).
+What it cannot do is refused with a 400 naming the parameter: `n` above 1 in chat, legacy completions' `suffix`
+and `logprobs`.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ class LlamaBatchedModelProvider(BatchingModelProvider):
     # Loads and tokenizes; the decoding steps run on the engine's own thread.
     thread_name = "manifold-llama-batched"
     engine_name = "llama_cpp_batched"
+    multiple_tool_calls = True
 
     @property
     def max_batch(self) -> int:
@@ -98,9 +99,10 @@ class LlamaBatchedModelProvider(BatchingModelProvider):
         return ids, len(ids)
 
     def config(self, model: Model, body: dict[str, Any], ask: Ask) -> Sampling:
-        if body.get("mirostat_mode"):
-            raise UnsupportedError(
-                "The local engine llama_cpp_batched does not support 'mirostat_mode'.", param="mirostat_mode"
+        mirostat = int(body.get("mirostat_mode") or 0)
+        if mirostat not in (0, 1, 2):
+            raise InvalidRequestError(
+                "Invalid 'mirostat_mode': 0 (off), 1 or 2.", param="mirostat_mode", code="invalid_value"
             )
         grammar = None
         if ask.choices is not None:
@@ -124,6 +126,9 @@ class LlamaBatchedModelProvider(BatchingModelProvider):
             frequency_penalty=float(body.get("frequency_penalty") or 0.0),
             presence_penalty=float(body.get("presence_penalty") or 0.0),
             seed=int(seed) if seed is not None else random.randrange(2**32),
+            mirostat_mode=mirostat,
+            mirostat_tau=float(body.get("mirostat_tau") or 5.0),
+            mirostat_eta=float(body.get("mirostat_eta") or 0.1),
             logit_bias=_logit_bias(body.get("logit_bias"), len(model.pieces)),
             grammar=grammar,
             top_logprobs=ask.top_logprobs,
