@@ -187,7 +187,11 @@ def test_legacy_completions_batch_their_choices(sdk: openai.OpenAI) -> None:
 
 
 LACKS: dict[str, Any] = {
-    "openvino": (({"logprobs": True, "top_logprobs": 2}, "top_logprobs"), ({"logit_bias": {"1": 5}}, "logit_bias")),
+    "openvino": (
+        ({"logprobs": True, "top_logprobs": 2}, "top_logprobs"),
+        ({"logit_bias": {"1": 5}}, "logit_bias"),
+        ({"extra_body": {"mirostat_mode": 2}}, "mirostat_mode"),
+    ),
     "llama_cpp_batched": (({"extra_body": {"mirostat_mode": 3}}, "mirostat_mode"),),  # 0, 1 or 2
 }
 
@@ -394,9 +398,9 @@ def test_logprobs_of_the_chosen_tokens(sdk: openai.OpenAI, local: ManifoldProces
     assert_valid("CreateChatCompletionResponse", raw)
 
 
-def test_top_logprobs_and_logit_bias_on_llama_cpp_batched(sdk: openai.OpenAI, engine: str) -> None:
-    if engine != "llama_cpp_batched":
-        pytest.skip("openvino refuses both (test_what_the_engine_lacks_is_a_400_naming_it)")
+# openvino refuses both (test_what_the_engine_lacks_is_a_400_naming_it): this runs on llama_cpp_batched only.
+@pytest.mark.parametrize("engine", ["llama_cpp_batched"], indirect=True)
+def test_top_logprobs_and_logit_bias_on_llama_cpp_batched(sdk: openai.OpenAI) -> None:
     messages: Any = [{"role": "user", "content": QUESTIONS[0]}]
     answer = sdk.chat.completions.create(
         model="batched", messages=messages, max_tokens=8, temperature=0, logprobs=True, top_logprobs=3
@@ -421,9 +425,9 @@ def test_top_logprobs_and_logit_bias_on_llama_cpp_batched(sdk: openai.OpenAI, en
     assert err.value.body["param"] == "logit_bias"  # type: ignore[index]
 
 
-def test_several_tool_calls_in_one_answer_on_llama_cpp_batched(sdk: openai.OpenAI, engine: str) -> None:
-    if engine != "llama_cpp_batched":
-        pytest.skip("openvino writes one call per answer (docs/local-models.md#engines)")
+# openvino writes one call per answer (docs/local-models.md#engines).
+@pytest.mark.parametrize("engine", ["llama_cpp_batched"], indirect=True)
+def test_several_tool_calls_in_one_answer_on_llama_cpp_batched(sdk: openai.OpenAI) -> None:
     args: Any = {
         "model": "batched",
         "messages": [{"role": "user", "content": "Call get_weather for Paris, Rome and Berlin."}],
@@ -452,9 +456,9 @@ def test_several_tool_calls_in_one_answer_on_llama_cpp_batched(sdk: openai.OpenA
     assert short.usage is not None and short.usage.completion_tokens <= 10
 
 
-def test_seeded_mirostat_repeats_on_llama_cpp_batched(sdk: openai.OpenAI, engine: str) -> None:
-    if engine != "llama_cpp_batched":
-        pytest.skip("openvino refuses mirostat_mode")
+# openvino refuses mirostat_mode (test_what_the_engine_lacks_is_a_400_naming_it).
+@pytest.mark.parametrize("engine", ["llama_cpp_batched"], indirect=True)
+def test_seeded_mirostat_repeats_on_llama_cpp_batched(sdk: openai.OpenAI) -> None:
     args: Any = {"model": "batched", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 16}
     extra = {"mirostat_mode": 2, "mirostat_tau": 3.0}
     first, again, other = (
