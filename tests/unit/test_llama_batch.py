@@ -9,10 +9,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from manifold.providers.local.llama_batch import Handle, LlamaBatchPipeline, Sampling, Status, _common
+from manifold.providers.local.llama_batched import choices_grammar
 
 pytest.importorskip("llama_cpp", reason="the llama.cpp engines need: pip install 'manifold[local]'")
 pytestmark = pytest.mark.local_model
@@ -161,3 +162,19 @@ def test_common_prefix_length(a: list[int], b: list[int]) -> None:
         expected += 1
     assert _common(a, b) == expected
     assert _common(a, a + b) == len(a)
+
+
+NAMES = st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-", min_size=1, max_size=64)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(NAMES, min_size=1, max_size=5), st.booleans(), st.text(max_size=12))
+def test_tool_choice_grammars_parse(pipeline: LlamaBatchPipeline, names: list[str], end: bool, odd: str) -> None:
+    """The constrained choice between `message:`, `functions.<name>:` for any function name OpenAI allows, the
+    end of an answer (""), and text with quotes, backslashes or control characters: llama.cpp parses each, and
+    what the model writes under it is one of them."""
+    choices = [f"functions.{n}:" for n in names] + ([""] if end else ["message:"]) + [odd or "x"]
+    grammar = choices_grammar(choices)
+    assert pipeline.grammar_ok(grammar)
+    out = run(pipeline, [chat(pipeline, "Pick one.")], Sampling(temperature=0, grammar=grammar), n=200)[0]
+    assert text(pipeline, [t for t in out if t not in pipeline.eog]) in choices

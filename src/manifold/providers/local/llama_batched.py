@@ -106,7 +106,7 @@ class LlamaBatchedModelProvider(BatchingModelProvider):
             )
         grammar = None
         if ask.choices is not None:
-            grammar = "root ::= " + " | ".join(json.dumps(c) for c in ask.choices)
+            grammar = choices_grammar(ask.choices)
         elif ask.schema is not None:
             grammar = _schema_grammar(ask.schema)
         defaults = ask.defaults
@@ -148,6 +148,19 @@ class LlamaBatchedModelProvider(BatchingModelProvider):
 
     def decode(self, model: Model, tokens: list[int]) -> str:
         return b"".join(model.pieces[t] for t in tokens).decode("utf-8", "replace")
+
+
+def choices_grammar(choices: list[str]) -> str:
+    """GBNF for exactly one of `choices` (an empty one: the output may end at once)."""
+    return "root ::= " + " | ".join(f'"{_gbnf_text(c)}"' for c in choices)
+
+
+def _gbnf_text(text: str) -> str:
+    """`text` inside a GBNF string literal: quotes and backslashes escaped, control characters as \\xHH (GBNF has
+    no \\f or \\b, which JSON's escaping would write)."""
+    return "".join(
+        "\\" + ch if ch in '"\\' else f"\\x{ord(ch):02x}" if ord(ch) < 0x20 or ch == "\x7f" else ch for ch in text
+    )
 
 
 def _entry(model: Model, token: int, logprob: float) -> dict[str, Any]:
