@@ -178,3 +178,14 @@ def test_tool_choice_grammars_parse(pipeline: LlamaBatchPipeline, names: list[st
     assert pipeline.grammar_ok(grammar)
     out = run(pipeline, [chat(pipeline, "Pick one.")], Sampling(temperature=0, grammar=grammar), n=200)[0]
     assert text(pipeline, [t for t in out if t not in pipeline.eog]) in choices
+
+
+def test_token_pieces_join_into_the_text(pipeline: LlamaBatchPipeline) -> None:
+    """The byte table the engine detokenizes with: a text's tokens' pieces join into its bytes (no padding from
+    llama-cpp-python's buffer), and control tokens are empty."""
+    pieces = pipeline.pieces()
+    assert len(pieces) == pipeline.n_vocab
+    text = "Héllo, wörld! 😀 — naïve café\n\ttabs"
+    tokens = pipeline.tokenize(text, add_bos=False, special=False)
+    assert b"".join(pieces[t] for t in tokens) == text.encode()
+    assert all(pieces[t] == b"" for t in pipeline.eog)

@@ -203,8 +203,15 @@ class LlamaBatchPipeline:
         return list(self.model.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special))
 
     def pieces(self) -> list[bytes]:
-        """Each token's bytes as text shows them (empty for control tokens, which the output skips)."""
-        return [self.model.token_to_piece(t, special=False) for t in range(self.n_vocab)]
+        """Each token's bytes as text shows them (empty for control tokens, which the output skips). Through
+        `llama_token_to_piece` itself: llama-cpp-python's `token_to_piece` returns its whole buffer, padding
+        included."""
+        buf = ctypes.create_string_buffer(256)
+        out = []
+        for token in range(self.n_vocab):
+            n = self._lib.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+            out.append(buf.raw[:n] if n > 0 else b"")
+        return out
 
     def grammar_ok(self, grammar: str) -> bool:
         """Whether llama.cpp parses `grammar` (GBNF, rule `root`)."""
@@ -223,6 +230,13 @@ class LlamaBatchPipeline:
         free = [s for s in self._slots if not s.busy]
         if not free:
             raise RuntimeError("every sequence slot is taken")
+        sampler = self._chain(sampling)
+        grammar = None
+        if sampling.grammar is not None:
+            grammar = self._lib.llama_sampler_init_grammar(self.vocab, sampling.grammar.encode("utf-8"), b"root")
+            if not grammar:
+                self._lib.llama_sampler_free(sampler)
+                raise ValueError("the grammar does not parse")
         # The free slot whose cached tokens share the longest prefix with this prompt (ties: the emptiest).
         slot = max(free, key=lambda s: (_common(s.tokens, prompt), -len(s.tokens)))
         keep = min(_common(slot.tokens, prompt), len(prompt) - 1) if self.prefix_caching else 0
@@ -235,14 +249,7 @@ class LlamaBatchPipeline:
                 keep = shared
                 self.copied += 1
         handle = Handle(self, prompt, sampling, slot)
-        handle._sampler = self._chain(sampling)
-        if sampling.grammar is not None:
-            handle._grammar = self._lib.llama_sampler_init_grammar(
-                self.vocab, sampling.grammar.encode("utf-8"), b"root"
-            )
-            if not handle._grammar:
-                self._lib.llama_sampler_free(handle._sampler)
-                raise ValueError("the grammar does not parse")
+        handle._sampler, handle._grammar = sampler, grammar
         # Keep the common prefix, less one token at least: the prompt's last token is decoded for its logits.
         self._lib.llama_memory_seq_rm(self.memory, slot.index, keep, -1)
         del slot.tokens[keep:]

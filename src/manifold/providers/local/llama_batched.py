@@ -9,7 +9,6 @@ and `logprobs`.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import random
 from collections.abc import Callable
@@ -63,7 +62,7 @@ class LlamaBatchedModelProvider(BatchingModelProvider):
         pipeline = LlamaBatchPipeline(
             str(path), self.max_batch, dep.context_length, dep.threads, prefix_caching=dep.prefix_caching
         )
-        pieces = _pieces(pipeline)
+        pieces = pipeline.pieces()
         engine = Engine(
             pipeline, partial(Detokenizer, pieces), pipeline.eog, self.max_batch, f"{self.thread_name}-engine"
         )
@@ -166,18 +165,6 @@ def _gbnf_text(text: str) -> str:
 def _entry(model: Model, token: int, logprob: float) -> dict[str, Any]:
     raw = model.pieces[token] if 0 <= token < len(model.pieces) else b""
     return {"token": raw.decode("utf-8", "replace"), "logprob": logprob, "bytes": list(raw)}
-
-
-def _pieces(pipeline: LlamaBatchPipeline) -> list[bytes]:
-    """Each token's bytes as output text shows them (control tokens: empty)."""
-    import llama_cpp as lib
-
-    buf = ctypes.create_string_buffer(256)
-    out = []
-    for token in range(pipeline.n_vocab):
-        n = lib.llama_token_to_piece(pipeline.vocab, token, buf, len(buf), 0, False)
-        out.append(buf.raw[:n] if n > 0 else b"")
-    return out
 
 
 def _schema_grammar(schema: dict[str, Any]) -> str:
