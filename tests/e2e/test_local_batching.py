@@ -16,6 +16,8 @@ import httpx
 import jsonschema
 import openai
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conformance.schema import assert_valid
 from tests.e2e.conftest import ManifoldProcess
@@ -63,6 +65,8 @@ def local(engine: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Man
             {"model_name": "batched", **one, "max_batch": 8, **context},
             # One sequence at a time and one queue place: what leaving and overflowing are tested on.
             {"model_name": "batched-one", **one, "max_batch": 1, "max_queue": 1, "queue_timeout": 30},
+            # The serialized engine beside them, for what every local engine must do alike (the fuzz below).
+            {"model_name": "serial", "provider": "local", "threads": 1},
         ]
     }
     proc = ManifoldProcess(config, Path(tmp_path_factory.mktemp(f"local-batching-{engine}")))
@@ -467,3 +471,50 @@ def test_seeded_mirostat_repeats_on_llama_cpp_batched(sdk: openai.OpenAI) -> Non
     )
     assert first and first == again
     print(f"mirostat 2, seeds 5 and 6: {first!r} / {other!r}")
+
+
+EXTRAS = ("top_k", "min_p", "typical_p", "repeat_penalty", "mirostat_mode", "mirostat_tau", "mirostat_eta")
+ANY_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.text(max_size=3), inner, max_size=2),
+    max_leaves=4,
+)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.sampled_from(["batched", "serial"]),
+    st.sampled_from(["chat", "completions"]),
+    st.sampled_from(EXTRAS),
+    ANY_JSON,
+)
+def test_sampling_extras_of_any_value_are_an_answer_or_a_400(
+    local: ManifoldProcess, model: str, route: str, key: str, value: Any
+) -> None:
+    """Fuzz: the llama.cpp extras every local engine reads, set to any JSON, on this batching engine and on the
+    serialized one: an answer, or a 400 in OpenAI's envelope naming the option; never a 500."""
+    body: dict[str, Any] = {"model": model, "max_tokens": 2, key: value}
+    if route == "chat":
+        body["messages"] = [{"role": "user", "content": "hi"}]
+    else:
+        body["prompt"] = "Hi"
+    raw = httpx.post(f"{local.base_url}/{route.replace('chat', 'chat/completions')}", json=body, timeout=120)
+    assert raw.status_code in (200, 400), raw.text
+    if raw.status_code == 400:
+        error = raw.json()["error"]
+        assert error["param"] == key and error["type"] == "invalid_request_error", error
+
+
+# openvino gives a schema it does not convert to its pipeline as it is; llama.cpp's converter refuses some.
+@pytest.mark.parametrize("engine", ["llama_cpp_batched"], indirect=True)
+def test_a_schema_the_engine_cannot_follow_is_a_400_naming_where_it_came_from(sdk: openai.OpenAI) -> None:
+    bad: Any = {"type": "object", "properties": {"a": {"type": "string", "pattern": "(("}}}
+    tool: Any = {"type": "function", "function": {"name": "f", "parameters": bad}}
+    messages: Any = [{"role": "user", "content": "hi"}]
+    for extra, param in (
+        ({"tools": [tool], "tool_choice": {"type": "function", "function": {"name": "f"}}}, "tools"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": bad}}}, "response_format"),
+    ):
+        with pytest.raises(openai.BadRequestError) as err:
+            sdk.chat.completions.create(model="batched", messages=messages, max_tokens=4, **extra)
+        assert err.value.body["param"] == param  # type: ignore[index]

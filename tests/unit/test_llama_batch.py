@@ -176,8 +176,26 @@ def test_tool_choice_grammars_parse(pipeline: LlamaBatchPipeline, names: list[st
     choices = [f"functions.{n}:" for n in names] + ([""] if end else ["message:"]) + [odd or "x"]
     grammar = choices_grammar(choices)
     assert pipeline.grammar_ok(grammar)
-    out = run(pipeline, [chat(pipeline, "Pick one.")], Sampling(temperature=0, grammar=grammar), n=200)[0]
+    handle = pipeline.add_request(0, chat(pipeline, "Pick one."), Sampling(temperature=0, grammar=grammar))
+    out = drain(pipeline, [handle], 200)[0]
+    if handle.get_status() is Status.FAILED:  # a dead end of llama.cpp's grammar (the next test): failed, not crashed
+        assert "allows no token" in handle.failure
+        return
     assert text(pipeline, [t for t in out if t not in pipeline.eog]) in choices
+
+
+def test_a_grammar_that_allows_no_next_token_fails_its_sequence_not_the_process(pipeline: LlamaBatchPipeline) -> None:
+    """llama.cpp's grammars cannot begin some 4-byte UTF-8 characters a token at a time: after `T硆\\x89°` this
+    choice allows no token. Accepting one anyway aborted the whole process (found by the test above); now the
+    sequence fails with the reason (a 502 for its request) and the others go on."""
+    choices = ["functions.Oz:", "message:", "T硆\x89°\U000833ba\U0008c4b7¤\U000a04f1`k"]
+    grammar = choices_grammar(choices)
+    stuck = pipeline.add_request(0, chat(pipeline, "Pick one."), Sampling(temperature=0, grammar=grammar))
+    beside = pipeline.add_request(1, chat(pipeline, "What is 2 + 2?"), GREEDY)
+    out = drain(pipeline, [stuck, beside], 16)
+    assert stuck.get_status() is Status.FAILED
+    assert stuck.failure == "its output grammar allows no token the model can write after 8 tokens"
+    assert len(out[1]) == 16 or out[1][-1] in pipeline.eog
 
 
 def test_token_pieces_join_into_the_text(pipeline: LlamaBatchPipeline) -> None:

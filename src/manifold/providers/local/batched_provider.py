@@ -43,6 +43,7 @@ class Ask(NamedTuple):
     schema: dict[str, Any] | None = None  # constrained to this JSON schema,
     choices: list[str] | None = None  # or to one of these texts
     top_logprobs: int | None = None  # not None: the chosen tokens' log-probabilities, and this many alternatives
+    schema_param: str = "response_format"  # what a 400 about the schema names (`tools` for a function's)
 
 
 MAX_TOOL_CALLS = 8  # in one answer
@@ -180,21 +181,8 @@ class BatchingModelProvider(ModelThreadProvider[Any], abc.ABC):
         if calls:
             message = {"role": "assistant", "content": None, "tool_calls": calls}
             finish = "tool_calls" if finish == "stop" else finish
-        return {
-            "id": "chatcmpl-local",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": "",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": message,
-                    "logprobs": logprobs,
-                    "finish_reason": finish,
-                }
-            ],
-            "usage": generation.token_usage(answer.seq.prompt_tokens, generated),
-        }
+        usage = generation.token_usage(answer.seq.prompt_tokens, generated)
+        return generation.chat_completion(message, logprobs, finish, usage)
 
     async def open_chat_stream(self, call: Call) -> ChunkStream:
         return self._chat_chunks(await self._chat_sequence(call))
@@ -270,7 +258,8 @@ class BatchingModelProvider(ModelThreadProvider[Any], abc.ABC):
         prompt, count = await self.on_thread(lambda: self.chat_prompt(model, answer.messages, answer.written))
         max_tokens = min(answer.max_tokens - generated, self._max_tokens(None, count, "messages"))
         schema = tool.get("parameters") or {"type": "object"}
-        config = self.config(model, answer.body, Ask(CHAT_DEFAULTS, answer.repeat, max_tokens, schema))
+        ask = Ask(CHAT_DEFAULTS, answer.repeat, max_tokens, schema, schema_param="tools")
+        config = self.config(model, answer.body, ask)
         return str(tool["name"]), BatchSequence(prompt, config, [], max_tokens, 0, Outbox())
 
     async def _chat_sequence(self, call: Call) -> _Answer:
@@ -287,12 +276,14 @@ class BatchingModelProvider(ModelThreadProvider[Any], abc.ABC):
                 )
         if (body.get("n") or 1) != 1:
             raise UnsupportedError(f"The model '{name}' (local) supports only n=1.", param="n")
+        generation.check_sampling_extras(body)
         self.check_chat(body, name)
         messages = _flatten_messages(body["messages"])
         schema = _schema(body.get("response_format"))
         tools = _tools(body, name)
         tool: dict[str, Any] | None = None
         suffix = ""
+        schema_param = "response_format"
         if tools:
             messages = _with_tools(messages, tools)
             tool = await self._choose_tool(model, body, messages, tools, name)
@@ -301,12 +292,14 @@ class BatchingModelProvider(ModelThreadProvider[Any], abc.ABC):
             else:
                 suffix = f"functions.{tool['name']}:\n"
                 schema = tool.get("parameters") or {"type": "object"}
+                schema_param = "tools"
         prompt, count = await self.on_thread(lambda: self.chat_prompt(model, messages, suffix))
         max_tokens = self._max_tokens(body.get("max_completion_tokens") or body.get("max_tokens"), count, "messages")
         repeat = self.deployment.repeat_penalty or generation.LOCAL_DEFAULT_REPEAT_PENALTY
         wants = bool(body.get("logprobs"))
         top = int(body.get("top_logprobs") or 0) if wants else None
-        config = self.config(model, body, Ask(CHAT_DEFAULTS, repeat, max_tokens, schema, top_logprobs=top))
+        ask = Ask(CHAT_DEFAULTS, repeat, max_tokens, schema, top_logprobs=top, schema_param=schema_param)
+        config = self.config(model, body, ask)
         seq = BatchSequence(prompt, config, _stops(body.get("stop")), max_tokens, 0, Outbox(), logprobs=wants)
         seq.prompt_tokens = count
         answer = _Answer(model, seq, body, messages, suffix, max_tokens, repeat)
@@ -411,6 +404,7 @@ class BatchingModelProvider(ModelThreadProvider[Any], abc.ABC):
         model = await self.model()
         body = call.body
         name = call.public_model
+        generation.check_sampling_extras(body)
         for key in ("logprobs", "suffix", "logit_bias"):
             if body.get(key) is not None and body.get(key) != {}:
                 raise UnsupportedError(

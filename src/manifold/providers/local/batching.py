@@ -293,7 +293,8 @@ class Engine:
             if status == "FINISHED":
                 seq.end("length" if seq.generated >= seq.max_tokens else "stop")
             elif status != "RUNNING":
-                seq.fail(RuntimeError(f"the pipeline ended the sequence ({status.lower()})"))
+                reason = getattr(handle, "failure", "") or f"the pipeline ended the sequence ({status.lower()})"
+                seq.fail(RuntimeError(reason))
         if seq.ended:
             self._retire(seq)
 

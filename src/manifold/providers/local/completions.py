@@ -34,6 +34,7 @@ def plan(call: Call, llama: Any, processors: Any) -> Plan:
     """Check the request against what the local model can do and build create_completion's arguments."""
     body = call.body
     model = call.public_model
+    generation.check_sampling_extras(body)
     if body.get("logprobs") is not None:
         raise UnsupportedError(
             f"The model '{model}' (local) does not return logprobs for legacy completions.", param="logprobs"

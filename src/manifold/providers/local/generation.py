@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import codecs
 import json
+import math
 import random
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple, cast
+
+from manifold.errors import InvalidRequestError
 
 # A 135M-parameter model drifts into repeating itself; these bound a newcomer's first stream (docs/backends.md).
 LOCAL_DEFAULT_MAX_TOKENS = 512
@@ -38,6 +42,36 @@ _SAMPLING_DEFAULTS: dict[str, Any] = {
 # The sampling options llama.cpp takes under the same name as OpenAI or as a common backend extra (chat and
 # legacy completions alike).
 SAMPLING_OPTIONS = ("seed", *_SAMPLING_DEFAULTS)
+
+# The extras beyond OpenAI's request schema (which types and bounds the rest): (integer?, lowest, highest).
+_EXTRAS: dict[str, tuple[bool, float, float]] = {
+    "top_k": (True, 0, math.inf),
+    "min_p": (False, 0, 1),
+    "typical_p": (False, 0, 1),
+    "repeat_penalty": (False, 0, math.inf),
+    "mirostat_mode": (True, 0, 2),
+    "mirostat_tau": (False, 0, math.inf),
+    "mirostat_eta": (False, 0, math.inf),
+}
+
+
+def check_sampling_extras(body: dict[str, Any]) -> None:
+    """A 400 naming the option for a llama.cpp sampling extra of the wrong type or out of range (every local
+    engine reads them; without this check a string reached `float()` and became a 500)."""
+    for key, (integer, low, high) in _EXTRAS.items():
+        value = body.get(key)
+        if value is None:
+            continue
+        number = type(value) is int or (type(value) is float and not integer and math.isfinite(value))
+        if not number or not low <= value <= high:
+            kind = "an integer" if integer else "a number"
+            bounds = f"from {low:g}" + ("" if high == math.inf else f" to {high:g}")
+            raise InvalidRequestError(
+                f"Invalid '{key}': expected {kind} {bounds}, got {json.dumps(value)[:40]}.",
+                param=key,
+                code="invalid_value",
+            )
+
 
 # create_completion's defaults, for legacy completions.
 _COMPLETION_DEFAULTS = {**_SAMPLING_DEFAULTS, "temperature": 0.8}
@@ -133,6 +167,20 @@ def chat_prompt(llama: Any, template: str, messages: list[dict[str, Any]]) -> tu
     result = formatter(messages=cast(Any, messages))
     prompt = llama.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
     return list(prompt), result
+
+
+def chat_completion(
+    message: dict[str, Any], logprobs: dict[str, Any] | None, finish: str, usage: dict[str, int]
+) -> dict[str, Any]:
+    """A `chat.completion` of one choice, as every local engine answers (the router sets its id and model)."""
+    return {
+        "id": "chatcmpl-local",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": "",
+        "choices": [{"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish}],
+        "usage": usage,
+    }
 
 
 def token_usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

@@ -47,6 +47,7 @@ class Status(Enum):
     RUNNING = 0
     FINISHED = 1
     CANCELLED = 2
+    FAILED = 3  # `Handle.failure` says why
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ class Handle:
         "_out",
         "_pipeline",
         "_sampler",
+        "failure",
         "next_token",
         "prefilled",
         "prompt",
@@ -114,6 +116,7 @@ class Handle:
         self.prefilled = 0  # prompt tokens in the KV cache
         self.reused = 0  # of them, taken from the slot's cache
         self.next_token = -1  # sampled, not yet decoded (-1: still prefilling)
+        self.failure = ""
         self._out: list[int] = []
         self._lps: list[Any] = []
         self._sampler: Any = None
@@ -354,6 +357,14 @@ class LlamaBatchPipeline:
             if math.isinf(self._one[0].logit):  # rejected: draw again among what the grammar allows
                 self.redraws += 1
                 token = self._draw(h, index, constrained=True)
+                if token < 0:
+                    # The grammar allows no token here (llama.cpp's grammars cannot begin some 4-byte UTF-8
+                    # characters a token at a time): accepting one would abort the whole process in llama.cpp.
+                    h.status = Status.FAILED
+                    written = len(h.slot.tokens) - len(h.prompt)
+                    h.failure = f"its output grammar allows no token the model can write after {written} tokens"
+                    self._release(h)
+                    return
             lib.llama_sampler_accept(h._grammar, token)
             lib.llama_sampler_accept(h._sampler, token)
         top = h.sampling.top_logprobs
@@ -378,7 +389,7 @@ class LlamaBatchPipeline:
 
     def _draw(self, h: Handle, index: int, constrained: bool) -> int:
         """A token from the sequence's chain over every candidate (after the grammar, when `constrained`),
-        without accepting it."""
+        without accepting it; -1 when the grammar left no candidate."""
         lib = self._lib
         logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(self.ctx, index), shape=(self.n_vocab,))
         cand = self._cand
@@ -392,7 +403,10 @@ class LlamaBatchPipeline:
         lib.llama_sampler_apply(h._sampler, ctypes.byref(array))
         if not 0 <= array.selected < array.size:
             raise RuntimeError("the sampler chose no token")
-        return int(array.data[array.selected].id)
+        chosen = array.data[array.selected]
+        if constrained and math.isinf(chosen.logit):
+            return -1
+        return int(chosen.id)
 
     def _release(self, h: Handle) -> None:
         if h in self._running:

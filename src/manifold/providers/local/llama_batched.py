@@ -98,21 +98,16 @@ class LlamaBatchedModelProvider(BatchingModelProvider):
         return ids, len(ids)
 
     def config(self, model: Model, body: dict[str, Any], ask: Ask) -> Sampling:
-        mirostat = int(body.get("mirostat_mode") or 0)
-        if mirostat not in (0, 1, 2):
-            raise InvalidRequestError(
-                "Invalid 'mirostat_mode': 0 (off), 1 or 2.", param="mirostat_mode", code="invalid_value"
-            )
         grammar = None
         if ask.choices is not None:
             grammar = choices_grammar(ask.choices)
         elif ask.schema is not None:
-            grammar = _schema_grammar(ask.schema)
+            grammar = _schema_grammar(ask.schema, ask.schema_param)
         defaults = ask.defaults
         if grammar is not None and not model.pipeline.grammar_ok(grammar):
             raise UnsupportedError(
                 "The local engine llama_cpp_batched cannot constrain its output to this schema.",
-                param="response_format",
+                param=ask.schema_param,
             )
         seed = body.get("seed")
         return Sampling(
@@ -125,7 +120,7 @@ class LlamaBatchedModelProvider(BatchingModelProvider):
             frequency_penalty=float(body.get("frequency_penalty") or 0.0),
             presence_penalty=float(body.get("presence_penalty") or 0.0),
             seed=int(seed) if seed is not None else random.randrange(2**32),
-            mirostat_mode=mirostat,
+            mirostat_mode=int(body.get("mirostat_mode") or 0),  # 0, 1 or 2 (generation.check_sampling_extras)
             mirostat_tau=float(body.get("mirostat_tau") or 5.0),
             mirostat_eta=float(body.get("mirostat_eta") or 0.1),
             logit_bias=_logit_bias(body.get("logit_bias"), len(model.pieces)),
@@ -167,7 +162,7 @@ def _entry(model: Model, token: int, logprob: float) -> dict[str, Any]:
     return {"token": raw.decode("utf-8", "replace"), "logprob": logprob, "bytes": list(raw)}
 
 
-def _schema_grammar(schema: dict[str, Any]) -> str:
+def _schema_grammar(schema: dict[str, Any], param: str) -> str:
     """GBNF for a JSON schema, from llama-cpp-python's converter (the serialized engine's): whitespace between
     tokens is bounded; `{"type": "object"}` (json_object) is any JSON object."""
     from llama_cpp import llama_grammar
@@ -179,7 +174,7 @@ def _schema_grammar(schema: dict[str, Any]) -> str:
     except Exception as exc:  # noqa: BLE001 (the converter raises what it likes for what it does not know)
         raise UnsupportedError(
             f"The local engine llama_cpp_batched cannot constrain its output to this schema: {exc}",
-            param="response_format",
+            param=param,
         ) from None
 
 

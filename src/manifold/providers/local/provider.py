@@ -98,6 +98,7 @@ class LocalModelProvider(ModelThreadProvider[Any]):
                 raise UnsupportedError(f"The model '{call.public_model}' (local) does not support '{key}'.", param=key)
         if (body.get("n") or 1) != 1:
             raise UnsupportedError(f"The model '{call.public_model}' (local) supports only n=1.", param="n")
+        generation.check_sampling_extras(body)
         kw: dict[str, Any] = {k: body[k] for k in _PASSED if body.get(k) is not None}
         tools = body.get("tools") or None
         choice = body.get("tool_choice")
@@ -239,21 +240,10 @@ def _chat_chunks(pieces: generation.Generation) -> Iterator[dict[str, Any]]:
 
 def _chat_completion(run: generation.Generation) -> dict[str, Any]:
     content, finish = run.whole()
-    return {
-        "id": "chatcmpl-local",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": "",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": content},
-                "logprobs": None,
-                "finish_reason": finish,
-            }
-        ],
-        "usage": generation.token_usage(len(run.plan.prompt), run.generated),
-    }
+    message = {"role": "assistant", "content": content}
+    return generation.chat_completion(
+        message, None, finish, generation.token_usage(len(run.plan.prompt), run.generated)
+    )
 
 
 def _count_prompt_tokens(llama: Any, messages: list[dict[str, Any]]) -> int:
