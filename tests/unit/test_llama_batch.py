@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from manifold.providers.local.gbnf import choices_grammar, schema_gbnf
 from manifold.providers.local.llama_batch import Handle, LlamaBatchPipeline, Sampling, Status, _common
-from manifold.providers.local.llama_batched import choices_grammar
 
 pytest.importorskip("llama_cpp", reason="the llama.cpp engines need: pip install 'manifold[local]'")
 pytestmark = pytest.mark.local_model
@@ -196,6 +196,26 @@ def test_a_grammar_that_allows_no_next_token_fails_its_sequence_not_the_process(
     assert stuck.get_status() is Status.FAILED
     assert stuck.failure == "its output grammar allows no token the model can write after 8 tokens"
     assert len(out[1]) == 16 or out[1][-1] in pipeline.eog
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.text(max_size=10), st.text(max_size=6), st.booleans())
+def test_a_schema_constant_is_written_as_its_json(
+    pipeline: LlamaBatchPipeline, value: str, key: str, const: bool
+) -> None:
+    """An `enum` or `const` value and a property name with any characters (quotes, backslashes, control
+    characters, characters outside the Basic Multilingual Plane): the grammar from the schema makes the model write
+    JSON that reads back as exactly that object. llama-cpp-python's own converter escaped only quotes and line
+    breaks, so a backslash became a JSON escape, a quote ended the GBNF string, a tab was written raw and an emoji
+    could never be written; and the property "" was given the grammar's root rule (providers/local/gbnf.py)."""
+    schema = {"type": "object", "properties": {key: {"const": value} if const else {"enum": [value]}}}
+    schema["required"] = [key]
+    grammar = schema_gbnf(schema)
+    assert pipeline.grammar_ok(grammar)
+    handle = pipeline.add_request(0, chat(pipeline, "Answer in JSON."), Sampling(temperature=0, grammar=grammar))
+    out = drain(pipeline, [handle], 120)[0]
+    assert handle.get_status() is not Status.FAILED, handle.failure
+    assert json.loads(text(pipeline, [t for t in out if t not in pipeline.eog])) == {key: value}
 
 
 def test_token_pieces_join_into_the_text(pipeline: LlamaBatchPipeline) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple, cast
 
 from manifold.errors import InvalidRequestError
+from manifold.providers.local import gbnf
 
 # A 135M-parameter model drifts into repeating itself; these bound a newcomer's first stream (docs/backends.md).
 LOCAL_DEFAULT_MAX_TOKENS = 512
@@ -145,7 +146,7 @@ def plan(llama: Any, kw: dict[str, Any]) -> Plan | None:
     if fmt is not None:
         schema = fmt.get("schema")
         grammar = (
-            llama_grammar.LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+            llama_grammar.LlamaGrammar.from_string(gbnf.schema_gbnf(schema), verbose=False)
             if schema
             else llama_grammar.LlamaGrammar.from_string(llama_grammar.JSON_GBNF, verbose=False)
         )

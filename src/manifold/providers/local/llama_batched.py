@@ -9,7 +9,6 @@ and `logprobs`.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from functools import partial
@@ -20,6 +19,7 @@ from manifold.errors import InvalidRequestError, UnsupportedError
 from manifold.providers.local.batched_provider import Ask, BatchingModelProvider, sampling_option
 from manifold.providers.local.batching import Detokenizer, Engine
 from manifold.providers.local.crash_check import refuse_if_it_crashes
+from manifold.providers.local.gbnf import choices_grammar, schema_gbnf
 from manifold.providers.local.llama_batch import LlamaBatchPipeline, Sampling
 
 DEFAULT_MAX_BATCH = 8
@@ -144,19 +144,6 @@ class LlamaBatchedModelProvider(BatchingModelProvider):
         return b"".join(model.pieces[t] for t in tokens).decode("utf-8", "replace")
 
 
-def choices_grammar(choices: list[str]) -> str:
-    """GBNF for exactly one of `choices` (an empty one: the output may end at once)."""
-    return "root ::= " + " | ".join(f'"{_gbnf_text(c)}"' for c in choices)
-
-
-def _gbnf_text(text: str) -> str:
-    """`text` inside a GBNF string literal: quotes and backslashes escaped, control characters as \\xHH (GBNF has
-    no \\f or \\b, which JSON's escaping would write)."""
-    return "".join(
-        "\\" + ch if ch in '"\\' else f"\\x{ord(ch):02x}" if ord(ch) < 0x20 or ch == "\x7f" else ch for ch in text
-    )
-
-
 def _entry(model: Model, token: int, logprob: float) -> dict[str, Any]:
     raw = model.pieces[token] if 0 <= token < len(model.pieces) else b""
     return {"token": raw.decode("utf-8", "replace"), "logprob": logprob, "bytes": list(raw)}
@@ -170,7 +157,7 @@ def _schema_grammar(schema: dict[str, Any], param: str) -> str:
     if schema == {"type": "object"}:
         return str(llama_grammar.JSON_GBNF)
     try:
-        return str(llama_grammar.json_schema_to_gbnf(json.dumps(schema)))
+        return schema_gbnf(schema)
     except Exception as exc:  # noqa: BLE001 (the converter raises what it likes for what it does not know)
         raise UnsupportedError(
             f"The local engine llama_cpp_batched cannot constrain its output to this schema: {exc}",

@@ -80,6 +80,9 @@ class LocalModelProvider(ModelThreadProvider[Any]):
     def load(self, path: Path) -> Any:
         from llama_cpp import Llama
 
+        from manifold.providers.local import gbnf
+
+        gbnf.install()  # a tool's parameters go through llama-cpp-python's converter (chatml_function_calling)
         return Llama(
             model_path=str(path),
             n_ctx=self.deployment.context_length,
