@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -140,7 +141,24 @@ def sqlite_write_engine(url: URL) -> Engine:
     return engine
 
 
+def _null(_value: None) -> None:
+    return None
+
+
+def bind_cheaply() -> None:
+    """Have pysqlite bind `None` and `bool` parameters from its adapter registry. By default it binds every value
+    that is not exactly an int, float, str or bytes through its adaptation protocol, whose first step is a failed
+    attribute lookup on a type: an AttributeError formatted and dropped (~2,000 machine instructions) for each
+    NULL and each boolean. A ledger row has about five NULLs and a boolean: 1.9 µs a row to bind, 1.2 µs with
+    these (`tests/unit/test_storage_binding.py`). What is stored is the same: NULL, and a boolean's integer.
+    Process-wide (pysqlite's registry is), idempotent."""
+    sqlite3.register_adapter(type(None), _null)
+    sqlite3.register_adapter(bool, int)
+
+
 def _sqlite_events(engine: Engine) -> None:
+    bind_cheaply()
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # autocommit at the driver: SQLAlchemy emits BEGIN below
