@@ -150,7 +150,8 @@ def bind_cheaply() -> None:
     that is not exactly an int, float, str or bytes through its adaptation protocol, whose first step is a failed
     attribute lookup on a type: an AttributeError formatted and dropped (~2,000 machine instructions) for each
     NULL and each boolean. A ledger row has about five NULLs and a boolean: 1.9 µs a row to bind, 1.2 µs with
-    these (`tests/unit/test_storage_binding.py`). What is stored is the same: NULL, and a boolean's integer.
+    these (`timeit` of a 100-row INSERT of ledger-shaped rows, docs/performance.md). What is stored is the same:
+    NULL, and a boolean's integer (`tests/unit/test_storage_binding.py`).
     Process-wide (pysqlite's registry is), idempotent."""
     sqlite3.register_adapter(type(None), _null)
     sqlite3.register_adapter(bool, int)

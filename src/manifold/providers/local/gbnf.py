@@ -2,8 +2,9 @@
 
 llama-cpp-python 0.3.x's `SchemaConverter` writes an `enum`/`const` value or a property name as its JSON text
 inside a GBNF string, escaping only quotes and line breaks. So the grammar asked for the wrong text wherever that
-JSON text holds a backslash: `"a\\b"` became GBNF `"a\\b"`, which is `a`, a backslash, `b`... read by GBNF as an
-escaped backslash and then by JSON as a backspace; a quote inside a value ended the GBNF string early; a tab
+JSON text holds a backslash: for the value `a\\b` the JSON text `"a\\\\b"` went into the grammar as it is, where
+GBNF reads `\\\\` as one backslash, so the model had to write `"a\\b"`, which JSON reads as `a`, a backspace,
+`b`; a quote inside a value ended the GBNF string early; a tab
 became a raw tab (not JSON); and a character outside the Basic Multilingual Plane, written by `json.dumps` as a
 surrogate pair `\\ud83d\\ude00`, became two GBNF code points no UTF-8 text can hold, so the grammar could never
 be satisfied. Here every literal is escaped as GBNF reads it. Constants keep their characters as they are, except
@@ -22,7 +23,9 @@ import json
 import re
 from typing import Any, Final
 
-__all__ = ["choices_grammar", "gbnf_text", "install", "json_text", "schema_gbnf"]
+from manifold.errors import UnsupportedError
+
+__all__ = ["check_tools", "choices_grammar", "gbnf_text", "install", "json_text", "schema_gbnf"]
 
 
 def gbnf_text(text: str) -> str:
@@ -46,7 +49,7 @@ def _escape(match: re.Match[str]) -> str:
 
 def json_text(value: Any) -> str:
     """`value` as JSON text: characters as they are, but those outside the Basic Multilingual Plane and lone
-    surrogates as `\\uXXXX` escapes."""
+    surrogates as JSON `\\u` escapes of four hex digits each."""
     return _ESCAPED.sub(_escape, json.dumps(value, ensure_ascii=False))
 
 
@@ -58,9 +61,7 @@ def choices_grammar(choices: list[str]) -> str:
 def _converter_class() -> type:
     from llama_cpp import llama_grammar
 
-    base = getattr(llama_grammar, "_manifold_original_converter", llama_grammar.SchemaConverter)
-
-    class SchemaConverter(base):  # type: ignore[misc, valid-type]
+    class SchemaConverter(llama_grammar.SchemaConverter):
         """llama-cpp-python's converter with its literals escaped for GBNF (see the module's text)."""
 
         def _format_literal(self, literal: str) -> str:
@@ -77,7 +78,7 @@ def _converter_class() -> type:
             if not name and not self._at_root:
                 name = "empty-name"
             self._at_root = False
-            return super().visit(schema, name)
+            return super().visit(schema, name)  # type: ignore[no-untyped-call]
 
     return SchemaConverter
 
@@ -90,17 +91,33 @@ def install() -> type:
     current = llama_grammar.SchemaConverter
     if getattr(current, "_manifold_fixed", False):
         return current
-    fixed = _converter_class()
+    fixed = _converter_class()  # a subclass of `current`, llama-cpp-python's own
     fixed._manifold_fixed = True  # type: ignore[attr-defined]
-    llama_grammar._manifold_original_converter = current  # type: ignore[attr-defined]
     llama_grammar.SchemaConverter = fixed  # type: ignore[misc, assignment]
     return fixed
 
 
-def schema_gbnf(schema: dict[str, Any]) -> str:
+def schema_gbnf(schema: dict[str, Any], param: str = "response_format", engine: str = "llama_cpp") -> str:
     """GBNF for the JSON texts `schema` allows (whitespace between tokens bounded, as llama-cpp-python's
-    converter bounds it). Raises what the converter raises for a schema it cannot convert."""
+    converter bounds it). A schema the converter cannot follow (it asserts, mostly: a `pattern` not anchored, an
+    unknown `type`, a `$ref` it cannot resolve) is a 400 naming `param`, not the converter's error."""
     from llama_cpp import llama_grammar
 
     install()
-    return str(llama_grammar.json_schema_to_gbnf(json.dumps(schema)))
+    try:
+        return str(llama_grammar.json_schema_to_gbnf(json.dumps(schema)))
+    except Exception as exc:  # noqa: BLE001 (the converter raises what it likes for what it does not know)
+        raise UnsupportedError(
+            f"The local engine {engine} cannot constrain its output to this schema: {exc}", param=param
+        ) from None
+
+
+def check_tools(tools: Any, engine: str = "llama_cpp") -> None:
+    """Every function's `parameters` converted once, before anything is generated: one the converter cannot follow
+    is a 400 naming `tools`, whether or not the model would have called that function (llama-cpp-python's own
+    function calling would fall back to any JSON for it; the batched engine found out only once it was called)."""
+    for tool in tools or ():
+        function = tool.get("function") if isinstance(tool, dict) else None
+        parameters = function.get("parameters") if isinstance(function, dict) else None
+        if parameters:
+            schema_gbnf(parameters, "tools", engine)

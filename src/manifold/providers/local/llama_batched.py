@@ -19,7 +19,7 @@ from manifold.errors import InvalidRequestError, UnsupportedError
 from manifold.providers.local.batched_provider import Ask, BatchingModelProvider, sampling_option
 from manifold.providers.local.batching import Detokenizer, Engine
 from manifold.providers.local.crash_check import refuse_if_it_crashes
-from manifold.providers.local.gbnf import choices_grammar, schema_gbnf
+from manifold.providers.local.gbnf import check_tools, choices_grammar, schema_gbnf
 from manifold.providers.local.llama_batch import LlamaBatchPipeline, Sampling
 
 DEFAULT_MAX_BATCH = 8
@@ -85,6 +85,8 @@ class LlamaBatchedModelProvider(BatchingModelProvider):
             raise InvalidRequestError(
                 "Invalid 'top_logprobs': it needs 'logprobs' set to true.", param="top_logprobs", code="invalid_value"
             )
+        if body.get("tool_choice") != "none":
+            check_tools(body.get("tools"), "llama_cpp_batched")
 
     def chat_prompt(self, model: Model, messages: list[dict[str, Any]], suffix: str = "") -> tuple[Any, int]:
         result = model.formatter(messages=messages)
@@ -156,13 +158,7 @@ def _schema_grammar(schema: dict[str, Any], param: str) -> str:
 
     if schema == {"type": "object"}:
         return str(llama_grammar.JSON_GBNF)
-    try:
-        return schema_gbnf(schema)
-    except Exception as exc:  # noqa: BLE001 (the converter raises what it likes for what it does not know)
-        raise UnsupportedError(
-            f"The local engine llama_cpp_batched cannot constrain its output to this schema: {exc}",
-            param=param,
-        ) from None
+    return schema_gbnf(schema, param, "llama_cpp_batched")  # a schema it cannot follow: a 400 naming `param`
 
 
 def _logit_bias(bias: Any, vocab: int) -> dict[int, float]:

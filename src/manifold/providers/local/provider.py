@@ -17,7 +17,7 @@ from manifold.config import LocalDeployment
 from manifold.errors import BadGatewayError, ManifoldError, UnsupportedError
 from manifold.providers.base import Call, Capability, ChunkStream
 from manifold.providers.local import completions as local_completions
-from manifold.providers.local import generation
+from manifold.providers.local import gbnf, generation
 from manifold.providers.local.crash_check import refuse_if_it_crashes
 from manifold.providers.local.model_thread import ModelThreadProvider, packaged_file
 
@@ -80,8 +80,6 @@ class LocalModelProvider(ModelThreadProvider[Any]):
     def load(self, path: Path) -> Any:
         from llama_cpp import Llama
 
-        from manifold.providers.local import gbnf
-
         gbnf.install()  # a tool's parameters go through llama-cpp-python's converter (chatml_function_calling)
         return Llama(
             model_path=str(path),
@@ -119,6 +117,7 @@ class LocalModelProvider(ModelThreadProvider[Any]):
                     )
                 choice = {"type": "function", "function": {"name": tools[0]["function"]["name"]}}
             if choice != "none":
+                gbnf.check_tools(tools)
                 kw["tools"] = tools
                 kw["tool_choice"] = choice or "auto"
         kw["messages"] = _flatten_messages(body["messages"])
@@ -135,6 +134,8 @@ class LocalModelProvider(ModelThreadProvider[Any]):
             kw["response_format"] = {"type": "json_object"}
         elif isinstance(fmt, dict) and fmt.get("type") == "json_schema":
             schema = (fmt.get("json_schema") or {}).get("schema")
+            if schema:
+                gbnf.schema_gbnf(schema)  # one it cannot follow: a 400 now, not the converter's error on the thread
             kw["response_format"] = {"type": "json_object", "schema": schema} if schema else {"type": "json_object"}
         if "logit_bias" in kw:
             kw["logit_bias"] = {int(k): float(v) for k, v in kw["logit_bias"].items()}
