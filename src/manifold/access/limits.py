@@ -119,10 +119,10 @@ class Verdict(msgspec.Struct):
     second: int = 0  # the admission's bucket
     req_limit: int | None = None
     req_remaining: int = 0
-    req_reset_s: float = 0.0
+    req_reset_ms: int = 0
     tok_limit: int | None = None
     tok_remaining: int = 0
-    tok_reset_s: float = 0.0
+    tok_reset_ms: int = 0
 
 
 class Counters(Protocol):
@@ -142,16 +142,25 @@ class Counters(Protocol):
 
 
 def format_reset(seconds: float) -> str:
-    """OpenAI's reset format: `1s`, `1.5s`, `6m0s`, `1h2m3s`, `120ms`."""
-    if seconds <= 0:
+    """OpenAI's reset format: `1s`, `1.5s`, `6m0s`, `1h2m3s`, `120ms` (a wait under a millisecond: `1ms`)."""
+    return format_reset_ms(max(1, round(seconds * 1000)) if seconds > 0 else 0)
+
+
+# The fraction of a second as `format_reset` writes it, by milliseconds: 0 → "", 500 → ".5", 481 → ".481".
+_FRACTIONS: Final = tuple("." + f"{ms:03d}".rstrip("0") if ms else "" for ms in range(1000))
+
+
+def format_reset_ms(ms: int) -> str:
+    """`format_reset` of whole milliseconds (what the counters answer): integer arithmetic and a table, where
+    formatting a float to three places and stripping it cost twice as much on every answer's reset headers."""
+    if ms <= 0:
         return "0s"
-    if seconds < 1:
-        return f"{max(1, round(seconds * 1000))}ms"
-    if seconds < 60:
-        text = f"{seconds:.3f}".rstrip("0").rstrip(".")
-        return f"{text}s"
-    whole = round(seconds)
-    h, rest = divmod(whole, 3600)
+    if ms < 1000:
+        return f"{ms}ms"
+    if ms < 60_000:
+        whole, frac = divmod(ms, 1000)
+        return f"{whole}{_FRACTIONS[frac]}s"
+    h, rest = divmod((ms + 500) // 1000, 3600)
     m, s = divmod(rest, 60)
     return f"{h}h{m}m{s}s" if h else f"{m}m{s}s"
 
@@ -181,8 +190,9 @@ class _Window:
                 return max(0.0, second + WINDOW_S - now)
         return 0.0
 
-    def empty_in(self, now: float) -> float:
-        return max(0.0, max(self.buckets) + WINDOW_S - now) if self.buckets else 0.0
+    def empty_in_ms(self, now: float) -> int:
+        """Milliseconds until the window is empty (its newest bucket has left)."""
+        return max(0, round((max(self.buckets) + WINDOW_S - now) * 1000)) if self.buckets else 0
 
 
 class MemoryCounters:
@@ -254,13 +264,13 @@ class MemoryCounters:
                 window.buckets[second] = window.buckets.get(second, 0) + 1
                 remaining = scope.rpm - r - 1
                 if v.req_limit is None or remaining < v.req_remaining:
-                    v.req_limit, v.req_remaining, v.req_reset_s = scope.rpm, remaining, window.empty_in(now)
+                    v.req_limit, v.req_remaining, v.req_reset_ms = scope.rpm, remaining, window.empty_in_ms(now)
             if scope.tpm is not None:
                 window = self._tokens.setdefault(scope.id, _Window())
                 window.buckets[second] = window.buckets.get(second, 0) + tokens
                 remaining = max(0, scope.tpm - t - tokens)
                 if v.tok_limit is None or remaining < v.tok_remaining:
-                    v.tok_limit, v.tok_remaining, v.tok_reset_s = scope.tpm, remaining, window.empty_in(now)
+                    v.tok_limit, v.tok_remaining, v.tok_reset_ms = scope.tpm, remaining, window.empty_in_ms(now)
         return v
 
     def _spent(self, budget_id: str, now: float) -> int:
@@ -547,14 +557,20 @@ def _add_model(out: list[Scope], name: str, sid: str, lim: Any) -> None:
 
 def _headers(v: Verdict) -> dict[str, str]:
     h: dict[str, str] = {}
+    reset = None
     if v.req_limit is not None:
+        reset = format_reset_ms(v.req_reset_ms)
         h["x-ratelimit-limit-requests"] = str(v.req_limit)
-        h["x-ratelimit-remaining-requests"] = str(max(0, v.req_remaining))
-        h["x-ratelimit-reset-requests"] = format_reset(v.req_reset_s)
+        left = v.req_remaining
+        h["x-ratelimit-remaining-requests"] = str(left) if left > 0 else "0"
+        h["x-ratelimit-reset-requests"] = reset
     if v.tok_limit is not None:
         h["x-ratelimit-limit-tokens"] = str(v.tok_limit)
-        h["x-ratelimit-remaining-tokens"] = str(max(0, v.tok_remaining))
-        h["x-ratelimit-reset-tokens"] = format_reset(v.tok_reset_s)
+        left = v.tok_remaining
+        h["x-ratelimit-remaining-tokens"] = str(left) if left > 0 else "0"
+        # Both windows are a minute long and counted at the same instant: the two resets are mostly one.
+        same = reset is not None and v.tok_reset_ms == v.req_reset_ms
+        h["x-ratelimit-reset-tokens"] = reset if same else format_reset_ms(v.tok_reset_ms)  # type: ignore[assignment]
     return h
 
 

@@ -37,10 +37,10 @@ def micros(dollars: float | str | Decimal) -> int:
 
 def dollars(micro: int) -> str:
     """Micro-dollars as a decimal text of dollars (`1234` → `0.001234`): what `x-manifold-cost` carries."""
-    sign = "-" if micro < 0 else ""
-    whole, frac = divmod(abs(micro), 1_000_000)
-    text = f"{frac:06d}".rstrip("0")
-    return f"{sign}{whole}.{text}" if text else f"{sign}{whole}"
+    if micro < 0:
+        return "-" + dollars(-micro)
+    whole, frac = divmod(micro, 1_000_000)
+    return f"{whole}.{frac:06d}".rstrip("0") if frac else str(whole)
 
 
 class Prices:

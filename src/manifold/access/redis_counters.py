@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -24,7 +23,7 @@ from typing import Any, Final, NamedTuple
 import hiredis
 
 from manifold.access.limits import IN_FLIGHT_TTL_S, Budget, Scope, Verdict
-from manifold.access.resp import RespConnection, RespError, array_header, bulk
+from manifold.access.resp import Detached, RespConnection, RespError, array_header, bulk
 
 __all__ = ["RedisCounters"]
 
@@ -195,6 +194,23 @@ def release_frame(f: _Frames, second: int, token_delta: int, request_id: str, co
     )
 
 
+_PING: Final = b"*1\r\n$4\r\nPING\r\n"
+
+
+class _Release(Detached):
+    """A release written and not waited for: a failure goes to `RedisCounters._release_failed`."""
+
+    __slots__ = ("counters", "frame", "request_id")
+
+    def __init__(self, counters: RedisCounters, frame: bytes, request_id: str) -> None:
+        self.counters = counters
+        self.frame = frame
+        self.request_id = request_id
+
+    def failed(self, exc: BaseException) -> None:
+        self.counters._release_failed(self.frame, self.request_id, exc)
+
+
 class RedisCounters:
     def __init__(self, url: str, timeout_s: float, prefix: str) -> None:
         self.connection = RespConnection(url, timeout_s)
@@ -266,8 +282,19 @@ class RedisCounters:
             await self.connection.call("SCRIPT", "LOAD", script)
 
     async def admit(self, scopes: list[Scope], tokens: int, budgets: list[Budget], request_id: str) -> Verdict:
-        f = self._frames(scopes, budgets)
-        out = await self._script(_ADMIT_SHA, admit_frame(f, tokens, request_id))
+        frame = admit_frame(self._frames(scopes, budgets), tokens, request_id)
+        protocol = self.connection.ready()
+        if protocol is None:  # not connected yet (or Redis was down): connect first
+            out = await self._script(_ADMIT_SHA, frame)
+        else:  # the reply awaited here, not through two more coroutines (each resumed when it comes)
+            self.round_trips += 1
+            try:
+                out = await protocol.send_frame(frame)
+            except RespError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+                await self._load_scripts()  # first use on this Redis, or it restarted
+                out = await self.connection.call_frame(frame)
         # The script's numbers come back as Redis integers (hiredis: ints), its status as a bulk string.
         status = out[0]
         if status != b"ok":
@@ -278,10 +305,10 @@ class RedisCounters:
             second=out[5],
             req_limit=requests if requests >= 0 else None,
             req_remaining=out[7],
-            req_reset_s=out[8] / 1000,
+            req_reset_ms=out[8],
             tok_limit=tokens_limit if tokens_limit >= 0 else None,
             tok_remaining=max(0, out[10]),
-            tok_reset_s=out[11] / 1000,
+            tok_reset_ms=out[11],
         )
 
     @staticmethod
@@ -310,14 +337,10 @@ class RedisCounters:
         if protocol is None:  # not connected (Redis was down): connect and wait, as an admission does
             return self._script(_RELEASE_SHA, frame)
         self.round_trips += 1
-        future = protocol.send_frame(frame, at_once=True)
-        future.add_done_callback(functools.partial(self._released, frame, request_id))
+        protocol.send_detached(frame, _Release(self, frame, request_id))
         return None
 
-    def _released(self, frame: bytes, request_id: str, future: asyncio.Future[Any]) -> None:
-        exc = future.exception() if not future.cancelled() else asyncio.CancelledError()
-        if exc is None:
-            return
+    def _release_failed(self, frame: bytes, request_id: str, exc: BaseException) -> None:
         if isinstance(exc, RespError) and str(exc).startswith("NOSCRIPT"):  # Redis restarted since the admission
             task = asyncio.get_running_loop().create_task(self._retry_release(frame, request_id))
             self._retries.add(task)
@@ -337,8 +360,9 @@ class RedisCounters:
         graceful shutdown every request's release reaches Redis."""
         protocol = self.connection.ready()
         if protocol is not None and protocol.waiting:
+            # Replies come in order: once this PING's has come, so have those of the releases written before it.
             with contextlib.suppress(*self.failures, asyncio.CancelledError):
-                await asyncio.wait([protocol.waiting[-1]], timeout=self.connection.timeout)
+                await asyncio.wait([protocol.send_frame(_PING, at_once=True)], timeout=self.connection.timeout)
         for task in list(self._retries):
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(task, self.connection.timeout)

@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 
-__all__ = ["RespConnection", "RespError"]
+__all__ = ["Detached", "RespConnection", "RespError"]
 
 
 class RespError(Exception):
@@ -45,6 +45,24 @@ def array_header(count: int) -> bytes:
     return b"*%d\r\n" % count
 
 
+class Detached:
+    """A command whose reply nobody awaits (`_Protocol.send_detached`): told only of a failure, by `failed`, from
+    the connection's own callbacks. Where a future per command cost its creation, a done-callback and a turn of
+    the event loop to run that callback when the reply came."""
+
+    __slots__ = ()
+
+    def failed(self, exc: BaseException) -> None:
+        raise NotImplementedError
+
+    # What `_Protocol._fail` asks of whatever waits.
+    def done(self) -> bool:
+        return False
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.failed(exc)
+
+
 class _Protocol(asyncio.Protocol):
     """Replies come back in order, so the oldest command waiting is the one late first: one timer per
     connection (armed for the oldest command's deadline) bounds every wait, where a timeout around each call
@@ -53,7 +71,7 @@ class _Protocol(asyncio.Protocol):
 
     def __init__(self, timeout_s: float) -> None:
         self.reader = hiredis.Reader()
-        self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.waiting: deque[asyncio.Future[Any] | Detached] = deque()
         self.deadlines: deque[float] = deque()  # loop time by which each waiting command must be answered
         self.timeout_s = timeout_s
         self.watchdog: asyncio.TimerHandle | None = None
@@ -62,6 +80,7 @@ class _Protocol(asyncio.Protocol):
         self.lost = False
         # The loop it was made in (`asyncio.get_running_loop()` per command is a getpid system call on 3.11).
         self.loop = asyncio.get_running_loop()
+        self.future_type = type(self.loop.create_future())  # what `send_frame` waits with (else: `Detached`)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -79,6 +98,10 @@ class _Protocol(asyncio.Protocol):
                 return
             future = waiting.popleft()
             self.deadlines.popleft()
+            if future.__class__ is not self.future_type:  # detached: only an error is told
+                if isinstance(reply, hiredis.ReplyError):
+                    future.failed(RespError(str(reply)))  # type: ignore[union-attr]
+                continue
             if future.done():
                 continue
             if isinstance(reply, hiredis.ReplyError):
@@ -126,6 +149,22 @@ class _Protocol(asyncio.Protocol):
             loop.call_soon(self._flush)
         self.buffer.append(frame)
         return future
+
+    def send_detached(self, frame: bytes, waiter: Detached) -> None:
+        """Write a command now (after those queued before it) whose reply nobody awaits: `waiter.failed` is
+        called with the error if its reply is one, or if the connection is lost or late before it comes (at
+        once when the connection is lost already)."""
+        if self.lost:
+            waiter.failed(ConnectionError("the connection to Redis was lost"))
+            return
+        loop = self.loop
+        deadline = loop.time() + self.timeout_s
+        self.waiting.append(waiter)
+        self.deadlines.append(deadline)
+        if self.watchdog is None:
+            self.watchdog = loop.call_at(deadline, self._check)
+        self.buffer.append(frame)
+        self._flush()
 
     def _check(self) -> None:
         self.watchdog = None

@@ -30,6 +30,10 @@ def body_send(request: Request) -> Send:
     return send
 
 
+_HEADER_NAMES: dict[str, bytes] = {}  # a response header's name → its lowercase bytes
+_HEADER_NAMES_KEPT = 1024
+
+
 class Request:
     """The parts of an ASGI request the endpoints use. `request_id` is the client's `x-request-id` when it is
     safe to echo, else a new one (`manifold.server.middleware.request_id`)."""
@@ -98,9 +102,15 @@ class Request:
         return headers
 
     def add_response_header(self, name: str, value: str) -> None:
-        if self.response_headers is None:
-            self.response_headers = []
-        self.response_headers.append((name.lower().encode(), value.encode("latin-1")))
+        encoded = _HEADER_NAMES.get(name)
+        if encoded is None:  # names come from code, a few dozen: each lowered and encoded once, not per answer
+            encoded = name.lower().encode()
+            if len(_HEADER_NAMES) < _HEADER_NAMES_KEPT:
+                _HEADER_NAMES[name] = encoded
+        headers = self.response_headers
+        if headers is None:
+            headers = self.response_headers = []
+        headers.append((encoded, value.encode("latin-1")))
 
     async def send_json(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
         h = self.base_headers()
