@@ -20,7 +20,9 @@ Redis (`BENCH_REDIS_URL`, default redis://127.0.0.1:6379/0; its keys are deleted
 deployment; the Redis scripts each request ran, from INFO commandstats, are printed), `ledger` (`off` plus the
 usage ledger: a row per request, written in batches to a SQLite file in the work directory) and `all` (`on`
 plus `access` plus `ledger`: everything a production gateway runs). All are started first and loaded in turn,
-`--rounds` times; the summary compares medians.
+`--rounds` times; the summary compares medians. `--base-src DIR` runs every setting a second time on the
+Manifold package under DIR (another checkout's `src/`), side by side, and prints the change per paired round:
+a change measured against its base in one run.
 
 The comparable figure is Manifold's CPU milliseconds per request: req/s and latency depend on the machine
 and on the three processes sharing its cores. See bench/README.md.
@@ -58,6 +60,7 @@ TARGETS = ("direct", "manifold")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 LITELLM_MS_PER_REQ = "~14-16"
 TARGET_MS_PER_REQ = 0.25
+BASE_SUFFIX = " [base]"  # a target run from `--base-src`
 OBSERVE = ("off", "on", "metrics", "log", "trace", "access", "ledger", "all")
 # `--observe access`: `off` plus a static key with rpm, tpm, in-flight and budget limits counted in Redis (issue 12).
 ACCESS_KEY = "sk-bench-access-0123456789"
@@ -461,7 +464,7 @@ def run_load(
     ]
     if run.mode == "stream":
         argv.append("--stream")
-    access = run.target in ("manifold (access)", "manifold (all)")
+    access = run.target.removesuffix(BASE_SUFFIX) in ("manifold (access)", "manifold (all)")
     if access:
         argv += ["--api-key", ACCESS_KEY]
     name = f"loadgen-{run.mode}-{run.target}"
@@ -640,6 +643,16 @@ def report(meta: dict[str, Any], runs: list[Run]) -> str:
                     else ""
                 )
                 out.append(f"- {mode}: {what} costs {on - off:+.3f} ms of CPU per request{bound}{paired}")
+        for target in [t for t in samples if not t.endswith(BASE_SUFFIX)]:
+            base = samples.get(target + BASE_SUFFIX)
+            if base is None:
+                continue
+            # Paired as above: each round loads the two trees' servers one after the other.
+            change = [n - b for b, n in zip(base, samples[target], strict=False)]
+            out.append(
+                f"- {mode}: {target} against the base tree (--base-src): {statistics.median(change):+.3f} ms of CPU "
+                f"per request, median of {len(change)} paired round(s), from {min(change):+.3f} to {max(change):+.3f}"
+            )
     out += [
         "",
         "Notes: CPU per request is the comparable figure: it is the CPU time (user + system, all threads) "
@@ -674,31 +687,10 @@ def run_all(
     started: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
     sinks: list[OtlpSink] = []
     try:
+        trees: list[Path | None] = [None] if args.base_src is None else [None, args.base_src]
         for variant in args.observe or [None]:
-            target = "manifold" if variant is None else f"manifold ({variant})"
-            env: dict[str, str] | None = None
-            if variant == "trace":
-                sink = OtlpSink()
-                sinks.append(sink)
-                env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{HOST}:{sink.port}", "OTEL_TRACES_SAMPLER": "always_on"}
-            try:
-                manifold, port, startup = start_manifold(
-                    children, args, write_config(children.workdir, upstream_port, variant, args.auth), env, variant
-                )
-                if args.auth == "master":
-                    args.client_keys[port] = BENCH_MASTER_KEY
-                elif args.auth == "virtual":
-                    args.client_keys[port] = create_virtual_key(port)
-            except BenchError as exc:
-                print(f"!! {target}: {exc}", file=sys.stderr)
-                for mode in args.modes:
-                    runs.append(Run(mode, target, failed="Manifold did not start (see above)"))
-                status = 1
-                continue
-            started[target] = (manifold, port)
-            if meta["manifold_startup_s"] is None:
-                meta["manifold_startup_s"] = startup
-                meta["manifold_rss_mb_idle"] = rss_mb(manifold.pid)
+            for tree in trees:
+                status |= _start_target(children, args, meta, runs, started, sinks, upstream_port, variant, tree)
         for _ in range(args.rounds):
             for mode in args.modes:
                 for target, (manifold, port) in started.items():
@@ -713,6 +705,51 @@ def run_all(
         if {"access", "all"} & set(args.observe or []):
             forget_redis_keys()
     return status
+
+
+def _start_target(
+    children: Children,
+    args: argparse.Namespace,
+    meta: dict[str, Any],
+    runs: list[Run],
+    started: dict[str, tuple[subprocess.Popen[bytes], int]],
+    sinks: list[OtlpSink],
+    upstream_port: int,
+    variant: str | None,
+    tree: Path | None,
+) -> int:
+    """Start one Manifold for an observability setting (`tree`: of the source tree given by `--base-src`, with
+    a work directory of its own); 0 when it started."""
+    target = "manifold" if variant is None else f"manifold ({variant})"
+    env: dict[str, str] = {}
+    workdir = children.workdir
+    if tree is not None:
+        target += BASE_SUFFIX
+        env["PYTHONPATH"] = str(tree)
+        workdir = children.workdir / "base"
+        workdir.mkdir(exist_ok=True)
+    if variant == "trace":
+        sink = OtlpSink()
+        sinks.append(sink)
+        env |= {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{HOST}:{sink.port}", "OTEL_TRACES_SAMPLER": "always_on"}
+    name = variant if tree is None else f"{variant or 'default'}-base"
+    try:
+        config = write_config(workdir, upstream_port, variant, args.auth)
+        manifold, port, startup = start_manifold(children, args, config, env or None, name)
+        if args.auth == "master":
+            args.client_keys[port] = BENCH_MASTER_KEY
+        elif args.auth == "virtual":
+            args.client_keys[port] = create_virtual_key(port)
+    except BenchError as exc:
+        print(f"!! {target}: {exc}", file=sys.stderr)
+        for mode in args.modes:
+            runs.append(Run(mode, target, failed="Manifold did not start (see above)"))
+        return 1
+    started[target] = (manifold, port)
+    if meta["manifold_startup_s"] is None:
+        meta["manifold_startup_s"] = startup
+        meta["manifold_rss_mb_idle"] = rss_mb(manifold.pid)
+    return 0
 
 
 def _measure(
@@ -773,6 +810,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--pin",
         action="store_true",
         help="Linux: Manifold on the last CPU alone, the upstream and the load generator on the others",
+    )
+    p.add_argument(
+        "--base-src",
+        type=Path,
+        metavar="DIR",
+        help="also run each setting on the Manifold whose package is under DIR (a checkout's src/: e.g. `git "
+        "archive HEAD src | tar -x -C /tmp/base`, then /tmp/base/src), side by side, and print the change per "
+        "paired round",
     )
     p.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
     p.add_argument("--timeout", type=float, default=300.0, help="global time limit in seconds (default 300)")
