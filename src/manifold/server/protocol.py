@@ -190,7 +190,8 @@ class _CheckedNames(dict[bytes, Any]):
     """uvicorn's check of a response header's name (`HEADER_RE.search(name)`: a match means invalid), remembered
     by name. An answer's names are a few dozen constants, checked by a regular expression twice per answer each
     (~0.3 us a name, 13 names on an answer with access control on); a name checked before is now a dict lookup
-    in C. Unknown names still go through the expression; the memory is bounded (emptied when full)."""
+    in C. Unknown names still go through the expression; the memory is bounded (emptied when full). Names must be
+    `bytes`, as ASGI says (a `bytearray`, which uvicorn's expression took, is unhashable: a TypeError)."""
 
     __slots__ = ("pattern", "search")
     KEPT: ClassVar[int] = 4096
