@@ -224,3 +224,50 @@ def test_the_key_a_request_carries_follows_the_documented_order(headers: list[tu
             other = last(b"x-api-key")
         expected = None if other is None else other.strip().decode("latin-1")
     assert secret_of(headers) == expected
+
+
+async def test_a_detached_command_is_told_only_of_its_failure() -> None:
+    """`send_detached` (a release): written at once; an ordinary reply tells nobody and leaves the awaited
+    commands' replies matched in order; an error reply, a lost connection, or a connection lost already each
+    reach its `failed` exactly once."""
+    from manifold.access.resp import Detached, RespError, _Protocol
+
+    class Wire:
+        def __init__(self) -> None:
+            self.written: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            self.written.append(data)
+
+        def abort(self) -> None:
+            pass
+
+    class Told(Detached):
+        __slots__ = ("failures",)
+
+        def __init__(self) -> None:
+            self.failures: list[BaseException] = []
+
+        def failed(self, exc: BaseException) -> None:
+            self.failures.append(exc)
+
+    wire = Wire()
+    protocol = _Protocol(5.0)
+    protocol.connection_made(wire)  # type: ignore[arg-type]
+    ok, bad, lost = Told(), Told(), Told()
+    protocol.send_detached(b"*1\r\n$4\r\nPING\r\n", ok)
+    assert wire.written == [b"*1\r\n$4\r\nPING\r\n"]  # at once: before anything the caller writes next
+    awaited = protocol.send_frame(b"*1\r\n$4\r\nPING\r\n", at_once=True)
+    protocol.send_detached(b"*1\r\n$4\r\nNOPE\r\n", bad)
+    protocol.send_detached(b"*1\r\n$4\r\nPING\r\n", lost)
+    protocol.data_received(b"+PONG\r\n:7\r\n-NOSCRIPT no such script\r\n")
+    assert ok.failures == [] and awaited.result() == 7
+    assert len(bad.failures) == 1 and isinstance(bad.failures[0], RespError)
+    assert str(bad.failures[0]).startswith("NOSCRIPT")
+    assert lost.failures == []
+    protocol.connection_lost(None)
+    assert len(lost.failures) == 1 and isinstance(lost.failures[0], ConnectionError)
+    late = Told()
+    protocol.send_detached(b"*1\r\n$4\r\nPING\r\n", late)
+    assert len(late.failures) == 1 and isinstance(late.failures[0], ConnectionError)
+    assert ok.failures == [] and len(bad.failures) == 1  # each told once

@@ -569,8 +569,9 @@ def _headers(v: Verdict) -> dict[str, str]:
         left = v.tok_remaining
         h["x-ratelimit-remaining-tokens"] = str(left) if left > 0 else "0"
         # Both windows are a minute long and counted at the same instant: the two resets are mostly one.
-        same = reset is not None and v.tok_reset_ms == v.req_reset_ms
-        h["x-ratelimit-reset-tokens"] = reset if same else format_reset_ms(v.tok_reset_ms)  # type: ignore[assignment]
+        if reset is None or v.tok_reset_ms != v.req_reset_ms:
+            reset = format_reset_ms(v.tok_reset_ms)
+        h["x-ratelimit-reset-tokens"] = reset
     return h
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ssl
+from abc import ABC, abstractmethod
 from collections import deque
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -45,15 +46,16 @@ def array_header(count: int) -> bytes:
     return b"*%d\r\n" % count
 
 
-class Detached:
+class Detached(ABC):
     """A command whose reply nobody awaits (`_Protocol.send_detached`): told only of a failure, by `failed`, from
     the connection's own callbacks. Where a future per command cost its creation, a done-callback and a turn of
-    the event loop to run that callback when the reply came."""
+    the event loop to run that callback when the reply came. A subclass says what a failure does."""
 
     __slots__ = ()
 
+    @abstractmethod
     def failed(self, exc: BaseException) -> None:
-        raise NotImplementedError
+        """The command's reply was an error, or the connection was lost or late before it came."""
 
     # What `_Protocol._fail` asks of whatever waits.
     def done(self) -> bool:
@@ -131,23 +133,18 @@ class _Protocol(asyncio.Protocol):
     def send_frame(self, frame: bytes, at_once: bool = False) -> asyncio.Future[Any]:
         """Queue a command (written with the others of this turn of the event loop), or with `at_once` write
         it now, after those queued before it: it is in Redis's socket before the caller writes anything else."""
-        loop = self.loop
-        future: asyncio.Future[Any] = loop.create_future()
+        future: asyncio.Future[Any] = self.loop.create_future()
         if self.lost:
             future.set_exception(ConnectionError("the connection to Redis was lost"))
             return future
-        deadline = loop.time() + self.timeout_s
-        self.waiting.append(future)
-        self.deadlines.append(deadline)
-        if self.watchdog is None:
-            self.watchdog = loop.call_at(deadline, self._check)
+        self._wait_for(future)
         if at_once:
             self.buffer.append(frame)
             self._flush()
-            return future
-        if not self.buffer:
-            loop.call_soon(self._flush)
-        self.buffer.append(frame)
+        else:
+            if not self.buffer:
+                self.loop.call_soon(self._flush)
+            self.buffer.append(frame)
         return future
 
     def send_detached(self, frame: bytes, waiter: Detached) -> None:
@@ -157,14 +154,18 @@ class _Protocol(asyncio.Protocol):
         if self.lost:
             waiter.failed(ConnectionError("the connection to Redis was lost"))
             return
+        self._wait_for(waiter)
+        self.buffer.append(frame)
+        self._flush()
+
+    def _wait_for(self, waiter: asyncio.Future[Any] | Detached) -> None:
+        """`waiter` is next in line for a reply, due within `timeout_s` (the watchdog armed if it is not)."""
         loop = self.loop
         deadline = loop.time() + self.timeout_s
         self.waiting.append(waiter)
         self.deadlines.append(deadline)
         if self.watchdog is None:
             self.watchdog = loop.call_at(deadline, self._check)
-        self.buffer.append(frame)
-        self._flush()
 
     def _check(self) -> None:
         self.watchdog = None
