@@ -1,11 +1,18 @@
 """The embedded model under concurrent users: the serialized llama.cpp engine beside the batching engines (openvino,
 llama_cpp_batched), through a real `manifold serve` (issue 15). Prints, per engine, aggregate output tokens/s and
-time to first token (mean, p95) for 1, 8 and 16 concurrent streams, and the ratios to a lone request; then 8
-streams sharing a ~200-token system prompt with and without prefix caching; then, per batching engine, greedy
-agreement of 8 batched streams with their solo runs and the server's peak memory with 64 requests queued.
+time to first token (mean, p95) for 1, 8 and 16 concurrent streams, and the ratios to a lone request (the
+medians of three lone streams); then 8 streams sharing a ~200-token system prompt with and without prefix
+caching; then, per batching engine, greedy agreement of 8 batched streams with their solo runs and the server's
+peak memory with 64 requests queued.
 
     .venv/bin/python bench/local.py [--threads 2] [--tokens 128] [--only llama_cpp,openvino,llama_cpp_batched]
-        [--lone-rounds 6]
+        [--lone-rounds 6] [--sustained 4] [--skip-main]
+
+With `--sustained R`, also a sustained load per engine: each of 1, 8 and 16 users sends R streams one after
+another (a closed loop, as `genai-perf --concurrency` or vLLM's `--max-concurrency` keep N requests in flight),
+and the time to first token of the streams after each user's first (which arrive while the others generate) is
+reported beside that of the first round (all users at once, the burst the main table measures). `--skip-main`
+leaves out everything but the lone rounds and the sustained load.
 
 With `--lone-rounds N`, first N rounds of one lone stream per engine, the engines alternating, each with its
 tokens/s, TTFT and the server's CPU time per generated token (utime + stime of the server process, which serves
@@ -119,6 +126,55 @@ async def concurrent(
     return {"tps": total / wall, "ttft_mean": statistics.mean(ttfts), "ttft_p95": p95(ttfts), "tokens": total}
 
 
+async def sustained(client: httpx.AsyncClient, model: str, users: int, tokens: int, rounds: int) -> dict[str, float]:
+    """Each of `users` sends `rounds` streams one after another. TTFT of the first round (all at once) and of the
+    later ones (each arriving while the other users' streams generate), and aggregate tokens/s over the run."""
+    run = next(_RUNS)
+    first: list[float] = []
+    later: list[float] = []
+    total = 0
+
+    async def user(i: int) -> None:
+        nonlocal total
+        for r in range(rounds):
+            question = f"{QUESTIONS[(i + r) % len(QUESTIONS)]} (#{run}.{i}.{r})"
+            ttft, used = await stream(client, model, [{"role": "user", "content": question}], tokens)
+            (first if r == 0 else later).append(ttft)
+            total += used
+
+    started = time.perf_counter()
+    await asyncio.gather(*(user(i) for i in range(users)))
+    wall = time.perf_counter() - started
+    return {
+        "tps": total / wall,
+        "first_p95": p95(first),
+        "later_mean": statistics.mean(later),
+        "later_p95": p95(later),
+        "later_n": len(later),
+    }
+
+
+async def sustained_table(client: httpx.AsyncClient, models: list[str], tokens: int, rounds: int) -> None:
+    print(f"\n## Sustained load: each user sends {rounds} {tokens}-token streams one after another\n")
+    print(
+        "| engine | users | tokens/s | x lone | TTFT p95, first round (s) | TTFT mean, later (s) "
+        "| TTFT p95, later (s) | later streams | p95 later / lone later mean |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for model in models:
+        lone: dict[str, float] = {}
+        for users in (1, 8, 16):
+            r = await sustained(client, model, users, tokens, rounds)
+            if users == 1:
+                lone = r
+            print(
+                f"| {model} | {users} | {r['tps']:.1f} | {r['tps'] / lone['tps']:.2f} | {r['first_p95']:.2f} "
+                f"| {r['later_mean']:.2f} | {r['later_p95']:.2f} | {r['later_n']:.0f} "
+                f"| {r['later_p95'] / lone['later_mean']:.1f} |",
+                flush=True,
+            )
+
+
 async def greedy(client: httpx.AsyncClient, model: str, question: str) -> str:
     body = {"model": model, "messages": [{"role": "user", "content": question}], "max_tokens": 64, "temperature": 0}
     response = await client.post("/v1/chat/completions", json=body)
@@ -157,18 +213,27 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-async def measure(base: str, pid: int, models: list[str], tokens: int, rounds: int) -> None:
+async def measure(
+    base: str, pid: int, models: list[str], tokens: int, rounds: int, sustain: int, skip_main: bool
+) -> None:
     async with httpx.AsyncClient(base_url=base, timeout=900) as client:
         for model in models:
             await stream(client, model, [{"role": "user", "content": "Hi"}], 8)  # warm up
         if rounds:
             await lone_rounds(client, pid, models, tokens, rounds)
+        if sustain:
+            await sustained_table(client, models, tokens, sustain)
+        if skip_main:
+            return
         print(f"\n## {tokens}-token streams, aggregate output tokens/s and TTFT (s)\n")
         print("| engine | users | tokens/s | x lone | TTFT mean | TTFT p95 | p95 / lone TTFT |")
         print("|---|---:|---:|---:|---:|---:|---:|")
         got: dict[tuple[str, int], dict[str, float]] = {}
         for model in models:
-            lone = await concurrent(client, model, 1, tokens)
+            # A lone request's figures are the medians of three: the ratios below divide by them, and one lone
+            # stream's first token swings by 2x on a shared machine.
+            lones = [await concurrent(client, model, 1, tokens) for _ in range(3)]
+            lone = {k: statistics.median(r[k] for r in lones) for k in lones[0]}
             for users in (1, 8, 16):
                 r = lone if users == 1 else await concurrent(client, model, users, tokens)
                 got[model, users] = r
@@ -230,6 +295,8 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--only", default="llama_cpp,openvino,llama_cpp_batched")
     parser.add_argument("--lone-rounds", type=int, default=0, help="alternating lone streams first (0: none)")
+    parser.add_argument("--sustained", type=int, default=0, help="streams per user in a sustained load (0: none)")
+    parser.add_argument("--skip-main", action="store_true", help="only the lone rounds and the sustained load")
     args = parser.parse_args()
     models = args.only.split(",")
     local = {"provider": "local", "threads": args.threads}
@@ -266,7 +333,8 @@ def main() -> int:
                     pass
                 time.sleep(0.1)
             print(f"threads {args.threads}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-            asyncio.run(measure(base, server.pid, models, args.tokens, args.lone_rounds))
+            run = measure(base, server.pid, models, args.tokens, args.lone_rounds, args.sustained, args.skip_main)
+            asyncio.run(run)
         finally:
             server.terminate()
             server.wait(30)
