@@ -298,6 +298,8 @@ def main() -> int:
     parser.add_argument("--sustained", type=int, default=0, help="streams per user in a sustained load (0: none)")
     parser.add_argument("--skip-main", action="store_true", help="only the lone rounds and the sustained load")
     args = parser.parse_args()
+    if args.sustained == 1 or args.sustained < 0:
+        parser.error("--sustained: 0 (none) or at least 2 (the later streams are the figure)")
     models = args.only.split(",")
     local = {"provider": "local", "threads": args.threads}
     # queue_timeout: 64 requests at once wait longer than the default 30 s for a place in the batch on a small machine
