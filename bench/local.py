@@ -2,8 +2,9 @@
 llama_cpp_batched), through a real `manifold serve` (issue 15). Prints, per engine, aggregate output tokens/s and
 time to first token (mean, p95) for 1, 8 and 16 concurrent streams, and the ratios to a lone request (the
 medians of three lone streams); then 8 streams sharing a ~200-token system prompt with and without prefix
-caching; then, per batching engine, greedy agreement of 8 batched streams with their solo runs and the server's
-peak memory with 64 requests queued.
+caching; then the latency of `GET /health` while each engine generates 8 streams (what the engine leaves of
+the event loop to the gateway's other requests); then, per batching engine, greedy agreement of 8 batched streams
+with their solo runs and the server's peak memory with 64 requests queued.
 
     .venv/bin/python bench/local.py [--threads 2] [--tokens 128] [--only llama_cpp,openvino,llama_cpp_batched]
         [--lone-rounds 6] [--sustained 4] [--skip-main]
@@ -206,6 +207,36 @@ async def lone_rounds(client: httpx.AsyncClient, pid: int, models: list[str], to
     print("\nmedian tokens/s: " + ", ".join(f"{m} {statistics.median(v):.1f}" for m, v in got.items()))
 
 
+async def beside(client: httpx.AsyncClient, model: str, tokens: int) -> dict[str, float]:
+    """Latency (ms) of `GET /health`, one after another, while 8 streams of `model` generate: how much of the
+    gateway's event loop the engine leaves to everything else the gateway serves."""
+    task = asyncio.ensure_future(concurrent(client, model, 8, tokens))
+    await asyncio.sleep(0.2)  # past the prompts, into decoding
+    took: list[float] = []
+    while not task.done():
+        started = time.perf_counter()
+        (await client.get("/health")).raise_for_status()
+        took.append((time.perf_counter() - started) * 1e3)
+        await asyncio.sleep(0.01)
+    await task
+    return {"p50": statistics.median(took), "p95": p95(took), "max": max(took), "n": len(took)}
+
+
+async def beside_table(client: httpx.AsyncClient, models: list[str], tokens: int) -> None:
+    print("\n## GET /health while 8 streams generate: latency (ms)\n")
+    idle: list[float] = []
+    for _ in range(50):
+        started = time.perf_counter()
+        (await client.get("/health")).raise_for_status()
+        idle.append((time.perf_counter() - started) * 1e3)
+    print(f"idle server: p50 {statistics.median(idle):.1f}, p95 {p95(idle):.1f}, max {max(idle):.1f}\n")
+    print("| engine | p50 | p95 | max | requests |")
+    print("|---|---:|---:|---:|---:|")
+    for model in models:
+        r = await beside(client, model, tokens)
+        print(f"| {model} | {r['p50']:.1f} | {r['p95']:.1f} | {r['max']:.1f} | {r['n']:.0f} |", flush=True)
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -253,6 +284,7 @@ async def measure(
             r = await concurrent(client, model, 8, tokens, SYSTEM)
             got[model, -8] = r
             print(f"| {model} | {r['ttft_mean']:.2f} | {r['ttft_p95']:.2f} | {r['tps']:.1f} |", flush=True)
+        await beside_table(client, models, tokens)
         for ov in batching if "llama_cpp" in models else []:
             lc = "llama_cpp"
             print(f"\n## Targets (issue 15), {ov}\n")

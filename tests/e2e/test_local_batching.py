@@ -539,6 +539,41 @@ def test_a_schema_the_engine_cannot_follow_is_a_400_naming_where_it_came_from(sd
             assert "cannot constrain its output to this schema" in err.value.body["message"]  # type: ignore[index]
 
 
+# What OpenVINO GenAI's XGrammar refuses, it refuses inside a step, which took the whole batch and the engine with it
+# (every later request a 503) and sent the client the library's source paths. Refused first, as a 400 naming where
+# the schema came from; and the engine still answers after them.
+XGRAMMAR_REFUSES: Any = [
+    {"type": "string", "pattern": "^(?=.*[0-9])[a-z0-9]+$"},  # a lookahead, as password rules have
+    {"type": "string", "pattern": "(("},
+    {"type": "string", "pattern": "\\p{L}+"},
+    {"type": "object", "properties": {"a": {"type": "strange"}}},
+    {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}},
+    {"type": "string", "minLength": 5, "maxLength": 1},
+    {"enum": []},
+]
+
+
+@pytest.mark.parametrize("engine", ["openvino"], indirect=True)
+def test_a_schema_xgrammar_refuses_is_a_400_and_the_engine_goes_on(sdk: openai.OpenAI) -> None:
+    messages: Any = [{"role": "user", "content": "hi"}]
+    for bad in XGRAMMAR_REFUSES:
+        tool: Any = {"type": "function", "function": {"name": "f", "parameters": bad}}
+        fmt: Any = {"type": "json_schema", "json_schema": {"name": "x", "schema": bad}}
+        for extra, param in (
+            ({"tools": [tool], "tool_choice": {"type": "function", "function": {"name": "f"}}}, "tools"),
+            ({"response_format": fmt}, "response_format"),
+            ({"response_format": fmt, "stream": True}, "response_format"),
+        ):
+            with pytest.raises(openai.BadRequestError) as err:
+                sdk.chat.completions.create(model="batched", messages=messages, max_tokens=4, **extra)
+            body: Any = err.value.body
+            assert body["param"] == param and "cannot follow the JSON schema" in body["message"], (bad, extra)
+            assert ".cc:" not in body["message"] and ".hpp:" not in body["message"], body  # no source paths
+    city: Any = {"type": "json_schema", "json_schema": {"name": "city", "schema": CITY}}
+    ok = sdk.chat.completions.create(model="batched", messages=messages, max_tokens=250, response_format=city)
+    jsonschema.validate(json.loads(ok.choices[0].message.content or ""), CITY)
+
+
 # Values a schema may fix that its JSON text must escape, or that are outside the Basic Multilingual Plane.
 AWKWARD = ['say "hi"', "back\\slash", "tab\there", "grin 😀", "café", ""]
 

@@ -20,10 +20,16 @@ from typing import Any, ClassVar, NamedTuple
 
 from manifold.api.completions import new_completion_id, split_prompts
 from manifold.config import LocalDeployment
-from manifold.errors import BadGatewayError, InvalidRequestError, ServiceUnavailableError, UnsupportedError
+from manifold.errors import (
+    BadGatewayError,
+    InvalidRequestError,
+    ManifoldError,
+    ServiceUnavailableError,
+    UnsupportedError,
+)
 from manifold.providers.base import Call, Capability, ChunkStream
 from manifold.providers.local import generation
-from manifold.providers.local.batching import BatchSequence, Event, Outbox
+from manifold.providers.local.batching import BatchSequence, Event, Outbox, clean_reason
 from manifold.providers.local.completions import LEGACY_DEFAULT_MAX_TOKENS
 from manifold.providers.local.model_thread import ModelThreadProvider
 from manifold.providers.local.provider import _flatten_messages, embedded_model_path
@@ -259,8 +265,9 @@ class BatchingModelProvider(ModelThreadProvider[Any], abc.ABC):
         max_tokens = min(answer.max_tokens - generated, self._max_tokens(None, count, "messages"))
         schema = tool.get("parameters") or {"type": "object"}
         ask = Ask(CHAT_DEFAULTS, answer.repeat, max_tokens, schema, schema_param="tools")
-        config = self.config(model, answer.body, ask)
-        return str(tool["name"]), BatchSequence(prompt, config, [], max_tokens, 0, Outbox())
+        seq = BatchSequence(prompt, self.config(model, answer.body, ask), [], max_tokens, 0, Outbox())
+        seq.schema_param = "tools"
+        return str(tool["name"]), seq
 
     async def _chat_sequence(self, call: Call) -> _Answer:
         """The request's first sequence, and the function it must call (None: a plain answer)."""
@@ -302,6 +309,7 @@ class BatchingModelProvider(ModelThreadProvider[Any], abc.ABC):
         config = self.config(model, body, ask)
         seq = BatchSequence(prompt, config, _stops(body.get("stop")), max_tokens, 0, Outbox(), logprobs=wants)
         seq.prompt_tokens = count
+        seq.schema_param = schema_param if schema is not None else None
         answer = _Answer(model, seq, body, messages, suffix, max_tokens, repeat)
         if tool is not None:
             answer.tool = str(tool["name"])
@@ -464,7 +472,9 @@ class BatchingModelProvider(ModelThreadProvider[Any], abc.ABC):
             while left:
                 event = await queue.get()
                 if event[0] == "error":
-                    raise BadGatewayError(f"The local model failed: {event[2]}")
+                    if isinstance(event[2], ManifoldError):
+                        raise event[2]
+                    raise BadGatewayError(f"The local model failed: {clean_reason(event[2])}")
                 if event[0] == "end":
                     left -= 1
                 yield event

@@ -8,6 +8,21 @@ sequence's new tokens to it: detokenized incrementally, cut at a stop sequence (
 to the event loop with `call_soon_threadsafe`. A sequence that ends (end of sequence, a stop sequence,
 `max_tokens`) is cancelled in the pipeline at once, so its slot is free for the next step.
 
+OpenVINO GenAI's `step()` holds the GIL for the whole step (its binding does not release it; llama.cpp's, through
+ctypes, does), so while it runs the event loop runs no Python at all. Left alone, the loop would get the GIL only
+when the engine thread's switch interval ran out between two steps, and a step's tokens would reach their clients
+a step late. So after handing a step's tokens over, the engine thread waits (at most `HANDOVER_WAIT` seconds,
+without the GIL) until each event loop it handed tokens to has run what they woke: the streams write their
+chunks, requests arriving meanwhile are tokenized and join the next step, and the gateway's other requests get a
+turn every step.
+
+A step that raises (OpenVINO GenAI compiles a sequence's grammar inside `step()`, and one it cannot compile makes
+the step raise and leaves the pipeline unusable) costs the sequences of that batch, not the engine: with a
+`rebuild` the engine ends them with a clean error, builds a new pipeline, and serves the sequences waiting and
+those that come after (`rebuilds` counts it). A sequence with a schema the pipeline compiles itself that had no
+token yet, when it is the only such one, is taken for the cause and ends with a 400 naming its parameter; the
+others end with a 502 (the router retries a request that has sent nothing yet).
+
 At most `max_batch` sequences are in the pipeline at once (its own `max_num_seqs` does not bound them); more wait
 in the engine. Requests are bounded before the engine too, by the router: the deployment's concurrency limit is the
 batch size, and its bounded queue answers 429 with Retry-After when full (routing/health.py), so a client that
@@ -21,10 +36,12 @@ import codecs
 import collections
 import itertools
 import logging
+import re
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from manifold.errors import BadGatewayError, InvalidRequestError
 from manifold.providers.local.generation import StopText
 
 log = logging.getLogger("manifold.local")
@@ -32,6 +49,19 @@ log = logging.getLogger("manifold.local")
 # (kind, index, payload): ("text", i, str) | ("end", i, (finish_reason, completion_tokens)) | ("error", i, exc) |
 # ("tokens", i, [(token id, logprob), ...]): with `logprobs`, the tokens of the next "text" event, just before it
 Event = tuple[str, int, Any]
+
+# What a native library's message carries that is no business of a client's: times and its build's source paths.
+_NOISE = re.compile(r"\[\d\d:\d\d:\d\d\]\s*|Check '[^']*' failed at |(?:/[^\s:]+)+:\d+:\s*")
+
+
+def clean_reason(exc: BaseException) -> str:
+    """A native exception's message for a client: without the timestamps and source paths, on one line."""
+    text = " ".join(line.strip() for line in _NOISE.sub("", str(exc)).splitlines() if line.strip())
+    return text[:300] or type(exc).__name__
+
+
+# The longest the engine thread waits, after a step, for an event loop to run the tokens it was handed (seconds).
+HANDOVER_WAIT = 0.005
 
 
 class Outbox:
@@ -108,6 +138,7 @@ class BatchSequence:
         "pending",
         "prompt",
         "prompt_tokens",
+        "schema_param",
         "stops",
     )
 
@@ -135,6 +166,8 @@ class BatchSequence:
         self.generated = 0
         self.cancelled = False  # set from the event loop when the client leaves
         self.ended = False
+        # the request parameter of a schema the pipeline compiles itself (in a step, where it may fail), if any
+        self.schema_param: str | None = None
 
     def take(self, token: int, logprob: Any, end_ids: frozenset[int]) -> None:
         """One generated token (on the engine thread)."""
@@ -187,8 +220,11 @@ class Engine:
         end_ids: frozenset[int],
         max_batch: int,
         name: str,
+        rebuild: Callable[[], Any] | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self._rebuild = rebuild  # a new pipeline, after a step that raised (None: the engine ends instead)
+        self.rebuilds = 0
         self.max_batch = max_batch  # sequences in the pipeline at once (its own max_num_seqs does not bound them)
         self._waiting: collections.deque[BatchSequence] = collections.deque()
         self._detokenizer = detokenizer  # a new one for each sequence
@@ -273,10 +309,48 @@ class Engine:
                 self._active[id(seq)] = seq
             if not pipeline.has_non_finished_requests():
                 continue
-            pipeline.step()
+            try:
+                pipeline.step()
+            except Exception as exc:
+                if self._rebuild is None:
+                    raise
+                pipeline = self._recover(exc)
+                continue
             self.steps += 1
+            loops = {seq.outbox.loop for seq in self._active.values()}
             for seq in list(self._active.values()):
                 self._read(seq)
+            for loop in loops:
+                self._hand_over(loop)
+
+    def _recover(self, exc: Exception) -> Any:
+        """After a step that raised: its sequences end, and a new pipeline replaces the one the step left unusable."""
+        seqs = list(self._active.values())
+        self._active.clear()
+        log.error("a step of the local model failed; %d sequences end and the pipeline is rebuilt: %s", len(seqs), exc)
+        reason = clean_reason(exc)
+        suspects = [seq for seq in seqs if seq.schema_param is not None and seq.generated == 0]
+        for seq in seqs:
+            if len(suspects) == 1 and seq is suspects[0]:
+                message = f"The local model could not follow the JSON schema in '{seq.schema_param}': {reason}"
+                seq.fail(InvalidRequestError(message, param=seq.schema_param))
+            else:
+                seq.fail(BadGatewayError(f"The local model failed in the middle of this answer ({reason}); retry it."))
+        self.pipeline = None  # the old pipeline goes before the new one takes its memory
+        assert self._rebuild is not None
+        self.pipeline = self._rebuild()
+        self.rebuilds += 1
+        return self.pipeline
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait, without the GIL, until `loop` has run the callbacks this step queued on it and the tasks they woke:
+        its ready queue is FIFO, so `done.set`, queued from a callback queued after them, runs after both."""
+        done = threading.Event()
+        try:
+            loop.call_soon_threadsafe(loop.call_soon, done.set)
+        except RuntimeError:  # the loop is closed: nobody is reading
+            return
+        done.wait(HANDOVER_WAIT)
 
     def _read(self, seq: BatchSequence) -> None:
         handle = seq.handle
@@ -318,7 +392,10 @@ class Engine:
                 seq.handle.cancel()
             seq.fail(RuntimeError("the server is shutting down"))
         self._active.clear()
-        for _ in range(1000):
-            if not self.pipeline.has_non_finished_requests():
-                break
-            self.pipeline.step()
+        try:
+            for _ in range(1000):
+                if not self.pipeline.has_non_finished_requests():
+                    break
+                self.pipeline.step()
+        except Exception as exc:  # noqa: BLE001 - a pipeline a failed step left unusable: nothing to release
+            log.warning("the local model's pipeline could not be drained at close: %s", exc)

@@ -19,19 +19,19 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from manifold.config import DeploymentBase
-from manifold.errors import ServiceUnavailableError, UnsupportedError
+from manifold.errors import InvalidRequestError, ServiceUnavailableError, UnsupportedError
 from manifold.providers.base import of_kind
 from manifold.providers.local.batched_provider import Ask, BatchingModelProvider, sampling_option
 from manifold.providers.local.batching import Detokenizer, Engine, WindowDetokenizer
 from manifold.providers.local.json_grammar import schema_grammar
+from manifold.providers.local.xgrammar_check import schema_problem
 
 DEFAULT_KV_CACHE_GB = 1
 _NEUTRAL = {"typical_p": 1.0, "mirostat_mode": 0}  # llama.cpp-only options, accepted at their no-op value
 
 
 class Model(NamedTuple):
-    pipeline: Any
-    tokenizer: Any
+    tokenizer: Any  # the pipeline's own (the engine owns the pipeline, which it may rebuild)
     engine: Engine
     eos: int
     stop_ids: frozenset[int]
@@ -69,7 +69,8 @@ class OpenVinoModelProvider(BatchingModelProvider):
         scheduler.cache_size = dep.kv_cache_gb or DEFAULT_KV_CACHE_GB
         scheduler.max_num_seqs = self.max_batch
         properties = {"INFERENCE_NUM_THREADS": dep.threads} if dep.threads else {}
-        pipeline = ov.ContinuousBatchingPipeline(str(path), scheduler, "CPU", properties)
+        build = partial(ov.ContinuousBatchingPipeline, str(path), scheduler, "CPU", properties)
+        pipeline = build()
         tokenizer = pipeline.get_tokenizer()
         base = pipeline.get_config()
         eos = int(base.eos_token_id)
@@ -77,8 +78,8 @@ class OpenVinoModelProvider(BatchingModelProvider):
         token_bytes = {int(i): bytes(b) for b, i in tokenizer.get_vocab().items()}
         pieces = _pieces(tokenizer, token_bytes)
         detokenizer = partial(WindowDetokenizer, tokenizer.decode) if pieces is None else partial(Detokenizer, pieces)
-        engine = Engine(pipeline, detokenizer, stop_ids, self.max_batch, f"{self.thread_name}-engine")
-        return Model(pipeline, tokenizer, engine, eos, stop_ids, token_bytes)
+        engine = Engine(pipeline, detokenizer, stop_ids, self.max_batch, f"{self.thread_name}-engine", rebuild=build)
+        return Model(tokenizer, engine, eos, stop_ids, token_bytes)
 
     def check_chat(self, body: dict[str, Any], name: str) -> None:
         if body.get("top_logprobs"):
@@ -186,6 +187,13 @@ def _config(model: Model, body: dict[str, Any], ask: Ask) -> Any:
     if schema is not None or regex is not None:
         structured = ov.StructuredOutputConfig()
         if schema is not None:
+            problem = schema_problem(schema)
+            if problem is not None:
+                raise InvalidRequestError(
+                    f"The local model (engine openvino) cannot follow the JSON schema in '{ask.schema_param}': "
+                    f"{problem} (docs/local-models.md#engines).",
+                    param=ask.schema_param,
+                )
             # Our own grammar of the schema, whose whitespace is bounded (json_grammar.py: the pipeline's own JSON
             # grammar lets a sampling model write whitespace until max_tokens); the schema itself where the
             # conversion does not know a keyword.
