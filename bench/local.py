@@ -16,9 +16,9 @@ reported beside that of the first round (all users at once, the burst the main t
 leaves out everything but the lone rounds and the sustained load.
 
 With `--lone-rounds N`, first N rounds of one lone stream per engine, the engines alternating, each with its
-tokens/s, TTFT and the server's CPU time per generated token (utime + stime of the server process, which serves
-nothing else meanwhile): on a shared machine, alternating keeps the engines under the same load, and CPU time
-swings less than wall time.
+tokens/s, TTFT and the server's CPU time per generated token (utime + stime of the server process and its
+children, which serve nothing else meanwhile): on a shared machine, alternating keeps the engines under the same
+load, and CPU time swings less than wall time.
 
 Each engine is its own deployment of one server (the others idle while one is measured). The answers are chat
 streams with `max_tokens` (default 128) at temperature 0.7; a stream that ends early counts the tokens it had.
@@ -183,9 +183,27 @@ async def greedy(client: httpx.AsyncClient, model: str, question: str) -> str:
     return str(response.json()["choices"][0]["message"]["content"])
 
 
+def family(pid: int) -> list[int]:
+    """The server and its child processes (the openvino engine's worker is one)."""
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):  # a child is listed under the thread that started it
+        try:
+            children += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return [pid, *children]
+
+
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time of the server and its children (live ones: a worker's own figures, not the reaped ones')."""
+    total = 0
+    for each in family(pid):
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 async def lone_rounds(client: httpx.AsyncClient, pid: int, models: list[str], tokens: int, rounds: int) -> None:
@@ -238,10 +256,15 @@ async def beside_table(client: httpx.AsyncClient, models: list[str], tokens: int
 
 
 def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+    """Resident memory of the server and its children."""
+    total = 0
+    for each in family(pid):
+        try:
+            lines = Path(f"/proc/{each}/status").read_text().splitlines()
+        except OSError:
+            continue
+        total += next((int(line.split()[1]) for line in lines if line.startswith("VmRSS:")), 0)
+    return total
 
 
 async def measure(

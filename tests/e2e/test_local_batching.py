@@ -5,6 +5,8 @@ together, through the real server and the official SDK. Every test runs on both 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -572,6 +574,39 @@ def test_a_schema_xgrammar_refuses_is_a_400_and_the_engine_goes_on(sdk: openai.O
     city: Any = {"type": "json_schema", "json_schema": {"name": "city", "schema": CITY}}
     ok = sdk.chat.completions.create(model="batched", messages=messages, max_tokens=250, response_format=city)
     jsonschema.validate(json.loads(ok.choices[0].message.content or ""), CITY)
+
+
+def _worker(local: ManifoldProcess, model: str) -> int:
+    """The pid of the openvino engine's worker process for `model` (its name ends the worker's command line)."""
+    children = [
+        c for task in Path(f"/proc/{local.proc.pid}/task").iterdir() for c in (task / "children").read_text().split()
+    ]
+    workers = [
+        int(c) for c in children if Path(f"/proc/{c}/cmdline").read_bytes().split(b"\0")[-2:-1] == [model.encode()]
+    ]
+    assert len(workers) == 1, (children, workers)
+    return workers[0]
+
+
+@pytest.mark.parametrize("engine", ["openvino"], indirect=True)
+def test_a_worker_that_dies_costs_its_streams_and_a_new_one_serves(sdk: openai.OpenAI, local: ManifoldProcess) -> None:
+    # The pipeline runs in a worker process (openvino_worker.py): a native crash there must end the streams it was
+    # generating with an error a client sees, be logged, and not take the gateway or the model down.
+    messages: Any = [{"role": "user", "content": "Tell me a long story about a dragon."}]
+    sdk.chat.completions.create(model="batched", messages=messages, max_tokens=2)  # the model is loaded
+    before = _worker(local, "batched")
+    stream = sdk.chat.completions.create(model="batched", messages=messages, max_tokens=400, stream=True)
+    chunks = iter(stream)
+    next(chunks)
+    next(chunks)
+    os.kill(before, signal.SIGKILL)
+    with pytest.raises(openai.APIError, match="openvino worker process ended"):
+        for _ in chunks:
+            pass
+    answer = sdk.chat.completions.create(model="batched", messages=messages, max_tokens=8)
+    assert answer.choices[0].message.content
+    assert _worker(local, "batched") != before
+    assert "openvino worker process ended (signal SIGKILL)" in local.log()
 
 
 # Values a schema may fix that its JSON text must escape, or that are outside the Basic Multilingual Plane.

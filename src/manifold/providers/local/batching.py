@@ -1,5 +1,6 @@
-"""Continuous batching for an in-process model: one engine thread owns the pipeline (OpenVINO GenAI's
-`ContinuousBatchingPipeline`) and runs its steps; requests from the event loop join and leave between steps.
+"""Continuous batching for a local model: one engine thread owns the pipeline (OpenVINO GenAI's
+`ContinuousBatchingPipeline`, in a worker process; or llama_batch.py's) and runs its steps; requests from the event
+loop join and leave between steps.
 
 Each turn of the engine thread: admit the sequences submitted since the last turn (`add_request`: the pipeline
 prefills them, chunked, alongside the others' decoding), cancel those whose client left (`GenerationHandle.cancel`:
@@ -8,20 +9,17 @@ sequence's new tokens to it: detokenized incrementally, cut at a stop sequence (
 to the event loop with `call_soon_threadsafe`. A sequence that ends (end of sequence, a stop sequence,
 `max_tokens`) is cancelled in the pipeline at once, so its slot is free for the next step.
 
-OpenVINO GenAI's `step()` holds the GIL for the whole step (its binding does not release it; llama.cpp's, through
-ctypes, does), so while it runs the event loop runs no Python at all. Left alone, the loop would get the GIL only
-when the engine thread's switch interval ran out between two steps, and a step's tokens would reach their clients
-a step late. So after handing a step's tokens over, the engine thread waits (at most `HANDOVER_WAIT` seconds,
-without the GIL) until each event loop it handed tokens to has run what they woke: the streams write their
-chunks, requests arriving meanwhile are tokenized and join the next step, and the gateway's other requests get a
-turn every step.
+The pipeline's `step()` must leave the GIL to the event loop while it computes: llama.cpp's, through ctypes,
+does; OpenVINO GenAI's binding does not, so the openvino engine's pipeline runs in a worker process and its
+`step()` here is a round trip over a pipe (openvino_worker.py).
 
 A step that raises (OpenVINO GenAI compiles a sequence's grammar inside `step()`, and one it cannot compile makes
-the step raise and leaves the pipeline unusable) costs the sequences of that batch, not the engine: with a
-`rebuild` the engine ends them with a clean error, builds a new pipeline, and serves the sequences waiting and
-those that come after (`rebuilds` counts it). A sequence with a schema the pipeline compiles itself that had no
-token yet, when it is the only such one, is taken for the cause and ends with a 400 naming its parameter; the
-others end with a 502 (the router retries a request that has sent nothing yet).
+the step raise and leaves the pipeline unusable; or the openvino worker died) costs the sequences of that batch,
+not the engine: with a `rebuild` the engine ends them with a clean error, closes the pipeline, builds a new one
+(a new worker), and serves the sequences waiting and those that come after (`rebuilds` counts it). A sequence
+with a schema the pipeline compiles itself that had no token yet, when it is the only such one, is taken for the
+cause and ends with a 400 naming its parameter; the others end with a 502 (the router retries a request that has
+sent nothing yet).
 
 At most `max_batch` sequences are in the pipeline at once (its own `max_num_seqs` does not bound them); more wait
 in the engine. Requests are bounded before the engine too, by the router: the deployment's concurrency limit is the
@@ -58,10 +56,6 @@ def clean_reason(exc: BaseException) -> str:
     """A native exception's message for a client: without the timestamps and source paths, on one line."""
     text = " ".join(line.strip() for line in _NOISE.sub("", str(exc)).splitlines() if line.strip())
     return text[:300] or type(exc).__name__
-
-
-# The longest the engine thread waits, after a step, for an event loop to run the tokens it was handed (seconds).
-HANDOVER_WAIT = 0.005
 
 
 class Outbox:
@@ -317,11 +311,8 @@ class Engine:
                 pipeline = self._recover(exc)
                 continue
             self.steps += 1
-            loops = {seq.outbox.loop for seq in self._active.values()}
             for seq in list(self._active.values()):
                 self._read(seq)
-            for loop in loops:
-                self._hand_over(loop)
 
     def _recover(self, exc: Exception) -> Any:
         """After a step that raised: its sequences end, and a new pipeline replaces the one the step left unusable."""
@@ -336,21 +327,15 @@ class Engine:
                 seq.fail(InvalidRequestError(message, param=seq.schema_param))
             else:
                 seq.fail(BadGatewayError(f"The local model failed in the middle of this answer ({reason}); retry it."))
-        self.pipeline = None  # the old pipeline goes before the new one takes its memory
+        old, self.pipeline = self.pipeline, None  # the old pipeline goes before the new one takes its memory
+        close = getattr(old, "close", None)
+        if callable(close):
+            close()
+        del old, close
         assert self._rebuild is not None
         self.pipeline = self._rebuild()
         self.rebuilds += 1
         return self.pipeline
-
-    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Wait, without the GIL, until `loop` has run the callbacks this step queued on it and the tasks they woke:
-        its ready queue is FIFO, so `done.set`, queued from a callback queued after them, runs after both."""
-        done = threading.Event()
-        try:
-            loop.call_soon_threadsafe(loop.call_soon, done.set)
-        except RuntimeError:  # the loop is closed: nobody is reading
-            return
-        done.wait(HANDOVER_WAIT)
 
     def _read(self, seq: BatchSequence) -> None:
         handle = seq.handle

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,6 +25,7 @@ from manifold.providers.base import of_kind
 from manifold.providers.local.batched_provider import Ask, BatchingModelProvider, sampling_option
 from manifold.providers.local.batching import Detokenizer, Engine, WindowDetokenizer
 from manifold.providers.local.json_grammar import schema_grammar
+from manifold.providers.local.openvino_worker import RemotePipeline
 from manifold.providers.local.xgrammar_check import schema_problem
 
 DEFAULT_KV_CACHE_GB = 1
@@ -64,22 +66,34 @@ class OpenVinoModelProvider(BatchingModelProvider):
         import openvino_genai as ov
 
         dep = self.deployment
-        scheduler = ov.SchedulerConfig()
-        scheduler.enable_prefix_caching = dep.prefix_caching
-        scheduler.cache_size = dep.kv_cache_gb or DEFAULT_KV_CACHE_GB
-        scheduler.max_num_seqs = self.max_batch
+        scheduler = {
+            "enable_prefix_caching": dep.prefix_caching,
+            "cache_size": dep.kv_cache_gb or DEFAULT_KV_CACHE_GB,
+            "max_num_seqs": self.max_batch,
+        }
         properties = {"INFERENCE_NUM_THREADS": dep.threads} if dep.threads else {}
-        build = partial(ov.ContinuousBatchingPipeline, str(path), scheduler, "CPU", properties)
-        pipeline = build()
-        tokenizer = pipeline.get_tokenizer()
-        base = pipeline.get_config()
-        eos = int(base.eos_token_id)
-        stop_ids = frozenset({eos, *(int(t) for t in base.stop_token_ids)} - {-1})
-        token_bytes = {int(i): bytes(b) for b, i in tokenizer.get_vocab().items()}
-        pieces = _pieces(tokenizer, token_bytes)
+        spec = {"path": str(path), "scheduler": scheduler, "properties": properties, "name": dep.model_name}
+        pipeline = RemotePipeline(spec)  # the pipeline runs in a worker process: openvino_worker.py says why
+        try:
+            tokenizer = ov.Tokenizer(str(path))  # the pipeline's own, read from the same file
+            eos = int(pipeline.info["eos"])
+            stop_ids = frozenset({eos, *pipeline.info["stop_ids"]} - {-1})
+            token_bytes = {int(i): bytes(b) for b, i in tokenizer.get_vocab().items()}
+            pieces = _pieces(tokenizer, token_bytes)
+        except BaseException:
+            pipeline.close()
+            raise
         detokenizer = partial(WindowDetokenizer, tokenizer.decode) if pieces is None else partial(Detokenizer, pieces)
-        engine = Engine(pipeline, detokenizer, stop_ids, self.max_batch, f"{self.thread_name}-engine", rebuild=build)
+        name = f"{self.thread_name}-engine"
+        engine = Engine(pipeline, detokenizer, stop_ids, self.max_batch, name, rebuild=partial(RemotePipeline, spec))
         return Model(tokenizer, engine, eos, stop_ids, token_bytes)
+
+    def closer(self, model: Any) -> Callable[[], None]:
+        def close() -> None:
+            if model.engine.close():  # the engine thread no longer steps the pipeline (it may have rebuilt it)
+                model.engine.pipeline.close()
+
+        return close
 
     def check_chat(self, body: dict[str, Any], name: str) -> None:
         if body.get("top_logprobs"):
@@ -91,26 +105,23 @@ class OpenVinoModelProvider(BatchingModelProvider):
 
     def chat_prompt(self, model: Model, messages: list[dict[str, Any]], suffix: str = "") -> tuple[Any, int]:
         text = model.tokenizer.apply_chat_template(messages, add_generation_prompt=True) + suffix
-        ids = model.tokenizer.encode(text, add_special_tokens=False).input_ids
-        return ids, int(ids.shape[1])
+        ids = model.tokenizer.encode(text, add_special_tokens=False).input_ids.data[0].tolist()
+        return ids, len(ids)
 
     def completion_prompt(self, model: Model, prompt: str | list[int]) -> tuple[Any, int]:
-        import numpy as np
-        import openvino as ov
-
         if isinstance(prompt, str):
-            ids = model.tokenizer.encode(prompt, add_special_tokens=True).input_ids
-            if int(ids.shape[1]) > 0:
-                return ids, int(ids.shape[1])
+            ids = model.tokenizer.encode(prompt, add_special_tokens=True).input_ids.data[0].tolist()
+            if ids:
+                return ids, len(ids)
             prompt = []
         tokens = prompt or [int(model.tokenizer.get_bos_token_id())]  # as llama.cpp: an empty prompt starts at BOS
-        return ov.Tensor(np.array([tokens], dtype=np.int64)), len(tokens)
+        return list(tokens), len(tokens)
 
     def config(self, model: Model, body: dict[str, Any], ask: Ask) -> Any:
-        config = _config(model, body, ask)
+        params = _config(model, body, ask)
         if ask.top_logprobs is not None:
-            config.logprobs = 1
-        return config
+            params["logprobs"] = 1
+        return params
 
     def token_logprobs(self, model: Model, tokens: list[tuple[int, Any]]) -> list[dict[str, Any]]:
         """The pipeline gives the chosen token's log-probability (from the distribution it was sampled from), no
@@ -154,55 +165,48 @@ def _is_utf8(raw: bytes) -> bool:
     return True
 
 
-def _config(model: Model, body: dict[str, Any], ask: Ask) -> Any:
-    """The pipeline's GenerationConfig for one sequence: the request's sampling options, llama.cpp's defaults."""
-    import openvino_genai as ov
-
+def _config(model: Model, body: dict[str, Any], ask: Ask) -> dict[str, Any]:
+    """One sequence's generation parameters (the worker makes the pipeline's GenerationConfig of them:
+    openvino_worker.generation_config): the request's sampling options, llama.cpp's defaults."""
     defaults, schema = ask.defaults, ask.schema
     regex = None if ask.choices is None else "|".join(re.escape(c) for c in ask.choices)
 
     for key, neutral in _NEUTRAL.items():
         if body.get(key) is not None and body[key] != neutral:
             raise UnsupportedError(f"The local engine openvino does not support '{key}'.", param=key)
-    config = ov.GenerationConfig()
-    config.set_eos_token_id(model.eos)
-    config.stop_token_ids = set(model.stop_ids)
-    config.max_new_tokens = ask.max_tokens
+    params: dict[str, Any] = {"eos": model.eos, "stop_ids": sorted(model.stop_ids), "max_new_tokens": ask.max_tokens}
     temperature = sampling_option(body, "temperature", defaults)
     if temperature <= 0:
-        config.do_sample = False
+        params["do_sample"] = False
     else:
-        config.do_sample = True
-        config.temperature = temperature
-        config.top_p = sampling_option(body, "top_p", defaults) or 1.0
+        params["do_sample"] = True
+        params["temperature"] = temperature
+        params["top_p"] = sampling_option(body, "top_p", defaults) or 1.0
         top_k = int(sampling_option(body, "top_k", defaults))
         if top_k > 0:
-            config.top_k = top_k
-        config.min_p = sampling_option(body, "min_p", defaults)
-    config.repetition_penalty = float(body.get("repeat_penalty") or ask.repeat_penalty)
-    config.presence_penalty = float(body.get("presence_penalty") or 0.0)
-    config.frequency_penalty = float(body.get("frequency_penalty") or 0.0)
+            params["top_k"] = top_k
+        params["min_p"] = sampling_option(body, "min_p", defaults)
+    params["repetition_penalty"] = float(body.get("repeat_penalty") or ask.repeat_penalty)
+    params["presence_penalty"] = float(body.get("presence_penalty") or 0.0)
+    params["frequency_penalty"] = float(body.get("frequency_penalty") or 0.0)
     seed = body.get("seed")
-    config.rng_seed = int(seed) % 2**63 if seed is not None else random.randrange(2**32)
-    if schema is not None or regex is not None:
-        structured = ov.StructuredOutputConfig()
-        if schema is not None:
-            problem = schema_problem(schema)
-            if problem is not None:
-                raise InvalidRequestError(
-                    f"The local model (engine openvino) cannot follow the JSON schema in '{ask.schema_param}': "
-                    f"{problem} (docs/local-models.md#engines).",
-                    param=ask.schema_param,
-                )
-            # Our own grammar of the schema, whose whitespace is bounded (json_grammar.py: the pipeline's own JSON
-            # grammar lets a sampling model write whitespace until max_tokens); the schema itself where the
-            # conversion does not know a keyword.
-            grammar = schema_grammar(schema)
-            if grammar is not None:
-                structured.grammar = grammar
-            else:
-                structured.json_schema = json.dumps(schema)
+    params["rng_seed"] = int(seed) % 2**63 if seed is not None else random.randrange(2**32)
+    if schema is not None:
+        problem = schema_problem(schema)
+        if problem is not None:
+            raise InvalidRequestError(
+                f"The local model (engine openvino) cannot follow the JSON schema in '{ask.schema_param}': "
+                f"{problem} (docs/local-models.md#engines).",
+                param=ask.schema_param,
+            )
+        # Our own grammar of the schema, whose whitespace is bounded (json_grammar.py: the pipeline's own JSON
+        # grammar lets a sampling model write whitespace until max_tokens); the schema itself where the
+        # conversion does not know a keyword.
+        grammar = schema_grammar(schema)
+        if grammar is not None:
+            params["grammar"] = grammar
         else:
-            structured.regex = regex
-        config.structured_output_config = structured
-    return config
+            params["json_schema"] = json.dumps(schema)
+    elif regex is not None:
+        params["regex"] = regex
+    return params
