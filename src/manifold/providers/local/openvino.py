@@ -1,6 +1,7 @@
 """`provider: local` with `engine: openvino`: a GGUF (or OpenVINO IR folder) run by OpenVINO GenAI's
-`ContinuousBatchingPipeline` in the gateway's process, many requests at once (batching.py), with prefix caching.
-The request path is batched_provider.py's.
+`ContinuousBatchingPipeline`, many requests at once (batching.py), with prefix caching. The pipeline runs in a
+worker process of its own (openvino_worker.py: its steps hold the GIL); the tokenizer, and the request path
+(batched_provider.py's), in the gateway's.
 
 What the pipeline cannot do here is refused with a 400 naming the parameter (docs/local-models.md#engines):
 `top_logprobs` above 0 (it reports the sampled token's log-probability only), `logit_bias`, `n` above 1 in chat,
