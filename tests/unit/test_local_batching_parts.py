@@ -266,6 +266,27 @@ async def test_the_openvino_engine_rebuilds_its_pipeline_after_a_step_xgrammar_r
         await asyncio.to_thread(provider.closer(model))
 
 
+async def test_a_config_the_worker_refuses_fails_its_sequence_and_the_worker_serves_on() -> None:
+    pytest.importorskip("openvino_genai", reason="the openvino engine needs: pip install 'manifold[openvino]'")
+    provider: Any = create_provider(LocalDeployment(model_name="m", engine="openvino", threads=1))
+    model = await asyncio.to_thread(provider.load, provider.packaged_model())
+    try:
+        prompt, _ = provider.chat_prompt(model, [{"role": "user", "content": "Say hello."}])
+        good = provider.config(model, {"temperature": 0}, Ask(CHAT_DEFAULTS, 1.0, 8))
+        worker = model.engine.pipeline.pid
+        refused = BatchSequence(prompt, {**good, "top_k": "many"}, [], 8, 0, Outbox())  # not an int
+        model.engine.submit([refused])
+        event = await asyncio.wait_for(refused.outbox.queue.get(), 60)
+        assert event[0] == "error" and "TypeError" in str(event[2]), event
+        fine = BatchSequence(prompt, good, [], 8, 0, Outbox())
+        model.engine.submit([fine])
+        while (event := await asyncio.wait_for(fine.outbox.queue.get(), 60))[0] != "end":
+            assert event[0] == "text", event
+        assert model.engine.rebuilds == 0 and model.engine.pipeline.pid == worker  # the same worker
+    finally:
+        await asyncio.to_thread(provider.closer(model))
+
+
 def test_the_engine_picks_the_provider_and_its_model_path_may_be_an_ir_folder(tmp_path: Path) -> None:
     ov = LocalDeployment(model_name="m", engine="openvino", model_path=str(tmp_path))
     assert type(create_provider(ov)).__name__ == "OpenVinoModelProvider"

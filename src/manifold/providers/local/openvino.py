@@ -34,7 +34,7 @@ _NEUTRAL = {"typical_p": 1.0, "mirostat_mode": 0}  # llama.cpp-only options, acc
 
 
 class Model(NamedTuple):
-    tokenizer: Any  # the pipeline's own (the engine owns the pipeline, which it may rebuild)
+    tokenizer: Any  # openvino_genai.Tokenizer of the model's file, as the pipeline's (which runs in the worker)
     engine: Engine
     eos: int
     stop_ids: frozenset[int]
@@ -91,7 +91,8 @@ class OpenVinoModelProvider(BatchingModelProvider):
 
     def closer(self, model: Any) -> Callable[[], None]:
         def close() -> None:
-            if model.engine.close():  # the engine thread no longer steps the pipeline (it may have rebuilt it)
+            # once the engine thread no longer steps the pipeline (it may have rebuilt it, or failed to)
+            if model.engine.close() and model.engine.pipeline is not None:
                 model.engine.pipeline.close()
 
         return close

@@ -240,8 +240,8 @@ def serve(inbox: Connection, outbox: Connection) -> int:
             try:
                 prompt = openvino.Tensor(np.array([ids], dtype=np.int64))
                 handles[sid] = pipeline.add_request(sid, prompt, generation_config(ov, params))
-            except (RuntimeError, ValueError, TypeError) as exc:
-                refused.append((sid, str(exc)))
+            except Exception as exc:  # noqa: BLE001 - this request's config is refused, not the worker's others
+                refused.append((sid, f"{type(exc).__name__}: {exc}"))
         try:
             if pipeline.has_non_finished_requests():
                 pipeline.step()
