@@ -362,7 +362,7 @@ def test_the_model_chooses_between_tools_and_a_message(sdk: openai.OpenAI) -> No
         choice = answer.choices[0]
         if choice.message.tool_calls:
             assert choice.message.content is None
-            # llama_cpp_batched lets the model go on with further calls: max_tokens may cut the last one short
+            # the model may go on with further calls: max_tokens may cut the last one short
             # (finish_reason "length", as OpenAI's); every call before it is whole.
             calls = choice.message.tool_calls
             assert choice.finish_reason == "tool_calls" or (choice.finish_reason == "length" and len(calls) > 1)
@@ -431,9 +431,7 @@ def test_top_logprobs_and_logit_bias_on_llama_cpp_batched(sdk: openai.OpenAI) ->
     assert err.value.body["param"] == "logit_bias"  # type: ignore[index]
 
 
-# openvino writes one call per answer (docs/local-models.md#engines).
-@pytest.mark.parametrize("engine", ["llama_cpp_batched"], indirect=True)
-def test_several_tool_calls_in_one_answer_on_llama_cpp_batched(sdk: openai.OpenAI) -> None:
+def test_several_tool_calls_in_one_answer(sdk: openai.OpenAI) -> None:
     args: Any = {
         "model": "batched",
         "messages": [{"role": "user", "content": "Call get_weather for Paris, Rome and Berlin."}],

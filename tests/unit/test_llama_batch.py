@@ -4,14 +4,19 @@ slot's, a grammar is applied only to the tokens it rejects, and per-sequence sam
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
+from functools import partial
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from manifold.errors import BadGatewayError
+from manifold.providers.local.batching import BatchSequence, Detokenizer, Engine, Outbox
 from manifold.providers.local.gbnf import choices_grammar, schema_gbnf
 from manifold.providers.local.llama_batch import Handle, LlamaBatchPipeline, Sampling, Status, _common
 
@@ -227,3 +232,59 @@ def test_token_pieces_join_into_the_text(pipeline: LlamaBatchPipeline) -> None:
     tokens = pipeline.tokenize(text, add_bos=False, special=False)
     assert b"".join(pieces[t] for t in tokens) == text.encode()
     assert all(pieces[t] == b"" for t in pipeline.eog)
+
+
+class _DecodeFailsOnce:
+    """llama.cpp's functions, but `llama_decode` answers 1 ("no KV slot") once while armed."""
+
+    def __init__(self, lib: Any) -> None:
+        self._lib = lib
+        self.armed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._lib, name)
+
+    def llama_decode(self, ctx: Any, batch: Any) -> int:
+        if self.armed:
+            self.armed = False
+            return 1
+        return int(self._lib.llama_decode(ctx, batch))
+
+
+async def test_a_failed_decode_costs_its_batch_and_the_engine_serves_on(pipeline: LlamaBatchPipeline) -> None:
+    question = chat(pipeline, "What is the capital of France?")
+    [alone] = run(pipeline.reset(), [question], n=12)  # from an empty cache, as after the reset below
+    lib = _DecodeFailsOnce(pipeline._lib)
+    pipeline._lib = lib
+    engine = Engine(
+        pipeline,
+        partial(Detokenizer, pipeline.pieces()),
+        pipeline.eog,
+        4,
+        "test-llama",
+        rebuild=LlamaBatchPipeline.reset,
+    )
+    try:
+        running = Outbox()
+        engine.submit([BatchSequence(chat(pipeline, "Tell me a long story."), GREEDY, [], 400, 0, running)])
+        assert (await asyncio.wait_for(running.queue.get(), 30))[0] == "text"
+        lib.armed = True  # the next step's llama_decode fails
+        while (event := await asyncio.wait_for(running.queue.get(), 30))[0] == "text":
+            pass
+        # A 502 (the router retries a request that had sent nothing), not a 400: llama.cpp's grammars are checked
+        # before the step, so a schema is never blamed.
+        assert event[0] == "error" and isinstance(event[2], BadGatewayError), event
+        assert "llama_decode failed (1)" in event[2].message
+        # The same pipeline, reset, serves what comes next: a greedy answer equal to its lone run before.
+        after = Outbox()
+        engine.submit([BatchSequence(question, GREEDY, [], 12, 0, after)])
+        texts = []
+        while (event := await asyncio.wait_for(after.queue.get(), 30))[0] == "text":
+            texts.append(event[2])
+        assert event[0] == "end", event
+        assert "".join(texts) == text(pipeline, alone)
+        assert engine.rebuilds == 1 and engine.pipeline is pipeline and not lib.armed  # reset, not replaced
+    finally:
+        assert await asyncio.to_thread(engine.close)
+        pipeline._lib = lib._lib
+    assert not any(slot.busy for slot in pipeline._slots) and not pipeline.has_non_finished_requests()

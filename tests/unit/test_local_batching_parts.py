@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from manifold.config import LocalDeployment
 from manifold.errors import BadGatewayError, InvalidRequestError
 from manifold.providers.local.batched_provider import CHAT_DEFAULTS, Ask
 from manifold.providers.local.batching import BatchSequence, Detokenizer, Engine, Event, Outbox, WindowDetokenizer
-from manifold.providers.local.openvino import _pieces
+from manifold.providers.local.openvino import _choices_regex, _pieces
 from manifold.providers.registry import create_provider
 from manifold.validation import deployment_problems
 
@@ -198,7 +201,13 @@ async def test_a_step_that_raises_costs_its_batch_not_the_engine() -> None:
     pipelines = [Refusing(), StepCounter()]
     built = iter(pipelines[1:])
     engine = Engine(
-        pipelines[0], lambda: Detokenizer(PIECES), frozenset({END}), 4, "test-engine", rebuild=lambda: next(built)
+        pipelines[0],
+        lambda: Detokenizer(PIECES),
+        frozenset({END}),
+        4,
+        "test-engine",
+        rebuild=lambda old: next(built),
+        grammar_in_step=True,
     )
     try:
         running, schema = Outbox(), Outbox()
@@ -339,3 +348,22 @@ def _utf8(raw: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+NAMES = st.lists(
+    st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12),
+    min_size=1,
+    max_size=5,
+    unique=True,
+)
+
+
+@given(NAMES, st.booleans(), st.text(max_size=14))
+def test_the_openvino_choice_regex_matches_exactly_its_choices(names: list[str], may_end: bool, other: str) -> None:
+    """What a tool choice constrains the openvino engine to write: `functions.<name>:` (or `message:`), or, after a
+    call, nothing at all: an optional group, since XGrammar refuses an empty alternative."""
+    choices = [f"functions.{n}:" for n in names] + ([""] if may_end else [])
+    regex = re.compile(_choices_regex(choices), re.DOTALL)
+    assert all(regex.fullmatch(c) for c in choices)
+    assert bool(regex.fullmatch("")) is may_end
+    assert bool(regex.fullmatch(other)) is (other in choices)

@@ -14,12 +14,13 @@ does; OpenVINO GenAI's binding does not, so the openvino engine's pipeline runs 
 `step()` here is a round trip over a pipe (openvino_worker.py).
 
 A step that raises (OpenVINO GenAI compiles a sequence's grammar inside `step()`, and one it cannot compile makes
-the step raise and leaves the pipeline unusable; or the openvino worker died) costs the sequences of that batch,
-not the engine: with a `rebuild` the engine ends them with a clean error, closes the pipeline, builds a new one
-(a new worker), and serves the sequences waiting and those that come after (`rebuilds` counts it). A sequence
-with a schema the pipeline compiles itself that had no token yet, when it is the only such one, is taken for the
-cause and ends with a 400 naming its parameter; the others end with a 502 (the router retries a request that has
-sent nothing yet).
+the step raise and leaves the pipeline unusable; or the openvino worker died; or `llama_decode` failed) costs the
+sequences of that batch, not the engine: with a `rebuild` the engine ends them with a clean error, has the pipeline
+replaced (openvino: the worker closed and a new one started) or reset (llama_cpp_batched: every sequence released,
+the KV cache cleared), and serves the sequences waiting and those that come after (`rebuilds` counts it). A sequence
+with a schema the pipeline compiles inside its step (openvino) that had no token yet, when it is the only such one,
+is taken for the cause and ends with a 400 naming its parameter; the others end with a 502 (the router retries a
+request that has sent nothing yet).
 
 At most `max_batch` sequences are in the pipeline at once (its own `max_num_seqs` does not bound them); more wait
 in the engine. Requests are bounded before the engine too, by the router: the deployment's concurrency limit is the
@@ -214,10 +215,16 @@ class Engine:
         end_ids: frozenset[int],
         max_batch: int,
         name: str,
-        rebuild: Callable[[], Any] | None = None,
+        rebuild: Callable[[Any], Any] | None = None,
+        grammar_in_step: bool = False,
     ) -> None:
         self.pipeline = pipeline
-        self._rebuild = rebuild  # a new pipeline, after a step that raised (None: the engine ends instead)
+        # After a step that raised: given the pipeline the step left unusable, a usable one (a new one, or the same
+        # one reset); None: the engine ends instead.
+        self._rebuild = rebuild
+        # Whether the pipeline compiles a sequence's grammar inside its step (openvino): only then can a step that
+        # raises be blamed on a schema.
+        self._grammar_in_step = grammar_in_step
         self.rebuilds = 0
         self.max_batch = max_batch  # sequences in the pipeline at once (its own max_num_seqs does not bound them)
         self._waiting: collections.deque[BatchSequence] = collections.deque()
@@ -321,19 +328,18 @@ class Engine:
         log.error("a step of the local model failed; %d sequences end and the pipeline is rebuilt: %s", len(seqs), exc)
         reason = clean_reason(exc)
         suspects = [seq for seq in seqs if seq.schema_param is not None and seq.generated == 0]
+        if not self._grammar_in_step:
+            suspects = []
         for seq in seqs:
             if len(suspects) == 1 and seq is suspects[0]:
                 message = f"The local model could not follow the JSON schema in '{seq.schema_param}': {reason}"
                 seq.fail(InvalidRequestError(message, param=seq.schema_param))
             else:
                 seq.fail(BadGatewayError(f"The local model failed in the middle of this answer ({reason}); retry it."))
-        old, self.pipeline = self.pipeline, None  # the old pipeline goes before the new one takes its memory
-        close = getattr(old, "close", None)
-        if callable(close):
-            close()
-        del old, close
+        old, self.pipeline = self.pipeline, None  # None while it is rebuilt: the closer then has nothing to free
         assert self._rebuild is not None
-        self.pipeline = self._rebuild()
+        self.pipeline = self._rebuild(old)
+        del old
         self.rebuilds += 1
         return self.pipeline
 

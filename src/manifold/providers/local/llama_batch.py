@@ -299,6 +299,19 @@ class LlamaBatchPipeline:
         for h, index in sampled:
             self._sample(h, index)
 
+    def reset(self) -> LlamaBatchPipeline:
+        """The engine's `rebuild` after a step that raised: every running sequence released (the engine has ended
+        them) and the KV cache cleared, since a failed `llama_decode` leaves the cells of its batch undefined and
+        the slots' token lists already extended by it. The model and context stay: the same pipeline, usable."""
+        for h in list(self._running):
+            h.status = Status.FAILED
+            h.failure = "the pipeline was reset after a step that failed"
+            self._release(h)
+        self._lib.llama_memory_clear(self.memory, True)
+        for slot in self._slots:
+            slot.tokens = []
+        return self
+
     def close(self) -> None:
         for h in list(self._running):
             h.cancel()

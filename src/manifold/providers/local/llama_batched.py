@@ -63,9 +63,9 @@ class LlamaBatchedModelProvider(BatchingModelProvider):
             str(path), self.max_batch, dep.context_length, dep.threads, prefix_caching=dep.prefix_caching
         )
         pieces = pipeline.pieces()
-        engine = Engine(
-            pipeline, partial(Detokenizer, pieces), pipeline.eog, self.max_batch, f"{self.thread_name}-engine"
-        )
+        name = f"{self.thread_name}-engine"
+        rebuild = LlamaBatchPipeline.reset  # a step that raised: the same pipeline, its sequences and cache cleared
+        engine = Engine(pipeline, partial(Detokenizer, pieces), pipeline.eog, self.max_batch, name, rebuild=rebuild)
         from llama_cpp import llama_chat_format
 
         model = pipeline.model

@@ -46,6 +46,7 @@ class OpenVinoModelProvider(BatchingModelProvider):
     thread_name = "manifold-openvino"
     engine_name = "openvino"
     refused = (*BatchingModelProvider.refused, "logit_bias")
+    multiple_tool_calls = True  # its choice of a further call may end at once (_choices_regex)
 
     @classmethod
     def check(cls, deployment: DeploymentBase) -> list[str]:
@@ -86,7 +87,8 @@ class OpenVinoModelProvider(BatchingModelProvider):
             raise
         detokenizer = partial(WindowDetokenizer, tokenizer.decode) if pieces is None else partial(Detokenizer, pieces)
         name = f"{self.thread_name}-engine"
-        engine = Engine(pipeline, detokenizer, stop_ids, self.max_batch, name, rebuild=partial(RemotePipeline, spec))
+        rebuild = partial(_new_worker, spec)
+        engine = Engine(pipeline, detokenizer, stop_ids, self.max_batch, name, rebuild=rebuild, grammar_in_step=True)
         return Model(tokenizer, engine, eos, stop_ids, token_bytes)
 
     def closer(self, model: Any) -> Callable[[], None]:
@@ -143,6 +145,12 @@ class OpenVinoModelProvider(BatchingModelProvider):
         return str(model.tokenizer.decode(tokens))
 
 
+def _new_worker(spec: dict[str, Any], old: RemotePipeline) -> RemotePipeline:
+    """The engine's `rebuild`: the worker a failed step left unusable ends before the new one takes its memory."""
+    old.close()
+    return RemotePipeline(spec)
+
+
 def _pieces(tokenizer: Any, token_bytes: dict[int, bytes]) -> list[bytes] | None:
     """Each token id's bytes as the tokenizer's `decode` writes them: empty for the special tokens it skips (those
     whose own text is valid UTF-8 but decode to nothing), found with one batched `decode` of the whole vocabulary.
@@ -171,7 +179,7 @@ def _config(model: Model, body: dict[str, Any], ask: Ask) -> dict[str, Any]:
     """One sequence's generation parameters (the worker makes the pipeline's GenerationConfig of them:
     openvino_worker.generation_config): the request's sampling options, llama.cpp's defaults."""
     defaults, schema = ask.defaults, ask.schema
-    regex = None if ask.choices is None else "|".join(re.escape(c) for c in ask.choices)
+    regex = None if ask.choices is None else _choices_regex(ask.choices)
 
     for key, neutral in _NEUTRAL.items():
         if body.get(key) is not None and body[key] != neutral:
@@ -212,3 +220,10 @@ def _config(model: Model, body: dict[str, Any], ask: Ask) -> dict[str, Any]:
     elif regex is not None:
         params["regex"] = regex
     return params
+
+
+def _choices_regex(choices: list[str]) -> str:
+    """A regex of exactly these texts. An empty one (the answer may end at once: no further tool call) makes the
+    others optional: XGrammar refuses an empty alternative ("a|b|"), and lets the sequence end where the regex can."""
+    regex = "|".join(re.escape(c) for c in choices if c)
+    return f"({regex})?" if "" in choices else regex
