@@ -7,7 +7,7 @@ the event loop to the gateway's other requests); then, per batching engine, gree
 with their solo runs and the server's peak memory with 64 requests queued.
 
     .venv/bin/python bench/local.py [--threads 2] [--tokens 128] [--only llama_cpp,openvino,llama_cpp_batched]
-        [--lone-rounds 6] [--sustained 4] [--skip-main]
+        [--lone-rounds 6] [--sustained 4] [--skip-main] [--prefill-chunk 128]
 
 With `--sustained R`, also a sustained load per engine: each of 1, 8 and 16 users sends R streams one after
 another (a closed loop, as `genai-perf --concurrency` or vLLM's `--max-concurrency` keep N requests in flight),
@@ -352,14 +352,18 @@ def main() -> int:
     parser.add_argument("--lone-rounds", type=int, default=0, help="alternating lone streams first (0: none)")
     parser.add_argument("--sustained", type=int, default=0, help="streams per user in a sustained load (0: none)")
     parser.add_argument("--skip-main", action="store_true", help="only the lone rounds and the sustained load")
+    parser.add_argument("--prefill-chunk", type=int, default=None, help="the batching engines' prefill_chunk")
     args = parser.parse_args()
     if args.sustained == 1 or args.sustained < 0:
         parser.error("--sustained: 0 (none) or at least 2 (the later streams are the figure)")
     models = args.only.split(",")
     local = {"provider": "local", "threads": args.threads}
     # queue_timeout: 64 requests at once wait longer than the default 30 s for a place in the batch on a small machine
-    ov = {**local, "engine": "openvino", "max_batch": 16, "queue_timeout": 600}
-    lb = {**local, "engine": "llama_cpp_batched", "max_batch": 16, "context_length": 2048, "queue_timeout": 600}
+    batching = {"max_batch": 16, "queue_timeout": 600}
+    if args.prefill_chunk:
+        batching["prefill_chunk"] = args.prefill_chunk
+    ov = {**local, "engine": "openvino", **batching}
+    lb = {**local, "engine": "llama_cpp_batched", "context_length": 2048, **batching}
     config = {
         "model_list": [
             {"model_name": "llama_cpp", **local},
@@ -389,7 +393,8 @@ def main() -> int:
                 except httpx.HTTPError:
                     pass
                 time.sleep(0.1)
-            print(f"threads {args.threads}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+            chunk = f", prefill_chunk {args.prefill_chunk}" if args.prefill_chunk else ""
+            print(f"threads {args.threads}{chunk}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
             run = measure(base, server.pid, models, args.tokens, args.lone_rounds, args.sustained, args.skip_main)
             asyncio.run(run)
         finally:

@@ -178,6 +178,10 @@ class LocalDeployment(LocalFilesDeployment, tag="local"):
     # openvino, llama_cpp_batched: reuse the KV cache of a prompt prefix that an earlier request computed (a shared
     # system prompt, a conversation's history)
     prefix_caching: bool = True
+    # openvino, llama_cpp_batched: the most tokens one step computes, the decoding sequences' next tokens and the
+    # prompt chunks of those prefilling together (at least max_batch): smaller spreads a long prompt over more steps,
+    # so the others' tokens come more evenly, larger prefills it in fewer (None: 256; docs/local-models.md#engines)
+    prefill_chunk: Annotated[int, msgspec.Meta(ge=16)] | None = None
 
 
 class LocalEmbeddingDeployment(LocalFilesDeployment, tag="local_embedding"):

@@ -367,3 +367,28 @@ def test_the_openvino_choice_regex_matches_exactly_its_choices(names: list[str],
     assert all(regex.fullmatch(c) for c in choices)
     assert bool(regex.fullmatch("")) is may_end
     assert bool(regex.fullmatch(other)) is (other in choices)
+
+
+@pytest.mark.parametrize("engine", ["openvino", "llama_cpp_batched"])
+async def test_prefill_chunk_bounds_the_tokens_of_a_step(engine: str) -> None:
+    """`prefill_chunk` reaches the pipeline: a prompt of N tokens takes N / chunk steps before its first token."""
+    pytest.importorskip("openvino_genai" if engine == "openvino" else "llama_cpp")
+    dep = LocalDeployment(model_name="m", engine=engine, threads=1, max_batch=2, context_length=512, prefill_chunk=16)
+    provider: Any = create_provider(dep)
+    model = await asyncio.to_thread(provider.load, provider.packaged_model())
+    try:
+        question = (
+            "Tell me, in one word, which of these cities is the capital of France: Rome, Paris, Berlin or Madrid?"
+        )
+        prompt, count = provider.chat_prompt(model, [{"role": "user", "content": question}])
+        assert count > 48
+        seq = BatchSequence(
+            prompt, provider.config(model, {"temperature": 0}, Ask(CHAT_DEFAULTS, 1.0, 2)), [], 2, 0, Outbox()
+        )
+        model.engine.submit([seq])
+        while (event := await asyncio.wait_for(seq.outbox.queue.get(), 60))[0] != "end":
+            assert event[0] == "text", event
+        # ceil(count / 16) steps of prompt (the pipeline may spend one more on its last token), then one to decode
+        assert model.engine.steps >= -(-count // 16) + 1, (model.engine.steps, count)
+    finally:
+        await asyncio.to_thread(provider.closer(model))

@@ -44,6 +44,8 @@ from manifold.errors import BadGatewayError, InvalidRequestError
 from manifold.providers.local.generation import StopText
 
 log = logging.getLogger("manifold.local")
+# The most tokens one step computes when a deployment sets no `prefill_chunk` (docs/local-models.md says why 256)
+DEFAULT_PREFILL_CHUNK = 256
 
 # (kind, index, payload): ("text", i, str) | ("end", i, (finish_reason, completion_tokens)) | ("error", i, exc) |
 # ("tokens", i, [(token id, logprob), ...]): with `logprobs`, the tokens of the next "text" event, just before it

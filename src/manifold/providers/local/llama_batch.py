@@ -36,9 +36,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from manifold.providers.local.batching import DEFAULT_PREFILL_CHUNK
+
 __all__ = ["GenerationOutput", "LlamaBatchPipeline", "Sampling", "Status"]
 
-DEFAULT_PREFILL_CHUNK = 256
 MIN_COPY = 16  # prompt tokens a copied prefix must save over the slot's own
 PENALTY_LAST_N = 64  # llama-cpp-python's `last_n_tokens_size`: the tokens penalties look back on
 

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from manifold.errors import InvalidRequestError, UnsupportedError
 from manifold.providers.local.batched_provider import Ask, BatchingModelProvider, sampling_option
-from manifold.providers.local.batching import Detokenizer, Engine
+from manifold.providers.local.batching import DEFAULT_PREFILL_CHUNK, Detokenizer, Engine
 from manifold.providers.local.crash_check import refuse_if_it_crashes
 from manifold.providers.local.gbnf import check_tools, choices_grammar, schema_gbnf
 from manifold.providers.local.llama_batch import LlamaBatchPipeline, Sampling
@@ -60,7 +60,12 @@ class LlamaBatchedModelProvider(BatchingModelProvider):
     def load(self, path: Path) -> Model:
         dep = self.deployment
         pipeline = LlamaBatchPipeline(
-            str(path), self.max_batch, dep.context_length, dep.threads, prefix_caching=dep.prefix_caching
+            str(path),
+            self.max_batch,
+            dep.context_length,
+            dep.threads,
+            prefill_chunk=dep.prefill_chunk or DEFAULT_PREFILL_CHUNK,
+            prefix_caching=dep.prefix_caching,
         )
         pieces = pipeline.pieces()
         name = f"{self.thread_name}-engine"

@@ -24,7 +24,7 @@ from manifold.config import DeploymentBase
 from manifold.errors import InvalidRequestError, ServiceUnavailableError, UnsupportedError
 from manifold.providers.base import of_kind
 from manifold.providers.local.batched_provider import Ask, BatchingModelProvider, sampling_option
-from manifold.providers.local.batching import Detokenizer, Engine, WindowDetokenizer
+from manifold.providers.local.batching import DEFAULT_PREFILL_CHUNK, Detokenizer, Engine, WindowDetokenizer
 from manifold.providers.local.json_grammar import schema_grammar
 from manifold.providers.local.openvino_worker import RemotePipeline
 from manifold.providers.local.xgrammar_check import schema_problem
@@ -72,6 +72,7 @@ class OpenVinoModelProvider(BatchingModelProvider):
             "enable_prefix_caching": dep.prefix_caching,
             "cache_size": dep.kv_cache_gb or DEFAULT_KV_CACHE_GB,
             "max_num_seqs": self.max_batch,
+            "max_num_batched_tokens": max(dep.prefill_chunk or DEFAULT_PREFILL_CHUNK, self.max_batch),
         }
         properties = {"INFERENCE_NUM_THREADS": dep.threads} if dep.threads else {}
         spec = {"path": str(path), "scheduler": scheduler, "properties": properties, "name": dep.model_name}
