@@ -235,6 +235,42 @@ async def test_a_step_that_raises_costs_its_batch_not_the_engine() -> None:
         assert await asyncio.to_thread(engine.close)
 
 
+class Lost(StepCounter):
+    """A RemotePipeline whose worker was killed (the OOM killer) at the first step after a request joined: the step
+    raises, and the pipeline says it lost its process."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost = False
+
+    def step(self) -> None:
+        self.lost = True
+        raise RuntimeError("the openvino worker process ended (signal SIGKILL)")
+
+
+async def test_a_lost_worker_is_not_blamed_on_a_schema() -> None:
+    engine = Engine(
+        Lost(),
+        lambda: Detokenizer(PIECES),
+        frozenset({END}),
+        4,
+        "test-engine",
+        rebuild=lambda old: StepCounter(),
+        grammar_in_step=True,
+    )
+    try:
+        outbox = Outbox()
+        seq = BatchSequence([1, 7], "schema", [], 100, 0, outbox)
+        seq.schema_param = "response_format"  # the only sequence with a schema, and no token yet
+        engine.submit([seq])
+        event = await asyncio.wait_for(outbox.queue.get(), 10)
+        # a 502 the router may retry, not a 400 telling the client its schema was wrong
+        assert event[0] == "error" and isinstance(event[2], BadGatewayError), event
+        assert "signal SIGKILL" in event[2].message
+    finally:
+        assert await asyncio.to_thread(engine.close)
+
+
 async def test_without_a_rebuild_a_step_that_raises_ends_the_engine() -> None:
     engine = Engine(Refusing(), lambda: Detokenizer(PIECES), frozenset({END}), 4, "test-engine")
     outbox = Outbox()

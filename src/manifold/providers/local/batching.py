@@ -225,7 +225,7 @@ class Engine:
         # one reset); None: the engine ends instead.
         self._rebuild = rebuild
         # Whether the pipeline compiles a sequence's grammar inside its step (openvino): only then can a step that
-        # raises be blamed on a schema.
+        # raises be blamed on a schema (and not when the pipeline says it `lost` its process: a worker that died).
         self._grammar_in_step = grammar_in_step
         self.rebuilds = 0
         self.max_batch = max_batch  # sequences in the pipeline at once (its own max_num_seqs does not bound them)
@@ -330,8 +330,8 @@ class Engine:
         log.error("a step of the local model failed; %d sequences end and the pipeline is rebuilt: %s", len(seqs), exc)
         reason = clean_reason(exc)
         suspects = [seq for seq in seqs if seq.schema_param is not None and seq.generated == 0]
-        if not self._grammar_in_step:
-            suspects = []
+        if not self._grammar_in_step or getattr(self.pipeline, "lost", False):
+            suspects = []  # the pipeline does not compile grammars in its step, or its process was lost
         for seq in seqs:
             if len(suspects) == 1 and seq is suspects[0]:
                 message = f"The local model could not follow the JSON schema in '{seq.schema_param}': {reason}"

@@ -85,6 +85,8 @@ class RemotePipeline:
         self._handles: dict[int, RemoteHandle] = {}
         self._adds: list[tuple[int, list[int], dict[str, Any]]] = []
         self.cancels: list[int] = []
+        # The worker ended or stopped answering (not a step that raised in it): no sequence's input is to blame.
+        self.lost = False
         try:
             self._out.send(spec)
             answer = self._answer(READY_TIMEOUT)
@@ -152,12 +154,14 @@ class RemotePipeline:
         try:
             if not self._in.poll(timeout):
                 self._process.kill()
+                self.lost = True
                 raise RuntimeError(f"the openvino worker gave no answer in {timeout:.0f} s and was ended")
             return self._in.recv()
         except (EOFError, OSError):
             raise RuntimeError(self._ended()) from None
 
     def _ended(self) -> str:
+        self.lost = True
         try:
             code = self._process.wait(5)
         except subprocess.TimeoutExpired:
