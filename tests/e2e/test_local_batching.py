@@ -210,6 +210,26 @@ def test_what_the_engine_lacks_is_a_400_naming_it(sdk: openai.OpenAI, engine: st
         assert err.value.body["param"] == param  # type: ignore[index]
 
 
+def test_legacy_suffix_reads_as_on_the_llama_cpp_engine(sdk: openai.OpenAI, engine: str) -> None:
+    """`suffix` in legacy completions: llama_cpp_batched lays the prompt out as the llama_cpp engine does (its
+    library's fill-in-the-middle layout), so the prompt counts agree; openvino refuses it."""
+    cases: list[Any] = [("def add(a, b):", "\n    return c\n"), ([504, 3575, 282], ""), ("", " five")]
+    for prompt, suffix in cases:
+        args: Any = {"prompt": prompt, "suffix": suffix, "max_tokens": 6, "temperature": 0}
+        if engine == "openvino":
+            with pytest.raises(openai.BadRequestError) as err:
+                sdk.completions.create(model="batched", **args)
+            assert err.value.body["param"] == "suffix"  # type: ignore[index]
+            continue
+        batched = sdk.completions.create(model="batched", **args)
+        serial = sdk.completions.create(model="serial", **args)
+        assert batched.usage is not None and serial.usage is not None
+        assert batched.usage.prompt_tokens == serial.usage.prompt_tokens, prompt
+        assert batched.choices[0].finish_reason in ("stop", "length") and batched.usage.completion_tokens > 0
+        streamed = sdk.completions.create(model="batched", stream=True, **args)
+        assert "".join(c.choices[0].text for c in streamed if c.choices) == batched.choices[0].text
+
+
 def test_context_length_error(sdk: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         sdk.chat.completions.create(

@@ -105,6 +105,8 @@ class BatchingModelProvider(ModelThreadProvider[Any], abc.ABC):
     engine_name: ClassVar[str]
     # Several tool calls in one answer: the engine can end a constrained choice at once (choices include "").
     multiple_tool_calls: ClassVar[bool] = False
+    # Legacy completions' `suffix` (given to `completion_prompt`); refused with a 400 where False.
+    takes_suffix: ClassVar[bool] = False
     refused: ClassVar[tuple[str, ...]] = ("functions", "audio", "prediction", "web_search_options")
 
     kind = LocalDeployment
@@ -139,8 +141,9 @@ class BatchingModelProvider(ModelThreadProvider[Any], abc.ABC):
         (what the engine takes, its token count)."""
 
     @abc.abstractmethod
-    def completion_prompt(self, model: Any, prompt: str | list[int]) -> tuple[Any, int]:
-        """A legacy prompt (text, or token ids), as the engine takes it (an empty one starts at BOS)."""
+    def completion_prompt(self, model: Any, prompt: str | list[int], suffix: str | None = None) -> tuple[Any, int]:
+        """A legacy prompt (text, or token ids), as the engine takes it (an empty one starts at BOS), with the
+        request's `suffix` where the engine `takes_suffix`."""
 
     @abc.abstractmethod
     def config(self, model: Any, body: dict[str, Any], ask: Ask) -> Any:
@@ -413,7 +416,7 @@ class BatchingModelProvider(ModelThreadProvider[Any], abc.ABC):
         body = call.body
         name = call.public_model
         generation.check_sampling_extras(body)
-        for key in ("logprobs", "suffix", "logit_bias"):
+        for key in ("logprobs", "logit_bias", *(() if self.takes_suffix else ("suffix",))):
             if body.get(key) is not None and body.get(key) != {}:
                 raise UnsupportedError(
                     f"The model '{name}' (local, engine {self.engine_name}) does not support '{key}' in legacy "
@@ -430,7 +433,8 @@ class BatchingModelProvider(ModelThreadProvider[Any], abc.ABC):
             raise UnsupportedError(f"The model '{name}' (local) needs 'max_tokens' of at least 1.", param="max_tokens")
         prompts = split_prompts(body.get("prompt"))
         single = len(prompts) == 1 and body.get("prompt") == prompts[0]
-        encoded = await self.on_thread(lambda: [self.completion_prompt(model, p) for p in prompts])
+        suffix = body.get("suffix")
+        encoded = await self.on_thread(lambda: [self.completion_prompt(model, p, suffix) for p in prompts])
         vocab = self.vocab_size(model)
         seqs: list[BatchSequence] = []
         echoes: dict[int, str] = {}

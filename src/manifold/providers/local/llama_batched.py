@@ -42,6 +42,7 @@ class LlamaBatchedModelProvider(BatchingModelProvider):
     thread_name = "manifold-llama-batched"
     engine_name = "llama_cpp_batched"
     multiple_tool_calls = True
+    takes_suffix = True  # as the llama_cpp engine does (_infill_prompt)
 
     @property
     def max_batch(self) -> int:
@@ -98,7 +99,9 @@ class LlamaBatchedModelProvider(BatchingModelProvider):
         ids = model.pipeline.tokenize(result.prompt + suffix, add_bos=not result.added_special)
         return ids, len(ids)
 
-    def completion_prompt(self, model: Model, prompt: str | list[int]) -> tuple[Any, int]:
+    def completion_prompt(self, model: Model, prompt: str | list[int], suffix: str | None = None) -> tuple[Any, int]:
+        if suffix is not None:
+            return _infill_prompt(model, prompt, suffix)
         ids = model.pipeline.tokenize(prompt, add_bos=True) if isinstance(prompt, str) else list(prompt)
         if not ids:
             ids = [model.pipeline.model.token_bos()]  # as llama.cpp: an empty prompt starts at BOS
@@ -183,3 +186,33 @@ def _logit_bias(bias: Any, vocab: int) -> dict[int, float]:
             )
         out[token] = float(value)
     return out
+
+
+# The prefix, suffix and middle markers llama-cpp-python 0.3.36's `create_completion` puts around a prompt given a
+# `suffix` (its fill-in-the-middle layout, with token id 0 for all three: its "TODO: Fix" placeholders), so that the
+# llama_cpp engine's legacy completions with a `suffix` read the same prompt here.
+_INFILL_MARK = 0
+
+
+def _infill_prompt(model: Model, prompt: str | list[int], suffix: str) -> tuple[list[int], int]:
+    """A legacy prompt with a `suffix`, laid out as the llama_cpp engine (llama-cpp-python) lays it out: the model's
+    BOS (or CLS) where it adds one, the marker, the prompt (text with special tokens not parsed, or token ids as
+    they are), the marker, the suffix, the marker, then its SEP (or EOS) where it adds one or has a SEP."""
+    llama = model.pipeline.model
+    tokenize = model.pipeline.tokenize
+    if isinstance(prompt, str):
+        body = tokenize(prompt, add_bos=False, special=False) if prompt else []
+    else:
+        body = list(prompt)
+    tail: list[int] = []
+    if suffix:
+        if llama.metadata().get("tokenizer.ggml.add_space_prefix", "true") == "true":
+            tail = tokenize("\u263a" + suffix, add_bos=False, special=False)[2:]  # its way around the leading space
+        else:
+            tail = tokenize(suffix, add_bos=False, special=False)
+    cls, sep = llama.token_cls(), llama.token_sep()
+    first = cls if cls != -1 else llama.token_bos()
+    head = [first] if llama.add_bos_token() and first != -1 else []
+    end = [sep if sep != -1 else llama.token_eos()] if llama.add_eos_token() or sep != -1 else []
+    ids = [*head, _INFILL_MARK, *body, _INFILL_MARK, *tail, _INFILL_MARK, *end]
+    return ids, len(ids)

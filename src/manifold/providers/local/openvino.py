@@ -113,7 +113,7 @@ class OpenVinoModelProvider(BatchingModelProvider):
         ids = model.tokenizer.encode(text, add_special_tokens=False).input_ids.data[0].tolist()
         return ids, len(ids)
 
-    def completion_prompt(self, model: Model, prompt: str | list[int]) -> tuple[Any, int]:
+    def completion_prompt(self, model: Model, prompt: str | list[int], suffix: str | None = None) -> tuple[Any, int]:
         if isinstance(prompt, str):
             ids = model.tokenizer.encode(prompt, add_special_tokens=True).input_ids.data[0].tolist()
             if ids:
