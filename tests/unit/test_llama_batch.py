@@ -277,12 +277,14 @@ async def test_a_failed_decode_costs_its_batch_and_the_engine_serves_on(pipeline
         assert "llama_decode failed (1)" in event[2].message
         # The same pipeline, reset, serves what comes next: a greedy answer equal to its lone run before.
         after = Outbox()
-        engine.submit([BatchSequence(question, GREEDY, [], 12, 0, after)])
+        fresh = BatchSequence(question, GREEDY, [], 12, 0, after)
+        engine.submit([fresh])
         texts = []
         while (event := await asyncio.wait_for(after.queue.get(), 30))[0] == "text":
             texts.append(event[2])
         assert event[0] == "end", event
         assert "".join(texts) == text(pipeline, alone)
+        assert fresh.handle.reused == 0  # the reset emptied every slot's cache: nothing is reused from before it
         assert engine.rebuilds == 1 and engine.pipeline is pipeline and not lib.armed  # reset, not replaced
     finally:
         assert await asyncio.to_thread(engine.close)
