@@ -290,3 +290,36 @@ async def test_a_failed_decode_costs_its_batch_and_the_engine_serves_on(pipeline
         assert await asyncio.to_thread(engine.close)
         pipeline._lib = lib._lib
     assert not any(slot.busy for slot in pipeline._slots) and not pipeline.has_non_finished_requests()
+
+
+@pytest.fixture(scope="module")
+def library_llama() -> Iterator[Any]:
+    import llama_cpp
+
+    from manifold.providers.local.provider import embedded_model_path
+
+    llm = llama_cpp.Llama(str(embedded_model_path()), n_ctx=512, n_threads=1, verbose=False)
+    yield llm
+    llm.close()
+
+
+TEXTS = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40) | st.sampled_from(
+    ["", " ", "<|im_start|>user", "def add(a, b):", "\n", "  indented", "☺ smile"]
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(prompt=TEXTS | st.lists(st.integers(3, 49151), min_size=1, max_size=12), suffix=TEXTS)
+def test_a_suffix_prompt_is_the_one_llama_cpp_python_evaluates(
+    pipeline: LlamaBatchPipeline, library_llama: Any, prompt: str | list[int], suffix: str
+) -> None:
+    """llama_cpp_batched's layout of a legacy prompt with a `suffix` equals, token for token, what llama-cpp-python
+    (the llama_cpp engine) evaluates for it."""
+    from types import SimpleNamespace
+
+    from manifold.providers.local.llama_batched import _infill_prompt
+
+    ours, count = _infill_prompt(SimpleNamespace(pipeline=pipeline), prompt, suffix)  # type: ignore[arg-type]
+    library_llama.reset()
+    library_llama.create_completion(prompt=prompt, suffix=suffix, max_tokens=1, temperature=0)
+    assert ours == library_llama.input_ids[: library_llama.n_tokens].tolist() and count == len(ours)
