@@ -8,6 +8,7 @@ with their solo runs and the server's peak memory with 64 requests queued.
 
     .venv/bin/python bench/local.py [--threads 2] [--tokens 128] [--only llama_cpp,openvino,llama_cpp_batched]
         [--lone-rounds 6] [--sustained 4] [--skip-main] [--prefill-chunk 128]
+        [--kv-cache-type q8_0]
 
 With `--sustained R`, also a sustained load per engine: each of 1, 8 and 16 users sends R streams one after
 another (a closed loop, as `genai-perf --concurrency` or vLLM's `--max-concurrency` keep N requests in flight),
@@ -353,6 +354,7 @@ def main() -> int:
     parser.add_argument("--sustained", type=int, default=0, help="streams per user in a sustained load (0: none)")
     parser.add_argument("--skip-main", action="store_true", help="only the lone rounds and the sustained load")
     parser.add_argument("--prefill-chunk", type=int, default=None, help="the batching engines' prefill_chunk")
+    parser.add_argument("--kv-cache-type", choices=["f16", "q8_0"], default=None, help="the batching engines' KV type")
     args = parser.parse_args()
     if args.sustained == 1 or args.sustained < 0:
         parser.error("--sustained: 0 (none) or at least 2 (the later streams are the figure)")
@@ -362,6 +364,8 @@ def main() -> int:
     batching = {"max_batch": 16, "queue_timeout": 600}
     if args.prefill_chunk:
         batching["prefill_chunk"] = args.prefill_chunk
+    if args.kv_cache_type:
+        batching["kv_cache_type"] = args.kv_cache_type
     ov = {**local, "engine": "openvino", **batching}
     lb = {**local, "engine": "llama_cpp_batched", "context_length": 2048, **batching}
     config = {
@@ -394,6 +398,7 @@ def main() -> int:
                     pass
                 time.sleep(0.1)
             chunk = f", prefill_chunk {args.prefill_chunk}" if args.prefill_chunk else ""
+            chunk += f", kv_cache_type {args.kv_cache_type}" if args.kv_cache_type else ""
             print(f"threads {args.threads}{chunk}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
             run = measure(base, server.pid, models, args.tokens, args.lone_rounds, args.sustained, args.skip_main)
             asyncio.run(run)

@@ -182,6 +182,10 @@ class LocalDeployment(LocalFilesDeployment, tag="local"):
     # prompt chunks of those prefilling together (at least max_batch): smaller spreads a long prompt over more steps,
     # so the others' tokens come more evenly, larger prefills it in fewer (None: 256; docs/local-models.md#engines)
     prefill_chunk: Annotated[int, msgspec.Meta(ge=16)] | None = None
+    # openvino, llama_cpp_batched: the KV cache's element type: "f16", or "q8_0" (8 bits a value: on
+    # llama_cpp_batched about half the memory of f16, and greedy answers may differ from f16's; on openvino its CPU
+    # plugin's u8, which is its default there) (None: f16 on llama_cpp_batched, the plugin's default on openvino)
+    kv_cache_type: Literal["f16", "q8_0"] | None = None
 
 
 class LocalEmbeddingDeployment(LocalFilesDeployment, tag="local_embedding"):

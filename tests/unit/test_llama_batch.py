@@ -323,3 +323,21 @@ def test_a_suffix_prompt_is_the_one_llama_cpp_python_evaluates(
     library_llama.reset()
     library_llama.create_completion(prompt=prompt, suffix=suffix, max_tokens=1, temperature=0)
     assert ours == library_llama.input_ids[: library_llama.n_tokens].tolist() and count == len(ours)
+
+
+def test_a_q8_0_kv_cache_holds_a_sequence_in_about_half_the_bytes(pipeline: LlamaBatchPipeline) -> None:
+    from manifold.providers.local.provider import embedded_model_path
+
+    q8 = LlamaBatchPipeline(str(embedded_model_path()), n_seq=2, n_ctx_seq=512, threads=1, kv_cache_type="q8_0")
+    try:
+        prompt = chat(pipeline, "Describe the planet Jupiter in a few words.")
+        sizes = []
+        for p in (pipeline.reset(), q8):
+            [out] = run(p, [prompt], n=8)
+            assert text(p, out).strip()  # it still answers
+            slot = next(s for s in p._slots if s.tokens)  # the one slot the run used
+            sizes.append(p._lib.llama_state_seq_get_size(p.ctx, slot.index))
+        f16, q8_0 = sizes
+        assert 0.4 * f16 < q8_0 < 0.6 * f16, sizes  # q8_0: 34 bytes a 32 values, f16: 64
+    finally:
+        q8.close()

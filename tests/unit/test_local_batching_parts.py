@@ -428,3 +428,36 @@ async def test_prefill_chunk_bounds_the_tokens_of_a_step(engine: str) -> None:
         assert model.engine.steps >= -(-count // 16) + 1, (model.engine.steps, count)
     finally:
         await asyncio.to_thread(provider.closer(model))
+
+
+@pytest.mark.parametrize(("kv", "precision"), [("f16", "f16"), ("q8_0", "u8")])
+async def test_the_openvino_kv_cache_type_reaches_the_worker(
+    monkeypatch: pytest.MonkeyPatch, kv: str, precision: str
+) -> None:
+    """`kv_cache_type` becomes the CPU plugin's KV_CACHE_PRECISION in the worker, which loads with it and answers."""
+    pytest.importorskip("openvino_genai", reason="the openvino engine needs: pip install 'manifold[openvino]'")
+    from manifold.providers.local import openvino as engine
+    from manifold.providers.local.openvino_worker import RemotePipeline
+
+    specs: list[dict[str, Any]] = []
+
+    def recorded(spec: dict[str, Any]) -> RemotePipeline:
+        specs.append(spec)
+        return RemotePipeline(spec)
+
+    monkeypatch.setattr(engine, "RemotePipeline", recorded)
+    provider: Any = create_provider(LocalDeployment(model_name="m", engine="openvino", threads=1, kv_cache_type=kv))
+    model = await asyncio.to_thread(provider.load, provider.packaged_model())
+    try:
+        assert specs[0]["properties"] == {"INFERENCE_NUM_THREADS": 1, "KV_CACHE_PRECISION": precision}
+        prompt, _ = provider.chat_prompt(model, [{"role": "user", "content": "Say hello."}])
+        seq = BatchSequence(
+            prompt, provider.config(model, {"temperature": 0}, Ask(CHAT_DEFAULTS, 1.0, 4)), [], 4, 0, Outbox()
+        )
+        model.engine.submit([seq])
+        texts = []
+        while (event := await asyncio.wait_for(seq.outbox.queue.get(), 60))[0] != "end":
+            texts.append(event[2])
+        assert "".join(texts).strip()
+    finally:
+        await asyncio.to_thread(provider.closer(model))

@@ -153,6 +153,7 @@ class LlamaBatchPipeline:
         threads: int | None = None,
         prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
         prefix_caching: bool = True,
+        kv_cache_type: str | None = None,
     ) -> None:
         import llama_cpp as lib
         from llama_cpp import _internals, _logger
@@ -169,6 +170,8 @@ class LlamaBatchPipeline:
         params.n_ubatch = params.n_batch
         params.kv_unified = False  # a KV stream per sequence
         params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        if kv_cache_type == "q8_0":  # flash attention reads a quantized V cache (f16 otherwise)
+            params.type_k = params.type_v = lib.GGML_TYPE_Q8_0
         params.no_perf = True
         if threads:
             params.n_threads = params.n_threads_batch = threads

@@ -67,6 +67,7 @@ class LlamaBatchedModelProvider(BatchingModelProvider):
             dep.threads,
             prefill_chunk=dep.prefill_chunk or DEFAULT_PREFILL_CHUNK,
             prefix_caching=dep.prefix_caching,
+            kv_cache_type=dep.kv_cache_type,
         )
         pieces = pipeline.pieces()
         name = f"{self.thread_name}-engine"

@@ -74,7 +74,9 @@ class OpenVinoModelProvider(BatchingModelProvider):
             "max_num_seqs": self.max_batch,
             "max_num_batched_tokens": max(dep.prefill_chunk or DEFAULT_PREFILL_CHUNK, self.max_batch),
         }
-        properties = {"INFERENCE_NUM_THREADS": dep.threads} if dep.threads else {}
+        properties: dict[str, Any] = {"INFERENCE_NUM_THREADS": dep.threads} if dep.threads else {}
+        if dep.kv_cache_type:
+            properties["KV_CACHE_PRECISION"] = {"f16": "f16", "q8_0": "u8"}[dep.kv_cache_type]
         spec = {"path": str(path), "scheduler": scheduler, "properties": properties, "name": dep.model_name}
         pipeline = RemotePipeline(spec)  # the pipeline runs in a worker process: openvino_worker.py says why
         try:
