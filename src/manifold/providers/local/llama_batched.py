@@ -190,7 +190,7 @@ def _logit_bias(bias: Any, vocab: int) -> dict[int, float]:
 
 
 # The prefix, suffix and middle markers llama-cpp-python 0.3.36's `create_completion` puts around a prompt given a
-# `suffix` (its fill-in-the-middle layout, with token id 0 for all three: its "TODO: Fix" placeholders), so that the
+# `suffix` (its fill-in-the-middle layout, with token id 0 for all three: placeholders it marks as to be fixed), so the
 # llama_cpp engine's legacy completions with a `suffix` read the same prompt here.
 _INFILL_MARK = 0
 
